@@ -1,0 +1,286 @@
+/*
+ * sl_message: validation and JSON coding of feed messages; see sl_message.h.
+ */
+#include "sl_message.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "sl_time.h"
+
+void sl_error_set(sl_error_t *err, int status, const char *code, const char *field, const char *fmt, ...)
+{
+    va_list ap;
+    err->status = status;
+    err->code = code;
+    err->field = field;
+    va_start(ap, fmt);
+    vsnprintf(err->message, sizeof(err->message), fmt, ap);
+    va_end(ap);
+}
+
+char *sl_error_to_json(const sl_error_t *err, size_t *len)
+{
+    json_t *inner = json_pack("{s:s, s:s}", "code", err->code, "message", err->message);
+    json_t *root;
+    char *out;
+    if (inner == NULL)
+        return NULL;
+    if (err->field != NULL)
+        json_object_set_new(inner, "field", json_string(err->field));
+    root = json_pack("{s:o}", "error", inner);
+    if (root == NULL)
+        return NULL;
+    out = json_dumps(root, JSON_COMPACT);
+    json_decref(root);
+    if (out != NULL && len != NULL)
+        *len = strlen(out);
+    return out;
+}
+
+long sl_utf8_count(const char *str, size_t len)
+{
+    const unsigned char *s = (const unsigned char *)str;
+    long n = 0;
+    size_t i = 0;
+    while (i < len) {
+        unsigned char c = s[i];
+        if (c < 0x80) {
+            i++;
+        } else if (c >= 0xc2 && c <= 0xdf) {
+            if (i + 1 >= len || (s[i + 1] & 0xc0) != 0x80)
+                return -1;
+            i += 2;
+        } else if (c >= 0xe0 && c <= 0xef) {
+            if (i + 2 >= len || (s[i + 1] & 0xc0) != 0x80 || (s[i + 2] & 0xc0) != 0x80)
+                return -1;
+            if (c == 0xe0 && s[i + 1] < 0xa0) /* overlong */
+                return -1;
+            if (c == 0xed && s[i + 1] >= 0xa0) /* UTF-16 surrogates */
+                return -1;
+            i += 3;
+        } else if (c >= 0xf0 && c <= 0xf4) {
+            if (i + 3 >= len || (s[i + 1] & 0xc0) != 0x80 || (s[i + 2] & 0xc0) != 0x80 || (s[i + 3] & 0xc0) != 0x80)
+                return -1;
+            if (c == 0xf0 && s[i + 1] < 0x90) /* overlong */
+                return -1;
+            if (c == 0xf4 && s[i + 1] >= 0x90) /* past U+10FFFF */
+                return -1;
+            i += 4;
+        } else {
+            return -1;
+        }
+        n++;
+    }
+    return n;
+}
+
+int sl_channel_valid(const char *s, size_t len)
+{
+    if (len < 1 || len > SL_CHANNEL_MAX)
+        return 0;
+    for (size_t i = 0; i < len; i++) {
+        char c = s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '-'))
+            return 0;
+    }
+    return 1;
+}
+
+/* Copies a string field after checking its type and length in code points. */
+static int take_string(json_t *obj, const char *name, int required, long min, long max, char *dst, size_t dstsize,
+                       sl_error_t *err)
+{
+    json_t *v = json_object_get(obj, name);
+    const char *s;
+    size_t len;
+    long chars;
+    if (v == NULL) {
+        if (required) {
+            sl_error_set(err, 400, "missing_field", name, "'%s' is required", name);
+            return -1;
+        }
+        return 0;
+    }
+    if (!json_is_string(v)) {
+        sl_error_set(err, 400, "invalid_type", name, "'%s' must be a string", name);
+        return -1;
+    }
+    s = json_string_value(v);
+    len = json_string_length(v);
+    chars = sl_utf8_count(s, len);
+    if (chars < 0 || memchr(s, '\0', len) != NULL) {
+        sl_error_set(err, 400, "invalid_utf8", name, "'%s' must be valid UTF-8 without NUL", name);
+        return -1;
+    }
+    if (chars < min || chars > max || len >= dstsize) {
+        sl_error_set(err, 400, "invalid_length", name, "'%s' must be %ld to %ld characters, got %ld", name, min, max,
+                     chars);
+        return -1;
+    }
+    memcpy(dst, s, len);
+    dst[len] = '\0';
+    return 1;
+}
+
+static int has_control(const char *s)
+{
+    for (; *s != '\0'; s++) {
+        if ((unsigned char)*s < 0x20 || *s == 0x7f)
+            return 1;
+    }
+    return 0;
+}
+
+static json_t *parse_object(const char *buf, size_t len, sl_error_t *err)
+{
+    json_error_t jerr;
+    json_t *root;
+    if (sl_utf8_count(buf, len) < 0) {
+        sl_error_set(err, 400, "invalid_utf8", NULL, "the body is not valid UTF-8");
+        return NULL;
+    }
+    root = json_loadb(buf, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
+    if (root == NULL) {
+        sl_error_set(err, 400, "invalid_json", NULL, "the body is not valid JSON: %s (at character %d)", jerr.text,
+                     jerr.position);
+        return NULL;
+    }
+    if (!json_is_object(root)) {
+        json_decref(root);
+        sl_error_set(err, 400, "not_an_object", NULL, "the body must be a JSON object");
+        return NULL;
+    }
+    return root;
+}
+
+/* channel, author, text: shared by the user's request and the queue's payload. */
+static int take_common(json_t *root, int channel_required, sl_message_t *msg, sl_error_t *err)
+{
+    int r = take_string(root, "channel", channel_required, 1, SL_CHANNEL_MAX, msg->channel, sizeof(msg->channel), err);
+    if (r < 0)
+        return -1;
+    if (r == 0)
+        strcpy(msg->channel, SL_DEFAULT_CHANNEL);
+    else if (!sl_channel_valid(msg->channel, strlen(msg->channel))) {
+        sl_error_set(err, 400, "invalid_channel", "channel", "'channel' must match [a-z0-9_-]{1,64}");
+        return -1;
+    }
+    if (take_string(root, "author", 1, 1, SL_AUTHOR_MAX_CHARS, msg->author, sizeof(msg->author), err) < 0)
+        return -1;
+    if (has_control(msg->author)) {
+        sl_error_set(err, 400, "invalid_author", "author", "'author' must not contain control characters");
+        return -1;
+    }
+    if (take_string(root, "text", 1, 1, SL_TEXT_MAX_CHARS, msg->text, sizeof(msg->text), err) < 0)
+        return -1;
+    return 0;
+}
+
+int sl_message_from_request(const char *body, size_t len, sl_message_t *msg, sl_error_t *err)
+{
+    static const char *const allowed[] = {"channel", "author", "text", "source"};
+    json_t *root;
+    const char *key;
+    json_t *value;
+    int ret = -1;
+
+    memset(msg, 0, sizeof(*msg));
+    if ((root = parse_object(body, len, err)) == NULL)
+        return -1;
+    json_object_foreach(root, key, value)
+    {
+        size_t i;
+        for (i = 0; i < sizeof(allowed) / sizeof(allowed[0]) && strcmp(key, allowed[i]) != 0; i++)
+            ;
+        if (i == sizeof(allowed) / sizeof(allowed[0])) {
+            /* key is owned by root; copy what we say before releasing it */
+            sl_error_set(err, 400, "unknown_field", NULL, "unknown field '%.64s' (allowed: channel, author, text, source)",
+                         key);
+            goto Exit;
+        }
+    }
+    if (take_common(root, 0, msg, err) != 0)
+        goto Exit;
+    int r = take_string(root, "source", 0, 1, 8, msg->source, sizeof(msg->source), err);
+    if (r < 0)
+        goto Exit;
+    if (r == 0)
+        strcpy(msg->source, "api");
+    else if (strcmp(msg->source, "api") != 0 && strcmp(msg->source, "bot") != 0) {
+        sl_error_set(err, 400, "invalid_source", "source", "'source' must be \"api\" or \"bot\"");
+        goto Exit;
+    }
+    ret = 0;
+Exit:
+    json_decref(root);
+    return ret;
+}
+
+json_t *sl_message_to_jansson(const sl_message_t *m)
+{
+    char ts[SL_TIME_RFC3339_LEN];
+    json_t *o;
+    sl_time_format(m->created_at_us, ts);
+    o = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s}", "id", m->id, "channel", m->channel, "author", m->author, "text",
+                  m->text, "source", m->source, "created_at", ts);
+    if (o != NULL && m->seq > 0)
+        json_object_set_new(o, "seq", json_integer(m->seq));
+    return o;
+}
+
+char *sl_message_to_json(const sl_message_t *m, size_t *len)
+{
+    json_t *o = sl_message_to_jansson(m);
+    char *out;
+    if (o == NULL)
+        return NULL;
+    out = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_decref(o);
+    if (out != NULL && len != NULL)
+        *len = strlen(out);
+    return out;
+}
+
+int sl_message_from_jansson(json_t *root, sl_message_t *m, sl_error_t *err)
+{
+    json_t *v;
+    memset(m, 0, sizeof(*m));
+    if (take_common(root, 1, m, err) != 0)
+        return -1;
+    v = json_object_get(root, "id");
+    if (!json_is_string(v) || !sl_uuid_valid(json_string_value(v), json_string_length(v))) {
+        sl_error_set(err, 400, "invalid_id", "id", "'id' must be a UUID");
+        return -1;
+    }
+    memcpy(m->id, json_string_value(v), SL_UUID_STRLEN);
+    if (take_string(root, "source", 1, 1, sizeof(m->source) - 1, m->source, sizeof(m->source), err) < 0)
+        return -1;
+    v = json_object_get(root, "created_at");
+    if (!json_is_string(v) || sl_time_parse(json_string_value(v), json_string_length(v), &m->created_at_us) != 0) {
+        sl_error_set(err, 400, "invalid_created_at", "created_at", "'created_at' must be an RFC 3339 timestamp");
+        return -1;
+    }
+    v = json_object_get(root, "seq");
+    if (v != NULL) {
+        if (!json_is_integer(v) || json_integer_value(v) < 1) {
+            sl_error_set(err, 400, "invalid_seq", "seq", "'seq' must be a positive integer");
+            return -1;
+        }
+        m->seq = json_integer_value(v);
+    }
+    return 0;
+}
+
+int sl_message_from_json(const char *buf, size_t len, sl_message_t *m, sl_error_t *err)
+{
+    json_t *root = parse_object(buf, len, err);
+    int ret;
+    if (root == NULL)
+        return -1;
+    ret = sl_message_from_jansson(root, m, err);
+    json_decref(root);
+    return ret;
+}

@@ -1,0 +1,70 @@
+/*
+ * sl_message: the feed's one record type, how a user's POST body becomes one (validation with
+ * a precise error), and its JSON form on the queue, on the live exchange and in HTTP answers.
+ *
+ * A message is a value type with fixed-size fields (no heap), so a batch is one array.
+ */
+#ifndef SL_MESSAGE_H
+#define SL_MESSAGE_H
+
+#include <jansson.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "sl_uuid.h"
+
+#define SL_CHANNEL_MAX 64         /* bytes: [a-z0-9_-]{1,64} */
+#define SL_AUTHOR_MAX_CHARS 64    /* Unicode code points */
+#define SL_TEXT_MAX_CHARS 500     /* Unicode code points */
+#define SL_BODY_MAX (16 * 1024)   /* bytes of a POST body */
+#define SL_DEFAULT_CHANNEL "general"
+
+typedef struct sl_message {
+    char id[SL_UUID_STRLEN];
+    int64_t seq;                                 /* feed position; 0 until stored */
+    char channel[SL_CHANNEL_MAX + 1];
+    char author[SL_AUTHOR_MAX_CHARS * 4 + 1];
+    char text[SL_TEXT_MAX_CHARS * 4 + 1];
+    char source[16];                             /* "api", "bot", "mastodon" */
+    int64_t created_at_us;                       /* microseconds since the epoch, UTC */
+} sl_message_t;
+
+/* A refusal to show the client: HTTP status, a stable machine code, a sentence, and the JSON
+ * field it concerns (NULL when none). code and field point to static strings. */
+typedef struct sl_error {
+    int status;
+    const char *code;
+    const char *field;
+    char message[192];
+} sl_error_t;
+
+void sl_error_set(sl_error_t *err, int status, const char *code, const char *field, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+
+/* {"error":{"code":…,"message":…,"field":…}}; malloc'd, the caller frees it. NULL on no memory. */
+char *sl_error_to_json(const sl_error_t *err, size_t *len);
+
+/* Number of code points in s if it is well-formed UTF-8 (no overlongs, no surrogates, nothing
+ * past U+10FFFF), else -1. */
+long sl_utf8_count(const char *s, size_t len);
+
+/* 1 if s matches [a-z0-9_-]{1,64}, else 0. */
+int sl_channel_valid(const char *s, size_t len);
+
+/* Validates a POST /v1/messages body (the caller checks method, content type and size) and fills
+ * channel, author, text and source ("api" unless the body names "bot"). id, seq and created_at are
+ * left zero. Returns 0, or -1 with err filled (status 400). */
+int sl_message_from_request(const char *body, size_t len, sl_message_t *msg, sl_error_t *err);
+
+/* The message as a JSON object (seq included when non-zero). New reference; NULL on no memory. */
+json_t *sl_message_to_jansson(const sl_message_t *m);
+
+/* Compact JSON text of the message, malloc'd, the caller frees it. NULL on no memory. */
+char *sl_message_to_json(const sl_message_t *m, size_t *len);
+
+/* Decodes a message as written by sl_message_to_json (from the queue or the live exchange),
+ * checking every field as strictly as sl_message_from_request. Returns 0, or -1 with err. */
+int sl_message_from_json(const char *buf, size_t len, sl_message_t *m, sl_error_t *err);
+int sl_message_from_jansson(json_t *obj, sl_message_t *m, sl_error_t *err);
+
+#endif

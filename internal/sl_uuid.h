@@ -1,0 +1,28 @@
+/*
+ * sl_uuid: RFC 9562 identifiers in their 36-character text form.
+ *
+ * Version 7 ids sort by creation time: 48 bits of Unix milliseconds, then a 12-bit counter that
+ * keeps ids made by one process in the same millisecond strictly increasing, then 62 random bits.
+ * Version 5 ids are derived from a name (SHA-1), so the same name always gives the same id.
+ */
+#ifndef SL_UUID_H
+#define SL_UUID_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define SL_UUID_STRLEN 37 /* 36 characters and NUL */
+
+/* Not thread-safe (one counter per process): call from one thread. Returns 0, or -1 if the
+ * kernel gave no random bytes. */
+int sl_uuid_v7(char out[SL_UUID_STRLEN]);
+/* Same, at a given time in milliseconds (for tests). */
+int sl_uuid_v7_at(uint64_t unix_ms, char out[SL_UUID_STRLEN]);
+
+/* Name-based id within a namespace id (text form). Returns 0, or -1 if ns is not a UUID. */
+int sl_uuid_v5(const char *ns, const void *name, size_t len, char out[SL_UUID_STRLEN]);
+
+/* 1 if s (len bytes) is a UUID in canonical text form (any version, either case), else 0. */
+int sl_uuid_valid(const char *s, size_t len);
+
+#endif

@@ -1,0 +1,226 @@
+/* Unit tests: sl_message validation and coding, sl_uuid, sl_time, sl_config. */
+#include <check.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "sl_config.h"
+#include "sl_message.h"
+#include "sl_time.h"
+#include "sl_uuid.h"
+
+struct bad_case {
+    const char *body;
+    const char *code;
+    const char *field;
+};
+
+static const struct bad_case bad_cases[] = {
+    {"", "invalid_json", NULL},
+    {"{", "invalid_json", NULL},
+    {"[1,2]", "not_an_object", NULL},
+    {"\"text\"", "not_an_object", NULL},
+    {"{\"author\":\"a\"}", "missing_field", "text"},
+    {"{\"text\":\"hi\"}", "missing_field", "author"},
+    {"{\"author\":1,\"text\":\"hi\"}", "invalid_type", "author"},
+    {"{\"author\":\"a\",\"text\":[\"hi\"]}", "invalid_type", "text"},
+    {"{\"author\":\"a\",\"text\":\"\"}", "invalid_length", "text"},
+    {"{\"author\":\"\",\"text\":\"x\"}", "invalid_length", "author"},
+    {"{\"author\":\"a\",\"text\":\"x\",\"channel\":\"Bad Channel\"}", "invalid_channel", "channel"},
+    {"{\"author\":\"a\",\"text\":\"x\",\"channel\":\"\"}", "invalid_length", "channel"},
+    {"{\"author\":\"a\",\"text\":\"x\",\"channel\":5}", "invalid_type", "channel"},
+    {"{\"author\":\"a\",\"text\":\"x\",\"color\":\"red\"}", "unknown_field", NULL},
+    {"{\"author\":\"a\",\"author\":\"b\",\"text\":\"x\"}", "invalid_json", NULL},
+    {"{\"author\":\"a\\u0000b\",\"text\":\"x\"}", "invalid_json", NULL},
+    {"{\"author\":\"a\\nb\",\"text\":\"x\"}", "invalid_author", "author"},
+    {"{\"author\":\"a\",\"text\":\"\xc3\x28\"}", "invalid_utf8", NULL},
+    {"{\"author\":\"a\",\"text\":\"\xed\xa0\x80\"}", "invalid_utf8", NULL},
+    {"{\"author\":\"a\",\"text\":\"x\",\"source\":\"mastodon\"}", "invalid_source", "source"},
+};
+
+START_TEST(test_bad_bodies)
+{
+    const struct bad_case *c = &bad_cases[_i];
+    sl_message_t m;
+    sl_error_t err;
+    ck_assert_int_eq(sl_message_from_request(c->body, strlen(c->body), &m, &err), -1);
+    ck_assert_int_eq(err.status, 400);
+    ck_assert_msg(strcmp(err.code, c->code) == 0, "case %d: code %s, want %s", _i, err.code, c->code);
+    if (c->field == NULL)
+        ck_assert_ptr_null(err.field);
+    else
+        ck_assert_str_eq(err.field, c->field);
+    ck_assert_int_gt(strlen(err.message), 0);
+}
+END_TEST
+
+START_TEST(test_good_body_defaults)
+{
+    const char *b = "{\"author\":\"alice\",\"text\":\"h\xc3\xa9llo \xf0\x9f\x8c\x8a\"}";
+    sl_message_t m;
+    sl_error_t err;
+    ck_assert_int_eq(sl_message_from_request(b, strlen(b), &m, &err), 0);
+    ck_assert_str_eq(m.channel, "general");
+    ck_assert_str_eq(m.author, "alice");
+    ck_assert_str_eq(m.source, "api");
+    ck_assert_str_eq(m.text, "h\xc3\xa9llo \xf0\x9f\x8c\x8a");
+}
+END_TEST
+
+START_TEST(test_length_limits_count_characters)
+{
+    /* 500 three-byte characters pass, 501 do not; the limit is characters, not bytes. */
+    char body[4096], text[2000];
+    sl_message_t m;
+    sl_error_t err;
+    for (int n = 500; n <= 501; n++) {
+        size_t o = 0;
+        for (int i = 0; i < n; i++) {
+            memcpy(text + o, "\xe2\x82\xac", 3);
+            o += 3;
+        }
+        text[o] = '\0';
+        snprintf(body, sizeof(body), "{\"author\":\"a\",\"channel\":\"news_1-x\",\"text\":\"%s\"}", text);
+        ck_assert_int_eq(sl_message_from_request(body, strlen(body), &m, &err), n == 500 ? 0 : -1);
+    }
+    ck_assert_str_eq(err.code, "invalid_length");
+}
+END_TEST
+
+START_TEST(test_json_round_trip)
+{
+    sl_message_t m, back;
+    sl_error_t err;
+    size_t len;
+    memset(&m, 0, sizeof(m));
+    ck_assert_int_eq(sl_uuid_v7(m.id), 0);
+    strcpy(m.channel, "general");
+    strcpy(m.author, "bob \"the\" builder");
+    strcpy(m.text, "line1\nline2 <script>alert(1)</script> \xe2\x9c\x93");
+    strcpy(m.source, "bot");
+    m.created_at_us = 1795000000123456LL;
+    m.seq = 42;
+    char *json = sl_message_to_json(&m, &len);
+    ck_assert_ptr_nonnull(json);
+    ck_assert_int_eq(sl_message_from_json(json, len, &back, &err), 0);
+    free(json);
+    ck_assert_str_eq(back.id, m.id);
+    ck_assert_str_eq(back.author, m.author);
+    ck_assert_str_eq(back.text, m.text);
+    ck_assert_str_eq(back.source, "bot");
+    ck_assert_int_eq(back.created_at_us, m.created_at_us);
+    ck_assert_int_eq(back.seq, 42);
+}
+END_TEST
+
+START_TEST(test_queue_payload_rejects_garbage)
+{
+    const char *cases[] = {"not json", "{\"id\":\"nope\",\"channel\":\"a\",\"author\":\"b\",\"text\":\"c\","
+                                       "\"source\":\"api\",\"created_at\":\"2026-01-01T00:00:00Z\"}",
+                           "{\"id\":\"0190f5f0-0000-7000-8000-000000000000\",\"channel\":\"a\",\"author\":\"b\","
+                           "\"text\":\"c\",\"source\":\"api\",\"created_at\":\"yesterday\"}"};
+    sl_message_t m;
+    sl_error_t err;
+    for (size_t i = 0; i < 3; i++)
+        ck_assert_int_eq(sl_message_from_json(cases[i], strlen(cases[i]), &m, &err), -1);
+}
+END_TEST
+
+START_TEST(test_error_json)
+{
+    sl_error_t err;
+    size_t len;
+    sl_error_set(&err, 400, "invalid_type", "text", "'%s' must be a string", "text");
+    char *j = sl_error_to_json(&err, &len);
+    ck_assert_str_eq(j, "{\"error\":{\"code\":\"invalid_type\",\"message\":\"'text' must be a string\",\"field\":\"text\"}}");
+    free(j);
+}
+END_TEST
+
+START_TEST(test_uuid_v7_sorted_and_versioned)
+{
+    char prev[SL_UUID_STRLEN] = "", cur[SL_UUID_STRLEN];
+    for (int i = 0; i < 10000; i++) {
+        ck_assert_int_eq(sl_uuid_v7_at(1700000000000ULL + (uint64_t)(i / 100), cur), 0);
+        ck_assert(sl_uuid_valid(cur, 36));
+        ck_assert_int_eq(cur[14], '7');
+        ck_assert(strchr("89ab", cur[19]) != NULL);
+        ck_assert_msg(strcmp(prev, cur) < 0, "%s !< %s", prev, cur);
+        strcpy(prev, cur);
+    }
+    ck_assert(!sl_uuid_valid("0190f5f0-0000-7000-8000-00000000000g", 36));
+}
+END_TEST
+
+START_TEST(test_uuid_v5_known_value)
+{
+    /* RFC 9562 appendix A.4: v5 of "www.example.com" in the DNS namespace. */
+    char out[SL_UUID_STRLEN];
+    ck_assert_int_eq(sl_uuid_v5("6ba7b810-9dad-11d1-80b4-00c04fd430c8", "www.example.com", 15, out), 0);
+    ck_assert_str_eq(out, "2ed6657d-e927-568b-95e1-2665a8aea6a2");
+}
+END_TEST
+
+START_TEST(test_time_parse_forms)
+{
+    int64_t us;
+    char buf[SL_TIME_RFC3339_LEN];
+    ck_assert_int_eq(sl_time_parse("1970-01-01T00:00:00Z", 20, &us), 0);
+    ck_assert_int_eq(us, 0);
+    const char *pg = "2026-11-24 20:50:01.123456+00";
+    ck_assert_int_eq(sl_time_parse(pg, strlen(pg), &us), 0);
+    sl_time_format(us, buf);
+    ck_assert_str_eq(buf, "2026-11-24T20:50:01.123456Z");
+    const char *crdb = "2026-11-24 22:50:01.5+02:00";
+    ck_assert_int_eq(sl_time_parse(crdb, strlen(crdb), &us), 0);
+    sl_time_format(us, buf);
+    ck_assert_str_eq(buf, "2026-11-24T20:50:01.500000Z");
+    ck_assert_int_eq(sl_time_parse("2026-13-01T00:00:00Z", 20, &us), -1);
+    ck_assert_int_eq(sl_time_parse("2026-01-01", 10, &us), -1);
+}
+END_TEST
+
+START_TEST(test_config_env_and_flags)
+{
+    long long port = 0, batch = 0;
+    const char *url = NULL;
+    sl_opt_t opts[] = {
+        {"port", "SLUICE_TEST_PORT", SL_OPT_INT, &port, "8080", 1, 65535, "port"},
+        {"batch", "SLUICE_TEST_BATCH", SL_OPT_INT, &batch, "100", 1, 10000, "batch"},
+        {"url", "SLUICE_TEST_URL", SL_OPT_STR, &url, "amqp://x", 0, 0, "url"},
+    };
+    char *argv[] = {"prog", "--port=9090", "--url", "amqp://y", NULL};
+    setenv("SLUICE_TEST_PORT", "7070", 1);
+    setenv("SLUICE_TEST_BATCH", "250", 1);
+    ck_assert_int_eq(sl_config_parse(opts, 3, 4, argv, "prog", "test"), 0);
+    ck_assert_int_eq(port, 9090);
+    ck_assert_int_eq(batch, 250);
+    ck_assert_str_eq(url, "amqp://y");
+    setenv("SLUICE_TEST_BATCH", "0", 1);
+    ck_assert_int_eq(sl_config_parse(opts, 3, 1, argv, "prog", "test"), -1);
+    char *bad[] = {"prog", "--nope=1", NULL};
+    unsetenv("SLUICE_TEST_BATCH");
+    ck_assert_int_eq(sl_config_parse(opts, 3, 2, bad, "prog", "test"), -1);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("message");
+    TCase *tc = tcase_create("core");
+    tcase_add_loop_test(tc, test_bad_bodies, 0, sizeof(bad_cases) / sizeof(bad_cases[0]));
+    tcase_add_test(tc, test_good_body_defaults);
+    tcase_add_test(tc, test_length_limits_count_characters);
+    tcase_add_test(tc, test_json_round_trip);
+    tcase_add_test(tc, test_queue_payload_rejects_garbage);
+    tcase_add_test(tc, test_error_json);
+    tcase_add_test(tc, test_uuid_v7_sorted_and_versioned);
+    tcase_add_test(tc, test_uuid_v5_known_value);
+    tcase_add_test(tc, test_time_parse_forms);
+    tcase_add_test(tc, test_config_env_and_flags);
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
