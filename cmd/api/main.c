@@ -1,0 +1,106 @@
+/*
+ * sluice-api: accepts posts (POST /v1/messages) into RabbitMQ with publisher confirms and serves
+ * history from the database. Wiring only: the handlers live in internal/sl_api.c.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "sl_api.h"
+#include "sl_config.h"
+#include "sl_db.h"
+#include "sl_http.h"
+#include "sl_log.h"
+#include "sl_time.h"
+
+static volatile sig_atomic_t stopping;
+
+/* Best effort: the api works without the database for posts; history needs the schema. */
+static void migrate(const char *url, int wait_s)
+{
+    char err[512], q[600];
+    int64_t deadline = sl_time_mono_us() + (int64_t)wait_s * 1000000;
+    for (;;) {
+        sl_db_t db;
+        int r = sl_db_connect(&db, url, err, sizeof(err));
+        if (r == SL_DB_OK) {
+            r = sl_db_migrate(&db, err, sizeof(err));
+            sl_db_close(&db);
+            if (r == SL_DB_OK)
+                return;
+        }
+        if (r == SL_DB_ERROR || sl_time_mono_us() > deadline || stopping) {
+            SL_ERROR("event=migrate_failed error=%s", sl_log_quote(q, sizeof(q), err));
+            return;
+        }
+        struct timespec ts = {0, 500 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+}
+
+int main(int argc, char **argv)
+{
+    const char *host, *amqp_url, *db_url;
+    long long port, migrate_wait, drain_s;
+    sl_api_conf_t conf;
+    sl_opt_t opts[] = {
+        {"host", "SLUICE_API_HOST", SL_OPT_STR, &host, "127.0.0.1", 0, 0, "address to listen on"},
+        {"port", "SLUICE_API_PORT", SL_OPT_INT, &port, "8080", 1, 65535, "port to listen on"},
+        {"amqp-url", "SLUICE_AMQP_URL", SL_OPT_STR, &amqp_url, "amqp://guest:guest@127.0.0.1:5672/", 0, 0,
+         "RabbitMQ URL"},
+        {"db-url", "SLUICE_DB_URL", SL_OPT_STR, &db_url, "postgresql://postgres@127.0.0.1:5433/sluice", 0, 0,
+         "PostgreSQL/CockroachDB URL"},
+        {"queue-max-length", "SLUICE_QUEUE_MAX_LENGTH", SL_OPT_INT, &conf.queue_max_length, "100000", 1, 1e9,
+         "x-max-length of the persist queue (must match the persister's)"},
+        {"max-unconfirmed", "SLUICE_API_MAX_UNCONFIRMED", SL_OPT_INT, &conf.max_unconfirmed, "10000", 1, 1e6,
+         "publishes awaiting confirmation before answering 503"},
+        {"db-conns", "SLUICE_API_DB_CONNS", SL_OPT_INT, &conf.db_conns, "4", 1, 64, "database connections for reads"},
+        {"retry-after", "SLUICE_RETRY_AFTER", SL_OPT_INT, &conf.retry_after_s, "1", 1, 3600,
+         "seconds in Retry-After on 429/503"},
+        {"history-max", "SLUICE_HISTORY_MAX", SL_OPT_INT, &conf.history_max, "200", 1, 1000,
+         "largest page of GET /v1/messages"},
+        {"migrate-wait", "SLUICE_MIGRATE_WAIT", SL_OPT_INT, &migrate_wait, "10", 0, 3600,
+         "seconds to wait for the database at start"},
+        {"drain-timeout", "SLUICE_DRAIN_TIMEOUT", SL_OPT_INT, &drain_s, "10", 0, 3600,
+         "seconds to finish requests in flight on SIGTERM"},
+    };
+    int r = sl_config_parse(opts, sizeof(opts) / sizeof(opts[0]), argc, argv, "sluice-api",
+                            "sluice api: POST /v1/messages into RabbitMQ, history from the database.");
+    if (r != 0)
+        return r > 0 ? 0 : 2;
+    conf.amqp_url = amqp_url;
+    conf.db_url = db_url;
+    sl_log_init("api");
+    sl_http_trap_signals(&stopping);
+    migrate(db_url, (int)migrate_wait);
+
+    sl_http_server_t server;
+    sl_api_t *api;
+    sl_http_init(&server, sl_api_handle, NULL, 1024 * 1024);
+    if ((api = sl_api_create(server.loop, &conf)) == NULL) {
+        SL_ERROR("event=start_failed error=\"out of memory\"");
+        return 1;
+    }
+    server.data = api;
+    if (sl_http_listen(&server, host, (int)port) != 0) {
+        SL_ERROR("event=listen_failed host=%s port=%lld error=\"%s\"", host, port, strerror(errno));
+        return 1;
+    }
+    SL_INFO("event=listening host=%s port=%lld", host, port);
+    while (!stopping)
+        h2o_evloop_run(server.loop, 200);
+
+    /* Stop accepting, answer what is in flight (their confirms), then leave. */
+    sl_http_stop_listening(&server);
+    SL_INFO("event=draining inflight=%zu", sl_api_inflight(api));
+    int64_t deadline = sl_time_mono_us() + drain_s * 1000000;
+    while (sl_api_inflight(api) > 0 && sl_time_mono_us() < deadline)
+        h2o_evloop_run(server.loop, 50);
+    /* Let the last answers reach their sockets. */
+    for (int i = 0; i < 5; i++)
+        h2o_evloop_run(server.loop, 10);
+    SL_INFO("event=stopped inflight=%zu", sl_api_inflight(api));
+    sl_api_destroy(api);
+    return 0;
+}

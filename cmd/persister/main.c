@@ -1,0 +1,97 @@
+/*
+ * sluice-persister: persist queue → database, exactly once, then the live exchange. Wiring only:
+ * the work is internal/sl_persister.c; a second thread serves /healthz, /readyz and /metrics.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <string.h>
+
+#include "sl_config.h"
+#include "sl_http.h"
+#include "sl_log.h"
+#include "sl_persister.h"
+
+static volatile sig_atomic_t stopping;
+
+static int on_req(void *data, h2o_req_t *req)
+{
+    sl_persister_t *p = data;
+    int get = sl_http_method_is(req, "GET");
+    if (get && h2o_memis(req->path_normalized.base, req->path_normalized.len, H2O_STRLIT("/healthz"))) {
+        sl_http_send(req, 200, NULL, H2O_STRLIT("{\"status\":\"ok\"}"));
+    } else if (get && h2o_memis(req->path_normalized.base, req->path_normalized.len, H2O_STRLIT("/readyz"))) {
+        int ok = sl_persister_ready(p);
+        sl_http_send(req, ok ? 200 : 503, NULL, ok ? "{\"status\":\"ready\"}" : "{\"status\":\"unavailable\"}",
+                     ok ? 18 : 24);
+    } else if (get && h2o_memis(req->path_normalized.base, req->path_normalized.len, H2O_STRLIT("/metrics"))) {
+        sl_buf_t b = SL_BUF_INIT;
+        sl_persister_render_metrics(p, &b);
+        sl_http_send(req, 200, "text/plain; version=0.0.4", b.data, b.len);
+        sl_buf_free(&b);
+    } else {
+        sl_http_fail(req, 404, "not_found", NULL, "no such endpoint", 0);
+    }
+    return 0;
+}
+
+static void *serve(void *arg)
+{
+    sl_http_server_t *s = arg;
+    while (!stopping)
+        h2o_evloop_run(s->loop, 200);
+    return NULL;
+}
+
+int main(int argc, char **argv)
+{
+    const char *host;
+    long long port;
+    sl_persister_conf_t conf;
+    sl_opt_t opts[] = {
+        {"host", "SLUICE_PERSISTER_HOST", SL_OPT_STR, &host, "127.0.0.1", 0, 0, "address of the metrics endpoint"},
+        {"port", "SLUICE_PERSISTER_PORT", SL_OPT_INT, &port, "8083", 0, 65535,
+         "port of /healthz, /readyz, /metrics (0: none)"},
+        {"amqp-url", "SLUICE_AMQP_URL", SL_OPT_STR, &conf.amqp_url, "amqp://guest:guest@127.0.0.1:5672/", 0, 0,
+         "RabbitMQ URL"},
+        {"db-url", "SLUICE_DB_URL", SL_OPT_STR, &conf.db_url, "postgresql://postgres@127.0.0.1:5433/sluice", 0, 0,
+         "PostgreSQL/CockroachDB URL"},
+        {"queue-max-length", "SLUICE_QUEUE_MAX_LENGTH", SL_OPT_INT, &conf.queue_max_length, "100000", 1, 1e9,
+         "x-max-length of the persist queue (must match the api's)"},
+        {"batch-size", "SLUICE_BATCH_SIZE", SL_OPT_INT, &conf.batch_size, "1000", 1, 5000, "messages per transaction"},
+        {"batch-ms", "SLUICE_BATCH_MS", SL_OPT_INT, &conf.batch_ms, "20", 0, 60000,
+         "longest wait for a batch to fill, in ms"},
+        {"prefetch", "SLUICE_PREFETCH", SL_OPT_INT, &conf.prefetch, "2000", 1, 65535, "unacked deliveries in flight"},
+    };
+    int r = sl_config_parse(opts, sizeof(opts) / sizeof(opts[0]), argc, argv, "sluice-persister",
+                            "sluice persister: persist queue -> database (exactly once) -> live exchange.");
+    if (r != 0)
+        return r > 0 ? 0 : 2;
+    sl_log_init("persister");
+    sl_http_trap_signals(&stopping);
+    if (conf.prefetch < conf.batch_size) {
+        SL_ERROR("event=bad_config error=\"prefetch must be at least batch-size\"");
+        return 2;
+    }
+    sl_persister_t *p = sl_persister_create(&conf);
+    if (p == NULL)
+        return 1;
+
+    sl_http_server_t server;
+    pthread_t thread;
+    int serving = 0;
+    if (port > 0) {
+        sl_http_init(&server, on_req, p, 4096);
+        if (sl_http_listen(&server, host, (int)port) != 0) {
+            SL_ERROR("event=listen_failed host=%s port=%lld error=\"%s\"", host, port, strerror(errno));
+            return 1;
+        }
+        serving = pthread_create(&thread, NULL, serve, &server) == 0;
+        SL_INFO("event=listening host=%s port=%lld", host, port);
+    }
+    r = sl_persister_run(p, &stopping);
+    stopping = 1;
+    if (serving)
+        pthread_join(thread, NULL);
+    sl_persister_destroy(p);
+    return r;
+}

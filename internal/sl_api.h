@@ -1,0 +1,37 @@
+/*
+ * sl_api: the api service's HTTP handlers: POST /v1/messages (validate, publish with confirms,
+ * answer when the broker confirmed), history reads from the database, health, readiness and
+ * metrics. Everything runs on one h2o event loop; nothing blocks on the broker or the database
+ * per request.
+ */
+#ifndef SL_API_H
+#define SL_API_H
+
+#define H2O_USE_LIBUV 0
+#include <h2o.h>
+
+typedef struct sl_api_conf {
+    const char *amqp_url;
+    const char *db_url;
+    long long queue_max_length;   /* x-max-length of the persist queue */
+    long long max_unconfirmed;    /* publishes awaiting confirmation before 503 */
+    long long db_conns;           /* connections in the read pool */
+    long long retry_after_s;      /* Retry-After on 429/503 */
+    long long history_max;        /* largest page of GET /v1/messages */
+} sl_api_conf_t;
+
+typedef struct sl_api sl_api_t;
+
+/* Connects (in the background) to the broker and the database. NULL on no memory. The conf's
+ * strings must outlive the api. */
+sl_api_t *sl_api_create(h2o_loop_t *loop, const sl_api_conf_t *conf);
+
+/* The sl_http handler: data is the sl_api_t. */
+int sl_api_handle(void *data, h2o_req_t *req);
+
+/* Requests waiting for a confirm or a query. */
+size_t sl_api_inflight(const sl_api_t *api);
+
+void sl_api_destroy(sl_api_t *api);
+
+#endif

@@ -1,0 +1,422 @@
+/*
+ * sl_db: schema, migrations and the persister's batch insert; see sl_db.h.
+ */
+#include "sl_db.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include "sl_buf.h"
+#include "sl_log.h"
+#include "sl_time.h"
+
+struct migration {
+    int version;
+    const char *name;
+    const char *common[8];   /* run on both servers */
+    const char *postgres[4]; /* then these on PostgreSQL */
+    const char *cockroach[4];/* or these on CockroachDB */
+};
+
+/* Every statement is idempotent (IF NOT EXISTS, ON CONFLICT), so a migration interrupted half-way,
+ * or run by two processes at once, ends in the same state. Never edit a released migration: add one. */
+static const struct migration migrations[] = {
+    {1,
+     "feed",
+     {"CREATE TABLE IF NOT EXISTS sluice_feed (id INT8 PRIMARY KEY, last_seq INT8 NOT NULL)",
+      "INSERT INTO sluice_feed (id, last_seq) VALUES (1, 0) ON CONFLICT (id) DO NOTHING",
+      "CREATE TABLE IF NOT EXISTS idempotency_keys (author TEXT NOT NULL, key TEXT NOT NULL, message_id UUID NOT NULL,"
+      " channel VARCHAR(64) NOT NULL, created_at TIMESTAMPTZ NOT NULL, PRIMARY KEY (author, key))",
+      NULL},
+     {"CREATE TABLE IF NOT EXISTS messages (id UUID PRIMARY KEY, seq INT8 NOT NULL, channel VARCHAR(64) NOT NULL,"
+      " author TEXT NOT NULL, body TEXT NOT NULL, source VARCHAR(16) NOT NULL, created_at TIMESTAMPTZ NOT NULL,"
+      " stored_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+      "CREATE UNIQUE INDEX IF NOT EXISTS messages_seq_idx ON messages (seq)",
+      "CREATE INDEX IF NOT EXISTS messages_channel_seq_idx ON messages (channel, seq)", NULL},
+     /* UUIDv7 ids and seq both grow monotonically: hash-shard them so that inserts spread over
+      * ranges instead of all landing on the last one. */
+     {"CREATE TABLE IF NOT EXISTS messages (id UUID NOT NULL, seq INT8 NOT NULL, channel VARCHAR(64) NOT NULL,"
+      " author TEXT NOT NULL, body TEXT NOT NULL, source VARCHAR(16) NOT NULL, created_at TIMESTAMPTZ NOT NULL,"
+      " stored_at TIMESTAMPTZ NOT NULL DEFAULT now(), PRIMARY KEY (id) USING HASH)",
+      "CREATE UNIQUE INDEX IF NOT EXISTS messages_seq_idx ON messages (seq) USING HASH",
+      "CREATE INDEX IF NOT EXISTS messages_channel_seq_idx ON messages (channel, seq)", NULL}},
+};
+
+const char *sl_db_sqlstate(const PGresult *res)
+{
+    const char *s = res != NULL ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    return s != NULL ? s : "";
+}
+
+int sl_db_is_retryable(const char *sqlstate)
+{
+    return strcmp(sqlstate, "40001") == 0 || strcmp(sqlstate, "40P01") == 0;
+}
+
+int sl_db_is_connection_error(PGconn *conn, const char *sqlstate)
+{
+    return conn == NULL || PQstatus(conn) != CONNECTION_OK || strncmp(sqlstate, "08", 2) == 0 ||
+           strcmp(sqlstate, "57P01") == 0 /* admin shutdown */ || strcmp(sqlstate, "57P02") == 0;
+}
+
+sl_db_kind_t sl_db_kind_of(const char *version)
+{
+    return version != NULL && strstr(version, "CockroachDB") != NULL ? SL_DB_COCKROACH : SL_DB_POSTGRES;
+}
+
+const char *sl_db_kind_name(sl_db_kind_t kind)
+{
+    return kind == SL_DB_COCKROACH ? "cockroachdb" : "postgresql";
+}
+
+/* Runs sql; on failure fills err and returns SL_DB_ERROR or SL_DB_LOST. *out gets the result
+ * when asked (the caller clears it), else it is cleared here. */
+static int exec(sl_db_t *db, const char *sql, int nparams, const char *const *params, PGresult **out, char *err,
+                size_t errlen)
+{
+    PGresult *res = PQexecParams(db->conn, sql, nparams, NULL, params, NULL, NULL, 0);
+    ExecStatusType st = PQresultStatus(res);
+    if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) {
+        if (out != NULL)
+            *out = res;
+        else
+            PQclear(res);
+        return SL_DB_OK;
+    }
+    const char *state = sl_db_sqlstate(res);
+    snprintf(err, errlen, "%s [%s] in: %.80s", res != NULL ? PQresultErrorMessage(res) : PQerrorMessage(db->conn),
+             *state ? state : "none", sql);
+    int lost = sl_db_is_connection_error(db->conn, state) || res == NULL;
+    int ret = lost ? SL_DB_LOST : SL_DB_ERROR;
+    if (out != NULL) {
+        *out = res; /* the caller reads the SQLSTATE */
+    } else {
+        PQclear(res);
+    }
+    return ret;
+}
+
+/* NOTICEs ("relation already exists, skipping") are expected noise for idempotent DDL. */
+static void on_notice(void *arg, const char *message)
+{
+    char q[300];
+    (void)arg;
+    SL_DEBUG("event=db_notice message=%s", sl_log_quote(q, sizeof(q), message));
+}
+
+int sl_db_connect(sl_db_t *db, const char *url, char *err, size_t errlen)
+{
+    const char *keys[] = {"dbname", "connect_timeout", "application_name", NULL};
+    const char *vals[] = {url, "5", "sluice", NULL};
+    PGresult *res = NULL;
+    memset(db, 0, sizeof(*db));
+    db->max_retries = 10;
+    db->conn = PQconnectdbParams(keys, vals, 1);
+    if (db->conn == NULL || PQstatus(db->conn) != CONNECTION_OK) {
+        snprintf(err, errlen, "connect: %s", db->conn ? PQerrorMessage(db->conn) : "out of memory");
+        sl_db_close(db);
+        return SL_DB_LOST;
+    }
+    if (exec(db, "SELECT version()", 0, NULL, &res, err, errlen) != SL_DB_OK) {
+        PQclear(res);
+        sl_db_close(db);
+        return SL_DB_LOST;
+    }
+    db->kind = sl_db_kind_of(PQgetvalue(res, 0, 0));
+    PQsetNoticeProcessor(db->conn, on_notice, NULL);
+    PQclear(res);
+    if (exec(db, "SET TIME ZONE 'UTC'", 0, NULL, NULL, err, errlen) != SL_DB_OK) {
+        sl_db_close(db);
+        return SL_DB_LOST;
+    }
+    return SL_DB_OK;
+}
+
+void sl_db_close(sl_db_t *db)
+{
+    if (db->conn != NULL)
+        PQfinish(db->conn);
+    db->conn = NULL;
+}
+
+int sl_db_schema_version(sl_db_t *db)
+{
+    PGresult *res = PQexec(db->conn, "SELECT coalesce(max(version), 0) FROM sluice_schema_migrations");
+    int v = PQresultStatus(res) == PGRES_TUPLES_OK ? atoi(PQgetvalue(res, 0, 0)) : -1;
+    PQclear(res);
+    return v;
+}
+
+int sl_db_migrate(sl_db_t *db, char *err, size_t errlen)
+{
+    int ret = SL_DB_OK, locked = 0;
+    if (db->kind == SL_DB_POSTGRES) {
+        /* Serialises concurrent starts (even CREATE TABLE IF NOT EXISTS races on PostgreSQL);
+         * CockroachDB has no advisory locks and relies on the statements being idempotent. */
+        if ((ret = exec(db, "SELECT pg_advisory_lock(727274)", 0, NULL, NULL, err, errlen)) != SL_DB_OK)
+            return ret;
+        locked = 1;
+    }
+    if (ret == SL_DB_OK)
+        ret = exec(db,
+               "CREATE TABLE IF NOT EXISTS sluice_schema_migrations (version INT8 PRIMARY KEY, name TEXT NOT NULL,"
+               " applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+               0, NULL, NULL, err, errlen);
+    int current = ret == SL_DB_OK ? sl_db_schema_version(db) : 0;
+    for (size_t m = 0; m < sizeof(migrations) / sizeof(migrations[0]) && ret == SL_DB_OK; m++) {
+        const struct migration *mg = &migrations[m];
+        char version[24];
+        if (mg->version <= current)
+            continue;
+        const char *const *lists[2] = {mg->common, db->kind == SL_DB_COCKROACH ? mg->cockroach : mg->postgres};
+        for (int l = 0; l < 2 && ret == SL_DB_OK; l++) {
+            for (const char *const *s = lists[l]; *s != NULL && ret == SL_DB_OK; s++)
+                ret = exec(db, *s, 0, NULL, NULL, err, errlen);
+        }
+        if (ret != SL_DB_OK)
+            break;
+        snprintf(version, sizeof(version), "%d", mg->version);
+        const char *params[] = {version, mg->name};
+        ret = exec(db, "INSERT INTO sluice_schema_migrations (version, name) VALUES ($1, $2) ON CONFLICT (version) DO NOTHING",
+                   2, params, NULL, err, errlen);
+        if (ret == SL_DB_OK)
+            SL_INFO("event=migration_applied version=%d name=%s server=%s", mg->version, mg->name,
+                    sl_db_kind_name(db->kind));
+    }
+    if (locked) {
+        char e2[256];
+        int r2 = exec(db, "SELECT pg_advisory_unlock(727274)", 0, NULL, NULL, e2, sizeof(e2));
+        if (ret == SL_DB_OK && r2 != SL_DB_OK) {
+            snprintf(err, errlen, "%s", e2);
+            ret = r2;
+        }
+    }
+    return ret;
+}
+
+int sl_db_row_to_message(const PGresult *res, int row, sl_message_t *m)
+{
+    const char *v;
+    size_t len;
+    memset(m, 0, sizeof(*m));
+    if (PQnfields(res) < 7)
+        return -1;
+#define COPY(col, dst)                                                                                                 \
+    do {                                                                                                               \
+        v = PQgetvalue(res, row, col);                                                                                 \
+        len = (size_t)PQgetlength(res, row, col);                                                                      \
+        if (len >= sizeof(dst))                                                                                        \
+            return -1;                                                                                                 \
+        memcpy(dst, v, len + 1);                                                                                       \
+    } while (0)
+    COPY(0, m->id);
+    m->seq = strtoll(PQgetvalue(res, row, 1), NULL, 10);
+    COPY(2, m->channel);
+    COPY(3, m->author);
+    COPY(4, m->text);
+    COPY(5, m->source);
+#undef COPY
+    v = PQgetvalue(res, row, 6);
+    return sl_time_parse(v, strlen(v), &m->created_at_us);
+}
+
+static int cmp_id(const void *a, const void *b)
+{
+    const sl_message_t *const *x = a, *const *y = b;
+    int c = strcmp((*x)->id, (*y)->id);
+    if (c != 0)
+        return c;
+    return *x < *y ? -1 : *x > *y; /* keep the first of equal ids first */
+}
+
+/* One attempt of the batch transaction body, after BEGIN. */
+static int store_attempt(sl_db_t *db, sl_message_t *msgs, size_t n, const char *is_new, size_t *stored, char *err,
+                         size_t errlen, PGresult **failed)
+{
+    PGresult *res = NULL;
+    sl_buf_t sql = SL_BUF_INIT;
+    const char **params = NULL;
+    char (*seqtext)[24] = NULL, (*tstext)[SL_TIME_RFC3339_LEN] = NULL;
+    int ret;
+    long long last_seq;
+    size_t k = 0, np = 0;
+    char *fresh = calloc(n, 1);
+
+    *failed = NULL;
+    if (fresh == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return SL_DB_ERROR;
+    }
+    /* Lock the counter first: concurrent writers queue here, so the existence check below sees
+     * every row committed before ours, and commits happen in seq order. */
+    if ((ret = exec(db, "SELECT last_seq FROM sluice_feed WHERE id = 1 FOR UPDATE", 0, NULL, &res, err, errlen)) !=
+        SL_DB_OK)
+        goto Exit;
+    if (PQntuples(res) != 1) {
+        snprintf(err, errlen, "sluice_feed has no row 1: migrations not applied?");
+        ret = SL_DB_ERROR;
+        goto Exit;
+    }
+    last_seq = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+    PQclear(res);
+    res = NULL;
+
+    params = calloc(n * 7 + 1, sizeof(*params));
+    seqtext = calloc(n + 1, sizeof(*seqtext));
+    tstext = calloc(n, sizeof(*tstext));
+    if (params == NULL || seqtext == NULL || tstext == NULL) {
+        snprintf(err, errlen, "out of memory");
+        ret = SL_DB_ERROR;
+        goto Exit;
+    }
+    sl_buf_appends(&sql, "SELECT id FROM messages WHERE id IN (");
+    for (size_t i = 0; i < n; i++) {
+        if (!is_new[i])
+            continue;
+        sl_buf_appendf(&sql, "%s$%zu", np ? "," : "", np + 1);
+        params[np++] = msgs[i].id;
+    }
+    sl_buf_appends(&sql, ")");
+    if (np > 0) {
+        if ((ret = exec(db, sql.data, (int)np, params, &res, err, errlen)) != SL_DB_OK)
+            goto Exit;
+        for (size_t i = 0; i < n; i++)
+            fresh[i] = is_new[i] != 0;
+        for (int r = 0; r < PQntuples(res); r++) {
+            const char *id = PQgetvalue(res, r, 0);
+            for (size_t i = 0; i < n; i++) {
+                if (fresh[i] && strcasecmp(id, msgs[i].id) == 0)
+                    fresh[i] = 0;
+            }
+        }
+        PQclear(res);
+        res = NULL;
+    }
+
+    sql.len = 0;
+    np = 0;
+    sl_buf_appends(&sql, "INSERT INTO messages (id, seq, channel, author, body, source, created_at) VALUES ");
+    for (size_t i = 0; i < n; i++) {
+        msgs[i].seq = 0;
+        if (!fresh[i])
+            continue;
+        msgs[i].seq = last_seq + (long long)(++k);
+        snprintf(seqtext[k - 1], sizeof(seqtext[0]), "%lld", (long long)msgs[i].seq);
+        sl_time_format(msgs[i].created_at_us, tstext[k - 1]);
+        sl_buf_appendf(&sql, "%s($%zu,$%zu,$%zu,$%zu,$%zu,$%zu,$%zu)", k > 1 ? "," : "", np + 1, np + 2, np + 3, np + 4,
+                       np + 5, np + 6, np + 7);
+        params[np++] = msgs[i].id;
+        params[np++] = seqtext[k - 1];
+        params[np++] = msgs[i].channel;
+        params[np++] = msgs[i].author;
+        params[np++] = msgs[i].text;
+        params[np++] = msgs[i].source;
+        params[np++] = tstext[k - 1];
+    }
+    if (k > 0) {
+        if ((ret = exec(db, sql.data, (int)np, params, &res, err, errlen)) != SL_DB_OK)
+            goto Exit;
+        PQclear(res);
+        res = NULL;
+        snprintf(seqtext[n], sizeof(seqtext[0]), "%lld", last_seq + (long long)k);
+        const char *p1[] = {seqtext[n]};
+        if ((ret = exec(db, "UPDATE sluice_feed SET last_seq = $1 WHERE id = 1", 1, p1, &res, err, errlen)) != SL_DB_OK)
+            goto Exit;
+        PQclear(res);
+        res = NULL;
+    }
+    *stored = k;
+    ret = SL_DB_OK;
+Exit:
+    if (ret != SL_DB_OK) {
+        *failed = res; /* the caller reads its SQLSTATE */
+        res = NULL;
+        for (size_t i = 0; i < n; i++)
+            msgs[i].seq = 0;
+    }
+    PQclear(res);
+    sl_buf_free(&sql);
+    free(params);
+    free(seqtext);
+    free(tstext);
+    free(fresh);
+    return ret;
+}
+
+static void backoff(int attempt)
+{
+    struct timespec ts = {0, (long)(attempt < 8 ? (1 << attempt) : 256) * 1000000L + (rand() % 1000) * 1000L};
+    nanosleep(&ts, NULL);
+}
+
+int sl_db_store_batch(sl_db_t *db, sl_message_t *msgs, size_t n, size_t *stored, char *err, size_t errlen)
+{
+    int crdb = db->kind == SL_DB_COCKROACH, ret = SL_DB_ERROR;
+    sl_message_t **order = NULL;
+    char *is_new = NULL;
+    *stored = 0;
+    if (n == 0)
+        return SL_DB_OK;
+    if (db->conn == NULL) {
+        snprintf(err, errlen, "not connected");
+        return SL_DB_LOST;
+    }
+    /* Mark repeats of an id within the batch (e.g. a client's retry queued next to its first try). */
+    order = calloc(n, sizeof(*order));
+    is_new = calloc(n, 1);
+    if (order == NULL || is_new == NULL) {
+        snprintf(err, errlen, "out of memory");
+        goto Exit;
+    }
+    for (size_t i = 0; i < n; i++)
+        order[i] = &msgs[i];
+    qsort(order, n, sizeof(*order), cmp_id);
+    for (size_t i = 0; i < n; i++) {
+        int dup = i > 0 && strcmp(order[i]->id, order[i - 1]->id) == 0;
+        is_new[order[i] - msgs] = !dup;
+    }
+
+    if ((ret = exec(db, "BEGIN", 0, NULL, NULL, err, errlen)) != SL_DB_OK)
+        goto Exit;
+    if (crdb && (ret = exec(db, "SAVEPOINT cockroach_restart", 0, NULL, NULL, err, errlen)) != SL_DB_OK)
+        goto Rollback;
+    for (int attempt = 0;; attempt++) {
+        PGresult *failed = NULL;
+        ret = store_attempt(db, msgs, n, is_new, stored, err, errlen, &failed);
+        if (ret == SL_DB_OK && crdb)
+            ret = exec(db, "RELEASE SAVEPOINT cockroach_restart", 0, NULL, &failed, err, errlen);
+        if (ret == SL_DB_OK)
+            ret = exec(db, "COMMIT", 0, NULL, &failed, err, errlen);
+        const char *state = sl_db_sqlstate(failed);
+        int retry = ret == SL_DB_ERROR && sl_db_is_retryable(state) && attempt < db->max_retries;
+        PQclear(failed);
+        if (ret == SL_DB_OK)
+            goto Exit;
+        if (!retry)
+            goto Rollback;
+        SL_INFO("event=db_retry sqlstate=%s attempt=%d", state, attempt + 1);
+        backoff(attempt);
+        if (crdb) {
+            if ((ret = exec(db, "ROLLBACK TO SAVEPOINT cockroach_restart", 0, NULL, NULL, err, errlen)) != SL_DB_OK)
+                goto Rollback;
+        } else {
+            if ((ret = exec(db, "ROLLBACK", 0, NULL, NULL, err, errlen)) != SL_DB_OK ||
+                (ret = exec(db, "BEGIN", 0, NULL, NULL, err, errlen)) != SL_DB_OK)
+                goto Rollback;
+        }
+    }
+Rollback:
+    if (ret != SL_DB_LOST) {
+        char e2[256];
+        if (exec(db, "ROLLBACK", 0, NULL, NULL, e2, sizeof(e2)) == SL_DB_LOST)
+            ret = SL_DB_LOST;
+    }
+    *stored = 0;
+Exit:
+    free(order);
+    free(is_new);
+    return ret;
+}

@@ -1,0 +1,68 @@
+/*
+ * sl_db: sluice's SQL on PostgreSQL and CockroachDB through libpq (blocking calls).
+ *
+ * The server is detected with SELECT version(): both speak the same wire protocol, and sluice
+ * uses the SQL both accept, with two CockroachDB-specific choices: hash-sharded indexes for the
+ * monotonically increasing keys, and the savepoint retry protocol for SQLSTATE 40001.
+ *
+ * Feed positions (seq) come from a one-row counter, sluice_feed, locked and advanced in the same
+ * transaction that inserts the rows: seq is gapless and increases in commit order even with
+ * several writers. A message's id is its primary key, so a redelivered message is stored once.
+ *
+ * One sl_db_t is one connection, used by one thread.
+ */
+#ifndef SL_DB_H
+#define SL_DB_H
+
+#include <libpq-fe.h>
+#include <stddef.h>
+
+#include "sl_message.h"
+
+typedef enum { SL_DB_POSTGRES = 0, SL_DB_COCKROACH = 1 } sl_db_kind_t;
+
+/* Return codes of the calls below. */
+#define SL_DB_OK 0
+#define SL_DB_ERROR (-1) /* the statement failed for a reason retrying will not fix */
+#define SL_DB_LOST (-2)  /* the connection broke: reconnect and call again */
+
+typedef struct sl_db {
+    PGconn *conn;
+    sl_db_kind_t kind;
+    int max_retries; /* of a transaction that failed with 40001 / 40P01; default 10 */
+} sl_db_t;
+
+/* The columns of a message, in the order sl_db_row_to_message reads them. */
+#define SL_DB_MESSAGE_COLUMNS "id, seq, channel, author, body, source, created_at"
+
+/* Connects (connect_timeout 5 s unless the URL says otherwise), detects the server, sets the
+ * session time zone to UTC. Returns SL_DB_OK or SL_DB_LOST with err. */
+int sl_db_connect(sl_db_t *db, const char *url, char *err, size_t errlen);
+void sl_db_close(sl_db_t *db);
+
+/* Detects the kind from a version() string. */
+sl_db_kind_t sl_db_kind_of(const char *version);
+const char *sl_db_kind_name(sl_db_kind_t kind);
+
+/* Applies the schema migrations not yet recorded in sluice_schema_migrations. Idempotent, safe
+ * when several processes start at once. Returns SL_DB_OK, SL_DB_ERROR or SL_DB_LOST with err. */
+int sl_db_migrate(sl_db_t *db, char *err, size_t errlen);
+/* Highest applied migration version (0 if none), or -1 on error. */
+int sl_db_schema_version(sl_db_t *db);
+
+/* Stores, in one transaction, the messages of msgs[0..n) whose id is not stored yet (nor repeated
+ * earlier in msgs), giving them consecutive seq values in array order. On SL_DB_OK, msgs[i].seq is
+ * the new position of each message stored now and 0 for each that was already there, and *stored
+ * counts the former. Retries 40001/40P01 itself. Calling it again with the same batch after
+ * SL_DB_LOST is safe, whether or not the lost commit happened. */
+int sl_db_store_batch(sl_db_t *db, sl_message_t *msgs, size_t n, size_t *stored, char *err, size_t errlen);
+
+/* Fills m from row of a result whose columns are SL_DB_MESSAGE_COLUMNS. Returns 0 or -1. */
+int sl_db_row_to_message(const PGresult *res, int row, sl_message_t *m);
+
+/* SQLSTATE of a result ("" when none); 1 if it (or the connection) says to retry the transaction. */
+const char *sl_db_sqlstate(const PGresult *res);
+int sl_db_is_retryable(const char *sqlstate);
+int sl_db_is_connection_error(PGconn *conn, const char *sqlstate);
+
+#endif

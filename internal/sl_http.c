@@ -1,0 +1,234 @@
+/*
+ * sl_http: see sl_http.h. One catch-all h2o handler keeps routing in our hands, so every unknown
+ * path and wrong method gets the same JSON error shape.
+ */
+#include "sl_http.h"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+struct catchall {
+    h2o_handler_t super;
+    sl_http_server_t *server;
+};
+
+static int on_req(h2o_handler_t *self, h2o_req_t *req)
+{
+    sl_http_server_t *s = ((struct catchall *)self)->server;
+    return s->handler(s->data, req);
+}
+
+static void on_accept(h2o_socket_t *listener, const char *err)
+{
+    sl_http_server_t *s = listener->data;
+    h2o_socket_t *sock;
+    if (err != NULL)
+        return;
+    if ((sock = h2o_evloop_socket_accept(listener)) == NULL)
+        return;
+    h2o_accept(&s->accept_ctx, sock);
+}
+
+void sl_http_init(sl_http_server_t *s, sl_http_handler_cb handler, void *data, size_t max_body)
+{
+    memset(s, 0, sizeof(*s));
+    s->handler = handler;
+    s->data = data;
+    h2o_config_init(&s->config);
+    s->config.max_request_entity_size = max_body;
+    h2o_hostconf_t *host = h2o_config_register_host(&s->config, h2o_iovec_init(H2O_STRLIT("default")), 65535);
+    h2o_pathconf_t *path = h2o_config_register_path(host, "/", 0);
+    struct catchall *h = (struct catchall *)h2o_create_handler(path, sizeof(*h));
+    h->super.on_req = on_req;
+    h->server = s;
+    s->loop = h2o_evloop_create();
+    h2o_context_init(&s->ctx, s->loop, &s->config);
+    s->accept_ctx.ctx = &s->ctx;
+    s->accept_ctx.hosts = s->config.hosts;
+}
+
+int sl_http_listen(sl_http_server_t *s, const char *host, int port)
+{
+    struct sockaddr_in addr;
+    int fd, on = 1;
+    memset(&addr, 0, sizeof(addr));
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons((uint16_t)port);
+    if (inet_pton(AF_INET, host, &addr.sin_addr) != 1) {
+        errno = EINVAL;
+        return -1;
+    }
+    if ((fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0)
+        return -1;
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on)) != 0 ||
+        bind(fd, (struct sockaddr *)&addr, sizeof(addr)) != 0 || listen(fd, SOMAXCONN) != 0) {
+        int saved = errno;
+        close(fd);
+        errno = saved;
+        return -1;
+    }
+    s->listener = h2o_evloop_socket_create(s->loop, fd, H2O_SOCKET_FLAG_DONT_READ);
+    s->listener->data = s;
+    h2o_socket_read_start(s->listener, on_accept);
+    return 0;
+}
+
+void sl_http_stop_listening(sl_http_server_t *s)
+{
+    if (s->listener != NULL) {
+        h2o_socket_read_stop(s->listener);
+        h2o_socket_close(s->listener);
+        s->listener = NULL;
+    }
+}
+
+static volatile sig_atomic_t *stop_flag;
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    if (stop_flag != NULL)
+        *stop_flag = 1;
+}
+
+void sl_http_trap_signals(volatile sig_atomic_t *flag)
+{
+    struct sigaction sa;
+    stop_flag = flag;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+}
+
+const char *sl_http_reason(int status)
+{
+    switch (status) {
+    case 200: return "OK";
+    case 201: return "Created";
+    case 202: return "Accepted";
+    case 204: return "No Content";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 409: return "Conflict";
+    case 413: return "Payload Too Large";
+    case 415: return "Unsupported Media Type";
+    case 422: return "Unprocessable Entity";
+    case 429: return "Too Many Requests";
+    case 500: return "Internal Server Error";
+    case 503: return "Service Unavailable";
+    default: return "Unknown";
+    }
+}
+
+void sl_http_send(h2o_req_t *req, int status, const char *content_type, const char *body, size_t len)
+{
+    req->res.status = status;
+    req->res.reason = sl_http_reason(status);
+    if (content_type == NULL)
+        content_type = "application/json";
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL, content_type, strlen(content_type));
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CACHE_CONTROL, NULL, H2O_STRLIT("no-store"));
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_ACCESS_CONTROL_ALLOW_ORIGIN, NULL, H2O_STRLIT("*"));
+    /* A known length keeps HTTP/1.1 connections alive: h2o's chunked filter closes them for
+     * non-200 answers of unknown length. */
+    req->res.content_length = len;
+    h2o_send_inline(req, body, len);
+}
+
+void sl_http_send_error(h2o_req_t *req, const sl_error_t *err, int retry_after_s)
+{
+    size_t len = 0;
+    char *json = sl_error_to_json(err, &len);
+    if (retry_after_s > 0) {
+        char *v = h2o_mem_alloc_pool(&req->pool, 16);
+        int n = snprintf(v, 16, "%d", retry_after_s);
+        h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_RETRY_AFTER, NULL, v, (size_t)n);
+    }
+    if (json == NULL) {
+        sl_http_send(req, 500, "text/plain", H2O_STRLIT("out of memory\n"));
+        return;
+    }
+    sl_http_send(req, err->status, NULL, json, len);
+    free(json);
+}
+
+void sl_http_fail(h2o_req_t *req, int status, const char *code, const char *field, const char *message,
+                  int retry_after_s)
+{
+    sl_error_t err;
+    sl_error_set(&err, status, code, field, "%s", message);
+    sl_http_send_error(req, &err, retry_after_s);
+}
+
+static int unhex(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+int sl_http_query(h2o_req_t *req, const char *name, h2o_iovec_t *out)
+{
+    size_t namelen = strlen(name);
+    if (req->query_at == SIZE_MAX)
+        return 0;
+    const char *p = req->path.base + req->query_at + 1, *end = req->path.base + req->path.len;
+    while (p < end) {
+        const char *amp = memchr(p, '&', (size_t)(end - p));
+        const char *pend = amp != NULL ? amp : end;
+        const char *eq = memchr(p, '=', (size_t)(pend - p));
+        const char *kend = eq != NULL ? eq : pend;
+        if ((size_t)(kend - p) == namelen && memcmp(p, name, namelen) == 0) {
+            const char *v = eq != NULL ? eq + 1 : pend;
+            size_t vlen = (size_t)(pend - v), o = 0;
+            char *dst = h2o_mem_alloc_pool(&req->pool, vlen + 1);
+            for (size_t i = 0; i < vlen; i++) {
+                if (v[i] == '%') {
+                    int hi, lo;
+                    if (i + 2 >= vlen)
+                        return -1;
+                    if ((hi = unhex(v[i + 1])) < 0 || (lo = unhex(v[i + 2])) < 0)
+                        return -1;
+                    dst[o++] = (char)(hi << 4 | lo);
+                    i += 2;
+                } else {
+                    dst[o++] = v[i] == '+' ? ' ' : v[i];
+                }
+            }
+            dst[o] = '\0';
+            *out = h2o_iovec_init(dst, o);
+            return 1;
+        }
+        p = pend + 1;
+    }
+    return 0;
+}
+
+const char *sl_http_header(h2o_req_t *req, const char *name, size_t *len)
+{
+    ssize_t i = h2o_find_header_by_str(&req->headers, name, strlen(name), -1);
+    if (i < 0)
+        return NULL;
+    *len = req->headers.entries[i].value.len;
+    return req->headers.entries[i].value.base;
+}
+
+int sl_http_method_is(h2o_req_t *req, const char *method)
+{
+    return h2o_memis(req->method.base, req->method.len, method, strlen(method));
+}

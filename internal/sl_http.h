@@ -1,0 +1,63 @@
+/*
+ * sl_http: the HTTP side every service shares, on h2o's evloop: one listener, one catch-all
+ * handler that routes by method and path, JSON answers and JSON errors, query parameters, and a
+ * graceful stop on SIGTERM/SIGINT.
+ *
+ * Threading: one loop thread per server.
+ */
+#ifndef SL_HTTP_H
+#define SL_HTTP_H
+
+#define H2O_USE_LIBUV 0
+#include <h2o.h>
+#include <signal.h>
+
+#include "sl_message.h"
+
+typedef struct sl_http_server sl_http_server_t;
+
+/* Handles one request; returns 0 (answered now or later). data is what was given to sl_http_init. */
+typedef int (*sl_http_handler_cb)(void *data, h2o_req_t *req);
+
+struct sl_http_server {
+    h2o_globalconf_t config;
+    h2o_context_t ctx;
+    h2o_accept_ctx_t accept_ctx;
+    h2o_evloop_t *loop;
+    h2o_socket_t *listener;
+    sl_http_handler_cb handler;
+    void *data;
+};
+
+/* Sets up the loop, the configuration (request bodies up to max_body bytes) and the handler. */
+void sl_http_init(sl_http_server_t *s, sl_http_handler_cb handler, void *data, size_t max_body);
+
+/* Listens on host:port (SO_REUSEADDR, SO_REUSEPORT). Returns 0, or -1 with errno set. */
+int sl_http_listen(sl_http_server_t *s, const char *host, int port);
+
+/* Stops accepting; requests in flight go on. */
+void sl_http_stop_listening(sl_http_server_t *s);
+
+/* Installs SIGTERM/SIGINT handlers that set *flag, and ignores SIGPIPE. */
+void sl_http_trap_signals(volatile sig_atomic_t *flag);
+
+/* Answers with a body copied into the request's pool. content_type NULL means application/json. */
+void sl_http_send(h2o_req_t *req, int status, const char *content_type, const char *body, size_t len);
+/* Answers {"error":{…}}, with Retry-After when retry_after_s > 0. */
+void sl_http_send_error(h2o_req_t *req, const sl_error_t *err, int retry_after_s);
+/* Shorthand: builds the error and sends it. */
+void sl_http_fail(h2o_req_t *req, int status, const char *code, const char *field, const char *message,
+                  int retry_after_s);
+
+const char *sl_http_reason(int status);
+
+/* Finds query parameter name; on success *out is its percent-decoded value (in the request's pool)
+ * and 1 is returned; 0 when absent; -1 when present but badly encoded. */
+int sl_http_query(h2o_req_t *req, const char *name, h2o_iovec_t *out);
+
+/* Value of request header name (lower case), or NULL with *len untouched. */
+const char *sl_http_header(h2o_req_t *req, const char *name, size_t *len);
+
+int sl_http_method_is(h2o_req_t *req, const char *method);
+
+#endif

@@ -1,0 +1,44 @@
+/*
+ * sl_persister: moves messages from the persist queue into the database, exactly once, and then
+ * announces them on the live exchange.
+ *
+ * It consumes with a prefetch window, stores up to batch_size messages (or what arrived within
+ * batch_ms of the first) in one transaction, publishes the newly stored ones in seq order to the
+ * live exchange, and only then acks the batch (one multiple ack). A crash anywhere before the ack
+ * redelivers the batch; ids already stored are skipped, so nothing is stored twice. A message that
+ * cannot be decoded, or that the database refuses on its own, is rejected to the dead-letter queue
+ * with a log line and never blocks the queue. Broker and database failures are retried with
+ * backoff, holding the unacked batch.
+ *
+ * sl_persister_run blocks in the calling thread until *stop becomes non-zero. Its statistics can
+ * be read from another thread with sl_persister_render_metrics.
+ */
+#ifndef SL_PERSISTER_H
+#define SL_PERSISTER_H
+
+#include <signal.h>
+
+#include "sl_buf.h"
+
+typedef struct sl_persister_conf {
+    const char *amqp_url;
+    const char *db_url;
+    long long queue_max_length;
+    long long batch_size;  /* messages per transaction */
+    long long batch_ms;    /* longest wait for a batch to fill */
+    long long prefetch;    /* unacked deliveries the broker may send ahead (>= batch_size) */
+} sl_persister_conf_t;
+
+typedef struct sl_persister sl_persister_t;
+
+sl_persister_t *sl_persister_create(const sl_persister_conf_t *conf);
+/* Returns 0 after a clean stop (the last batch committed and acked, or left unacked for
+ * redelivery when the database was unreachable). */
+int sl_persister_run(sl_persister_t *p, volatile sig_atomic_t *stop);
+void sl_persister_destroy(sl_persister_t *p);
+
+/* Thread-safe: the counters in Prometheus text, and readiness (broker and database connected). */
+void sl_persister_render_metrics(sl_persister_t *p, sl_buf_t *out);
+int sl_persister_ready(sl_persister_t *p);
+
+#endif

@@ -1,0 +1,75 @@
+/*
+ * sl_publisher: publishes to RabbitMQ with publisher confirms from inside an h2o event loop,
+ * many messages in flight at once.
+ *
+ * Each accepted publish gets the channel's next delivery tag; when the broker's basic.ack or
+ * basic.nack for it arrives (possibly as a "multiple" covering many tags), its callback runs once
+ * with the outcome. Nothing waits for a confirm in turn: the loop stays free. The publisher
+ * reconnects by itself (every reconnect_ms) and tracks connection.blocked.
+ *
+ * Threading: everything runs on the loop's thread. Connecting (after a failure) blocks the loop
+ * for at most timeout_ms; a broker on loopback answers or refuses in well under that.
+ */
+#ifndef SL_PUBLISHER_H
+#define SL_PUBLISHER_H
+
+#define H2O_USE_LIBUV 0
+#include <h2o.h>
+#include <stdint.h>
+
+#include "sl_amqp.h"
+#include "sl_metrics.h"
+
+typedef enum {
+    SL_PUBLISH_OK = 0,      /* accepted for confirmation (publish) / the broker confirmed it (callback) */
+    SL_PUBLISH_NACK,        /* the broker refused it: the queue is full (x-overflow=reject-publish) */
+    SL_PUBLISH_UNAVAILABLE, /* no connection, or it broke before the confirm came */
+    SL_PUBLISH_BLOCKED,     /* the broker sent connection.blocked (memory or disk alarm) */
+    SL_PUBLISH_BUSY,        /* too many publishes await confirmation */
+} sl_publish_result_t;
+
+/* Runs once per accepted publish, on the loop, unless the publish was detached. */
+typedef void (*sl_publish_cb)(void *data, sl_publish_result_t result);
+
+typedef struct sl_publisher_conf {
+    const char *url;
+    const char *conn_name;
+    sl_amqp_topology_t topology;
+    size_t max_unconfirmed;
+    int heartbeat_s;
+    int timeout_ms;
+    int reconnect_ms;
+} sl_publisher_conf_t;
+
+typedef struct sl_publisher_stats {
+    uint64_t published, acked, nacked, failed, refused_busy, refused_down, refused_blocked, reconnects;
+    int64_t blocked_us_total;   /* time spent blocked, closed intervals only */
+    sl_histogram_t confirm_latency; /* seconds from publish to confirm */
+} sl_publisher_stats_t;
+
+typedef struct sl_publisher sl_publisher_t;
+
+/* Copies conf (its strings must outlive the publisher) and tries to connect at once; a failure
+ * there is logged and retried. Returns NULL only on no memory. */
+sl_publisher_t *sl_publisher_create(h2o_loop_t *loop, const sl_publisher_conf_t *conf);
+
+/* Publishes body persistently to exchange ("" = default) with routing_key; message_id may be NULL.
+ * Returns SL_PUBLISH_OK and stores the delivery tag in *tag (for sl_publisher_detach): cb will run.
+ * Any other return is an immediate refusal, and cb will never run. */
+sl_publish_result_t sl_publisher_publish(sl_publisher_t *p, const char *exchange, const char *routing_key,
+                                         const char *message_id, const void *body, size_t len, sl_publish_cb cb,
+                                         void *data, uint64_t *tag);
+
+/* The caller no longer wants tag's callback (e.g. its HTTP client went away). */
+void sl_publisher_detach(sl_publisher_t *p, uint64_t tag);
+
+/* 1 when connected and not blocked. */
+int sl_publisher_ready(const sl_publisher_t *p);
+int sl_publisher_blocked(const sl_publisher_t *p);
+size_t sl_publisher_outstanding(const sl_publisher_t *p);
+const sl_publisher_stats_t *sl_publisher_stats(const sl_publisher_t *p);
+
+/* Closes the connection (outstanding callbacks run with UNAVAILABLE) and frees. */
+void sl_publisher_destroy(sl_publisher_t *p);
+
+#endif
