@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# Runs sluice locally.
+#
+# With a working Docker engine: `docker compose up -d --build`.
+# Otherwise: installs the Debian packages, builds into build/, starts private
+# RabbitMQ and PostgreSQL (state in .state/run, ports SLUICE_AMQP_PORT=5672 and
+# SLUICE_PG_PORT=5433 unless set) and every service binary that was built, in the
+# background. Logs: .state/run/logs/<name>.log, PIDs: .state/run/pids/<name>.pid.
+# Running it again starts only what is not running. Stop with ./stop.sh.
+set -euo pipefail
+
+REPO_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+cd "$REPO_DIR"
+
+log() { printf '%s\n' "$*"; }
+die() { printf 'run.sh: %s\n' "$*" >&2; exit 1; }
+# shellcheck source=scripts/lib.sh
+. "$REPO_DIR/scripts/lib.sh"
+
+API_URL=http://127.0.0.1:8080
+SERVICES=(persister api sse bot ingest)
+
+print_usage_hints() {
+  cat <<EOF
+
+sluice API: $API_URL   (readiness: $API_URL/readyz)
+
+  # post a message
+  curl -X POST -H 'Content-Type: application/json' -d '{"channel":"general","author":"alice","text":"hello"}' $API_URL/v1/messages
+  # read a channel
+  curl '$API_URL/v1/messages?channel=general'
+
+Stop everything with ./stop.sh (./stop.sh --purge also deletes .state/run).
+EOF
+}
+
+if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then
+  log "Docker engine found: docker compose up -d --build"
+  if docker compose version >/dev/null 2>&1; then
+    docker compose up -d --build
+  else
+    docker-compose up -d --build
+  fi
+  print_usage_hints
+  exit 0
+fi
+
+log "No Docker engine: running natively."
+scripts/deps.sh
+cmake -S "$REPO_DIR" -B "$REPO_DIR/build" -DSLUICE_SANITIZE=OFF >/dev/null
+cmake --build "$REPO_DIR/build" -j2
+
+export SLUICE_STATE_DIR=$REPO_DIR/.state/run
+RUN_DIR=$SLUICE_STATE_DIR
+# The ports of this instance are kept in ports.env (stop.sh reads them too). If
+# its servers are up, keep using their ports.
+amqp_port=${SLUICE_AMQP_PORT:-5672}
+pg_port=${SLUICE_PG_PORT:-5433}
+if [[ -f $RUN_DIR/ports.env ]]; then
+  rec_amqp=$(sed -n 's/^SLUICE_AMQP_PORT=//p' "$RUN_DIR/ports.env")
+  rec_pg=$(sed -n 's/^SLUICE_PG_PORT=//p' "$RUN_DIR/ports.env")
+  st=$(SLUICE_AMQP_PORT=$rec_amqp SLUICE_PG_PORT=$rec_pg scripts/servers.sh status 2>/dev/null || true)
+  if [[ $st == *": running"* ]]; then
+    if [[ ${SLUICE_AMQP_PORT:-$rec_amqp} != "$rec_amqp" || ${SLUICE_PG_PORT:-$rec_pg} != "$rec_pg" ]]; then
+      die "servers in $RUN_DIR already run on ports $rec_amqp/$rec_pg: ./stop.sh first to change ports"
+    fi
+    amqp_port=$rec_amqp
+    pg_port=$rec_pg
+  fi
+fi
+export SLUICE_AMQP_PORT=$amqp_port SLUICE_PG_PORT=$pg_port
+mkdir -p "$RUN_DIR/logs" "$RUN_DIR/pids"
+printf 'SLUICE_AMQP_PORT=%s\nSLUICE_PG_PORT=%s\n' "$SLUICE_AMQP_PORT" "$SLUICE_PG_PORT" >"$RUN_DIR/ports.env"
+
+scripts/servers.sh start
+eval "$(scripts/servers.sh env)"
+
+started=()
+have_api=0
+n_bins=0
+for name in "${SERVICES[@]}"; do
+  bin=$REPO_DIR/build/bin/sluice-$name
+  [[ -x $bin ]] || continue
+  n_bins=$((n_bins + 1))
+  if [[ $name == api ]]; then have_api=1; fi
+  pid_file=$RUN_DIR/pids/$name.pid
+  log_file=$RUN_DIR/logs/$name.log
+  pid=$(read_pid "$pid_file")
+  if pid_is "$pid" "sluice-$name"; then
+    log "sluice-$name: already running (pid $pid)"
+    continue
+  fi
+  printf '=== %s starting %s\n' "$(date '+%F %T')" "$bin" >>"$log_file"
+  # Not a process group leader, so setsid does not fork: $! is the service.
+  setsid "$bin" </dev/null >>"$log_file" 2>&1 &
+  echo $! >"$pid_file"
+  started+=("$name")
+  log "sluice-$name: started (pid $!, log $log_file)"
+done
+
+((n_bins > 0)) || log "No service binaries in build/bin yet: only the servers are running."
+
+# A service that dies right away (bad config, port taken) should fail run.sh.
+sleep 0.5
+for name in "${started[@]}"; do
+  pid=$(read_pid "$RUN_DIR/pids/$name.pid")
+  if ! pid_alive "$pid"; then
+    tail_file "$RUN_DIR/logs/$name.log" 30
+    die "sluice-$name exited right after starting (see $RUN_DIR/logs/$name.log)"
+  fi
+done
+
+if ((have_api)); then
+  t0=$(now_ms)
+  deadline=$((SECONDS + 60))
+  until [[ $(curl -s -o /dev/null -m 2 -w '%{http_code}' "$API_URL/readyz" || true) == 200 ]]; do
+    pid=$(read_pid "$RUN_DIR/pids/api.pid")
+    if ! pid_alive "$pid"; then
+      tail_file "$RUN_DIR/logs/api.log" 30
+      die "sluice-api exited (see $RUN_DIR/logs/api.log)"
+    fi
+    if ((SECONDS >= deadline)); then
+      tail_file "$RUN_DIR/logs/api.log" 30
+      die "$API_URL/readyz did not answer 200 within 60 s"
+    fi
+    sleep 0.2
+  done
+  log "sluice-api: ready in $(elapsed "$t0") ($API_URL/readyz answered 200)"
+fi
+
+cat <<EOF
+
+RabbitMQ:   $SLUICE_AMQP_URL
+PostgreSQL: $SLUICE_DB_URL
+Logs:       $RUN_DIR/logs/
+EOF
+print_usage_hints

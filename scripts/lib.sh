@@ -1,0 +1,79 @@
+# Shared helpers for the scripts in this folder; source it, do not run it.
+# The sourcing script defines log MESSAGE and die MESSAGE.
+#
+# PID 1 on our machines does not reap orphans, so a process that has exited can
+# stay a zombie whose PID still answers `kill -0`: here a zombie counts as gone.
+# shellcheck shell=bash
+
+pid_alive() {
+  local st
+  [[ ${1:-} =~ ^[0-9]+$ ]] || return 1
+  st=$(ps -o stat= -p "$1" 2>/dev/null) || return 1
+  [[ -n $st && $st != Z* ]]
+}
+
+# pid_is PID WORD: PID is alive and WORD occurs in its command line.
+pid_is() {
+  pid_alive "$1" || return 1
+  local cmd
+  cmd=$(tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null) || return 1
+  [[ $cmd == *"$2"* ]]
+}
+
+read_pid() {
+  if [[ -f $1 ]]; then head -n1 "$1" | tr -dc '0-9'; fi
+}
+
+# wait_gone SECONDS PID...: 0 once all are gone, 1 on timeout.
+wait_gone() {
+  local deadline=$((SECONDS + $1)) p any
+  shift
+  while :; do
+    any=0
+    for p in "$@"; do pid_alive "$p" && any=1; done
+    ((any)) || return 0
+    ((SECONDS < deadline)) || return 1
+    sleep 0.1
+  done
+}
+
+# kill_pids NAME PID...: SIGTERM, wait up to 10 s, then SIGKILL.
+kill_pids() {
+  local name=$1 p alive=()
+  shift
+  for p in "$@"; do pid_alive "$p" && alive+=("$p"); done
+  ((${#alive[@]})) || return 0
+  kill -TERM "${alive[@]}" 2>/dev/null || true
+  if ! wait_gone 10 "${alive[@]}"; then
+    log "$name: still running after SIGTERM, sending SIGKILL to ${alive[*]}"
+    kill -KILL "${alive[@]}" 2>/dev/null || true
+    wait_gone 5 "${alive[@]}" || die "$name: could not kill ${alive[*]}"
+  fi
+}
+
+# PID and all its live descendants (erl_child_setup and friends run in sessions
+# of their own, so the process tree is the way to find them).
+tree_pids() {
+  [[ ${1:-} =~ ^[0-9]+$ ]] || return 0
+  ps -eo pid=,ppid=,stat= | awk -v root="$1" '
+    $3 !~ /^Z/ { parent[$1] = $2 }
+    END {
+      for (p in parent) {
+        q = p
+        while (q != root && (q in parent) && q > 1) q = parent[q]
+        if (q == root) print p
+      }
+    }'
+}
+
+port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+now_ms() { local t=${EPOCHREALTIME/[.,]/}; echo $((t / 1000)); }
+elapsed() { local ms=$(($(now_ms) - $1)); printf '%d.%03d s' $((ms / 1000)) $((ms % 1000)); }
+
+tail_file() {
+  [[ -f $1 ]] || return 0
+  printf -- '--- last lines of %s ---\n' "$1" >&2
+  tail -n "${2:-40}" "$1" >&2
+}
+
