@@ -26,6 +26,7 @@ if [[ ${SLUICE_SANITIZE:-0} == 1 ]]; then
   export CK_FORK=no
   export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}
   export UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}
+  export LSAN_OPTIONS=${LSAN_OPTIONS:-suppressions=$REPO_DIR/tests/lsan.supp:print_suppressions=0}
 else
   BUILD_DIR=$REPO_DIR/build
   SANITIZE=OFF

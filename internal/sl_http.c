@@ -23,6 +23,22 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
     return s->handler(s->data, req);
 }
 
+/* h2o 2.2 cannot close its idle keep-alive connections on request, so we keep our own list of
+ * accepted sockets through their on_close hook (h2o's server side leaves it unused). */
+struct tracked_conn {
+    h2o_linklist_t link;
+    sl_http_server_t *server;
+    h2o_socket_t *sock;
+};
+
+static void on_conn_close(void *data)
+{
+    struct tracked_conn *t = data;
+    h2o_linklist_unlink(&t->link);
+    t->server->nconns--;
+    free(t);
+}
+
 static void on_accept(h2o_socket_t *listener, const char *err)
 {
     sl_http_server_t *s = listener->data;
@@ -31,7 +47,50 @@ static void on_accept(h2o_socket_t *listener, const char *err)
         return;
     if ((sock = h2o_evloop_socket_accept(listener)) == NULL)
         return;
+    struct tracked_conn *t = malloc(sizeof(*t));
+    if (t != NULL) {
+        t->server = s;
+        t->sock = sock;
+        h2o_linklist_insert(&s->conns, &t->link);
+        s->nconns++;
+        sock->on_close.cb = on_conn_close;
+        sock->on_close.data = t;
+    }
     h2o_accept(&s->accept_ctx, sock);
+}
+
+void sl_http_close_connections(sl_http_server_t *s)
+{
+    h2o_context_request_shutdown(&s->ctx); /* no keep-alive for requests from now on */
+    for (h2o_linklist_t *n = s->conns.next; n != &s->conns; n = n->next) {
+        struct tracked_conn *t = H2O_STRUCT_FROM_MEMBER(struct tracked_conn, link, n);
+        shutdown(h2o_socket_get_fd(t->sock), SHUT_RD);
+    }
+}
+
+size_t sl_http_connections(const sl_http_server_t *s)
+{
+    return s->nconns;
+}
+
+void sl_http_dispose(sl_http_server_t *s)
+{
+    sl_http_stop_listening(s);
+    /* whatever is still open now is abandoned: forget our hooks so closing it later is harmless */
+    while (!h2o_linklist_is_empty(&s->conns)) {
+        struct tracked_conn *t = H2O_STRUCT_FROM_MEMBER(struct tracked_conn, link, s->conns.next);
+        t->sock->on_close.cb = NULL;
+        h2o_linklist_unlink(&t->link);
+        free(t);
+    }
+    s->nconns = 0;
+    /* h2o_context_request_shutdown armed HTTP/2's GOAWAY timer; the context may not die with it set */
+    if (h2o_timeout_is_linked(&s->ctx.http2._graceful_shutdown_timeout))
+        h2o_timeout_unlink(&s->ctx.http2._graceful_shutdown_timeout);
+    h2o_context_dispose(&s->ctx);
+    h2o_config_dispose(&s->config);
+    h2o_evloop_destroy(s->loop);
+    s->loop = NULL;
 }
 
 void sl_http_init(sl_http_server_t *s, sl_http_handler_cb handler, void *data, size_t max_body)
@@ -50,6 +109,7 @@ void sl_http_init(sl_http_server_t *s, sl_http_handler_cb handler, void *data, s
     h2o_context_init(&s->ctx, s->loop, &s->config);
     s->accept_ctx.ctx = &s->ctx;
     s->accept_ctx.hosts = s->config.hosts;
+    h2o_linklist_init_anchor(&s->conns);
 }
 
 int sl_http_listen(sl_http_server_t *s, const char *host, int port)

@@ -27,6 +27,8 @@ struct sl_http_server {
     h2o_socket_t *listener;
     sl_http_handler_cb handler;
     void *data;
+    h2o_linklist_t conns; /* every accepted socket still open (struct tracked_conn) */
+    size_t nconns;
 };
 
 /* Sets up the loop, the configuration (request bodies up to max_body bytes) and the handler. */
@@ -37,6 +39,17 @@ int sl_http_listen(sl_http_server_t *s, const char *host, int port);
 
 /* Stops accepting; requests in flight go on. */
 void sl_http_stop_listening(sl_http_server_t *s);
+
+/* Asks every client connection to end: idle keep-alive connections close now, busy ones after
+ * their answer (h2o sees end-of-input once it reads again). Call after sl_http_stop_listening. */
+void sl_http_close_connections(sl_http_server_t *s);
+
+/* Open client connections (HTTP and upgraded ones alike). */
+size_t sl_http_connections(const sl_http_server_t *s);
+
+/* Frees the context, the configuration and the loop. Every other user of the loop (timeouts,
+ * sockets) must be gone first. */
+void sl_http_dispose(sl_http_server_t *s);
 
 /* Installs SIGTERM/SIGINT handlers that set *flag, and ignores SIGPIPE. */
 void sl_http_trap_signals(volatile sig_atomic_t *flag);

@@ -42,6 +42,8 @@ struct sl_pgpool {
     sl_db_kind_t kind;
     h2o_timeout_t tick_timeout;
     h2o_timeout_entry_t tick;
+    int closing;
+    unsigned connect_failures; /* in a row, to thin out repeated log lines */
 };
 
 static void dispatch(sl_pgpool_t *p);
@@ -59,7 +61,10 @@ static void drop_conn(struct pgconn *c, const char *why)
     char quoted[300];
     if (c->conn == NULL)
         return;
-    SL_WARN("event=db_connection_lost reason=%s", sl_log_quote(quoted, sizeof(quoted), why));
+    if (c->pool->closing)
+        SL_DEBUG("event=db_connection_closed");
+    else
+        SL_WARN("event=db_connection_lost reason=%s", sl_log_quote(quoted, sizeof(quoted), why));
     if (c->sock != NULL)
         h2o_socket_close(c->sock);
     c->sock = NULL;
@@ -158,9 +163,13 @@ static void try_connect(struct pgconn *c)
     char err[512], quoted[600];
     sl_db_t db;
     if (sl_db_connect(&db, c->pool->url, err, sizeof(err)) != SL_DB_OK) {
-        SL_WARN("event=db_connect_failed error=%s", sl_log_quote(quoted, sizeof(quoted), err));
+        /* log the first failure of a streak, then one in 20 */
+        if (c->pool->connect_failures++ % 20 == 0)
+            SL_WARN("event=db_connect_failed failures=%u error=%s", c->pool->connect_failures,
+                    sl_log_quote(quoted, sizeof(quoted), err));
         return;
     }
+    c->pool->connect_failures = 0;
     int fd = dup(PQsocket(db.conn));
     if (fd < 0 || PQsetnonblocking(db.conn, 1) != 0) {
         SL_WARN("event=db_connect_failed error=\"dup or nonblocking: %s\"", strerror(errno));
@@ -290,6 +299,7 @@ void sl_pgpool_destroy(sl_pgpool_t *p)
     if (p == NULL)
         return;
     h2o_timeout_unlink(&p->tick);
+    p->closing = 1;
     for (size_t i = 0; i < p->nconns; i++)
         drop_conn(&p->conns[i], "shutting down");
     while (!h2o_linklist_is_empty(&p->queue)) {

@@ -37,6 +37,7 @@ struct sl_publisher {
     h2o_timeout_entry_t tick;
     sl_publisher_stats_t stats;
     int in_drain;
+    unsigned connect_failures; /* in a row, to thin out repeated log lines */
 };
 
 static void on_readable(h2o_socket_t *sock, const char *err);
@@ -207,11 +208,13 @@ static void try_connect(sl_publisher_t *p)
     h2o_socket_read_start(p->sock, on_readable);
     p->next_tag = p->oldest_tag = 1;
     p->stats.reconnects++;
+    p->connect_failures = 0;
     SL_INFO("event=amqp_connected queue=%s max_length=%lld", p->conf.topology.persist_queue, p->conf.topology.max_length);
     drain(p); /* frames that arrived during the handshake sit in rabbitmq-c's buffer */
     return;
 Fail:
-    SL_WARN("event=amqp_connect_failed error=%s", sl_log_quote(q, sizeof(q), err));
+    if (p->connect_failures++ % 20 == 0) /* the first failure of a streak, then one in 20 */
+        SL_WARN("event=amqp_connect_failed failures=%u error=%s", p->connect_failures, sl_log_quote(q, sizeof(q), err));
     if (conn != NULL)
         amqp_destroy_connection(conn);
 }

@@ -91,16 +91,15 @@ int main(int argc, char **argv)
     while (!stopping)
         h2o_evloop_run(server.loop, 200);
 
-    /* Stop accepting, answer what is in flight (their confirms), then leave. */
+    /* Stop accepting, end idle connections, answer what is in flight (their confirms), leave. */
     sl_http_stop_listening(&server);
-    SL_INFO("event=draining inflight=%zu", sl_api_inflight(api));
+    sl_http_close_connections(&server);
+    SL_INFO("event=draining inflight=%zu connections=%zu", sl_api_inflight(api), sl_http_connections(&server));
     int64_t deadline = sl_time_mono_us() + drain_s * 1000000;
-    while (sl_api_inflight(api) > 0 && sl_time_mono_us() < deadline)
-        h2o_evloop_run(server.loop, 50);
-    /* Let the last answers reach their sockets. */
-    for (int i = 0; i < 5; i++)
-        h2o_evloop_run(server.loop, 10);
-    SL_INFO("event=stopped inflight=%zu", sl_api_inflight(api));
+    while ((sl_api_inflight(api) > 0 || sl_http_connections(&server) > 0) && sl_time_mono_us() < deadline)
+        h2o_evloop_run(server.loop, 20);
+    SL_INFO("event=stopped inflight=%zu connections=%zu", sl_api_inflight(api), sl_http_connections(&server));
     sl_api_destroy(api);
+    sl_http_dispose(&server);
     return 0;
 }

@@ -34,11 +34,16 @@ static int on_req(void *data, h2o_req_t *req)
     return 0;
 }
 
-static void *serve(void *arg)
+struct worker {
+    sl_persister_t *p;
+    int status;
+};
+
+static void *work(void *arg)
 {
-    sl_http_server_t *s = arg;
-    while (!stopping)
-        h2o_evloop_run(s->loop, 200);
+    struct worker *w = arg;
+    w->status = sl_persister_run(w->p, &stopping);
+    stopping = 1;
     return NULL;
 }
 
@@ -76,22 +81,33 @@ int main(int argc, char **argv)
     if (p == NULL)
         return 1;
 
-    sl_http_server_t server;
+    /* The persister works in a thread of its own; the main thread serves the endpoints (h2o keeps
+     * thread-local memory pools, which are only freed for a thread that lives to the end). */
+    struct worker w = {p, 0};
     pthread_t thread;
-    int serving = 0;
+    if (pthread_create(&thread, NULL, work, &w) != 0) {
+        SL_ERROR("event=start_failed error=\"pthread_create\"");
+        return 1;
+    }
     if (port > 0) {
+        sl_http_server_t server;
         sl_http_init(&server, on_req, p, 4096);
         if (sl_http_listen(&server, host, (int)port) != 0) {
             SL_ERROR("event=listen_failed host=%s port=%lld error=\"%s\"", host, port, strerror(errno));
-            return 1;
+            stopping = 1;
+        } else {
+            SL_INFO("event=listening host=%s port=%lld", host, port);
+            while (!stopping)
+                h2o_evloop_run(server.loop, 200);
         }
-        serving = pthread_create(&thread, NULL, serve, &server) == 0;
-        SL_INFO("event=listening host=%s port=%lld", host, port);
+        sl_http_stop_listening(&server);
+        sl_http_close_connections(&server);
+        for (int i = 0; i < 50 && sl_http_connections(&server) > 0; i++)
+            h2o_evloop_run(server.loop, 20);
+        sl_http_dispose(&server);
     }
-    r = sl_persister_run(p, &stopping);
-    stopping = 1;
-    if (serving)
-        pthread_join(thread, NULL);
+    pthread_join(thread, NULL);
     sl_persister_destroy(p);
+    r = w.status;
     return r;
 }

@@ -1,0 +1,438 @@
+/*
+ * Integration tests of the write path on the real RabbitMQ and PostgreSQL that test.sh starts:
+ * POST → RabbitMQ (confirms, back pressure) → persister → database, and the history API.
+ */
+#include <check.h>
+#include <jansson.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+
+#include "sl_amqp.h"
+#include "sl_testutil.h"
+
+static tu_stack_t S;
+
+static void body_plain(int i, char *buf, size_t size)
+{
+    snprintf(buf, size, "{\"channel\":\"general\",\"author\":\"user%d\",\"text\":\"message %d \xe2\x9c\x93\"}", i % 37, i);
+}
+
+static char *post_url(void)
+{
+    static char url[128];
+    snprintf(url, sizeof(url), "%s/v1/messages", S.base);
+    return url;
+}
+
+/* Every id answered 202 is stored exactly once, nothing else is stored, and seq is 1..N. */
+static void assert_exactly_accepted(PGconn *db, long *status, char (*ids)[37], int n)
+{
+    long long accepted = 0;
+    for (int i = 0; i < n; i++)
+        accepted += status[i] == 202;
+    ck_assert_int_eq(tu_wait_rows(db, accepted, 30000), accepted);
+    tu_sleep_ms(300); /* a straggler would show up now */
+    ck_assert_int_eq(tu_scalar(db, "SELECT count(*) FROM messages"), accepted);
+    ck_assert_int_eq(tu_scalar(db, "SELECT count(DISTINCT id) FROM messages"), accepted);
+    ck_assert_int_eq(tu_scalar(db, "SELECT count(DISTINCT seq) FROM messages"), accepted);
+    ck_assert_int_eq(tu_scalar(db, "SELECT coalesce(min(seq), 1) FROM messages"), 1);
+    ck_assert_int_eq(tu_scalar(db, "SELECT coalesce(max(seq), 0) FROM messages"), accepted);
+    ck_assert_int_eq(tu_scalar(db, "SELECT last_seq FROM sluice_feed WHERE id = 1"), accepted);
+    /* and each accepted id is among them */
+    for (int i = 0; i < n; i++) {
+        if (status[i] != 202)
+            continue;
+        char sql[160];
+        snprintf(sql, sizeof(sql), "SELECT count(*) FROM messages WHERE id = '%s'", ids[i]);
+        ck_assert_msg(tu_scalar(db, sql) == 1, "accepted id %s stored %lld times", ids[i], tu_scalar(db, sql));
+    }
+}
+
+START_TEST(test_concurrent_posts_stored_once_gapless)
+{
+    enum { N = 1000 };
+    static long status[N];
+    static char ids[N][37];
+    tu_stack_init(&S, "concurrent", 100000);
+    tu_start(&S, "persister", NULL);
+    tu_start(&S, "api", NULL);
+    tu_post_many(post_url(), N, 200, body_plain, status, ids, NULL, NULL);
+    for (int i = 0; i < N; i++)
+        ck_assert_msg(status[i] == 202, "POST %d answered %ld", i, status[i]);
+    PGconn *db = tu_db(&S);
+    assert_exactly_accepted(db, status, ids, N);
+
+    /* History pages through all of them, newest first, each once. */
+    char url[256], cursor[32] = "";
+    long long seen = 0, prev = 1LL << 62;
+    for (int page = 0; page < 10; page++) {
+        tu_resp_t r;
+        snprintf(url, sizeof(url), "%s/v1/messages?channel=general&limit=200%s%s", S.base, *cursor ? "&before=" : "",
+                 cursor);
+        ck_assert_int_eq(tu_http("GET", url, NULL, NULL, NULL, 0, &r), 0);
+        ck_assert_int_eq(r.status, 200);
+        json_error_t e;
+        json_t *root = json_loads(r.body, 0, &e), *msgs = json_object_get(root, "messages"), *m;
+        size_t i;
+        json_array_foreach(msgs, i, m)
+        {
+            long long seq = json_integer_value(json_object_get(m, "seq"));
+            ck_assert_int_lt(seq, prev);
+            prev = seq;
+            seen++;
+            ck_assert_str_eq(json_string_value(json_object_get(m, "channel")), "general");
+            ck_assert_str_eq(json_string_value(json_object_get(m, "source")), "api");
+        }
+        json_t *next = json_object_get(root, "next");
+        if (json_is_null(next)) {
+            json_decref(root);
+            tu_resp_free(&r);
+            break;
+        }
+        snprintf(cursor, sizeof(cursor), "%s", json_string_value(next));
+        json_decref(root);
+        tu_resp_free(&r);
+    }
+    ck_assert_int_eq(seen, N);
+
+    /* One by id. */
+    tu_resp_t r;
+    snprintf(url, sizeof(url), "%s/v1/messages/%s", S.base, ids[17]);
+    ck_assert_int_eq(tu_http("GET", url, NULL, NULL, NULL, 0, &r), 0);
+    ck_assert_int_eq(r.status, 200);
+    ck_assert_ptr_nonnull(strstr(r.body, "\"text\":\"message 17 \xe2\x9c\x93\""));
+    tu_resp_free(&r);
+    PQfinish(db);
+    tu_stack_cleanup(&S);
+}
+END_TEST
+
+struct kill_plan {
+    int kill_at, restart_at;
+};
+
+static void kill_persister_midway(int done, void *arg)
+{
+    struct kill_plan *k = arg;
+    if (done == k->kill_at) {
+        kill(S.persister, SIGKILL);
+        waitpid(S.persister, NULL, 0);
+        S.persister = 0;
+    } else if (done == k->restart_at) {
+        tu_start(&S, "persister", NULL);
+    }
+}
+
+START_TEST(test_persister_sigkill_loses_nothing)
+{
+    enum { N = 3000 };
+    static long status[N];
+    static char ids[N][37];
+    struct kill_plan plan = {700, 1800};
+    tu_stack_init(&S, "sigkill", 100000);
+    /* small batches, so the kill lands between (and inside) many transactions */
+    const char *env[] = {"SLUICE_BATCH_SIZE=50", "SLUICE_BATCH_MS=5", NULL};
+    tu_start(&S, "persister", env);
+    tu_start(&S, "api", NULL);
+    tu_post_many(post_url(), N, 50, body_plain, status, ids, kill_persister_midway, &plan);
+    for (int i = 0; i < N; i++)
+        ck_assert_msg(status[i] == 202, "POST %d answered %ld", i, status[i]);
+    PGconn *db = tu_db(&S);
+    assert_exactly_accepted(db, status, ids, N);
+    PQfinish(db);
+    tu_stack_cleanup(&S);
+}
+END_TEST
+
+START_TEST(test_full_queue_answers_429_and_keeps_accepted)
+{
+    enum { N = 60, MAXLEN = 20 };
+    long status[N];
+    char ids[N][37];
+    int accepted = 0, refused = 0;
+    tu_stack_init(&S, "full", MAXLEN);
+    tu_start(&S, "api", NULL); /* no persister: the queue fills up */
+    for (int i = 0; i < N; i++) {
+        char body[256];
+        tu_resp_t r;
+        body_plain(i, body, sizeof(body));
+        ck_assert_int_eq(tu_http("POST", post_url(), NULL, "application/json", body, strlen(body), &r), 0);
+        status[i] = r.status;
+        ids[i][0] = '\0';
+        if (r.status == 202) {
+            accepted++;
+            ck_assert_int_eq(refused, 0); /* once full, it stays full */
+            tu_json_str(r.body, "id", ids[i], sizeof(ids[i]));
+        } else {
+            ck_assert_int_eq(r.status, 429);
+            ck_assert_str_eq(r.retry_after, "1");
+            ck_assert_ptr_nonnull(strstr(r.body, "\"code\":\"queue_full\""));
+            refused++;
+        }
+        tu_resp_free(&r);
+    }
+    /* RabbitMQ's quorum queues take one message over x-max-length before refusing. */
+    ck_assert_int_ge(accepted, MAXLEN);
+    ck_assert_int_le(accepted, MAXLEN + 1);
+    ck_assert_int_eq(refused, N - accepted);
+
+    tu_start(&S, "persister", NULL);
+    PGconn *db = tu_db(&S);
+    assert_exactly_accepted(db, status, ids, N);
+    /* room again: the api accepts */
+    tu_resp_t r;
+    char body[256];
+    body_plain(0, body, sizeof(body));
+    ck_assert_int_eq(tu_http("POST", post_url(), NULL, "application/json", body, strlen(body), &r), 0);
+    ck_assert_int_eq(r.status, 202);
+    tu_resp_free(&r);
+    PQfinish(db);
+    tu_stack_cleanup(&S);
+}
+END_TEST
+
+START_TEST(test_broker_down_answers_503_and_recovers)
+{
+    char url[160], body[256];
+    tu_resp_t r;
+    tu_stack_init(&S, "brokerdown", 100000);
+    tu_start(&S, "persister", NULL);
+    tu_start(&S, "api", NULL);
+    snprintf(url, sizeof(url), "%s/readyz", S.base);
+    ck_assert(tu_wait_status(url, 200, 10000));
+
+    ck_assert_int_eq(tu_servers("stop-rabbitmq"), 0);
+    body_plain(1, body, sizeof(body));
+    ck_assert_int_eq(tu_http("POST", post_url(), NULL, "application/json", body, strlen(body), &r), 0);
+    ck_assert_int_eq(r.status, 503);
+    ck_assert_str_eq(r.retry_after, "1");
+    ck_assert_msg(r.seconds < 1.0, "503 took %.3f s", r.seconds);
+    tu_resp_free(&r);
+    ck_assert(tu_wait_status(url, 503, 5000));
+
+    ck_assert_int_eq(tu_servers("start-rabbitmq"), 0);
+    ck_assert_msg(tu_wait_status(url, 200, 30000), "api did not become ready after the broker came back");
+    ck_assert_int_eq(tu_http("POST", post_url(), NULL, "application/json", body, strlen(body), &r), 0);
+    ck_assert_int_eq(r.status, 202);
+    tu_resp_free(&r);
+    PGconn *db = tu_db(&S);
+    ck_assert_int_eq(tu_wait_rows(db, 1, 30000), 1); /* the persister reconnected too */
+    PQfinish(db);
+    tu_stack_cleanup(&S);
+}
+END_TEST
+
+struct bad_request {
+    const char *method, *path, *ctype, *body;
+    long status;
+    const char *code;
+};
+
+START_TEST(test_bad_inputs_get_documented_errors)
+{
+    static char big[17 * 1024 + 64];
+    memset(big, 'a', sizeof(big) - 1);
+    memcpy(big, "{\"author\":\"a\",\"text\":\"", 22);
+    big[sizeof(big) - 3] = '"';
+    big[sizeof(big) - 2] = '}';
+    const struct bad_request cases[] = {
+        {"POST", "/v1/messages", "application/json", "{not json", 400, "invalid_json"},
+        {"POST", "/v1/messages", "application/json", "", 400, "invalid_json"},
+        {"POST", "/v1/messages", "application/json", "[]", 400, "not_an_object"},
+        {"POST", "/v1/messages", "application/json", "{\"author\":5,\"text\":\"x\"}", 400, "invalid_type"},
+        {"POST", "/v1/messages", "application/json", "{\"author\":\"a\"}", 400, "missing_field"},
+        {"POST", "/v1/messages", "application/json", "{\"author\":\"a\",\"text\":\"\xff\"}", 400, "invalid_utf8"},
+        {"POST", "/v1/messages", "application/json", "{\"author\":\"a\",\"text\":\"x\",\"channel\":\"No!\"}", 400,
+         "invalid_channel"},
+        {"POST", "/v1/messages", "application/json", big, 413, "body_too_large"},
+        {"POST", "/v1/messages", "text/plain", "{\"author\":\"a\",\"text\":\"x\"}", 415, "unsupported_media_type"},
+        {"POST", "/v1/messages", NULL, "{\"author\":\"a\",\"text\":\"x\"}", 415, "unsupported_media_type"},
+        {"PUT", "/v1/messages", "application/json", "{}", 405, "method_not_allowed"},
+        {"DELETE", "/v1/messages/0190f5f0-0000-7000-8000-000000000000", NULL, NULL, 405, "method_not_allowed"},
+        {"GET", "/v1/nothing", NULL, NULL, 404, "not_found"},
+        {"GET", "/v1/messages/not-a-uuid", NULL, NULL, 404, "not_found"},
+        {"GET", "/v1/messages/0190f5f0-0000-7000-8000-000000000000", NULL, NULL, 404, "not_found"},
+        {"GET", "/v1/messages?limit=0", NULL, NULL, 400, "invalid_limit"},
+        {"GET", "/v1/messages?limit=201", NULL, NULL, 400, "invalid_limit"},
+        {"GET", "/v1/messages?limit=abc", NULL, NULL, 400, "invalid_limit"},
+        {"GET", "/v1/messages?before=-3", NULL, NULL, 400, "invalid_cursor"},
+        {"GET", "/v1/messages?channel=UPPER", NULL, NULL, 400, "invalid_channel"},
+    };
+    tu_stack_init(&S, "badinput", 100000);
+    tu_start(&S, "persister", NULL);
+    tu_start(&S, "api", NULL);
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        const struct bad_request *c = &cases[i];
+        char url[256], want[96];
+        tu_resp_t r;
+        snprintf(url, sizeof(url), "%s%s", S.base, c->path);
+        ck_assert_int_eq(tu_http(c->method, url, NULL, c->ctype, c->body, c->body ? strlen(c->body) : 0, &r), 0);
+        ck_assert_msg(r.status == c->status, "case %zu: %s %s -> %ld, want %ld (%s)", i, c->method, c->path, r.status,
+                      c->status, r.body);
+        snprintf(want, sizeof(want), "\"code\":\"%s\"", c->code);
+        ck_assert_msg(strstr(r.body, want) != NULL, "case %zu: body %s lacks %s", i, r.body, want);
+        ck_assert_ptr_nonnull(strstr(r.body, "\"message\":\""));
+        tu_resp_free(&r);
+    }
+    /* still serving */
+    tu_resp_t r;
+    const char *good = "{\"author\":\"a\",\"text\":\"still here\"}";
+    ck_assert_int_eq(tu_http("POST", post_url(), NULL, "application/json; charset=utf-8", good, strlen(good), &r), 0);
+    ck_assert_int_eq(r.status, 202);
+    tu_resp_free(&r);
+    PGconn *db = tu_db(&S);
+    ck_assert_int_eq(tu_wait_rows(db, 1, 20000), 1);
+    tu_sleep_ms(200);
+    ck_assert_int_eq(tu_scalar(db, "SELECT count(*) FROM messages"), 1);
+    PQfinish(db);
+    tu_stack_cleanup(&S);
+}
+END_TEST
+
+START_TEST(test_idempotency_key_gives_one_message)
+{
+    const char *b1 = "{\"author\":\"carol\",\"text\":\"only once\"}";
+    const char *b2 = "{\"author\":\"dave\",\"text\":\"same key, other author\"}";
+    char id1[37], id2[37], id3[37], at1[40], at2[40];
+    tu_resp_t r;
+    tu_stack_init(&S, "idem", 100000);
+    tu_start(&S, "persister", NULL);
+    tu_start(&S, "api", NULL);
+    ck_assert_int_eq(tu_http("POST", post_url(), "Idempotency-Key: abc-123", "application/json", b1, strlen(b1), &r), 0);
+    ck_assert_int_eq(r.status, 202);
+    tu_json_str(r.body, "id", id1, sizeof(id1));
+    tu_json_str(r.body, "created_at", at1, sizeof(at1));
+    tu_resp_free(&r);
+    /* The retry comes before and after the first is stored: both give the first answer. */
+    for (int round = 0; round < 2; round++) {
+        ck_assert_int_eq(tu_http("POST", post_url(), "Idempotency-Key: abc-123", "application/json", b1, strlen(b1), &r),
+                         0);
+        ck_assert_int_eq(r.status, 202);
+        tu_json_str(r.body, "id", id2, sizeof(id2));
+        tu_json_str(r.body, "created_at", at2, sizeof(at2));
+        ck_assert_str_eq(id2, id1);
+        ck_assert_str_eq(at2, at1);
+        tu_resp_free(&r);
+        if (round == 0) {
+            PGconn *db = tu_db(&S);
+            tu_wait_rows(db, 1, 20000);
+            PQfinish(db);
+        }
+    }
+    ck_assert_int_eq(tu_http("POST", post_url(), "Idempotency-Key: abc-123", "application/json", b2, strlen(b2), &r), 0);
+    ck_assert_int_eq(r.status, 202);
+    tu_json_str(r.body, "id", id3, sizeof(id3));
+    ck_assert_str_ne(id3, id1);
+    tu_resp_free(&r);
+    const char *bad = "Idempotency-Key: has space";
+    ck_assert_int_eq(tu_http("POST", post_url(), bad, "application/json", b1, strlen(b1), &r), 0);
+    ck_assert_int_eq(r.status, 400);
+    tu_resp_free(&r);
+
+    PGconn *db = tu_db(&S);
+    ck_assert_int_eq(tu_wait_rows(db, 2, 20000), 2);
+    tu_sleep_ms(300);
+    ck_assert_int_eq(tu_scalar(db, "SELECT count(*) FROM messages WHERE author = 'carol'"), 1);
+    ck_assert_int_eq(tu_scalar(db, "SELECT count(*) FROM messages"), 2);
+    PQfinish(db);
+    tu_stack_cleanup(&S);
+}
+END_TEST
+
+struct term_plan {
+    int at;
+    int exit_status;
+};
+
+static void term_api_midway(int done, void *arg)
+{
+    struct term_plan *t = arg;
+    if (done == t->at)
+        kill(S.api, SIGTERM);
+}
+
+START_TEST(test_sigterm_finishes_in_flight)
+{
+    enum { N = 400 };
+    static long status[N];
+    static char ids[N][37];
+    struct term_plan plan = {100, -1};
+    tu_stack_init(&S, "sigterm", 100000);
+    tu_start(&S, "persister", NULL);
+    tu_start(&S, "api", NULL);
+    tu_post_many(post_url(), N, 100, body_plain, status, ids, term_api_midway, &plan);
+    int accepted = 0;
+    for (int i = 0; i < N; i++) {
+        accepted += status[i] == 202;
+        /* after SIGTERM a request is answered or refused at connect, never half-accepted */
+        ck_assert_msg(status[i] == 202 || status[i] == 0 || status[i] == 503, "POST %d answered %ld", i, status[i]);
+    }
+    ck_assert_int_ge(accepted, 100);
+    ck_assert_int_eq(tu_stop(&S.api, SIGTERM, 15000), 0); /* it exits 0 by itself */
+    PGconn *db = tu_db(&S);
+    assert_exactly_accepted(db, status, ids, N);
+    ck_assert_int_eq(tu_stop(&S.persister, SIGTERM, 15000), 0);
+    PQfinish(db);
+    tu_stack_cleanup(&S);
+}
+END_TEST
+
+START_TEST(test_undecodable_message_is_dead_lettered)
+{
+    char err[256];
+    tu_stack_init(&S, "poison", 100000);
+    tu_start(&S, "api", NULL); /* declares the topology */
+    amqp_connection_state_t c = sl_amqp_open(getenv("SLUICE_AMQP_URL"), "test", 0, 5000, err, sizeof(err));
+    ck_assert_msg(c != NULL, "%s", err);
+    amqp_bytes_t junk = amqp_cstring_bytes("{this is not a message");
+    ck_assert_int_eq(amqp_basic_publish(c, SL_AMQP_CHANNEL, amqp_cstring_bytes(""), amqp_cstring_bytes(S.queue), 0, 0,
+                                        NULL, junk),
+                     AMQP_STATUS_OK);
+    const char *good = "{\"author\":\"a\",\"text\":\"after the poison\"}";
+    tu_resp_t r;
+    ck_assert_int_eq(tu_http("POST", post_url(), NULL, "application/json", good, strlen(good), &r), 0);
+    ck_assert_int_eq(r.status, 202);
+    tu_resp_free(&r);
+    tu_start(&S, "persister", NULL);
+    PGconn *db = tu_db(&S);
+    ck_assert_int_eq(tu_wait_rows(db, 1, 20000), 1);
+    char dead[200];
+    snprintf(dead, sizeof(dead), "%s.dead", S.queue);
+    amqp_queue_declare_ok_t *ok = NULL;
+    for (int i = 0; i < 50; i++) {
+        ok = amqp_queue_declare(c, SL_AMQP_CHANNEL, amqp_cstring_bytes(dead), 1, 0, 0, 0, amqp_empty_table);
+        if (ok != NULL && ok->message_count == 1)
+            break;
+        tu_sleep_ms(100);
+    }
+    ck_assert_ptr_nonnull(ok);
+    ck_assert_int_eq(ok->message_count, 1);
+    sl_amqp_close(c);
+    PQfinish(db);
+    tu_stack_cleanup(&S);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("write_path");
+    TCase *tc = tcase_create("integration");
+    tcase_set_timeout(tc, 180);
+    tcase_add_test(tc, test_bad_inputs_get_documented_errors);
+    tcase_add_test(tc, test_concurrent_posts_stored_once_gapless);
+    tcase_add_test(tc, test_idempotency_key_gives_one_message);
+    tcase_add_test(tc, test_full_queue_answers_429_and_keeps_accepted);
+    tcase_add_test(tc, test_undecodable_message_is_dead_lettered);
+    tcase_add_test(tc, test_persister_sigkill_loses_nothing);
+    tcase_add_test(tc, test_sigterm_finishes_in_flight);
+    tcase_add_test(tc, test_broker_down_answers_503_and_recovers);
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}

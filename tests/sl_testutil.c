@@ -1,0 +1,372 @@
+/*
+ * Integration-test helpers; see sl_testutil.h.
+ */
+#include "sl_testutil.h"
+
+#include <check.h>
+#include <curl/curl.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+void tu_sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+static int free_port(void)
+{
+    struct sockaddr_in a;
+    socklen_t len = sizeof(a);
+    int fd = socket(AF_INET, SOCK_STREAM, 0), port;
+    memset(&a, 0, sizeof(a));
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(0x7f000001);
+    ck_assert_int_eq(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+    ck_assert_int_eq(getsockname(fd, (struct sockaddr *)&a, &len), 0);
+    port = ntohs(a.sin_port);
+    close(fd);
+    return port;
+}
+
+static const char *env_or_fail(const char *name)
+{
+    const char *v = getenv(name);
+    ck_assert_msg(v != NULL && *v != '\0', "%s is not set: run the tests through ./test.sh", name);
+    return v;
+}
+
+static void admin_exec(const char *sql)
+{
+    PGconn *c = PQconnectdb(env_or_fail("SLUICE_DB_URL"));
+    ck_assert_msg(PQstatus(c) == CONNECTION_OK, "database: %s", PQerrorMessage(c));
+    PGresult *r = PQexec(c, sql);
+    ck_assert_msg(PQresultStatus(r) == PGRES_COMMAND_OK, "%s: %s", sql, PQerrorMessage(c));
+    PQclear(r);
+    PQfinish(c);
+}
+
+void tu_stack_init(tu_stack_t *s, const char *name, long long max_length)
+{
+    char sql[256], dbname[96];
+    const char *base = env_or_fail("SLUICE_DB_URL");
+    memset(s, 0, sizeof(*s));
+    snprintf(s->name, sizeof(s->name), "%s", name);
+    snprintf(dbname, sizeof(dbname), "sluice_t_%s", name);
+    snprintf(sql, sizeof(sql), "DROP DATABASE IF EXISTS %s", dbname);
+    admin_exec(sql);
+    snprintf(sql, sizeof(sql), "CREATE DATABASE %s", dbname);
+    admin_exec(sql);
+    /* base is postgresql://user@host:port/sluice: swap the database name */
+    const char *slash = strrchr(base, '/');
+    ck_assert_ptr_nonnull(slash);
+    snprintf(s->db_url, sizeof(s->db_url), "%.*s/%s", (int)(slash - base), base, dbname);
+    snprintf(s->queue, sizeof(s->queue), "sluice.test.%s.%d.%ld", name, (int)getpid(), (long)time(NULL));
+    snprintf(s->live, sizeof(s->live), "sluice.live.test.%s.%d.%ld", name, (int)getpid(), (long)time(NULL));
+    s->api_port = free_port();
+    s->persister_port = free_port();
+    s->max_length = max_length;
+    snprintf(s->base, sizeof(s->base), "http://127.0.0.1:%d", s->api_port);
+    for (int i = 0; i < 2; i++) { /* each run of a test starts its logs afresh */
+        char path[700];
+        snprintf(path, sizeof(path), "%s/%s-%s.log", SLUICE_TEST_LOG_DIR, name, i ? "api" : "persister");
+        unlink(path);
+    }
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+}
+
+void tu_stack_cleanup(tu_stack_t *s)
+{
+    /* A clean exit on SIGTERM is part of every test: under the sanitizers a leak or an error
+     * report makes it non-zero. */
+    ck_assert_int_eq(tu_stop(&s->api, SIGTERM, 15000), 0);
+    ck_assert_int_eq(tu_stop(&s->persister, SIGTERM, 15000), 0);
+}
+
+pid_t tu_start(tu_stack_t *s, const char *service, const char *const *extra_env)
+{
+    char bin[512], logdir[512], logpath[700], url[128];
+    const char *bindir = getenv("SLUICE_BIN_DIR") ? getenv("SLUICE_BIN_DIR") : SLUICE_DEFAULT_BIN_DIR;
+    int port = strcmp(service, "api") == 0 ? s->api_port : s->persister_port;
+    snprintf(bin, sizeof(bin), "%s/sluice-%s", bindir, service);
+    snprintf(logdir, sizeof(logdir), "%s", SLUICE_TEST_LOG_DIR);
+    mkdir(logdir, 0755);
+    snprintf(logpath, sizeof(logpath), "%s/%s-%s.log", logdir, s->name, service);
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        char v[64];
+        int fd = open(logpath, O_WRONLY | O_CREAT | O_APPEND, 0644);
+        if (fd >= 0) {
+            dup2(fd, 1);
+            dup2(fd, 2);
+            close(fd);
+        }
+        setenv("SLUICE_DB_URL", s->db_url, 1);
+        setenv("SLUICE_QUEUE", s->queue, 1);
+        setenv("SLUICE_LIVE_EXCHANGE", s->live, 1);
+        snprintf(v, sizeof(v), "%lld", s->max_length);
+        setenv("SLUICE_QUEUE_MAX_LENGTH", v, 1);
+        snprintf(v, sizeof(v), "%d", s->api_port);
+        setenv("SLUICE_API_PORT", v, 1);
+        snprintf(v, sizeof(v), "%d", s->persister_port);
+        setenv("SLUICE_PERSISTER_PORT", v, 1);
+        for (const char *const *e = extra_env; e != NULL && *e != NULL; e++)
+            putenv((char *)*e);
+        execl(bin, bin, (char *)NULL);
+        fprintf(stderr, "exec %s: %s\n", bin, strerror(errno));
+        _exit(127);
+    }
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/healthz", port);
+    ck_assert_msg(tu_wait_status(url, 200, 15000), "%s did not come up; see %s", service, logpath);
+    if (strcmp(service, "api") == 0)
+        s->api = pid;
+    else
+        s->persister = pid;
+    return pid;
+}
+
+int tu_stop(pid_t *pid, int sig, int timeout_ms)
+{
+    int status = 0;
+    if (*pid <= 0)
+        return 0;
+    kill(*pid, sig);
+    for (int waited = 0;; waited += 20) {
+        pid_t r = waitpid(*pid, &status, WNOHANG);
+        if (r == *pid)
+            break;
+        if (waited >= timeout_ms) {
+            kill(*pid, SIGKILL);
+            waitpid(*pid, &status, 0);
+            break;
+        }
+        tu_sleep_ms(20);
+    }
+    *pid = 0;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+struct acc {
+    char *data;
+    size_t len;
+};
+
+static size_t on_data(char *p, size_t size, size_t n, void *arg)
+{
+    struct acc *a = arg;
+    size_t add = size * n;
+    char *d = realloc(a->data, a->len + add + 1);
+    if (d == NULL)
+        return 0;
+    memcpy(d + a->len, p, add);
+    a->data = d;
+    a->len += add;
+    a->data[a->len] = '\0';
+    return add;
+}
+
+static size_t on_header(char *p, size_t size, size_t n, void *arg)
+{
+    tu_resp_t *r = arg;
+    size_t len = size * n;
+    if (len > 12 && strncasecmp(p, "retry-after:", 12) == 0) {
+        size_t o = 0;
+        for (size_t i = 12; i < len && o + 1 < sizeof(r->retry_after); i++) {
+            if (p[i] >= '0' && p[i] <= '9')
+                r->retry_after[o++] = p[i];
+        }
+        r->retry_after[o] = '\0';
+    }
+    return len;
+}
+
+int tu_http(const char *method, const char *url, const char *header, const char *ctype, const char *body, size_t len,
+            tu_resp_t *r)
+{
+    CURL *c = curl_easy_init();
+    struct curl_slist *h = NULL;
+    struct acc a = {NULL, 0};
+    char ct[128];
+    memset(r, 0, sizeof(*r));
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_data);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &a);
+    curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(c, CURLOPT_HEADERDATA, r);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 20000L);
+    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    h = curl_slist_append(h, "Expect:");
+    if (header != NULL)
+        h = curl_slist_append(h, header);
+    if (ctype != NULL) {
+        snprintf(ct, sizeof(ct), "Content-Type: %s", ctype);
+        h = curl_slist_append(h, ct);
+    }
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
+    if (body != NULL) {
+        curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
+        curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)len);
+    }
+    if (strcmp(method, "HEAD") == 0)
+        curl_easy_setopt(c, CURLOPT_NOBODY, 1L);
+    CURLcode rc = curl_easy_perform(c);
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r->status);
+    curl_easy_getinfo(c, CURLINFO_TOTAL_TIME, &r->seconds);
+    curl_slist_free_all(h);
+    curl_easy_cleanup(c);
+    r->body = a.data != NULL ? a.data : strdup("");
+    return rc == CURLE_OK ? 0 : -1;
+}
+
+void tu_resp_free(tu_resp_t *r)
+{
+    free(r->body);
+    r->body = NULL;
+}
+
+struct job {
+    int i;
+    struct acc a;
+    char body[4096];
+};
+
+void tu_post_many(const char *url, int n, int parallel, void (*make_body)(int i, char *buf, size_t size), long *status,
+                  char (*ids)[37], void (*on_progress)(int done, void *arg), void *arg)
+{
+    CURLM *m = curl_multi_init();
+    struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
+    struct job *jobs = calloc((size_t)n, sizeof(*jobs));
+    int next = 0, running = 0, done = 0;
+    h = curl_slist_append(h, "Expect:");
+    ck_assert_ptr_nonnull(jobs);
+    curl_multi_setopt(m, CURLMOPT_MAX_TOTAL_CONNECTIONS, (long)parallel);
+    while (done < n) {
+        while (next < n && running < parallel) {
+            struct job *j = &jobs[next];
+            CURL *c = curl_easy_init();
+            j->i = next;
+            make_body(next, j->body, sizeof(j->body));
+            curl_easy_setopt(c, CURLOPT_URL, url);
+            curl_easy_setopt(c, CURLOPT_POSTFIELDS, j->body);
+            curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
+            curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_data);
+            curl_easy_setopt(c, CURLOPT_WRITEDATA, &j->a);
+            curl_easy_setopt(c, CURLOPT_PRIVATE, j);
+            curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 30000L);
+            curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+            curl_multi_add_handle(m, c);
+            next++;
+            running++;
+        }
+        int still;
+        curl_multi_perform(m, &still);
+        CURLMsg *msg;
+        int left;
+        while ((msg = curl_multi_info_read(m, &left)) != NULL) {
+            if (msg->msg != CURLMSG_DONE)
+                continue;
+            struct job *j;
+            long code = 0;
+            curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&j);
+            if (msg->data.result == CURLE_OK)
+                curl_easy_getinfo(msg->easy_handle, CURLINFO_RESPONSE_CODE, &code);
+            status[j->i] = code;
+            if (ids != NULL) {
+                ids[j->i][0] = '\0';
+                if (code == 202 && j->a.data != NULL)
+                    tu_json_str(j->a.data, "id", ids[j->i], 37);
+            }
+            free(j->a.data);
+            j->a.data = NULL;
+            curl_multi_remove_handle(m, msg->easy_handle);
+            curl_easy_cleanup(msg->easy_handle);
+            running--;
+            done++;
+            if (on_progress != NULL)
+                on_progress(done, arg);
+        }
+        if (done < n)
+            curl_multi_poll(m, NULL, 0, 100, NULL);
+    }
+    curl_slist_free_all(h);
+    curl_multi_cleanup(m);
+    free(jobs);
+}
+
+PGconn *tu_db(const tu_stack_t *s)
+{
+    PGconn *c = PQconnectdb(s->db_url);
+    ck_assert_msg(PQstatus(c) == CONNECTION_OK, "database: %s", PQerrorMessage(c));
+    return c;
+}
+
+long long tu_scalar(PGconn *c, const char *sql)
+{
+    PGresult *r = PQexec(c, sql);
+    ck_assert_msg(PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1, "%s: %s", sql, PQerrorMessage(c));
+    long long v = PQgetisnull(r, 0, 0) ? -1 : strtoll(PQgetvalue(r, 0, 0), NULL, 10);
+    PQclear(r);
+    return v;
+}
+
+long long tu_wait_rows(PGconn *c, long long want, int timeout_ms)
+{
+    long long n = -1;
+    for (int waited = 0; waited <= timeout_ms; waited += 100) {
+        PGresult *r = PQexec(c, "SELECT count(*) FROM messages");
+        if (PQresultStatus(r) == PGRES_TUPLES_OK)
+            n = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
+        PQclear(r);
+        if (n >= want)
+            return n;
+        tu_sleep_ms(100);
+    }
+    return n;
+}
+
+int tu_servers(const char *args)
+{
+    char cmd[1024];
+    snprintf(cmd, sizeof(cmd), "%s/scripts/servers.sh %s", SLUICE_SOURCE_DIR, args);
+    int st = system(cmd);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+int tu_wait_status(const char *url, long want, int timeout_ms)
+{
+    for (int waited = 0; waited <= timeout_ms; waited += 100) {
+        tu_resp_t r;
+        int ok = tu_http("GET", url, NULL, NULL, NULL, 0, &r) == 0 && r.status == want;
+        tu_resp_free(&r);
+        if (ok)
+            return 1;
+        tu_sleep_ms(100);
+    }
+    return 0;
+}
+
+int tu_json_str(const char *json, const char *field, char *out, size_t size)
+{
+    json_error_t e;
+    json_t *root = json_loads(json, 0, &e), *v;
+    int ret = -1;
+    if (root != NULL && (v = json_object_get(root, field)) != NULL && json_is_string(v)) {
+        snprintf(out, size, "%s", json_string_value(v));
+        ret = 0;
+    }
+    json_decref(root);
+    return ret;
+}

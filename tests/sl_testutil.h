@@ -1,0 +1,69 @@
+/*
+ * Test helpers for integration tests: a private "stack" (its own database, queue names and
+ * ports) on the real RabbitMQ and PostgreSQL that test.sh started, service processes spawned
+ * from SLUICE_BIN_DIR, and HTTP through libcurl.
+ */
+#ifndef SL_TESTUTIL_H
+#define SL_TESTUTIL_H
+
+#include <libpq-fe.h>
+#include <stddef.h>
+#include <sys/types.h>
+
+typedef struct tu_stack {
+    char name[64];
+    char db_url[512];
+    char queue[128], live[128];
+    int api_port, persister_port;
+    long long max_length;
+    pid_t api, persister;
+    char base[64]; /* "http://127.0.0.1:PORT" of the api */
+} tu_stack_t;
+
+/* Fresh database sluice_t_<name>, unique queue/exchange names, free ports. Fails the test (ck)
+ * when the servers are not reachable. */
+void tu_stack_init(tu_stack_t *s, const char *name, long long max_length);
+/* Stops the services with SIGTERM and asserts each exited 0. */
+void tu_stack_cleanup(tu_stack_t *s);
+
+/* Spawn a service with the stack's environment plus extra "NAME=value" entries (NULL-terminated,
+ * may be NULL), wait until its /healthz answers. */
+pid_t tu_start(tu_stack_t *s, const char *service, const char *const *extra_env);
+/* Sends sig, waits up to timeout_ms (then SIGKILL); returns the exit status (or 128+signal). */
+int tu_stop(pid_t *pid, int sig, int timeout_ms);
+
+typedef struct tu_resp {
+    long status;
+    char *body;        /* malloc'd, NUL-terminated */
+    char retry_after[16];
+    double seconds;
+} tu_resp_t;
+
+/* One request. header may be NULL or "Name: value". Returns 0, or -1 when no HTTP answer came. */
+int tu_http(const char *method, const char *url, const char *header, const char *ctype, const char *body, size_t len,
+            tu_resp_t *r);
+void tu_resp_free(tu_resp_t *r);
+
+/* n POSTs of make_body(i) to url with up to parallel at once. status[i] gets the HTTP status
+ * (0 for no answer) and, for 202, ids[i] the id. on_progress (may be NULL) runs after each
+ * completion with the number done so far. */
+void tu_post_many(const char *url, int n, int parallel, void (*make_body)(int i, char *buf, size_t size), long *status,
+                  char (*ids)[37], void (*on_progress)(int done, void *arg), void *arg);
+
+PGconn *tu_db(const tu_stack_t *s);
+long long tu_scalar(PGconn *c, const char *sql);
+/* Polls until SELECT count(*) FROM messages reaches want (or timeout); returns the last count. */
+long long tu_wait_rows(PGconn *c, long long want, int timeout_ms);
+
+/* Runs scripts/servers.sh with args (e.g. "stop-rabbitmq"); returns its exit status. */
+int tu_servers(const char *args);
+
+/* Wait until url answers want_status or timeout; returns 1 if it did. */
+int tu_wait_status(const char *url, long want_status, int timeout_ms);
+
+/* String field of a JSON object text into out; 0 on success. */
+int tu_json_str(const char *json, const char *field, char *out, size_t size);
+
+void tu_sleep_ms(int ms);
+
+#endif
