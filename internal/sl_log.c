@@ -70,7 +70,7 @@ const char *sl_log_quote(char *buf, size_t size, const char *s)
             buf[o++] = '\\';
             buf[o++] = (char)c;
         } else if (c < 0x20) {
-            buf[o++] = c == '\n' ? ' ' : '?';
+            buf[o++] = ' '; /* keep the line one line */
         } else {
             buf[o++] = (char)c;
         }

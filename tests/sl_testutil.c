@@ -19,6 +19,8 @@
 #include <time.h>
 #include <unistd.h>
 
+long tu_http_timeout_ms = 20000;
+
 void tu_sleep_ms(int ms)
 {
     struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
@@ -206,7 +208,7 @@ int tu_http(const char *method, const char *url, const char *header, const char 
     curl_easy_setopt(c, CURLOPT_WRITEDATA, &a);
     curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
     curl_easy_setopt(c, CURLOPT_HEADERDATA, r);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 20000L);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, tu_http_timeout_ms);
     curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
     h = curl_slist_append(h, "Expect:");
     if (header != NULL)

@@ -39,6 +39,9 @@ typedef struct tu_resp {
     double seconds;
 } tu_resp_t;
 
+/* Client timeout of tu_http, 20 s unless a test changes it. */
+extern long tu_http_timeout_ms;
+
 /* One request. header may be NULL or "Name: value". Returns 0, or -1 when no HTTP answer came. */
 int tu_http(const char *method, const char *url, const char *header, const char *ctype, const char *body, size_t len,
             tu_resp_t *r);
