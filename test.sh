@@ -5,6 +5,7 @@
 #   ./test.sh                     # all tests, build/
 #   ./test.sh -R persist          # extra arguments go to ctest
 #   SLUICE_SANITIZE=1 ./test.sh   # ASan+UBSan build in build-asan/
+#   SLUICE_BUILD_DIR=/tmp/b ./test.sh  # another build directory
 #
 # The test servers' state lives in .state/test (wiped at every run) on AMQP port
 # 5682 and PostgreSQL port 5443; override with SLUICE_TEST_STATE_DIR,
@@ -21,14 +22,14 @@ section "dependencies"
 scripts/deps.sh
 
 if [[ ${SLUICE_SANITIZE:-0} == 1 ]]; then
-  BUILD_DIR=$REPO_DIR/build-asan
+  BUILD_DIR=${SLUICE_BUILD_DIR:-$REPO_DIR/build-asan}
   SANITIZE=ON
   export CK_FORK=no
   export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}
   export UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}
   export LSAN_OPTIONS=${LSAN_OPTIONS:-suppressions=$REPO_DIR/tests/lsan.supp:print_suppressions=0}
 else
-  BUILD_DIR=$REPO_DIR/build
+  BUILD_DIR=${SLUICE_BUILD_DIR:-$REPO_DIR/build}
   SANITIZE=OFF
 fi
 
