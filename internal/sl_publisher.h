@@ -18,6 +18,7 @@
 #include <stdint.h>
 
 #include "sl_amqp.h"
+#include "sl_amqploop.h"
 #include "sl_metrics.h"
 
 typedef enum {
