@@ -197,6 +197,28 @@ int sl_db_migrate(sl_db_t *db, char *err, size_t errlen)
     return ret;
 }
 
+int sl_db_migrate_url(const char *url, int wait_s, volatile sig_atomic_t *stop)
+{
+    char err[512], q[600];
+    int64_t deadline = sl_time_mono_us() + (int64_t)wait_s * 1000000;
+    for (;;) {
+        sl_db_t db;
+        int r = sl_db_connect(&db, url, err, sizeof(err));
+        if (r == SL_DB_OK) {
+            r = sl_db_migrate(&db, err, sizeof(err));
+            sl_db_close(&db);
+            if (r == SL_DB_OK)
+                return r;
+        }
+        if (r == SL_DB_ERROR || sl_time_mono_us() > deadline || (stop != NULL && *stop)) {
+            SL_ERROR("event=migrate_failed error=%s", sl_log_quote(q, sizeof(q), err));
+            return r;
+        }
+        struct timespec ts = {0, 500 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+}
+
 int sl_db_row_to_message(const PGresult *res, int row, sl_message_t *m)
 {
     const char *v;

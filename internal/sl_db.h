@@ -15,6 +15,7 @@
 #define SL_DB_H
 
 #include <libpq-fe.h>
+#include <signal.h>
 #include <stddef.h>
 
 #include "sl_message.h"
@@ -47,6 +48,11 @@ const char *sl_db_kind_name(sl_db_kind_t kind);
 /* Applies the schema migrations not yet recorded in sluice_schema_migrations. Idempotent, safe
  * when several processes start at once. Returns SL_DB_OK, SL_DB_ERROR or SL_DB_LOST with err. */
 int sl_db_migrate(sl_db_t *db, char *err, size_t errlen);
+/* Connects to url and migrates, retrying a database that is not up yet for up to wait_s seconds
+ * (or until *stop is set; stop may be NULL). Blocks: for a service's start, before its loop runs.
+ * Returns SL_DB_OK, or the last failure (logged). */
+int sl_db_migrate_url(const char *url, int wait_s, volatile sig_atomic_t *stop);
+
 /* Highest applied migration version (0 if none), or -1 on error. */
 int sl_db_schema_version(sl_db_t *db);
 

@@ -16,29 +16,6 @@
 
 static volatile sig_atomic_t stopping;
 
-/* Best effort: the api works without the database for posts; history needs the schema. */
-static void migrate(const char *url, int wait_s)
-{
-    char err[512], q[600];
-    int64_t deadline = sl_time_mono_us() + (int64_t)wait_s * 1000000;
-    for (;;) {
-        sl_db_t db;
-        int r = sl_db_connect(&db, url, err, sizeof(err));
-        if (r == SL_DB_OK) {
-            r = sl_db_migrate(&db, err, sizeof(err));
-            sl_db_close(&db);
-            if (r == SL_DB_OK)
-                return;
-        }
-        if (r == SL_DB_ERROR || sl_time_mono_us() > deadline || stopping) {
-            SL_ERROR("event=migrate_failed error=%s", sl_log_quote(q, sizeof(q), err));
-            return;
-        }
-        struct timespec ts = {0, 500 * 1000000L};
-        nanosleep(&ts, NULL);
-    }
-}
-
 int main(int argc, char **argv)
 {
     const char *host, *amqp_url, *db_url;
@@ -73,7 +50,8 @@ int main(int argc, char **argv)
     conf.db_url = db_url;
     sl_log_init("api");
     sl_http_trap_signals(&stopping);
-    migrate(db_url, (int)migrate_wait);
+    /* Best effort: posts work without the database; history needs the schema. */
+    sl_db_migrate_url(db_url, (int)migrate_wait, &stopping);
 
     sl_http_server_t server;
     sl_api_t *api;

@@ -1,0 +1,104 @@
+/*
+ * sluice-sse: live streams (SSE, NDJSON, WebSocket) of the feed, each starting with history and
+ * resumable. Wiring only: the work is internal/sl_sse.c, sl_stream.c and sl_hub.c.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "sl_config.h"
+#include "sl_db.h"
+#include "sl_http.h"
+#include "sl_log.h"
+#include "sl_sse.h"
+#include "sl_time.h"
+
+static volatile sig_atomic_t stopping;
+
+int main(int argc, char **argv)
+{
+    const char *host, *instance;
+    long long port, drain_s, migrate_wait;
+    sl_sse_conf_t conf;
+    sl_opt_t opts[] = {
+        {"host", "SLUICE_SSE_HOST", SL_OPT_STR, &host, "127.0.0.1", 0, 0, "address to listen on"},
+        {"port", "SLUICE_SSE_PORT", SL_OPT_INT, &port, "8081", 1, 65535, "port to listen on"},
+        {"amqp-url", "SLUICE_AMQP_URL", SL_OPT_STR, &conf.amqp_url, "amqp://guest:guest@127.0.0.1:5672/", 0, 0,
+         "RabbitMQ URL"},
+        {"db-url", "SLUICE_DB_URL", SL_OPT_STR, &conf.db_url, "postgresql://postgres@127.0.0.1:5433/sluice", 0, 0,
+         "PostgreSQL/CockroachDB URL"},
+        {"live-exchange", "SLUICE_LIVE_EXCHANGE", SL_OPT_STR, &conf.live_exchange, "sluice.live", 0, 0,
+         "topic exchange the persister publishes stored messages to"},
+        {"instance", "SLUICE_SSE_INSTANCE", SL_OPT_STR, &instance, "", 0, 0,
+         "name of this instance (default: host:port)"},
+        {"db-conns", "SLUICE_SSE_DB_CONNS", SL_OPT_INT, &conf.db_conns, "4", 1, 64, "database connections"},
+        {"check-ms", "SLUICE_SSE_CHECK_MS", SL_OPT_INT, &conf.check_ms, "1000", 10, 600000,
+         "how often to compare the live position with the database"},
+        {"live-backlog", "SLUICE_SSE_LIVE_BACKLOG", SL_OPT_INT, &conf.live_backlog, "100000", 1, 1e9,
+         "cap of this instance's live queue (oldest dropped, then backfilled)"},
+        {"history", "SLUICE_SSE_HISTORY", SL_OPT_INT, &conf.stream.history_default, "20", 0, 1000,
+         "messages of history when a request names none"},
+        {"history-max", "SLUICE_SSE_HISTORY_MAX", SL_OPT_INT, &conf.stream.history_max, "1000", 0, 100000,
+         "largest history a request may ask"},
+        {"replay-max", "SLUICE_SSE_REPLAY_MAX", SL_OPT_INT, &conf.stream.replay_max, "10000", 1, 1e7,
+         "most messages replayed on resume; beyond, a reset event and newest history"},
+        {"out-max-bytes", "SLUICE_SSE_OUT_MAX_BYTES", SL_OPT_INT, &conf.stream.out_max_bytes, "1048576", 1024, 1e9,
+         "per-connection output queue before a slow client is cut off"},
+        {"heartbeat-ms", "SLUICE_SSE_HEARTBEAT_MS", SL_OPT_INT, &conf.stream.heartbeat_ms, "15000", 10, 3600000,
+         "idle time before a heartbeat"},
+        {"retry-ms", "SLUICE_SSE_RETRY_MS", SL_OPT_INT, &conf.stream.retry_ms, "3000", 0, 3600000,
+         "reconnect delay announced to EventSource clients"},
+        {"max-conns", "SLUICE_SSE_MAX_CONNS", SL_OPT_INT, &conf.stream.max_conns, "10000", 1, 1e7,
+         "stream connections before 503"},
+        {"max-channels", "SLUICE_SSE_MAX_CHANNELS", SL_OPT_INT, &conf.stream.max_channels, "32", 1, 1000,
+         "channels per connection"},
+        {"ws-max-frame", "SLUICE_SSE_WS_MAX_FRAME", SL_OPT_INT, &conf.stream.ws_max_frame, "4096", 64, 1e7,
+         "largest WebSocket message accepted (larger: close 1009)"},
+        {"migrate-wait", "SLUICE_MIGRATE_WAIT", SL_OPT_INT, &migrate_wait, "10", 0, 3600,
+         "seconds to wait for the database at start"},
+        {"drain-timeout", "SLUICE_DRAIN_TIMEOUT", SL_OPT_INT, &drain_s, "5", 0, 3600,
+         "seconds to close streams on SIGTERM"},
+    };
+    int r = sl_config_parse(opts, sizeof(opts) / sizeof(opts[0]), argc, argv, "sluice-sse",
+                            "sluice sse: live streams of the feed (SSE, NDJSON, WebSocket) with history and resume.");
+    if (r != 0)
+        return r > 0 ? 0 : 2;
+    sl_log_init("sse");
+    sl_http_trap_signals(&stopping);
+    char name[128];
+    if (*instance == '\0') {
+        snprintf(name, sizeof(name), "%s:%lld pid %d", host, port, (int)getpid());
+        instance = name;
+    }
+    conf.instance = instance;
+    sl_db_migrate_url(conf.db_url, (int)migrate_wait, &stopping);
+
+    sl_http_server_t server;
+    sl_sse_t *sse;
+    sl_http_init(&server, sl_sse_handle, NULL, 64 * 1024);
+    if ((sse = sl_sse_create(server.loop, &conf)) == NULL) {
+        SL_ERROR("event=start_failed error=\"out of memory\"");
+        return 1;
+    }
+    server.data = sse;
+    if (sl_http_listen(&server, host, (int)port) != 0) {
+        SL_ERROR("event=listen_failed host=%s port=%lld error=\"%s\"", host, port, strerror(errno));
+        return 1;
+    }
+    SL_INFO("event=listening host=%s port=%lld instance=\"%s\"", host, port, instance);
+    while (!stopping)
+        h2o_evloop_run(server.loop, 200);
+
+    /* Streams end (clients resume elsewhere with Last-Event-ID), then the rest. */
+    sl_http_stop_listening(&server);
+    sl_sse_close_streams(sse);
+    sl_http_close_connections(&server);
+    int64_t deadline = sl_time_mono_us() + drain_s * 1000000;
+    while ((sl_sse_streams(sse) > 0 || sl_http_connections(&server) > 0) && sl_time_mono_us() < deadline)
+        h2o_evloop_run(server.loop, 20);
+    SL_INFO("event=stopped streams=%zu connections=%zu", sl_sse_streams(sse), sl_http_connections(&server));
+    sl_sse_destroy(sse);
+    sl_http_dispose(&server);
+    return 0;
+}

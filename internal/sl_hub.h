@@ -1,0 +1,84 @@
+/*
+ * sl_hub: the streaming service's single ordered feed, and its fan-out to subscriptions.
+ *
+ * Live events arrive from the live exchange in any order, possibly with gaps (a lost publish, a
+ * persister that died between commit and publish, a broker outage). seq has no gaps in the
+ * database, so the hub delivers strictly seq+1 after seq: an event ahead of the next expected
+ * one waits while the hub reads the missing range from the database (backfill); one at or below
+ * the position is a duplicate and is dropped. A timer also compares the position with the
+ * database's counter, so a gap at the tail is filled even when no later event arrives.
+ *
+ * A subscription (sl_sub_t) names its channels (or all). Between sl_hub_subscribe and
+ * sl_sub_go_live it buffers what the hub delivers; its owner reads history meanwhile, then calls
+ * sl_sub_go_live(covered) and the buffer is replayed without what history already covered: no
+ * gap and no duplicate at the seam. After that, events go straight to the owner's emit callback,
+ * in seq order, each once.
+ *
+ * Loop thread only. Events are shared by reference (sl_event.h).
+ */
+#ifndef SL_HUB_H
+#define SL_HUB_H
+
+#define H2O_USE_LIBUV 0
+#include <h2o.h>
+#include <stdint.h>
+
+#include "sl_event.h"
+#include "sl_pgpool.h"
+
+typedef struct sl_hub sl_hub_t;
+typedef struct sl_sub sl_sub_t;
+
+struct sl_sub_link {
+    h2o_linklist_t link;
+    sl_sub_t *sub;
+    void *entry; /* the hub's channel entry */
+};
+
+struct sl_sub {
+    /* set by the owner before sl_hub_subscribe */
+    int all;                         /* every channel */
+    char (*channels)[SL_CHANNEL_MAX + 1];
+    size_t nchannels;
+    void (*emit)(sl_sub_t *sub, sl_event_t *ev); /* takes no reference; retain to keep */
+    void *owner;
+    /* state */
+    int64_t cursor;                  /* highest seq emitted or covered */
+    int live;
+    sl_event_t **buffered;
+    size_t nbuffered, capbuffered;
+    struct sl_sub_link *links;       /* one per channel, or one in the all-list */
+    sl_hub_t *hub;
+};
+
+typedef struct sl_hub_stats {
+    uint64_t received, delivered, duplicates, malformed, backfills, backfilled, skipped, dropped_pending;
+    int64_t last_created_at_us; /* created_at of the last delivered message, for the live lag */
+} sl_hub_stats_t;
+
+/* The hub reads its start position and gaps through pg. check_ms: how often the tail is
+ * compared with the database. */
+sl_hub_t *sl_hub_create(h2o_loop_t *loop, sl_pgpool_t *pg, int check_ms, size_t max_pending);
+void sl_hub_destroy(sl_hub_t *h);
+
+/* A payload from the live exchange. */
+void sl_hub_feed(sl_hub_t *h, const char *json, size_t len);
+/* Ask for a comparison with the database now (e.g. after the live feed reconnected). */
+void sl_hub_check(sl_hub_t *h);
+
+int sl_hub_ready(const sl_hub_t *h);          /* the start position is known */
+int64_t sl_hub_position(const sl_hub_t *h);   /* last seq delivered */
+const sl_hub_stats_t *sl_hub_stats(const sl_hub_t *h);
+
+/* Registers s (fields above set); it buffers until sl_sub_go_live. Returns 0, or -1 on no memory. */
+int sl_hub_subscribe(sl_hub_t *h, sl_sub_t *s);
+/* Emits the buffered events with seq > covered, in order, then goes live. */
+void sl_sub_go_live(sl_sub_t *s, int64_t covered);
+/* Removes s and drops its buffer. Safe to call from inside s's emit callback? No: call it later
+ * (from the owner's close path), never during emit. */
+void sl_hub_unsubscribe(sl_sub_t *s);
+
+/* 1 if the subscription wants channel. */
+int sl_sub_wants(const sl_sub_t *s, const char *channel);
+
+#endif

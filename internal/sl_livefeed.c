@@ -1,0 +1,160 @@
+/*
+ * sl_livefeed: see sl_livefeed.h. A small frame state machine assembles deliveries
+ * (basic.deliver, then a header frame, then body frames) without ever waiting for the rest.
+ */
+#include "sl_livefeed.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "sl_amqploop.h"
+#include "sl_log.h"
+
+enum { WAIT_DELIVER, WAIT_HEADER, WAIT_BODY };
+
+struct sl_livefeed {
+    sl_amqploop_t amqp;
+    const char *exchange;
+    long long max_backlog;
+    const sl_livefeed_handlers_t *h;
+    void *data;
+    int state;
+    char *body;
+    size_t body_len, body_size, body_cap;
+};
+
+static int on_setup(void *data, amqp_connection_state_t conn, char *err, size_t errlen)
+{
+    sl_livefeed_t *f = data;
+    char t[256];
+    amqp_rpc_reply_t r;
+    amqp_table_entry_t qargs[] = {
+        {amqp_cstring_bytes("x-max-length"), {AMQP_FIELD_KIND_I64, {.i64 = f->max_backlog}}},
+    };
+    amqp_table_t qtable = {1, qargs};
+
+    amqp_exchange_declare(conn, SL_AMQP_CHANNEL, amqp_cstring_bytes(f->exchange), amqp_cstring_bytes("topic"), 0, 1, 0,
+                          0, amqp_empty_table);
+    if ((r = amqp_get_rpc_reply(conn)).reply_type != AMQP_RESPONSE_NORMAL)
+        goto Fail;
+    amqp_queue_declare_ok_t *q = amqp_queue_declare(conn, SL_AMQP_CHANNEL, amqp_empty_bytes, 0, 0, 1, 1, qtable);
+    if ((r = amqp_get_rpc_reply(conn)).reply_type != AMQP_RESPONSE_NORMAL)
+        goto Fail;
+    amqp_bytes_t queue = amqp_bytes_malloc_dup(q->queue);
+    amqp_queue_bind(conn, SL_AMQP_CHANNEL, queue, amqp_cstring_bytes(f->exchange), amqp_cstring_bytes("#"),
+                    amqp_empty_table);
+    if ((r = amqp_get_rpc_reply(conn)).reply_type == AMQP_RESPONSE_NORMAL) {
+        amqp_basic_consume(conn, SL_AMQP_CHANNEL, queue, amqp_empty_bytes, 0, 1, 1, amqp_empty_table);
+        r = amqp_get_rpc_reply(conn);
+    }
+    amqp_bytes_free(queue);
+    if (r.reply_type != AMQP_RESPONSE_NORMAL)
+        goto Fail;
+    f->state = WAIT_DELIVER;
+    return 0;
+Fail:
+    snprintf(err, errlen, "live queue setup on %s: %s", f->exchange, sl_amqp_reply_text(r, t, sizeof(t)));
+    return -1;
+}
+
+static void on_up(void *data)
+{
+    sl_livefeed_t *f = data;
+    if (f->h->on_state != NULL)
+        f->h->on_state(f->data, 1);
+}
+
+static void on_down(void *data, const char *why)
+{
+    sl_livefeed_t *f = data;
+    (void)why;
+    f->state = WAIT_DELIVER;
+    if (f->h->on_state != NULL)
+        f->h->on_state(f->data, 0);
+}
+
+static void on_frame(void *data, const amqp_frame_t *frame)
+{
+    sl_livefeed_t *f = data;
+    switch (frame->frame_type) {
+    case AMQP_FRAME_METHOD:
+        if (frame->payload.method.id == AMQP_BASIC_DELIVER_METHOD)
+            f->state = WAIT_HEADER;
+        else if (frame->payload.method.id == AMQP_BASIC_CANCEL_METHOD)
+            sl_amqploop_lose(&f->amqp, "consumer cancelled by broker");
+        break;
+    case AMQP_FRAME_HEADER:
+        if (f->state != WAIT_HEADER)
+            break;
+        f->body_size = (size_t)frame->payload.properties.body_size;
+        f->body_len = 0;
+        if (f->body_size > f->body_cap) {
+            char *b = realloc(f->body, f->body_size);
+            if (b == NULL) {
+                sl_amqploop_lose(&f->amqp, "out of memory for a delivery");
+                return;
+            }
+            f->body = b;
+            f->body_cap = f->body_size;
+        }
+        f->state = WAIT_BODY;
+        if (f->body_size == 0) {
+            f->state = WAIT_DELIVER;
+            f->h->on_message(f->data, "", 0);
+        }
+        break;
+    case AMQP_FRAME_BODY: {
+        if (f->state != WAIT_BODY)
+            break;
+        amqp_bytes_t frag = frame->payload.body_fragment;
+        if (frag.len > f->body_size - f->body_len) {
+            sl_amqploop_lose(&f->amqp, "delivery longer than its header said");
+            return;
+        }
+        memcpy(f->body + f->body_len, frag.bytes, frag.len);
+        f->body_len += frag.len;
+        if (f->body_len == f->body_size) {
+            f->state = WAIT_DELIVER;
+            f->h->on_message(f->data, f->body, f->body_len);
+        }
+    } break;
+    default:
+        break;
+    }
+}
+
+static const sl_amqploop_handlers_t handlers = {on_setup, on_up, on_frame, on_down, NULL};
+
+sl_livefeed_t *sl_livefeed_create(h2o_loop_t *loop, const char *url, const char *exchange, const char *name,
+                                  long long max_backlog, const sl_livefeed_handlers_t *h, void *data)
+{
+    sl_livefeed_t *f = calloc(1, sizeof(*f));
+    if (f == NULL)
+        return NULL;
+    f->exchange = exchange;
+    f->max_backlog = max_backlog;
+    f->h = h;
+    f->data = data;
+    sl_amqploop_init(&f->amqp, loop, url, name, 10, 2000, 500, &handlers, f);
+    return f;
+}
+
+int sl_livefeed_up(const sl_livefeed_t *f)
+{
+    return f->amqp.conn != NULL;
+}
+
+unsigned long sl_livefeed_connects(const sl_livefeed_t *f)
+{
+    return f->amqp.connects;
+}
+
+void sl_livefeed_destroy(sl_livefeed_t *f)
+{
+    if (f == NULL)
+        return;
+    sl_amqploop_dispose(&f->amqp);
+    free(f->body);
+    free(f);
+}

@@ -1,0 +1,192 @@
+/*
+ * sl_sse: see sl_sse.h.
+ */
+#include "sl_sse.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "sl_buf.h"
+#include "sl_http.h"
+#include "sl_hub.h"
+#include "sl_livefeed.h"
+#include "sl_log.h"
+#include "sl_metrics.h"
+#include "sl_pgpool.h"
+#include "sl_time.h"
+
+struct sl_sse {
+    sl_sse_conf_t conf;
+    sl_pgpool_t *pg;
+    sl_hub_t *hub;
+    sl_livefeed_t *feed;
+    sl_streams_t *streams;
+    char conn_name[96];
+};
+
+static void on_live_message(void *data, const char *body, size_t len)
+{
+    sl_sse_t *s = data;
+    sl_hub_feed(s->hub, body, len);
+}
+
+static void on_live_state(void *data, int up)
+{
+    sl_sse_t *s = data;
+    if (up) /* what was published while we were away is in the database: compare now */
+        sl_hub_check(s->hub);
+}
+
+static const sl_livefeed_handlers_t live_handlers = {on_live_message, on_live_state};
+
+sl_sse_t *sl_sse_create(h2o_loop_t *loop, const sl_sse_conf_t *conf)
+{
+    sl_sse_t *s = calloc(1, sizeof(*s));
+    if (s == NULL)
+        return NULL;
+    s->conf = *conf;
+    snprintf(s->conn_name, sizeof(s->conn_name), "sluice-sse %s", conf->instance);
+    if ((s->pg = sl_pgpool_create(loop, conf->db_url, (size_t)conf->db_conns, 100000, 1000)) == NULL ||
+        (s->hub = sl_hub_create(loop, s->pg, (int)conf->check_ms, 200000)) == NULL ||
+        (s->streams = sl_streams_create(loop, s->hub, s->pg, &conf->stream)) == NULL ||
+        (s->feed = sl_livefeed_create(loop, conf->amqp_url, conf->live_exchange, s->conn_name, conf->live_backlog,
+                                      &live_handlers, s)) == NULL) {
+        sl_sse_destroy(s);
+        return NULL;
+    }
+    return s;
+}
+
+static int ready(const sl_sse_t *s)
+{
+    return sl_livefeed_up(s->feed) && sl_pgpool_ready(s->pg) && sl_hub_ready(s->hub);
+}
+
+static int handle_readyz(sl_sse_t *s, h2o_req_t *req)
+{
+    char body[200];
+    int n = snprintf(body, sizeof(body), "{\"status\":\"%s\",\"amqp\":\"%s\",\"db\":\"%s\",\"position\":%lld}",
+                     ready(s) ? "ready" : "unavailable", sl_livefeed_up(s->feed) ? "up" : "down",
+                     sl_pgpool_ready(s->pg) ? "up" : "down", (long long)sl_hub_position(s->hub));
+    sl_http_send(req, ready(s) ? 200 : 503, NULL, body, (size_t)n);
+    return 0;
+}
+
+static int handle_metrics(sl_sse_t *s, h2o_req_t *req)
+{
+    sl_buf_t b = SL_BUF_INIT;
+    const sl_stream_stats_t *st = sl_streams_stats(s->streams);
+    const sl_hub_stats_t *hs = sl_hub_stats(s->hub);
+    static const char *const names[] = {"sse", "ndjson", "websocket"};
+    char labels[64];
+
+    sl_metrics_header(&b, "sluice_sse_clients", "gauge", "Connected stream clients by transport.");
+    for (int i = 0; i < 3; i++) {
+        snprintf(labels, sizeof(labels), "transport=\"%s\"", names[i]);
+        sl_metrics_sample(&b, "sluice_sse_clients", labels, (double)st->connected[i]);
+    }
+    sl_metrics_header(&b, "sluice_sse_connections_total", "counter", "Stream connections opened.");
+    sl_metrics_sample(&b, "sluice_sse_connections_total", "", (double)st->opened_total);
+    sl_metrics_header(&b, "sluice_sse_events_sent_total", "counter", "Events queued to clients.");
+    sl_metrics_sample(&b, "sluice_sse_events_sent_total", "", (double)st->events_sent);
+    sl_metrics_header(&b, "sluice_sse_bytes_queued_total", "counter", "Bytes queued to clients.");
+    sl_metrics_sample(&b, "sluice_sse_bytes_queued_total", "", (double)st->bytes_queued);
+    sl_metrics_header(&b, "sluice_sse_slow_client_disconnects_total", "counter", "Clients cut off for not reading.");
+    sl_metrics_sample(&b, "sluice_sse_slow_client_disconnects_total", "", (double)st->slow_disconnects);
+    sl_metrics_header(&b, "sluice_sse_resets_total", "counter", "Resumes too old to replay.");
+    sl_metrics_sample(&b, "sluice_sse_resets_total", "", (double)st->resets);
+    sl_metrics_header(&b, "sluice_sse_refused_total", "counter", "Connections refused at the limit.");
+    sl_metrics_sample(&b, "sluice_sse_refused_total", "", (double)st->refused_full);
+    sl_metrics_header(&b, "sluice_sse_live_events_total", "counter", "Live events by outcome.");
+    sl_metrics_sample(&b, "sluice_sse_live_events_total", "outcome=\"received\"", (double)hs->received);
+    sl_metrics_sample(&b, "sluice_sse_live_events_total", "outcome=\"delivered\"", (double)hs->delivered);
+    sl_metrics_sample(&b, "sluice_sse_live_events_total", "outcome=\"duplicate\"", (double)hs->duplicates);
+    sl_metrics_sample(&b, "sluice_sse_live_events_total", "outcome=\"malformed\"", (double)hs->malformed);
+    sl_metrics_sample(&b, "sluice_sse_live_events_total", "outcome=\"backfilled\"", (double)hs->backfilled);
+    sl_metrics_sample(&b, "sluice_sse_live_events_total", "outcome=\"skipped_hole\"", (double)hs->skipped);
+    sl_metrics_header(&b, "sluice_sse_backfills_total", "counter", "Gap backfills read from the database.");
+    sl_metrics_sample(&b, "sluice_sse_backfills_total", "", (double)hs->backfills);
+    sl_metrics_header(&b, "sluice_sse_position", "gauge", "Last seq delivered by the hub.");
+    sl_metrics_sample(&b, "sluice_sse_position", "", (double)sl_hub_position(s->hub));
+    sl_metrics_header(&b, "sluice_sse_live_lag_seconds", "gauge",
+                      "Now minus created_at of the last delivered message (post to fan-out).");
+    sl_metrics_sample(&b, "sluice_sse_live_lag_seconds", "",
+                      hs->last_created_at_us ? (double)(sl_time_now_us() - hs->last_created_at_us) / 1e6 : 0);
+    sl_metrics_header(&b, "sluice_sse_ready", "gauge", "1 when the live feed, the database and the hub are ready.");
+    sl_metrics_sample(&b, "sluice_sse_ready", "", ready(s));
+    sl_http_send(req, 200, "text/plain; version=0.0.4", b.data, b.len);
+    sl_buf_free(&b);
+    return 0;
+}
+
+static int path_is(h2o_req_t *req, const char *path)
+{
+    return h2o_memis(req->path_normalized.base, req->path_normalized.len, path, strlen(path));
+}
+
+int sl_sse_handle(void *data, h2o_req_t *req)
+{
+    sl_sse_t *s = data;
+    if (sl_http_method_is(req, "OPTIONS")) {
+        h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("access-control-allow-methods"), 0, NULL,
+                              H2O_STRLIT("GET, OPTIONS"));
+        h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("access-control-allow-headers"), 0, NULL,
+                              H2O_STRLIT("Last-Event-ID, Accept"));
+        sl_http_send(req, 204, NULL, "", 0);
+        return 0;
+    }
+    int get = sl_http_method_is(req, "GET");
+    const char *route = NULL;
+    if (path_is(req, "/v1/stream"))
+        route = "stream";
+    else if (path_is(req, "/v1/ws"))
+        route = "ws";
+    else if (path_is(req, "/healthz"))
+        route = "healthz";
+    else if (path_is(req, "/readyz"))
+        route = "readyz";
+    else if (path_is(req, "/metrics"))
+        route = "metrics";
+    if (route == NULL) {
+        sl_http_fail(req, 404, "not_found", NULL, "no such endpoint", 0);
+        return 0;
+    }
+    if (!get) {
+        h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_ALLOW, NULL, H2O_STRLIT("GET"));
+        sl_http_fail(req, 405, "method_not_allowed", NULL, "this method is not allowed here", 0);
+        return 0;
+    }
+    if (strcmp(route, "stream") == 0)
+        return sl_streams_handle_stream(s->streams, req);
+    if (strcmp(route, "ws") == 0)
+        return sl_streams_handle_ws(s->streams, req);
+    if (strcmp(route, "healthz") == 0) {
+        sl_http_send(req, 200, NULL, H2O_STRLIT("{\"status\":\"ok\"}"));
+        return 0;
+    }
+    if (strcmp(route, "readyz") == 0)
+        return handle_readyz(s, req);
+    return handle_metrics(s, req);
+}
+
+void sl_sse_close_streams(sl_sse_t *s)
+{
+    sl_streams_close_all(s->streams);
+}
+
+size_t sl_sse_streams(const sl_sse_t *s)
+{
+    return sl_streams_count(s->streams);
+}
+
+void sl_sse_destroy(sl_sse_t *s)
+{
+    if (s == NULL)
+        return;
+    sl_livefeed_destroy(s->feed);
+    sl_streams_destroy(s->streams);
+    sl_hub_destroy(s->hub);
+    sl_pgpool_destroy(s->pg);
+    free(s);
+}

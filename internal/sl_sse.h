@@ -1,0 +1,34 @@
+/*
+ * sl_sse: the streaming service: the live feed (RabbitMQ) into the hub, the hub into SSE, NDJSON
+ * and WebSocket streams, plus /healthz, /readyz and /metrics. One h2o event loop.
+ */
+#ifndef SL_SSE_H
+#define SL_SSE_H
+
+#define H2O_USE_LIBUV 0
+#include <h2o.h>
+
+#include "sl_stream.h"
+
+typedef struct sl_sse_conf {
+    const char *amqp_url;
+    const char *db_url;
+    const char *live_exchange;
+    const char *instance;        /* names this instance in the broker's connection list */
+    long long db_conns;
+    long long check_ms;          /* how often the hub compares its position with the database */
+    long long live_backlog;      /* cap of this instance's live queue */
+    sl_stream_conf_t stream;
+} sl_sse_conf_t;
+
+typedef struct sl_sse sl_sse_t;
+
+sl_sse_t *sl_sse_create(h2o_loop_t *loop, const sl_sse_conf_t *conf);
+/* The sl_http handler: data is the sl_sse_t. */
+int sl_sse_handle(void *data, h2o_req_t *req);
+/* Ends every stream (shutdown). */
+void sl_sse_close_streams(sl_sse_t *s);
+size_t sl_sse_streams(const sl_sse_t *s);
+void sl_sse_destroy(sl_sse_t *s);
+
+#endif

@@ -1,0 +1,905 @@
+/*
+ * sl_stream: SSE, NDJSON and WebSocket subscriptions; see sl_stream.h.
+ *
+ * Writes never happen inside the hub's fan-out: emitting an event only queues a reference and
+ * marks the connection dirty; a zero-delay timer then flushes every dirty connection once, which
+ * also puts many events into one write. Connections are freed only from h2o's own close paths
+ * (the generator's stop, the WebSocket close callback) or from that timer, never while the hub
+ * walks its lists.
+ */
+#include "sl_stream.h"
+
+#include <h2o/websocket.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include "sl_buf.h"
+#include "sl_db.h"
+#include "sl_http.h"
+#include "sl_log.h"
+#include "sl_time.h"
+
+enum { T_SSE = 0, T_NDJSON = 1, T_WS = 2 };
+
+struct conn;
+
+/* What a transport does; the rest of the stream logic is shared. */
+struct sl_transport {
+    const char *name;
+    int kind;
+    sl_format_t fmt;
+    void (*flush)(struct conn *c);     /* write what is queued, if the socket can take it */
+    void (*abort)(struct conn *c);     /* cut the connection now (slow client, shutdown) */
+    void (*heartbeat)(struct conn *c); /* queue a keep-alive */
+};
+
+struct conn {
+    h2o_linklist_t link;  /* in streams->conns */
+    h2o_linklist_t dirty; /* in streams->dirty while a flush or abort is due */
+    sl_streams_t *streams;
+    const struct sl_transport *tp;
+    int64_t last_out_us;
+    size_t queued_bytes;
+    int aborting;
+};
+
+struct sl_streams {
+    h2o_loop_t *loop;
+    sl_hub_t *hub;
+    sl_pgpool_t *pg;
+    sl_stream_conf_t conf;
+    h2o_linklist_t conns, dirty;
+    size_t nconns;
+    h2o_timeout_t zero_timeout, hb_timeout;
+    h2o_timeout_entry_t flush_entry, hb_entry;
+    sl_stream_stats_t stats;
+};
+
+static void mark_dirty(struct conn *c)
+{
+    sl_streams_t *s = c->streams;
+    if (!h2o_linklist_is_linked(&c->dirty))
+        h2o_linklist_insert(&s->dirty, &c->dirty);
+    if (!h2o_timeout_is_linked(&s->flush_entry))
+        h2o_timeout_link(s->loop, &s->zero_timeout, &s->flush_entry);
+}
+
+static void conn_register(sl_streams_t *s, struct conn *c, const struct sl_transport *tp)
+{
+    c->streams = s;
+    c->tp = tp;
+    c->last_out_us = sl_time_mono_us();
+    h2o_linklist_insert(&s->conns, &c->link);
+    s->nconns++;
+    s->stats.connected[tp->kind]++;
+    s->stats.opened_total++;
+}
+
+static void conn_unregister(struct conn *c)
+{
+    if (h2o_linklist_is_linked(&c->dirty))
+        h2o_linklist_unlink(&c->dirty);
+    h2o_linklist_unlink(&c->link);
+    c->streams->nconns--;
+    c->streams->stats.connected[c->tp->kind]--;
+}
+
+/* A connection whose queue passed the limit is cut off; it resumes with its last id. */
+static int over_limit(struct conn *c, size_t more)
+{
+    if (c->aborting)
+        return 1;
+    if (c->queued_bytes + more <= (size_t)c->streams->conf.out_max_bytes)
+        return 0;
+    c->aborting = 1;
+    c->streams->stats.slow_disconnects++;
+    SL_INFO("event=slow_client_disconnected transport=%s queued_bytes=%zu", c->tp->name, c->queued_bytes);
+    mark_dirty(c);
+    return 1;
+}
+
+/* ---- SSE and NDJSON over a streaming HTTP response --------------------------------------------- */
+
+struct chunk {
+    h2o_iovec_t buf;
+    sl_event_t *ev; /* the reference that keeps buf alive, or NULL for static text */
+    char *owned;    /* or a buffer of ours */
+};
+
+struct httpconn {
+    struct conn super;
+    h2o_generator_t gen;
+    h2o_req_t *req;
+    sl_sub_t sub;
+    char (*channels)[SL_CHANNEL_MAX + 1];
+    struct chunk *q, *fly; /* queued / handed to h2o until proceed */
+    size_t nq, capq, nfly, capfly;
+    int sending;
+    sl_pgquery_t *query;
+    int64_t since;         /* -1: no resume position */
+    long long history;
+};
+
+static void chunk_release(struct chunk *ch)
+{
+    if (ch->ev != NULL)
+        sl_event_release(ch->ev);
+    free(ch->owned);
+}
+
+static int push_chunk(struct httpconn *hc, h2o_iovec_t buf, sl_event_t *ev, char *owned)
+{
+    if (over_limit(&hc->super, buf.len)) {
+        free(owned);
+        return -1;
+    }
+    if (hc->nq == hc->capq) {
+        size_t cap = hc->capq ? hc->capq * 2 : 16;
+        struct chunk *q = realloc(hc->q, cap * sizeof(*q));
+        if (q == NULL) {
+            free(owned);
+            return -1;
+        }
+        hc->q = q;
+        hc->capq = cap;
+    }
+    hc->q[hc->nq++] = (struct chunk){buf, ev != NULL ? sl_event_retain(ev) : NULL, owned};
+    hc->super.queued_bytes += buf.len;
+    hc->super.streams->stats.bytes_queued += buf.len;
+    mark_dirty(&hc->super);
+    return 0;
+}
+
+static void http_emit(sl_sub_t *sub, sl_event_t *ev)
+{
+    struct httpconn *hc = sub->owner;
+    h2o_iovec_t b = sl_event_encode(ev, hc->super.tp->fmt);
+    if (b.base != NULL && push_chunk(hc, b, ev, NULL) == 0)
+        hc->super.streams->stats.events_sent++;
+}
+
+static void http_flush(struct conn *c)
+{
+    struct httpconn *hc = (struct httpconn *)c;
+    if (hc->sending || hc->nq == 0 || hc->req == NULL)
+        return;
+    /* everything queued goes out in one h2o_send: one write for many events */
+    struct chunk *t = hc->fly;
+    size_t tcap = hc->capfly;
+    hc->fly = hc->q;
+    hc->capfly = hc->capq;
+    hc->nfly = hc->nq;
+    hc->q = t;
+    hc->capq = tcap;
+    hc->nq = 0;
+    h2o_iovec_t vecs[64], *v = vecs;
+    if (hc->nfly > 64 && (v = malloc(hc->nfly * sizeof(*v))) == NULL) {
+        v = vecs;
+        hc->nfly = 64; /* cannot happen in practice; keep going with what fits */
+    }
+    for (size_t i = 0; i < hc->nfly; i++)
+        v[i] = hc->fly[i].buf;
+    hc->sending = 1;
+    c->last_out_us = sl_time_mono_us();
+    h2o_send(hc->req, v, hc->nfly, H2O_SEND_STATE_IN_PROGRESS);
+    if (v != vecs)
+        free(v);
+}
+
+static void http_abort(struct conn *c)
+{
+    struct httpconn *hc = (struct httpconn *)c;
+    if (hc->req == NULL)
+        return;
+    if (!hc->sending) {
+        h2o_send(hc->req, NULL, 0, H2O_SEND_STATE_ERROR); /* h2o closes the connection */
+        hc->sending = 1;
+        return;
+    }
+    /* a write is stuck on a client that does not read: make it fail */
+    h2o_socket_t *sock = hc->req->conn->callbacks->get_socket(hc->req->conn);
+    if (sock != NULL)
+        shutdown(h2o_socket_get_fd(sock), SHUT_RDWR);
+}
+
+static void http_heartbeat(struct conn *c)
+{
+    struct httpconn *hc = (struct httpconn *)c;
+    if (hc->super.tp->kind == T_SSE)
+        push_chunk(hc, h2o_iovec_init(H2O_STRLIT(": heartbeat\n\n")), NULL, NULL);
+    else
+        push_chunk(hc, h2o_iovec_init(H2O_STRLIT("\n")), NULL, NULL);
+}
+
+static void http_proceed(h2o_generator_t *gen, h2o_req_t *req)
+{
+    struct httpconn *hc = H2O_STRUCT_FROM_MEMBER(struct httpconn, gen, gen);
+    (void)req;
+    for (size_t i = 0; i < hc->nfly; i++) {
+        hc->super.queued_bytes -= hc->fly[i].buf.len;
+        chunk_release(&hc->fly[i]);
+    }
+    hc->nfly = 0;
+    hc->sending = 0;
+    if (hc->super.aborting)
+        http_abort(&hc->super);
+    else if (hc->nq > 0)
+        mark_dirty(&hc->super);
+}
+
+/* The request is over (client gone, or our error ending): free everything. */
+static void http_stop(h2o_generator_t *gen, h2o_req_t *req)
+{
+    struct httpconn *hc = H2O_STRUCT_FROM_MEMBER(struct httpconn, gen, gen);
+    (void)req;
+    hc->req = NULL;
+    if (hc->query != NULL)
+        sl_pgpool_cancel(hc->query);
+    sl_hub_unsubscribe(&hc->sub);
+    for (size_t i = 0; i < hc->nq; i++)
+        chunk_release(&hc->q[i]);
+    for (size_t i = 0; i < hc->nfly; i++)
+        chunk_release(&hc->fly[i]);
+    conn_unregister(&hc->super);
+    free(hc->q);
+    free(hc->fly);
+    free(hc->channels);
+    free(hc);
+}
+
+static const struct sl_transport sse_transport = {"sse", T_SSE, SL_FMT_SSE, http_flush, http_abort, http_heartbeat};
+static const struct sl_transport ndjson_transport = {"ndjson", T_NDJSON, SL_FMT_NDJSON, http_flush, http_abort,
+                                                     http_heartbeat};
+
+/* ---- history: shared by every transport ---------------------------------------------------------- */
+
+static const char SQL_LAST_ALL[] = "SELECT " SL_DB_MESSAGE_COLUMNS " FROM messages ORDER BY seq DESC LIMIT $1";
+static const char SQL_LAST_IN[] = "SELECT " SL_DB_MESSAGE_COLUMNS " FROM messages WHERE channel = ANY($1::text[])"
+                                  " ORDER BY seq DESC LIMIT $2";
+static const char SQL_SINCE_ALL[] = "SELECT " SL_DB_MESSAGE_COLUMNS " FROM messages WHERE seq > $1"
+                                    " ORDER BY seq LIMIT $2";
+static const char SQL_SINCE_IN[] = "SELECT " SL_DB_MESSAGE_COLUMNS " FROM messages WHERE seq > $1"
+                                   " AND channel = ANY($2::text[]) ORDER BY seq LIMIT $3";
+
+/* Queries the history of sub: the last `history` messages, or all after `since` (at most
+ * replay_max + 1, so that "too many" shows). */
+static sl_pgquery_t *query_history(sl_streams_t *s, const sl_sub_t *sub, int64_t since, long long history,
+                                   sl_pg_cb cb, void *data)
+{
+    char arr[2048], n1[24], n2[24];
+    size_t o = 0;
+    arr[o++] = '{';
+    for (size_t i = 0; !sub->all && i < sub->nchannels && o + SL_CHANNEL_MAX + 3 < sizeof(arr); i++)
+        o += (size_t)snprintf(arr + o, sizeof(arr) - o, "%s%s", i ? "," : "", sub->channels[i]);
+    arr[o++] = '}';
+    arr[o] = '\0';
+    if (since >= 0) {
+        snprintf(n1, sizeof(n1), "%lld", (long long)since);
+        snprintf(n2, sizeof(n2), "%lld", s->conf.replay_max + 1);
+        const char *p3[] = {n1, arr, n2};
+        const char *p2[] = {n1, n2};
+        return sub->all ? sl_pgpool_query(s->pg, SQL_SINCE_ALL, 2, p2, cb, data)
+                        : sl_pgpool_query(s->pg, SQL_SINCE_IN, 3, p3, cb, data);
+    }
+    snprintf(n1, sizeof(n1), "%lld", history);
+    const char *p1[] = {n1};
+    const char *p2[] = {arr, n1};
+    return sub->all ? sl_pgpool_query(s->pg, SQL_LAST_ALL, 1, p1, cb, data)
+                    : sl_pgpool_query(s->pg, SQL_LAST_IN, 2, p2, cb, data);
+}
+
+/* Rows in seq order (history comes newest first from the database). */
+static void for_each_row(const PGresult *res, int ascending, void (*fn)(void *, sl_event_t *), void *data)
+{
+    int n = PQntuples(res);
+    for (int k = 0; k < n; k++) {
+        int i = ascending ? k : n - 1 - k;
+        sl_message_t m;
+        if (sl_db_row_to_message(res, i, &m) != 0)
+            continue;
+        sl_event_t *ev = sl_event_from_message(&m);
+        if (ev == NULL)
+            continue;
+        fn(data, ev);
+        sl_event_release(ev);
+    }
+}
+
+/* ---- GET /v1/stream ------------------------------------------------------------------------------ */
+
+static void http_history_row(void *data, sl_event_t *ev)
+{
+    struct httpconn *hc = data;
+    if (ev->seq > hc->sub.cursor) {
+        hc->sub.cursor = ev->seq;
+        http_emit(&hc->sub, ev);
+    }
+}
+
+static void on_http_history(void *data, const PGresult *res, const char *err)
+{
+    struct httpconn *hc = data;
+    sl_streams_t *s = hc->super.streams;
+    hc->query = NULL;
+    if (err != NULL) {
+        char q[300];
+        SL_WARN("event=history_failed error=%s", sl_log_quote(q, sizeof(q), err));
+        hc->super.aborting = 1; /* the client retries (retry: / reconnect) */
+        mark_dirty(&hc->super);
+        return;
+    }
+    if (hc->since >= 0 && PQntuples(res) > s->conf.replay_max) {
+        /* Too far behind to replay: say so, then start from the newest history. */
+        char *owned = malloc(160);
+        int n = 0;
+        if (owned != NULL) {
+            if (hc->super.tp->kind == T_SSE)
+                n = snprintf(owned, 160, "event: reset\ndata: {\"reason\":\"too_old\",\"since\":%lld}\n\n",
+                             (long long)hc->since);
+            else
+                n = snprintf(owned, 160, "{\"type\":\"reset\",\"reason\":\"too_old\",\"since\":%lld}\n",
+                             (long long)hc->since);
+            push_chunk(hc, h2o_iovec_init(owned, (size_t)n), NULL, owned);
+        }
+        s->stats.resets++;
+        hc->since = -1;
+        if ((hc->query = query_history(s, &hc->sub, -1, hc->history, on_http_history, hc)) == NULL) {
+            hc->super.aborting = 1;
+            mark_dirty(&hc->super);
+        }
+        return;
+    }
+    hc->sub.cursor = hc->since > 0 ? hc->since : 0;
+    for_each_row(res, hc->since >= 0, http_history_row, hc);
+    sl_sub_go_live(&hc->sub, hc->sub.cursor);
+}
+
+/* Parses "a,b,c" into channels; returns the count, or -1 with err. */
+static int parse_channels(const char *list, size_t len, long long max, char (**out)[SL_CHANNEL_MAX + 1], sl_error_t *err)
+{
+    size_t n = 0, cap = 0;
+    char (*ch)[SL_CHANNEL_MAX + 1] = NULL;
+    const char *p = list, *end = list + len;
+    while (p <= end) {
+        const char *comma = memchr(p, ',', (size_t)(end - p));
+        const char *stop = comma != NULL ? comma : end;
+        size_t l = (size_t)(stop - p);
+        if (!sl_channel_valid(p, l)) {
+            sl_error_set(err, 400, "invalid_channel", "channels", "every channel must match [a-z0-9_-]{1,64}");
+            goto Fail;
+        }
+        int dup = 0;
+        for (size_t i = 0; i < n; i++)
+            dup |= strlen(ch[i]) == l && memcmp(ch[i], p, l) == 0;
+        if (!dup) {
+            if ((long long)n >= max) {
+                sl_error_set(err, 400, "too_many_channels", "channels", "at most %lld channels per stream", max);
+                goto Fail;
+            }
+            if (n == cap) {
+                cap = cap ? cap * 2 : 4;
+                void *nc = realloc(ch, cap * sizeof(*ch));
+                if (nc == NULL) {
+                    sl_error_set(err, 503, "out_of_memory", NULL, "out of memory");
+                    goto Fail;
+                }
+                ch = nc;
+            }
+            memcpy(ch[n], p, l);
+            ch[n][l] = '\0';
+            n++;
+        }
+        if (comma == NULL)
+            break;
+        p = comma + 1;
+    }
+    *out = ch;
+    return (int)n;
+Fail:
+    free(ch);
+    return -1;
+}
+
+static int parse_count(const char *s, size_t len, long long max, long long *out)
+{
+    long long v = 0;
+    if (len == 0 || len > 19)
+        return -1;
+    for (size_t i = 0; i < len; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return -1;
+        v = v * 10 + (s[i] - '0');
+    }
+    if (v > max)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+static int refuse(h2o_req_t *req, int status, const char *code, const char *field, const char *msg)
+{
+    sl_http_fail(req, status, code, field, msg, status == 503 ? 1 : 0);
+    return 0;
+}
+
+int sl_streams_handle_stream(sl_streams_t *s, h2o_req_t *req)
+{
+    h2o_iovec_t v;
+    sl_error_t err;
+    const struct sl_transport *tp = &sse_transport;
+    long long history = s->conf.history_default, since = -1;
+    char (*channels)[SL_CHANNEL_MAX + 1] = NULL;
+    int nch = 0, r;
+    size_t hlen;
+    const char *hv;
+
+    if ((r = sl_http_query(req, "format", &v)) != 0) {
+        if (r > 0 && h2o_memis(v.base, v.len, H2O_STRLIT("ndjson")))
+            tp = &ndjson_transport;
+        else if (r < 0 || !h2o_memis(v.base, v.len, H2O_STRLIT("sse")))
+            return refuse(req, 400, "invalid_format", "format", "'format' must be sse or ndjson");
+    } else if ((hv = sl_http_header(req, "accept", &hlen)) != NULL && memmem(hv, hlen, "application/x-ndjson", 20)) {
+        tp = &ndjson_transport;
+    }
+    if ((r = sl_http_query(req, "history", &v)) != 0 &&
+        (r < 0 || parse_count(v.base, v.len, s->conf.history_max, &history) != 0)) {
+        char msg[96];
+        snprintf(msg, sizeof(msg), "'history' must be an integer from 0 to %lld", s->conf.history_max);
+        return refuse(req, 400, "invalid_history", "history", msg);
+    }
+    if ((r = sl_http_query(req, "since", &v)) != 0) {
+        if (r < 0 || parse_count(v.base, v.len, INT64_MAX, &since) != 0)
+            return refuse(req, 400, "invalid_since", "since", "'since' must be a non-negative integer (a seq)");
+    } else if ((hv = sl_http_header(req, "last-event-id", &hlen)) != NULL) {
+        if (parse_count(hv, hlen, INT64_MAX, &since) != 0)
+            return refuse(req, 400, "invalid_last_event_id", NULL, "Last-Event-ID must be a seq this stream sent");
+    }
+    if ((r = sl_http_query(req, "channels", &v)) != 0) {
+        if (r < 0 || (nch = parse_channels(v.base, v.len, s->conf.max_channels, &channels, &err)) < 0) {
+            if (r < 0)
+                sl_error_set(&err, 400, "invalid_channel", "channels", "'channels' is badly encoded");
+            sl_http_send_error(req, &err, 0);
+            return 0;
+        }
+    }
+    if ((long long)s->nconns >= s->conf.max_conns) {
+        free(channels);
+        s->stats.refused_full++;
+        return refuse(req, 503, "too_many_connections", NULL, "this server has as many streams as it takes; retry");
+    }
+    if (!sl_hub_ready(s->hub) || !sl_pgpool_ready(s->pg)) {
+        free(channels);
+        return refuse(req, 503, "not_ready", NULL, "the stream service is not connected to the database yet");
+    }
+
+    struct httpconn *hc = calloc(1, sizeof(*hc));
+    if (hc == NULL) {
+        free(channels);
+        return refuse(req, 503, "out_of_memory", NULL, "out of memory");
+    }
+    hc->req = req;
+    hc->channels = channels;
+    hc->since = since;
+    hc->history = history;
+    hc->sub.all = nch == 0;
+    hc->sub.channels = channels;
+    hc->sub.nchannels = (size_t)nch;
+    hc->sub.emit = http_emit;
+    hc->sub.owner = hc;
+    hc->gen.proceed = http_proceed;
+    hc->gen.stop = http_stop;
+    if (sl_hub_subscribe(s->hub, &hc->sub) != 0) {
+        free(channels);
+        free(hc);
+        return refuse(req, 503, "out_of_memory", NULL, "out of memory");
+    }
+    conn_register(s, &hc->super, tp);
+
+    req->res.status = 200;
+    req->res.reason = "OK";
+    if (tp == &sse_transport)
+        h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL, H2O_STRLIT("text/event-stream"));
+    else
+        h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL,
+                       H2O_STRLIT("application/x-ndjson"));
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CACHE_CONTROL, NULL, H2O_STRLIT("no-cache"));
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_ACCESS_CONTROL_ALLOW_ORIGIN, NULL, H2O_STRLIT("*"));
+    h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("x-accel-buffering"), 0, NULL, H2O_STRLIT("no"));
+    h2o_start_response(req, &hc->gen);
+    if (tp == &sse_transport) {
+        char *retry = malloc(32);
+        if (retry != NULL) {
+            int n = snprintf(retry, 32, "retry: %lld\n\n", s->conf.retry_ms);
+            push_chunk(hc, h2o_iovec_init(retry, (size_t)n), NULL, retry);
+        }
+    } else {
+        push_chunk(hc, h2o_iovec_init("", 0), NULL, NULL); /* sends the headers now */
+    }
+    if ((hc->query = query_history(s, &hc->sub, since, history, on_http_history, hc)) == NULL) {
+        hc->super.aborting = 1;
+        mark_dirty(&hc->super);
+    }
+    return 0;
+}
+
+/* ---- WebSocket ----------------------------------------------------------------------------------- */
+
+struct wsconn;
+
+struct wssub {
+    sl_sub_t sub;
+    char channel[1][SL_CHANNEL_MAX + 1];
+    struct wsconn *ws;
+    sl_pgquery_t *query;
+    int64_t since;
+    long long history;
+};
+
+struct wsconn {
+    struct conn super;
+    h2o_websocket_conn_t *ws;
+    struct wssub **subs;
+    size_t nsubs;
+    int closed;
+};
+
+static void ws_send_text(struct wsconn *w, const char *text, size_t len)
+{
+    if (w->ws == NULL || over_limit(&w->super, len))
+        return;
+    struct wslay_event_msg msg = {WSLAY_TEXT_FRAME, (const uint8_t *)text, len};
+    if (wslay_event_queue_msg(w->ws->ws_ctx, &msg) != 0)
+        return;
+    w->super.queued_bytes = wslay_event_get_queued_msg_length(w->ws->ws_ctx);
+    w->super.streams->stats.bytes_queued += len;
+    mark_dirty(&w->super);
+}
+
+static void ws_error(struct wsconn *w, const char *code, const char *message)
+{
+    json_t *o = json_pack("{s:s, s:s, s:s}", "type", "error", "code", code, "message", message);
+    char *text = o != NULL ? json_dumps(o, JSON_COMPACT) : NULL;
+    if (text != NULL)
+        ws_send_text(w, text, strlen(text));
+    free(text);
+    json_decref(o);
+}
+
+static void ws_emit(sl_sub_t *sub, sl_event_t *ev)
+{
+    struct wssub *ws = sub->owner;
+    h2o_iovec_t b = sl_event_encode(ev, SL_FMT_WS);
+    if (b.base != NULL) {
+        ws_send_text(ws->ws, b.base, b.len);
+        ws->ws->super.streams->stats.events_sent++;
+    }
+}
+
+static void wssub_free(struct wssub *sub)
+{
+    if (sub->query != NULL)
+        sl_pgpool_cancel(sub->query);
+    sl_hub_unsubscribe(&sub->sub);
+    free(sub);
+}
+
+static void ws_close_now(struct wsconn *w)
+{
+    if (w->closed)
+        return;
+    w->closed = 1;
+    for (size_t i = 0; i < w->nsubs; i++)
+        wssub_free(w->subs[i]);
+    free(w->subs);
+    w->subs = NULL;
+    w->nsubs = 0;
+    conn_unregister(&w->super);
+    if (w->ws != NULL)
+        h2o_websocket_close(w->ws);
+    free(w);
+}
+
+static void ws_flush(struct conn *c)
+{
+    struct wsconn *w = (struct wsconn *)c;
+    if (w->ws == NULL || w->ws->sock == NULL)
+        return;
+    c->last_out_us = sl_time_mono_us();
+    h2o_websocket_proceed(w->ws); /* may end in ws_on_message(NULL), which frees w */
+}
+
+static void ws_abort(struct conn *c)
+{
+    ws_close_now((struct wsconn *)c);
+}
+
+static void ws_heartbeat(struct conn *c)
+{
+    struct wsconn *w = (struct wsconn *)c;
+    if (w->ws == NULL)
+        return;
+    struct wslay_event_msg msg = {WSLAY_PING, NULL, 0};
+    wslay_event_queue_msg(w->ws->ws_ctx, &msg);
+    mark_dirty(c);
+}
+
+static const struct sl_transport ws_transport = {"websocket", T_WS, SL_FMT_WS, ws_flush, ws_abort, ws_heartbeat};
+
+struct history_frame {
+    sl_buf_t buf;
+    struct wssub *sub;
+    size_t count;
+};
+
+static void ws_history_row(void *data, sl_event_t *ev)
+{
+    struct history_frame *f = data;
+    if (ev->seq <= f->sub->sub.cursor)
+        return;
+    f->sub->sub.cursor = ev->seq;
+    sl_buf_appends(&f->buf, f->count++ ? "," : "");
+    sl_buf_append(&f->buf, ev->json.base, ev->json.len);
+}
+
+static void on_ws_history(void *data, const PGresult *res, const char *err)
+{
+    struct wssub *sub = data;
+    struct wsconn *w = sub->ws;
+    sl_streams_t *s = w->super.streams;
+    char head[160];
+    sub->query = NULL;
+    if (err != NULL) {
+        ws_error(w, "history_unavailable", "the history could not be read; unsubscribe and subscribe again");
+        return;
+    }
+    if (sub->since >= 0 && PQntuples(res) > s->conf.replay_max) {
+        int n = snprintf(head, sizeof(head), "{\"type\":\"reset\",\"channel\":\"%s\",\"reason\":\"too_old\",\"since\":%lld}",
+                         sub->channel[0], (long long)sub->since);
+        ws_send_text(w, head, (size_t)n);
+        s->stats.resets++;
+        sub->since = -1;
+        if ((sub->query = query_history(s, &sub->sub, -1, sub->history, on_ws_history, sub)) == NULL)
+            ws_error(w, "history_unavailable", "the history could not be read; unsubscribe and subscribe again");
+        return;
+    }
+    struct history_frame f = {SL_BUF_INIT, sub, 0};
+    snprintf(head, sizeof(head), "{\"type\":\"history\",\"channel\":\"%s\",\"messages\":[", sub->channel[0]);
+    sl_buf_appends(&f.buf, head);
+    sub->sub.cursor = sub->since > 0 ? sub->since : 0;
+    for_each_row(res, sub->since >= 0, ws_history_row, &f);
+    sl_buf_appends(&f.buf, "]}");
+    ws_send_text(w, f.buf.data, f.buf.len);
+    sl_buf_free(&f.buf);
+    sl_sub_go_live(&sub->sub, sub->sub.cursor);
+}
+
+static struct wssub *find_sub(struct wsconn *w, const char *channel, size_t *index)
+{
+    for (size_t i = 0; i < w->nsubs; i++) {
+        if (strcmp(w->subs[i]->channel[0], channel) == 0) {
+            if (index != NULL)
+                *index = i;
+            return w->subs[i];
+        }
+    }
+    return NULL;
+}
+
+static void ws_command(struct wsconn *w, const char *text, size_t len)
+{
+    sl_streams_t *s = w->super.streams;
+    json_error_t jerr;
+    json_t *root = json_loadb(text, len, 0, &jerr), *v;
+    const char *cmd, *channel = NULL;
+    char reply[160];
+
+    if (root == NULL || !json_is_object(root)) {
+        ws_error(w, "invalid_json", "a command is a JSON object like {\"command\":\"subscribe\",\"channel\":\"general\"}");
+        goto Exit;
+    }
+    if (!json_is_string(v = json_object_get(root, "command"))) {
+        ws_error(w, "missing_command", "'command' must be \"subscribe\", \"unsubscribe\" or \"ping\"");
+        goto Exit;
+    }
+    cmd = json_string_value(v);
+    if (strcmp(cmd, "ping") == 0) {
+        ws_send_text(w, H2O_STRLIT("{\"type\":\"pong\"}"));
+        goto Exit;
+    }
+    if (strcmp(cmd, "subscribe") != 0 && strcmp(cmd, "unsubscribe") != 0) {
+        ws_error(w, "unknown_command", "'command' must be \"subscribe\", \"unsubscribe\" or \"ping\"");
+        goto Exit;
+    }
+    v = json_object_get(root, "channel");
+    if (!json_is_string(v) || !sl_channel_valid(json_string_value(v), json_string_length(v))) {
+        ws_error(w, "invalid_channel", "'channel' must match [a-z0-9_-]{1,64}");
+        goto Exit;
+    }
+    channel = json_string_value(v);
+    if (strcmp(cmd, "unsubscribe") == 0) {
+        size_t i;
+        struct wssub *sub = find_sub(w, channel, &i);
+        if (sub == NULL) {
+            ws_error(w, "not_subscribed", "this socket is not subscribed to that channel");
+            goto Exit;
+        }
+        w->subs[i] = w->subs[--w->nsubs];
+        wssub_free(sub);
+        int n = snprintf(reply, sizeof(reply), "{\"type\":\"unsubscribed\",\"channel\":\"%s\"}", channel);
+        ws_send_text(w, reply, (size_t)n);
+        goto Exit;
+    }
+    long long history = s->conf.history_default, since = -1;
+    if ((v = json_object_get(root, "history")) != NULL) {
+        if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > s->conf.history_max) {
+            snprintf(reply, sizeof(reply), "'history' must be an integer from 0 to %lld", s->conf.history_max);
+            ws_error(w, "invalid_history", reply);
+            goto Exit;
+        }
+        history = json_integer_value(v);
+    }
+    if ((v = json_object_get(root, "since")) != NULL) {
+        if (!json_is_integer(v) || json_integer_value(v) < 0) {
+            ws_error(w, "invalid_since", "'since' must be a non-negative integer (a seq)");
+            goto Exit;
+        }
+        since = json_integer_value(v);
+    }
+    if (find_sub(w, channel, NULL) != NULL) {
+        ws_error(w, "already_subscribed", "this socket is already subscribed to that channel");
+        goto Exit;
+    }
+    if ((long long)w->nsubs >= s->conf.max_channels) {
+        snprintf(reply, sizeof(reply), "at most %lld channels per socket", s->conf.max_channels);
+        ws_error(w, "too_many_channels", reply);
+        goto Exit;
+    }
+    struct wssub *sub = calloc(1, sizeof(*sub));
+    struct wssub **subs = realloc(w->subs, (w->nsubs + 1) * sizeof(*subs));
+    if (subs != NULL)
+        w->subs = subs;
+    if (sub == NULL || subs == NULL) {
+        free(sub);
+        ws_error(w, "out_of_memory", "out of memory");
+        goto Exit;
+    }
+    snprintf(sub->channel[0], sizeof(sub->channel[0]), "%s", channel);
+    sub->ws = w;
+    sub->since = since;
+    sub->history = history;
+    sub->sub.channels = sub->channel;
+    sub->sub.nchannels = 1;
+    sub->sub.emit = ws_emit;
+    sub->sub.owner = sub;
+    if (sl_hub_subscribe(s->hub, &sub->sub) != 0) {
+        free(sub);
+        ws_error(w, "out_of_memory", "out of memory");
+        goto Exit;
+    }
+    w->subs[w->nsubs++] = sub;
+    int n = snprintf(reply, sizeof(reply), "{\"type\":\"subscribed\",\"channel\":\"%s\"}", channel);
+    ws_send_text(w, reply, (size_t)n);
+    if ((sub->query = query_history(s, &sub->sub, since, history, on_ws_history, sub)) == NULL)
+        ws_error(w, "history_unavailable", "the history could not be read; unsubscribe and subscribe again");
+Exit:
+    json_decref(root);
+}
+
+static void ws_on_message(h2o_websocket_conn_t *conn, const struct wslay_event_on_msg_recv_arg *arg)
+{
+    struct wsconn *w = conn->data;
+    if (arg == NULL) { /* closed, by either side */
+        ws_close_now(w);
+        return;
+    }
+    if (arg->opcode == WSLAY_TEXT_FRAME) {
+        ws_command(w, (const char *)arg->msg, arg->msg_length);
+    } else if (arg->opcode == WSLAY_BINARY_FRAME) {
+        static const char reason[] = "binary frames are not accepted";
+        wslay_event_queue_close(conn->ws_ctx, WSLAY_CODE_UNSUPPORTED_DATA, (const uint8_t *)reason, sizeof(reason) - 1);
+        mark_dirty(&w->super);
+    }
+}
+
+int sl_streams_handle_ws(sl_streams_t *s, h2o_req_t *req)
+{
+    const char *key;
+    if (h2o_is_websocket_handshake(req, &key) != 0 || key == NULL)
+        return refuse(req, 400, "not_a_websocket_handshake", NULL,
+                      "GET /v1/ws needs Upgrade: websocket and a Sec-WebSocket-Key");
+    if ((long long)s->nconns >= s->conf.max_conns) {
+        s->stats.refused_full++;
+        return refuse(req, 503, "too_many_connections", NULL, "this server has as many streams as it takes; retry");
+    }
+    if (!sl_hub_ready(s->hub) || !sl_pgpool_ready(s->pg))
+        return refuse(req, 503, "not_ready", NULL, "the stream service is not connected to the database yet");
+    struct wsconn *w = calloc(1, sizeof(*w));
+    if (w == NULL)
+        return refuse(req, 503, "out_of_memory", NULL, "out of memory");
+    conn_register(s, &w->super, &ws_transport);
+    w->ws = h2o_upgrade_to_websocket(req, key, w, ws_on_message);
+    /* frames past the limit make wslay close with 1009 (message too big) */
+    wslay_event_config_set_max_recv_msg_length(w->ws->ws_ctx, (uint64_t)s->conf.ws_max_frame);
+    return 0;
+}
+
+/* ---- timers and lifecycle ------------------------------------------------------------------------ */
+
+static void on_flush(h2o_timeout_entry_t *entry)
+{
+    sl_streams_t *s = H2O_STRUCT_FROM_MEMBER(sl_streams_t, flush_entry, entry);
+    while (!h2o_linklist_is_empty(&s->dirty)) {
+        struct conn *c = H2O_STRUCT_FROM_MEMBER(struct conn, dirty, s->dirty.next);
+        h2o_linklist_unlink(&c->dirty);
+        if (c->aborting)
+            c->tp->abort(c);
+        else
+            c->tp->flush(c);
+    }
+}
+
+static void on_heartbeat(h2o_timeout_entry_t *entry)
+{
+    sl_streams_t *s = H2O_STRUCT_FROM_MEMBER(sl_streams_t, hb_entry, entry);
+    int64_t idle_since = sl_time_mono_us() - s->conf.heartbeat_ms * 1000;
+    for (h2o_linklist_t *n = s->conns.next; n != &s->conns; n = n->next) {
+        struct conn *c = H2O_STRUCT_FROM_MEMBER(struct conn, link, n);
+        if (c->last_out_us < idle_since && !c->aborting)
+            c->tp->heartbeat(c);
+    }
+    h2o_timeout_link(s->loop, &s->hb_timeout, &s->hb_entry);
+}
+
+sl_streams_t *sl_streams_create(h2o_loop_t *loop, sl_hub_t *hub, sl_pgpool_t *pg, const sl_stream_conf_t *conf)
+{
+    sl_streams_t *s = calloc(1, sizeof(*s));
+    if (s == NULL)
+        return NULL;
+    s->loop = loop;
+    s->hub = hub;
+    s->pg = pg;
+    s->conf = *conf;
+    h2o_linklist_init_anchor(&s->conns);
+    h2o_linklist_init_anchor(&s->dirty);
+    h2o_timeout_init(loop, &s->zero_timeout, 0);
+    s->flush_entry.cb = on_flush;
+    h2o_timeout_init(loop, &s->hb_timeout, (uint64_t)(conf->heartbeat_ms / 2 > 0 ? conf->heartbeat_ms / 2 : 1));
+    s->hb_entry.cb = on_heartbeat;
+    h2o_timeout_link(loop, &s->hb_timeout, &s->hb_entry);
+    return s;
+}
+
+const sl_stream_stats_t *sl_streams_stats(const sl_streams_t *s)
+{
+    return &s->stats;
+}
+
+size_t sl_streams_count(const sl_streams_t *s)
+{
+    return s->nconns;
+}
+
+void sl_streams_close_all(sl_streams_t *s)
+{
+    for (h2o_linklist_t *n = s->conns.next; n != &s->conns; n = n->next) {
+        struct conn *c = H2O_STRUCT_FROM_MEMBER(struct conn, link, n);
+        c->aborting = 1;
+        mark_dirty(c);
+    }
+}
+
+void sl_streams_destroy(sl_streams_t *s)
+{
+    if (s == NULL)
+        return;
+    /* whatever is left is freed by h2o_context_dispose's connection teardown or leaks with it */
+    if (h2o_timeout_is_linked(&s->flush_entry))
+        h2o_timeout_unlink(&s->flush_entry);
+    h2o_timeout_unlink(&s->hb_entry);
+    h2o_timeout_dispose(s->loop, &s->zero_timeout);
+    h2o_timeout_dispose(s->loop, &s->hb_timeout);
+    free(s);
+}
