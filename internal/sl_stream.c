@@ -518,6 +518,11 @@ int sl_streams_handle_stream(sl_streams_t *s, h2o_req_t *req)
     } else {
         push_chunk(hc, h2o_iovec_init("", 0), NULL, NULL); /* sends the headers now */
     }
+    if (since < 0 && history == 0) {
+        /* nothing to read: every event the hub delivers from now on is new to this stream */
+        sl_sub_go_live(&hc->sub, sl_hub_position(s->hub));
+        return 0;
+    }
     if ((hc->query = query_history(s, &hc->sub, since, history, on_http_history, hc)) == NULL) {
         hc->super.aborting = 1;
         mark_dirty(&hc->super);
