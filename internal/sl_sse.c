@@ -3,6 +3,7 @@
  */
 #include "sl_sse.h"
 
+#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +16,7 @@
 #include "sl_metrics.h"
 #include "sl_pgpool.h"
 #include "sl_time.h"
+#include "sl_webpage.h"
 
 struct sl_sse {
     sl_sse_conf_t conf;
@@ -136,9 +138,13 @@ int sl_sse_handle(void *data, h2o_req_t *req)
         sl_http_send(req, 204, NULL, "", 0);
         return 0;
     }
-    int get = sl_http_method_is(req, "GET");
+    int get = sl_http_method_is(req, "GET") || sl_http_method_is(req, "HEAD");
     const char *route = NULL;
-    if (path_is(req, "/v1/stream"))
+    if (path_is(req, "/") || path_is(req, "/index.html"))
+        route = "page";
+    else if (path_is(req, "/config.json"))
+        route = "config";
+    else if (path_is(req, "/v1/stream"))
         route = "stream";
     else if (path_is(req, "/v1/ws"))
         route = "ws";
@@ -155,6 +161,24 @@ int sl_sse_handle(void *data, h2o_req_t *req)
     if (!get) {
         h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_ALLOW, NULL, H2O_STRLIT("GET"));
         sl_http_fail(req, 405, "method_not_allowed", NULL, "this method is not allowed here", 0);
+        return 0;
+    }
+    if (strcmp(route, "page") == 0) {
+        /* the page renders message text with textContent only; this policy backs that up */
+        h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("content-security-policy"), 0, NULL,
+                              H2O_STRLIT("default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+                                         "connect-src *"));
+        sl_http_send(req, 200, "text/html; charset=utf-8", (const char *)sl_webpage, sl_webpage_len);
+        return 0;
+    }
+    if (strcmp(route, "config") == 0) {
+        json_t *o = json_pack("{s:s}", "api", s->conf.api_url);
+        char *text = o != NULL ? json_dumps(o, JSON_COMPACT) : NULL;
+        json_decref(o);
+        if (text == NULL)
+            return sl_http_fail(req, 503, "out_of_memory", NULL, "out of memory", 1), 0;
+        sl_http_send(req, 200, NULL, text, strlen(text));
+        free(text);
         return 0;
     }
     if (strcmp(route, "stream") == 0)

@@ -15,6 +15,7 @@ typedef struct sl_sse_conf {
     const char *db_url;
     const char *live_exchange;
     const char *instance;        /* names this instance in the broker's connection list */
+    const char *api_url;         /* where the page posts and reads history ("" = this host, port 8080) */
     long long db_conns;
     long long check_ms;          /* how often the hub compares its position with the database */
     long long live_backlog;      /* cap of this instance's live queue */

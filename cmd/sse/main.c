@@ -32,6 +32,8 @@ int main(int argc, char **argv)
          "topic exchange the persister publishes stored messages to"},
         {"instance", "SLUICE_SSE_INSTANCE", SL_OPT_STR, &instance, "", 0, 0,
          "name of this instance (default: host:port)"},
+        {"api-url", "SLUICE_SSE_API_URL", SL_OPT_STR, &conf.api_url, "", 0, 0,
+         "api base URL the web page uses (empty: the page's host, port 8080)"},
         {"db-conns", "SLUICE_SSE_DB_CONNS", SL_OPT_INT, &conf.db_conns, "4", 1, 64, "database connections"},
         {"check-ms", "SLUICE_SSE_CHECK_MS", SL_OPT_INT, &conf.check_ms, "1000", 10, 600000,
          "how often to compare the live position with the database"},
