@@ -35,6 +35,8 @@ struct sl_hub {
     int64_t backfill_to;  /* upper end of the backfill in flight */
     struct chan_entry *buckets[NBUCKETS];
     h2o_linklist_t all;   /* links of subscriptions to every channel */
+    sl_event_t **ring;    /* the last delivered events, contiguous in seq (but for holes) */
+    size_t ring_cap, ring_len, ring_head; /* head: index of the oldest */
     h2o_timeout_t check_timeout;
     h2o_timeout_entry_t check_entry;
     sl_hub_stats_t stats;
@@ -122,9 +124,90 @@ static void deliver_list(h2o_linklist_t *anchor, sl_event_t *ev)
     }
 }
 
+static void remember(sl_hub_t *h, sl_event_t *ev)
+{
+    if (h->ring_cap == 0)
+        return;
+    if (h->ring_len == h->ring_cap) {
+        sl_event_release(h->ring[h->ring_head]);
+        h->ring[h->ring_head] = sl_event_retain(ev);
+        h->ring_head = (h->ring_head + 1) % h->ring_cap;
+    } else {
+        h->ring[(h->ring_head + h->ring_len++) % h->ring_cap] = sl_event_retain(ev);
+    }
+}
+
+/* A hole (positions without rows) breaks the memory's continuity: forget what came before. */
+static void forget(sl_hub_t *h)
+{
+    for (size_t i = 0; i < h->ring_len; i++)
+        sl_event_release(h->ring[(h->ring_head + i) % h->ring_cap]);
+    h->ring_len = h->ring_head = 0;
+}
+
+static sl_event_t *ring_at(const sl_hub_t *h, size_t i)
+{
+    return h->ring[(h->ring_head + i) % h->ring_cap];
+}
+
+int sl_hub_replay(sl_hub_t *h, const sl_sub_t *s, int64_t since, long long history, long long max_events,
+                  int *too_many, void (*fn)(void *data, sl_event_t *ev), void *data)
+{
+    *too_many = 0;
+    if (!h->ready)
+        return 0;
+    if (since >= 0) {
+        if (since >= h->position) {
+            h->stats.replays_from_memory++;
+            return 1; /* nothing after it yet */
+        }
+        if (h->ring_len == 0 || ring_at(h, 0)->seq > since + 1)
+            return 0;
+        /* binary search for the first event after since */
+        size_t lo = 0, hi = h->ring_len, first;
+        while (lo < hi) {
+            size_t mid = (lo + hi) / 2;
+            if (ring_at(h, mid)->seq <= since)
+                lo = mid + 1;
+            else
+                hi = mid;
+        }
+        first = lo;
+        long long n = 0;
+        for (size_t i = first; i < h->ring_len; i++)
+            n += sl_sub_wants(s, ring_at(h, i)->channel);
+        if (n > max_events) {
+            *too_many = 1;
+            return 1;
+        }
+        for (size_t i = first; i < h->ring_len; i++) {
+            if (sl_sub_wants(s, ring_at(h, i)->channel))
+                fn(data, ring_at(h, i));
+        }
+        h->stats.replays_from_memory++;
+        return 1;
+    }
+    /* the last `history` wanted events, or all of them if the memory starts at the feed's start */
+    size_t i = h->ring_len;
+    long long found = 0;
+    while (i > 0 && found < history) {
+        i--;
+        found += sl_sub_wants(s, ring_at(h, i)->channel);
+    }
+    if (found < history && !(h->ring_len == 0 ? h->position == 0 : ring_at(h, 0)->seq == 1))
+        return 0;
+    for (; i < h->ring_len; i++) {
+        if (sl_sub_wants(s, ring_at(h, i)->channel))
+            fn(data, ring_at(h, i));
+    }
+    h->stats.replays_from_memory++;
+    return 1;
+}
+
 static void deliver(sl_hub_t *h, sl_event_t *ev)
 {
     h->position = ev->seq;
+    remember(h, ev);
     h->stats.delivered++;
     if (ev->created_at_us != 0)
         h->stats.last_created_at_us = ev->created_at_us;
@@ -213,6 +296,7 @@ static void on_backfill(void *data, const PGresult *res, const char *err)
             SL_WARN("event=feed_hole from=%lld to=%lld", (long long)h->position + 1, (long long)m.seq - 1);
             h->stats.skipped += (uint64_t)(m.seq - h->position - 1);
             h->position = m.seq - 1;
+            forget(h);
         }
         sl_event_t *ev = sl_event_from_message(&m);
         if (ev == NULL)
@@ -234,6 +318,7 @@ static void on_backfill(void *data, const PGresult *res, const char *err)
     SL_WARN("event=feed_hole from=%lld to=%lld", (long long)h->position + 1, (long long)target);
     h->stats.skipped += (uint64_t)(target - h->position);
     h->position = target;
+    forget(h);
     drain_pending(h);
 }
 
@@ -316,11 +401,16 @@ void sl_hub_feed(sl_hub_t *h, const char *json, size_t len)
     }
 }
 
-sl_hub_t *sl_hub_create(h2o_loop_t *loop, sl_pgpool_t *pg, int check_ms, size_t max_pending)
+sl_hub_t *sl_hub_create(h2o_loop_t *loop, sl_pgpool_t *pg, int check_ms, size_t max_pending, size_t recent)
 {
     sl_hub_t *h = calloc(1, sizeof(*h));
     if (h == NULL)
         return NULL;
+    if (recent > 0 && (h->ring = calloc(recent, sizeof(*h->ring))) == NULL) {
+        free(h);
+        return NULL;
+    }
+    h->ring_cap = recent;
     h->loop = loop;
     h->pg = pg;
     h->max_pending = max_pending;
@@ -343,6 +433,8 @@ void sl_hub_destroy(sl_hub_t *h)
     for (size_t i = 0; i < h->npending; i++)
         sl_event_release(h->pending[i]);
     free(h->pending);
+    forget(h);
+    free(h->ring);
     for (int b = 0; b < NBUCKETS; b++) {
         while (h->buckets[b] != NULL) {
             struct chan_entry *e = h->buckets[b];

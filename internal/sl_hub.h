@@ -53,12 +53,14 @@ struct sl_sub {
 
 typedef struct sl_hub_stats {
     uint64_t received, delivered, duplicates, malformed, backfills, backfilled, skipped, dropped_pending;
+    uint64_t replays_from_memory;
     int64_t last_created_at_us; /* created_at of the last delivered message, for the live lag */
 } sl_hub_stats_t;
 
 /* The hub reads its start position and gaps through pg. check_ms: how often the tail is
  * compared with the database. */
-sl_hub_t *sl_hub_create(h2o_loop_t *loop, sl_pgpool_t *pg, int check_ms, size_t max_pending);
+/* recent: how many delivered events the hub keeps for sl_hub_replay (0: none). */
+sl_hub_t *sl_hub_create(h2o_loop_t *loop, sl_pgpool_t *pg, int check_ms, size_t max_pending, size_t recent);
 void sl_hub_destroy(sl_hub_t *h);
 
 /* A payload from the live exchange. */
@@ -77,6 +79,14 @@ void sl_sub_go_live(sl_sub_t *s, int64_t covered);
 /* Removes s and drops its buffer. Safe to call from inside s's emit callback? No: call it later
  * (from the owner's close path), never during emit. */
 void sl_hub_unsubscribe(sl_sub_t *s);
+
+/* Serves a subscription's history from the hub's memory of recent events when that memory covers
+ * it: every event after `since` (since >= 0; at most max_events, else *too_many is set), or the
+ * last `history` events of its channels. On 1, fn ran for each event in seq order and the caller
+ * goes live with sl_sub_go_live(s, sl_hub_position(h)); on 0 the memory does not reach far enough
+ * back and the database must answer. */
+int sl_hub_replay(sl_hub_t *h, const sl_sub_t *s, int64_t since, long long history, long long max_events,
+                  int *too_many, void (*fn)(void *data, sl_event_t *ev), void *data);
 
 /* 1 if the subscription wants channel. */
 int sl_sub_wants(const sl_sub_t *s, const char *channel);

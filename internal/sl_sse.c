@@ -50,7 +50,7 @@ sl_sse_t *sl_sse_create(h2o_loop_t *loop, const sl_sse_conf_t *conf)
     s->conf = *conf;
     snprintf(s->conn_name, sizeof(s->conn_name), "sluice-sse %s", conf->instance);
     if ((s->pg = sl_pgpool_create(loop, conf->db_url, (size_t)conf->db_conns, 100000, 1000)) == NULL ||
-        (s->hub = sl_hub_create(loop, s->pg, (int)conf->check_ms, 200000)) == NULL ||
+        (s->hub = sl_hub_create(loop, s->pg, (int)conf->check_ms, 200000, (size_t)conf->recent)) == NULL ||
         (s->streams = sl_streams_create(loop, s->hub, s->pg, &conf->stream)) == NULL ||
         (s->feed = sl_livefeed_create(loop, conf->amqp_url, conf->live_exchange, s->conn_name, conf->live_backlog,
                                       &live_handlers, s)) == NULL) {
@@ -107,6 +107,8 @@ static int handle_metrics(sl_sse_t *s, h2o_req_t *req)
     sl_metrics_sample(&b, "sluice_sse_live_events_total", "outcome=\"malformed\"", (double)hs->malformed);
     sl_metrics_sample(&b, "sluice_sse_live_events_total", "outcome=\"backfilled\"", (double)hs->backfilled);
     sl_metrics_sample(&b, "sluice_sse_live_events_total", "outcome=\"skipped_hole\"", (double)hs->skipped);
+    sl_metrics_header(&b, "sluice_sse_history_from_memory_total", "counter", "Histories served without the database.");
+    sl_metrics_sample(&b, "sluice_sse_history_from_memory_total", "", (double)hs->replays_from_memory);
     sl_metrics_header(&b, "sluice_sse_backfills_total", "counter", "Gap backfills read from the database.");
     sl_metrics_sample(&b, "sluice_sse_backfills_total", "", (double)hs->backfills);
     sl_metrics_header(&b, "sluice_sse_position", "gauge", "Last seq delivered by the hub.");

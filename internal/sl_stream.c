@@ -319,6 +319,45 @@ static void http_history_row(void *data, sl_event_t *ev)
     }
 }
 
+static void on_http_history(void *data, const PGresult *res, const char *err);
+
+static void http_reset(struct httpconn *hc)
+{
+    char *owned = malloc(160);
+    int n;
+    if (owned == NULL)
+        return;
+    if (hc->super.tp->kind == T_SSE)
+        n = snprintf(owned, 160, "event: reset\ndata: {\"reason\":\"too_old\",\"since\":%lld}\n\n", (long long)hc->since);
+    else
+        n = snprintf(owned, 160, "{\"type\":\"reset\",\"reason\":\"too_old\",\"since\":%lld}\n", (long long)hc->since);
+    push_chunk(hc, h2o_iovec_init(owned, (size_t)n), NULL, owned);
+    hc->super.streams->stats.resets++;
+    hc->since = -1;
+}
+
+/* History from the hub's memory if it reaches back far enough, else from the database. */
+static void http_start_history(struct httpconn *hc)
+{
+    sl_streams_t *s = hc->super.streams;
+    int too_many;
+    hc->sub.cursor = hc->since > 0 ? hc->since : 0;
+    if (sl_hub_replay(s->hub, &hc->sub, hc->since, hc->history, s->conf.replay_max, &too_many, http_history_row, hc)) {
+        if (too_many) { /* too far behind to replay: say so, then the newest history */
+            http_reset(hc);
+            http_start_history(hc);
+            return;
+        }
+        int64_t pos = sl_hub_position(s->hub);
+        sl_sub_go_live(&hc->sub, hc->sub.cursor > pos ? hc->sub.cursor : pos);
+        return;
+    }
+    if ((hc->query = query_history(s, &hc->sub, hc->since, hc->history, on_http_history, hc)) == NULL) {
+        hc->super.aborting = 1;
+        mark_dirty(&hc->super);
+    }
+}
+
 static void on_http_history(void *data, const PGresult *res, const char *err)
 {
     struct httpconn *hc = data;
@@ -332,24 +371,8 @@ static void on_http_history(void *data, const PGresult *res, const char *err)
         return;
     }
     if (hc->since >= 0 && PQntuples(res) > s->conf.replay_max) {
-        /* Too far behind to replay: say so, then start from the newest history. */
-        char *owned = malloc(160);
-        int n = 0;
-        if (owned != NULL) {
-            if (hc->super.tp->kind == T_SSE)
-                n = snprintf(owned, 160, "event: reset\ndata: {\"reason\":\"too_old\",\"since\":%lld}\n\n",
-                             (long long)hc->since);
-            else
-                n = snprintf(owned, 160, "{\"type\":\"reset\",\"reason\":\"too_old\",\"since\":%lld}\n",
-                             (long long)hc->since);
-            push_chunk(hc, h2o_iovec_init(owned, (size_t)n), NULL, owned);
-        }
-        s->stats.resets++;
-        hc->since = -1;
-        if ((hc->query = query_history(s, &hc->sub, -1, hc->history, on_http_history, hc)) == NULL) {
-            hc->super.aborting = 1;
-            mark_dirty(&hc->super);
-        }
+        http_reset(hc);
+        http_start_history(hc);
         return;
     }
     hc->sub.cursor = hc->since > 0 ? hc->since : 0;
@@ -518,15 +541,7 @@ int sl_streams_handle_stream(sl_streams_t *s, h2o_req_t *req)
     } else {
         push_chunk(hc, h2o_iovec_init("", 0), NULL, NULL); /* sends the headers now */
     }
-    if (since < 0 && history == 0) {
-        /* nothing to read: every event the hub delivers from now on is new to this stream */
-        sl_sub_go_live(&hc->sub, sl_hub_position(s->hub));
-        return 0;
-    }
-    if ((hc->query = query_history(s, &hc->sub, since, history, on_http_history, hc)) == NULL) {
-        hc->super.aborting = 1;
-        mark_dirty(&hc->super);
-    }
+    http_start_history(hc);
     return 0;
 }
 
@@ -649,35 +664,78 @@ static void ws_history_row(void *data, sl_event_t *ev)
     sl_buf_append(&f->buf, ev->json.base, ev->json.len);
 }
 
+static void on_ws_history(void *data, const PGresult *res, const char *err);
+
+static void ws_reset(struct wssub *sub)
+{
+    char head[160];
+    int n = snprintf(head, sizeof(head), "{\"type\":\"reset\",\"channel\":\"%s\",\"reason\":\"too_old\",\"since\":%lld}",
+                     sub->channel[0], (long long)sub->since);
+    ws_send_text(sub->ws, head, (size_t)n);
+    sub->ws->super.streams->stats.resets++;
+    sub->since = -1;
+}
+
+static void ws_history_begin(struct history_frame *f, struct wssub *sub)
+{
+    char head[160];
+    f->sub = sub;
+    f->count = 0;
+    memset(&f->buf, 0, sizeof(f->buf));
+    snprintf(head, sizeof(head), "{\"type\":\"history\",\"channel\":\"%s\",\"messages\":[", sub->channel[0]);
+    sl_buf_appends(&f->buf, head);
+    sub->sub.cursor = sub->since > 0 ? sub->since : 0;
+}
+
+static void ws_history_end(struct history_frame *f)
+{
+    sl_buf_appends(&f->buf, "]}");
+    ws_send_text(f->sub->ws, f->buf.data, f->buf.len);
+    sl_buf_free(&f->buf);
+}
+
+static void ws_start_history(struct wssub *sub)
+{
+    sl_streams_t *s = sub->ws->super.streams;
+    struct history_frame f;
+    int too_many;
+    ws_history_begin(&f, sub);
+    if (sl_hub_replay(s->hub, &sub->sub, sub->since, sub->history, s->conf.replay_max, &too_many, ws_history_row, &f)) {
+        if (too_many) {
+            sl_buf_free(&f.buf);
+            ws_reset(sub);
+            ws_start_history(sub);
+            return;
+        }
+        ws_history_end(&f);
+        int64_t pos = sl_hub_position(s->hub);
+        sl_sub_go_live(&sub->sub, sub->sub.cursor > pos ? sub->sub.cursor : pos);
+        return;
+    }
+    sl_buf_free(&f.buf);
+    if ((sub->query = query_history(s, &sub->sub, sub->since, sub->history, on_ws_history, sub)) == NULL)
+        ws_error(sub->ws, "history_unavailable", "the history could not be read; unsubscribe and subscribe again");
+}
+
 static void on_ws_history(void *data, const PGresult *res, const char *err)
 {
     struct wssub *sub = data;
     struct wsconn *w = sub->ws;
     sl_streams_t *s = w->super.streams;
-    char head[160];
     sub->query = NULL;
     if (err != NULL) {
         ws_error(w, "history_unavailable", "the history could not be read; unsubscribe and subscribe again");
         return;
     }
     if (sub->since >= 0 && PQntuples(res) > s->conf.replay_max) {
-        int n = snprintf(head, sizeof(head), "{\"type\":\"reset\",\"channel\":\"%s\",\"reason\":\"too_old\",\"since\":%lld}",
-                         sub->channel[0], (long long)sub->since);
-        ws_send_text(w, head, (size_t)n);
-        s->stats.resets++;
-        sub->since = -1;
-        if ((sub->query = query_history(s, &sub->sub, -1, sub->history, on_ws_history, sub)) == NULL)
-            ws_error(w, "history_unavailable", "the history could not be read; unsubscribe and subscribe again");
+        ws_reset(sub);
+        ws_start_history(sub);
         return;
     }
-    struct history_frame f = {SL_BUF_INIT, sub, 0};
-    snprintf(head, sizeof(head), "{\"type\":\"history\",\"channel\":\"%s\",\"messages\":[", sub->channel[0]);
-    sl_buf_appends(&f.buf, head);
-    sub->sub.cursor = sub->since > 0 ? sub->since : 0;
+    struct history_frame f;
+    ws_history_begin(&f, sub);
     for_each_row(res, sub->since >= 0, ws_history_row, &f);
-    sl_buf_appends(&f.buf, "]}");
-    ws_send_text(w, f.buf.data, f.buf.len);
-    sl_buf_free(&f.buf);
+    ws_history_end(&f);
     sl_sub_go_live(&sub->sub, sub->sub.cursor);
 }
 
@@ -787,8 +845,7 @@ static void ws_command(struct wsconn *w, const char *text, size_t len)
     w->subs[w->nsubs++] = sub;
     int n = snprintf(reply, sizeof(reply), "{\"type\":\"subscribed\",\"channel\":\"%s\"}", channel);
     ws_send_text(w, reply, (size_t)n);
-    if ((sub->query = query_history(s, &sub->sub, since, history, on_ws_history, sub)) == NULL)
-        ws_error(w, "history_unavailable", "the history could not be read; unsubscribe and subscribe again");
+    ws_start_history(sub);
 Exit:
     json_decref(root);
 }

@@ -39,6 +39,8 @@ int main(int argc, char **argv)
          "how often to compare the live position with the database"},
         {"live-backlog", "SLUICE_SSE_LIVE_BACKLOG", SL_OPT_INT, &conf.live_backlog, "100000", 1, 1e9,
          "cap of this instance's live queue (oldest dropped, then backfilled)"},
+        {"recent", "SLUICE_SSE_RECENT", SL_OPT_INT, &conf.recent, "10000", 0, 1e7,
+         "recent events kept in memory to serve history and resume without the database"},
         {"history", "SLUICE_SSE_HISTORY", SL_OPT_INT, &conf.stream.history_default, "20", 0, 1000,
          "messages of history when a request names none"},
         {"history-max", "SLUICE_SSE_HISTORY_MAX", SL_OPT_INT, &conf.stream.history_max, "1000", 0, 100000,
