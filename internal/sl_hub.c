@@ -229,6 +229,8 @@ static void drain_pending(sl_hub_t *h)
             h->stats.duplicates++;
         sl_event_release(ev);
     }
+    if (i == 0)
+        return;
     memmove(h->pending, h->pending + i, (h->npending - i) * sizeof(*h->pending));
     h->npending -= i;
 }
@@ -269,7 +271,8 @@ static void add_pending(sl_hub_t *h, sl_event_t *ev)
         h->pending = p;
         h->cappending = cap;
     }
-    memmove(h->pending + lo + 1, h->pending + lo, (h->npending - lo) * sizeof(*h->pending));
+    if (lo < h->npending)
+        memmove(h->pending + lo + 1, h->pending + lo, (h->npending - lo) * sizeof(*h->pending));
     h->pending[lo] = ev;
     h->npending++;
 }
