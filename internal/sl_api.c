@@ -372,11 +372,12 @@ static void on_list(void *data, const PGresult *res, const char *err)
     free(text);
 }
 
+/* Deleted messages (a Mastodon post deleted at its source) are no longer shown. */
 static const char SQL_LIST_CHANNEL[] = "SELECT " SL_DB_MESSAGE_COLUMNS " FROM messages WHERE channel = $1 AND seq < $2"
-                                       " ORDER BY seq DESC LIMIT $3";
+                                       " AND deleted_at IS NULL ORDER BY seq DESC LIMIT $3";
 static const char SQL_LIST_ALL[] = "SELECT " SL_DB_MESSAGE_COLUMNS " FROM messages WHERE seq < $1"
-                                   " ORDER BY seq DESC LIMIT $2";
-static const char SQL_GET[] = "SELECT " SL_DB_MESSAGE_COLUMNS " FROM messages WHERE id = $1";
+                                   " AND deleted_at IS NULL ORDER BY seq DESC LIMIT $2";
+static const char SQL_GET[] = "SELECT " SL_DB_MESSAGE_COLUMNS " FROM messages WHERE id = $1 AND deleted_at IS NULL";
 
 static int parse_int_param(h2o_req_t *req, const char *name, long long min, long long max, long long *out, int *present)
 {

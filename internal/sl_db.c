@@ -43,6 +43,23 @@ static const struct migration migrations[] = {
       " stored_at TIMESTAMPTZ NOT NULL DEFAULT now(), PRIMARY KEY (id) USING HASH)",
       "CREATE UNIQUE INDEX IF NOT EXISTS messages_seq_idx ON messages (seq) USING HASH",
       "CREATE INDEX IF NOT EXISTS messages_channel_seq_idx ON messages (channel, seq)", NULL}},
+    /* Edits and deletions of messages (Mastodon ingest): each is an event with its own seq from
+     * sluice_feed, applied to the message row in the transaction that numbers it. */
+    {2,
+     "events",
+     {"ALTER TABLE messages ADD COLUMN IF NOT EXISTS url TEXT",
+      "ALTER TABLE messages ADD COLUMN IF NOT EXISTS edited_at TIMESTAMPTZ",
+      "ALTER TABLE messages ADD COLUMN IF NOT EXISTS deleted_at TIMESTAMPTZ", NULL},
+     {"CREATE TABLE IF NOT EXISTS message_events (seq INT8 PRIMARY KEY, event_id UUID NOT NULL UNIQUE,"
+      " message_id UUID NOT NULL, channel VARCHAR(64) NOT NULL, type VARCHAR(16) NOT NULL, body TEXT,"
+      " created_at TIMESTAMPTZ NOT NULL)",
+      "CREATE INDEX IF NOT EXISTS message_events_message_idx ON message_events (message_id)",
+      "CREATE INDEX IF NOT EXISTS message_events_channel_seq_idx ON message_events (channel, seq)", NULL},
+     {"CREATE TABLE IF NOT EXISTS message_events (seq INT8 NOT NULL, event_id UUID NOT NULL UNIQUE,"
+      " message_id UUID NOT NULL, channel VARCHAR(64) NOT NULL, type VARCHAR(16) NOT NULL, body TEXT,"
+      " created_at TIMESTAMPTZ NOT NULL, PRIMARY KEY (seq) USING HASH)",
+      "CREATE INDEX IF NOT EXISTS message_events_message_idx ON message_events (message_id)",
+      "CREATE INDEX IF NOT EXISTS message_events_channel_seq_idx ON message_events (channel, seq)", NULL}},
 };
 
 const char *sl_db_sqlstate(const PGresult *res)
@@ -240,18 +257,73 @@ int sl_db_row_to_message(const PGresult *res, int row, sl_message_t *m)
     COPY(3, m->author);
     COPY(4, m->text);
     COPY(5, m->source);
+    if (PQnfields(res) >= 9 && !PQgetisnull(res, row, 7))
+        COPY(7, m->url);
 #undef COPY
+    if (PQnfields(res) >= 9 && !PQgetisnull(res, row, 8)) {
+        v = PQgetvalue(res, row, 8);
+        if (sl_time_parse(v, strlen(v), &m->edited_at_us) != 0)
+            return -1;
+    }
     v = PQgetvalue(res, row, 6);
     return sl_time_parse(v, strlen(v), &m->created_at_us);
+}
+
+/* Repeats within a batch: a message repeats an earlier one with its id, an event (update/delete)
+ * one with its event_id. */
+static const char *dedup_key(const sl_message_t *m)
+{
+    return m->type == SL_MESSAGE_NEW ? m->id : m->event_id;
 }
 
 static int cmp_id(const void *a, const void *b)
 {
     const sl_message_t *const *x = a, *const *y = b;
-    int c = strcmp((*x)->id, (*y)->id);
+    int ex = (*x)->type != SL_MESSAGE_NEW, ey = (*y)->type != SL_MESSAGE_NEW;
+    if (ex != ey)
+        return ex - ey;
+    int c = strcmp(dedup_key(*x), dedup_key(*y));
     if (c != 0)
         return c;
     return *x < *y ? -1 : *x > *y; /* keep the first of equal ids first */
+}
+
+/* Clears fresh[i] for each row of res whose column 0 equals key(msgs[i]). */
+static void drop_found(const PGresult *res, sl_message_t *msgs, size_t n, int events, char *fresh)
+{
+    for (int r = 0; r < PQntuples(res); r++) {
+        const char *id = PQgetvalue(res, r, 0);
+        for (size_t i = 0; i < n; i++) {
+            if (fresh[i] && (msgs[i].type != SL_MESSAGE_NEW) == events && strcasecmp(id, dedup_key(&msgs[i])) == 0)
+                fresh[i] = 0;
+        }
+    }
+}
+
+/* A message whose deletion is already recorded (an earlier batch, or earlier in this one) is not
+ * stored: the post is gone, and a stream must not show it after its delete. */
+static int deleted_earlier_in_batch(const sl_message_t *msgs, size_t i, const char *fresh)
+{
+    for (size_t j = 0; j < i; j++) {
+        if (fresh[j] && msgs[j].type == SL_MESSAGE_DELETE && strcasecmp(msgs[j].id, msgs[i].id) == 0)
+            return 1;
+    }
+    return 0;
+}
+
+/* Applies one stored event to its message row (when the row exists). */
+static int apply_event(sl_db_t *db, const sl_message_t *m, const char *created, const char *edited, char *err,
+                       size_t errlen, PGresult **res)
+{
+    if (m->type == SL_MESSAGE_UPDATE) {
+        const char *p[] = {m->id, m->text, m->url[0] != '\0' ? m->url : NULL, edited};
+        return exec(db,
+                    "UPDATE messages SET body = $2, url = coalesce($3, url), edited_at = $4 WHERE id = $1"
+                    " AND deleted_at IS NULL AND (edited_at IS NULL OR edited_at < $4)",
+                    4, p, res, err, errlen);
+    }
+    const char *p[] = {m->id, created};
+    return exec(db, "UPDATE messages SET deleted_at = $2 WHERE id = $1 AND deleted_at IS NULL", 2, p, res, err, errlen);
 }
 
 /* One attempt of the batch transaction body, after BEGIN. */
@@ -261,10 +333,10 @@ static int store_attempt(sl_db_t *db, sl_message_t *msgs, size_t n, const char *
     PGresult *res = NULL;
     sl_buf_t sql = SL_BUF_INIT;
     const char **params = NULL;
-    char (*seqtext)[24] = NULL, (*tstext)[SL_TIME_RFC3339_LEN] = NULL;
+    char (*seqtext)[24] = NULL, (*tstext)[SL_TIME_RFC3339_LEN] = NULL, **bodies = NULL;
     int ret;
     long long last_seq;
-    size_t k = 0, np = 0;
+    size_t k = 0, np = 0, nmsg = 0, nev = 0;
     char *fresh = calloc(n, 1);
 
     *failed = NULL;
@@ -286,63 +358,162 @@ static int store_attempt(sl_db_t *db, sl_message_t *msgs, size_t n, const char *
     PQclear(res);
     res = NULL;
 
-    params = calloc(n * 7 + 1, sizeof(*params));
+    params = calloc(n * 9 + 1, sizeof(*params));
     seqtext = calloc(n + 1, sizeof(*seqtext));
-    tstext = calloc(n, sizeof(*tstext));
-    if (params == NULL || seqtext == NULL || tstext == NULL) {
+    tstext = calloc(2 * n, sizeof(*tstext));
+    bodies = calloc(n, sizeof(*bodies));
+    if (params == NULL || seqtext == NULL || tstext == NULL || bodies == NULL) {
         snprintf(err, errlen, "out of memory");
         ret = SL_DB_ERROR;
         goto Exit;
     }
+    for (size_t i = 0; i < n; i++)
+        fresh[i] = is_new[i] != 0;
+    /* Messages already stored or already deleted. */
     sl_buf_appends(&sql, "SELECT id FROM messages WHERE id IN (");
     for (size_t i = 0; i < n; i++) {
-        if (!is_new[i])
+        if (!is_new[i] || msgs[i].type != SL_MESSAGE_NEW)
             continue;
         sl_buf_appendf(&sql, "%s$%zu", np ? "," : "", np + 1);
         params[np++] = msgs[i].id;
+    }
+    sl_buf_appends(&sql, ") UNION ALL SELECT message_id FROM message_events WHERE type = 'delete' AND message_id IN (");
+    for (size_t i = 0; i < np; i++)
+        sl_buf_appendf(&sql, "%s$%zu", i ? "," : "", i + 1);
+    sl_buf_appends(&sql, ")");
+    if (np > 0) {
+        if ((ret = exec(db, sql.data, (int)np, params, &res, err, errlen)) != SL_DB_OK)
+            goto Exit;
+        drop_found(res, msgs, n, 0, fresh);
+        PQclear(res);
+        res = NULL;
+    }
+    /* Events already stored. */
+    sql.len = 0;
+    np = 0;
+    sl_buf_appends(&sql, "SELECT event_id FROM message_events WHERE event_id IN (");
+    for (size_t i = 0; i < n; i++) {
+        if (!is_new[i] || msgs[i].type == SL_MESSAGE_NEW)
+            continue;
+        sl_buf_appendf(&sql, "%s$%zu", np ? "," : "", np + 1);
+        params[np++] = msgs[i].event_id;
     }
     sl_buf_appends(&sql, ")");
     if (np > 0) {
         if ((ret = exec(db, sql.data, (int)np, params, &res, err, errlen)) != SL_DB_OK)
             goto Exit;
-        for (size_t i = 0; i < n; i++)
-            fresh[i] = is_new[i] != 0;
-        for (int r = 0; r < PQntuples(res); r++) {
-            const char *id = PQgetvalue(res, r, 0);
-            for (size_t i = 0; i < n; i++) {
-                if (fresh[i] && strcasecmp(id, msgs[i].id) == 0)
-                    fresh[i] = 0;
-            }
-        }
+        drop_found(res, msgs, n, 1, fresh);
         PQclear(res);
         res = NULL;
     }
 
-    sql.len = 0;
-    np = 0;
-    sl_buf_appends(&sql, "INSERT INTO messages (id, seq, channel, author, body, source, created_at) VALUES ");
+    /* Positions in array order, messages and events alike. */
     for (size_t i = 0; i < n; i++) {
         msgs[i].seq = 0;
+        if (fresh[i] && msgs[i].type == SL_MESSAGE_NEW && deleted_earlier_in_batch(msgs, i, fresh))
+            fresh[i] = 0;
         if (!fresh[i])
             continue;
         msgs[i].seq = last_seq + (long long)(++k);
-        snprintf(seqtext[k - 1], sizeof(seqtext[0]), "%lld", (long long)msgs[i].seq);
-        sl_time_format(msgs[i].created_at_us, tstext[k - 1]);
-        sl_buf_appendf(&sql, "%s($%zu,$%zu,$%zu,$%zu,$%zu,$%zu,$%zu)", k > 1 ? "," : "", np + 1, np + 2, np + 3, np + 4,
-                       np + 5, np + 6, np + 7);
+        snprintf(seqtext[i], sizeof(seqtext[0]), "%lld", (long long)msgs[i].seq);
+        sl_time_format(msgs[i].created_at_us, tstext[2 * i]);
+        if (msgs[i].edited_at_us != 0)
+            sl_time_format(msgs[i].edited_at_us, tstext[2 * i + 1]);
+        if (msgs[i].type == SL_MESSAGE_NEW)
+            nmsg++;
+        else
+            nev++;
+    }
+
+    sql.len = 0;
+    np = 0;
+    sl_buf_appends(&sql,
+                   "INSERT INTO messages (id, seq, channel, author, body, source, created_at, url, edited_at) VALUES ");
+    for (size_t i = 0; i < n; i++) {
+        if (!fresh[i] || msgs[i].type != SL_MESSAGE_NEW)
+            continue;
+        sl_buf_appendf(&sql, "%s($%zu,$%zu,$%zu,$%zu,$%zu,$%zu,$%zu,$%zu,$%zu)", np ? "," : "", np + 1, np + 2, np + 3,
+                       np + 4, np + 5, np + 6, np + 7, np + 8, np + 9);
         params[np++] = msgs[i].id;
-        params[np++] = seqtext[k - 1];
+        params[np++] = seqtext[i];
         params[np++] = msgs[i].channel;
         params[np++] = msgs[i].author;
         params[np++] = msgs[i].text;
         params[np++] = msgs[i].source;
-        params[np++] = tstext[k - 1];
+        params[np++] = tstext[2 * i];
+        params[np++] = msgs[i].url[0] != '\0' ? msgs[i].url : NULL;
+        params[np++] = msgs[i].edited_at_us != 0 ? tstext[2 * i + 1] : NULL;
     }
-    if (k > 0) {
+    if (nmsg > 0) {
         if ((ret = exec(db, sql.data, (int)np, params, &res, err, errlen)) != SL_DB_OK)
             goto Exit;
         PQclear(res);
         res = NULL;
+    }
+
+    if (nev > 0) {
+        /* The message rows (including ones inserted just now) give the events their channel;
+         * an event for a message we never stored keeps the channel it came with. */
+        sql.len = 0;
+        np = 0;
+        sl_buf_appends(&sql, "SELECT id, channel FROM messages WHERE id IN (");
+        for (size_t i = 0; i < n; i++) {
+            if (!fresh[i] || msgs[i].type == SL_MESSAGE_NEW)
+                continue;
+            sl_buf_appendf(&sql, "%s$%zu", np ? "," : "", np + 1);
+            params[np++] = msgs[i].id;
+        }
+        sl_buf_appends(&sql, ")");
+        if ((ret = exec(db, sql.data, (int)np, params, &res, err, errlen)) != SL_DB_OK)
+            goto Exit;
+        for (int r = 0; r < PQntuples(res); r++) {
+            for (size_t i = 0; i < n; i++) {
+                if (fresh[i] && msgs[i].type != SL_MESSAGE_NEW && strcasecmp(PQgetvalue(res, r, 0), msgs[i].id) == 0 &&
+                    (size_t)PQgetlength(res, r, 1) < sizeof(msgs[i].channel))
+                    memcpy(msgs[i].channel, PQgetvalue(res, r, 1), (size_t)PQgetlength(res, r, 1) + 1);
+            }
+        }
+        PQclear(res);
+        res = NULL;
+
+        sql.len = 0;
+        np = 0;
+        sl_buf_appends(&sql,
+                       "INSERT INTO message_events (seq, event_id, message_id, channel, type, body, created_at) VALUES ");
+        for (size_t i = 0; i < n; i++) {
+            if (!fresh[i] || msgs[i].type == SL_MESSAGE_NEW)
+                continue;
+            /* body is the event as the live exchange carries it, so a stream can replay it as is */
+            if ((bodies[i] = sl_message_to_json(&msgs[i], NULL)) == NULL) {
+                snprintf(err, errlen, "out of memory");
+                ret = SL_DB_ERROR;
+                goto Exit;
+            }
+            sl_buf_appendf(&sql, "%s($%zu,$%zu,$%zu,$%zu,$%zu,$%zu,$%zu)", np ? "," : "", np + 1, np + 2, np + 3,
+                           np + 4, np + 5, np + 6, np + 7);
+            params[np++] = seqtext[i];
+            params[np++] = msgs[i].event_id;
+            params[np++] = msgs[i].id;
+            params[np++] = msgs[i].channel;
+            params[np++] = sl_message_type_name(msgs[i].type);
+            params[np++] = bodies[i];
+            params[np++] = tstext[2 * i];
+        }
+        if ((ret = exec(db, sql.data, (int)np, params, &res, err, errlen)) != SL_DB_OK)
+            goto Exit;
+        PQclear(res);
+        res = NULL;
+        for (size_t i = 0; i < n; i++) {
+            if (!fresh[i] || msgs[i].type == SL_MESSAGE_NEW)
+                continue;
+            if ((ret = apply_event(db, &msgs[i], tstext[2 * i], tstext[2 * i + 1], err, errlen, &res)) != SL_DB_OK)
+                goto Exit;
+            PQclear(res);
+            res = NULL;
+        }
+    }
+
+    if (k > 0) {
         snprintf(seqtext[n], sizeof(seqtext[0]), "%lld", last_seq + (long long)k);
         const char *p1[] = {seqtext[n]};
         if ((ret = exec(db, "UPDATE sluice_feed SET last_seq = $1 WHERE id = 1", 1, p1, &res, err, errlen)) != SL_DB_OK)
@@ -364,6 +535,11 @@ Exit:
     free(params);
     free(seqtext);
     free(tstext);
+    if (bodies != NULL) {
+        for (size_t i = 0; i < n; i++)
+            free(bodies[i]);
+    }
+    free(bodies);
     free(fresh);
     return ret;
 }
@@ -393,11 +569,15 @@ int sl_db_store_batch(sl_db_t *db, sl_message_t *msgs, size_t n, size_t *stored,
         snprintf(err, errlen, "out of memory");
         goto Exit;
     }
-    for (size_t i = 0; i < n; i++)
+    for (size_t i = 0; i < n; i++) {
         order[i] = &msgs[i];
+        if (msgs[i].type != SL_MESSAGE_NEW && msgs[i].created_at_us == 0)
+            msgs[i].created_at_us = sl_time_now_us(); /* the event's time, fixed across retries */
+    }
     qsort(order, n, sizeof(*order), cmp_id);
     for (size_t i = 0; i < n; i++) {
-        int dup = i > 0 && strcmp(order[i]->id, order[i - 1]->id) == 0;
+        int dup = i > 0 && (order[i]->type != SL_MESSAGE_NEW) == (order[i - 1]->type != SL_MESSAGE_NEW) &&
+                  strcmp(dedup_key(order[i]), dedup_key(order[i - 1])) == 0;
         is_new[order[i] - msgs] = !dup;
     }
 

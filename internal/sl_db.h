@@ -33,8 +33,9 @@ typedef struct sl_db {
     int max_retries; /* of a transaction that failed with 40001 / 40P01; default 10 */
 } sl_db_t;
 
-/* The columns of a message, in the order sl_db_row_to_message reads them. */
-#define SL_DB_MESSAGE_COLUMNS "id, seq, channel, author, body, source, created_at"
+/* The columns of a message, in the order sl_db_row_to_message reads them (url and edited_at exist
+ * from schema version 2 on). */
+#define SL_DB_MESSAGE_COLUMNS "id, seq, channel, author, body, source, created_at, url, edited_at"
 
 /* Connects (connect_timeout 5 s unless the URL says otherwise), detects the server, sets the
  * session time zone to UTC. Returns SL_DB_OK or SL_DB_LOST with err. */
@@ -60,10 +61,19 @@ int sl_db_schema_version(sl_db_t *db);
  * earlier in msgs), giving them consecutive seq values in array order. On SL_DB_OK, msgs[i].seq is
  * the new position of each message stored now and 0 for each that was already there, and *stored
  * counts the former. Retries 40001/40P01 itself. Calling it again with the same batch after
- * SL_DB_LOST is safe, whether or not the lost commit happened. */
+ * SL_DB_LOST is safe, whether or not the lost commit happened.
+ *
+ * Events (type update or delete) are numbered in the same sequence, in array order among the
+ * messages, once per event_id: each becomes a message_events row (body = its live JSON) and is
+ * applied to its message row if that exists (an update sets body, url and edited_at unless the
+ * message is deleted or has a newer edit; a delete sets deleted_at). An event for a message never
+ * stored is kept all the same, with the channel it came with; for a known message, msgs[i].channel
+ * becomes the message's channel. An event's created_at_us of 0 becomes the current time. A message
+ * whose delete is already recorded (or comes earlier in msgs) is not stored (seq 0). */
 int sl_db_store_batch(sl_db_t *db, sl_message_t *msgs, size_t n, size_t *stored, char *err, size_t errlen);
 
-/* Fills m from row of a result whose columns are SL_DB_MESSAGE_COLUMNS. Returns 0 or -1. */
+/* Fills m from row of a result whose columns are SL_DB_MESSAGE_COLUMNS (or its first 7, as before
+ * schema version 2). Returns 0 or -1. */
 int sl_db_row_to_message(const PGresult *res, int row, sl_message_t *m);
 
 /* SQLSTATE of a result ("" when none); 1 if it (or the connection) says to retry the transaction. */

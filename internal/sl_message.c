@@ -219,13 +219,63 @@ Exit:
     return ret;
 }
 
+const char *sl_message_type_name(sl_message_type_t type)
+{
+    switch (type) {
+    case SL_MESSAGE_UPDATE:
+        return "update";
+    case SL_MESSAGE_DELETE:
+        return "delete";
+    default:
+        return "message";
+    }
+}
+
+int sl_message_event_id(const sl_message_t *m, char out[SL_UUID_STRLEN])
+{
+    char name[160], ts[SL_TIME_RFC3339_LEN] = "";
+    if (m->edited_at_us != 0)
+        sl_time_format(m->edited_at_us, ts);
+    int n = snprintf(name, sizeof(name), "%s|%s|%s", m->id, sl_message_type_name(m->type), ts);
+    return sl_uuid_v5(SL_EVENT_NAMESPACE, name, (size_t)n, out);
+}
+
+static json_t *event_to_jansson(const sl_message_t *m)
+{
+    char ts[SL_TIME_RFC3339_LEN];
+    json_t *o = json_pack("{s:s, s:s, s:s}", "type", sl_message_type_name(m->type), "id", m->id, "channel", m->channel);
+    if (o == NULL)
+        return NULL;
+    if (m->type == SL_MESSAGE_UPDATE) {
+        json_object_set_new(o, "text", json_string(m->text));
+        if (m->url[0] != '\0')
+            json_object_set_new(o, "url", json_string(m->url));
+        sl_time_format(m->edited_at_us, ts);
+        json_object_set_new(o, "edited_at", json_string(ts));
+    }
+    json_object_set_new(o, "event_id", json_string(m->event_id));
+    sl_time_format(m->created_at_us, ts);
+    json_object_set_new(o, "created_at", json_string(ts));
+    if (m->seq > 0)
+        json_object_set_new(o, "seq", json_integer(m->seq));
+    return o;
+}
+
 json_t *sl_message_to_jansson(const sl_message_t *m)
 {
     char ts[SL_TIME_RFC3339_LEN];
     json_t *o;
+    if (m->type != SL_MESSAGE_NEW)
+        return event_to_jansson(m);
     sl_time_format(m->created_at_us, ts);
     o = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s}", "id", m->id, "channel", m->channel, "author", m->author, "text",
                   m->text, "source", m->source, "created_at", ts);
+    if (o != NULL && m->url[0] != '\0')
+        json_object_set_new(o, "url", json_string(m->url));
+    if (o != NULL && m->edited_at_us != 0) {
+        sl_time_format(m->edited_at_us, ts);
+        json_object_set_new(o, "edited_at", json_string(ts));
+    }
     if (o != NULL && m->seq > 0)
         json_object_set_new(o, "seq", json_integer(m->seq));
     return o;
@@ -244,11 +294,105 @@ char *sl_message_to_json(const sl_message_t *m, size_t *len)
     return out;
 }
 
+/* The optional fields added after the first release: url and edited_at. */
+static int take_optional(json_t *root, sl_message_t *m, sl_error_t *err)
+{
+    json_t *v;
+    int r = take_string(root, "url", 0, 1, SL_URL_MAX, m->url, sizeof(m->url), err);
+    if (r < 0)
+        return -1;
+    if (r > 0 && has_control(m->url)) {
+        sl_error_set(err, 400, "invalid_url", "url", "'url' must not contain control characters");
+        return -1;
+    }
+    v = json_object_get(root, "edited_at");
+    if (v != NULL && !json_is_null(v) &&
+        (!json_is_string(v) || sl_time_parse(json_string_value(v), json_string_length(v), &m->edited_at_us) != 0)) {
+        sl_error_set(err, 400, "invalid_edited_at", "edited_at", "'edited_at' must be an RFC 3339 timestamp");
+        return -1;
+    }
+    return 0;
+}
+
+static int take_uuid(json_t *root, const char *name, int required, char dst[SL_UUID_STRLEN], sl_error_t *err)
+{
+    json_t *v = json_object_get(root, name);
+    if (v == NULL && !required)
+        return 0;
+    if (!json_is_string(v) || !sl_uuid_valid(json_string_value(v), json_string_length(v))) {
+        sl_error_set(err, 400, "invalid_id", name, "'%s' must be a UUID", name);
+        return -1;
+    }
+    memcpy(dst, json_string_value(v), SL_UUID_STRLEN);
+    return 1;
+}
+
+/* An update or a delete: id and channel name the message; an update brings the new text. */
+static int event_from_jansson(json_t *root, sl_message_t *m, sl_error_t *err)
+{
+    json_t *v;
+    int r = take_string(root, "channel", 1, 1, SL_CHANNEL_MAX, m->channel, sizeof(m->channel), err);
+    if (r < 0)
+        return -1;
+    if (!sl_channel_valid(m->channel, strlen(m->channel))) {
+        sl_error_set(err, 400, "invalid_channel", "channel", "'channel' must match [a-z0-9_-]{1,64}");
+        return -1;
+    }
+    if (take_uuid(root, "id", 1, m->id, err) < 0)
+        return -1;
+    if (m->type == SL_MESSAGE_UPDATE) {
+        if (take_string(root, "text", 1, 1, SL_TEXT_MAX_CHARS, m->text, sizeof(m->text), err) < 0 ||
+            take_optional(root, m, err) != 0)
+            return -1;
+        if (m->edited_at_us == 0) {
+            sl_error_set(err, 400, "missing_field", "edited_at", "an update needs 'edited_at'");
+            return -1;
+        }
+    }
+    if ((r = take_uuid(root, "event_id", 0, m->event_id, err)) < 0)
+        return -1;
+    if (r == 0 && sl_message_event_id(m, m->event_id) != 0) {
+        sl_error_set(err, 400, "invalid_id", "event_id", "could not derive an event id");
+        return -1;
+    }
+    v = json_object_get(root, "created_at");
+    if (v != NULL &&
+        (!json_is_string(v) || sl_time_parse(json_string_value(v), json_string_length(v), &m->created_at_us) != 0)) {
+        sl_error_set(err, 400, "invalid_created_at", "created_at", "'created_at' must be an RFC 3339 timestamp");
+        return -1;
+    }
+    v = json_object_get(root, "seq");
+    if (v != NULL) {
+        if (!json_is_integer(v) || json_integer_value(v) < 1) {
+            sl_error_set(err, 400, "invalid_seq", "seq", "'seq' must be a positive integer");
+            return -1;
+        }
+        m->seq = json_integer_value(v);
+    }
+    return 0;
+}
+
 int sl_message_from_jansson(json_t *root, sl_message_t *m, sl_error_t *err)
 {
     json_t *v;
     memset(m, 0, sizeof(*m));
+    v = json_object_get(root, "type");
+    if (v != NULL) {
+        const char *t = json_is_string(v) ? json_string_value(v) : "";
+        if (strcmp(t, "update") == 0)
+            m->type = SL_MESSAGE_UPDATE;
+        else if (strcmp(t, "delete") == 0)
+            m->type = SL_MESSAGE_DELETE;
+        else if (strcmp(t, "message") != 0) {
+            sl_error_set(err, 400, "invalid_message_type", "type", "'type' must be \"message\", \"update\" or \"delete\"");
+            return -1;
+        }
+        if (m->type != SL_MESSAGE_NEW)
+            return event_from_jansson(root, m, err);
+    }
     if (take_common(root, 1, m, err) != 0)
+        return -1;
+    if (take_optional(root, m, err) != 0)
         return -1;
     v = json_object_get(root, "id");
     if (!json_is_string(v) || !sl_uuid_valid(json_string_value(v), json_string_length(v))) {

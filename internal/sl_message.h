@@ -18,6 +18,19 @@
 #define SL_TEXT_MAX_CHARS 500     /* Unicode code points */
 #define SL_BODY_MAX (16 * 1024)   /* bytes of a POST body */
 #define SL_DEFAULT_CHANNEL "general"
+#define SL_URL_MAX 1024           /* bytes of a message's url */
+
+/* Namespace of event ids (UUIDv5 of "<message id>|<type>|<edited_at>"), fixed forever: changing it
+ * would let a redelivered event be stored twice. */
+#define SL_EVENT_NAMESPACE "ba2a1f46-5922-4eb7-a571-6c40cfdeab7f"
+
+/* What an item on the persist queue (and the live exchange) is: a new message, or an event about
+ * one stored earlier. Events get their own seq from the same counter as messages. */
+typedef enum {
+    SL_MESSAGE_NEW = 0, /* "message" (the default when "type" is absent) */
+    SL_MESSAGE_UPDATE,  /* "update": the text was edited: id, channel, text, url, edited_at */
+    SL_MESSAGE_DELETE,  /* "delete": the message was deleted: id, channel */
+} sl_message_type_t;
 
 typedef struct sl_message {
     char id[SL_UUID_STRLEN];
@@ -27,6 +40,11 @@ typedef struct sl_message {
     char text[SL_TEXT_MAX_CHARS * 4 + 1];
     char source[16];                             /* "api", "bot", "mastodon" */
     int64_t created_at_us;                       /* microseconds since the epoch, UTC */
+    /* Optional (zero when absent), added for posts read from elsewhere and for events. */
+    char url[SL_URL_MAX + 1];                    /* web address of the original post */
+    int64_t edited_at_us;                        /* when the text was last edited */
+    sl_message_type_t type;                      /* SL_MESSAGE_NEW unless this is an event */
+    char event_id[SL_UUID_STRLEN];               /* events: their idempotency key; created_at is the event's time */
 } sl_message_t;
 
 /* A refusal to show the client: HTTP status, a stable machine code, a sentence, and the JSON
@@ -56,15 +74,26 @@ int sl_channel_valid(const char *s, size_t len);
  * left zero. Returns 0, or -1 with err filled (status 400). */
 int sl_message_from_request(const char *body, size_t len, sl_message_t *msg, sl_error_t *err);
 
-/* The message as a JSON object (seq included when non-zero). New reference; NULL on no memory. */
+/* The message as a JSON object (seq included when non-zero; url and edited_at when set). An event
+ * (type update or delete) gives {"type","id","channel",["text","url","edited_at",]"event_id",
+ * "created_at"[,"seq"]}. New reference; NULL on no memory. */
 json_t *sl_message_to_jansson(const sl_message_t *m);
 
 /* Compact JSON text of the message, malloc'd, the caller frees it. NULL on no memory. */
 char *sl_message_to_json(const sl_message_t *m, size_t *len);
 
 /* Decodes a message as written by sl_message_to_json (from the queue or the live exchange),
- * checking every field as strictly as sl_message_from_request. Returns 0, or -1 with err. */
+ * checking every field as strictly as sl_message_from_request. Payloads written before url, type
+ * and edited_at existed decode as before. An event without "event_id" gets the one
+ * sl_message_event_id derives. Returns 0, or -1 with err. */
 int sl_message_from_json(const char *buf, size_t len, sl_message_t *m, sl_error_t *err);
 int sl_message_from_jansson(json_t *obj, sl_message_t *m, sl_error_t *err);
+
+/* "message", "update" or "delete". */
+const char *sl_message_type_name(sl_message_type_t type);
+
+/* The deterministic id of event m (UUIDv5 of its message id, type and edited_at under
+ * SL_EVENT_NAMESPACE): the same edit or deletion always gets the same id. Returns 0 or -1. */
+int sl_message_event_id(const sl_message_t *m, char out[SL_UUID_STRLEN]);
 
 #endif

@@ -18,6 +18,7 @@
 
 struct stats {
     uint64_t batches, rows, duplicates, redeliveries, dead_lettered, db_reconnects, amqp_reconnects, live_published;
+    uint64_t events; /* updates and deletes stored (counted apart from rows) */
     sl_histogram_t commit_latency, batch_rows;
     int amqp_up, db_up;
 };
@@ -311,7 +312,11 @@ static int store(sl_persister_t *p, volatile sig_atomic_t *stop)
         }
         if (r == SL_DB_OK) {
             double secs = (double)(sl_time_mono_us() - t0) / 1e6;
-            STAT(p, p->stats.batches++; p->stats.rows += stored; p->stats.duplicates += p->n - stored;
+            size_t events = 0;
+            for (size_t i = 0; i < p->n; i++)
+                events += p->batch[i].seq != 0 && p->batch[i].type != SL_MESSAGE_NEW;
+            STAT(p, p->stats.batches++; p->stats.rows += stored - events; p->stats.events += events;
+                 p->stats.duplicates += p->n - stored;
                  sl_histogram_observe(&p->stats.commit_latency, secs);
                  sl_histogram_observe(&p->stats.batch_rows, (double)p->n));
             SL_DEBUG("event=batch_committed rows=%zu stored=%zu ms=%.1f", p->n, stored, secs * 1000);
@@ -380,6 +385,8 @@ void sl_persister_render_metrics(sl_persister_t *p, sl_buf_t *b)
     sl_metrics_sample(b, "sluice_persister_batches_total", "", (double)s.batches);
     sl_metrics_header(b, "sluice_persister_rows_total", "counter", "Messages stored.");
     sl_metrics_sample(b, "sluice_persister_rows_total", "", (double)s.rows);
+    sl_metrics_header(b, "sluice_persister_events_total", "counter", "Updates and deletes of messages stored.");
+    sl_metrics_sample(b, "sluice_persister_events_total", "", (double)s.events);
     sl_metrics_header(b, "sluice_persister_duplicates_total", "counter", "Deliveries whose id was already stored.");
     sl_metrics_sample(b, "sluice_persister_duplicates_total", "", (double)s.duplicates);
     sl_metrics_header(b, "sluice_persister_redeliveries_total", "counter", "Deliveries flagged redelivered.");

@@ -10,6 +10,11 @@
  * with a log line and never blocks the queue. Broker and database failures are retried with
  * backoff, holding the unacked batch.
  *
+ * Updates and deletes of messages (queue items with "type":"update"|"delete", see sl_message.h)
+ * travel the same way: numbered in the same sequence, stored and applied in the batch transaction
+ * (sl_db_store_batch), then published live in seq order among the messages, as
+ * {"type":"update"|"delete","id","channel",...,"seq"}.
+ *
  * sl_persister_run blocks in the calling thread until *stop becomes non-zero. Its statistics can
  * be read from another thread with sl_persister_render_metrics.
  */

@@ -1,0 +1,496 @@
+/*
+ * sl_ingest: see sl_ingest.h.
+ *
+ * The items between the reader and the broker live in a fixed array of max_unconfirmed slots:
+ * free, waiting for a (re)publish, or published and awaiting the confirm. The reader's thread
+ * signals new items through an eventfd the loop watches (H2O_SOCKET_FLAG_DONT_READ: h2o only says
+ * it is readable; we read it).
+ */
+#include "sl_ingest.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include "sl_buf.h"
+#include "sl_http.h"
+#include "sl_log.h"
+#include "sl_metrics.h"
+#include "sl_publisher.h"
+#include "sl_time.h"
+
+enum slot_state { SLOT_FREE = 0, SLOT_WAITING, SLOT_PUBLISHED };
+
+struct slot {
+    sl_ingest_t *g;
+    sl_message_t m;
+    uint64_t order; /* when it was taken from the reader */
+    uint64_t tag;
+    enum slot_state state;
+};
+
+struct sl_ingest {
+    sl_ingest_conf_t conf;
+    h2o_loop_t *loop;
+    sl_publisher_t *pub;
+    sl_amqp_topology_t topology;
+    sl_ingest_reader_t *reader;
+    int wake_fd;
+    h2o_socket_t *wake_sock;
+    struct slot *slots;
+    size_t nslots;
+    uint64_t next_order;
+    int64_t retry_at_us;  /* monotonic; nothing is published before */
+    long long retry_ms;   /* the next delay after a refusal */
+    int refusing;         /* in a streak of refusals (for one log line per streak) */
+    int destroying;
+    h2o_timeout_t tick_timeout, kick_timeout;
+    h2o_timeout_entry_t tick, kick;
+    uint64_t enqueued, refused[5], republished;
+};
+
+static void pump(sl_ingest_t *g);
+
+static void schedule(sl_ingest_t *g)
+{
+    if (!g->destroying && !h2o_timeout_is_linked(&g->kick))
+        h2o_timeout_link(g->loop, &g->kick_timeout, &g->kick);
+}
+
+static const char *result_name(sl_publish_result_t r)
+{
+    switch (r) {
+    case SL_PUBLISH_OK:
+        return "ok";
+    case SL_PUBLISH_NACK:
+        return "queue_full";
+    case SL_PUBLISH_BLOCKED:
+        return "broker_blocked";
+    case SL_PUBLISH_BUSY:
+        return "too_many_in_flight";
+    default:
+        return "broker_unavailable";
+    }
+}
+
+static void refused(sl_ingest_t *g, sl_publish_result_t r)
+{
+    g->refused[r < 5 ? r : 2]++;
+    g->retry_at_us = sl_time_mono_us() + g->retry_ms * 1000;
+    if (!g->refusing)
+        SL_WARN("event=publish_refused reason=%s retry_ms=%lld pending=%zu", result_name(r), g->retry_ms,
+                sl_ingest_pending(g));
+    g->refusing = 1;
+    g->retry_ms = g->retry_ms * 2 > g->conf.retry_max_ms ? g->conf.retry_max_ms : g->retry_ms * 2;
+}
+
+static void on_confirm(void *data, sl_publish_result_t r)
+{
+    struct slot *s = data;
+    sl_ingest_t *g = s->g;
+    s->tag = 0;
+    if (r == SL_PUBLISH_OK) {
+        s->state = SLOT_FREE;
+        g->enqueued++;
+        if (g->refusing)
+            SL_INFO("event=publish_resumed");
+        g->refusing = 0;
+        g->retry_ms = g->conf.retry_min_ms;
+    } else {
+        s->state = SLOT_WAITING; /* kept: published again, in its turn */
+        if (!g->destroying)
+            refused(g, r);
+    }
+    schedule(g);
+}
+
+/* Returns 0 when published (or nothing to do), -1 when refused (s waits for a retry). */
+static int publish_slot(sl_ingest_t *g, struct slot *s)
+{
+    size_t len;
+    char *json = sl_message_to_json(&s->m, &len);
+    if (json == NULL) {
+        refused(g, SL_PUBLISH_BUSY);
+        return -1;
+    }
+    const char *msgid = s->m.type == SL_MESSAGE_NEW ? s->m.id : s->m.event_id;
+    sl_publish_result_t r = sl_publisher_publish(g->pub, "", g->topology.persist_queue, msgid, json, len, on_confirm, s,
+                                                 &s->tag);
+    free(json);
+    if (r != SL_PUBLISH_OK) {
+        s->tag = 0;
+        s->state = SLOT_WAITING;
+        refused(g, r);
+        return -1;
+    }
+    s->state = SLOT_PUBLISHED;
+    return 0;
+}
+
+static struct slot *oldest_waiting(sl_ingest_t *g)
+{
+    struct slot *best = NULL;
+    for (size_t i = 0; i < g->nslots; i++) {
+        if (g->slots[i].state == SLOT_WAITING && (best == NULL || g->slots[i].order < best->order))
+            best = &g->slots[i];
+    }
+    return best;
+}
+
+static struct slot *free_slot(sl_ingest_t *g)
+{
+    for (size_t i = 0; i < g->nslots; i++) {
+        if (g->slots[i].state == SLOT_FREE)
+            return &g->slots[i];
+    }
+    return NULL;
+}
+
+static void pump(sl_ingest_t *g)
+{
+    struct slot *s;
+    if (g->destroying || sl_time_mono_us() < g->retry_at_us)
+        return;
+    while ((s = oldest_waiting(g)) != NULL) { /* refused ones first, in the order they were read */
+        g->republished++;
+        if (publish_slot(g, s) != 0)
+            return;
+    }
+    while ((s = free_slot(g)) != NULL && sl_ingest_reader_pop(g->reader, &s->m)) {
+        s->order = g->next_order++;
+        if (publish_slot(g, s) != 0)
+            return;
+    }
+}
+
+static void on_kick(h2o_timeout_entry_t *entry)
+{
+    sl_ingest_t *g = H2O_STRUCT_FROM_MEMBER(sl_ingest_t, kick, entry);
+    pump(g);
+}
+
+static void on_tick(h2o_timeout_entry_t *entry)
+{
+    sl_ingest_t *g = H2O_STRUCT_FROM_MEMBER(sl_ingest_t, tick, entry);
+    sl_ingest_reader_reap(g->reader, 0);
+    pump(g);
+    h2o_timeout_link(g->loop, &g->tick_timeout, &g->tick);
+}
+
+static void on_wake(h2o_socket_t *sock, const char *err)
+{
+    sl_ingest_t *g = sock->data;
+    uint64_t v;
+    (void)err;
+    while (read(g->wake_fd, &v, sizeof(v)) > 0)
+        ;
+    sl_ingest_reader_reap(g->reader, 0);
+    pump(g);
+}
+
+sl_ingest_t *sl_ingest_create(h2o_loop_t *loop, const sl_ingest_conf_t *conf)
+{
+    sl_ingest_t *g = calloc(1, sizeof(*g));
+    if (g == NULL)
+        return NULL;
+    g->conf = *conf;
+    g->loop = loop;
+    g->wake_fd = -1;
+    g->nslots = conf->max_unconfirmed > 0 ? (size_t)conf->max_unconfirmed : 1;
+    g->retry_ms = conf->retry_min_ms;
+    if ((g->slots = calloc(g->nslots, sizeof(*g->slots))) == NULL)
+        goto Fail;
+    for (size_t i = 0; i < g->nslots; i++)
+        g->slots[i].g = g;
+    if ((g->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) < 0)
+        goto Fail;
+    g->conf.reader.wake_fd = g->wake_fd;
+    if ((g->reader = sl_ingest_reader_create(&g->conf.reader)) == NULL)
+        goto Fail;
+    sl_amqp_topology_defaults(&g->topology, conf->queue_max_length);
+    sl_publisher_conf_t pc = {.url = conf->amqp_url,
+                              .conn_name = "sluice-ingest",
+                              .topology = g->topology,
+                              .max_unconfirmed = g->nslots,
+                              .heartbeat_s = 10,
+                              .timeout_ms = 2000,
+                              .reconnect_ms = 500};
+    if ((g->pub = sl_publisher_create(loop, &pc)) == NULL)
+        goto Fail;
+    g->wake_sock = h2o_evloop_socket_create(loop, g->wake_fd, H2O_SOCKET_FLAG_DONT_READ);
+    g->wake_sock->data = g;
+    h2o_socket_read_start(g->wake_sock, on_wake);
+    h2o_timeout_init(loop, &g->tick_timeout, 100);
+    h2o_timeout_init(loop, &g->kick_timeout, 0);
+    g->tick.cb = on_tick;
+    g->kick.cb = on_kick;
+    h2o_timeout_link(loop, &g->tick_timeout, &g->tick);
+    return g;
+Fail:
+    sl_ingest_reader_destroy(g->reader);
+    if (g->wake_fd >= 0)
+        close(g->wake_fd);
+    free(g->slots);
+    free(g);
+    return NULL;
+}
+
+int sl_ingest_start(sl_ingest_t *g)
+{
+    sl_ingest_reader_status_t st;
+    sl_ingest_reader_status(g->reader, &st);
+    if (st.running)
+        return 0;
+    SL_INFO("event=ingest_start url=%s stream=%s channel=%s", g->conf.mastodon_url, g->conf.reader.stream,
+            g->conf.reader.channel);
+    return sl_ingest_reader_start(g->reader);
+}
+
+void sl_ingest_stop(sl_ingest_t *g)
+{
+    sl_ingest_reader_status_t st;
+    sl_ingest_reader_status(g->reader, &st);
+    if (st.running)
+        SL_INFO("event=ingest_stop pending=%zu", sl_ingest_pending(g));
+    sl_ingest_reader_stop(g->reader);
+}
+
+void sl_ingest_stop_and_join(sl_ingest_t *g)
+{
+    sl_ingest_stop(g);
+    sl_ingest_reader_reap(g->reader, 1);
+    pump(g);
+}
+
+size_t sl_ingest_pending(sl_ingest_t *g)
+{
+    sl_ingest_reader_status_t st;
+    size_t n = 0;
+    sl_ingest_reader_status(g->reader, &st);
+    for (size_t i = 0; i < g->nslots; i++)
+        n += g->slots[i].state != SLOT_FREE;
+    return n + st.queued;
+}
+
+void sl_ingest_destroy(sl_ingest_t *g)
+{
+    if (g == NULL)
+        return;
+    size_t pending = sl_ingest_pending(g);
+    if (pending > 0)
+        SL_WARN("event=pending_lost count=%zu reason=\"not confirmed by the broker before exit\"", pending);
+    g->destroying = 1;
+    sl_ingest_reader_destroy(g->reader);
+    sl_publisher_destroy(g->pub); /* outstanding confirms run now, as refusals */
+    h2o_timeout_unlink(&g->tick);
+    if (h2o_timeout_is_linked(&g->kick))
+        h2o_timeout_unlink(&g->kick);
+    h2o_timeout_dispose(g->loop, &g->tick_timeout);
+    h2o_timeout_dispose(g->loop, &g->kick_timeout);
+    h2o_socket_read_stop(g->wake_sock);
+    h2o_socket_close(g->wake_sock); /* closes wake_fd */
+    free(g->slots);
+    free(g);
+}
+
+/* ---- HTTP ------------------------------------------------------------------------------------- */
+
+static json_t *time_or_null(int64_t us)
+{
+    char ts[SL_TIME_RFC3339_LEN];
+    if (us == 0)
+        return json_null();
+    sl_time_format(us, ts);
+    return json_string(ts);
+}
+
+static void send_json(h2o_req_t *req, int status, json_t *root)
+{
+    char *text = json_dumps(root, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_decref(root);
+    if (text == NULL) {
+        sl_http_fail(req, 503, "out_of_memory", NULL, "out of memory", 1);
+        return;
+    }
+    sl_http_send(req, status, NULL, text, strlen(text));
+    free(text);
+}
+
+static void send_state(sl_ingest_t *g, h2o_req_t *req)
+{
+    sl_ingest_reader_status_t st;
+    sl_ingest_reader_status(g->reader, &st);
+    const char *state = st.running ? "running" : st.stopping ? "stopping" : "stopped";
+    json_t *root = json_pack(
+        "{s:s, s:{s:s, s:s, s:s}, s:o, s:b, s:o, s:{s:I, s:I, s:I, s:I, s:I}, s:I, s:o, s:o}", "state", state, "source",
+        "url", g->conf.mastodon_url, "stream", g->conf.reader.stream, "channel", g->conf.reader.channel, "mode",
+        st.mode != NULL ? json_string(st.mode) : json_null(), "connected", st.connected, "connected_since",
+        time_or_null(st.connected_since_us), "events", "received", (json_int_t)st.received, "skipped",
+        (json_int_t)st.skipped, "invalid", (json_int_t)st.invalid, "enqueued", (json_int_t)g->enqueued, "pending",
+        (json_int_t)sl_ingest_pending(g), "reconnects", (json_int_t)(st.connects > 0 ? st.connects - 1 : 0),
+        "last_error", st.last_error[0] != '\0' ? json_string(st.last_error) : json_null(), "last_error_at",
+        time_or_null(st.last_error_at_us));
+    if (root == NULL) {
+        sl_http_fail(req, 503, "out_of_memory", NULL, "out of memory", 1);
+        return;
+    }
+    send_json(req, 200, root);
+}
+
+static int content_type_is_json(h2o_req_t *req)
+{
+    size_t len = 0;
+    const char *ct = sl_http_header(req, "content-type", &len);
+    static const char want[] = "application/json";
+    if (ct == NULL || len < sizeof(want) - 1 || strncasecmp(ct, want, sizeof(want) - 1) != 0)
+        return 0;
+    return len == sizeof(want) - 1 || ct[sizeof(want) - 1] == ';' || ct[sizeof(want) - 1] == ' ';
+}
+
+static void handle_command(sl_ingest_t *g, h2o_req_t *req)
+{
+    json_error_t jerr;
+    json_t *root, *v;
+    const char *key;
+    if (!content_type_is_json(req)) {
+        sl_http_fail(req, 415, "unsupported_media_type", NULL, "Content-Type must be application/json", 0);
+        return;
+    }
+    if (req->entity.len > 4096) {
+        sl_http_fail(req, 413, "body_too_large", NULL, "the body must be at most 4096 bytes", 0);
+        return;
+    }
+    root = json_loadb(req->entity.base != NULL ? req->entity.base : "", req->entity.len, JSON_REJECT_DUPLICATES, &jerr);
+    if (root == NULL) {
+        char msg[192];
+        snprintf(msg, sizeof(msg), "the body is not valid JSON: %s", jerr.text);
+        sl_http_fail(req, 400, "invalid_json", NULL, msg, 0);
+        return;
+    }
+    if (!json_is_object(root)) {
+        json_decref(root);
+        sl_http_fail(req, 400, "not_an_object", NULL, "the body must be a JSON object", 0);
+        return;
+    }
+    json_object_foreach(root, key, v)
+    {
+        if (strcmp(key, "command") != 0) {
+            char msg[160];
+            snprintf(msg, sizeof(msg), "unknown field '%.64s' (allowed: command)", key);
+            json_decref(root);
+            sl_http_fail(req, 400, "unknown_field", NULL, msg, 0);
+            return;
+        }
+    }
+    v = json_object_get(root, "command");
+    if (v == NULL) {
+        json_decref(root);
+        sl_http_fail(req, 400, "missing_field", "command", "'command' is required (\"start\" or \"stop\")", 0);
+        return;
+    }
+    const char *cmd = json_is_string(v) ? json_string_value(v) : NULL;
+    if (cmd == NULL || (strcmp(cmd, "start") != 0 && strcmp(cmd, "stop") != 0)) {
+        json_decref(root);
+        sl_http_fail(req, 400, "invalid_command", "command", "'command' must be \"start\" or \"stop\"", 0);
+        return;
+    }
+    int start = strcmp(cmd, "start") == 0;
+    json_decref(root);
+    if (start && sl_ingest_start(g) != 0) {
+        sl_http_fail(req, 503, "start_failed", NULL, "could not start the reader thread; retry", 1);
+        return;
+    }
+    if (!start)
+        sl_ingest_stop(g);
+    send_state(g, req);
+}
+
+static void send_metrics(sl_ingest_t *g, h2o_req_t *req)
+{
+    sl_buf_t b = SL_BUF_INIT;
+    sl_ingest_reader_status_t st;
+    const sl_publisher_stats_t *ps = sl_publisher_stats(g->pub);
+    sl_ingest_reader_status(g->reader, &st);
+    sl_metrics_header(&b, "sluice_ingest_events_total", "counter", "Mastodon events and statuses by outcome.");
+    sl_metrics_sample(&b, "sluice_ingest_events_total", "outcome=\"received\"", (double)st.received);
+    sl_metrics_sample(&b, "sluice_ingest_events_total", "outcome=\"skipped\"", (double)st.skipped);
+    sl_metrics_sample(&b, "sluice_ingest_events_total", "outcome=\"invalid\"", (double)st.invalid);
+    sl_metrics_sample(&b, "sluice_ingest_events_total", "outcome=\"enqueued\"", (double)g->enqueued);
+    sl_metrics_header(&b, "sluice_ingest_pending", "gauge", "Items read but not yet confirmed by the broker.");
+    sl_metrics_sample(&b, "sluice_ingest_pending", "", (double)sl_ingest_pending(g));
+    sl_metrics_header(&b, "sluice_ingest_publish_refusals_total", "counter", "Publishes refused (kept and retried).");
+    for (int r = 1; r < 5; r++) {
+        char labels[48];
+        snprintf(labels, sizeof(labels), "reason=\"%s\"", result_name((sl_publish_result_t)r));
+        sl_metrics_sample(&b, "sluice_ingest_publish_refusals_total", labels, (double)g->refused[r]);
+    }
+    sl_metrics_histogram(&b, "sluice_ingest_publish_confirm_seconds", "Time from publish to the broker's confirm.",
+                         &ps->confirm_latency);
+    sl_metrics_header(&b, "sluice_ingest_stream_connects_total", "counter", "Streaming connections opened.");
+    sl_metrics_sample(&b, "sluice_ingest_stream_connects_total", "", (double)st.connects);
+    sl_metrics_header(&b, "sluice_ingest_heartbeats_total", "counter", "Stream heartbeats (comments) received.");
+    sl_metrics_sample(&b, "sluice_ingest_heartbeats_total", "", (double)st.heartbeats);
+    sl_metrics_header(&b, "sluice_ingest_polls_total", "counter", "Timeline requests.");
+    sl_metrics_sample(&b, "sluice_ingest_polls_total", "", (double)st.polls);
+    sl_metrics_header(&b, "sluice_ingest_rate_limited_total", "counter", "Waits for the instance's rate limit.");
+    sl_metrics_sample(&b, "sluice_ingest_rate_limited_total", "", (double)st.rate_limited);
+    sl_metrics_header(&b, "sluice_ingest_connected", "gauge", "1 while the stream is open (or polls succeed).");
+    sl_metrics_sample(&b, "sluice_ingest_connected", "", st.connected);
+    sl_metrics_header(&b, "sluice_ingest_running", "gauge", "1 while reading is started.");
+    sl_metrics_sample(&b, "sluice_ingest_running", "", st.running);
+    sl_metrics_header(&b, "sluice_ingest_ready", "gauge", "1 when the broker is reachable and not blocking.");
+    sl_metrics_sample(&b, "sluice_ingest_ready", "", sl_publisher_ready(g->pub));
+    sl_http_send(req, 200, "text/plain; version=0.0.4", b.data, b.len);
+    sl_buf_free(&b);
+}
+
+static int path_is(h2o_req_t *req, const char *path)
+{
+    return h2o_memis(req->path_normalized.base, req->path_normalized.len, path, strlen(path));
+}
+
+static void not_allowed(h2o_req_t *req, const char *allow)
+{
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_ALLOW, NULL, allow, strlen(allow));
+    sl_http_fail(req, 405, "method_not_allowed", NULL, "this method is not allowed here", 0);
+}
+
+int sl_ingest_handle(void *data, h2o_req_t *req)
+{
+    sl_ingest_t *g = data;
+    int get = sl_http_method_is(req, "GET") || sl_http_method_is(req, "HEAD");
+    if (path_is(req, "/v1/ingest")) {
+        if (sl_http_method_is(req, "POST"))
+            handle_command(g, req);
+        else if (get)
+            send_state(g, req);
+        else
+            not_allowed(req, "GET, POST");
+    } else if (path_is(req, "/healthz")) {
+        if (get)
+            sl_http_send(req, 200, NULL, H2O_STRLIT("{\"status\":\"ok\"}"));
+        else
+            not_allowed(req, "GET");
+    } else if (path_is(req, "/readyz")) {
+        if (!get) {
+            not_allowed(req, "GET");
+        } else {
+            char body[96];
+            const char *amqp = sl_publisher_ready(g->pub) ? "up" : sl_publisher_blocked(g->pub) ? "blocked" : "down";
+            int ok = strcmp(amqp, "up") == 0;
+            int n = snprintf(body, sizeof(body), "{\"status\":\"%s\",\"amqp\":\"%s\"}", ok ? "ready" : "unavailable", amqp);
+            sl_http_send(req, ok ? 200 : 503, NULL, body, (size_t)n);
+        }
+    } else if (path_is(req, "/metrics")) {
+        if (get)
+            send_metrics(g, req);
+        else
+            not_allowed(req, "GET");
+    } else {
+        sl_http_fail(req, 404, "not_found", NULL, "no such endpoint", 0);
+    }
+    return 0;
+}

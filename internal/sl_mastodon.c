@@ -1,0 +1,704 @@
+/*
+ * sl_mastodon: Mastodon statuses and streams as sluice messages; see sl_mastodon.h.
+ */
+#include "sl_mastodon.h"
+
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "sl_time.h"
+#include "sl_uuid.h"
+
+/* ---- UTF-8 ---------------------------------------------------------------------------------- */
+
+static size_t put_utf8(uint32_t cp, char *out)
+{
+    if (cp < 0x80) {
+        out[0] = (char)cp;
+        return 1;
+    }
+    if (cp < 0x800) {
+        out[0] = (char)(0xc0 | (cp >> 6));
+        out[1] = (char)(0x80 | (cp & 0x3f));
+        return 2;
+    }
+    if (cp < 0x10000) {
+        out[0] = (char)(0xe0 | (cp >> 12));
+        out[1] = (char)(0x80 | ((cp >> 6) & 0x3f));
+        out[2] = (char)(0x80 | (cp & 0x3f));
+        return 3;
+    }
+    out[0] = (char)(0xf0 | (cp >> 18));
+    out[1] = (char)(0x80 | ((cp >> 12) & 0x3f));
+    out[2] = (char)(0x80 | ((cp >> 6) & 0x3f));
+    out[3] = (char)(0x80 | (cp & 0x3f));
+    return 4;
+}
+
+/* Length of the well-formed UTF-8 sequence at s (n bytes available), or 0 if there is none. */
+static size_t utf8_seq(const char *s, size_t n)
+{
+    unsigned char c = (unsigned char)s[0];
+    size_t len = c < 0x80 ? 1 : c >= 0xc2 && c <= 0xdf ? 2 : c >= 0xe0 && c <= 0xef ? 3 : c >= 0xf0 && c <= 0xf4 ? 4 : 0;
+    if (len == 0 || len > n || sl_utf8_count(s, len) != 1)
+        return 0;
+    return len;
+}
+
+/* Code point of a well-formed sequence of len bytes. */
+static uint32_t utf8_cp(const char *str, size_t len)
+{
+    const unsigned char *s = (const unsigned char *)str;
+    switch (len) {
+    case 1:
+        return s[0];
+    case 2:
+        return (uint32_t)(s[0] & 0x1f) << 6 | (s[1] & 0x3f);
+    case 3:
+        return (uint32_t)(s[0] & 0x0f) << 12 | (uint32_t)(s[1] & 0x3f) << 6 | (s[2] & 0x3f);
+    default:
+        return (uint32_t)(s[0] & 0x07) << 18 | (uint32_t)(s[1] & 0x3f) << 12 | (uint32_t)(s[2] & 0x3f) << 6 |
+               (s[3] & 0x3f);
+    }
+}
+
+static int is_control(uint32_t cp)
+{
+    return cp < 0x20 || (cp >= 0x7f && cp <= 0x9f);
+}
+
+size_t sl_mastodon_cut(const char *src, size_t len, char *dst, size_t size, size_t max_chars, int ellipsis,
+                       int drop_controls)
+{
+    size_t total = 0, i, o = 0, n = 0, keep;
+    if (size == 0)
+        return 0;
+    for (i = 0; i < len;) {
+        size_t l = utf8_seq(src + i, len - i);
+        if (l == 0) {
+            i++;
+            continue;
+        }
+        if (!(drop_controls && is_control(utf8_cp(src + i, l))))
+            total++;
+        i += l;
+    }
+    keep = total <= max_chars ? total : ellipsis && max_chars > 0 ? max_chars - 1 : max_chars;
+    size_t room = size - 1 - (total > keep && ellipsis ? 3 : 0);
+    if (size - 1 < 3 && total > keep && ellipsis)
+        room = 0;
+    for (i = 0; i < len && n < keep;) {
+        size_t l = utf8_seq(src + i, len - i);
+        if (l == 0) {
+            i++;
+            continue;
+        }
+        if (!(drop_controls && is_control(utf8_cp(src + i, l)))) {
+            if (o + l > room)
+                break;
+            memcpy(dst + o, src + i, l);
+            o += l;
+            n++;
+        }
+        i += l;
+    }
+    if (total > n && ellipsis && o + 3 <= size - 1) {
+        memcpy(dst + o, "\xe2\x80\xa6", 3);
+        o += 3;
+        n++;
+    }
+    dst[o] = '\0';
+    return n;
+}
+
+/* ---- HTML to text ----------------------------------------------------------------------------- */
+
+struct conv {
+    sl_buf_t *out;
+    size_t start;   /* our text begins here in out */
+    size_t chars, max;
+    int space;      /* collapsed whitespace waits for the next text */
+    int brk;        /* newlines the next text must follow (1: a line, 2: a paragraph) */
+};
+
+static void trim_spaces(struct conv *c)
+{
+    while (c->out->len > c->start && c->out->data[c->out->len - 1] == ' ')
+        c->out->len--;
+}
+
+static int trailing_newlines(const struct conv *c)
+{
+    int n = 0;
+    for (size_t i = c->out->len; i > c->start && c->out->data[i - 1] == '\n'; i--)
+        n++;
+    return n;
+}
+
+static void put_text(struct conv *c, const char *s, size_t n)
+{
+    if (c->out->len > c->start) {
+        if (c->brk > 0) {
+            trim_spaces(c);
+            for (int k = trailing_newlines(c); k < c->brk; k++)
+                sl_buf_append(c->out, "\n", 1);
+        } else if (c->space && c->out->data[c->out->len - 1] != '\n') {
+            sl_buf_append(c->out, " ", 1);
+        }
+    }
+    c->brk = 0;
+    c->space = 0;
+    sl_buf_append(c->out, s, n);
+    c->chars++;
+}
+
+static void put_cp(struct conv *c, uint32_t cp)
+{
+    char u[4];
+    if (cp == ' ' || cp == '\t' || cp == '\n' || cp == '\r' || cp == 0xa0) {
+        c->space = 1;
+        return;
+    }
+    if (is_control(cp) || cp == 0xad /* soft hyphen */)
+        return;
+    if (cp == 0 || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+        cp = 0xfffd;
+    put_text(c, u, put_utf8(cp, u));
+}
+
+static void line_break(struct conv *c)
+{
+    if (c->out->len == c->start || c->brk > 0) /* nothing yet, or a paragraph break already waits */
+        return;
+    trim_spaces(c);
+    sl_buf_append(c->out, "\n", 1);
+    c->space = 0;
+}
+
+static const struct {
+    const char *name;
+    uint32_t cp;
+} entities[] = {
+    {"amp", '&'},       {"lt", '<'},        {"gt", '>'},        {"quot", '"'},      {"apos", '\''},
+    {"nbsp", 0xa0},     {"hellip", 0x2026}, {"mdash", 0x2014},  {"ndash", 0x2013},  {"lsquo", 0x2018},
+    {"rsquo", 0x2019},  {"ldquo", 0x201c},  {"rdquo", 0x201d},  {"laquo", 0xab},    {"raquo", 0xbb},
+    {"copy", 0xa9},     {"reg", 0xae},      {"trade", 0x2122},  {"euro", 0x20ac},   {"bull", 0x2022},
+    {"middot", 0xb7},   {"times", 0xd7},    {"deg", 0xb0},      {"shy", 0xad},      {"zwj", 0x200d},
+};
+
+/* Decodes the entity at html[i] == '&'; returns the bytes it spans (0: not an entity). */
+static size_t entity(const char *html, size_t len, size_t i, uint32_t *cp)
+{
+    size_t j = i + 1;
+    if (j < len && html[j] == '#') {
+        int hex = j + 1 < len && (html[j + 1] == 'x' || html[j + 1] == 'X');
+        uint32_t v = 0;
+        size_t digits = 0;
+        j += hex ? 2 : 1;
+        while (j < len && digits < 8 && (hex ? isxdigit((unsigned char)html[j]) : isdigit((unsigned char)html[j]))) {
+            char d = html[j];
+            v = v * (hex ? 16 : 10) + (uint32_t)(isdigit((unsigned char)d) ? d - '0' : (tolower((unsigned char)d) - 'a' + 10));
+            j++;
+            digits++;
+        }
+        if (digits == 0)
+            return 0;
+        while (j < len && (hex ? isxdigit((unsigned char)html[j]) : isdigit((unsigned char)html[j]))) {
+            v = 0x110000; /* absurdly long: out of range */
+            j++;
+        }
+        if (j < len && html[j] == ';')
+            j++;
+        *cp = v == 0 || v > 0x10ffff || (v >= 0xd800 && v <= 0xdfff) ? 0xfffd : v;
+        return j - i;
+    }
+    char name[12];
+    size_t n = 0;
+    while (j < len && n < sizeof(name) - 1 && isalnum((unsigned char)html[j]))
+        name[n++] = html[j++];
+    name[n] = '\0';
+    if (n == 0 || j >= len || html[j] != ';')
+        return 0;
+    for (size_t k = 0; k < sizeof(entities) / sizeof(entities[0]); k++) {
+        if (strcmp(entities[k].name, name) == 0) {
+            *cp = entities[k].cp;
+            return j + 1 - i;
+        }
+    }
+    return 0;
+}
+
+/* Finds the '>' closing the tag that starts at html[i] == '<', honouring quoted attribute values
+ * when they close; returns its index, or len when there is none. */
+static size_t tag_end(const char *html, size_t len, size_t i)
+{
+    char q = 0;
+    for (size_t k = i + 1; k < len; k++) {
+        char ch = html[k];
+        if (q != 0) {
+            if (ch == q)
+                q = 0;
+        } else if ((ch == '"' || ch == '\'') && html[k - 1] == '=') {
+            q = ch;
+        } else if (ch == '>') {
+            return k;
+        }
+    }
+    if (q != 0) { /* an unterminated quote: fall back to the first '>' */
+        const char *gt = memchr(html + i, '>', len - i);
+        return gt != NULL ? (size_t)(gt - html) : len;
+    }
+    return len;
+}
+
+static const char *find_ci(const char *hay, size_t len, const char *needle)
+{
+    size_t n = strlen(needle);
+    for (size_t i = 0; i + n <= len; i++) {
+        if (strncasecmp(hay + i, needle, n) == 0)
+            return hay + i;
+    }
+    return NULL;
+}
+
+size_t sl_mastodon_html_to_text(const char *html, size_t len, size_t max_chars, sl_buf_t *out)
+{
+    struct conv c = {out, out->len, 0, max_chars, 0, 0};
+    size_t i = 0;
+    sl_buf_reserve(out, 1);
+    while (i < len && c.chars < c.max) {
+        char ch = html[i];
+        if (ch == '<' && i + 1 < len &&
+            (isalpha((unsigned char)html[i + 1]) || html[i + 1] == '/' || html[i + 1] == '!' || html[i + 1] == '?')) {
+            if (len - i >= 4 && memcmp(html + i, "<!--", 4) == 0) {
+                const char *e = find_ci(html + i + 4, len - i - 4, "-->");
+                i = e != NULL ? (size_t)(e - html) + 3 : len;
+                continue;
+            }
+            size_t end = tag_end(html, len, i), j = i + 1;
+            int closing = html[j] == '/';
+            char name[16];
+            size_t n = 0;
+            if (closing)
+                j++;
+            while (j < end && n < sizeof(name) - 1 && isalnum((unsigned char)html[j]))
+                name[n++] = (char)tolower((unsigned char)html[j++]);
+            name[n] = '\0';
+            if (end >= len)
+                break; /* an unterminated tag: nothing after it is text */
+            i = end + 1;
+            if (strcmp(name, "br") == 0) {
+                line_break(&c);
+            } else if (strcmp(name, "p") == 0 || strcmp(name, "blockquote") == 0 || strcmp(name, "pre") == 0 ||
+                       strcmp(name, "ul") == 0 || strcmp(name, "ol") == 0 ||
+                       (name[0] == 'h' && name[1] >= '1' && name[1] <= '6' && name[2] == '\0')) {
+                c.brk = 2;
+            } else if (strcmp(name, "li") == 0 || strcmp(name, "div") == 0 || strcmp(name, "tr") == 0) {
+                if (c.brk < 1)
+                    c.brk = 1;
+            } else if (!closing && (strcmp(name, "script") == 0 || strcmp(name, "style") == 0)) {
+                char close[24];
+                snprintf(close, sizeof(close), "</%s", name);
+                const char *e = find_ci(html + i, len - i, close);
+                i = e != NULL ? (size_t)(e - html) : len;
+            }
+            continue;
+        }
+        if (ch == '&') {
+            uint32_t cp;
+            size_t n = entity(html, len, i, &cp);
+            if (n > 0) {
+                put_cp(&c, cp);
+                i += n;
+                continue;
+            }
+        }
+        size_t l = utf8_seq(html + i, len - i);
+        if (l == 0) {
+            put_cp(&c, 0xfffd);
+            i++;
+        } else if (l == 1) {
+            put_cp(&c, (unsigned char)ch);
+            i++;
+        } else {
+            uint32_t cp = utf8_cp(html + i, l);
+            if (cp == 0xa0 || is_control(cp) || cp == 0xad)
+                put_cp(&c, cp);
+            else
+                put_text(&c, html + i, l);
+            i += l;
+        }
+    }
+    /* trim what we appended at the end */
+    while (out->len > c.start && (out->data[out->len - 1] == ' ' || out->data[out->len - 1] == '\n'))
+        out->len--;
+    out->data[out->len] = '\0';
+    return c.chars;
+}
+
+/* ---- identity --------------------------------------------------------------------------------- */
+
+int sl_mastodon_instance_norm(const char *url, char *out, size_t size)
+{
+    size_t skip;
+    if (strncasecmp(url, "https://", 8) == 0)
+        skip = 8;
+    else if (strncasecmp(url, "http://", 7) == 0)
+        skip = 7;
+    else
+        return -1;
+    size_t len = strlen(url);
+    while (len > skip && url[len - 1] == '/')
+        len--;
+    if (len == skip || len >= size || strpbrk(url, "?# \t\r\n") != NULL)
+        return -1;
+    const char *slash = memchr(url + skip, '/', len - skip);
+    size_t hostend = slash != NULL ? (size_t)(slash - url) : len;
+    if (hostend == skip)
+        return -1;
+    for (size_t i = 0; i < len; i++)
+        out[i] = i < hostend ? (char)tolower((unsigned char)url[i]) : url[i];
+    out[len] = '\0';
+    return 0;
+}
+
+int sl_mastodon_message_id(const char *instance, const char *status_id, char out[SL_UUID_STRLEN])
+{
+    char name[SL_MASTODON_INSTANCE_MAX + SL_MASTODON_STATUS_ID_MAX + 32];
+    int n = snprintf(name, sizeof(name), "%s/api/v1/statuses/%s", instance, status_id);
+    if (n < 0 || (size_t)n >= sizeof(name))
+        return -1;
+    return sl_uuid_v5(SL_MASTODON_NAMESPACE, name, (size_t)n, out);
+}
+
+/* A status id: 1 to 64 visible ASCII characters other than '/', '?', '#' (Mastodon's are decimal). */
+static int status_id_valid(const char *s, size_t len)
+{
+    if (len < 1 || len > SL_MASTODON_STATUS_ID_MAX)
+        return 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c <= 0x20 || c >= 0x7f || c == '/' || c == '?' || c == '#' || c == '"' || c == '\\')
+            return 0;
+    }
+    return 1;
+}
+
+int sl_mastodon_id_cmp(const char *a, const char *b)
+{
+    size_t la = strlen(a), lb = strlen(b);
+    if (la != lb)
+        return la < lb ? -1 : 1;
+    return strcmp(a, b);
+}
+
+/* ---- statuses --------------------------------------------------------------------------------- */
+
+static const char *str_field(json_t *obj, const char *name, size_t *len)
+{
+    json_t *v = json_object_get(obj, name);
+    if (!json_is_string(v))
+        return NULL;
+    if (len != NULL)
+        *len = json_string_length(v);
+    return json_string_value(v);
+}
+
+static int64_t time_field(json_t *obj, const char *name)
+{
+    size_t len;
+    int64_t us;
+    const char *s = str_field(obj, name, &len);
+    return s != NULL && sl_time_parse(s, len, &us) == 0 ? us : 0;
+}
+
+/* Fills everything a status gives: id, author, text, url, created_at, edited_at. */
+static sl_mastodon_result_t map_status(json_t *st, const char *instance, const char *channel, sl_message_t *m,
+                                       char *why, size_t whylen)
+{
+    size_t len;
+    const char *id, *s;
+    memset(m, 0, sizeof(*m));
+    if (!json_is_object(st)) {
+        snprintf(why, whylen, "the status is not a JSON object");
+        return SL_MASTODON_INVALID;
+    }
+    if ((id = str_field(st, "id", &len)) == NULL || !status_id_valid(id, len)) {
+        snprintf(why, whylen, "the status has no usable id");
+        return SL_MASTODON_INVALID;
+    }
+    if (sl_mastodon_message_id(instance, id, m->id) != 0) {
+        snprintf(why, whylen, "could not derive an id for status %s", id);
+        return SL_MASTODON_INVALID;
+    }
+    s = str_field(st, "visibility", NULL);
+    if (s != NULL && strcmp(s, "public") != 0 && strcmp(s, "unlisted") != 0) {
+        snprintf(why, whylen, "status %s is not public (%.16s)", id, s);
+        return SL_MASTODON_SKIP;
+    }
+    json_t *reblog = json_object_get(st, "reblog");
+    if (reblog != NULL && !json_is_null(reblog)) {
+        snprintf(why, whylen, "status %s is a boost", id);
+        return SL_MASTODON_SKIP;
+    }
+    json_t *account = json_object_get(st, "account");
+    if ((s = str_field(account, "acct", &len)) == NULL || len == 0)
+        s = str_field(account, "username", &len);
+    if (s == NULL || sl_mastodon_cut(s, len, m->author, sizeof(m->author), SL_AUTHOR_MAX_CHARS, 0, 1) == 0) {
+        snprintf(why, whylen, "status %s has no account name", id);
+        return SL_MASTODON_INVALID;
+    }
+
+    /* The text: a content warning first (the post hides behind it), then the content. */
+    sl_buf_t text = SL_BUF_INIT;
+    const char *spoiler = str_field(st, "spoiler_text", &len);
+    if (spoiler != NULL && len > 0) { /* plain text, unlike content */
+        char cw[SL_TEXT_MAX_CHARS * 4 + 1];
+        sl_mastodon_cut(spoiler, len, cw, sizeof(cw), SL_TEXT_MAX_CHARS, 0, 1);
+        if (strspn(cw, " ") < strlen(cw))
+            sl_buf_appendf(&text, "CW: %s\n\n", cw);
+    }
+    size_t before = text.len;
+    if ((s = str_field(st, "content", &len)) != NULL)
+        sl_mastodon_html_to_text(s, len, SL_TEXT_MAX_CHARS + 1, &text);
+    if (text.len == before) {
+        sl_buf_free(&text);
+        snprintf(why, whylen, "status %s has no text", id);
+        return SL_MASTODON_SKIP;
+    }
+    sl_mastodon_cut(text.data, text.len, m->text, sizeof(m->text), SL_TEXT_MAX_CHARS, 1, 0);
+    sl_buf_free(&text);
+
+    if (((s = str_field(st, "url", &len)) == NULL || len == 0) && (s = str_field(st, "uri", &len)) == NULL)
+        len = 0;
+    if (len > 0 && len <= SL_URL_MAX && memchr(s, '\0', len) == NULL) {
+        size_t k;
+        for (k = 0; k < len && !is_control((unsigned char)s[k]); k++)
+            ;
+        if (k == len)
+            memcpy(m->url, s, len + 1);
+    }
+    m->created_at_us = time_field(st, "created_at");
+    if (m->created_at_us == 0)
+        m->created_at_us = sl_time_now_us(); /* a post is not lost for a bad timestamp */
+    m->edited_at_us = time_field(st, "edited_at");
+    snprintf(m->channel, sizeof(m->channel), "%s", channel);
+    strcpy(m->source, SL_MASTODON_SOURCE);
+    return SL_MASTODON_OK;
+}
+
+sl_mastodon_result_t sl_mastodon_status_to_message(json_t *status, const char *instance, const char *channel,
+                                                   sl_message_t *m, char *why, size_t whylen)
+{
+    return map_status(status, instance, channel, m, why, whylen);
+}
+
+static sl_mastodon_result_t parse_and_map(const char *data, size_t len, const char *instance, const char *channel,
+                                          sl_message_t *m, char *why, size_t whylen)
+{
+    json_error_t jerr;
+    json_t *st = json_loadb(data, len, 0, &jerr);
+    if (st == NULL) {
+        snprintf(why, whylen, "the status is not JSON: %s", jerr.text);
+        return SL_MASTODON_INVALID;
+    }
+    sl_mastodon_result_t r = map_status(st, instance, channel, m, why, whylen);
+    json_decref(st);
+    return r;
+}
+
+sl_mastodon_result_t sl_mastodon_stream_event(const char *event, const char *data, size_t len, const char *instance,
+                                              const char *channel, sl_message_t *m, char *why, size_t whylen)
+{
+    if (strcmp(event, "update") == 0)
+        return parse_and_map(data, len, instance, channel, m, why, whylen);
+    if (strcmp(event, "status.update") == 0) {
+        sl_mastodon_result_t r = parse_and_map(data, len, instance, channel, m, why, whylen);
+        if (r != SL_MASTODON_OK)
+            return r;
+        m->type = SL_MESSAGE_UPDATE;
+        if (m->edited_at_us == 0)
+            m->edited_at_us = sl_time_now_us();
+        m->created_at_us = sl_time_now_us(); /* the event's time, not the post's */
+        memset(m->author, 0, sizeof(m->author));
+        memset(m->source, 0, sizeof(m->source));
+        if (sl_message_event_id(m, m->event_id) != 0) {
+            snprintf(why, whylen, "could not derive an event id");
+            return SL_MASTODON_INVALID;
+        }
+        return SL_MASTODON_OK;
+    }
+    if (strcmp(event, "delete") == 0) {
+        char id[SL_MASTODON_STATUS_ID_MAX + 1];
+        while (len > 0 && (data[0] == ' ' || data[0] == '"'))
+            data++, len--;
+        while (len > 0 && (data[len - 1] == ' ' || data[len - 1] == '"' || data[len - 1] == '\n'))
+            len--;
+        memset(m, 0, sizeof(*m));
+        if (!status_id_valid(data, len)) {
+            snprintf(why, whylen, "a delete event without a usable status id");
+            return SL_MASTODON_INVALID;
+        }
+        memcpy(id, data, len);
+        id[len] = '\0';
+        m->type = SL_MESSAGE_DELETE;
+        if (sl_mastodon_message_id(instance, id, m->id) != 0 || sl_message_event_id(m, m->event_id) != 0) {
+            snprintf(why, whylen, "could not derive ids for deleted status %s", id);
+            return SL_MASTODON_INVALID;
+        }
+        snprintf(m->channel, sizeof(m->channel), "%s", channel);
+        m->created_at_us = sl_time_now_us();
+        return SL_MASTODON_OK;
+    }
+    snprintf(why, whylen, "event type '%.40s' is not used", event);
+    return SL_MASTODON_SKIP;
+}
+
+/* ---- streams, timelines, headers -------------------------------------------------------------- */
+
+static const char *hashtag_of(const char *stream)
+{
+    if (strncmp(stream, "hashtag:", 8) != 0)
+        return NULL;
+    const char *tag = stream + 8;
+    if (*tag == '#')
+        tag++;
+    size_t len = strlen(tag);
+    if (len < 1 || len > 100 || sl_utf8_count(tag, len) < 0)
+        return NULL;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)tag[i];
+        if (c <= 0x20 || c == 0x7f || strchr("#/?&%=+", c) != NULL)
+            return NULL;
+    }
+    return tag;
+}
+
+int sl_mastodon_stream_valid(const char *stream)
+{
+    return strcmp(stream, "public") == 0 || strcmp(stream, "public:local") == 0 || hashtag_of(stream) != NULL;
+}
+
+static void encode(sl_buf_t *b, const char *s)
+{
+    for (; *s != '\0'; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (isalnum(c) || c == '_' || c == '-' || c == '.' || c == '~')
+            sl_buf_append(b, s, 1);
+        else
+            sl_buf_appendf(b, "%%%02X", c);
+    }
+}
+
+static int finish(sl_buf_t *b, char *out, size_t size)
+{
+    int ok = b->len < size;
+    if (ok)
+        memcpy(out, b->data, b->len + 1);
+    sl_buf_free(b);
+    return ok ? 0 : -1;
+}
+
+int sl_mastodon_stream_path(const char *stream, char *out, size_t size)
+{
+    sl_buf_t b = SL_BUF_INIT;
+    const char *tag = hashtag_of(stream);
+    if (strcmp(stream, "public") == 0) {
+        sl_buf_appends(&b, "/api/v1/streaming/public");
+    } else if (strcmp(stream, "public:local") == 0) {
+        sl_buf_appends(&b, "/api/v1/streaming/public/local");
+    } else if (tag != NULL) {
+        sl_buf_appends(&b, "/api/v1/streaming/hashtag?tag=");
+        encode(&b, tag);
+    } else {
+        return -1;
+    }
+    return finish(&b, out, size);
+}
+
+int sl_mastodon_timeline_path(const char *stream, int limit, char *out, size_t size)
+{
+    sl_buf_t b = SL_BUF_INIT;
+    const char *tag = hashtag_of(stream);
+    if (strcmp(stream, "public") == 0) {
+        sl_buf_appendf(&b, "/api/v1/timelines/public?limit=%d", limit);
+    } else if (strcmp(stream, "public:local") == 0) {
+        sl_buf_appendf(&b, "/api/v1/timelines/public?local=true&limit=%d", limit);
+    } else if (tag != NULL) {
+        sl_buf_appends(&b, "/api/v1/timelines/tag/");
+        encode(&b, tag);
+        sl_buf_appendf(&b, "?limit=%d", limit);
+    } else {
+        return -1;
+    }
+    return finish(&b, out, size);
+}
+
+int sl_mastodon_streaming_base(json_t *instance, char *out, size_t size)
+{
+    json_t *cfg = json_object_get(instance, "configuration");
+    const char *s = str_field(json_object_get(cfg, "urls"), "streaming", NULL);
+    if (s == NULL || *s == '\0')
+        s = str_field(json_object_get(instance, "urls"), "streaming_api", NULL);
+    if (s == NULL || *s == '\0')
+        return -1;
+    char buf[SL_MASTODON_INSTANCE_MAX];
+    if (strncasecmp(s, "wss://", 6) == 0)
+        snprintf(buf, sizeof(buf), "https://%s", s + 6);
+    else if (strncasecmp(s, "ws://", 5) == 0)
+        snprintf(buf, sizeof(buf), "http://%s", s + 5);
+    else
+        snprintf(buf, sizeof(buf), "%s", s);
+    return sl_mastodon_instance_norm(buf, out, size);
+}
+
+int sl_mastodon_link(const char *h, size_t len, const char *rel, char *out, size_t size)
+{
+    size_t i = 0, rlen = strlen(rel);
+    while (i < len) {
+        const char *lt = memchr(h + i, '<', len - i);
+        if (lt == NULL)
+            return -1;
+        const char *gt = memchr(lt, '>', (size_t)(h + len - lt));
+        if (gt == NULL)
+            return -1;
+        /* parameters run to the next ',' that follows the '>' */
+        const char *pend = memchr(gt, ',', (size_t)(h + len - gt));
+        if (pend == NULL)
+            pend = h + len;
+        for (const char *p = gt + 1; p + 4 <= pend; p++) {
+            if (strncasecmp(p, "rel=", 4) != 0)
+                continue;
+            const char *v = p + 4, *vend;
+            if (v < pend && *v == '"') {
+                v++;
+                vend = memchr(v, '"', (size_t)(pend - v));
+                if (vend == NULL)
+                    vend = pend;
+            } else {
+                for (vend = v; vend < pend && *vend != ';' && *vend != ' '; vend++)
+                    ;
+            }
+            /* rel may list several space-separated relations */
+            for (const char *t = v; t < vend;) {
+                const char *te = t;
+                while (te < vend && *te != ' ')
+                    te++;
+                if ((size_t)(te - t) == rlen && strncasecmp(t, rel, rlen) == 0) {
+                    size_t ulen = (size_t)(gt - lt - 1);
+                    if (ulen + 1 > size)
+                        return -1;
+                    memcpy(out, lt + 1, ulen);
+                    out[ulen] = '\0';
+                    return 0;
+                }
+                t = te + 1;
+            }
+        }
+        i = (size_t)(pend - h) + 1;
+    }
+    return -1;
+}

@@ -1,0 +1,623 @@
+/* Unit tests of the ingest side: the SSE parser (sl_mastodon_sse), HTML to text, status and event
+ * mapping, ids (sl_mastodon), and the queue payloads of events (sl_message). */
+#include <check.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "sl_buf.h"
+#include "sl_mastodon.h"
+#include "sl_mastodon_sse.h"
+#include "sl_message.h"
+#include "sl_time.h"
+#include "sl_uuid.h"
+
+#define INSTANCE "https://mastodon.example"
+
+/* ---- SSE parser ------------------------------------------------------------------------------- */
+
+struct collected {
+    sl_buf_t log; /* "<event>=<data>|" per event, "#<comment>|" per comment */
+    int events, comments, stop_after;
+};
+
+static int collect_event(void *arg, const char *event, const char *data, size_t len)
+{
+    struct collected *c = arg;
+    sl_buf_appendf(&c->log, "%s=%.*s|", event, (int)len, data);
+    c->events++;
+    return c->stop_after > 0 && c->events >= c->stop_after ? 7 : 0;
+}
+
+static void collect_comment(void *arg, const char *text, size_t len)
+{
+    struct collected *c = arg;
+    sl_buf_appendf(&c->log, "#%.*s|", (int)len, text);
+    c->comments++;
+}
+
+/* Parses s fed in pieces of the given sizes (cycled; 0 = all at once), returns the log. */
+static char *parse_pieces(const char *s, size_t len, const size_t *sizes, size_t nsizes, size_t max_event)
+{
+    struct collected c;
+    sl_msse_t p;
+    memset(&c, 0, sizeof(c));
+    sl_msse_init(&p, max_event, collect_event, collect_comment, &c);
+    for (size_t i = 0, k = 0; i < len;) {
+        size_t n = nsizes == 0 ? len : sizes[k++ % nsizes];
+        if (n > len - i)
+            n = len - i;
+        ck_assert_int_eq(sl_msse_feed(&p, s + i, n), 0);
+        i += n;
+    }
+    sl_msse_free(&p);
+    sl_buf_appends(&c.log, "");
+    return c.log.data;
+}
+
+static const char STREAM[] = ":)\n"
+                             "event: update\n"
+                             "data: {\"id\":\"1\",\"content\":\"caf\xc3\xa9 \xf0\x9f\x8c\x8a\"}\n"
+                             "\n"
+                             ":thump\n"
+                             "event: delete\r\n"
+                             "data: 1\r\n"
+                             "\r\n"
+                             "event: status.update\r"
+                             "data: {\"a\":\r"
+                             "data: 1}\r"
+                             "\r"
+                             "id: 5\n"
+                             "retry: 1000\n"
+                             "event: announcement\n"
+                             "data:no-space\n"
+                             "\n"
+                             "event: update\n"
+                             "\n"
+                             "data:  two spaces\n"
+                             "\n";
+static const char EXPECTED[] = "#)|update={\"id\":\"1\",\"content\":\"caf\xc3\xa9 \xf0\x9f\x8c\x8a\"}|#thump|delete=1|"
+                               "status.update={\"a\":\n1}|announcement=no-space|message= two spaces|";
+
+START_TEST(test_sse_whole_stream)
+{
+    char *log = parse_pieces(STREAM, sizeof(STREAM) - 1, NULL, 0, 4096);
+    ck_assert_str_eq(log, EXPECTED);
+    free(log);
+}
+END_TEST
+
+START_TEST(test_sse_every_split_point)
+{
+    /* Two reads cut at every byte (mid-line, mid-UTF-8, between CR and LF), then three. */
+    size_t len = sizeof(STREAM) - 1;
+    for (size_t cut = 1; cut < len; cut++) {
+        size_t sizes[2] = {cut, len};
+        char *log = parse_pieces(STREAM, len, sizes, 2, 4096);
+        ck_assert_msg(strcmp(log, EXPECTED) == 0, "cut at %zu: %s", cut, log);
+        free(log);
+        for (size_t cut2 = cut + 1; cut2 < len; cut2 += 7) {
+            size_t s3[3] = {cut, cut2 - cut, len};
+            log = parse_pieces(STREAM, len, s3, 3, 4096);
+            ck_assert_msg(strcmp(log, EXPECTED) == 0, "cuts at %zu,%zu: %s", cut, cut2, log);
+            free(log);
+        }
+    }
+    const size_t one[] = {1}, odd[] = {3, 1, 4, 1, 5, 9, 2, 6};
+    char *log = parse_pieces(STREAM, len, one, 1, 4096);
+    ck_assert_str_eq(log, EXPECTED);
+    free(log);
+    log = parse_pieces(STREAM, len, odd, 8, 4096);
+    ck_assert_str_eq(log, EXPECTED);
+    free(log);
+}
+END_TEST
+
+START_TEST(test_sse_crlf_split_between_cr_and_lf)
+{
+    /* a CR ending one read and its LF starting the next is one line end, not two */
+    const char *parts[] = {"data: a\r", "\n", "data: b\r", "\n\r", "\n"};
+    struct collected c;
+    sl_msse_t p;
+    memset(&c, 0, sizeof(c));
+    sl_msse_init(&p, 4096, collect_event, collect_comment, &c);
+    for (size_t i = 0; i < 5; i++)
+        ck_assert_int_eq(sl_msse_feed(&p, parts[i], strlen(parts[i])), 0);
+    sl_buf_appends(&c.log, "");
+    ck_assert_str_eq(c.log.data, "message=a\nb|");
+    sl_msse_free(&p);
+    sl_buf_free(&c.log);
+}
+END_TEST
+
+START_TEST(test_sse_bom_and_limits)
+{
+    /* A byte-order mark (split) is skipped; an oversize event is dropped whole, the next one kept. */
+    char big[300];
+    memset(big, 'x', sizeof(big));
+    struct collected c;
+    sl_msse_t p;
+    memset(&c, 0, sizeof(c));
+    sl_msse_init(&p, 100, collect_event, NULL, &c);
+    ck_assert_int_eq(sl_msse_feed(&p, "\xef\xbb", 2), 0);
+    ck_assert_int_eq(sl_msse_feed(&p, "\xbf" "data: first\n\ndata: ", 19), 0);
+    ck_assert_int_eq(sl_msse_feed(&p, big, sizeof(big)), 0);
+    ck_assert_int_eq(sl_msse_feed(&p, "\ndata: more\n\n", 13), 0);
+    ck_assert_int_eq(sl_msse_feed(&p, "data: a\ndata: ", 14), 0);
+    ck_assert_int_eq(sl_msse_feed(&p, big, 95), 0); /* the lines fit, the event does not */
+    ck_assert_int_eq(sl_msse_feed(&p, "\n\nevent: update\ndata: kept\n\n", 28), 0);
+    sl_buf_appends(&c.log, "");
+    ck_assert_str_eq(c.log.data, "message=first|update=kept|");
+    ck_assert_int_eq(p.dropped, 2);
+    /* not a mark: the bytes are text */
+    sl_msse_reset(&p);
+    c.log.len = 0;
+    ck_assert_int_eq(sl_msse_feed(&p, "\xef", 1), 0);
+    ck_assert_int_eq(sl_msse_feed(&p, "x: y\ndata: z\n\n", 14), 0);
+    sl_buf_appends(&c.log, "");
+    ck_assert_str_eq(c.log.data, "message=z|");
+    sl_msse_free(&p);
+    sl_buf_free(&c.log);
+}
+END_TEST
+
+START_TEST(test_sse_callback_stops_feed)
+{
+    struct collected c;
+    sl_msse_t p;
+    memset(&c, 0, sizeof(c));
+    c.stop_after = 1;
+    sl_msse_init(&p, 4096, collect_event, NULL, &c);
+    const char *s = "data: 1\n\ndata: 2\n\n";
+    ck_assert_int_eq(sl_msse_feed(&p, s, strlen(s)), 7);
+    ck_assert_int_eq(c.events, 1);
+    sl_msse_free(&p);
+    sl_buf_free(&c.log);
+}
+END_TEST
+
+/* ---- HTML to text ----------------------------------------------------------------------------- */
+
+static char *text_of(const char *html)
+{
+    sl_buf_t b = SL_BUF_INIT;
+    sl_mastodon_html_to_text(html, strlen(html), 100000, &b);
+    sl_buf_appends(&b, "");
+    return b.data;
+}
+
+struct html_case {
+    const char *html, *text;
+};
+
+static const struct html_case html_cases[] = {
+    {"<p>Hello <b>world</b></p>", "Hello world"},
+    {"<p>one</p><p>two</p>", "one\n\ntwo"},
+    {"a<br>b<br/>c<BR />d", "a\nb\nc\nd"},
+    {"<p>line<br><br>gap</p>", "line\n\ngap"},
+    {"<p>  spaced \n  out  </p>\n<p> x </p>", "spaced out\n\nx"},
+    {"&amp; &lt; &gt; &quot; &#39; &#x27; &apos; a&nbsp;b &hellip;", "& < > \" ' ' ' a b \xe2\x80\xa6"},
+    {"&#233;&#xE9;&#X1F30A;", "\xc3\xa9\xc3\xa9\xf0\x9f\x8c\x8a"},
+    {"&foo; & &#; &amp", "&foo; & &#; &amp"},
+    {"x&#0;y&#xD800;z&#1114112;", "x\xef\xbf\xbdy\xef\xbf\xbdz\xef\xbf\xbd"},
+    {"bell&#7;less &#x85;", "bellless"},
+    {"<p>caf\xc3\xa9 \xf0\x9f\x8c\x8a \xe4\xb8\xad\xe6\x96\x87</p>", "caf\xc3\xa9 \xf0\x9f\x8c\x8a \xe4\xb8\xad\xe6\x96\x87"},
+    {"bad \xff\xfe utf8 \xc3", "bad \xef\xbf\xbd\xef\xbf\xbd utf8 \xef\xbf\xbd"},
+    {"<a href=\"https://ex.com/p\" rel=\"nofollow\"><span class=\"invisible\">https://</span><span "
+     "class=\"ellipsis\">ex.com/very</span><span class=\"invisible\">long</span></a>",
+     "https://ex.com/verylong"},
+    {"<p><span class=\"h-card\"><a href=\"https://x/@bob\" class=\"u-url mention\">@<span>bob</span></a></span> hi "
+     "<a href=\"https://x/tags/c\" class=\"mention hashtag\" rel=\"tag\">#<span>c</span></a></p>",
+     "@bob hi #c"},
+    {"a < b > c", "a < b > c"},
+    {"1<2 and 3>2", "1<2 and 3>2"},
+    {"<p>unclosed <a href=\"x", "unclosed"},
+    {"<p>x</p", "x"},
+    {"text <!-- a comment --> more <!-- never closed", "text more"},
+    {"<<>>", "<<>>"},
+    {"</p></p><p></p>text", "text"},
+    {"<script>alert(1)</script>safe<style>p{}</style>", "safe"},
+    {"<a title='a>b'>q</a>", "q"},
+    {"<ul><li>one</li><li>two</li></ul>after", "one\ntwo\n\nafter"},
+    {"<br><br>lead", "lead"},
+    {"", ""},
+    {"<p></p><p> </p>", ""},
+};
+
+START_TEST(test_html_to_text)
+{
+    const struct html_case *c = &html_cases[_i];
+    char *t = text_of(c->html);
+    ck_assert_msg(strcmp(t, c->text) == 0, "case %d: [%s] -> [%s], want [%s]", _i, c->html, t, c->text);
+    ck_assert_int_ge(sl_utf8_count(t, strlen(t)), 0);
+    free(t);
+}
+END_TEST
+
+START_TEST(test_html_never_breaks)
+{
+    /* Random soup of the characters that matter: no crash, always valid UTF-8 without controls. */
+    static const char alphabet[] = "<>&#;/ap \"'=x!-\n\r\xc3\xa9\xff\xe2\x80" "brp";
+    unsigned seed = 12345;
+    for (int round = 0; round < 3000; round++) {
+        char html[96];
+        size_t n = (size_t)(rand_r(&seed) % 95);
+        for (size_t i = 0; i < n; i++)
+            html[i] = alphabet[rand_r(&seed) % (sizeof(alphabet) - 1)];
+        html[n] = '\0';
+        sl_buf_t b = SL_BUF_INIT;
+        sl_mastodon_html_to_text(html, n, 1000, &b);
+        sl_buf_appends(&b, "");
+        ck_assert_int_ge(sl_utf8_count(b.data, b.len), 0);
+        for (size_t i = 0; i < b.len; i++)
+            ck_assert((unsigned char)b.data[i] >= 0x20 || b.data[i] == '\n');
+        sl_buf_free(&b);
+    }
+}
+END_TEST
+
+START_TEST(test_truncation_on_utf8_boundary)
+{
+    char src[4096], dst[SL_TEXT_MAX_CHARS * 4 + 1];
+    size_t o = 0;
+    /* 600 characters of mixed widths: the cut lands on every width in turn */
+    static const char *glyphs[] = {"a", "\xc3\xa9", "\xe2\x82\xac", "\xf0\x9f\x8c\x8a"};
+    for (int i = 0; i < 600; i++) {
+        const char *g = glyphs[i % 4];
+        memcpy(src + o, g, strlen(g));
+        o += strlen(g);
+    }
+    for (size_t max = 495; max <= 500; max++) {
+        size_t n = sl_mastodon_cut(src, o, dst, sizeof(dst), max, 1, 0);
+        ck_assert_int_eq(n, max);
+        ck_assert_int_eq(sl_utf8_count(dst, strlen(dst)), (long)max);
+        ck_assert_str_eq(dst + strlen(dst) - 3, "\xe2\x80\xa6");
+    }
+    /* exactly the limit: unchanged; no ellipsis when not asked */
+    ck_assert_int_eq(sl_mastodon_cut(src, 10, dst, sizeof(dst), 500, 1, 0), 4);
+    ck_assert_int_eq(memcmp(dst, src, 10), 0);
+    ck_assert_int_eq(sl_mastodon_cut(src, o, dst, sizeof(dst), 64, 0, 0), 64);
+    ck_assert_int_eq(sl_utf8_count(dst, strlen(dst)), 64);
+    /* a small buffer cuts before a character that does not fit */
+    char tiny[6];
+    sl_mastodon_cut("\xf0\x9f\x8c\x8a\xf0\x9f\x8c\x8a", 8, tiny, sizeof(tiny), 10, 0, 0);
+    ck_assert_str_eq(tiny, "\xf0\x9f\x8c\x8a");
+    /* controls dropped on request */
+    sl_mastodon_cut("a\tb\x01" "c\x7f", 6, tiny, sizeof(tiny), 10, 0, 1);
+    ck_assert_str_eq(tiny, "abc");
+}
+END_TEST
+
+/* ---- statuses --------------------------------------------------------------------------------- */
+
+static json_t *status(const char *extra_json)
+{
+    char buf[4096];
+    snprintf(buf, sizeof(buf),
+             "{\"id\":\"109372843234\",\"uri\":\"https://remote.example/users/alice/statuses/9\","
+             "\"url\":\"https://remote.example/@alice/9\",\"created_at\":\"2026-03-01T12:00:00.000Z\","
+             "\"edited_at\":null,\"content\":\"<p>Hello &amp; welcome</p>\",\"spoiler_text\":\"\","
+             "\"visibility\":\"public\",\"language\":\"en\","
+             "\"account\":{\"id\":\"7\",\"username\":\"alice\",\"acct\":\"alice@remote.example\",\"display_name\":\"A\"}"
+             "%s}",
+             extra_json);
+    json_t *o = json_loads(buf, 0, NULL);
+    ck_assert_ptr_nonnull(o);
+    return o;
+}
+
+/* The item survives the queue: encoded and decoded with sl_message's strict checks. */
+static void assert_round_trip(const sl_message_t *m)
+{
+    sl_message_t back;
+    sl_error_t err;
+    size_t len;
+    char *json = sl_message_to_json(m, &len);
+    ck_assert_ptr_nonnull(json);
+    ck_assert_msg(sl_message_from_json(json, len, &back, &err) == 0, "%s: %s", json, err.message);
+    free(json);
+    ck_assert_int_eq(back.type, m->type);
+    ck_assert_str_eq(back.id, m->id);
+    ck_assert_str_eq(back.channel, m->channel);
+    ck_assert_str_eq(back.text, m->text);
+    ck_assert_str_eq(back.url, m->url);
+    ck_assert_str_eq(back.event_id, m->event_id);
+    ck_assert_int_eq(back.edited_at_us, m->edited_at_us);
+}
+
+START_TEST(test_status_maps_to_message)
+{
+    sl_message_t m;
+    char why[192], want[SL_UUID_STRLEN];
+    json_t *st = status("");
+    ck_assert_int_eq(sl_mastodon_status_to_message(st, INSTANCE, "mastodon", &m, why, sizeof(why)), SL_MASTODON_OK);
+    ck_assert_int_eq(m.type, SL_MESSAGE_NEW);
+    ck_assert_str_eq(m.author, "alice@remote.example");
+    ck_assert_str_eq(m.text, "Hello & welcome");
+    ck_assert_str_eq(m.source, "mastodon");
+    ck_assert_str_eq(m.channel, "mastodon");
+    ck_assert_str_eq(m.url, "https://remote.example/@alice/9");
+    ck_assert_int_eq(m.edited_at_us, 0);
+    int64_t t;
+    sl_time_parse("2026-03-01T12:00:00Z", 20, &t);
+    ck_assert_int_eq(m.created_at_us, t);
+    /* the id: UUIDv5 of the status's API address on the instance, pinned */
+    ck_assert_str_eq(m.id, "8db3ad78-9cff-5d8b-a4f6-d307f2123ac3");
+    ck_assert_int_eq(sl_uuid_v5(SL_MASTODON_NAMESPACE, INSTANCE "/api/v1/statuses/109372843234",
+                                strlen(INSTANCE "/api/v1/statuses/109372843234"), want),
+                     0);
+    ck_assert_str_eq(m.id, want);
+    assert_round_trip(&m);
+    json_decref(st);
+}
+END_TEST
+
+START_TEST(test_status_missing_optional_fields)
+{
+    sl_message_t m;
+    char why[192];
+    /* no url (null), no spoiler, no visibility, no language, no created_at, no acct: uri, now, username */
+    json_t *st = json_pack("{s:s, s:s, s:n, s:s, s:{s:s}}", "id", "5", "uri", "https://r.example/s/5", "url", "content",
+                           "<p>hi</p>", "account", "username", "bob");
+    int64_t before = sl_time_now_us();
+    ck_assert_int_eq(sl_mastodon_status_to_message(st, INSTANCE, "news", &m, why, sizeof(why)), SL_MASTODON_OK);
+    ck_assert_str_eq(m.url, "https://r.example/s/5");
+    ck_assert_str_eq(m.author, "bob");
+    ck_assert_str_eq(m.channel, "news");
+    ck_assert_int_ge(m.created_at_us, before);
+    assert_round_trip(&m);
+    json_decref(st);
+    /* neither url nor uri: no url */
+    st = json_pack("{s:s, s:s, s:{s:s}}", "id", "6", "content", "x", "account", "acct", "c");
+    ck_assert_int_eq(sl_mastodon_status_to_message(st, INSTANCE, "news", &m, why, sizeof(why)), SL_MASTODON_OK);
+    ck_assert_str_eq(m.url, "");
+    assert_round_trip(&m);
+    json_decref(st);
+}
+END_TEST
+
+START_TEST(test_status_author_and_text_are_made_valid)
+{
+    sl_message_t m;
+    char why[192], acct[200], content[6000];
+    memset(acct, 'n', 100);
+    memcpy(acct, "a\x01\x1b\x7f", 4);
+    acct[100] = '\0';
+    json_t *st = status(",\"spoiler_text\":\"spoilers!\"");
+    json_object_set_new(json_object_get(st, "account"), "acct", json_string(acct));
+    size_t o = 0;
+    o += (size_t)sprintf(content + o, "<p>");
+    for (int i = 0; i < 700; i++)
+        o += (size_t)sprintf(content + o, "\xc3\xa9");
+    sprintf(content + o, "</p>");
+    json_object_set_new(st, "content", json_string(content));
+    ck_assert_int_eq(sl_mastodon_status_to_message(st, INSTANCE, "mastodon", &m, why, sizeof(why)), SL_MASTODON_OK);
+    ck_assert_int_eq(sl_utf8_count(m.author, strlen(m.author)), 64);
+    ck_assert_int_eq(m.author[0], 'a');
+    ck_assert_int_eq(m.author[1], 'n');
+    ck_assert_int_eq(sl_utf8_count(m.text, strlen(m.text)), SL_TEXT_MAX_CHARS);
+    ck_assert_int_eq(strncmp(m.text, "CW: spoilers!\n\n\xc3\xa9", 17), 0);
+    ck_assert_str_eq(m.text + strlen(m.text) - 3, "\xe2\x80\xa6");
+    assert_round_trip(&m); /* passes the queue's validation */
+    json_decref(st);
+}
+END_TEST
+
+START_TEST(test_status_skips_and_refusals)
+{
+    sl_message_t m;
+    char why[192];
+    json_t *st = status(",\"content\":\"<p> </p>\"");
+    json_object_set_new(st, "content", json_string("<p> <br> </p>"));
+    ck_assert_int_eq(sl_mastodon_status_to_message(st, INSTANCE, "c", &m, why, sizeof(why)), SL_MASTODON_SKIP);
+    ck_assert_ptr_nonnull(strstr(why, "no text"));
+    json_object_set_new(st, "content", json_string("<p>x</p>"));
+    json_object_set_new(st, "visibility", json_string("direct"));
+    ck_assert_int_eq(sl_mastodon_status_to_message(st, INSTANCE, "c", &m, why, sizeof(why)), SL_MASTODON_SKIP);
+    json_object_set_new(st, "visibility", json_string("public"));
+    json_object_set_new(st, "reblog", json_object());
+    ck_assert_int_eq(sl_mastodon_status_to_message(st, INSTANCE, "c", &m, why, sizeof(why)), SL_MASTODON_SKIP);
+    json_object_set_new(st, "reblog", json_null());
+    json_object_set_new(st, "id", json_integer(5));
+    ck_assert_int_eq(sl_mastodon_status_to_message(st, INSTANCE, "c", &m, why, sizeof(why)), SL_MASTODON_INVALID);
+    json_object_set_new(st, "id", json_string("5"));
+    json_object_del(st, "account");
+    ck_assert_int_eq(sl_mastodon_status_to_message(st, INSTANCE, "c", &m, why, sizeof(why)), SL_MASTODON_INVALID);
+    json_decref(st);
+    json_t *arr = json_array();
+    ck_assert_int_eq(sl_mastodon_status_to_message(arr, INSTANCE, "c", &m, why, sizeof(why)), SL_MASTODON_INVALID);
+    json_decref(arr);
+    ck_assert_int_eq(sl_mastodon_stream_event("update", "{not json", 9, INSTANCE, "c", &m, why, sizeof(why)),
+                     SL_MASTODON_INVALID);
+    ck_assert_int_eq(sl_mastodon_stream_event("notification", "{}", 2, INSTANCE, "c", &m, why, sizeof(why)),
+                     SL_MASTODON_SKIP);
+    ck_assert_int_eq(sl_mastodon_stream_event("delete", "", 0, INSTANCE, "c", &m, why, sizeof(why)), SL_MASTODON_INVALID);
+    ck_assert_int_eq(sl_mastodon_stream_event("delete", "1/../2", 6, INSTANCE, "c", &m, why, sizeof(why)),
+                     SL_MASTODON_INVALID);
+}
+END_TEST
+
+START_TEST(test_stream_events_map_to_items)
+{
+    sl_message_t post, edit, del, again;
+    char why[192], *json;
+    json_t *st = status(",\"edited_at\":\"2026-03-02T10:00:00.000Z\"");
+    json_object_set_new(st, "content", json_string("<p>Hello, edited</p>"));
+    json = json_dumps(st, JSON_COMPACT);
+    json_t *orig = status("");
+    char *orig_json = json_dumps(orig, JSON_COMPACT);
+    ck_assert_int_eq(sl_mastodon_stream_event("update", orig_json, strlen(orig_json), INSTANCE, "mastodon", &post, why,
+                                              sizeof(why)),
+                     SL_MASTODON_OK);
+    ck_assert_int_eq(
+        sl_mastodon_stream_event("status.update", json, strlen(json), INSTANCE, "mastodon", &edit, why, sizeof(why)),
+        SL_MASTODON_OK);
+    ck_assert_int_eq(sl_mastodon_stream_event("delete", "109372843234", 12, INSTANCE, "mastodon", &del, why, sizeof(why)),
+                     SL_MASTODON_OK);
+    /* one post, one id: the edit and the delete name the message the post became */
+    ck_assert_str_eq(edit.id, post.id);
+    ck_assert_str_eq(del.id, post.id);
+    ck_assert_int_eq(edit.type, SL_MESSAGE_UPDATE);
+    ck_assert_str_eq(edit.text, "Hello, edited");
+    int64_t t;
+    sl_time_parse("2026-03-02T10:00:00Z", 20, &t);
+    ck_assert_int_eq(edit.edited_at_us, t);
+    ck_assert_str_eq(edit.event_id, "15dab68f-8e58-5fdf-b8bd-dd3bd871081b");
+    ck_assert_int_eq(del.type, SL_MESSAGE_DELETE);
+    ck_assert_str_eq(del.event_id, "8af8c16c-1861-5557-a232-6b40f55a4833");
+    assert_round_trip(&edit);
+    assert_round_trip(&del);
+    /* deterministic: the same event again (a replay after reconnecting) gives the same ids */
+    ck_assert_int_eq(
+        sl_mastodon_stream_event("status.update", json, strlen(json), INSTANCE, "mastodon", &again, why, sizeof(why)),
+        SL_MASTODON_OK);
+    ck_assert_str_eq(again.event_id, edit.event_id);
+    ck_assert_int_eq(sl_mastodon_stream_event("delete", " \"109372843234\"\n", 16, INSTANCE, "mastodon", &again, why,
+                                              sizeof(why)),
+                     SL_MASTODON_OK);
+    ck_assert_str_eq(again.event_id, del.event_id);
+    /* another instance, another id */
+    ck_assert_int_eq(sl_mastodon_stream_event("delete", "109372843234", 12, "https://other.example", "mastodon", &again,
+                                              why, sizeof(why)),
+                     SL_MASTODON_OK);
+    ck_assert_str_ne(again.id, del.id);
+    free(json);
+    free(orig_json);
+    json_decref(st);
+    json_decref(orig);
+}
+END_TEST
+
+START_TEST(test_event_payloads_decode_strictly)
+{
+    sl_message_t m;
+    sl_error_t err;
+    /* a payload from before url/type existed */
+    const char *old = "{\"id\":\"0190f5f0-0000-7000-8000-000000000000\",\"channel\":\"a\",\"author\":\"b\",\"text\":\"c\","
+                      "\"source\":\"api\",\"created_at\":\"2026-01-01T00:00:00Z\"}";
+    ck_assert_int_eq(sl_message_from_json(old, strlen(old), &m, &err), 0);
+    ck_assert_int_eq(m.type, SL_MESSAGE_NEW);
+    ck_assert_str_eq(m.url, "");
+    /* an event without event_id gets the derived one */
+    const char *del = "{\"type\":\"delete\",\"id\":\"8db3ad78-9cff-5d8b-a4f6-d307f2123ac3\",\"channel\":\"mastodon\"}";
+    ck_assert_int_eq(sl_message_from_json(del, strlen(del), &m, &err), 0);
+    ck_assert_str_eq(m.event_id, "8af8c16c-1861-5557-a232-6b40f55a4833");
+    const char *bad[] = {
+        "{\"type\":\"erase\",\"id\":\"8db3ad78-9cff-5d8b-a4f6-d307f2123ac3\",\"channel\":\"m\"}",
+        "{\"type\":\"update\",\"id\":\"8db3ad78-9cff-5d8b-a4f6-d307f2123ac3\",\"channel\":\"m\",\"text\":\"t\"}",
+        "{\"type\":\"update\",\"id\":\"8db3ad78-9cff-5d8b-a4f6-d307f2123ac3\",\"channel\":\"m\","
+        "\"edited_at\":\"2026-01-01T00:00:00Z\"}",
+        "{\"type\":\"delete\",\"id\":\"nope\",\"channel\":\"m\"}",
+        "{\"type\":\"delete\",\"id\":\"8db3ad78-9cff-5d8b-a4f6-d307f2123ac3\",\"channel\":\"Bad\"}",
+        "{\"id\":\"0190f5f0-0000-7000-8000-000000000000\",\"channel\":\"a\",\"author\":\"b\",\"text\":\"c\","
+        "\"source\":\"api\",\"created_at\":\"2026-01-01T00:00:00Z\",\"url\":\"a\\nb\"}",
+        "{\"id\":\"0190f5f0-0000-7000-8000-000000000000\",\"channel\":\"a\",\"author\":\"b\",\"text\":\"c\","
+        "\"source\":\"api\",\"created_at\":\"2026-01-01T00:00:00Z\",\"edited_at\":\"soon\"}",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        ck_assert_msg(sl_message_from_json(bad[i], strlen(bad[i]), &m, &err) == -1, "case %zu decoded", i);
+    /* the live form of an event */
+    sl_message_t ev;
+    memset(&ev, 0, sizeof(ev));
+    ev.type = SL_MESSAGE_DELETE;
+    strcpy(ev.id, "8db3ad78-9cff-5d8b-a4f6-d307f2123ac3");
+    strcpy(ev.channel, "mastodon");
+    ck_assert_int_eq(sl_message_event_id(&ev, ev.event_id), 0);
+    ev.created_at_us = 1795000000000000LL;
+    ev.seq = 12;
+    char *json = sl_message_to_json(&ev, NULL);
+    ck_assert_str_eq(json, "{\"type\":\"delete\",\"id\":\"8db3ad78-9cff-5d8b-a4f6-d307f2123ac3\",\"channel\":\"mastodon\","
+                           "\"event_id\":\"8af8c16c-1861-5557-a232-6b40f55a4833\",\"created_at\":\"2026-11-18T11:06:40.000000Z\","
+                           "\"seq\":12}");
+    free(json);
+}
+END_TEST
+
+/* ---- streams, discovery, headers -------------------------------------------------------------- */
+
+START_TEST(test_streams_and_paths)
+{
+    char out[512];
+    ck_assert(sl_mastodon_stream_valid("public"));
+    ck_assert(sl_mastodon_stream_valid("public:local"));
+    ck_assert(sl_mastodon_stream_valid("hashtag:caf\xc3\xa9"));
+    ck_assert(!sl_mastodon_stream_valid("hashtag:"));
+    ck_assert(!sl_mastodon_stream_valid("hashtag:a b"));
+    ck_assert(!sl_mastodon_stream_valid("user"));
+    ck_assert_int_eq(sl_mastodon_stream_path("public", out, sizeof(out)), 0);
+    ck_assert_str_eq(out, "/api/v1/streaming/public");
+    ck_assert_int_eq(sl_mastodon_stream_path("public:local", out, sizeof(out)), 0);
+    ck_assert_str_eq(out, "/api/v1/streaming/public/local");
+    ck_assert_int_eq(sl_mastodon_stream_path("hashtag:#caf\xc3\xa9", out, sizeof(out)), 0);
+    ck_assert_str_eq(out, "/api/v1/streaming/hashtag?tag=caf%C3%A9");
+    ck_assert_int_eq(sl_mastodon_timeline_path("public", 40, out, sizeof(out)), 0);
+    ck_assert_str_eq(out, "/api/v1/timelines/public?limit=40");
+    ck_assert_int_eq(sl_mastodon_timeline_path("public:local", 40, out, sizeof(out)), 0);
+    ck_assert_str_eq(out, "/api/v1/timelines/public?local=true&limit=40");
+    ck_assert_int_eq(sl_mastodon_timeline_path("hashtag:cats", 20, out, sizeof(out)), 0);
+    ck_assert_str_eq(out, "/api/v1/timelines/tag/cats?limit=20");
+
+    ck_assert_int_eq(sl_mastodon_instance_norm("HTTPS://Mastodon.Social/", out, sizeof(out)), 0);
+    ck_assert_str_eq(out, "https://mastodon.social");
+    ck_assert_int_eq(sl_mastodon_instance_norm("http://127.0.0.1:3000/Sub//", out, sizeof(out)), 0);
+    ck_assert_str_eq(out, "http://127.0.0.1:3000/Sub");
+    ck_assert_int_eq(sl_mastodon_instance_norm("mastodon.social", out, sizeof(out)), -1);
+    ck_assert_int_eq(sl_mastodon_instance_norm("https://", out, sizeof(out)), -1);
+    ck_assert_int_eq(sl_mastodon_instance_norm("https://x/?a", out, sizeof(out)), -1);
+
+    json_t *v2 = json_loads("{\"configuration\":{\"urls\":{\"streaming\":\"wss://streaming.example/\"}}}", 0, NULL);
+    json_t *v1 = json_loads("{\"urls\":{\"streaming_api\":\"ws://127.0.0.1:4000\"}}", 0, NULL);
+    json_t *none = json_loads("{\"urls\":{}}", 0, NULL);
+    ck_assert_int_eq(sl_mastodon_streaming_base(v2, out, sizeof(out)), 0);
+    ck_assert_str_eq(out, "https://streaming.example");
+    ck_assert_int_eq(sl_mastodon_streaming_base(v1, out, sizeof(out)), 0);
+    ck_assert_str_eq(out, "http://127.0.0.1:4000");
+    ck_assert_int_eq(sl_mastodon_streaming_base(none, out, sizeof(out)), -1);
+    json_decref(v2);
+    json_decref(v1);
+    json_decref(none);
+
+    const char *link = "<https://m.example/api/v1/timelines/public?limit=2&max_id=10>; rel=\"next\", "
+                       "<https://m.example/api/v1/timelines/public?limit=2&min_id=12>; rel=\"prev\"";
+    ck_assert_int_eq(sl_mastodon_link(link, strlen(link), "next", out, sizeof(out)), 0);
+    ck_assert_str_eq(out, "https://m.example/api/v1/timelines/public?limit=2&max_id=10");
+    ck_assert_int_eq(sl_mastodon_link(link, strlen(link), "prev", out, sizeof(out)), 0);
+    ck_assert_str_eq(out, "https://m.example/api/v1/timelines/public?limit=2&min_id=12");
+    ck_assert_int_eq(sl_mastodon_link(link, strlen(link), "last", out, sizeof(out)), -1);
+    ck_assert_int_eq(sl_mastodon_link("<a>; rel=\"prev next\"", 20, "next", out, sizeof(out)), 0);
+    ck_assert_str_eq(out, "a");
+    ck_assert_int_eq(sl_mastodon_link("garbage <", 9, "next", out, sizeof(out)), -1);
+
+    ck_assert_int_lt(sl_mastodon_id_cmp("99", "100"), 0);
+    ck_assert_int_gt(sl_mastodon_id_cmp("109372843235", "109372843234"), 0);
+    ck_assert_int_eq(sl_mastodon_id_cmp("7", "7"), 0);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("ingest");
+    TCase *tc = tcase_create("unit");
+    tcase_add_test(tc, test_sse_whole_stream);
+    tcase_add_test(tc, test_sse_every_split_point);
+    tcase_add_test(tc, test_sse_crlf_split_between_cr_and_lf);
+    tcase_add_test(tc, test_sse_bom_and_limits);
+    tcase_add_test(tc, test_sse_callback_stops_feed);
+    tcase_add_loop_test(tc, test_html_to_text, 0, sizeof(html_cases) / sizeof(html_cases[0]));
+    tcase_add_test(tc, test_html_never_breaks);
+    tcase_add_test(tc, test_truncation_on_utf8_boundary);
+    tcase_add_test(tc, test_status_maps_to_message);
+    tcase_add_test(tc, test_status_missing_optional_fields);
+    tcase_add_test(tc, test_status_author_and_text_are_made_valid);
+    tcase_add_test(tc, test_status_skips_and_refusals);
+    tcase_add_test(tc, test_stream_events_map_to_items);
+    tcase_add_test(tc, test_event_payloads_decode_strictly);
+    tcase_add_test(tc, test_streams_and_paths);
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}

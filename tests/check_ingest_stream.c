@@ -1,0 +1,428 @@
+/*
+ * Integration tests of sluice-ingest in streaming mode, against the fake Mastodon
+ * (tests/fake_mastodon.c) and the real RabbitMQ/PostgreSQL with the api and the persister:
+ * mapping into the database, reconnects without duplicates, edits and deletes through to the
+ * database and the live exchange, and the control endpoint.
+ */
+#include <check.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "check_ingest_util.h"
+#include "fake_mastodon.h"
+#include "sl_amqp.h"
+#include "sl_testutil.h"
+
+#define TOKEN "test-token-123"
+
+static tu_stack_t S;
+
+static void post_status(fm_t *f, const char *id, const char *acct, const char *html)
+{
+    char *json = fm_status_json(id, acct, html, NULL);
+    fm_post(f, json);
+    free(json);
+}
+
+static const char *const stream_env[] = {"SLUICE_MASTODON_TOKEN=" TOKEN, NULL};
+
+/* Rows of a message by status id: its body, or NULL when absent (malloc'd). */
+static char *body_of(PGconn *db, fm_t *f, const char *status_id, const char *column)
+{
+    char id[37], sql[256];
+    it_message_id(fm_url(f), status_id, id);
+    snprintf(sql, sizeof(sql), "SELECT %s FROM messages WHERE id = '%s'", column, id);
+    PGresult *r = PQexec(db, sql);
+    ck_assert_int_eq(PQresultStatus(r), PGRES_TUPLES_OK);
+    char *v = PQntuples(r) == 1 && !PQgetisnull(r, 0, 0) ? strdup(PQgetvalue(r, 0, 0)) : NULL;
+    PQclear(r);
+    return v;
+}
+
+START_TEST(test_stream_statuses_are_stored)
+{
+    fm_conf_t fc = {.token = TOKEN, .heartbeat_ms = 300};
+    fm_t *f = fm_start(&fc);
+    it_ingest_t g;
+    ck_assert_ptr_nonnull(f);
+    fm_set_split(f, 1); /* every event arrives cut mid-line, mid-character, between CR and LF */
+    fm_set_crlf(f, 1);
+    tu_stack_init(&S, "ingest_map", 100000);
+    tu_start(&S, "persister", NULL);
+    tu_start(&S, "api", NULL);
+    it_start_ingest(&g, &S, fm_url(f), stream_env);
+    ck_assert_msg(fm_wait_streams(f, 1, 10000), "ingest did not open the stream; see %s", g.log);
+    ck_assert(it_wait_field(&g, "mode", "streaming", 5000));
+    ck_assert(it_wait_field(&g, "state", "running", 5000));
+
+    post_status(f, "101", "alice", "<p>Hello &amp; welcome, it&#39;s caf\xc3\xa9 time \xf0\x9f\x8c\x8a</p>");
+    post_status(f, "102", "bob@remote.example", "<p>first</p><p>second<br>third</p>");
+    post_status(f, "103", "carol", "<p><a href=\"https://x.example/long\"><span class=\"invisible\">https://</span>"
+                                   "<span>x.example/long</span></a> &#x27;quoted&#x27;</p>");
+    post_status(f, "104", "dave", "<p></p>");                   /* empty text: skipped */
+    fm_event(f, "announcement", "{\"id\":\"1\",\"content\":\"x\"}"); /* unknown event: ignored */
+    /* an event whose JSON spans several data: lines */
+    char *compact = fm_status_json("105", "erin", "<p>multi-line</p>", NULL);
+    json_t *o = json_loads(compact, 0, NULL);
+    char *multi = json_dumps(o, JSON_INDENT(1) | JSON_PRESERVE_ORDER);
+    ck_assert_ptr_nonnull(strchr(multi, '\n'));
+    fm_event(f, "update", multi);
+    free(multi);
+    free(compact);
+    json_decref(o);
+    fm_raw(f, ":thump\n", 7);
+
+    PGconn *db = tu_db(&S);
+    ck_assert_int_eq(tu_wait_rows(db, 4, 20000), 4);
+    tu_sleep_ms(500);
+    ck_assert_int_eq(tu_scalar(db, "SELECT count(*) FROM messages"), 4);
+    ck_assert_int_eq(tu_scalar(db, "SELECT count(*) FROM messages WHERE source = 'mastodon' AND channel = 'mastodon'"), 4);
+    char *v = body_of(db, f, "101", "body");
+    ck_assert_str_eq(v, "Hello & welcome, it's caf\xc3\xa9 time \xf0\x9f\x8c\x8a");
+    free(v);
+    v = body_of(db, f, "101", "author");
+    ck_assert_str_eq(v, "alice");
+    free(v);
+    v = body_of(db, f, "101", "url");
+    ck_assert_str_eq(v, "https://remote.example/@alice/101");
+    free(v);
+    v = body_of(db, f, "102", "body");
+    ck_assert_str_eq(v, "first\n\nsecond\nthird");
+    free(v);
+    v = body_of(db, f, "102", "author");
+    ck_assert_str_eq(v, "bob@remote.example");
+    free(v);
+    v = body_of(db, f, "103", "body");
+    ck_assert_str_eq(v, "https://x.example/long 'quoted'");
+    free(v);
+    v = body_of(db, f, "105", "body");
+    ck_assert_str_eq(v, "multi-line");
+    free(v);
+    ck_assert_ptr_null(body_of(db, f, "104", "body"));
+    v = body_of(db, f, "101", "created_at = '2026-03-01T12:00:00Z'");
+    ck_assert_str_eq(v, "t");
+    free(v);
+
+    /* the history API shows the original post's address */
+    char url[256];
+    tu_resp_t r;
+    snprintf(url, sizeof(url), "%s/v1/messages?channel=mastodon", S.base);
+    ck_assert_int_eq(tu_http("GET", url, NULL, NULL, NULL, 0, &r), 0);
+    ck_assert_int_eq(r.status, 200);
+    ck_assert_ptr_nonnull(strstr(r.body, "\"url\":\"https://remote.example/@alice/101\""));
+    ck_assert_ptr_nonnull(strstr(r.body, "\"source\":\"mastodon\""));
+    tu_resp_free(&r);
+
+    /* the stream was found through the instance document, on the streaming server */
+    fm_stats_t st;
+    fm_stats(f, &st);
+    ck_assert_str_eq(st.last_stream_path, "/api/v1/streaming/public");
+    ck_assert_int_ge(st.instance_requests, 1);
+    ck_assert_int_eq(st.stream_401, 0);
+    json_t *state = it_state(&g);
+    json_t *ev = json_object_get(state, "events");
+    ck_assert_int_eq(json_integer_value(json_object_get(ev, "received")), 6);
+    ck_assert_int_eq(json_integer_value(json_object_get(ev, "skipped")), 2);
+    ck_assert_int_eq(json_integer_value(json_object_get(ev, "enqueued")), 4);
+    ck_assert(json_is_true(json_object_get(state, "connected")));
+    ck_assert(json_is_string(json_object_get(state, "connected_since")));
+    ck_assert_str_eq(json_string_value(json_object_get(json_object_get(state, "source"), "stream")), "public");
+    json_decref(state);
+
+    ck_assert_int_eq(it_stop_ingest(&g), 0);
+    PQfinish(db);
+    tu_stack_cleanup(&S);
+    fm_stop(f);
+}
+END_TEST
+
+START_TEST(test_reconnect_stores_no_duplicates)
+{
+    fm_conf_t fc = {.token = TOKEN, .heartbeat_ms = 300};
+    fm_t *f = fm_start(&fc);
+    it_ingest_t g;
+    char id[16];
+    fm_set_replay(f, 4); /* a new stream first gets the last 4 events again */
+    tu_stack_init(&S, "ingest_reconnect", 100000);
+    tu_start(&S, "persister", NULL);
+    tu_start(&S, "api", NULL);
+    it_start_ingest(&g, &S, fm_url(f), stream_env);
+    ck_assert(fm_wait_streams(f, 1, 10000));
+    for (int i = 0; i < 6; i++) {
+        snprintf(id, sizeof(id), "%d", 200 + i);
+        post_status(f, id, "user", "<p>before the drop</p>");
+    }
+    PGconn *db = tu_db(&S);
+    ck_assert_int_eq(tu_wait_rows(db, 6, 20000), 6);
+
+    /* the connection breaks; ingest reconnects and the replay repeats four posts */
+    fm_stats_t st;
+    fm_stats(f, &st);
+    int before = st.stream_connects;
+    fm_drop_streams(f);
+    for (int waited = 0; waited < 10000 && (st.stream_connects == before || st.streams_open < 1); waited += 50) {
+        tu_sleep_ms(50);
+        fm_stats(f, &st);
+    }
+    ck_assert_msg(st.stream_connects > before && st.streams_open == 1, "no reconnect; see %s", g.log);
+    for (int i = 6; i < 8; i++) {
+        snprintf(id, sizeof(id), "%d", 200 + i);
+        post_status(f, id, "user", "<p>after the drop</p>");
+    }
+    ck_assert_int_eq(tu_wait_rows(db, 8, 20000), 8);
+
+    /* a silent server (no heartbeats) is taken for dead after the idle timeout (2 s here) */
+    fm_stats(f, &st);
+    int connects = st.stream_connects;
+    fm_set_silent(f, 1);
+    for (int waited = 0; waited < 10000 && st.stream_connects == connects; waited += 100) {
+        tu_sleep_ms(100);
+        fm_stats(f, &st);
+    }
+    ck_assert_msg(st.stream_connects > connects, "a silent stream was not reconnected");
+    fm_set_silent(f, 0);
+    ck_assert(fm_wait_streams(f, 1, 10000));
+    post_status(f, "300", "user", "<p>after the silence</p>");
+    ck_assert_int_eq(tu_wait_rows(db, 9, 20000), 9);
+    tu_sleep_ms(500);
+    ck_assert_int_eq(tu_scalar(db, "SELECT count(*) FROM messages"), 9);
+    ck_assert_int_eq(tu_scalar(db, "SELECT count(DISTINCT id) FROM messages"), 9);
+    ck_assert_int_eq(tu_scalar(db, "SELECT max(seq) FROM messages"), 9);
+    json_t *state = it_state(&g);
+    ck_assert_int_ge(json_integer_value(json_object_get(state, "reconnects")), 2);
+    ck_assert(json_is_string(json_object_get(state, "last_error")));
+    json_decref(state);
+
+    ck_assert_int_eq(it_stop_ingest(&g), 0);
+    PQfinish(db);
+    tu_stack_cleanup(&S);
+    fm_stop(f);
+}
+END_TEST
+
+START_TEST(test_edits_and_deletes_propagate)
+{
+    fm_conf_t fc = {.token = TOKEN, .heartbeat_ms = 300};
+    fm_t *f = fm_start(&fc);
+    it_ingest_t g;
+    char id1[37], id2[37], ghost[37], url[256];
+    tu_stack_init(&S, "ingest_events", 100000);
+    tu_start(&S, "persister", NULL);
+    tu_start(&S, "api", NULL);
+    amqp_connection_state_t live = it_live_open(&S);
+    it_start_ingest(&g, &S, fm_url(f), stream_env);
+    ck_assert(fm_wait_streams(f, 1, 10000));
+    it_message_id(fm_url(f), "401", id1);
+    it_message_id(fm_url(f), "402", id2);
+    it_message_id(fm_url(f), "999", ghost);
+
+    post_status(f, "401", "alice", "<p>original text</p>");
+    post_status(f, "402", "bob", "<p>soon deleted</p>");
+    PGconn *db = tu_db(&S);
+    ck_assert_int_eq(tu_wait_rows(db, 2, 20000), 2);
+    char *edited = fm_status_json("401", "alice", "<p>edited text</p>", "2026-03-02T10:00:00.000Z");
+    fm_event(f, "status.update", edited);
+    fm_event(f, "delete", "402");
+    fm_event(f, "delete", "999"); /* a post we never saw */
+    fm_event(f, "delete", "402"); /* the same deletion again */
+    fm_event(f, "status.update", edited);
+    free(edited);
+    ck_assert_int_eq(it_wait_count(db, "SELECT count(*) FROM message_events", 3, 20000), 3);
+    tu_sleep_ms(500);
+    ck_assert_int_eq(tu_scalar(db, "SELECT count(*) FROM message_events"), 3);
+
+    /* the database: edited text and time, deletion time, one gapless seq over messages and events */
+    char *v = body_of(db, f, "401", "body");
+    ck_assert_str_eq(v, "edited text");
+    free(v);
+    v = body_of(db, f, "401", "edited_at = '2026-03-02T10:00:00Z'");
+    ck_assert_str_eq(v, "t");
+    free(v);
+    v = body_of(db, f, "402", "deleted_at IS NOT NULL");
+    ck_assert_str_eq(v, "t");
+    free(v);
+    ck_assert_int_eq(tu_scalar(db, "SELECT count(*) FROM (SELECT seq FROM messages UNION ALL SELECT seq FROM "
+                                   "message_events) s WHERE seq BETWEEN 1 AND 5"),
+                     5);
+    ck_assert_int_eq(tu_scalar(db, "SELECT last_seq FROM sluice_feed WHERE id = 1"), 5);
+    char sql[256];
+    snprintf(sql, sizeof(sql), "SELECT seq FROM message_events WHERE message_id = '%s' AND type = 'delete'", ghost);
+    ck_assert_int_eq(tu_scalar(db, sql), 5);
+
+    /* the api: the deleted message is gone, the edited one says so */
+    tu_resp_t r;
+    snprintf(url, sizeof(url), "%s/v1/messages?channel=mastodon", S.base);
+    ck_assert_int_eq(tu_http("GET", url, NULL, NULL, NULL, 0, &r), 0);
+    ck_assert_int_eq(r.status, 200);
+    json_t *root = json_loads(r.body, 0, NULL), *msgs = json_object_get(root, "messages");
+    ck_assert_int_eq(json_array_size(msgs), 1);
+    json_t *m = json_array_get(msgs, 0);
+    ck_assert_str_eq(json_string_value(json_object_get(m, "id")), id1);
+    ck_assert_str_eq(json_string_value(json_object_get(m, "text")), "edited text");
+    ck_assert_str_eq(json_string_value(json_object_get(m, "edited_at")), "2026-03-02T10:00:00.000000Z");
+    json_decref(root);
+    tu_resp_free(&r);
+    snprintf(url, sizeof(url), "%s/v1/messages/%s", S.base, id2);
+    ck_assert_int_eq(tu_http("GET", url, NULL, NULL, NULL, 0, &r), 0);
+    ck_assert_int_eq(r.status, 404);
+    tu_resp_free(&r);
+
+    /* the live exchange: messages and events in seq order, each once */
+    const char *want_type[] = {NULL, NULL, "update", "delete", "delete"};
+    const char *want_id[] = {id1, id2, id1, id2, ghost};
+    for (int i = 0; i < 5; i++) {
+        char *s = it_live_next(live, 10000);
+        ck_assert_msg(s != NULL, "live event %d missing", i + 1);
+        json_t *e = json_loads(s, 0, NULL);
+        ck_assert_ptr_nonnull(e);
+        ck_assert_int_eq(json_integer_value(json_object_get(e, "seq")), i + 1);
+        ck_assert_str_eq(json_string_value(json_object_get(e, "id")), want_id[i]);
+        ck_assert_str_eq(json_string_value(json_object_get(e, "channel")), "mastodon");
+        json_t *type = json_object_get(e, "type");
+        if (want_type[i] == NULL) {
+            ck_assert_ptr_null(type);
+            ck_assert_str_eq(json_string_value(json_object_get(e, "source")), "mastodon");
+        } else {
+            ck_assert_str_eq(json_string_value(type), want_type[i]);
+            ck_assert(json_is_string(json_object_get(e, "event_id")));
+        }
+        if (i == 2) {
+            ck_assert_str_eq(json_string_value(json_object_get(e, "text")), "edited text");
+            ck_assert_str_eq(json_string_value(json_object_get(e, "edited_at")), "2026-03-02T10:00:00.000000Z");
+        }
+        json_decref(e);
+        free(s);
+    }
+    char *extra = it_live_next(live, 500);
+    ck_assert_msg(extra == NULL, "unexpected live payload %s", extra);
+    sl_amqp_close(live);
+
+    /* the events table holds what the live exchange carried, for replays by seq */
+    snprintf(sql, sizeof(sql), "SELECT count(*) FROM message_events WHERE body LIKE '%%\"seq\":3%%' AND type = 'update'");
+    ck_assert_int_eq(tu_scalar(db, sql), 1);
+
+    ck_assert_int_eq(it_stop_ingest(&g), 0);
+    PQfinish(db);
+    tu_stack_cleanup(&S);
+    fm_stop(f);
+}
+END_TEST
+
+struct bad_command {
+    const char *ctype, *body;
+    long status;
+    const char *code;
+};
+
+START_TEST(test_control_endpoint_starts_and_stops)
+{
+    fm_conf_t fc = {.token = TOKEN, .heartbeat_ms = 300};
+    fm_t *f = fm_start(&fc);
+    it_ingest_t g;
+    tu_resp_t r;
+    const char *env[] = {"SLUICE_MASTODON_TOKEN=" TOKEN, "SLUICE_INGEST_AUTOSTART=0", NULL};
+    tu_stack_init(&S, "ingest_control", 100000);
+    tu_start(&S, "persister", NULL);
+    tu_start(&S, "api", NULL);
+    it_start_ingest(&g, &S, fm_url(f), env);
+    ck_assert(it_wait_field(&g, "state", "stopped", 1000));
+    tu_sleep_ms(500);
+    fm_stats_t st;
+    fm_stats(f, &st);
+    ck_assert_int_eq(st.stream_connects, 0); /* no autostart: nothing read */
+
+    it_command(&g, "application/json", "{\"command\":\"start\"}", &r);
+    ck_assert_int_eq(r.status, 200);
+    ck_assert_ptr_nonnull(strstr(r.body, "\"state\":\"running\""));
+    tu_resp_free(&r);
+    ck_assert(fm_wait_streams(f, 1, 10000));
+    post_status(f, "501", "a", "<p>one</p>");
+    post_status(f, "502", "a", "<p>two</p>");
+    PGconn *db = tu_db(&S);
+    ck_assert_int_eq(tu_wait_rows(db, 2, 20000), 2);
+
+    it_command(&g, "application/json", "{\"command\":\"stop\"}", &r);
+    ck_assert_int_eq(r.status, 200);
+    tu_resp_free(&r);
+    ck_assert(it_wait_field(&g, "state", "stopped", 5000));
+    ck_assert(fm_wait_streams(f, 0, 5000));
+    post_status(f, "503", "a", "<p>while stopped</p>");
+    tu_sleep_ms(1500);
+    ck_assert_int_eq(tu_scalar(db, "SELECT count(*) FROM messages"), 2);
+    json_t *state = it_state(&g);
+    ck_assert(json_is_false(json_object_get(state, "connected")));
+    json_decref(state);
+
+    it_command(&g, "application/json; charset=utf-8", "{\"command\":\"start\"}", &r);
+    ck_assert_int_eq(r.status, 200);
+    tu_resp_free(&r);
+    ck_assert(fm_wait_streams(f, 1, 10000));
+    post_status(f, "504", "a", "<p>resumed</p>");
+    ck_assert_int_eq(tu_wait_rows(db, 3, 20000), 3);
+    char *v = body_of(db, f, "504", "body");
+    ck_assert_str_eq(v, "resumed");
+    free(v);
+    it_command(&g, "application/json", "{\"command\":\"start\"}", &r); /* already running: fine */
+    ck_assert_int_eq(r.status, 200);
+    tu_resp_free(&r);
+
+    const struct bad_command bad[] = {
+        {"application/json", "{\"command\":\"pause\"}", 400, "invalid_command"},
+        {"application/json", "{\"command\":7}", 400, "invalid_command"},
+        {"application/json", "{}", 400, "missing_field"},
+        {"application/json", "{\"command\":\"stop\",\"now\":true}", 400, "unknown_field"},
+        {"application/json", "[\"stop\"]", 400, "not_an_object"},
+        {"application/json", "stop", 400, "invalid_json"},
+        {"text/plain", "{\"command\":\"stop\"}", 415, "unsupported_media_type"},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        char want[64];
+        it_command(&g, bad[i].ctype, bad[i].body, &r);
+        snprintf(want, sizeof(want), "\"code\":\"%s\"", bad[i].code);
+        ck_assert_msg(r.status == bad[i].status && strstr(r.body, want) != NULL, "case %zu: %ld %s", i, r.status, r.body);
+        tu_resp_free(&r);
+    }
+    ck_assert(it_wait_field(&g, "state", "running", 1000)); /* a bad command changes nothing */
+    char url[160];
+    snprintf(url, sizeof(url), "%s/v1/ingest", g.base);
+    ck_assert_int_eq(tu_http("PUT", url, NULL, "application/json", "{}", 2, &r), 0);
+    ck_assert_int_eq(r.status, 405);
+    tu_resp_free(&r);
+    snprintf(url, sizeof(url), "%s/v1/nothing", g.base);
+    ck_assert_int_eq(tu_http("GET", url, NULL, NULL, NULL, 0, &r), 0);
+    ck_assert_int_eq(r.status, 404);
+    tu_resp_free(&r);
+    snprintf(url, sizeof(url), "%s/readyz", g.base);
+    ck_assert(tu_wait_status(url, 200, 5000));
+    snprintf(url, sizeof(url), "%s/metrics", g.base);
+    ck_assert_int_eq(tu_http("GET", url, NULL, NULL, NULL, 0, &r), 0);
+    ck_assert_int_eq(r.status, 200);
+    ck_assert_ptr_nonnull(strstr(r.body, "sluice_ingest_events_total{outcome=\"enqueued\"} 3"));
+    ck_assert_ptr_nonnull(strstr(r.body, "sluice_ingest_running 1"));
+    tu_resp_free(&r);
+
+    ck_assert_int_eq(it_stop_ingest(&g), 0);
+    PQfinish(db);
+    tu_stack_cleanup(&S);
+    fm_stop(f);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("ingest_stream");
+    TCase *tc = tcase_create("integration");
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, test_stream_statuses_are_stored);
+    tcase_add_test(tc, test_reconnect_stores_no_duplicates);
+    tcase_add_test(tc, test_edits_and_deletes_propagate);
+    tcase_add_test(tc, test_control_endpoint_starts_and_stops);
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
