@@ -37,6 +37,14 @@ typedef struct sl_db {
  * from schema version 2 on). */
 #define SL_DB_MESSAGE_COLUMNS "id, seq, channel, author, body, source, created_at, url, edited_at"
 
+/* The feed in seq order, messages and events (updates, deletes) together, as rows of
+ * SL_DB_MESSAGE_COLUMNS plus the event's JSON (NULL on a message's row). Put a WHERE on each part
+ * and join them with UNION ALL; sl_event_from_row reads either kind. */
+#define SL_DB_FEED_MESSAGES "SELECT " SL_DB_MESSAGE_COLUMNS ", NULL::text AS event FROM messages"
+#define SL_DB_FEED_EVENTS                                                                                              \
+    "SELECT NULL::uuid, seq, channel, NULL::text, NULL::text, NULL::varchar, NULL::timestamptz, NULL::text,"          \
+    " NULL::timestamptz, body FROM message_events"
+
 /* Connects (connect_timeout 5 s unless the URL says otherwise), detects the server, sets the
  * session time zone to UTC. Returns SL_DB_OK or SL_DB_LOST with err. */
 int sl_db_connect(sl_db_t *db, const char *url, char *err, size_t errlen);

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "sl_db.h"
 #include "sl_time.h"
 
 static sl_event_t *make(int64_t seq, const char *channel, const char *type, const char *json, size_t len)
@@ -72,6 +73,16 @@ sl_event_t *sl_event_from_message(const sl_message_t *m)
         ev->created_at_us = m->created_at_us;
     free(json);
     return ev;
+}
+
+sl_event_t *sl_event_from_row(const PGresult *res, int row)
+{
+    sl_message_t m;
+    if (PQnfields(res) >= 10 && !PQgetisnull(res, row, 9))
+        return sl_event_from_json(PQgetvalue(res, row, 9), (size_t)PQgetlength(res, row, 9));
+    if (sl_db_row_to_message(res, row, &m) != 0)
+        return NULL;
+    return sl_event_from_message(&m);
 }
 
 h2o_iovec_t sl_event_encode(sl_event_t *ev, sl_format_t fmt)

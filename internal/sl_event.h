@@ -12,6 +12,8 @@
 #include <h2o.h>
 #include <stdint.h>
 
+#include <libpq-fe.h>
+
 #include "sl_message.h"
 
 typedef enum { SL_FMT_SSE = 0, SL_FMT_NDJSON, SL_FMT_WS, SL_FMT__COUNT } sl_format_t;
@@ -30,6 +32,10 @@ typedef struct sl_event {
 /* Parses a live-exchange payload: a message object with "seq", or an event object with "type",
  * "seq" and "channel". Returns a new event (refcnt 1), or NULL when it is not one. */
 sl_event_t *sl_event_from_json(const char *json, size_t len);
+
+/* A row of the feed (SL_DB_FEED_MESSAGES / SL_DB_FEED_EVENTS in sl_db.h): a message or an event.
+ * refcnt 1; NULL when the row is not readable. */
+sl_event_t *sl_event_from_row(const PGresult *res, int row);
 
 /* A stored message (from the database), refcnt 1; NULL on no memory. */
 sl_event_t *sl_event_from_message(const sl_message_t *m);

@@ -43,8 +43,8 @@ struct sl_hub {
 };
 
 static const char SQL_POSITION[] = "SELECT last_seq FROM sluice_feed WHERE id = 1";
-static const char SQL_BACKFILL[] = "SELECT " SL_DB_MESSAGE_COLUMNS " FROM messages WHERE seq > $1 AND seq <= $2"
-                                   " ORDER BY seq LIMIT 1000";
+static const char SQL_BACKFILL[] = SL_DB_FEED_MESSAGES " WHERE seq > $1 AND seq <= $2 UNION ALL " SL_DB_FEED_EVENTS
+                                   " WHERE seq > $1 AND seq <= $2 ORDER BY seq LIMIT 1000";
 
 static unsigned hash(const char *s)
 {
@@ -192,7 +192,8 @@ int sl_hub_replay(sl_hub_t *h, const sl_sub_t *s, int64_t since, long long histo
     long long found = 0;
     while (i > 0 && found < history) {
         i--;
-        found += sl_sub_wants(s, ring_at(h, i)->channel);
+        /* count messages; the edits and deletes among them go along, so the client applies them */
+        found += sl_sub_wants(s, ring_at(h, i)->channel) && strcmp(ring_at(h, i)->type, "message") == 0;
     }
     if (found < history && !(h->ring_len == 0 ? h->position == 0 : ring_at(h, 0)->seq == 1))
         return 0;
@@ -290,20 +291,20 @@ static void on_backfill(void *data, const PGresult *res, const char *err)
     }
     int n = PQntuples(res);
     for (int i = 0; i < n; i++) {
-        sl_message_t m;
-        if (sl_db_row_to_message(res, i, &m) != 0 || m.seq <= h->position)
+        sl_event_t *ev = sl_event_from_row(res, i);
+        if (ev == NULL || ev->seq <= h->position) {
+            if (ev != NULL)
+                sl_event_release(ev);
             continue;
-        if (m.seq != h->position + 1) {
+        }
+        if (ev->seq != h->position + 1) {
             /* The database has no row for these positions (they should not exist: seq has no
              * gaps). Never stall the feed on it. */
-            SL_WARN("event=feed_hole from=%lld to=%lld", (long long)h->position + 1, (long long)m.seq - 1);
-            h->stats.skipped += (uint64_t)(m.seq - h->position - 1);
-            h->position = m.seq - 1;
+            SL_WARN("event=feed_hole from=%lld to=%lld", (long long)h->position + 1, (long long)ev->seq - 1);
+            h->stats.skipped += (uint64_t)(ev->seq - h->position - 1);
+            h->position = ev->seq - 1;
             forget(h);
         }
-        sl_event_t *ev = sl_event_from_message(&m);
-        if (ev == NULL)
-            break;
         h->stats.backfilled++;
         deliver(h, ev);
         sl_event_release(ev);

@@ -43,6 +43,7 @@ struct conn {
     const struct sl_transport *tp;
     int64_t last_out_us;
     size_t queued_bytes;
+    size_t history_bytes; /* of queued_bytes, the history's: bounded by the history size, not the limit */
     int aborting;
 };
 
@@ -92,7 +93,8 @@ static int over_limit(struct conn *c, size_t more)
 {
     if (c->aborting)
         return 1;
-    if (c->queued_bytes + more <= (size_t)c->streams->conf.out_max_bytes)
+    size_t live = c->queued_bytes > c->history_bytes ? c->queued_bytes - c->history_bytes : 0;
+    if (live + more <= (size_t)c->streams->conf.out_max_bytes)
         return 0;
     c->aborting = 1;
     c->streams->stats.slow_disconnects++;
@@ -107,6 +109,7 @@ struct chunk {
     h2o_iovec_t buf;
     sl_event_t *ev; /* the reference that keeps buf alive, or NULL for static text */
     char *owned;    /* or a buffer of ours */
+    int history;    /* part of the stream's history (not counted against the slow-client limit) */
 };
 
 struct httpconn {
@@ -132,7 +135,10 @@ static void chunk_release(struct chunk *ch)
 
 static int push_chunk(struct httpconn *hc, h2o_iovec_t buf, sl_event_t *ev, char *owned)
 {
-    if (over_limit(&hc->super, buf.len)) {
+    int history = !hc->sub.live; /* until the seam, everything queued is history */
+    /* Only a client that has not taken the previous write is slow: a burst that arrives within
+     * one turn of the loop is written out whole at the next one. */
+    if (!history && hc->sending && over_limit(&hc->super, buf.len)) {
         free(owned);
         return -1;
     }
@@ -146,8 +152,10 @@ static int push_chunk(struct httpconn *hc, h2o_iovec_t buf, sl_event_t *ev, char
         hc->q = q;
         hc->capq = cap;
     }
-    hc->q[hc->nq++] = (struct chunk){buf, ev != NULL ? sl_event_retain(ev) : NULL, owned};
+    hc->q[hc->nq++] = (struct chunk){buf, ev != NULL ? sl_event_retain(ev) : NULL, owned, history};
     hc->super.queued_bytes += buf.len;
+    if (history)
+        hc->super.history_bytes += buf.len;
     hc->super.streams->stats.bytes_queued += buf.len;
     mark_dirty(&hc->super);
     return 0;
@@ -189,14 +197,33 @@ static void http_flush(struct conn *c)
         free(v);
 }
 
+static void http_free(struct httpconn *hc)
+{
+    hc->req = NULL;
+    if (hc->query != NULL)
+        sl_pgpool_cancel(hc->query);
+    sl_hub_unsubscribe(&hc->sub);
+    for (size_t i = 0; i < hc->nq; i++)
+        chunk_release(&hc->q[i]);
+    for (size_t i = 0; i < hc->nfly; i++)
+        chunk_release(&hc->fly[i]);
+    conn_unregister(&hc->super);
+    free(hc->q);
+    free(hc->fly);
+    free(hc->channels);
+    free(hc);
+}
+
 static void http_abort(struct conn *c)
 {
     struct httpconn *hc = (struct httpconn *)c;
     if (hc->req == NULL)
         return;
     if (!hc->sending) {
-        h2o_send(hc->req, NULL, 0, H2O_SEND_STATE_ERROR); /* h2o closes the connection */
-        hc->sending = 1;
+        /* Ending the response: h2o closes the connection and will not call proceed or stop again
+         * (h2o_send forgets the generator), so everything is freed here. */
+        h2o_send(hc->req, NULL, 0, H2O_SEND_STATE_ERROR);
+        http_free(hc);
         return;
     }
     /* a write is stuck on a client that does not read: make it fail */
@@ -220,6 +247,8 @@ static void http_proceed(h2o_generator_t *gen, h2o_req_t *req)
     (void)req;
     for (size_t i = 0; i < hc->nfly; i++) {
         hc->super.queued_bytes -= hc->fly[i].buf.len;
+        if (hc->fly[i].history)
+            hc->super.history_bytes -= hc->fly[i].buf.len;
         chunk_release(&hc->fly[i]);
     }
     hc->nfly = 0;
@@ -230,24 +259,11 @@ static void http_proceed(h2o_generator_t *gen, h2o_req_t *req)
         mark_dirty(&hc->super);
 }
 
-/* The request is over (client gone, or our error ending): free everything. */
+/* The request is over before we ended it (the client went away, or a write failed). */
 static void http_stop(h2o_generator_t *gen, h2o_req_t *req)
 {
-    struct httpconn *hc = H2O_STRUCT_FROM_MEMBER(struct httpconn, gen, gen);
     (void)req;
-    hc->req = NULL;
-    if (hc->query != NULL)
-        sl_pgpool_cancel(hc->query);
-    sl_hub_unsubscribe(&hc->sub);
-    for (size_t i = 0; i < hc->nq; i++)
-        chunk_release(&hc->q[i]);
-    for (size_t i = 0; i < hc->nfly; i++)
-        chunk_release(&hc->fly[i]);
-    conn_unregister(&hc->super);
-    free(hc->q);
-    free(hc->fly);
-    free(hc->channels);
-    free(hc);
+    http_free(H2O_STRUCT_FROM_MEMBER(struct httpconn, gen, gen));
 }
 
 static const struct sl_transport sse_transport = {"sse", T_SSE, SL_FMT_SSE, http_flush, http_abort, http_heartbeat};
@@ -256,39 +272,44 @@ static const struct sl_transport ndjson_transport = {"ndjson", T_NDJSON, SL_FMT_
 
 /* ---- history: shared by every transport ---------------------------------------------------------- */
 
-static const char SQL_LAST_ALL[] = "SELECT " SL_DB_MESSAGE_COLUMNS " FROM messages ORDER BY seq DESC LIMIT $1";
-static const char SQL_LAST_IN[] = "SELECT " SL_DB_MESSAGE_COLUMNS " FROM messages WHERE channel = ANY($1::text[])"
+/* History: the newest messages still standing. Resume: everything after a position, events too,
+ * so that a client that missed an edit or a delete learns of it. */
+static const char SQL_LAST_ALL[] = SL_DB_FEED_MESSAGES " WHERE deleted_at IS NULL ORDER BY seq DESC LIMIT $1";
+static const char SQL_LAST_IN[] = SL_DB_FEED_MESSAGES " WHERE channel = ANY($1::text[]) AND deleted_at IS NULL"
                                   " ORDER BY seq DESC LIMIT $2";
-static const char SQL_SINCE_ALL[] = "SELECT " SL_DB_MESSAGE_COLUMNS " FROM messages WHERE seq > $1"
-                                    " ORDER BY seq LIMIT $2";
-static const char SQL_SINCE_IN[] = "SELECT " SL_DB_MESSAGE_COLUMNS " FROM messages WHERE seq > $1"
-                                   " AND channel = ANY($2::text[]) ORDER BY seq LIMIT $3";
+static const char SQL_SINCE_ALL[] = SL_DB_FEED_MESSAGES " WHERE seq > $1 UNION ALL " SL_DB_FEED_EVENTS
+                                    " WHERE seq > $1 ORDER BY seq LIMIT $2";
+static const char SQL_SINCE_IN[] = SL_DB_FEED_MESSAGES " WHERE seq > $1 AND channel = ANY($2::text[]) UNION ALL "
+                                   SL_DB_FEED_EVENTS " WHERE seq > $1 AND channel = ANY($2::text[]) ORDER BY seq LIMIT $3";
 
 /* Queries the history of sub: the last `history` messages, or all after `since` (at most
  * replay_max + 1, so that "too many" shows). */
 static sl_pgquery_t *query_history(sl_streams_t *s, const sl_sub_t *sub, int64_t since, long long history,
                                    sl_pg_cb cb, void *data)
 {
-    char arr[2048], n1[24], n2[24];
-    size_t o = 0;
-    arr[o++] = '{';
-    for (size_t i = 0; !sub->all && i < sub->nchannels && o + SL_CHANNEL_MAX + 3 < sizeof(arr); i++)
-        o += (size_t)snprintf(arr + o, sizeof(arr) - o, "%s%s", i ? "," : "", sub->channels[i]);
-    arr[o++] = '}';
-    arr[o] = '\0';
+    char n1[24], n2[24];
+    sl_buf_t arr = SL_BUF_INIT; /* a text[] literal; channel names need no quoting ([a-z0-9_-]) */
+    sl_pgquery_t *q;
+    sl_buf_appends(&arr, "{");
+    for (size_t i = 0; !sub->all && i < sub->nchannels; i++)
+        sl_buf_appendf(&arr, "%s%s", i ? "," : "", sub->channels[i]);
+    sl_buf_appends(&arr, "}");
     if (since >= 0) {
         snprintf(n1, sizeof(n1), "%lld", (long long)since);
         snprintf(n2, sizeof(n2), "%lld", s->conf.replay_max + 1);
-        const char *p3[] = {n1, arr, n2};
+        const char *p3[] = {n1, arr.data, n2};
         const char *p2[] = {n1, n2};
-        return sub->all ? sl_pgpool_query(s->pg, SQL_SINCE_ALL, 2, p2, cb, data)
-                        : sl_pgpool_query(s->pg, SQL_SINCE_IN, 3, p3, cb, data);
+        q = sub->all ? sl_pgpool_query(s->pg, SQL_SINCE_ALL, 2, p2, cb, data)
+                     : sl_pgpool_query(s->pg, SQL_SINCE_IN, 3, p3, cb, data);
+    } else {
+        snprintf(n1, sizeof(n1), "%lld", history);
+        const char *p1[] = {n1};
+        const char *p2[] = {arr.data, n1};
+        q = sub->all ? sl_pgpool_query(s->pg, SQL_LAST_ALL, 1, p1, cb, data)
+                     : sl_pgpool_query(s->pg, SQL_LAST_IN, 2, p2, cb, data);
     }
-    snprintf(n1, sizeof(n1), "%lld", history);
-    const char *p1[] = {n1};
-    const char *p2[] = {arr, n1};
-    return sub->all ? sl_pgpool_query(s->pg, SQL_LAST_ALL, 1, p1, cb, data)
-                    : sl_pgpool_query(s->pg, SQL_LAST_IN, 2, p2, cb, data);
+    sl_buf_free(&arr);
+    return q;
 }
 
 /* Rows in seq order (history comes newest first from the database). */
@@ -296,11 +317,7 @@ static void for_each_row(const PGresult *res, int ascending, void (*fn)(void *, 
 {
     int n = PQntuples(res);
     for (int k = 0; k < n; k++) {
-        int i = ascending ? k : n - 1 - k;
-        sl_message_t m;
-        if (sl_db_row_to_message(res, i, &m) != 0)
-            continue;
-        sl_event_t *ev = sl_event_from_message(&m);
+        sl_event_t *ev = sl_event_from_row(res, ascending ? k : n - 1 - k);
         if (ev == NULL)
             continue;
         fn(data, ev);
@@ -566,16 +583,25 @@ struct wsconn {
     int closed;
 };
 
-static void ws_send_text(struct wsconn *w, const char *text, size_t len)
+static void ws_queue(struct wsconn *w, const char *text, size_t len, int history)
 {
-    if (w->ws == NULL || over_limit(&w->super, len))
+    if (w->ws == NULL)
+        return;
+    if (!history && w->ws->sock != NULL && h2o_socket_is_writing(w->ws->sock) && over_limit(&w->super, len))
         return;
     struct wslay_event_msg msg = {WSLAY_TEXT_FRAME, (const uint8_t *)text, len};
     if (wslay_event_queue_msg(w->ws->ws_ctx, &msg) != 0)
         return;
     w->super.queued_bytes = wslay_event_get_queued_msg_length(w->ws->ws_ctx);
+    if (history)
+        w->super.history_bytes += len;
     w->super.streams->stats.bytes_queued += len;
     mark_dirty(&w->super);
+}
+
+static void ws_send_text(struct wsconn *w, const char *text, size_t len)
+{
+    ws_queue(w, text, len, 0);
 }
 
 static void ws_error(struct wsconn *w, const char *code, const char *message)
@@ -628,6 +654,11 @@ static void ws_flush(struct conn *c)
     if (w->ws == NULL || w->ws->sock == NULL)
         return;
     c->last_out_us = sl_time_mono_us();
+    /* history goes out first: what is still queued is at most what remains of it */
+    size_t queued = wslay_event_get_queued_msg_length(w->ws->ws_ctx);
+    if (c->history_bytes > queued)
+        c->history_bytes = queued;
+    c->queued_bytes = queued;
     h2o_websocket_proceed(w->ws); /* may end in ws_on_message(NULL), which frees w */
 }
 
@@ -690,7 +721,7 @@ static void ws_history_begin(struct history_frame *f, struct wssub *sub)
 static void ws_history_end(struct history_frame *f)
 {
     sl_buf_appends(&f->buf, "]}");
-    ws_send_text(f->sub->ws, f->buf.data, f->buf.len);
+    ws_queue(f->sub->ws, f->buf.data, f->buf.len, 1);
     sl_buf_free(&f->buf);
 }
 
