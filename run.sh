@@ -7,6 +7,9 @@
 # SLUICE_PG_PORT=5433 unless set) and every service binary that was built, in the
 # background. Logs: .state/run/logs/<name>.log, PIDs: .state/run/pids/<name>.pid.
 # Running it again starts only what is not running. Stop with ./stop.sh.
+#
+# The bot posts at SLUICE_BOT_RATE messages/s (default 1; SLUICE_BOT_DELAY before the first;
+# SLUICE_RUN_BOT=0: no bot). Ingest starts only when SLUICE_MASTODON_URL names an instance.
 set -euo pipefail
 
 REPO_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -18,16 +21,20 @@ die() { printf 'run.sh: %s\n' "$*" >&2; exit 1; }
 . "$REPO_DIR/scripts/lib.sh"
 
 API_URL=http://127.0.0.1:8080
+SSE_URL=http://127.0.0.1:8081
 SERVICES=(persister api sse bot ingest)
 
 print_usage_hints() {
   cat <<EOF
 
 sluice API: $API_URL   (readiness: $API_URL/readyz)
+streams:    $SSE_URL   (the live page: $SSE_URL/)
 
+  # watch the feed live (Ctrl-C to stop)
+  curl -N '$SSE_URL/v1/stream?channels=general'
   # post a message
   curl -X POST -H 'Content-Type: application/json' -d '{"channel":"general","author":"alice","text":"hello"}' $API_URL/v1/messages
-  # read a channel
+  # read a channel's history
   curl '$API_URL/v1/messages?channel=general'
 
 Stop everything with ./stop.sh (./stop.sh --purge also deletes .state/run).
@@ -82,6 +89,14 @@ for name in "${SERVICES[@]}"; do
   bin=$REPO_DIR/build/bin/sluice-$name
   [[ -x $bin ]] || continue
   n_bins=$((n_bins + 1))
+  if [[ $name == bot && ${SLUICE_RUN_BOT:-1} == 0 ]]; then
+    log "sluice-bot: not started (SLUICE_RUN_BOT=0)"
+    continue
+  fi
+  if [[ $name == ingest && -z ${SLUICE_MASTODON_URL:-} ]]; then
+    log "sluice-ingest: not started (set SLUICE_MASTODON_URL, and SLUICE_MASTODON_TOKEN, to read a Mastodon instance)"
+    continue
+  fi
   if [[ $name == api ]]; then have_api=1; fi
   pid_file=$RUN_DIR/pids/$name.pid
   log_file=$RUN_DIR/logs/$name.log
@@ -126,6 +141,18 @@ if ((have_api)); then
     sleep 0.2
   done
   log "sluice-api: ready in $(elapsed "$t0") ($API_URL/readyz answered 200)"
+fi
+if [[ -x $REPO_DIR/build/bin/sluice-sse ]]; then
+  t0=$(now_ms)
+  deadline=$((SECONDS + 60))
+  until [[ $(curl -s -o /dev/null -m 2 -w '%{http_code}' "$SSE_URL/readyz" || true) == 200 ]]; do
+    if ((SECONDS >= deadline)); then
+      tail_file "$RUN_DIR/logs/sse.log" 30
+      die "$SSE_URL/readyz did not answer 200 within 60 s"
+    fi
+    sleep 0.2
+  done
+  log "sluice-sse: ready in $(elapsed "$t0") ($SSE_URL/readyz answered 200)"
 fi
 
 cat <<EOF
