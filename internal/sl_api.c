@@ -135,10 +135,24 @@ static void answer_refusal(struct post *p, sl_publish_result_t r)
     }
 }
 
+static void on_ignored(void *data, const PGresult *res, const char *err)
+{
+    (void)data;
+    (void)res;
+    (void)err; /* best effort: a retry that misses it publishes again, and the persister dedups */
+}
+
+static const char SQL_IDEM_ACCEPTED[] =
+    "UPDATE idempotency_keys SET accepted_at = now() WHERE author = $1 AND key = $2 AND message_id = $3";
+
 static void on_confirm(void *data, sl_publish_result_t r)
 {
     struct post *p = data;
     p->tag = 0;
+    if (r == SL_PUBLISH_OK && p->has_key) {
+        const char *params[] = {p->msg.author, p->key, p->msg.id};
+        sl_pgpool_query(p->api->pg, SQL_IDEM_ACCEPTED, 3, params, on_ignored, NULL);
+    }
     if (p->req != NULL) {
         if (r == SL_PUBLISH_OK)
             answer_accepted(p);
@@ -168,7 +182,8 @@ static void publish(struct post *p)
 }
 
 static const char SQL_IDEM_LOOKUP[] =
-    "SELECT k.message_id, k.channel, k.created_at, EXISTS (SELECT 1 FROM messages m WHERE m.id = k.message_id)"
+    "SELECT k.message_id, k.channel, k.created_at,"
+    " k.accepted_at IS NOT NULL OR EXISTS (SELECT 1 FROM messages m WHERE m.id = k.message_id)"
     " FROM idempotency_keys k WHERE k.author = $1 AND k.key = $2";
 
 static void on_idem_lookup(void *data, const PGresult *res, const char *err)
@@ -191,8 +206,9 @@ static void on_idem_lookup(void *data, const PGresult *res, const char *err)
         answer_accepted(p);
         post_done(p);
     } else {
-        /* Not stored (yet): an earlier try may have been refused. Publishing again under the same
-         * id is safe, the persister stores an id once. */
+        /* Neither confirmed nor stored: the earlier try was refused (or its confirm was lost with
+         * its connection). Publishing again under the same id is safe: the persister stores an
+         * id once. */
         publish(p);
     }
 }
@@ -200,7 +216,7 @@ static void on_idem_lookup(void *data, const PGresult *res, const char *err)
 static const char SQL_IDEM_CLAIM[] =
     "INSERT INTO idempotency_keys (author, key, message_id, channel, created_at) VALUES ($1, $2, $3, $4, $5)"
     " ON CONFLICT (author, key) DO UPDATE SET message_id = excluded.message_id, channel = excluded.channel,"
-    " created_at = excluded.created_at WHERE idempotency_keys.created_at < $6 RETURNING message_id";
+    " created_at = excluded.created_at, accepted_at = NULL WHERE idempotency_keys.created_at < $6 RETURNING message_id";
 
 static void on_idem_claim(void *data, const PGresult *res, const char *err)
 {

@@ -60,6 +60,13 @@ static const struct migration migrations[] = {
       " created_at TIMESTAMPTZ NOT NULL, PRIMARY KEY (seq) USING HASH)",
       "CREATE INDEX IF NOT EXISTS message_events_message_idx ON message_events (message_id)",
       "CREATE INDEX IF NOT EXISTS message_events_channel_seq_idx ON message_events (channel, seq)", NULL}},
+    /* An idempotent retry of a post the broker already confirmed answers at once, without a
+     * second publish, even while the first is still queued. */
+    {3,
+     "idempotency-accepted",
+     {"ALTER TABLE idempotency_keys ADD COLUMN IF NOT EXISTS accepted_at TIMESTAMPTZ", NULL},
+     {NULL},
+     {NULL}},
 };
 
 const char *sl_db_sqlstate(const PGresult *res)

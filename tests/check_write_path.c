@@ -486,6 +486,43 @@ START_TEST(test_blocked_broker_answers_503)
 }
 END_TEST
 
+START_TEST(test_idempotent_retry_of_confirmed_post_needs_no_room)
+{
+    const char *b = "{\"author\":\"erin\",\"text\":\"confirmed once\"}";
+    char id1[37], id2[37], body[256];
+    tu_resp_t r;
+    tu_stack_init(&S, "idemfull", 2);
+    tu_start(&S, "api", NULL); /* no persister: nothing leaves the queue */
+    ck_assert_int_eq(tu_http("POST", post_url(), "Idempotency-Key: k-1", "application/json", b, strlen(b), &r), 0);
+    ck_assert_int_eq(r.status, 202);
+    tu_json_str(r.body, "id", id1, sizeof(id1));
+    tu_resp_free(&r);
+    for (int i = 0; i < 4; i++) { /* fill it */
+        body_plain(i, body, sizeof(body));
+        ck_assert_int_eq(tu_http("POST", post_url(), NULL, "application/json", body, strlen(body), &r), 0);
+        tu_resp_free(&r);
+    }
+    ck_assert_int_eq(tu_http("POST", post_url(), NULL, "application/json", body, strlen(body), &r), 0);
+    ck_assert_int_eq(r.status, 429); /* full indeed */
+    tu_resp_free(&r);
+    /* The retry of the confirmed post is answered from the key, without a publish: 202, same id.
+     * (The key's "accepted" mark is written after the 202; give it a moment.) */
+    tu_sleep_ms(300);
+    ck_assert_int_eq(tu_http("POST", post_url(), "Idempotency-Key: k-1", "application/json", b, strlen(b), &r), 0);
+    ck_assert_msg(r.status == 202, "retry answered %ld: %s", r.status, r.body);
+    tu_json_str(r.body, "id", id2, sizeof(id2));
+    ck_assert_str_eq(id2, id1);
+    tu_resp_free(&r);
+    tu_start(&S, "persister", NULL);
+    PGconn *db = tu_db(&S);
+    ck_assert_int_ge(tu_wait_rows(db, 3, 20000), 3);
+    tu_sleep_ms(300);
+    ck_assert_int_eq(tu_scalar(db, "SELECT count(*) FROM messages WHERE author = 'erin'"), 1);
+    PQfinish(db);
+    tu_stack_cleanup(&S);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("write_path");
@@ -494,6 +531,7 @@ int main(void)
     tcase_add_test(tc, test_bad_inputs_get_documented_errors);
     tcase_add_test(tc, test_concurrent_posts_stored_once_gapless);
     tcase_add_test(tc, test_idempotency_key_gives_one_message);
+    tcase_add_test(tc, test_idempotent_retry_of_confirmed_post_needs_no_room);
     tcase_add_test(tc, test_full_queue_answers_429_and_keeps_accepted);
     tcase_add_test(tc, test_undecodable_message_is_dead_lettered);
     tcase_add_test(tc, test_persister_sigkill_loses_nothing);
