@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -27,7 +28,7 @@ void tu_sleep_ms(int ms)
     nanosleep(&ts, NULL);
 }
 
-static int free_port(void)
+int tu_free_port(void)
 {
     struct sockaddr_in a;
     socklen_t len = sizeof(a);
@@ -76,13 +77,15 @@ void tu_stack_init(tu_stack_t *s, const char *name, long long max_length)
     snprintf(s->db_url, sizeof(s->db_url), "%.*s/%s", (int)(slash - base), base, dbname);
     snprintf(s->queue, sizeof(s->queue), "sluice.test.%s.%d.%ld", name, (int)getpid(), (long)time(NULL));
     snprintf(s->live, sizeof(s->live), "sluice.live.test.%s.%d.%ld", name, (int)getpid(), (long)time(NULL));
-    s->api_port = free_port();
-    s->persister_port = free_port();
+    s->api_port = tu_free_port();
+    s->persister_port = tu_free_port();
+    s->sse_port = tu_free_port();
     s->max_length = max_length;
     snprintf(s->base, sizeof(s->base), "http://127.0.0.1:%d", s->api_port);
-    for (int i = 0; i < 2; i++) { /* each run of a test starts its logs afresh */
+    static const char *const services[] = {"persister", "api", "sse"};
+    for (int i = 0; i < 3; i++) { /* each run of a test starts its logs afresh */
         char path[700];
-        snprintf(path, sizeof(path), "%s/%s-%s.log", SLUICE_TEST_LOG_DIR, name, i ? "api" : "persister");
+        snprintf(path, sizeof(path), "%s/%s-%s.log", SLUICE_TEST_LOG_DIR, name, services[i]);
         unlink(path);
     }
     curl_global_init(CURL_GLOBAL_DEFAULT);
@@ -92,23 +95,44 @@ void tu_stack_cleanup(tu_stack_t *s)
 {
     /* A clean exit on SIGTERM is part of every test: under the sanitizers a leak or an error
      * report makes it non-zero. */
+    ck_assert_int_eq(tu_stop(&s->sse, SIGTERM, 15000), 0);
     ck_assert_int_eq(tu_stop(&s->api, SIGTERM, 15000), 0);
     ck_assert_int_eq(tu_stop(&s->persister, SIGTERM, 15000), 0);
 }
 
+static int *default_port(tu_stack_t *s, const char *service)
+{
+    if (strcmp(service, "api") == 0)
+        return &s->api_port;
+    if (strcmp(service, "sse") == 0)
+        return &s->sse_port;
+    return &s->persister_port;
+}
+
 pid_t tu_start(tu_stack_t *s, const char *service, const char *const *extra_env)
 {
-    char bin[512], logdir[512], logpath[700], url[128];
-    const char *bindir = getenv("SLUICE_BIN_DIR") ? getenv("SLUICE_BIN_DIR") : SLUICE_DEFAULT_BIN_DIR;
-    int port = strcmp(service, "api") == 0 ? s->api_port : s->persister_port;
-    snprintf(bin, sizeof(bin), "%s/sluice-%s", bindir, service);
-    snprintf(logdir, sizeof(logdir), "%s", SLUICE_TEST_LOG_DIR);
-    mkdir(logdir, 0755);
-    snprintf(logpath, sizeof(logpath), "%s/%s-%s.log", logdir, s->name, service);
+    pid_t pid = tu_start_at(s, service, default_port(s, service), extra_env);
+    if (strcmp(service, "api") == 0)
+        s->api = pid;
+    else if (strcmp(service, "sse") == 0)
+        s->sse = pid;
+    else
+        s->persister = pid;
+    return pid;
+}
+
+static pid_t spawn(const tu_stack_t *s, const char *bin, const char *logpath, const char *port_var, int port,
+                   const char *const *extra_env)
+{
+    pid_t parent = getpid();
     pid_t pid = fork();
     ck_assert_int_ge(pid, 0);
     if (pid == 0) {
         char v[64];
+        /* never outlive the test: a failed assertion ends it without tu_stack_cleanup */
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != parent)
+            _exit(127);
         int fd = open(logpath, O_WRONLY | O_CREAT | O_APPEND, 0644);
         if (fd >= 0) {
             dup2(fd, 1);
@@ -124,19 +148,58 @@ pid_t tu_start(tu_stack_t *s, const char *service, const char *const *extra_env)
         setenv("SLUICE_API_PORT", v, 1);
         snprintf(v, sizeof(v), "%d", s->persister_port);
         setenv("SLUICE_PERSISTER_PORT", v, 1);
+        snprintf(v, sizeof(v), "%d", s->sse_port);
+        setenv("SLUICE_SSE_PORT", v, 1);
+        snprintf(v, sizeof(v), "%d", port);
+        setenv(port_var, v, 1);
         for (const char *const *e = extra_env; e != NULL && *e != NULL; e++)
             putenv((char *)*e);
         execl(bin, bin, (char *)NULL);
         fprintf(stderr, "exec %s: %s\n", bin, strerror(errno));
         _exit(127);
     }
-    snprintf(url, sizeof(url), "http://127.0.0.1:%d/healthz", port);
-    ck_assert_msg(tu_wait_status(url, 200, 15000), "%s did not come up; see %s", service, logpath);
-    if (strcmp(service, "api") == 0)
-        s->api = pid;
-    else
-        s->persister = pid;
     return pid;
+}
+
+pid_t tu_start_at(tu_stack_t *s, const char *service, int *port, const char *const *extra_env)
+{
+    char bin[512], logdir[512], logpath[700], url[128], port_var[64];
+    const char *bindir = getenv("SLUICE_BIN_DIR") ? getenv("SLUICE_BIN_DIR") : SLUICE_DEFAULT_BIN_DIR;
+    int is_default = port == default_port(s, service);
+    snprintf(bin, sizeof(bin), "%s/sluice-%s", bindir, service);
+    snprintf(logdir, sizeof(logdir), "%s", SLUICE_TEST_LOG_DIR);
+    mkdir(logdir, 0755);
+    snprintf(port_var, sizeof(port_var), "SLUICE_%s_PORT", strcmp(service, "api") == 0 ? "API"
+                                                          : strcmp(service, "sse") == 0 ? "SSE"
+                                                                                         : "PERSISTER");
+    /* A port found free may be taken before the service listens on it (an outgoing connection
+     * gets it as its ephemeral port): a service that exits at once is tried again elsewhere. */
+    for (int attempt = 0;; attempt++) {
+        int status, up = 0, died = 0;
+        if (*port == 0)
+            *port = tu_free_port();
+        if (is_default)
+            snprintf(logpath, sizeof(logpath), "%s/%s-%s.log", logdir, s->name, service);
+        else
+            snprintf(logpath, sizeof(logpath), "%s/%s-%s-%d.log", logdir, s->name, service, *port);
+        if (is_default && strcmp(service, "api") == 0)
+            snprintf(s->base, sizeof(s->base), "http://127.0.0.1:%d", s->api_port);
+        pid_t pid = spawn(s, bin, logpath, port_var, *port, extra_env);
+        snprintf(url, sizeof(url), "http://127.0.0.1:%d/healthz", *port);
+        for (int waited = 0; waited <= 15000 && !up && !died; waited += 100) {
+            if (waitpid(pid, &status, WNOHANG) == pid)
+                died = 1;
+            else if (tu_wait_status(url, 200, 0))
+                up = 1;
+            else
+                tu_sleep_ms(100);
+        }
+        if (up)
+            return pid;
+        ck_assert_msg(died && attempt < 3, "%s did not come up; see %s", service, logpath);
+        fprintf(stderr, "%s on port %d exited at start (status %d); trying another port\n", service, *port, status);
+        *port = 0;
+    }
 }
 
 int tu_stop(pid_t *pid, int sig, int timeout_ms)

@@ -17,6 +17,8 @@ typedef struct tu_stack {
     int api_port, persister_port;
     long long max_length;
     pid_t api, persister;
+    int sse_port; /* of the stack's first sse instance; more with tu_start_at */
+    pid_t sse;
     char base[64]; /* "http://127.0.0.1:PORT" of the api */
 } tu_stack_t;
 
@@ -27,8 +29,18 @@ void tu_stack_init(tu_stack_t *s, const char *name, long long max_length);
 void tu_stack_cleanup(tu_stack_t *s);
 
 /* Spawn a service with the stack's environment plus extra "NAME=value" entries (NULL-terminated,
- * may be NULL), wait until its /healthz answers. */
+ * may be NULL), wait until its /healthz answers. service is "api", "persister" or "sse" (on the
+ * stack's api_port, persister_port, sse_port); the stack remembers the pid and
+ * tu_stack_cleanup stops it. A service dies with the test process that started it
+ * (PR_SET_PDEATHSIG), so a failed test leaves nothing running. */
 pid_t tu_start(tu_stack_t *s, const char *service, const char *const *extra_env);
+/* The same on *port (its SLUICE_<SERVICE>_PORT; 0: a free one), e.g. a second sse instance; logs
+ * to <name>-<service>-<port>.log. A service that exits at once (its port was taken meanwhile) is
+ * started again on another port, up to 3 times: *port says where it listens. The caller owns the
+ * pid (stop it with tu_stop); tu_start is this on the stack's port, and remembers the pid. */
+pid_t tu_start_at(tu_stack_t *s, const char *service, int *port, const char *const *extra_env);
+/* A port nobody listens on now. */
+int tu_free_port(void);
 /* Sends sig, waits up to timeout_ms (then SIGKILL); returns the exit status (or 128+signal). */
 int tu_stop(pid_t *pid, int sig, int timeout_ms);
 
