@@ -12,6 +12,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "sl_auth.h"
 #include "sl_buf.h"
 #include "sl_http.h"
 #include "sl_log.h"
@@ -19,6 +20,7 @@
 #include "sl_metrics.h"
 #include "sl_pgpool.h"
 #include "sl_publisher.h"
+#include "sl_ratelimit.h"
 #include "sl_time.h"
 #include "sl_uuid.h"
 
@@ -43,7 +45,8 @@ struct sl_api {
     sl_amqp_topology_t topology;
     struct status_count counts[MAX_STATUS_ROWS];
     size_t ncounts, inflight;
-    uint64_t idempotent_replays;
+    uint64_t idempotent_replays, rate_limited;
+    sl_ratelimit_t *limiter; /* NULL: no per-client limit */
 };
 
 struct post {
@@ -266,6 +269,12 @@ static int handle_post(sl_api_t *a, h2o_req_t *req)
     size_t keylen = 0;
     const char *key;
 
+    sl_auth_result_t ar = sl_auth_check_author(a->conf.auth, req, NULL, NULL);
+    if (ar != SL_AUTH_OK) {
+        count(a, R_POST, ar == SL_AUTH_FORBIDDEN ? 403 : 401);
+        sl_auth_refuse(req, ar);
+        return 0;
+    }
     if (!content_type_is_json(req)) {
         respond_error(a, req, R_POST, 415, "unsupported_media_type", NULL, "Content-Type must be application/json");
         return 0;
@@ -287,6 +296,11 @@ static int handle_post(sl_api_t *a, h2o_req_t *req)
     if (sl_message_from_request(req->entity.base != NULL ? req->entity.base : "", req->entity.len, &p->msg, &err) != 0) {
         count(a, R_POST, err.status);
         sl_http_send_error(req, &err, 0);
+        return 0;
+    }
+    if ((ar = sl_auth_check_author(a->conf.auth, req, p->msg.author, NULL)) != SL_AUTH_OK) {
+        count(a, R_POST, 403);
+        sl_auth_refuse(req, ar);
         return 0;
     }
     if (sl_uuid_v7(p->msg.id) != 0) {
@@ -530,6 +544,8 @@ static int handle_metrics(sl_api_t *a, h2o_req_t *req)
     sl_metrics_sample(&b, "sluice_api_publishes_unconfirmed", "", (double)sl_publisher_outstanding(a->pub));
     sl_metrics_header(&b, "sluice_api_idempotent_replays_total", "counter", "POSTs answered from an Idempotency-Key.");
     sl_metrics_sample(&b, "sluice_api_idempotent_replays_total", "", (double)a->idempotent_replays);
+    sl_metrics_header(&b, "sluice_api_rate_limited_total", "counter", "Requests refused by the per-client limit.");
+    sl_metrics_sample(&b, "sluice_api_rate_limited_total", "", (double)a->rate_limited);
     sl_metrics_header(&b, "sluice_api_ready", "gauge", "1 when broker and database are reachable.");
     sl_metrics_sample(&b, "sluice_api_ready", "", sl_publisher_ready(a->pub) && sl_pgpool_ready(a->pg));
     sl_http_send(req, 200, "text/plain; version=0.0.4", b.data, b.len);
@@ -542,6 +558,26 @@ static int method_not_allowed(sl_api_t *a, h2o_req_t *req, int route, const char
     h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_ALLOW, NULL, allow, strlen(allow));
     respond_error(a, req, route, 405, "method_not_allowed", NULL, "this method is not allowed here");
     return 0;
+}
+
+/* Per-client token bucket, separate from the broker's back pressure: keyed by the bearer token
+ * when there is one, else by the client's address. Answers 429 itself when over. */
+static int limited(sl_api_t *a, h2o_req_t *req)
+{
+    char key[320], peer[64];
+    size_t hl = 0;
+    const char *h = sl_http_header(req, "authorization", &hl);
+    if (h != NULL && hl > 7 && hl < 300)
+        snprintf(key, sizeof(key), "t:%.*s", (int)(hl - 7), h + 7);
+    else
+        snprintf(key, sizeof(key), "a:%s", sl_http_peer(req, peer, sizeof(peer)));
+    int wait = sl_ratelimit_take(a->limiter, key, sl_time_mono_us());
+    if (wait == 0)
+        return 0;
+    a->rate_limited++;
+    count(a, R_OTHER, 429);
+    sl_http_fail(req, 429, "rate_limited", NULL, "too many requests from this client; slow down", wait);
+    return 1;
 }
 
 static int path_is(h2o_req_t *req, const char *path)
@@ -566,6 +602,9 @@ int sl_api_handle(void *data, h2o_req_t *req)
         return 0;
     }
     int get = sl_http_method_is(req, "GET") || sl_http_method_is(req, "HEAD");
+    if (a->limiter != NULL && req->path_normalized.len >= 4 && memcmp(req->path_normalized.base, "/v1/", 4) == 0 &&
+        limited(a, req))
+        return 0;
     if (path_is(req, "/v1/messages")) {
         if (sl_http_method_is(req, "POST"))
             return handle_post(a, req);
@@ -607,7 +646,9 @@ sl_api_t *sl_api_create(h2o_loop_t *loop, const sl_api_conf_t *conf)
                               .reconnect_ms = 500};
     a->pub = sl_publisher_create(loop, &pc);
     a->pg = sl_pgpool_create(loop, conf->db_url, (size_t)conf->db_conns, 10000, 1000);
-    if (a->pub == NULL || a->pg == NULL) {
+    if (conf->client_rate > 0)
+        a->limiter = sl_ratelimit_create(conf->client_rate, conf->client_burst, 100000);
+    if (a->pub == NULL || a->pg == NULL || (conf->client_rate > 0 && a->limiter == NULL)) {
         sl_api_destroy(a);
         return NULL;
     }
@@ -625,5 +666,7 @@ void sl_api_destroy(sl_api_t *a)
         return;
     sl_publisher_destroy(a->pub);
     sl_pgpool_destroy(a->pg);
+    sl_ratelimit_destroy(a->limiter);
+    sl_auth_destroy(a->conf.auth);
     free(a);
 }

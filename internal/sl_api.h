@@ -18,6 +18,9 @@ typedef struct sl_api_conf {
     long long db_conns;           /* connections in the read pool */
     long long retry_after_s;      /* Retry-After on 429/503 */
     long long history_max;        /* largest page of GET /v1/messages */
+    struct sl_auth *auth;         /* writer tokens (owned by the api from sl_api_create on); NULL: open */
+    double client_rate;           /* requests/s per client (token or address); 0: no limit */
+    double client_burst;          /* bucket size of that limit */
 } sl_api_conf_t;
 
 typedef struct sl_api sl_api_t;

@@ -20,6 +20,12 @@ struct catchall {
 static int on_req(h2o_handler_t *self, h2o_req_t *req)
 {
     sl_http_server_t *s = ((struct catchall *)self)->server;
+    if (s->ops_loopback_only && (h2o_memis(req->path_normalized.base, req->path_normalized.len, H2O_STRLIT("/metrics")) ||
+                                 h2o_memis(req->path_normalized.base, req->path_normalized.len, H2O_STRLIT("/readyz"))) &&
+        !sl_http_peer_is_loopback(req)) {
+        sl_http_fail(req, 403, "forbidden", NULL, "operators' endpoints answer on loopback only", 0);
+        return 0;
+    }
     return s->handler(s->data, req);
 }
 
@@ -286,6 +292,33 @@ const char *sl_http_header(h2o_req_t *req, const char *name, size_t *len)
         return NULL;
     *len = req->headers.entries[i].value.len;
     return req->headers.entries[i].value.base;
+}
+
+const char *sl_http_peer(h2o_req_t *req, char *buf, size_t len)
+{
+    struct sockaddr_storage ss;
+    socklen_t sl = req->conn->callbacks->get_peername(req->conn, (struct sockaddr *)&ss);
+    buf[0] = '\0';
+    if (sl == 0)
+        return buf;
+    if (ss.ss_family == AF_INET)
+        inet_ntop(AF_INET, &((struct sockaddr_in *)&ss)->sin_addr, buf, (socklen_t)len);
+    else if (ss.ss_family == AF_INET6)
+        inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&ss)->sin6_addr, buf, (socklen_t)len);
+    return buf;
+}
+
+int sl_http_peer_is_loopback(h2o_req_t *req)
+{
+    struct sockaddr_storage ss;
+    socklen_t sl = req->conn->callbacks->get_peername(req->conn, (struct sockaddr *)&ss);
+    if (sl == 0)
+        return 0;
+    if (ss.ss_family == AF_INET)
+        return (ntohl(((struct sockaddr_in *)&ss)->sin_addr.s_addr) >> 24) == 127;
+    if (ss.ss_family == AF_INET6)
+        return IN6_IS_ADDR_LOOPBACK(&((struct sockaddr_in6 *)&ss)->sin6_addr);
+    return 0;
 }
 
 int sl_http_method_is(h2o_req_t *req, const char *method)

@@ -29,6 +29,7 @@ struct sl_http_server {
     void *data;
     h2o_linklist_t conns; /* every accepted socket still open (struct tracked_conn) */
     size_t nconns;
+    int ops_loopback_only; /* /metrics and /readyz answer 403 to clients not on loopback */
 };
 
 /* Sets up the loop, the configuration (request bodies up to max_body bytes) and the handler. */
@@ -72,5 +73,10 @@ int sl_http_query(h2o_req_t *req, const char *name, h2o_iovec_t *out);
 const char *sl_http_header(h2o_req_t *req, const char *name, size_t *len);
 
 int sl_http_method_is(h2o_req_t *req, const char *method);
+
+/* The client's address as text ("127.0.0.1"), in buf (at least 64 bytes); "" when unknown. */
+const char *sl_http_peer(h2o_req_t *req, char *buf, size_t len);
+/* 1 when the client connects from a loopback address (127.0.0.0/8, ::1). */
+int sl_http_peer_is_loopback(h2o_req_t *req);
 
 #endif

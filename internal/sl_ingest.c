@@ -18,6 +18,7 @@
 #include "sl_buf.h"
 #include "sl_http.h"
 #include "sl_log.h"
+#include "sl_auth.h"
 #include "sl_metrics.h"
 #include "sl_publisher.h"
 #include "sl_time.h"
@@ -463,7 +464,10 @@ int sl_ingest_handle(void *data, h2o_req_t *req)
     sl_ingest_t *g = data;
     int get = sl_http_method_is(req, "GET") || sl_http_method_is(req, "HEAD");
     if (path_is(req, "/v1/ingest")) {
-        if (sl_http_method_is(req, "POST"))
+        sl_auth_result_t ar = sl_auth_check_token(req, g->conf.admin_token);
+        if (ar != SL_AUTH_OK)
+            sl_auth_refuse(req, ar);
+        else if (sl_http_method_is(req, "POST"))
             handle_command(g, req);
         else if (get)
             send_state(g, req);

@@ -30,6 +30,7 @@ typedef struct sl_ingest_conf {
     long long max_unconfirmed;             /* publishes awaiting their confirm */
     long long retry_min_ms, retry_max_ms;  /* delay before publishing a refused item again */
     const char *mastodon_url;              /* as configured, for GET /v1/ingest */
+    const char *admin_token;               /* required on /v1/ingest when not empty */
     sl_ingest_reader_conf_t reader;        /* wake_fd is filled in by sl_ingest_create */
 } sl_ingest_conf_t;
 

@@ -169,9 +169,10 @@ pid_t tu_start_at(tu_stack_t *s, const char *service, int *port, const char *con
     snprintf(bin, sizeof(bin), "%s/sluice-%s", bindir, service);
     snprintf(logdir, sizeof(logdir), "%s", SLUICE_TEST_LOG_DIR);
     mkdir(logdir, 0755);
-    snprintf(port_var, sizeof(port_var), "SLUICE_%s_PORT", strcmp(service, "api") == 0 ? "API"
-                                                          : strcmp(service, "sse") == 0 ? "SSE"
-                                                                                         : "PERSISTER");
+    size_t o = (size_t)snprintf(port_var, sizeof(port_var), "SLUICE_");
+    for (const char *c = service; *c != '\0' && o + 6 < sizeof(port_var); c++)
+        port_var[o++] = (char)(*c >= 'a' && *c <= 'z' ? *c - 'a' + 'A' : *c);
+    snprintf(port_var + o, sizeof(port_var) - o, "_PORT");
     /* A port found free may be taken before the service listens on it (an outgoing connection
      * gets it as its ephemeral port): a service that exits at once is tried again elsewhere. */
     for (int attempt = 0;; attempt++) {

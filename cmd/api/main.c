@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "sl_api.h"
+#include "sl_auth.h"
 #include "sl_config.h"
 #include "sl_db.h"
 #include "sl_http.h"
@@ -18,8 +19,8 @@ static volatile sig_atomic_t stopping;
 
 int main(int argc, char **argv)
 {
-    const char *host, *amqp_url, *db_url;
-    long long port, migrate_wait, drain_s;
+    const char *host, *amqp_url, *db_url, *tokens, *tokens_file;
+    long long port, migrate_wait, drain_s, ops_loopback;
     sl_api_conf_t conf;
     sl_opt_t opts[] = {
         {"host", "SLUICE_API_HOST", SL_OPT_STR, &host, "127.0.0.1", 0, 0, "address to listen on"},
@@ -39,6 +40,16 @@ int main(int argc, char **argv)
          "largest page of GET /v1/messages"},
         {"migrate-wait", "SLUICE_MIGRATE_WAIT", SL_OPT_INT, &migrate_wait, "10", 0, 3600,
          "seconds to wait for the database at start"},
+        {"tokens", "SLUICE_API_TOKENS", SL_OPT_STR, &tokens, "", 0, 0,
+         "writer tokens, token:author,... (author * = any); none: posting is open"},
+        {"tokens-file", "SLUICE_API_TOKENS_FILE", SL_OPT_STR, &tokens_file, "", 0, 0,
+         "file of writer tokens, one 'token author' per line"},
+        {"client-rate", "SLUICE_API_CLIENT_RATE", SL_OPT_DOUBLE, &conf.client_rate, "0", 0, 1e6,
+         "requests/s per client (token or address) before 429; 0: no limit"},
+        {"client-burst", "SLUICE_API_CLIENT_BURST", SL_OPT_DOUBLE, &conf.client_burst, "20", 1, 1e6,
+         "burst allowed by the per-client limit"},
+        {"ops-loopback-only", "SLUICE_OPS_LOOPBACK_ONLY", SL_OPT_INT, &ops_loopback, "0", 0, 1,
+         "1: /metrics and /readyz answer 403 to clients not on loopback"},
         {"drain-timeout", "SLUICE_DRAIN_TIMEOUT", SL_OPT_INT, &drain_s, "10", 0, 3600,
          "seconds to finish requests in flight on SIGTERM"},
     };
@@ -49,6 +60,15 @@ int main(int argc, char **argv)
     conf.amqp_url = amqp_url;
     conf.db_url = db_url;
     sl_log_init("api");
+    char err[512];
+    if ((conf.auth = sl_auth_create(tokens, tokens_file, err, sizeof(err))) == NULL) {
+        fprintf(stderr, "sluice-api: %s\n", err);
+        return 2;
+    }
+    if (sl_auth_count(conf.auth) == 0)
+        SL_WARN("event=writes_open reason=\"no SLUICE_API_TOKENS: anyone who reaches the api may post as anyone\"");
+    else
+        SL_INFO("event=writer_tokens count=%zu", sl_auth_count(conf.auth));
     sl_http_trap_signals(&stopping);
     /* Best effort: posts work without the database; history needs the schema. */
     sl_db_migrate_url(db_url, (int)migrate_wait, &stopping);
@@ -61,6 +81,7 @@ int main(int argc, char **argv)
         return 1;
     }
     server.data = api;
+    server.ops_loopback_only = (int)ops_loopback;
     if (sl_http_listen(&server, host, (int)port) != 0) {
         SL_ERROR("event=listen_failed host=%s port=%lld error=\"%s\"", host, port, strerror(errno));
         return 1;

@@ -22,7 +22,7 @@ static volatile sig_atomic_t stopping;
 int main(int argc, char **argv)
 {
     const char *host, *url, *token, *stream, *channel;
-    long long port, autostart, drain_s, queue_cap;
+    long long port, autostart, drain_s, queue_cap, ops_loopback;
     char instance[SL_MASTODON_INSTANCE_MAX];
     sl_ingest_conf_t conf;
     memset(&conf, 0, sizeof(conf));
@@ -66,6 +66,10 @@ int main(int argc, char **argv)
          "first delay before publishing a refused item again"},
         {"retry-max-ms", "SLUICE_INGEST_RETRY_MAX_MS", SL_OPT_INT, &conf.retry_max_ms, "5000", 1, 3600000,
          "longest delay before publishing a refused item again"},
+        {"admin-token", "SLUICE_ADMIN_TOKEN", SL_OPT_STR, &conf.admin_token, "", 0, 0,
+         "bearer token required by the control endpoint (/v1/ingest); empty: open"},
+        {"ops-loopback-only", "SLUICE_OPS_LOOPBACK_ONLY", SL_OPT_INT, &ops_loopback, "0", 0, 1,
+         "1: /metrics and /readyz answer 403 to clients not on loopback"},
         {"drain-timeout", "SLUICE_DRAIN_TIMEOUT", SL_OPT_INT, &drain_s, "10", 0, 3600,
          "seconds to get outstanding confirms on SIGTERM"},
     };
@@ -110,6 +114,7 @@ int main(int argc, char **argv)
         return 1;
     }
     server.data = g;
+    server.ops_loopback_only = (int)ops_loopback;
     if (sl_http_listen(&server, host, (int)port) != 0) {
         SL_ERROR("event=listen_failed host=%s port=%lld error=\"%s\"", host, port, strerror(errno));
         sl_ingest_destroy(g);

@@ -19,7 +19,7 @@ static volatile sig_atomic_t stopping;
 int main(int argc, char **argv)
 {
     const char *host, *instance;
-    long long port, drain_s, migrate_wait;
+    long long port, drain_s, migrate_wait, ops_loopback;
     sl_sse_conf_t conf;
     sl_opt_t opts[] = {
         {"host", "SLUICE_SSE_HOST", SL_OPT_STR, &host, "127.0.0.1", 0, 0, "address to listen on"},
@@ -61,6 +61,8 @@ int main(int argc, char **argv)
          "largest WebSocket message accepted (larger: close 1009)"},
         {"migrate-wait", "SLUICE_MIGRATE_WAIT", SL_OPT_INT, &migrate_wait, "10", 0, 3600,
          "seconds to wait for the database at start"},
+        {"ops-loopback-only", "SLUICE_OPS_LOOPBACK_ONLY", SL_OPT_INT, &ops_loopback, "0", 0, 1,
+         "1: /metrics and /readyz answer 403 to clients not on loopback"},
         {"drain-timeout", "SLUICE_DRAIN_TIMEOUT", SL_OPT_INT, &drain_s, "5", 0, 3600,
          "seconds to close streams on SIGTERM"},
     };
@@ -86,6 +88,7 @@ int main(int argc, char **argv)
         return 1;
     }
     server.data = sse;
+    server.ops_loopback_only = (int)ops_loopback;
     if (sl_http_listen(&server, host, (int)port) != 0) {
         SL_ERROR("event=listen_failed host=%s port=%lld error=\"%s\"", host, port, strerror(errno));
         return 1;
