@@ -9,6 +9,7 @@
 #include <arpa/inet.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -51,8 +52,16 @@ static void on_accept(h2o_socket_t *listener, const char *err)
     h2o_socket_t *sock;
     if (err != NULL)
         return;
-    if ((sock = h2o_evloop_socket_accept(listener)) == NULL)
+    if ((sock = h2o_evloop_socket_accept(listener)) == NULL) {
+        if (errno == EMFILE || errno == ENFILE) {
+            /* Out of descriptors: the listener stays readable, so stop looking at it for a moment
+             * instead of spinning; the backlog waits in the kernel. */
+            h2o_socket_read_stop(listener);
+            if (!h2o_timeout_is_linked(&s->pause_entry))
+                h2o_timeout_link(s->loop, &s->pause_timeout, &s->pause_entry);
+        }
         return;
+    }
     struct tracked_conn *t = malloc(sizeof(*t));
     if (t != NULL) {
         t->server = s;
@@ -63,6 +72,26 @@ static void on_accept(h2o_socket_t *listener, const char *err)
         sock->on_close.data = t;
     }
     h2o_accept(&s->accept_ctx, sock);
+}
+
+static void on_pause_end(h2o_timeout_entry_t *entry)
+{
+    sl_http_server_t *s = H2O_STRUCT_FROM_MEMBER(sl_http_server_t, pause_entry, entry);
+    if (s->listener != NULL)
+        h2o_socket_read_start(s->listener, on_accept);
+}
+
+long sl_http_raise_nofile(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return -1;
+    if (rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+        getrlimit(RLIMIT_NOFILE, &rl);
+    }
+    return rl.rlim_cur == RLIM_INFINITY ? 1L << 20 : (long)rl.rlim_cur;
 }
 
 void sl_http_close_connections(sl_http_server_t *s)
@@ -90,6 +119,9 @@ void sl_http_dispose(sl_http_server_t *s)
         free(t);
     }
     s->nconns = 0;
+    if (h2o_timeout_is_linked(&s->pause_entry))
+        h2o_timeout_unlink(&s->pause_entry);
+    h2o_timeout_dispose(s->loop, &s->pause_timeout);
     /* h2o_context_request_shutdown armed HTTP/2's GOAWAY timer; the context may not die with it set */
     if (h2o_timeout_is_linked(&s->ctx.http2._graceful_shutdown_timeout))
         h2o_timeout_unlink(&s->ctx.http2._graceful_shutdown_timeout);
@@ -116,6 +148,8 @@ void sl_http_init(sl_http_server_t *s, sl_http_handler_cb handler, void *data, s
     s->accept_ctx.ctx = &s->ctx;
     s->accept_ctx.hosts = s->config.hosts;
     h2o_linklist_init_anchor(&s->conns);
+    h2o_timeout_init(s->loop, &s->pause_timeout, 100);
+    s->pause_entry.cb = on_pause_end;
 }
 
 int sl_http_listen(sl_http_server_t *s, const char *host, int port)

@@ -30,6 +30,8 @@ struct sl_http_server {
     h2o_linklist_t conns; /* every accepted socket still open (struct tracked_conn) */
     size_t nconns;
     int ops_loopback_only; /* /metrics and /readyz answer 403 to clients not on loopback */
+    h2o_timeout_t pause_timeout; /* accepting pauses a moment when out of descriptors */
+    h2o_timeout_entry_t pause_entry;
 };
 
 /* Sets up the loop, the configuration (request bodies up to max_body bytes) and the handler. */
@@ -51,6 +53,9 @@ size_t sl_http_connections(const sl_http_server_t *s);
 /* Frees the context, the configuration and the loop. Every other user of the loop (timeouts,
  * sockets) must be gone first. */
 void sl_http_dispose(sl_http_server_t *s);
+
+/* Raises the soft limit of open files to the hard limit; returns the limit now in force. */
+long sl_http_raise_nofile(void);
 
 /* Installs SIGTERM/SIGINT handlers that set *flag, and ignores SIGPIPE. */
 void sl_http_trap_signals(volatile sig_atomic_t *flag);

@@ -33,6 +33,7 @@ struct sl_hub {
     size_t npending, cappending, max_pending;
     sl_pgquery_t *query;  /* backfill, start position or tail check in flight */
     int64_t backfill_to;  /* upper end of the backfill in flight */
+    int64_t hole_to;      /* a range found empty, up to here, to check against the counter */
     struct chan_entry *buckets[NBUCKETS];
     h2o_linklist_t all;   /* links of subscriptions to every channel */
     sl_event_t **ring;    /* the last delivered events, contiguous in seq (but for holes) */
@@ -280,6 +281,8 @@ static void add_pending(sl_hub_t *h, sl_event_t *ev)
 
 static void start_backfill(sl_hub_t *h, int64_t to);
 
+static void on_position(void *data, const PGresult *res, const char *err);
+
 static void on_backfill(void *data, const PGresult *res, const char *err)
 {
     sl_hub_t *h = data;
@@ -317,13 +320,11 @@ static void on_backfill(void *data, const PGresult *res, const char *err)
         start_backfill(h, target);
         return;
     }
-    /* The database has every row up to target (a later seq was published or counted only after
-     * these committed), yet none for the rest of the range: a hole. Never stall the feed on it. */
-    SL_WARN("event=feed_hole from=%lld to=%lld", (long long)h->position + 1, (long long)target);
-    h->stats.skipped += (uint64_t)(target - h->position);
-    h->position = target;
-    forget(h);
-    drain_pending(h);
+    /* No rows for the rest of the range. Either they do not exist (a hole: skip it, never stall
+     * the feed on it) or the event that made us look is bogus (a seq past the database's, not
+     * from the persister). Ask the database's counter before skipping. */
+    h->hole_to = target;
+    h->query = sl_pgpool_query(h->pg, SQL_POSITION, 0, NULL, on_position, h);
 }
 
 static void start_backfill(sl_hub_t *h, int64_t to)
@@ -354,6 +355,27 @@ static void on_position(void *data, const PGresult *res, const char *err)
         SL_INFO("event=hub_ready position=%lld", (long long)db);
         drain_pending(h);
         if (h->npending > 0)
+            start_backfill(h, h->pending[0]->seq - 1);
+        return;
+    }
+    if (h->hole_to > 0) {
+        int64_t to = h->hole_to < db ? h->hole_to : db;
+        h->hole_to = 0;
+        /* events past the database's counter did not come from a commit: drop them */
+        while (h->npending > 0 && h->pending[h->npending - 1]->seq > db) {
+            SL_WARN("event=bogus_live_event seq=%lld db_last_seq=%lld", (long long)h->pending[h->npending - 1]->seq,
+                    (long long)db);
+            sl_event_release(h->pending[--h->npending]);
+            h->stats.malformed++;
+        }
+        if (to > h->position) {
+            SL_WARN("event=feed_hole from=%lld to=%lld", (long long)h->position + 1, (long long)to);
+            h->stats.skipped += (uint64_t)(to - h->position);
+            h->position = to;
+            forget(h);
+        }
+        drain_pending(h);
+        if (h->npending > 0 && h->pending[0]->seq > h->position + 1)
             start_backfill(h, h->pending[0]->seq - 1);
         return;
     }

@@ -10,6 +10,7 @@
 #include "sl_stream.h"
 
 #include <h2o/websocket.h>
+#include <errno.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -143,7 +144,7 @@ static int push_chunk(struct httpconn *hc, h2o_iovec_t buf, sl_event_t *ev, char
         return -1;
     }
     if (hc->nq == hc->capq) {
-        size_t cap = hc->capq ? hc->capq * 2 : 16;
+        size_t cap = hc->capq ? hc->capq * 2 : 4; /* most streams are idle: start small */
         struct chunk *q = realloc(hc->q, cap * sizeof(*q));
         if (q == NULL) {
             free(owned);
@@ -185,8 +186,29 @@ static void http_flush(struct conn *c)
     hc->nq = 0;
     h2o_iovec_t vecs[64], *v = vecs;
     if (hc->nfly > 64 && (v = malloc(hc->nfly * sizeof(*v))) == NULL) {
+        /* no memory for one big write: send the first 64 now, the rest after proceed */
         v = vecs;
-        hc->nfly = 64; /* cannot happen in practice; keep going with what fits */
+        size_t rest = hc->nfly - 64;
+        if (hc->capq < rest) {
+            struct chunk *q = realloc(hc->q, rest * sizeof(*q));
+            if (q == NULL) { /* keep everything for the next turn instead */
+                struct chunk *t2 = hc->q;
+                size_t c2 = hc->capq;
+                hc->q = hc->fly;
+                hc->capq = hc->capfly;
+                hc->nq = hc->nfly;
+                hc->fly = t2;
+                hc->capfly = c2;
+                hc->nfly = 0;
+                mark_dirty(c);
+                return;
+            }
+            hc->q = q;
+            hc->capq = rest;
+        }
+        memcpy(hc->q, hc->fly + 64, rest * sizeof(*hc->q));
+        hc->nq = rest;
+        hc->nfly = 64;
     }
     for (size_t i = 0; i < hc->nfly; i++)
         v[i] = hc->fly[i].buf;
@@ -934,14 +956,35 @@ static void on_flush(h2o_timeout_entry_t *entry)
     }
 }
 
+/* h2o does not read an HTTP/1 connection while it streams the response, so a client that left
+ * is otherwise noticed only when a write fails: peek at each socket for its end instead. */
+static int http_client_gone(struct conn *c)
+{
+    struct httpconn *hc = (struct httpconn *)c;
+    char b;
+    if (c->tp->kind == T_WS || hc->req == NULL)
+        return 0;
+    h2o_socket_t *sock = hc->req->conn->callbacks->get_socket(hc->req->conn);
+    if (sock == NULL)
+        return 0;
+    ssize_t r = recv(h2o_socket_get_fd(sock), &b, 1, MSG_PEEK | MSG_DONTWAIT);
+    return r == 0 || (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+}
+
 static void on_heartbeat(h2o_timeout_entry_t *entry)
 {
     sl_streams_t *s = H2O_STRUCT_FROM_MEMBER(sl_streams_t, hb_entry, entry);
     int64_t idle_since = sl_time_mono_us() - s->conf.heartbeat_ms * 1000;
     for (h2o_linklist_t *n = s->conns.next; n != &s->conns; n = n->next) {
         struct conn *c = H2O_STRUCT_FROM_MEMBER(struct conn, link, n);
-        if (c->last_out_us < idle_since && !c->aborting)
+        if (c->aborting)
+            continue;
+        if (http_client_gone(c)) {
+            c->aborting = 1;
+            mark_dirty(c);
+        } else if (c->last_out_us < idle_since) {
             c->tp->heartbeat(c);
+        }
     }
     h2o_timeout_link(s->loop, &s->hb_timeout, &s->hb_entry);
 }
@@ -959,7 +1002,9 @@ sl_streams_t *sl_streams_create(h2o_loop_t *loop, sl_hub_t *hub, sl_pgpool_t *pg
     h2o_linklist_init_anchor(&s->dirty);
     h2o_timeout_init(loop, &s->zero_timeout, 0);
     s->flush_entry.cb = on_flush;
-    h2o_timeout_init(loop, &s->hb_timeout, (uint64_t)(conf->heartbeat_ms / 2 > 0 ? conf->heartbeat_ms / 2 : 1));
+    /* half the heartbeat interval, and at most 2 s so that departed clients are noticed soon */
+    long long tick = conf->heartbeat_ms / 2 > 0 ? conf->heartbeat_ms / 2 : 1;
+    h2o_timeout_init(loop, &s->hb_timeout, (uint64_t)(tick < 2000 ? tick : 2000));
     s->hb_entry.cb = on_heartbeat;
     h2o_timeout_link(loop, &s->hb_timeout, &s->hb_entry);
     return s;

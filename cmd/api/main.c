@@ -73,6 +73,7 @@ int main(int argc, char **argv)
     /* Best effort: posts work without the database; history needs the schema. */
     sl_db_migrate_url(db_url, (int)migrate_wait, &stopping);
 
+    sl_http_raise_nofile(); /* one descriptor per client connection */
     sl_http_server_t server;
     sl_api_t *api;
     sl_http_init(&server, sl_api_handle, NULL, 1024 * 1024);

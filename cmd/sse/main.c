@@ -80,6 +80,13 @@ int main(int argc, char **argv)
     conf.instance = instance;
     sl_db_migrate_url(conf.db_url, (int)migrate_wait, &stopping);
 
+    /* Each stream is a descriptor: take what the system allows, and never promise more. */
+    long nofile = sl_http_raise_nofile();
+    if (nofile > 0 && conf.stream.max_conns > nofile - 64) {
+        SL_WARN("event=max_conns_capped max_conns=%lld open_files_limit=%ld", conf.stream.max_conns, nofile);
+        conf.stream.max_conns = nofile - 64 > 1 ? nofile - 64 : 1;
+    }
+
     sl_http_server_t server;
     sl_sse_t *sse;
     sl_http_init(&server, sl_sse_handle, NULL, 64 * 1024);
