@@ -123,6 +123,80 @@ static int exec(sl_db_t *db, const char *sql, int nparams, const char *const *pa
     return ret;
 }
 
+/* Statements the persister runs for every batch, prepared once per connection: their text does not
+ * depend on the batch size (arrays instead of one parameter per row), so the server parses and
+ * plans them once. */
+enum { PREP_EXISTING, PREP_INSERT, PREP__COUNT };
+static const char *const prep_names[PREP__COUNT] = {"sl_existing", "sl_insert"};
+static const char *const prep_sql[PREP__COUNT] = {
+    "SELECT id FROM messages WHERE id = ANY($1::uuid[]) UNION ALL"
+    " SELECT message_id FROM message_events WHERE type = 'delete' AND message_id = ANY($1::uuid[])",
+    "INSERT INTO messages (id, seq, channel, author, body, source, created_at, url, edited_at)"
+    " SELECT * FROM unnest($1::uuid[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::text[],"
+    " $7::timestamptz[], $8::text[], $9::timestamptz[])",
+};
+static const int prep_nparams[PREP__COUNT] = {1, 9};
+
+static int exec_prepared(sl_db_t *db, int which, const char *const *params, PGresult **out, char *err, size_t errlen)
+{
+    if (!(db->prepared & (1u << which))) {
+        PGresult *r = PQprepare(db->conn, prep_names[which], prep_sql[which], prep_nparams[which], NULL);
+        int ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+        if (!ok) {
+            const char *state = sl_db_sqlstate(r);
+            snprintf(err, errlen, "prepare %s: %s", prep_names[which], PQresultErrorMessage(r));
+            int lost = sl_db_is_connection_error(db->conn, state);
+            if (out != NULL)
+                *out = r;
+            else
+                PQclear(r);
+            return lost ? SL_DB_LOST : SL_DB_ERROR;
+        }
+        PQclear(r);
+        db->prepared |= 1u << which;
+    }
+    PGresult *res = PQexecPrepared(db->conn, prep_names[which], prep_nparams[which], params, NULL, NULL, 0);
+    ExecStatusType st = PQresultStatus(res);
+    if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) {
+        if (out != NULL)
+            *out = res;
+        else
+            PQclear(res);
+        return SL_DB_OK;
+    }
+    const char *state = sl_db_sqlstate(res);
+    snprintf(err, errlen, "%s [%s] in: %s", res != NULL ? PQresultErrorMessage(res) : PQerrorMessage(db->conn),
+             *state ? state : "none", prep_names[which]);
+    int lost = sl_db_is_connection_error(db->conn, state) || res == NULL;
+    if (out != NULL)
+        *out = res;
+    else
+        PQclear(res);
+    return lost ? SL_DB_LOST : SL_DB_ERROR;
+}
+
+/* Appends one element to a PostgreSQL array literal being built in b: NULL, or a quoted string
+ * with quotes and backslashes escaped. */
+static void array_add(sl_buf_t *b, const char *v)
+{
+    sl_buf_appends(b, b->len > 1 ? "," : "");
+    if (v == NULL) {
+        sl_buf_appends(b, "NULL");
+        return;
+    }
+    sl_buf_appends(b, "\"");
+    for (const char *p = v; *p != '\0';) {
+        size_t run = strcspn(p, "\"\\");
+        sl_buf_append(b, p, run);
+        p += run;
+        if (*p != '\0') {
+            char esc[2] = {'\\', *p++};
+            sl_buf_append(b, esc, 2);
+        }
+    }
+    sl_buf_appends(b, "\"");
+}
+
 /* NOTICEs ("relation already exists, skipping") are expected noise for idempotent DDL. */
 static void on_notice(void *arg, const char *message)
 {
@@ -377,23 +451,28 @@ static int store_attempt(sl_db_t *db, sl_message_t *msgs, size_t n, const char *
     for (size_t i = 0; i < n; i++)
         fresh[i] = is_new[i] != 0;
     /* Messages already stored or already deleted. */
-    sl_buf_appends(&sql, "SELECT id FROM messages WHERE id IN (");
-    for (size_t i = 0; i < n; i++) {
-        if (!is_new[i] || msgs[i].type != SL_MESSAGE_NEW)
-            continue;
-        sl_buf_appendf(&sql, "%s$%zu", np ? "," : "", np + 1);
-        params[np++] = msgs[i].id;
-    }
-    sl_buf_appends(&sql, ") UNION ALL SELECT message_id FROM message_events WHERE type = 'delete' AND message_id IN (");
-    for (size_t i = 0; i < np; i++)
-        sl_buf_appendf(&sql, "%s$%zu", i ? "," : "", i + 1);
-    sl_buf_appends(&sql, ")");
-    if (np > 0) {
-        if ((ret = exec(db, sql.data, (int)np, params, &res, err, errlen)) != SL_DB_OK)
+    {
+        sl_buf_t ids = SL_BUF_INIT;
+        sl_buf_appends(&ids, "{");
+        for (size_t i = 0; i < n; i++) {
+            if (is_new[i] && msgs[i].type == SL_MESSAGE_NEW) {
+                array_add(&ids, msgs[i].id);
+                np++;
+            }
+        }
+        sl_buf_appends(&ids, "}");
+        if (np > 0) {
+            const char *p1[] = {ids.data};
+            ret = exec_prepared(db, PREP_EXISTING, p1, &res, err, errlen);
+            if (ret == SL_DB_OK) {
+                drop_found(res, msgs, n, 0, fresh);
+                PQclear(res);
+                res = NULL;
+            }
+        }
+        sl_buf_free(&ids);
+        if (ret != SL_DB_OK)
             goto Exit;
-        drop_found(res, msgs, n, 0, fresh);
-        PQclear(res);
-        res = NULL;
     }
     /* Events already stored. */
     sql.len = 0;
@@ -432,27 +511,34 @@ static int store_attempt(sl_db_t *db, sl_message_t *msgs, size_t n, const char *
             nev++;
     }
 
-    sql.len = 0;
-    np = 0;
-    sl_buf_appends(&sql,
-                   "INSERT INTO messages (id, seq, channel, author, body, source, created_at, url, edited_at) VALUES ");
-    for (size_t i = 0; i < n; i++) {
-        if (!fresh[i] || msgs[i].type != SL_MESSAGE_NEW)
-            continue;
-        sl_buf_appendf(&sql, "%s($%zu,$%zu,$%zu,$%zu,$%zu,$%zu,$%zu,$%zu,$%zu)", np ? "," : "", np + 1, np + 2, np + 3,
-                       np + 4, np + 5, np + 6, np + 7, np + 8, np + 9);
-        params[np++] = msgs[i].id;
-        params[np++] = seqtext[i];
-        params[np++] = msgs[i].channel;
-        params[np++] = msgs[i].author;
-        params[np++] = msgs[i].text;
-        params[np++] = msgs[i].source;
-        params[np++] = tstext[2 * i];
-        params[np++] = msgs[i].url[0] != '\0' ? msgs[i].url : NULL;
-        params[np++] = msgs[i].edited_at_us != 0 ? tstext[2 * i + 1] : NULL;
-    }
     if (nmsg > 0) {
-        if ((ret = exec(db, sql.data, (int)np, params, &res, err, errlen)) != SL_DB_OK)
+        /* one array per column, one prepared INSERT … SELECT FROM unnest(…) */
+        sl_buf_t cols[9];
+        const char *p9[9];
+        memset(cols, 0, sizeof(cols));
+        for (int c = 0; c < 9; c++)
+            sl_buf_appends(&cols[c], "{");
+        for (size_t i = 0; i < n; i++) {
+            if (!fresh[i] || msgs[i].type != SL_MESSAGE_NEW)
+                continue;
+            array_add(&cols[0], msgs[i].id);
+            array_add(&cols[1], seqtext[i]);
+            array_add(&cols[2], msgs[i].channel);
+            array_add(&cols[3], msgs[i].author);
+            array_add(&cols[4], msgs[i].text);
+            array_add(&cols[5], msgs[i].source);
+            array_add(&cols[6], tstext[2 * i]);
+            array_add(&cols[7], msgs[i].url[0] != '\0' ? msgs[i].url : NULL);
+            array_add(&cols[8], msgs[i].edited_at_us != 0 ? tstext[2 * i + 1] : NULL);
+        }
+        for (int c = 0; c < 9; c++) {
+            sl_buf_appends(&cols[c], "}");
+            p9[c] = cols[c].data;
+        }
+        ret = exec_prepared(db, PREP_INSERT, p9, &res, err, errlen);
+        for (int c = 0; c < 9; c++)
+            sl_buf_free(&cols[c]);
+        if (ret != SL_DB_OK)
             goto Exit;
         PQclear(res);
         res = NULL;

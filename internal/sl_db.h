@@ -31,6 +31,7 @@ typedef struct sl_db {
     PGconn *conn;
     sl_db_kind_t kind;
     int max_retries; /* of a transaction that failed with 40001 / 40P01; default 10 */
+    unsigned prepared; /* bit per statement prepared on this connection */
 } sl_db_t;
 
 /* The columns of a message, in the order sl_db_row_to_message reads them (url and edited_at exist

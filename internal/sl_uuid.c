@@ -58,13 +58,28 @@ int sl_uuid_valid(const char *s, size_t len)
     return from_text(s, len, b) == 0;
 }
 
+/* Random bytes from a buffer filled 4 KiB at a time: one getrandom(2) per 256 ids, not one each. */
+static int random_bytes(uint8_t *dst, size_t n)
+{
+    static uint8_t pool[4096];
+    static size_t left;
+    if (left < n) {
+        if (getrandom(pool, sizeof(pool), 0) != (ssize_t)sizeof(pool))
+            return -1;
+        left = sizeof(pool);
+    }
+    memcpy(dst, pool + sizeof(pool) - left, n);
+    left -= n;
+    return 0;
+}
+
 int sl_uuid_v7_at(uint64_t ms, char out[SL_UUID_STRLEN])
 {
     static uint64_t last_ms;
     static uint16_t counter;
     uint8_t b[16];
 
-    if (getrandom(b, sizeof(b), 0) != (ssize_t)sizeof(b))
+    if (random_bytes(b, sizeof(b)) != 0)
         return -1;
     if (ms <= last_ms) {
         /* Same (or a stepped-back) millisecond: keep order by counting on from the last id. */

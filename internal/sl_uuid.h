@@ -13,7 +13,8 @@
 
 #define SL_UUID_STRLEN 37 /* 36 characters and NUL */
 
-/* Not thread-safe (one counter per process): call from one thread. Returns 0, or -1 if the
+/* Not thread-safe (one counter and one buffer of random bytes per process): call from one thread,
+ * and not in both sides of a fork (they would share the buffered bytes). Returns 0, or -1 if the
  * kernel gave no random bytes. */
 int sl_uuid_v7(char out[SL_UUID_STRLEN]);
 /* Same, at a given time in milliseconds (for tests). */
