@@ -146,6 +146,8 @@ int sl_sse_handle(void *data, h2o_req_t *req)
         route = "page";
     else if (path_is(req, "/config.json"))
         route = "config";
+    else if (path_is(req, "/favicon.ico"))
+        route = "favicon";
     else if (path_is(req, "/v1/stream"))
         route = "stream";
     else if (path_is(req, "/v1/ws"))
@@ -171,6 +173,10 @@ int sl_sse_handle(void *data, h2o_req_t *req)
                               H2O_STRLIT("default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
                                          "connect-src *"));
         sl_http_send(req, 200, "text/html; charset=utf-8", (const char *)sl_webpage, sl_webpage_len);
+        return 0;
+    }
+    if (strcmp(route, "favicon") == 0) { /* none: say so without an error in the browser's console */
+        sl_http_send(req, 204, "image/x-icon", "", 0);
         return 0;
     }
     if (strcmp(route, "config") == 0) {

@@ -1,0 +1,368 @@
+// Browser test of the live page that sluice-sse serves at `/` (web/index.html), in headless
+// Debian Chromium driven by playwright-core. Needs the stack up (tests/browser/run.sh starts it).
+//
+//   SLUICE_SSE_URL (http://127.0.0.1:8081)  SLUICE_API_URL (http://127.0.0.1:8080)
+//   CHROMIUM (/usr/bin/chromium)            OUT_DIR (tests/browser/out)
+//   SLUICE_PAGE_FILE: serve this file in place of the compiled-in page (with the real response's
+//   headers, CSP included), to try an edit of web/index.html without rebuilding sluice-sse.
+//
+// Prints one line per check ("ok"/"not ok"), then "N passed, N failed"; exits 1 on a failure.
+// Every wait is bounded (WAIT_MS), and the browser is closed whatever happens.
+import { chromium } from "playwright-core";
+import { mkdir, readFile } from "node:fs/promises";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+const SSE = (process.env.SLUICE_SSE_URL || "http://127.0.0.1:8081").replace(/\/+$/, "");
+const API = (process.env.SLUICE_API_URL || "http://127.0.0.1:8080").replace(/\/+$/, "");
+const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
+const OUT = process.env.OUT_DIR || path.join(HERE, "out");
+const WAIT_MS = Number(process.env.WAIT_MS || 15000);
+const PAGE_FILE = process.env.SLUICE_PAGE_FILE || "";
+// A host name that is not loopback: the page is then not a secure context (see "insecure origin").
+const LAN_HOST = "sluice-lan.test";
+
+const RUN = Date.now().toString(36) + Math.random().toString(36).slice(2, 6);
+const XSS = "<script>alert(1)</script><img src=x onerror=alert(2)>";
+const t0 = Date.now();
+
+let passed = 0, failed = 0;
+async function check(name, fn) {
+  const start = Date.now();
+  try {
+    const note = await fn();
+    passed++;
+    console.log(`ok - ${name} (${Date.now() - start} ms)${note ? ": " + note : ""}`);
+  } catch (e) {
+    failed++;
+    console.log(`not ok - ${name} (${Date.now() - start} ms)\n    ${String(e && e.stack || e).split("\n").join("\n    ")}`);
+  }
+}
+function assert(cond, msg) { if (!cond) throw new Error(msg); }
+function eq(actual, expected, what) {
+  if (actual !== expected) throw new Error(`${what}: expected ${JSON.stringify(expected)}, got ${JSON.stringify(actual)}`);
+}
+function withTimeout(p, ms, what) {
+  let timer;
+  return Promise.race([p, new Promise((_, rej) => { timer = setTimeout(() => rej(new Error(`${what}: no answer in ${ms} ms`)), ms); })])
+    .finally(() => clearTimeout(timer));
+}
+
+async function api(method, p, body) {
+  const r = await fetch(API + p, {
+    method, signal: AbortSignal.timeout(WAIT_MS),
+    headers: body ? { "Content-Type": "application/json" } : {},
+    body: body ? JSON.stringify(body) : undefined,
+  });
+  const text = await r.text();
+  return { status: r.status, body: text ? JSON.parse(text) : null };
+}
+async function post(msg) {
+  const r = await api("POST", "/v1/messages", msg);
+  eq(r.status, 202, `POST /v1/messages ${JSON.stringify(msg).slice(0, 80)}`);
+  return r.body;
+}
+// Waits until the api's history of `channel` holds `n` messages (the persister has stored them).
+async function waitStored(channel, n) {
+  const deadline = Date.now() + WAIT_MS;
+  let got = -1;
+  while (Date.now() < deadline) {
+    const r = await api("GET", `/v1/messages?channel=${channel}&limit=200`);
+    if (r.status === 200 && (got = r.body.messages.length) >= n) return;
+    await new Promise(res => setTimeout(res, 100));
+  }
+  throw new Error(`channel ${channel}: ${got} of ${n} messages stored after ${WAIT_MS} ms`);
+}
+
+// What the page shows: one entry per <li>, as the user sees it (textContent).
+function feedOf(page) {
+  return page.$$eval("#feed li", lis => lis.map(li => ({
+    author: li.querySelector(".author").textContent,
+    channel: li.querySelector(".channel").textContent,
+    seq: Number(li.dataset.seq),
+    text: li.querySelector(".text").textContent,
+    deleted: li.classList.contains("deleted"),
+  })));
+}
+// Waits (bounded) until an entry by `author` shows, and returns it.
+async function waitEntry(page, author, what) {
+  try {
+    await page.waitForFunction(a => [...document.querySelectorAll("#feed li .author")].some(e => e.textContent === a),
+                               author, { timeout: WAIT_MS });
+  } catch (e) {
+    const err = await page.textContent("#error").catch(() => "?");
+    throw new Error(`${what}: no message by ${author} within ${WAIT_MS} ms (feed has ${(await feedOf(page)).length}, error line ${JSON.stringify(err)})`);
+  }
+  return (await feedOf(page)).find(m => m.author === author);
+}
+async function waitLive(page) {
+  await page.waitForFunction(() => document.getElementById("status").textContent === "live", null, { timeout: WAIT_MS });
+  const s = await page.$eval("#status", e => ({ text: e.textContent, cls: e.className }));
+  eq(s.text, "live", "status text");
+  eq(s.cls, "live", "status class");
+}
+// No element of a message became markup, and no script ran.
+async function assertInert(page, label, rec) {
+  eq(await page.$$eval("#feed script, #feed img", els => els.length), 0, `${label}: <script>/<img> elements in #feed`);
+  eq(await page.evaluate(() => window.__sluiceAlerts.length), 0, `${label}: alert() calls seen by the page`);
+  eq(rec.dialogs.length, 0, `${label}: dialogs (${rec.dialogs.join(", ")})`);
+}
+
+// Records what a page does that it should not: dialogs, uncaught errors, console errors, failed requests.
+function watch(page, label) {
+  const rec = { label, dialogs: [], errors: [] };
+  page.on("dialog", d => { rec.dialogs.push(`${d.type()}: ${d.message()}`); d.dismiss().catch(() => {}); });
+  page.on("pageerror", e => rec.errors.push(`pageerror: ${e.message}`));
+  page.on("console", m => {
+    const where = m.location().url || "?";
+    // sluice-sse has no /favicon.ico (404), and its CSP (default-src 'self') blocks a data: icon.
+    if (m.type() === "error" && !where.endsWith("/favicon.ico")) rec.errors.push(`console: ${m.text()} (${where})`);
+  });
+  page.on("requestfailed", r => {
+    // EventSource connections are aborted when the page closes or switches channels.
+    if (!r.url().includes("/v1/stream")) rec.errors.push(`requestfailed: ${r.url()} ${r.failure()?.errorText}`);
+  });
+  return rec;
+}
+async function newContext(browser, opts = {}) {
+  const context = await browser.newContext(opts);
+  context.setDefaultTimeout(WAIT_MS);
+  if (PAGE_FILE) {
+    const html = await readFile(PAGE_FILE);
+    await context.route(u => u.pathname === "/" || u.pathname === "/index.html", async route => {
+      try {
+        // Fetched by node, which does not know LAN_HOST: ask the sse by its own URL.
+        const real = await route.fetch({ url: `${SSE}/`, timeout: WAIT_MS });
+        await route.fulfill({ response: real, body: html });
+      } catch (e) {
+        console.log(`# SLUICE_PAGE_FILE: ${e.message.split("\n")[0]}`);
+        await route.abort().catch(() => {});
+      }
+    });
+  }
+  return context;
+}
+async function openPage(browser, url, label) {
+  const context = await newContext(browser, { viewport: { width: 1000, height: 800 } });
+  const page = await context.newPage();
+  // Belt and braces next to the dialog handler: count alert() calls inside the page.
+  await page.addInitScript(() => {
+    window.__sluiceAlerts = [];
+    const orig = window.alert.bind(window);
+    window.alert = m => { window.__sluiceAlerts.push(String(m)); return orig(m); };
+  });
+  const rec = watch(page, label);
+  await page.goto(url, { waitUntil: "load", timeout: WAIT_MS });
+  return { context, page, rec };
+}
+
+async function main() {
+  await mkdir(OUT, { recursive: true });
+  // The api and sse must be up before a page is worth opening.
+  for (const u of [`${API}/readyz`, `${SSE}/readyz`]) {
+    const r = await fetch(u, { signal: AbortSignal.timeout(WAIT_MS) }).catch(e => ({ status: e.message }));
+    if (r.status !== 200) throw new Error(`${u} answered ${r.status}: is the stack up (SLUICE_RUN_BOT=0 ./run.sh)?`);
+  }
+  const browser = await withTimeout(chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    timeout: WAIT_MS,
+    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+           "--disable-component-update", "--disable-sync", `--host-resolver-rules=MAP ${LAN_HOST} 127.0.0.1`,
+           // A page fulfilled by the test has no address, so Chromium would count it as public and
+           // refuse its requests to the loopback api (Local Network Access): only with SLUICE_PAGE_FILE.
+           ...(PAGE_FILE ? ["--disable-features=LocalNetworkAccessChecks"] : [])],
+  }), WAIT_MS + 5000, "chromium.launch");
+  console.log(`# chromium ${browser.version()}, run ${RUN}, page ${SSE}/${PAGE_FILE ? ` (body from ${PAGE_FILE})` : ""}, api ${API}`);
+  try {
+    await run(browser);
+  } finally {
+    await withTimeout(browser.close(), WAIT_MS, "browser.close").catch(e => console.log(`# ${e.message}`));
+  }
+}
+
+async function run(browser) {
+  let p1, p2;
+  await check("two pages open the live page and the indicator says live", async () => {
+    p1 = await openPage(browser, `${SSE}/`, "page 1");
+    p2 = await openPage(browser, `${SSE}/`, "page 2");
+    eq(await p1.page.title(), "sluice: live feed", "title");
+    await waitLive(p1.page);
+    await waitLive(p2.page);
+  });
+  if (!p1 || !p2) return;
+
+  await check("the page asks /config.json for the api and reaches it", async () => {
+    const r = await fetch(`${SSE}/config.json`, { signal: AbortSignal.timeout(WAIT_MS) });
+    eq(r.status, 200, "/config.json status");
+    const c = await r.json();
+    assert(typeof c.api === "string", `/config.json has no "api" string: ${JSON.stringify(c)}`);
+    return `api ${JSON.stringify(c.api)}${c.api ? "" : " (empty: the page falls back to its host at port 8080)"}`;
+  });
+
+  await check("a message posted with page 1's form appears in both pages", async () => {
+    const author = `form-${RUN}`, text = `hello from the form, run ${RUN}`;
+    const { page } = p1;
+    await page.fill("form#post input[name=author]", author);
+    eq(await page.inputValue("form#post input[name=channel]"), "general", "form channel");
+    await page.fill("form#post input[name=text]", text);
+    const start = Date.now();
+    await page.click("form#post button[type=submit]");
+    const [a, b] = await Promise.all([waitEntry(p1.page, author, "page 1"), waitEntry(p2.page, author, "page 2")]);
+    const ms = Date.now() - start;
+    for (const [m, label] of [[a, "page 1"], [b, "page 2"]]) {
+      eq(m.text, text, `${label} text`);
+      eq(m.channel, "#general", `${label} channel`);
+      assert(m.seq > 0, `${label} seq ${m.seq}`);
+    }
+    eq(a.seq, b.seq, "same seq in both pages");
+    eq(await page.inputValue("form#post input[name=text]"), "", "the form's text field is cleared after the post");
+    eq(await page.textContent("#error"), "", "page 1 error line");
+    const stored = await api("GET", `/v1/messages?channel=general&limit=50`);
+    assert(stored.body.messages.some(m => m.author === author && m.text === text && m.seq === a.seq),
+           "the api's history has the posted message");
+    return `visible in both pages ${ms} ms after the click`;
+  });
+
+  await check("markup posted via the api shows as literal text in both pages, and no script runs", async () => {
+    const author = `xss-${RUN}`;
+    await post({ channel: "general", author, text: XSS });
+    const [a, b] = await Promise.all([waitEntry(p1.page, author, "page 1"), waitEntry(p2.page, author, "page 2")]);
+    eq(a.text, XSS, "page 1 text");
+    eq(b.text, XSS, "page 2 text");
+    // Give an <img onerror> time to fire, were it an element.
+    await p1.page.waitForTimeout(500);
+    await assertInert(p1.page, "page 1", p1.rec);
+    await assertInert(p2.page, "page 2", p2.rec);
+  });
+
+  await mkdir(OUT, { recursive: true });
+  await p1.page.screenshot({ path: path.join(OUT, "page1.png"), fullPage: true });
+  await p2.page.screenshot({ path: path.join(OUT, "page2.png"), fullPage: true });
+
+  await check('"older messages" loads history below the stream\'s 30, in order, to the beginning', async () => {
+    // A channel of its own: 35 messages, the oldest carrying markup, so that it arrives by the
+    // history path (fetch + render), not by the stream. Channel -b (for the next check) gets its
+    // 10 messages first: they are older than all of these.
+    const channel = `bt-${RUN}`, n = 35;
+    for (let i = 0; i < 10; i++) await post({ channel: `${channel}-b`, author: `histb-${RUN}-${i}`, text: `older channel ${i}` });
+    await post({ channel, author: `hist-${RUN}-00`, text: XSS });
+    for (let i = 1; i < n; i++) await post({ channel, author: `hist-${RUN}-${String(i).padStart(2, "0")}`, text: `history ${i}` });
+    await waitStored(`${channel}-b`, 10);
+    await waitStored(channel, n);
+    const { page } = p2;
+    await page.fill("#channels", channel);
+    await page.click("#apply");
+    await waitLive(page);
+    await page.waitForFunction(k => document.querySelectorAll("#feed li").length === k, 30, { timeout: WAIT_MS });
+    let feed = await feedOf(page);
+    eq(feed.length, 30, "messages from the stream's history");
+    eq(feed[29].author, `hist-${RUN}-05`, "oldest message the stream showed");
+    const start = Date.now();
+    await page.click("#older");
+    await page.waitForFunction(k => document.querySelectorAll("#feed li").length >= k, n, { timeout: WAIT_MS });
+    await page.waitForFunction(() => document.getElementById("error").textContent !== "", null, { timeout: WAIT_MS });
+    const ms = Date.now() - start;
+    feed = await feedOf(page);
+    eq(feed.length, n, "messages after loading older ones");
+    const authors = feed.map(m => m.author);
+    eq(authors.join(","), Array.from({ length: n }, (_, i) => `hist-${RUN}-${String(n - 1 - i).padStart(2, "0")}`).join(","),
+       "authors, newest first");
+    for (let i = 1; i < n; i++) assert(feed[i - 1].seq > feed[i].seq, `seq not descending at ${i}: ${feed[i - 1].seq}, ${feed[i].seq}`);
+    assert(feed.every(m => m.channel === `#${channel}`), "every message is of the watched channel");
+    eq(feed[n - 1].text, XSS, "the oldest message's text (markup, from history)");
+    eq(await page.textContent("#error"), "that is the beginning", "the page says it reached the beginning");
+    await assertInert(page, "page 2 (history)", p2.rec);
+    await page.screenshot({ path: path.join(OUT, "page2-older.png"), fullPage: true });
+    return `${n - 30} older messages in ${ms} ms`;
+  });
+
+  await check('"older messages" with two channels pages through each of them', async () => {
+    // The api filters by one channel: the stream's 30 newest of a,b are all of channel a, and
+    // the older page must come from both (b's 10 are older than all of a's 35).
+    const a = `bt-${RUN}`, b = `bt-${RUN}-b`;
+    const { page } = p2;
+    await page.fill("#channels", `${a},${b}`);
+    await page.click("#apply");
+    await waitLive(page);
+    await page.waitForFunction(() => document.querySelectorAll("#feed li").length === 30, null, { timeout: WAIT_MS });
+    eq(await page.textContent("#error"), "", "error line before");
+    await page.click("#older");
+    await page.waitForFunction(() => document.getElementById("error").textContent !== "", null, { timeout: WAIT_MS });
+    const feed = await feedOf(page);
+    eq(await page.textContent("#error"), "that is the beginning", "error line after");
+    eq(feed.length, 45, "messages of both channels");
+    eq(feed.filter(m => m.channel === `#${b}`).length, 10, `messages of #${b}`);
+    for (let i = 1; i < feed.length; i++) assert(feed[i - 1].seq > feed[i].seq, `seq not descending at ${i}: ${feed[i - 1].seq}, ${feed[i].seq}`);
+    eq(feed[44].author, `histb-${RUN}-0`, "oldest entry");
+  });
+
+  await check("a page on a non-loopback host name (not a secure context) posts and reads from the api", async () => {
+    // http://<name>:8081/ is what a LAN user opens: the page must find the api at <name>:8080
+    // and post without crypto.randomUUID (secure contexts only).
+    const p3 = await openPage(browser, `http://${LAN_HOST}:${new URL(SSE).port || 80}/`, "page 3");
+    try {
+      const { page } = p3;
+      eq(await page.evaluate(() => window.isSecureContext), false, "isSecureContext");
+      await waitLive(page);
+      const author = `lan-${RUN}`, text = `posted from http://${LAN_HOST}`;
+      await page.fill("form#post input[name=author]", author);
+      await page.fill("form#post input[name=text]", text);
+      await page.click("form#post button[type=submit]");
+      const m = await waitEntry(page, author, "page 3");
+      eq(m.text, text, "text");
+      eq(await page.textContent("#error"), "", "error line");
+      eq(p3.rec.errors.join("; "), "", "page 3 errors");
+    } finally {
+      await p3.context.close();
+    }
+  });
+
+  await check("update and delete events change the message in place (stubbed stream)", async () => {
+    const ctx = await newContext(browser);
+    try {
+      const page = await ctx.newPage();
+      const rec = watch(page, "page 4");
+      const ev = (type, seq, o) => `id: ${seq}\nevent: ${type}\ndata: ${JSON.stringify(o)}\n\n`;
+      const base = { channel: "general", source: "api", created_at: "2026-11-24T20:56:05.326231Z" };
+      const body = "retry: 600000\n\n" +
+        ev("message", 101, { ...base, id: "m1", author: "ann", text: "first", seq: 101 }) +
+        ev("message", 102, { ...base, id: "m2", author: "bob", text: "second", seq: 102 }) +
+        ev("update", 103, { type: "update", id: "m1", channel: "general", text: XSS, edited_at: "2026-11-24T20:57:00Z", seq: 103 }) +
+        ev("delete", 104, { type: "delete", id: "m2", channel: "general", seq: 104 });
+      await page.route("**/v1/stream*", route => route.fulfill({
+        status: 200, headers: { "Content-Type": "text/event-stream", "Cache-Control": "no-cache" }, body }));
+      await page.goto(`${SSE}/`, { waitUntil: "load", timeout: WAIT_MS });
+      await page.waitForFunction(() => document.querySelector("#feed li.deleted") !== null, null, { timeout: WAIT_MS });
+      const feed = await feedOf(page);
+      eq(feed.length, 2, "entries");
+      eq(feed[0].author, "bob", "newest first");
+      eq(feed[0].text, "(deleted)", "deleted message text");
+      eq(feed[0].deleted, true, "deleted message marked");
+      eq(feed[1].text, XSS + " (edited)", "updated message text (literal)");
+      eq(feed[1].deleted, false, "updated message not marked deleted");
+      eq(await page.$$eval("#feed script, #feed img", els => els.length), 0, "<script>/<img> elements in #feed");
+      eq(rec.dialogs.length, 0, "dialogs");
+    } finally {
+      await ctx.close();
+    }
+  });
+
+  await check("no dialog, uncaught error, console error or failed request in pages 1 and 2", async () => {
+    const all = [...p1.rec.dialogs, ...p1.rec.errors, ...p2.rec.dialogs, ...p2.rec.errors];
+    eq(all.join("; "), "", "recorded problems");
+  });
+  await p1.context.close();
+  await p2.context.close();
+}
+
+try {
+  await main();
+} catch (e) {
+  failed++;
+  console.log(`not ok - setup\n    ${String(e && e.stack || e).split("\n").join("\n    ")}`);
+}
+console.log(`# ${((Date.now() - t0) / 1000).toFixed(1)} s, screenshots in ${OUT}`);
+console.log(`${passed} passed, ${failed} failed`);
+process.exit(failed ? 1 : 0);
