@@ -405,14 +405,17 @@ static void msg_release(struct bot *b, struct msg *m)
     b->free_msgs[b->nfree++] = m;
 }
 
-/* Content-Type, no "Expect: 100-continue" (bodies pass 1 KiB), and the message's own key. */
-static struct curl_slist *make_headers(const char *key_prefix, uint64_t seq)
+/* Content-Type, no "Expect: 100-continue" (bodies pass 1 KiB), the message's own key, and the
+ * bearer token when the api wants one. */
+static struct curl_slist *make_headers(const char *key_prefix, uint64_t seq, const char *token)
 {
-    char key[128];
+    char key[128], auth[300];
     struct curl_slist *h = NULL, *t;
+    int has_token = token != NULL && *token != '\0';
     snprintf(key, sizeof(key), "Idempotency-Key: %s-%llu", key_prefix, (unsigned long long)seq);
-    const char *lines[] = {"Content-Type: application/json", "Expect:", key};
-    for (size_t i = 0; i < sizeof(lines) / sizeof(lines[0]); i++) {
+    snprintf(auth, sizeof(auth), "Authorization: Bearer %s", has_token ? token : "");
+    const char *lines[] = {"Content-Type: application/json", "Expect:", key, auth};
+    for (size_t i = 0; i < sizeof(lines) / sizeof(lines[0]) - !has_token; i++) {
         if ((t = curl_slist_append(h, lines[i])) == NULL) {
             curl_slist_free_all(h);
             return NULL;
@@ -429,7 +432,7 @@ static struct msg *msg_new(struct bot *b)
     m->seq = b->gen.seq + 1;
     m->attempts = 0;
     m->len = sl_botgen_next(&b->gen, m->body, sizeof(m->body));
-    if (m->len == 0 || (m->headers = make_headers(b->key_prefix, m->seq)) == NULL) {
+    if (m->len == 0 || (m->headers = make_headers(b->key_prefix, m->seq, b->conf->token)) == NULL) {
         b->free_msgs[b->nfree++] = m;
         SL_ERROR("event=message_failed seq=%llu error=\"out of memory\"", (unsigned long long)m->seq);
         return NULL;

@@ -105,6 +105,7 @@ void sl_bot_sched_tick(sl_bot_sched_t *s, int64_t now_us);
 
 typedef struct sl_bot_conf {
     const char *api_url;    /* base URL of the api, e.g. http://127.0.0.1:8080 */
+    const char *token;      /* bearer token sent with every post ("" or NULL: none) */
     double rate;            /* target messages per second, > 0 */
     double delay_s;         /* wait before the first message */
     const char *channels;   /* comma-separated channel names */

@@ -60,8 +60,22 @@ START_TEST(test_writer_tokens)
 
     PGconn *db = tu_db(&S);
     ck_assert_int_eq(tu_wait_rows(db, 2, 20000), 2);
+
+    /* the bot posts with its token (author *), and gets nowhere without it */
+    char cmd[1024];
+    const char *bindir = getenv("SLUICE_BIN_DIR");
+    for (int with = 1; with >= 0; with--) {
+        snprintf(cmd, sizeof(cmd),
+                 "env %s timeout 60 %s/sluice-bot --api-url=%s --count=5 --rate=50 --summary-interval=60 "
+                 ">/dev/null 2>&1",
+                 with ? "SLUICE_BOT_TOKEN=bot-token-00001" : "", bindir != NULL ? bindir : ".", S.base);
+        int st = system(cmd);
+        ck_assert_msg(WIFEXITED(st), "the bot did not exit");
+    }
+    ck_assert_int_eq(tu_wait_rows(db, 7, 20000), 7);
     tu_sleep_ms(300);
-    ck_assert_int_eq(tu_scalar(db, "SELECT count(*) FROM messages"), 2);
+    ck_assert_int_eq(tu_scalar(db, "SELECT count(*) FROM messages"), 7);
+    ck_assert_int_eq(tu_scalar(db, "SELECT count(*) FROM messages WHERE source = 'bot'"), 5);
     PQfinish(db);
     tu_stack_cleanup(&S);
 }

@@ -19,6 +19,8 @@ int main(int argc, char **argv)
     long long seed;
     char err[256];
     sl_opt_t opts[] = {
+        {"token", "SLUICE_BOT_TOKEN", SL_OPT_STR, &conf.token, "", 0, 0,
+         "bearer token for the api when it has writer tokens (one for author *)"},
         {"api-url", "SLUICE_BOT_API_URL", SL_OPT_STR, &conf.api_url, "http://127.0.0.1:8080", 0, 0,
          "base URL of the api"},
         {"rate", "SLUICE_BOT_RATE", SL_OPT_DOUBLE, &rate, NULL, 0.001, 1e6,

@@ -16,20 +16,27 @@ static volatile sig_atomic_t stopping;
 static int on_req(void *data, h2o_req_t *req)
 {
     sl_persister_t *p = data;
-    int get = sl_http_method_is(req, "GET");
-    if (get && h2o_memis(req->path_normalized.base, req->path_normalized.len, H2O_STRLIT("/healthz"))) {
+    int get = sl_http_method_is(req, "GET") || sl_http_method_is(req, "HEAD");
+    h2o_iovec_t path = req->path_normalized;
+    int health = h2o_memis(path.base, path.len, H2O_STRLIT("/healthz")),
+        ready = h2o_memis(path.base, path.len, H2O_STRLIT("/readyz")),
+        metrics = h2o_memis(path.base, path.len, H2O_STRLIT("/metrics"));
+    if (!health && !ready && !metrics) {
+        sl_http_fail(req, 404, "not_found", NULL, "no such endpoint", 0);
+    } else if (!get) {
+        h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_ALLOW, NULL, H2O_STRLIT("GET"));
+        sl_http_fail(req, 405, "method_not_allowed", NULL, "this method is not allowed here", 0);
+    } else if (health) {
         sl_http_send(req, 200, NULL, H2O_STRLIT("{\"status\":\"ok\"}"));
-    } else if (get && h2o_memis(req->path_normalized.base, req->path_normalized.len, H2O_STRLIT("/readyz"))) {
+    } else if (ready) {
         int ok = sl_persister_ready(p);
         sl_http_send(req, ok ? 200 : 503, NULL, ok ? "{\"status\":\"ready\"}" : "{\"status\":\"unavailable\"}",
                      ok ? 18 : 24);
-    } else if (get && h2o_memis(req->path_normalized.base, req->path_normalized.len, H2O_STRLIT("/metrics"))) {
+    } else {
         sl_buf_t b = SL_BUF_INIT;
         sl_persister_render_metrics(p, &b);
         sl_http_send(req, 200, "text/plain; version=0.0.4", b.data, b.len);
         sl_buf_free(&b);
-    } else {
-        sl_http_fail(req, 404, "not_found", NULL, "no such endpoint", 0);
     }
     return 0;
 }
