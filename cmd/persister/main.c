@@ -13,14 +13,16 @@
 
 static volatile sig_atomic_t stopping;
 
+static int path_is(h2o_req_t *req, const char *path)
+{
+    return h2o_memis(req->path_normalized.base, req->path_normalized.len, path, strlen(path));
+}
+
 static int on_req(void *data, h2o_req_t *req)
 {
     sl_persister_t *p = data;
     int get = sl_http_method_is(req, "GET") || sl_http_method_is(req, "HEAD");
-    h2o_iovec_t path = req->path_normalized;
-    int health = h2o_memis(path.base, path.len, H2O_STRLIT("/healthz")),
-        ready = h2o_memis(path.base, path.len, H2O_STRLIT("/readyz")),
-        metrics = h2o_memis(path.base, path.len, H2O_STRLIT("/metrics"));
+    int health = path_is(req, "/healthz"), ready = path_is(req, "/readyz"), metrics = path_is(req, "/metrics");
     if (!health && !ready && !metrics) {
         sl_http_fail(req, 404, "not_found", NULL, "no such endpoint", 0);
     } else if (!get) {
