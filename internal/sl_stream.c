@@ -578,7 +578,8 @@ int sl_streams_handle_stream(sl_streams_t *s, h2o_req_t *req)
             push_chunk(hc, h2o_iovec_init(retry, (size_t)n), NULL, retry);
         }
     } else {
-        push_chunk(hc, h2o_iovec_init("", 0), NULL, NULL); /* sends the headers now */
+        /* h2o sends the head only with body bytes: start with a heartbeat (an empty line) */
+        push_chunk(hc, h2o_iovec_init(H2O_STRLIT("\n")), NULL, NULL);
     }
     http_start_history(hc);
     return 0;

@@ -22,7 +22,10 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "sl_amqp.h"
+#include "sl_message.h"
 #include "sl_streamclient.h"
+#include "sl_time.h"
 #include "sl_testutil.h"
 #include "sl_wsclient.h"
 
@@ -1487,6 +1490,112 @@ START_TEST(test_formats_limits_and_errors)
 }
 END_TEST
 
+
+/* ---- edits and deletes (Mastodon's status.update / delete) ----------------------------------------- */
+
+/* Publishes an update or delete event of message id to the stack's persist queue, as ingest does. */
+static void publish_event(sl_message_type_t type, const char *id, const char *text)
+{
+    char err[256];
+    sl_message_t m;
+    memset(&m, 0, sizeof(m));
+    m.type = type;
+    snprintf(m.id, sizeof(m.id), "%s", id);
+    snprintf(m.channel, sizeof(m.channel), "general");
+    snprintf(m.source, sizeof(m.source), "mastodon");
+    m.created_at_us = sl_time_now_us();
+    if (type == SL_MESSAGE_UPDATE) {
+        snprintf(m.text, sizeof(m.text), "%s", text);
+        m.edited_at_us = m.created_at_us;
+    }
+    ck_assert_int_eq(sl_message_event_id(&m, m.event_id), 0);
+    size_t len;
+    char *json = sl_message_to_json(&m, &len);
+    ck_assert_ptr_nonnull(json);
+    amqp_connection_state_t c = sl_amqp_open(getenv("SLUICE_AMQP_URL"), "test", 0, 5000, err, sizeof(err));
+    ck_assert_msg(c != NULL, "%s", err);
+    amqp_bytes_t body = {len, json};
+    ck_assert_int_eq(amqp_basic_publish(c, SL_AMQP_CHANNEL, amqp_cstring_bytes(""), amqp_cstring_bytes(S.queue), 0, 0,
+                                        NULL, body),
+                     AMQP_STATUS_OK);
+    sl_amqp_close(c);
+    free(json);
+}
+
+/* Waits for the next event that is not a heartbeat or retry block; 1 with *ev, else 0. */
+static int next_event(tu_stream_t *st, tu_sev_t *ev, int timeout_ms)
+{
+    long long end = tu_now_ms() + timeout_ms;
+    while (tu_now_ms() < end) {
+        int rc = tu_stream_next(st, ev, (int)(end - tu_now_ms()));
+        if (rc < 0)
+            return 0;
+        if (rc == 1 && ev->kind != TU_EV_RETRY && ev->kind != TU_EV_HEARTBEAT)
+            return 1;
+    }
+    return 0;
+}
+
+START_TEST(test_edits_and_deletes_reach_streams)
+{
+    const char *env[] = {"SLUICE_SSE_CHECK_MS=200", NULL};
+    const char *no_memory[] = {"SLUICE_SSE_CHECK_MS=200", "SLUICE_SSE_RECENT=0", NULL};
+    tu_stream_t live, replay, hist;
+    tu_sev_t ev;
+    tu_resp_t r;
+    char url[160], id[37], target[128];
+    start_stack("sseevents", env);
+    int port2 = start_extra(no_memory);
+    ck_assert_int_eq(tu_stream_open(&live, S.sse_port, "/v1/stream?channels=general&history=0", NULL, 10000), 0);
+    ck_assert_int_eq(live.status, 200);
+
+    snprintf(url, sizeof(url), "%s/v1/messages", S.base);
+    const char *b = "{\"author\":\"mona\",\"text\":\"first words\"}";
+    ck_assert_int_eq(tu_http("POST", url, NULL, "application/json", b, strlen(b), &r), 0);
+    ck_assert_int_eq(r.status, 202);
+    tu_json_str(r.body, "id", id, sizeof(id));
+    tu_resp_free(&r);
+    ck_assert(next_event(&live, &ev, 10000));
+    ck_assert_str_eq(ev.event, "message");
+    long long s1 = ev.seq;
+
+    publish_event(SL_MESSAGE_UPDATE, id, "better words");
+    ck_assert(next_event(&live, &ev, 10000));
+    ck_assert_str_eq(ev.event, "update");
+    ck_assert_int_eq(ev.seq, s1 + 1);
+    ck_assert_ptr_nonnull(strstr(ev.data, "better words"));
+    ck_assert_ptr_nonnull(strstr(ev.data, id));
+    publish_event(SL_MESSAGE_DELETE, id, NULL);
+    ck_assert(next_event(&live, &ev, 10000));
+    ck_assert_str_eq(ev.event, "delete");
+    ck_assert_int_eq(ev.seq, s1 + 2);
+    ck_assert_ptr_nonnull(strstr(ev.data, id));
+
+    /* a resume from before replays message, edit and delete, in order, from the database */
+    snprintf(target, sizeof(target), "/v1/stream?channels=general&since=%lld", s1 - 1);
+    ck_assert_int_eq(tu_stream_open(&replay, port2, target, NULL, 10000), 0);
+    const char *want[] = {"message", "update", "delete"};
+    for (int i = 0; i < 3; i++) {
+        ck_assert(next_event(&replay, &ev, 10000));
+        ck_assert_str_eq(ev.event, want[i]);
+        ck_assert_int_eq(ev.seq, s1 + i);
+    }
+    /* history leaves the deleted message out; the api answers 404 for it */
+    ck_assert_int_eq(tu_stream_open(&hist, port2, "/v1/stream?channels=general&history=5&format=ndjson", NULL, 10000),
+                     0);
+    ck_assert_int_eq(next_event(&hist, &ev, 1500), 0); /* nothing: the only message is gone */
+    snprintf(url, sizeof(url), "%s/v1/messages/%s", S.base, id);
+    ck_assert_int_eq(tu_http("GET", url, NULL, NULL, NULL, 0, &r), 0);
+    ck_assert_int_eq(r.status, 404);
+    tu_resp_free(&r);
+    tu_stream_close(&live);
+    tu_stream_close(&replay);
+    tu_stream_close(&hist);
+    stop_extra();
+    tu_stack_cleanup(&S);
+}
+END_TEST
+
 /* SLUICE_TEST_ONLY=<substring> runs the matching tests only (for working on one). */
 int main(void)
 {
@@ -1504,6 +1613,7 @@ int main(void)
         {"bighistory", test_long_history_passes_a_small_output_limit},
         {"sigterm", test_sigterm_ends_streams_promptly},
         {"channels", test_history_covers_every_channel_of_a_long_list},
+        {"events", test_edits_and_deletes_reach_streams},
         /* last: it stops and starts the shared servers */
         {"recovery", test_streams_survive_broker_and_database_restarts},
     };
