@@ -96,31 +96,31 @@ const char *sl_db_kind_name(sl_db_kind_t kind)
     return kind == SL_DB_COCKROACH ? "cockroachdb" : "postgresql";
 }
 
-/* Runs sql; on failure fills err and returns SL_DB_ERROR or SL_DB_LOST. *out gets the result
- * when asked (the caller clears it), else it is cleared here. */
+/* Takes the result of a statement named `what`: SL_DB_OK, or SL_DB_ERROR / SL_DB_LOST with err.
+ * *out gets the result when asked (the caller clears it; on failure it reads the SQLSTATE), else
+ * it is cleared here. */
+static int take_result(sl_db_t *db, PGresult *res, const char *what, PGresult **out, char *err, size_t errlen)
+{
+    ExecStatusType st = PQresultStatus(res);
+    int ret = SL_DB_OK;
+    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
+        const char *state = sl_db_sqlstate(res);
+        snprintf(err, errlen, "%s [%s] in: %.80s", res != NULL ? PQresultErrorMessage(res) : PQerrorMessage(db->conn),
+                 *state ? state : "none", what);
+        ret = sl_db_is_connection_error(db->conn, state) || res == NULL ? SL_DB_LOST : SL_DB_ERROR;
+    }
+    if (out != NULL)
+        *out = res;
+    else
+        PQclear(res);
+    return ret;
+}
+
+/* Runs sql with text parameters; see take_result. */
 static int exec(sl_db_t *db, const char *sql, int nparams, const char *const *params, PGresult **out, char *err,
                 size_t errlen)
 {
-    PGresult *res = PQexecParams(db->conn, sql, nparams, NULL, params, NULL, NULL, 0);
-    ExecStatusType st = PQresultStatus(res);
-    if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) {
-        if (out != NULL)
-            *out = res;
-        else
-            PQclear(res);
-        return SL_DB_OK;
-    }
-    const char *state = sl_db_sqlstate(res);
-    snprintf(err, errlen, "%s [%s] in: %.80s", res != NULL ? PQresultErrorMessage(res) : PQerrorMessage(db->conn),
-             *state ? state : "none", sql);
-    int lost = sl_db_is_connection_error(db->conn, state) || res == NULL;
-    int ret = lost ? SL_DB_LOST : SL_DB_ERROR;
-    if (out != NULL) {
-        *out = res; /* the caller reads the SQLSTATE */
-    } else {
-        PQclear(res);
-    }
-    return ret;
+    return take_result(db, PQexecParams(db->conn, sql, nparams, NULL, params, NULL, NULL, 0), sql, out, err, errlen);
 }
 
 /* Statements the persister runs for every batch, prepared once per connection: their text does not
@@ -137,42 +137,25 @@ static const char *const prep_sql[PREP__COUNT] = {
 };
 static const int prep_nparams[PREP__COUNT] = {1, 9};
 
+/* Runs prepared statement `which` (preparing it first on this connection); see take_result. */
 static int exec_prepared(sl_db_t *db, int which, const char *const *params, PGresult **out, char *err, size_t errlen)
 {
     if (!(db->prepared & (1u << which))) {
         PGresult *r = PQprepare(db->conn, prep_names[which], prep_sql[which], prep_nparams[which], NULL);
-        int ok = PQresultStatus(r) == PGRES_COMMAND_OK;
-        if (!ok) {
-            const char *state = sl_db_sqlstate(r);
-            snprintf(err, errlen, "prepare %s: %s", prep_names[which], PQresultErrorMessage(r));
-            int lost = sl_db_is_connection_error(db->conn, state);
+        PGresult *failed = NULL;
+        int ret = take_result(db, r, prep_sql[which], &failed, err, errlen);
+        if (ret != SL_DB_OK) {
             if (out != NULL)
-                *out = r;
+                *out = failed;
             else
-                PQclear(r);
-            return lost ? SL_DB_LOST : SL_DB_ERROR;
+                PQclear(failed);
+            return ret;
         }
-        PQclear(r);
+        PQclear(failed);
         db->prepared |= 1u << which;
     }
-    PGresult *res = PQexecPrepared(db->conn, prep_names[which], prep_nparams[which], params, NULL, NULL, 0);
-    ExecStatusType st = PQresultStatus(res);
-    if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) {
-        if (out != NULL)
-            *out = res;
-        else
-            PQclear(res);
-        return SL_DB_OK;
-    }
-    const char *state = sl_db_sqlstate(res);
-    snprintf(err, errlen, "%s [%s] in: %s", res != NULL ? PQresultErrorMessage(res) : PQerrorMessage(db->conn),
-             *state ? state : "none", prep_names[which]);
-    int lost = sl_db_is_connection_error(db->conn, state) || res == NULL;
-    if (out != NULL)
-        *out = res;
-    else
-        PQclear(res);
-    return lost ? SL_DB_LOST : SL_DB_ERROR;
+    return take_result(db, PQexecPrepared(db->conn, prep_names[which], prep_nparams[which], params, NULL, NULL, 0),
+                       prep_names[which], out, err, errlen);
 }
 
 /* Appends one element to a PostgreSQL array literal being built in b: NULL, or a quoted string

@@ -11,7 +11,10 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
+
+#include "sl_log.h"
 
 struct catchall {
     h2o_handler_t super;
@@ -161,21 +164,51 @@ int sl_http_listen(sl_http_server_t *s, const char *host, int port)
     addr.sin_port = htons((uint16_t)port);
     if (inet_pton(AF_INET, host, &addr.sin_addr) != 1) {
         errno = EINVAL;
-        return -1;
+        goto Fail;
     }
     if ((fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0)
-        return -1;
+        goto Fail;
     if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on)) != 0 ||
         bind(fd, (struct sockaddr *)&addr, sizeof(addr)) != 0 || listen(fd, SOMAXCONN) != 0) {
         int saved = errno;
         close(fd);
         errno = saved;
-        return -1;
+        goto Fail;
     }
     s->listener = h2o_evloop_socket_create(s->loop, fd, H2O_SOCKET_FLAG_DONT_READ);
     s->listener->data = s;
     h2o_socket_read_start(s->listener, on_accept);
     return 0;
+Fail: {
+    int saved = errno;
+    SL_ERROR("event=listen_failed host=%s port=%d error=\"%s\"", host, port, strerror(saved));
+    errno = saved;
+    return -1;
+}
+}
+
+void sl_http_run(sl_http_server_t *s, volatile sig_atomic_t *stop)
+{
+    while (!*stop)
+        h2o_evloop_run(s->loop, 200);
+}
+
+int sl_http_drain(sl_http_server_t *s, long long timeout_ms, size_t (*busy)(void *data), void *data)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    long long deadline = (long long)now.tv_sec * 1000 + now.tv_nsec / 1000000 + timeout_ms;
+    sl_http_stop_listening(s);
+    sl_http_close_connections(s);
+    for (;;) {
+        int idle = (busy == NULL || busy(data) == 0) && s->nconns == 0;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        if (idle)
+            return 1;
+        if ((long long)now.tv_sec * 1000 + now.tv_nsec / 1000000 >= deadline)
+            return 0;
+        h2o_evloop_run(s->loop, 20);
+    }
 }
 
 void sl_http_stop_listening(sl_http_server_t *s)

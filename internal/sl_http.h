@@ -37,8 +37,16 @@ struct sl_http_server {
 /* Sets up the loop, the configuration (request bodies up to max_body bytes) and the handler. */
 void sl_http_init(sl_http_server_t *s, sl_http_handler_cb handler, void *data, size_t max_body);
 
-/* Listens on host:port (SO_REUSEADDR, SO_REUSEPORT). Returns 0, or -1 with errno set. */
+/* Listens on host:port (SO_REUSEADDR). Returns 0, or -1 with errno set (and a log line). */
 int sl_http_listen(sl_http_server_t *s, const char *host, int port);
+
+/* Runs the loop until *stop is set (by the signal handlers of sl_http_trap_signals). */
+void sl_http_run(sl_http_server_t *s, volatile sig_atomic_t *stop);
+
+/* A service's end: stops listening, asks every connection to end, then runs the loop until
+ * busy(data) says nothing is in flight and no connection is left, or timeout_ms passed. busy may
+ * be NULL. Returns 1 when everything ended in time. */
+int sl_http_drain(sl_http_server_t *s, long long timeout_ms, size_t (*busy)(void *data), void *data);
 
 /* Stops accepting; requests in flight go on. */
 void sl_http_stop_listening(sl_http_server_t *s);

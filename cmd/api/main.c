@@ -17,6 +17,11 @@
 
 static volatile sig_atomic_t stopping;
 
+static size_t inflight(void *api)
+{
+    return sl_api_inflight(api);
+}
+
 int main(int argc, char **argv)
 {
     const char *host, *amqp_url, *db_url, *tokens, *tokens_file;
@@ -83,21 +88,14 @@ int main(int argc, char **argv)
     }
     server.data = api;
     server.ops_loopback_only = (int)ops_loopback;
-    if (sl_http_listen(&server, host, (int)port) != 0) {
-        SL_ERROR("event=listen_failed host=%s port=%lld error=\"%s\"", host, port, strerror(errno));
+    if (sl_http_listen(&server, host, (int)port) != 0)
         return 1;
-    }
     SL_INFO("event=listening host=%s port=%lld", host, port);
-    while (!stopping)
-        h2o_evloop_run(server.loop, 200);
+    sl_http_run(&server, &stopping);
 
     /* Stop accepting, end idle connections, answer what is in flight (their confirms), leave. */
-    sl_http_stop_listening(&server);
-    sl_http_close_connections(&server);
     SL_INFO("event=draining inflight=%zu connections=%zu", sl_api_inflight(api), sl_http_connections(&server));
-    int64_t deadline = sl_time_mono_us() + drain_s * 1000000;
-    while ((sl_api_inflight(api) > 0 || sl_http_connections(&server) > 0) && sl_time_mono_us() < deadline)
-        h2o_evloop_run(server.loop, 20);
+    sl_http_drain(&server, drain_s * 1000, inflight, api);
     SL_INFO("event=stopped inflight=%zu connections=%zu", sl_api_inflight(api), sl_http_connections(&server));
     sl_api_destroy(api);
     sl_http_dispose(&server);

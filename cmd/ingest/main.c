@@ -19,6 +19,11 @@
 
 static volatile sig_atomic_t stopping;
 
+static size_t pending(void *g)
+{
+    return sl_ingest_pending(g);
+}
+
 int main(int argc, char **argv)
 {
     const char *host, *url, *token, *stream, *channel;
@@ -116,7 +121,6 @@ int main(int argc, char **argv)
     server.data = g;
     server.ops_loopback_only = (int)ops_loopback;
     if (sl_http_listen(&server, host, (int)port) != 0) {
-        SL_ERROR("event=listen_failed host=%s port=%lld error=\"%s\"", host, port, strerror(errno));
         sl_ingest_destroy(g);
         sl_http_dispose(&server);
         return 1;
@@ -125,17 +129,12 @@ int main(int argc, char **argv)
             channel, token != NULL && *token ? "set" : "none");
     if (autostart && sl_ingest_start(g) != 0)
         SL_ERROR("event=start_failed error=\"could not start the reader thread\"");
-    while (!stopping)
-        h2o_evloop_run(server.loop, 200);
+    sl_http_run(&server, &stopping);
 
     /* Stop reading, then get the confirms of what was read (retrying refusals) until the deadline. */
-    sl_http_stop_listening(&server);
-    sl_http_close_connections(&server);
     sl_ingest_stop_and_join(g);
     SL_INFO("event=draining pending=%zu", sl_ingest_pending(g));
-    int64_t deadline = sl_time_mono_us() + drain_s * 1000000;
-    while ((sl_ingest_pending(g) > 0 || sl_http_connections(&server) > 0) && sl_time_mono_us() < deadline)
-        h2o_evloop_run(server.loop, 20);
+    sl_http_drain(&server, drain_s * 1000, pending, g);
     SL_INFO("event=stopped pending=%zu", sl_ingest_pending(g));
     sl_ingest_destroy(g);
     sl_http_dispose(&server);

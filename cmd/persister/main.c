@@ -105,17 +105,12 @@ int main(int argc, char **argv)
         sl_http_init(&server, on_req, p, 4096);
         server.ops_loopback_only = (int)ops_loopback;
         if (sl_http_listen(&server, host, (int)port) != 0) {
-            SL_ERROR("event=listen_failed host=%s port=%lld error=\"%s\"", host, port, strerror(errno));
             stopping = 1;
         } else {
             SL_INFO("event=listening host=%s port=%lld", host, port);
-            while (!stopping)
-                h2o_evloop_run(server.loop, 200);
+            sl_http_run(&server, &stopping);
         }
-        sl_http_stop_listening(&server);
-        sl_http_close_connections(&server);
-        for (int i = 0; i < 50 && sl_http_connections(&server) > 0; i++)
-            h2o_evloop_run(server.loop, 20);
+        sl_http_drain(&server, 1000, NULL, NULL);
         sl_http_dispose(&server);
     }
     pthread_join(thread, NULL);

@@ -16,6 +16,11 @@
 
 static volatile sig_atomic_t stopping;
 
+static size_t streams(void *sse)
+{
+    return sl_sse_streams(sse);
+}
+
 int main(int argc, char **argv)
 {
     const char *host, *instance;
@@ -96,21 +101,14 @@ int main(int argc, char **argv)
     }
     server.data = sse;
     server.ops_loopback_only = (int)ops_loopback;
-    if (sl_http_listen(&server, host, (int)port) != 0) {
-        SL_ERROR("event=listen_failed host=%s port=%lld error=\"%s\"", host, port, strerror(errno));
+    if (sl_http_listen(&server, host, (int)port) != 0)
         return 1;
-    }
     SL_INFO("event=listening host=%s port=%lld instance=\"%s\"", host, port, instance);
-    while (!stopping)
-        h2o_evloop_run(server.loop, 200);
+    sl_http_run(&server, &stopping);
 
     /* Streams end (clients resume elsewhere with Last-Event-ID), then the rest. */
-    sl_http_stop_listening(&server);
     sl_sse_close_streams(sse);
-    sl_http_close_connections(&server);
-    int64_t deadline = sl_time_mono_us() + drain_s * 1000000;
-    while ((sl_sse_streams(sse) > 0 || sl_http_connections(&server) > 0) && sl_time_mono_us() < deadline)
-        h2o_evloop_run(server.loop, 20);
+    sl_http_drain(&server, drain_s * 1000, streams, sse);
     SL_INFO("event=stopped streams=%zu connections=%zu", sl_sse_streams(sse), sl_http_connections(&server));
     sl_sse_destroy(sse);
     sl_http_dispose(&server);
