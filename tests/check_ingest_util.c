@@ -18,27 +18,12 @@
 #include "sl_amqp.h"
 #include "sl_mastodon.h"
 
-static int free_port(void)
-{
-    struct sockaddr_in a;
-    socklen_t len = sizeof(a);
-    int fd = socket(AF_INET, SOCK_STREAM, 0), port;
-    memset(&a, 0, sizeof(a));
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(0x7f000001);
-    ck_assert_int_eq(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
-    ck_assert_int_eq(getsockname(fd, (struct sockaddr *)&a, &len), 0);
-    port = ntohs(a.sin_port);
-    close(fd);
-    return port;
-}
-
 void it_start_ingest(it_ingest_t *g, tu_stack_t *s, const char *mastodon_url, const char *const *extra_env)
 {
     char bin[512], url[128];
     const char *bindir = getenv("SLUICE_BIN_DIR") ? getenv("SLUICE_BIN_DIR") : SLUICE_DEFAULT_BIN_DIR;
     memset(g, 0, sizeof(*g));
-    g->port = free_port();
+    g->port = tu_free_port();
     snprintf(g->base, sizeof(g->base), "http://127.0.0.1:%d", g->port);
     snprintf(bin, sizeof(bin), "%s/sluice-ingest", bindir);
     mkdir(SLUICE_TEST_LOG_DIR, 0755);
