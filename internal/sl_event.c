@@ -35,7 +35,10 @@ sl_event_t *sl_event_from_json(const char *json, size_t len)
     json_t *root = json_loadb(json, len, 0, &err), *v;
     sl_event_t *ev = NULL;
     const char *channel, *type = "message";
-    if (root == NULL || !json_is_object(root))
+    /* The payload goes out as is in one SSE data: line, one NDJSON line and a C string: compact
+     * JSON (as the persister writes) has no raw line breaks or NUL; refuse anything that does. */
+    if (root == NULL || !json_is_object(root) || memchr(json, '\0', len) || memchr(json, '\n', len) ||
+        memchr(json, '\r', len))
         goto Exit;
     v = json_object_get(root, "seq");
     if (!json_is_integer(v) || json_integer_value(v) < 1)

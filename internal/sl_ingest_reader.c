@@ -513,6 +513,13 @@ static int poll_once(sl_ingest_reader_t *r, long long *wait_ms)
         if (r->since_id[0] == '\0' || n < (size_t)r->conf.poll_limit ||
             sl_mastodon_link(x.link, strlen(x.link), "next", next, sizeof(next)) != 0)
             break;
+        /* Follow links on the instance only: the request carries its token. */
+        size_t ilen = strlen(r->conf.instance);
+        if (strncasecmp(next, r->conf.instance, ilen) != 0 || (next[ilen] != '/' && next[ilen] != '?')) {
+            char q[300];
+            SL_WARN("event=link_refused reason=\"not on the instance\" url=%s", sl_log_quote(q, sizeof(q), next));
+            break;
+        }
         snprintf(url, sizeof(url), "%s%s%s", next, strstr(next, "since_id=") ? "" : strchr(next, '?') ? "&since_id=" : "?since_id=",
                  strstr(next, "since_id=") ? "" : r->since_id);
     }

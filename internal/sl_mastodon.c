@@ -475,10 +475,13 @@ static sl_mastodon_result_t map_status(json_t *st, const char *instance, const c
     if (((s = str_field(st, "url", &len)) == NULL || len == 0) && (s = str_field(st, "uri", &len)) == NULL)
         len = 0;
     if (len > 0 && len <= SL_URL_MAX && memchr(s, '\0', len) == NULL) {
-        size_t k;
-        for (k = 0; k < len && !is_control((unsigned char)s[k]); k++)
-            ;
-        if (k == len)
+        /* no control characters (C0, DEL, C1 as code points: bytes 0x80-0x9f are parts of letters) */
+        int ok = sl_utf8_count(s, len) >= 0;
+        for (size_t k = 0; ok && k < len; k++) {
+            unsigned char c = (unsigned char)s[k];
+            ok = !(c < 0x20 || c == 0x7f || (c == 0xc2 && k + 1 < len && (unsigned char)s[k + 1] < 0xa0));
+        }
+        if (ok)
             memcpy(m->url, s, len + 1);
     }
     m->created_at_us = time_field(st, "created_at");

@@ -19,6 +19,20 @@ void sl_error_set(sl_error_t *err, int status, const char *code, const char *fie
     va_start(ap, fmt);
     vsnprintf(err->message, sizeof(err->message), fmt, ap);
     va_end(ap);
+    /* The message quotes the client's input, possibly cut inside a character: keep it valid UTF-8
+     * (JSON must be), replacing what is not with '?'. */
+    for (size_t i = 0; err->message[i] != '\0';) {
+        size_t left = strlen(err->message + i), n = 1;
+        unsigned char c = (unsigned char)err->message[i];
+        if (c >= 0x80) {
+            n = c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : 2;
+            if (n > left || sl_utf8_count(err->message + i, n) != 1) {
+                err->message[i++] = '?';
+                continue;
+            }
+        }
+        i += n;
+    }
 }
 
 char *sl_error_to_json(const sl_error_t *err, size_t *len)

@@ -471,12 +471,10 @@ static int parse_count(const char *s, size_t len, long long max, long long *out)
     if (len == 0 || len > 19)
         return -1;
     for (size_t i = 0; i < len; i++) {
-        if (s[i] < '0' || s[i] > '9')
+        if (s[i] < '0' || s[i] > '9' || v > (max - (s[i] - '0')) / 10) /* also: no overflow */
             return -1;
         v = v * 10 + (s[i] - '0');
     }
-    if (v > max)
-        return -1;
     *out = v;
     return 0;
 }

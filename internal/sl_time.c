@@ -114,6 +114,8 @@ int sl_time_parse(const char *s, size_t len, int64_t *us)
         return -1;
     int64_t days = days_from_civil(Y, (unsigned)M, (unsigned)D);
     int64_t secs = days * 86400 + h * 3600 + m * 60 + sec - sign * (oh * 3600 + om * 60);
+    if (secs < -62167219200LL || secs >= 253402300800LL) /* years 0000 to 9999 in UTC: what sl_time_format writes */
+        return -1;
     *us = secs * 1000000 + frac;
     return 0;
 }

@@ -125,6 +125,24 @@ START_TEST(test_queue_payload_rejects_garbage)
 }
 END_TEST
 
+START_TEST(test_error_message_stays_utf8)
+{
+    /* a message that quotes input cut inside a character is still valid UTF-8, so JSON can carry
+     * it (found by fuzzing: the answer was a 500) */
+    const char *body = "{\"a\":\"\\\xc3\xa9\"}";
+    sl_message_t m;
+    sl_error_t err;
+    size_t len;
+    ck_assert_int_eq(sl_message_from_request(body, strlen(body), &m, &err), -1);
+    ck_assert_int_ge(sl_utf8_count(err.message, strlen(err.message)), 0);
+    char *j = sl_error_to_json(&err, &len);
+    ck_assert_ptr_nonnull(j);
+    free(j);
+    sl_error_set(&err, 400, "x", NULL, "cut %.1s here", "\xc3\xa9");
+    ck_assert_str_eq(err.message, "cut ? here");
+}
+END_TEST
+
 START_TEST(test_error_json)
 {
     sl_error_t err;
@@ -175,6 +193,10 @@ START_TEST(test_time_parse_forms)
     sl_time_format(us, buf);
     ck_assert_str_eq(buf, "2026-11-24T20:50:01.500000Z");
     ck_assert_int_eq(sl_time_parse("2026-13-01T00:00:00Z", 20, &us), -1);
+    /* outside what sl_time_format can write back (found by fuzzing) */
+    ck_assert_int_eq(sl_time_parse("0000-01-01T00:00:00+01:00", 25, &us), -1);
+    ck_assert_int_eq(sl_time_parse("9999-12-31T23:59:60Z", 20, &us), -1);
+    ck_assert_int_eq(sl_time_parse("9999-12-31T23:59:59Z", 20, &us), 0);
     ck_assert_int_eq(sl_time_parse("2026-01-01", 10, &us), -1);
 }
 END_TEST
@@ -213,6 +235,7 @@ int main(void)
     tcase_add_test(tc, test_json_round_trip);
     tcase_add_test(tc, test_queue_payload_rejects_garbage);
     tcase_add_test(tc, test_error_json);
+    tcase_add_test(tc, test_error_message_stays_utf8);
     tcase_add_test(tc, test_uuid_v7_sorted_and_versioned);
     tcase_add_test(tc, test_uuid_v5_known_value);
     tcase_add_test(tc, test_time_parse_forms);
