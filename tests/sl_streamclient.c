@@ -6,6 +6,8 @@
  */
 #include "sl_streamclient.h"
 
+#include "sl_testnet.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
@@ -21,117 +23,11 @@
 
 enum { CH_SIZE = 0, CH_DATA, CH_CRLF, CH_TRAILER };
 
-long long tu_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static int reserve(char **buf, size_t *cap, size_t need)
-{
-    if (need <= *cap)
-        return 0;
-    size_t n = *cap ? *cap : 4096;
-    while (n < need)
-        n *= 2;
-    char *b = realloc(*buf, n);
-    if (b == NULL)
-        return -1;
-    *buf = b;
-    *cap = n;
-    return 0;
-}
-
-/* Waits for events on fd until deadline; 1 ready, 0 timeout, -1 error. */
-static int wait_fd(int fd, short events, long long deadline)
-{
-    for (;;) {
-        long long left = deadline - tu_now_ms();
-        if (left < 0)
-            left = 0;
-        struct pollfd p = {fd, events, 0};
-        int r = poll(&p, 1, (int)left);
-        if (r > 0)
-            return 1;
-        if (r == 0)
-            return 0;
-        if (errno != EINTR)
-            return -1;
-    }
-}
-
-static int connect_to(int port, int rcvbuf, long long deadline)
-{
-    struct sockaddr_in a;
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return -1;
-    if (rcvbuf > 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
-    memset(&a, 0, sizeof(a));
-    a.sin_family = AF_INET;
-    a.sin_port = htons((unsigned short)port);
-    a.sin_addr.s_addr = htonl(0x7f000001);
-    if (connect(fd, (struct sockaddr *)&a, sizeof(a)) != 0) {
-        int soerr = 0;
-        socklen_t len = sizeof(soerr);
-        if (errno != EINPROGRESS || wait_fd(fd, POLLOUT, deadline) != 1 ||
-            getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &len) != 0 || soerr != 0) {
-            close(fd);
-            return -1;
-        }
-    }
-    return fd;
-}
-
-static int send_all(int fd, const char *buf, size_t len, long long deadline)
-{
-    while (len > 0) {
-        ssize_t n = send(fd, buf, len, MSG_NOSIGNAL);
-        if (n > 0) {
-            buf += n;
-            len -= (size_t)n;
-            continue;
-        }
-        if (n < 0 && errno != EAGAIN && errno != EINTR)
-            return -1;
-        if (wait_fd(fd, POLLOUT, deadline) != 1)
-            return -1;
-    }
-    return 0;
-}
-
 /* Reads what the socket has into raw. >0 bytes, 0 on EOF (s->eof), -1 on error (s->err), -2 on
  * timeout. */
 static int read_some(tu_stream_t *s, long long deadline)
 {
-    for (;;) {
-        if (reserve(&s->raw, &s->rawcap, s->rawlen + 65536) != 0)
-            return -1;
-        ssize_t n = recv(s->fd, s->raw + s->rawlen, s->rawcap - s->rawlen, 0);
-        if (n > 0) {
-            s->rawlen += (size_t)n;
-            return (int)n;
-        }
-        if (n == 0) {
-            s->eof = 1;
-            return 0;
-        }
-        if (errno == EINTR)
-            continue;
-        if (errno != EAGAIN) {
-            s->err = errno;
-            return -1;
-        }
-        int w = wait_fd(s->fd, POLLIN, deadline);
-        if (w == 0)
-            return -2;
-        if (w < 0) {
-            s->err = errno;
-            return -1;
-        }
-    }
+    return tu_net_read_some(s->fd, &s->raw, &s->rawlen, &s->rawcap, &s->eof, &s->err, deadline);
 }
 
 static void consume_raw(tu_stream_t *s, size_t n)
@@ -149,7 +45,7 @@ static int append_in(tu_stream_t *s, const char *p, size_t n)
         s->inlen -= s->inoff;
         s->inoff = 0;
     }
-    if (reserve(&s->in, &s->incap, s->inlen + n + 1) != 0)
+    if (tu_net_reserve(&s->in, &s->incap, s->inlen + n + 1) != 0)
         return -1;
     memcpy(s->in + s->inlen, p, n);
     s->inlen += n;
@@ -289,7 +185,7 @@ int tu_stream_open(tu_stream_t *s, int port, const char *target, const tu_stream
                      opts->headers != NULL ? opts->headers : "");
     if (n <= 0 || (size_t)n >= sizeof(req))
         return -1;
-    if ((s->fd = connect_to(port, opts->rcvbuf, deadline)) < 0 || send_all(s->fd, req, (size_t)n, deadline) != 0)
+    if ((s->fd = tu_net_connect(port, opts->rcvbuf, deadline)) < 0 || tu_net_send_all(s->fd, req, (size_t)n, deadline) != 0)
         goto Fail;
     if (opts->no_read)
         return 0;
@@ -367,7 +263,7 @@ static int parse_sse(tu_stream_t *s, tu_sev_t *ev)
                 val++;
             size_t vlen = (size_t)(q + l - val);
             if (nlen == 4 && memcmp(q, "data", 4) == 0) {
-                if (reserve(&s->evbuf, &s->evcap, dlen + vlen + 2) != 0)
+                if (tu_net_reserve(&s->evbuf, &s->evcap, dlen + vlen + 2) != 0)
                     return 0;
                 if (has_data)
                     s->evbuf[dlen++] = '\n';
@@ -414,7 +310,7 @@ static int parse_ndjson(tu_stream_t *s, tu_sev_t *ev)
     if (l > 0 && p[l - 1] == '\r')
         l--;
     s->inoff = (size_t)(nl + 1 - s->in);
-    if (reserve(&s->evbuf, &s->evcap, l + 1) != 0)
+    if (tu_net_reserve(&s->evbuf, &s->evcap, l + 1) != 0)
         return 0;
     memcpy(s->evbuf, p, l);
     s->evbuf[l] = '\0';

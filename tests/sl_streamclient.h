@@ -10,6 +10,8 @@
 #ifndef SL_STREAMCLIENT_H
 #define SL_STREAMCLIENT_H
 
+#include "sl_testnet.h"
+
 #include <stddef.h>
 
 typedef enum { TU_FMT_SSE = 0, TU_FMT_NDJSON = 1 } tu_fmt_t;
@@ -76,7 +78,5 @@ unsigned long long tu_stream_drain(tu_stream_t *s, int timeout_ms);
 /* Closes the socket and frees everything; safe on a closed or zeroed stream. */
 void tu_stream_close(tu_stream_t *s);
 
-/* Monotonic milliseconds, for deadlines. */
-long long tu_now_ms(void);
 
 #endif

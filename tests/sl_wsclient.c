@@ -3,6 +3,8 @@
  */
 #include "sl_wsclient.h"
 
+#include "sl_testnet.h"
+
 #include <errno.h>
 #include <netinet/in.h>
 #include <openssl/evp.h>
@@ -18,88 +20,10 @@
 #include <time.h>
 #include <unistd.h>
 
-static long long now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static int reserve(char **buf, size_t *cap, size_t need)
-{
-    if (need <= *cap)
-        return 0;
-    size_t n = *cap ? *cap : 4096;
-    while (n < need)
-        n *= 2;
-    char *b = realloc(*buf, n);
-    if (b == NULL)
-        return -1;
-    *buf = b;
-    *cap = n;
-    return 0;
-}
-
-static int wait_fd(int fd, short events, long long deadline)
-{
-    for (;;) {
-        long long left = deadline - now_ms();
-        struct pollfd p = {fd, events, 0};
-        int r = poll(&p, 1, left < 0 ? 0 : (int)left);
-        if (r >= 0)
-            return r > 0;
-        if (errno != EINTR)
-            return -1;
-    }
-}
-
-static int send_all(int fd, const void *buf, size_t len, long long deadline)
-{
-    const char *p = buf;
-    while (len > 0) {
-        ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
-        if (n > 0) {
-            p += n;
-            len -= (size_t)n;
-            continue;
-        }
-        if (n < 0 && errno != EAGAIN && errno != EINTR)
-            return -1;
-        if (wait_fd(fd, POLLOUT, deadline) != 1)
-            return -1;
-    }
-    return 0;
-}
-
 /* >0 bytes read into rbuf, 0 EOF, -1 error, -2 timeout. */
 static int read_some(tu_ws_t *w, long long deadline)
 {
-    for (;;) {
-        if (reserve(&w->rbuf, &w->rcap, w->rlen + 65536) != 0)
-            return -1;
-        ssize_t n = recv(w->fd, w->rbuf + w->rlen, w->rcap - w->rlen, 0);
-        if (n > 0) {
-            w->rlen += (size_t)n;
-            return (int)n;
-        }
-        if (n == 0) {
-            w->eof = 1;
-            return 0;
-        }
-        if (errno == EINTR)
-            continue;
-        if (errno != EAGAIN) {
-            w->err = errno;
-            return -1;
-        }
-        int r = wait_fd(w->fd, POLLIN, deadline);
-        if (r == 0)
-            return -2;
-        if (r < 0) {
-            w->err = errno;
-            return -1;
-        }
-    }
+    return tu_net_read_some(w->fd, &w->rbuf, &w->rlen, &w->rcap, &w->eof, &w->err, deadline);
 }
 
 static void consume(tu_ws_t *w, size_t n)
@@ -141,10 +65,9 @@ void tu_ws_close(tu_ws_t *w)
 
 int tu_ws_open(tu_ws_t *w, int port, const char *target, int timeout_ms)
 {
-    long long deadline = now_ms() + timeout_ms;
+    long long deadline = tu_now_ms() + timeout_ms;
     unsigned char nonce[16], digest[SHA_DIGEST_LENGTH];
     char key[32], accept[64], want[64], concat[128], req[1024], v[256];
-    struct sockaddr_in a;
     char *end;
 
     memset(w, 0, sizeof(*w));
@@ -156,24 +79,13 @@ int tu_ws_open(tu_ws_t *w, int port, const char *target, int timeout_ms)
     SHA1((const unsigned char *)concat, strlen(concat), digest);
     EVP_EncodeBlock((unsigned char *)want, digest, sizeof(digest));
 
-    if ((w->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)) < 0)
+    if ((w->fd = tu_net_connect(port, 0, deadline)) < 0)
         return -1;
-    memset(&a, 0, sizeof(a));
-    a.sin_family = AF_INET;
-    a.sin_port = htons((unsigned short)port);
-    a.sin_addr.s_addr = htonl(0x7f000001);
-    if (connect(w->fd, (struct sockaddr *)&a, sizeof(a)) != 0) {
-        int soerr = 0;
-        socklen_t len = sizeof(soerr);
-        if (errno != EINPROGRESS || wait_fd(w->fd, POLLOUT, deadline) != 1 ||
-            getsockopt(w->fd, SOL_SOCKET, SO_ERROR, &soerr, &len) != 0 || soerr != 0)
-            goto Fail;
-    }
     int n = snprintf(req, sizeof(req),
                      "GET %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                      "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n",
                      target, port, key);
-    if (send_all(w->fd, req, (size_t)n, deadline) != 0)
+    if (tu_net_send_all(w->fd, req, (size_t)n, deadline) != 0)
         goto Fail;
     while ((end = w->rlen ? memmem(w->rbuf, w->rlen, "\r\n\r\n", 4) : NULL) == NULL) {
         if (read_some(w, deadline) <= 0)
@@ -233,7 +145,7 @@ int tu_ws_send(tu_ws_t *w, int opcode, const void *data, size_t len)
     memcpy(frame, hdr, h);
     for (size_t i = 0; i < len; i++)
         frame[h + i] = (char)(((const unsigned char *)data)[i] ^ mask[i & 3]);
-    int r = send_all(w->fd, frame, h + len, now_ms() + 10000);
+    int r = tu_net_send_all(w->fd, frame, h + len, tu_now_ms() + 10000);
     free(frame);
     return r;
 }
@@ -299,7 +211,7 @@ static int parse_frame(tu_ws_t *w, int *fin, int *op, size_t *hlen, uint64_t *pl
 
 int tu_ws_recv(tu_ws_t *w, tu_wsmsg_t *m, int timeout_ms)
 {
-    long long deadline = now_ms() + timeout_ms;
+    long long deadline = tu_now_ms() + timeout_ms;
     memset(m, 0, sizeof(*m));
     m->data = "";
     m->close_reason = "";
@@ -312,7 +224,7 @@ int tu_ws_recv(tu_ws_t *w, tu_wsmsg_t *m, int timeout_ms)
         while ((r = parse_frame(w, &fin, &op, &h, &len)) == 1) {
             const char *payload = w->rbuf + h;
             if (op >= 0x8) { /* control frames come whole, possibly between fragments */
-                if (reserve(&w->ctl, &w->ctlcap, len + 1) != 0)
+                if (tu_net_reserve(&w->ctl, &w->ctlcap, len + 1) != 0)
                     return -1;
                 memcpy(w->ctl, payload, len);
                 w->ctl[len] = '\0';
@@ -334,7 +246,7 @@ int tu_ws_recv(tu_ws_t *w, tu_wsmsg_t *m, int timeout_ms)
                 w->msgop = op;
                 w->msglen = 0;
             }
-            if (reserve(&w->msg, &w->msgcap, w->msglen + len + 1) != 0)
+            if (tu_net_reserve(&w->msg, &w->msgcap, w->msglen + len + 1) != 0)
                 return -1;
             memcpy(w->msg + w->msglen, payload, len);
             w->msglen += len;
@@ -357,9 +269,9 @@ int tu_ws_recv(tu_ws_t *w, tu_wsmsg_t *m, int timeout_ms)
 
 int tu_ws_recv_data(tu_ws_t *w, tu_wsmsg_t *m, int timeout_ms)
 {
-    long long deadline = now_ms() + timeout_ms;
+    long long deadline = tu_now_ms() + timeout_ms;
     for (;;) {
-        long long left = deadline - now_ms();
+        long long left = deadline - tu_now_ms();
         int r = tu_ws_recv(w, m, left < 0 ? 0 : (int)left);
         if (r != 1 || (m->opcode != TU_WS_PING && m->opcode != TU_WS_PONG))
             return r;

@@ -1,0 +1,120 @@
+/*
+ * Socket helpers of the test clients; see sl_testnet.h.
+ */
+#include "sl_testnet.h"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+long long tu_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int tu_net_reserve(char **buf, size_t *cap, size_t need)
+{
+    if (need <= *cap)
+        return 0;
+    size_t n = *cap ? *cap : 4096;
+    while (n < need)
+        n *= 2;
+    char *b = realloc(*buf, n);
+    if (b == NULL)
+        return -1;
+    *buf = b;
+    *cap = n;
+    return 0;
+}
+
+int tu_net_wait(int fd, short events, long long deadline)
+{
+    for (;;) {
+        long long left = deadline - tu_now_ms();
+        struct pollfd p = {fd, events, 0};
+        int r = poll(&p, 1, left < 0 ? 0 : (int)left);
+        if (r >= 0)
+            return r > 0;
+        if (errno != EINTR)
+            return -1;
+    }
+}
+
+int tu_net_connect(int port, int rcvbuf, long long deadline)
+{
+    struct sockaddr_in a;
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    if (rcvbuf > 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
+    memset(&a, 0, sizeof(a));
+    a.sin_family = AF_INET;
+    a.sin_port = htons((unsigned short)port);
+    a.sin_addr.s_addr = htonl(0x7f000001);
+    if (connect(fd, (struct sockaddr *)&a, sizeof(a)) != 0) {
+        int soerr = 0;
+        socklen_t len = sizeof(soerr);
+        if (errno != EINPROGRESS || tu_net_wait(fd, POLLOUT, deadline) != 1 ||
+            getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &len) != 0 || soerr != 0) {
+            close(fd);
+            return -1;
+        }
+    }
+    return fd;
+}
+
+int tu_net_send_all(int fd, const void *buf, size_t len, long long deadline)
+{
+    const char *p = buf;
+    while (len > 0) {
+        ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
+        if (n > 0) {
+            p += n;
+            len -= (size_t)n;
+            continue;
+        }
+        if (n < 0 && errno != EAGAIN && errno != EINTR)
+            return -1;
+        if (tu_net_wait(fd, POLLOUT, deadline) != 1)
+            return -1;
+    }
+    return 0;
+}
+
+int tu_net_read_some(int fd, char **buf, size_t *len, size_t *cap, int *eof, int *err, long long deadline)
+{
+    for (;;) {
+        if (tu_net_reserve(buf, cap, *len + 65536) != 0)
+            return -1;
+        ssize_t n = recv(fd, *buf + *len, *cap - *len, 0);
+        if (n > 0) {
+            *len += (size_t)n;
+            return (int)n;
+        }
+        if (n == 0) {
+            *eof = 1;
+            return 0;
+        }
+        if (errno == EINTR)
+            continue;
+        if (errno != EAGAIN) {
+            *err = errno;
+            return -1;
+        }
+        int w = tu_net_wait(fd, POLLIN, deadline);
+        if (w == 0)
+            return -2;
+        if (w < 0) {
+            *err = errno;
+            return -1;
+        }
+    }
+}

@@ -1,0 +1,30 @@
+/*
+ * Socket helpers of the test clients (SSE/NDJSON, WebSocket): a non-blocking connection to
+ * loopback and reads and writes bounded by a deadline in monotonic milliseconds.
+ */
+#ifndef SL_TESTNET_H
+#define SL_TESTNET_H
+
+#include <stddef.h>
+
+/* Monotonic milliseconds, for deadlines. */
+long long tu_now_ms(void);
+
+/* Grows *buf (capacity *cap) to hold need bytes. 0, or -1 on no memory. */
+int tu_net_reserve(char **buf, size_t *cap, size_t need);
+
+/* Waits for events (POLLIN/POLLOUT) on fd until deadline: 1 ready, 0 timeout, -1 error. */
+int tu_net_wait(int fd, short events, long long deadline);
+
+/* A non-blocking TCP connection to 127.0.0.1:port (SO_RCVBUF set first when rcvbuf > 0). The fd,
+ * or -1 on failure or timeout. */
+int tu_net_connect(int port, int rcvbuf, long long deadline);
+
+/* Sends all of buf. 0, or -1 on error or timeout. */
+int tu_net_send_all(int fd, const void *buf, size_t len, long long deadline);
+
+/* Appends what the socket has to *buf (*len bytes used of *cap). Returns the bytes read (> 0), 0
+ * on end of stream (*eof set), -1 on error (*err set to errno), -2 on timeout. */
+int tu_net_read_some(int fd, char **buf, size_t *len, size_t *cap, int *eof, int *err, long long deadline);
+
+#endif
