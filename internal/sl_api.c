@@ -555,8 +555,8 @@ static int handle_metrics(sl_api_t *a, h2o_req_t *req)
 
 static int method_not_allowed(sl_api_t *a, h2o_req_t *req, int route, const char *allow)
 {
-    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_ALLOW, NULL, allow, strlen(allow));
-    respond_error(a, req, route, 405, "method_not_allowed", NULL, "this method is not allowed here");
+    count(a, route, 405);
+    sl_http_method_not_allowed(req, allow);
     return 0;
 }
 
@@ -580,11 +580,6 @@ static int limited(sl_api_t *a, h2o_req_t *req)
     return 1;
 }
 
-static int path_is(h2o_req_t *req, const char *path)
-{
-    return h2o_memis(req->path_normalized.base, req->path_normalized.len, path, strlen(path));
-}
-
 int sl_api_handle(void *data, h2o_req_t *req)
 {
     sl_api_t *a = data;
@@ -605,7 +600,7 @@ int sl_api_handle(void *data, h2o_req_t *req)
     if (a->limiter != NULL && req->path_normalized.len >= 4 && memcmp(req->path_normalized.base, "/v1/", 4) == 0 &&
         limited(a, req))
         return 0;
-    if (path_is(req, "/v1/messages")) {
+    if (sl_http_path_is(req, "/v1/messages")) {
         if (sl_http_method_is(req, "POST"))
             return handle_post(a, req);
         return get ? handle_list(a, req) : method_not_allowed(a, req, R_LIST, "GET, POST, OPTIONS");
@@ -615,15 +610,15 @@ int sl_api_handle(void *data, h2o_req_t *req)
             return method_not_allowed(a, req, R_GET, "GET");
         return handle_get(a, req, req->path_normalized.base + plen, req->path_normalized.len - plen);
     }
-    if (path_is(req, "/healthz")) {
+    if (sl_http_path_is(req, "/healthz")) {
         if (!get)
             return method_not_allowed(a, req, R_HEALTHZ, "GET");
         respond(a, req, R_HEALTHZ, 200, H2O_STRLIT("{\"status\":\"ok\"}"));
         return 0;
     }
-    if (path_is(req, "/readyz"))
+    if (sl_http_path_is(req, "/readyz"))
         return get ? handle_readyz(a, req) : method_not_allowed(a, req, R_READYZ, "GET");
-    if (path_is(req, "/metrics"))
+    if (sl_http_path_is(req, "/metrics"))
         return get ? handle_metrics(a, req) : method_not_allowed(a, req, R_METRICS, "GET");
     respond_error(a, req, R_OTHER, 404, "not_found", NULL, "no such endpoint");
     return 0;

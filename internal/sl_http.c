@@ -24,8 +24,7 @@ struct catchall {
 static int on_req(h2o_handler_t *self, h2o_req_t *req)
 {
     sl_http_server_t *s = ((struct catchall *)self)->server;
-    if (s->ops_loopback_only && (h2o_memis(req->path_normalized.base, req->path_normalized.len, H2O_STRLIT("/metrics")) ||
-                                 h2o_memis(req->path_normalized.base, req->path_normalized.len, H2O_STRLIT("/readyz"))) &&
+    if (s->ops_loopback_only && (sl_http_path_is(req, "/metrics") || sl_http_path_is(req, "/readyz")) &&
         !sl_http_peer_is_loopback(req)) {
         sl_http_fail(req, 403, "forbidden", NULL, "operators' endpoints answer on loopback only", 0);
         return 0;
@@ -386,6 +385,17 @@ int sl_http_peer_is_loopback(h2o_req_t *req)
     if (ss.ss_family == AF_INET6)
         return IN6_IS_ADDR_LOOPBACK(&((struct sockaddr_in6 *)&ss)->sin6_addr);
     return 0;
+}
+
+int sl_http_path_is(h2o_req_t *req, const char *path)
+{
+    return h2o_memis(req->path_normalized.base, req->path_normalized.len, path, strlen(path));
+}
+
+void sl_http_method_not_allowed(h2o_req_t *req, const char *allow)
+{
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_ALLOW, NULL, allow, strlen(allow));
+    sl_http_fail(req, 405, "method_not_allowed", NULL, "this method is not allowed here", 0);
 }
 
 int sl_http_method_is(h2o_req_t *req, const char *method)

@@ -87,6 +87,12 @@ const char *sl_http_header(h2o_req_t *req, const char *name, size_t *len);
 
 int sl_http_method_is(h2o_req_t *req, const char *method);
 
+/* 1 if the request's normalized path is exactly path. */
+int sl_http_path_is(h2o_req_t *req, const char *path);
+
+/* Answers 405 method_not_allowed (JSON) with an Allow header listing allow. */
+void sl_http_method_not_allowed(h2o_req_t *req, const char *allow);
+
 /* The client's address as text ("127.0.0.1"), in buf (at least 64 bytes); "" when unknown. */
 const char *sl_http_peer(h2o_req_t *req, char *buf, size_t len);
 /* 1 when the client connects from a loopback address (127.0.0.0/8, ::1). */

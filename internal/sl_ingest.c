@@ -448,22 +448,11 @@ static void send_metrics(sl_ingest_t *g, h2o_req_t *req)
     sl_buf_free(&b);
 }
 
-static int path_is(h2o_req_t *req, const char *path)
-{
-    return h2o_memis(req->path_normalized.base, req->path_normalized.len, path, strlen(path));
-}
-
-static void not_allowed(h2o_req_t *req, const char *allow)
-{
-    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_ALLOW, NULL, allow, strlen(allow));
-    sl_http_fail(req, 405, "method_not_allowed", NULL, "this method is not allowed here", 0);
-}
-
 int sl_ingest_handle(void *data, h2o_req_t *req)
 {
     sl_ingest_t *g = data;
     int get = sl_http_method_is(req, "GET") || sl_http_method_is(req, "HEAD");
-    if (path_is(req, "/v1/ingest")) {
+    if (sl_http_path_is(req, "/v1/ingest")) {
         sl_auth_result_t ar = sl_auth_check_token(req, g->conf.admin_token);
         if (ar != SL_AUTH_OK)
             sl_auth_refuse(req, ar);
@@ -472,15 +461,15 @@ int sl_ingest_handle(void *data, h2o_req_t *req)
         else if (get)
             send_state(g, req);
         else
-            not_allowed(req, "GET, POST");
-    } else if (path_is(req, "/healthz")) {
+            sl_http_method_not_allowed(req, "GET, POST");
+    } else if (sl_http_path_is(req, "/healthz")) {
         if (get)
             sl_http_send(req, 200, NULL, H2O_STRLIT("{\"status\":\"ok\"}"));
         else
-            not_allowed(req, "GET");
-    } else if (path_is(req, "/readyz")) {
+            sl_http_method_not_allowed(req, "GET");
+    } else if (sl_http_path_is(req, "/readyz")) {
         if (!get) {
-            not_allowed(req, "GET");
+            sl_http_method_not_allowed(req, "GET");
         } else {
             char body[96];
             const char *amqp = sl_publisher_ready(g->pub) ? "up" : sl_publisher_blocked(g->pub) ? "blocked" : "down";
@@ -488,11 +477,11 @@ int sl_ingest_handle(void *data, h2o_req_t *req)
             int n = snprintf(body, sizeof(body), "{\"status\":\"%s\",\"amqp\":\"%s\"}", ok ? "ready" : "unavailable", amqp);
             sl_http_send(req, ok ? 200 : 503, NULL, body, (size_t)n);
         }
-    } else if (path_is(req, "/metrics")) {
+    } else if (sl_http_path_is(req, "/metrics")) {
         if (get)
             send_metrics(g, req);
         else
-            not_allowed(req, "GET");
+            sl_http_method_not_allowed(req, "GET");
     } else {
         sl_http_fail(req, 404, "not_found", NULL, "no such endpoint", 0);
     }

@@ -124,11 +124,6 @@ static int handle_metrics(sl_sse_t *s, h2o_req_t *req)
     return 0;
 }
 
-static int path_is(h2o_req_t *req, const char *path)
-{
-    return h2o_memis(req->path_normalized.base, req->path_normalized.len, path, strlen(path));
-}
-
 int sl_sse_handle(void *data, h2o_req_t *req)
 {
     sl_sse_t *s = data;
@@ -142,29 +137,28 @@ int sl_sse_handle(void *data, h2o_req_t *req)
     }
     int get = sl_http_method_is(req, "GET") || sl_http_method_is(req, "HEAD");
     const char *route = NULL;
-    if (path_is(req, "/") || path_is(req, "/index.html"))
+    if (sl_http_path_is(req, "/") || sl_http_path_is(req, "/index.html"))
         route = "page";
-    else if (path_is(req, "/config.json"))
+    else if (sl_http_path_is(req, "/config.json"))
         route = "config";
-    else if (path_is(req, "/favicon.ico"))
+    else if (sl_http_path_is(req, "/favicon.ico"))
         route = "favicon";
-    else if (path_is(req, "/v1/stream"))
+    else if (sl_http_path_is(req, "/v1/stream"))
         route = "stream";
-    else if (path_is(req, "/v1/ws"))
+    else if (sl_http_path_is(req, "/v1/ws"))
         route = "ws";
-    else if (path_is(req, "/healthz"))
+    else if (sl_http_path_is(req, "/healthz"))
         route = "healthz";
-    else if (path_is(req, "/readyz"))
+    else if (sl_http_path_is(req, "/readyz"))
         route = "readyz";
-    else if (path_is(req, "/metrics"))
+    else if (sl_http_path_is(req, "/metrics"))
         route = "metrics";
     if (route == NULL) {
         sl_http_fail(req, 404, "not_found", NULL, "no such endpoint", 0);
         return 0;
     }
     if (!get) {
-        h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_ALLOW, NULL, H2O_STRLIT("GET"));
-        sl_http_fail(req, 405, "method_not_allowed", NULL, "this method is not allowed here", 0);
+        sl_http_method_not_allowed(req, "GET");
         return 0;
     }
     if (strcmp(route, "page") == 0) {

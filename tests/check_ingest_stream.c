@@ -41,6 +41,15 @@ static char *body_of(PGconn *db, fm_t *f, const char *status_id, const char *col
     return v;
 }
 
+/* The column (or SQL expression) of the message made from status_id equals want. */
+static void assert_column(PGconn *db, fm_t *f, const char *status_id, const char *column, const char *want)
+{
+    char *v = body_of(db, f, status_id, column);
+    ck_assert_msg(v != NULL && strcmp(v, want) == 0, "status %s, %s: got %s, want %s", status_id, column,
+                  v != NULL ? v : "(no row)", want);
+    free(v);
+}
+
 START_TEST(test_stream_statuses_are_stored)
 {
     fm_conf_t fc = {.token = TOKEN, .heartbeat_ms = 300};
@@ -79,31 +88,15 @@ START_TEST(test_stream_statuses_are_stored)
     tu_sleep_ms(500);
     ck_assert_int_eq(tu_scalar(db, "SELECT count(*) FROM messages"), 4);
     ck_assert_int_eq(tu_scalar(db, "SELECT count(*) FROM messages WHERE source = 'mastodon' AND channel = 'mastodon'"), 4);
-    char *v = body_of(db, f, "101", "body");
-    ck_assert_str_eq(v, "Hello & welcome, it's caf\xc3\xa9 time \xf0\x9f\x8c\x8a");
-    free(v);
-    v = body_of(db, f, "101", "author");
-    ck_assert_str_eq(v, "alice");
-    free(v);
-    v = body_of(db, f, "101", "url");
-    ck_assert_str_eq(v, "https://remote.example/@alice/101");
-    free(v);
-    v = body_of(db, f, "102", "body");
-    ck_assert_str_eq(v, "first\n\nsecond\nthird");
-    free(v);
-    v = body_of(db, f, "102", "author");
-    ck_assert_str_eq(v, "bob@remote.example");
-    free(v);
-    v = body_of(db, f, "103", "body");
-    ck_assert_str_eq(v, "https://x.example/long 'quoted'");
-    free(v);
-    v = body_of(db, f, "105", "body");
-    ck_assert_str_eq(v, "multi-line");
-    free(v);
+    assert_column(db, f, "101", "body", "Hello & welcome, it's caf\xc3\xa9 time \xf0\x9f\x8c\x8a");
+    assert_column(db, f, "101", "author", "alice");
+    assert_column(db, f, "101", "url", "https://remote.example/@alice/101");
+    assert_column(db, f, "102", "body", "first\n\nsecond\nthird");
+    assert_column(db, f, "102", "author", "bob@remote.example");
+    assert_column(db, f, "103", "body", "https://x.example/long 'quoted'");
+    assert_column(db, f, "105", "body", "multi-line");
     ck_assert_ptr_null(body_of(db, f, "104", "body"));
-    v = body_of(db, f, "101", "created_at = '2026-03-01T12:00:00Z'");
-    ck_assert_str_eq(v, "t");
-    free(v);
+    assert_column(db, f, "101", "created_at = '2026-03-01T12:00:00Z'", "t");
 
     /* the history API shows the original post's address */
     char url[256];
@@ -234,15 +227,9 @@ START_TEST(test_edits_and_deletes_propagate)
     ck_assert_int_eq(tu_scalar(db, "SELECT count(*) FROM message_events"), 3);
 
     /* the database: edited text and time, deletion time, one gapless seq over messages and events */
-    char *v = body_of(db, f, "401", "body");
-    ck_assert_str_eq(v, "edited text");
-    free(v);
-    v = body_of(db, f, "401", "edited_at = '2026-03-02T10:00:00Z'");
-    ck_assert_str_eq(v, "t");
-    free(v);
-    v = body_of(db, f, "402", "deleted_at IS NOT NULL");
-    ck_assert_str_eq(v, "t");
-    free(v);
+    assert_column(db, f, "401", "body", "edited text");
+    assert_column(db, f, "401", "edited_at = '2026-03-02T10:00:00Z'", "t");
+    assert_column(db, f, "402", "deleted_at IS NOT NULL", "t");
     ck_assert_int_eq(tu_scalar(db, "SELECT count(*) FROM (SELECT seq FROM messages UNION ALL SELECT seq FROM "
                                    "message_events) s WHERE seq BETWEEN 1 AND 5"),
                      5);
@@ -361,9 +348,7 @@ START_TEST(test_control_endpoint_starts_and_stops)
     ck_assert(fm_wait_streams(f, 1, 10000));
     post_status(f, "504", "a", "<p>resumed</p>");
     ck_assert_int_eq(tu_wait_rows(db, 3, 20000), 3);
-    char *v = body_of(db, f, "504", "body");
-    ck_assert_str_eq(v, "resumed");
-    free(v);
+    assert_column(db, f, "504", "body", "resumed");
     it_command(&g, "application/json", "{\"command\":\"start\"}", &r); /* already running: fine */
     ck_assert_int_eq(r.status, 200);
     tu_resp_free(&r);

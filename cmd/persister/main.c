@@ -13,21 +13,15 @@
 
 static volatile sig_atomic_t stopping;
 
-static int path_is(h2o_req_t *req, const char *path)
-{
-    return h2o_memis(req->path_normalized.base, req->path_normalized.len, path, strlen(path));
-}
-
 static int on_req(void *data, h2o_req_t *req)
 {
     sl_persister_t *p = data;
     int get = sl_http_method_is(req, "GET") || sl_http_method_is(req, "HEAD");
-    int health = path_is(req, "/healthz"), ready = path_is(req, "/readyz"), metrics = path_is(req, "/metrics");
+    int health = sl_http_path_is(req, "/healthz"), ready = sl_http_path_is(req, "/readyz"), metrics = sl_http_path_is(req, "/metrics");
     if (!health && !ready && !metrics) {
         sl_http_fail(req, 404, "not_found", NULL, "no such endpoint", 0);
     } else if (!get) {
-        h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_ALLOW, NULL, H2O_STRLIT("GET"));
-        sl_http_fail(req, 405, "method_not_allowed", NULL, "this method is not allowed here", 0);
+        sl_http_method_not_allowed(req, "GET");
     } else if (health) {
         sl_http_send(req, 200, NULL, H2O_STRLIT("{\"status\":\"ok\"}"));
     } else if (ready) {
