@@ -242,16 +242,6 @@ static void on_idem_claim(void *data, const PGresult *res, const char *err)
     }
 }
 
-static int content_type_is_json(h2o_req_t *req)
-{
-    size_t len = 0;
-    const char *ct = sl_http_header(req, "content-type", &len);
-    static const char want[] = "application/json";
-    if (ct == NULL || len < sizeof(want) - 1 || strncasecmp(ct, want, sizeof(want) - 1) != 0)
-        return 0;
-    return len == sizeof(want) - 1 || ct[sizeof(want) - 1] == ';' || ct[sizeof(want) - 1] == ' ';
-}
-
 static int key_valid(const char *k, size_t len)
 {
     if (len < 1 || len > IDEMPOTENCY_KEY_MAX)
@@ -275,7 +265,7 @@ static int handle_post(sl_api_t *a, h2o_req_t *req)
         sl_auth_refuse(req, ar);
         return 0;
     }
-    if (!content_type_is_json(req)) {
+    if (!sl_http_content_is_json(req)) {
         respond_error(a, req, R_POST, 415, "unsupported_media_type", NULL, "Content-Type must be application/json");
         return 0;
     }

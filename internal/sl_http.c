@@ -9,6 +9,7 @@
 #include <arpa/inet.h>
 #include <stdio.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -385,6 +386,16 @@ int sl_http_peer_is_loopback(h2o_req_t *req)
     if (ss.ss_family == AF_INET6)
         return IN6_IS_ADDR_LOOPBACK(&((struct sockaddr_in6 *)&ss)->sin6_addr);
     return 0;
+}
+
+int sl_http_content_is_json(h2o_req_t *req)
+{
+    size_t len = 0;
+    const char *ct = sl_http_header(req, "content-type", &len);
+    static const char want[] = "application/json";
+    if (ct == NULL || len < sizeof(want) - 1 || strncasecmp(ct, want, sizeof(want) - 1) != 0)
+        return 0;
+    return len == sizeof(want) - 1 || ct[sizeof(want) - 1] == ';' || ct[sizeof(want) - 1] == ' ';
 }
 
 int sl_http_path_is(h2o_req_t *req, const char *path)

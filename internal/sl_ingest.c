@@ -341,22 +341,12 @@ static void send_state(sl_ingest_t *g, h2o_req_t *req)
     send_json(req, 200, root);
 }
 
-static int content_type_is_json(h2o_req_t *req)
-{
-    size_t len = 0;
-    const char *ct = sl_http_header(req, "content-type", &len);
-    static const char want[] = "application/json";
-    if (ct == NULL || len < sizeof(want) - 1 || strncasecmp(ct, want, sizeof(want) - 1) != 0)
-        return 0;
-    return len == sizeof(want) - 1 || ct[sizeof(want) - 1] == ';' || ct[sizeof(want) - 1] == ' ';
-}
-
 static void handle_command(sl_ingest_t *g, h2o_req_t *req)
 {
     json_error_t jerr;
     json_t *root, *v;
     const char *key;
-    if (!content_type_is_json(req)) {
+    if (!sl_http_content_is_json(req)) {
         sl_http_fail(req, 415, "unsupported_media_type", NULL, "Content-Type must be application/json", 0);
         return;
     }
