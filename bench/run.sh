@@ -58,6 +58,8 @@ export SLUICE_QUEUE=$SLUICE_BENCH_QUEUE
 export SLUICE_LIVE_EXCHANGE=$SLUICE_BENCH_LIVE_EXCHANGE
 # Room for every phase's messages: no 429 from a full queue while the persister catches up.
 export SLUICE_QUEUE_MAX_LENGTH=1000000
+# Every load connection comes from 127.0.0.1 (BENCH_RATE_CONNECTIONS: 512).
+export SLUICE_MAX_CONNS_PER_CLIENT=0
 export SLUICE_LOG_LEVEL=${SLUICE_LOG_LEVEL:-info}
 
 BIN=$REPO_DIR/$BUILD_DIR/bin

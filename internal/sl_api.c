@@ -538,7 +538,7 @@ static int handle_metrics(sl_api_t *a, h2o_req_t *req)
     sl_metrics_sample(&b, "sluice_api_rate_limited_total", "", (double)a->rate_limited);
     sl_metrics_header(&b, "sluice_api_ready", "gauge", "1 when broker and database are reachable.");
     sl_metrics_sample(&b, "sluice_api_ready", "", sl_publisher_ready(a->pub) && sl_pgpool_ready(a->pg));
-    sl_http_send(req, 200, "text/plain; version=0.0.4", b.data, b.len);
+    sl_http_send_metrics(req, &b);
     sl_buf_free(&b);
     return 0;
 }

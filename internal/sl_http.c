@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "sl_log.h"
+#include "sl_metrics.h"
 
 struct catchall {
     h2o_handler_t super;
@@ -25,12 +26,104 @@ struct catchall {
 static int on_req(h2o_handler_t *self, h2o_req_t *req)
 {
     sl_http_server_t *s = ((struct catchall *)self)->server;
-    if (s->ops_loopback_only && (sl_http_path_is(req, "/metrics") || sl_http_path_is(req, "/readyz")) &&
+    if (s->opts.ops_loopback_only && (sl_http_path_is(req, "/metrics") || sl_http_path_is(req, "/readyz")) &&
         !sl_http_peer_is_loopback(req)) {
         sl_http_fail(req, 403, "forbidden", NULL, "operators' endpoints answer on loopback only", 0);
         return 0;
     }
     return s->handler(s->data, req);
+}
+
+/* Open connections of one client address. The table has an entry only while the address has a
+ * connection open, so its size is bounded by the connections, not by the addresses ever seen. */
+#define PEER_SLOTS 1024
+
+struct sl_http_peer {
+    struct sl_http_peer *next;
+    size_t nconns;
+    int refusing; /* refused since it was last under the limit (one log line per episode) */
+    socklen_t len;
+    unsigned char addr[16]; /* the IPv4 or IPv6 address */
+};
+
+static socklen_t peer_key(h2o_socket_t *sock, unsigned char addr[16])
+{
+    struct sockaddr_storage ss;
+    if (h2o_socket_getpeername(sock, (struct sockaddr *)&ss) == 0)
+        return 0;
+    if (ss.ss_family == AF_INET) {
+        memcpy(addr, &((struct sockaddr_in *)&ss)->sin_addr, 4);
+        return 4;
+    }
+    if (ss.ss_family == AF_INET6) {
+        memcpy(addr, &((struct sockaddr_in6 *)&ss)->sin6_addr, 16);
+        return 16;
+    }
+    return 0;
+}
+
+static struct sl_http_peer **peer_slot(sl_http_server_t *s, const unsigned char *addr, socklen_t len)
+{
+    unsigned h = 2166136261u;
+    for (socklen_t i = 0; i < len; i++)
+        h = (h ^ addr[i]) * 16777619u;
+    return &s->peers[h % PEER_SLOTS];
+}
+
+/* The entry of the address, created when absent; NULL when out of memory (then the connection
+ * is not counted: a limit that fails open, never one that refuses everybody). */
+static struct sl_http_peer *peer_get(sl_http_server_t *s, const unsigned char *addr, socklen_t len)
+{
+    struct sl_http_peer **slot = peer_slot(s, addr, len), *p;
+    for (p = *slot; p != NULL; p = p->next)
+        if (p->len == len && memcmp(p->addr, addr, len) == 0)
+            return p;
+    if ((p = calloc(1, sizeof(*p))) == NULL)
+        return NULL;
+    p->len = len;
+    memcpy(p->addr, addr, len);
+    p->next = *slot;
+    *slot = p;
+    return p;
+}
+
+static void peer_release(sl_http_server_t *s, struct sl_http_peer *p)
+{
+    if (--p->nconns < (size_t)s->opts.max_conns_per_client)
+        p->refusing = 0;
+    if (p->nconns > 0)
+        return;
+    for (struct sl_http_peer **e = peer_slot(s, p->addr, p->len); *e != NULL; e = &(*e)->next) {
+        if (*e == p) {
+            *e = p->next;
+            free(p);
+            return;
+        }
+    }
+}
+
+/* 1 when the client of sock has its max_conns_per_client open already (then sock is closed),
+ * else 0 with *peer its entry (NULL when not counted). */
+static int over_client_limit(sl_http_server_t *s, h2o_socket_t *sock, struct sl_http_peer **peer)
+{
+    unsigned char addr[16];
+    socklen_t len;
+    *peer = NULL;
+    if (s->peers == NULL || (len = peer_key(sock, addr)) == 0 || (*peer = peer_get(s, addr, len)) == NULL)
+        return 0;
+    if ((*peer)->nconns < (size_t)s->opts.max_conns_per_client) {
+        (*peer)->nconns++;
+        return 0;
+    }
+    s->refused_per_client++;
+    if (!(*peer)->refusing) {
+        char text[INET6_ADDRSTRLEN];
+        inet_ntop(len == 4 ? AF_INET : AF_INET6, addr, text, sizeof(text));
+        SL_WARN("event=client_connections_refused peer=%s limit=%lld", text, s->opts.max_conns_per_client);
+        (*peer)->refusing = 1;
+    }
+    h2o_socket_close(sock);
+    return 1;
 }
 
 /* h2o 2.2 cannot close its idle keep-alive connections on request, so we keep our own list of
@@ -39,6 +132,7 @@ struct tracked_conn {
     h2o_linklist_t link;
     sl_http_server_t *server;
     h2o_socket_t *sock;
+    struct sl_http_peer *peer; /* counted against its client's limit, or NULL */
 };
 
 static void on_conn_close(void *data)
@@ -46,6 +140,8 @@ static void on_conn_close(void *data)
     struct tracked_conn *t = data;
     h2o_linklist_unlink(&t->link);
     t->server->nconns--;
+    if (t->peer != NULL)
+        peer_release(t->server, t->peer);
     free(t);
 }
 
@@ -65,10 +161,16 @@ static void on_accept(h2o_socket_t *listener, const char *err)
         }
         return;
     }
+    struct sl_http_peer *peer;
+    if (over_client_limit(s, sock, &peer))
+        return;
     struct tracked_conn *t = malloc(sizeof(*t));
+    if (t == NULL && peer != NULL)
+        peer_release(s, peer); /* untracked: it cannot be given back when it closes */
     if (t != NULL) {
         t->server = s;
         t->sock = sock;
+        t->peer = peer;
         h2o_linklist_insert(&s->conns, &t->link);
         s->nconns++;
         sock->on_close.cb = on_conn_close;
@@ -119,9 +221,13 @@ void sl_http_dispose(sl_http_server_t *s)
         struct tracked_conn *t = H2O_STRUCT_FROM_MEMBER(struct tracked_conn, link, s->conns.next);
         t->sock->on_close.cb = NULL;
         h2o_linklist_unlink(&t->link);
+        if (t->peer != NULL)
+            peer_release(s, t->peer);
         free(t);
     }
     s->nconns = 0;
+    free(s->peers);
+    s->peers = NULL;
     if (h2o_timeout_is_linked(&s->pause_entry))
         h2o_timeout_unlink(&s->pause_entry);
     h2o_timeout_dispose(s->loop, &s->pause_timeout);
@@ -153,6 +259,15 @@ void sl_http_init(sl_http_server_t *s, sl_http_handler_cb handler, void *data, s
     h2o_linklist_init_anchor(&s->conns);
     h2o_timeout_init(s->loop, &s->pause_timeout, 100);
     s->pause_entry.cb = on_pause_end;
+}
+
+int sl_http_configure(sl_http_server_t *s, const sl_http_opts_t *opts)
+{
+    s->opts = *opts;
+    if (opts->max_conns_per_client > 0 && s->peers == NULL &&
+        (s->peers = calloc(PEER_SLOTS, sizeof(*s->peers))) == NULL)
+        return -1;
+    return 0;
 }
 
 int sl_http_listen(sl_http_server_t *s, const char *host, int port)
@@ -294,6 +409,17 @@ void sl_http_send_error(h2o_req_t *req, const sl_error_t *err, int retry_after_s
     }
     sl_http_send(req, err->status, NULL, json, len);
     free(json);
+}
+
+void sl_http_send_metrics(h2o_req_t *req, sl_buf_t *b)
+{
+    const sl_http_server_t *s = H2O_STRUCT_FROM_MEMBER(sl_http_server_t, ctx, req->conn->ctx);
+    sl_metrics_header(b, "sluice_http_connections", "gauge", "Open client connections (HTTP and WebSocket).");
+    sl_metrics_sample(b, "sluice_http_connections", "", (double)s->nconns);
+    sl_metrics_header(b, "sluice_http_connections_refused_total", "counter",
+                      "Connections closed at accept: their client had max-conns-per-client open.");
+    sl_metrics_sample(b, "sluice_http_connections_refused_total", "reason=\"per_client\"", (double)s->refused_per_client);
+    sl_http_send(req, 200, "text/plain; version=0.0.4", b->data, b->len);
 }
 
 void sl_http_fail(h2o_req_t *req, int status, const char *code, const char *field, const char *message,

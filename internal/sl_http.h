@@ -1,7 +1,9 @@
 /*
  * sl_http: the HTTP side every service shares, on h2o's evloop: one listener, one catch-all
  * handler that routes by method and path, JSON answers and JSON errors, query parameters, and a
- * graceful stop on SIGTERM/SIGINT.
+ * graceful stop on SIGTERM/SIGINT. It also holds the limits every service has: operators'
+ * endpoints for loopback only, and at most so many open connections per client address (a
+ * connection past that is closed as soon as it is accepted, before any byte of it is read).
  *
  * Threading: one loop thread per server.
  */
@@ -12,9 +14,26 @@
 #include <h2o.h>
 #include <signal.h>
 
+#include "sl_buf.h"
+#include "sl_config.h"
 #include "sl_message.h"
 
 typedef struct sl_http_server sl_http_server_t;
+
+/* The options every HTTP service has. */
+typedef struct sl_http_opts {
+    long long ops_loopback_only;    /* 1: /metrics and /readyz answer 403 to clients not on loopback */
+    long long max_conns_per_client; /* open connections per client address (0: no limit) */
+} sl_http_opts_t;
+
+/* Their entries in a service's table of options (sl_config.h), filling *o. */
+#define SL_HTTP_OPTIONS(o)                                                                                 \
+    {"ops-loopback-only", "SLUICE_OPS_LOOPBACK_ONLY", SL_OPT_INT, &(o)->ops_loopback_only, "0", 0, 1,       \
+     "1: /metrics and /readyz answer 403 to clients not on loopback"},                                     \
+    {"max-conns-per-client", "SLUICE_MAX_CONNS_PER_CLIENT", SL_OPT_INT, &(o)->max_conns_per_client, "256", \
+     0, 1e7, "open connections per client address; more are closed at once (0: no limit)"}
+
+struct sl_http_peer;
 
 /* Handles one request; returns 0 (answered now or later). data is what was given to sl_http_init. */
 typedef int (*sl_http_handler_cb)(void *data, h2o_req_t *req);
@@ -29,13 +48,18 @@ struct sl_http_server {
     void *data;
     h2o_linklist_t conns; /* every accepted socket still open (struct tracked_conn) */
     size_t nconns;
-    int ops_loopback_only; /* /metrics and /readyz answer 403 to clients not on loopback */
+    sl_http_opts_t opts;
+    struct sl_http_peer **peers; /* open connections by client address, while max_conns_per_client > 0 */
+    uint64_t refused_per_client; /* connections closed at accept for max_conns_per_client */
     h2o_timeout_t pause_timeout; /* accepting pauses a moment when out of descriptors */
     h2o_timeout_entry_t pause_entry;
 };
 
 /* Sets up the loop, the configuration (request bodies up to max_body bytes) and the handler. */
 void sl_http_init(sl_http_server_t *s, sl_http_handler_cb handler, void *data, size_t max_body);
+
+/* Applies the options (before sl_http_listen). Returns 0, or -1 when out of memory. */
+int sl_http_configure(sl_http_server_t *s, const sl_http_opts_t *opts);
 
 /* Listens on host:port (SO_REUSEADDR). Returns 0, or -1 with errno set (and a log line). */
 int sl_http_listen(sl_http_server_t *s, const char *host, int port);
@@ -72,6 +96,9 @@ void sl_http_trap_signals(volatile sig_atomic_t *flag);
 void sl_http_send(h2o_req_t *req, int status, const char *content_type, const char *body, size_t len);
 /* Answers {"error":{…}}, with Retry-After when retry_after_s > 0. */
 void sl_http_send_error(h2o_req_t *req, const sl_error_t *err, int retry_after_s);
+/* Answers /metrics: the service's metrics in b (Prometheus text), followed by the HTTP server's
+ * own (open connections, connections refused per client). b stays the caller's. */
+void sl_http_send_metrics(h2o_req_t *req, sl_buf_t *b);
 /* Shorthand: builds the error and sends it. */
 void sl_http_fail(h2o_req_t *req, int status, const char *code, const char *field, const char *message,
                   int retry_after_s);

@@ -434,7 +434,7 @@ static void send_metrics(sl_ingest_t *g, h2o_req_t *req)
     sl_metrics_sample(&b, "sluice_ingest_running", "", st.running);
     sl_metrics_header(&b, "sluice_ingest_ready", "gauge", "1 when the broker is reachable and not blocking.");
     sl_metrics_sample(&b, "sluice_ingest_ready", "", sl_publisher_ready(g->pub));
-    sl_http_send(req, 200, "text/plain; version=0.0.4", b.data, b.len);
+    sl_http_send_metrics(req, &b);
     sl_buf_free(&b);
 }
 

@@ -14,8 +14,7 @@
 
 struct bucket {
     struct bucket *next;
-    double tokens;
-    int64_t at_us;
+    sl_tokenbucket_t tb;
     char key[];
 };
 
@@ -43,7 +42,7 @@ sl_ratelimit_t *sl_ratelimit_create(double rate, double burst, size_t max_keys)
     r->rate = rate;
     r->burst = burst < 1 ? 1 : burst;
     r->max_keys = max_keys;
-    r->overflow.tokens = r->burst;
+    sl_tokenbucket_init(&r->overflow.tb, r->burst, 0);
     return r;
 }
 
@@ -61,12 +60,29 @@ void sl_ratelimit_destroy(sl_ratelimit_t *r)
     free(r);
 }
 
-static void refill(const sl_ratelimit_t *r, struct bucket *b, int64_t now_us)
+static void refill(sl_tokenbucket_t *b, double rate, double burst, int64_t now_us)
 {
     if (now_us > b->at_us) {
-        b->tokens = fmin(r->burst, b->tokens + r->rate * (double)(now_us - b->at_us) / 1e6);
+        b->tokens = fmin(burst, b->tokens + rate * (double)(now_us - b->at_us) / 1e6);
         b->at_us = now_us;
     }
+}
+
+void sl_tokenbucket_init(sl_tokenbucket_t *b, double burst, int64_t now_us)
+{
+    b->tokens = burst;
+    b->at_us = now_us;
+}
+
+int sl_tokenbucket_take(sl_tokenbucket_t *b, double rate, double burst, int64_t now_us)
+{
+    refill(b, rate, burst, now_us);
+    if (b->tokens >= 1) {
+        b->tokens -= 1;
+        return 0;
+    }
+    double wait = (1 - b->tokens) / rate;
+    return wait < 1 ? 1 : (int)ceil(wait);
 }
 
 static void sweep(sl_ratelimit_t *r, int64_t now_us)
@@ -74,8 +90,8 @@ static void sweep(sl_ratelimit_t *r, int64_t now_us)
     for (int i = 0; i < NBUCKETS; i++) {
         struct bucket **p = &r->table[i];
         while (*p != NULL) {
-            refill(r, *p, now_us);
-            if ((*p)->tokens >= r->burst) {
+            refill(&(*p)->tb, r->rate, r->burst, now_us);
+            if ((*p)->tb.tokens >= r->burst) {
                 struct bucket *dead = *p;
                 *p = dead->next;
                 free(dead);
@@ -101,20 +117,13 @@ int sl_ratelimit_take(sl_ratelimit_t *r, const char *key, int64_t now_us)
             b = &r->overflow;
         } else {
             memcpy(b->key, key, klen + 1);
-            b->tokens = r->burst;
-            b->at_us = now_us;
+            sl_tokenbucket_init(&b->tb, r->burst, now_us);
             b->next = r->table[h];
             r->table[h] = b;
             r->nkeys++;
         }
     }
-    refill(r, b, now_us);
-    if (b->tokens >= 1) {
-        b->tokens -= 1;
-        return 0;
-    }
-    double wait = (1 - b->tokens) / r->rate;
-    return wait < 1 ? 1 : (int)ceil(wait);
+    return sl_tokenbucket_take(&b->tb, r->rate, r->burst, now_us);
 }
 
 size_t sl_ratelimit_keys(const sl_ratelimit_t *r)

@@ -1,14 +1,27 @@
 /*
- * sl_ratelimit: a token bucket per client (a token, or a remote address): `rate` requests per
- * second on average, bursts of up to `burst`. Buckets of idle clients are dropped, and at most
- * max_keys clients are tracked (past that, new clients share one overflow bucket, so a flood of
- * addresses cannot grow memory). One thread only.
+ * sl_ratelimit: token buckets: `rate` requests per second on average, bursts of up to `burst`.
+ * sl_tokenbucket is one bucket, for a client the caller already holds (a WebSocket connection).
+ * sl_ratelimit keeps a bucket per client key (a token, or a remote address): buckets of idle
+ * clients are dropped, and at most max_keys clients are tracked (past that, new clients share one
+ * overflow bucket, so a flood of addresses cannot grow memory). One thread only.
  */
 #ifndef SL_RATELIMIT_H
 #define SL_RATELIMIT_H
 
 #include <stddef.h>
 #include <stdint.h>
+
+typedef struct sl_tokenbucket {
+    double tokens;
+    int64_t at_us;
+} sl_tokenbucket_t;
+
+/* A full bucket (burst tokens) at now_us (monotonic). */
+void sl_tokenbucket_init(sl_tokenbucket_t *b, double burst, int64_t now_us);
+
+/* Takes one token at now_us, after refilling at rate per second up to burst (>= 1). Returns 0
+ * when allowed, else the whole seconds (>= 1) after which one will be there (for Retry-After). */
+int sl_tokenbucket_take(sl_tokenbucket_t *b, double rate, double burst, int64_t now_us);
 
 typedef struct sl_ratelimit sl_ratelimit_t;
 

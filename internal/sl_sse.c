@@ -100,6 +100,9 @@ static int handle_metrics(sl_sse_t *s, h2o_req_t *req)
     sl_metrics_sample(&b, "sluice_sse_resets_total", "", (double)st->resets);
     sl_metrics_header(&b, "sluice_sse_refused_total", "counter", "Connections refused at the limit.");
     sl_metrics_sample(&b, "sluice_sse_refused_total", "", (double)st->refused_full);
+    sl_metrics_header(&b, "sluice_sse_ws_rate_limited_total", "counter",
+                      "WebSockets closed (1008) for sending more than ws-rate messages per second.");
+    sl_metrics_sample(&b, "sluice_sse_ws_rate_limited_total", "", (double)st->ws_rate_limited);
     sl_metrics_header(&b, "sluice_sse_live_events_total", "counter", "Live events by outcome.");
     sl_metrics_sample(&b, "sluice_sse_live_events_total", "outcome=\"received\"", (double)hs->received);
     sl_metrics_sample(&b, "sluice_sse_live_events_total", "outcome=\"delivered\"", (double)hs->delivered);
@@ -119,7 +122,7 @@ static int handle_metrics(sl_sse_t *s, h2o_req_t *req)
                       hs->last_created_at_us ? (double)(sl_time_now_us() - hs->last_created_at_us) / 1e6 : 0);
     sl_metrics_header(&b, "sluice_sse_ready", "gauge", "1 when the live feed, the database and the hub are ready.");
     sl_metrics_sample(&b, "sluice_sse_ready", "", ready(s));
-    sl_http_send(req, 200, "text/plain; version=0.0.4", b.data, b.len);
+    sl_http_send_metrics(req, &b);
     sl_buf_free(&b);
     return 0;
 }

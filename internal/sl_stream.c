@@ -21,6 +21,7 @@
 #include "sl_db.h"
 #include "sl_http.h"
 #include "sl_log.h"
+#include "sl_ratelimit.h"
 #include "sl_time.h"
 
 enum { T_SSE = 0, T_NDJSON = 1, T_WS = 2 };
@@ -419,8 +420,8 @@ static void on_http_history(void *data, const PGresult *res, const char *err)
     sl_sub_go_live(&hc->sub, hc->sub.cursor);
 }
 
-/* Parses "a,b,c" into channels; returns the count, or -1 with err. */
-static int parse_channels(const char *list, size_t len, long long max, char (**out)[SL_CHANNEL_MAX + 1], sl_error_t *err)
+int sl_stream_parse_channels(const char *list, size_t len, long long max, char (**out)[SL_CHANNEL_MAX + 1],
+                             sl_error_t *err)
 {
     size_t n = 0, cap = 0;
     char (*ch)[SL_CHANNEL_MAX + 1] = NULL;
@@ -465,18 +466,80 @@ Fail:
     return -1;
 }
 
-static int parse_count(const char *s, size_t len, long long max, long long *out)
+int sl_stream_parse_count(const char *s, size_t len, long long max, long long *out)
 {
     long long v = 0;
     if (len == 0 || len > 19)
         return -1;
     for (size_t i = 0; i < len; i++) {
-        if (s[i] < '0' || s[i] > '9' || v > (max - (s[i] - '0')) / 10) /* also: no overflow */
+        int d = s[i] - '0';
+        /* v * 10 + d <= max, without overflow (max - d may be negative when max < 9) */
+        if (d < 0 || d > 9 || v > max / 10 || v * 10 > max - d)
             return -1;
-        v = v * 10 + (s[i] - '0');
+        v = v * 10 + d;
     }
     *out = v;
     return 0;
+}
+
+int sl_stream_ws_parse(const char *text, size_t len, long long history_default, long long history_max,
+                       sl_ws_command_t *cmd, sl_error_t *err)
+{
+    json_t *root = json_loadb(text, len, 0, NULL), *v;
+    const char *verb;
+    int rc = -1;
+    static const char verbs[] = "'command' must be \"subscribe\", \"unsubscribe\" or \"ping\"";
+
+    memset(cmd, 0, sizeof(*cmd));
+    if (!json_is_object(root)) {
+        sl_error_set(err, 400, "invalid_json", NULL,
+                     "a command is a JSON object like {\"command\":\"subscribe\",\"channel\":\"general\"}");
+        goto Exit;
+    }
+    if (!json_is_string(v = json_object_get(root, "command"))) {
+        sl_error_set(err, 400, "missing_command", NULL, "%s", verbs);
+        goto Exit;
+    }
+    verb = json_string_value(v);
+    if (strcmp(verb, "ping") == 0) {
+        cmd->verb = SL_WS_PING;
+        rc = 0;
+        goto Exit;
+    }
+    if (strcmp(verb, "subscribe") == 0)
+        cmd->verb = SL_WS_SUBSCRIBE;
+    else if (strcmp(verb, "unsubscribe") == 0)
+        cmd->verb = SL_WS_UNSUBSCRIBE;
+    else {
+        sl_error_set(err, 400, "unknown_command", NULL, "%s", verbs);
+        goto Exit;
+    }
+    v = json_object_get(root, "channel");
+    if (!json_is_string(v) || !sl_channel_valid(json_string_value(v), json_string_length(v))) {
+        sl_error_set(err, 400, "invalid_channel", NULL, "'channel' must match [a-z0-9_-]{1,64}");
+        goto Exit;
+    }
+    memcpy(cmd->channel, json_string_value(v), json_string_length(v) + 1);
+    cmd->history = history_default;
+    cmd->since = -1;
+    if (cmd->verb == SL_WS_SUBSCRIBE && (v = json_object_get(root, "history")) != NULL) {
+        if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > history_max) {
+            sl_error_set(err, 400, "invalid_history", NULL, "'history' must be an integer from 0 to %lld", history_max);
+            goto Exit;
+        }
+        cmd->history = json_integer_value(v);
+    }
+    if (cmd->verb == SL_WS_SUBSCRIBE && (v = json_object_get(root, "since")) != NULL) {
+        if (!json_is_integer(v) || json_integer_value(v) < 0) {
+            sl_error_set(err, 400, "invalid_since", NULL, "'since' must be a non-negative integer (a seq)");
+            goto Exit;
+        }
+        cmd->since = json_integer_value(v);
+    }
+    rc = 0;
+Exit:
+    json_decref(root);
+    return rc;
 }
 
 static int refuse(h2o_req_t *req, int status, const char *code, const char *field, const char *msg)
@@ -505,20 +568,20 @@ int sl_streams_handle_stream(sl_streams_t *s, h2o_req_t *req)
         tp = &ndjson_transport;
     }
     if ((r = sl_http_query(req, "history", &v)) != 0 &&
-        (r < 0 || parse_count(v.base, v.len, s->conf.history_max, &history) != 0)) {
+        (r < 0 || sl_stream_parse_count(v.base, v.len, s->conf.history_max, &history) != 0)) {
         char msg[96];
         snprintf(msg, sizeof(msg), "'history' must be an integer from 0 to %lld", s->conf.history_max);
         return refuse(req, 400, "invalid_history", "history", msg);
     }
     if ((r = sl_http_query(req, "since", &v)) != 0) {
-        if (r < 0 || parse_count(v.base, v.len, INT64_MAX, &since) != 0)
+        if (r < 0 || sl_stream_parse_count(v.base, v.len, INT64_MAX, &since) != 0)
             return refuse(req, 400, "invalid_since", "since", "'since' must be a non-negative integer (a seq)");
     } else if ((hv = sl_http_header(req, "last-event-id", &hlen)) != NULL) {
-        if (parse_count(hv, hlen, INT64_MAX, &since) != 0)
+        if (sl_stream_parse_count(hv, hlen, INT64_MAX, &since) != 0)
             return refuse(req, 400, "invalid_last_event_id", NULL, "Last-Event-ID must be a seq this stream sent");
     }
     if ((r = sl_http_query(req, "channels", &v)) != 0) {
-        if (r < 0 || (nch = parse_channels(v.base, v.len, s->conf.max_channels, &channels, &err)) < 0) {
+        if (r < 0 || (nch = sl_stream_parse_channels(v.base, v.len, s->conf.max_channels, &channels, &err)) < 0) {
             if (r < 0)
                 sl_error_set(&err, 400, "invalid_channel", "channels", "'channels' is badly encoded");
             sl_http_send_error(req, &err, 0);
@@ -601,7 +664,9 @@ struct wsconn {
     h2o_websocket_conn_t *ws;
     struct wssub **subs;
     size_t nsubs;
+    sl_tokenbucket_t rate; /* of the client's messages (ws_rate) */
     int closed;
+    int closing;           /* we queued a close frame: what the client still sends is ignored */
 };
 
 static void ws_queue(struct wsconn *w, const char *text, size_t len, int history)
@@ -806,71 +871,40 @@ static struct wssub *find_sub(struct wsconn *w, const char *channel, size_t *ind
 static void ws_command(struct wsconn *w, const char *text, size_t len)
 {
     sl_streams_t *s = w->super.streams;
-    json_error_t jerr;
-    json_t *root = json_loadb(text, len, 0, &jerr), *v;
-    const char *cmd, *channel = NULL;
+    sl_ws_command_t cmd;
+    sl_error_t err;
     char reply[160];
 
-    if (root == NULL || !json_is_object(root)) {
-        ws_error(w, "invalid_json", "a command is a JSON object like {\"command\":\"subscribe\",\"channel\":\"general\"}");
-        goto Exit;
+    if (sl_stream_ws_parse(text, len, s->conf.history_default, s->conf.history_max, &cmd, &err) != 0) {
+        ws_error(w, err.code, err.message);
+        return;
     }
-    if (!json_is_string(v = json_object_get(root, "command"))) {
-        ws_error(w, "missing_command", "'command' must be \"subscribe\", \"unsubscribe\" or \"ping\"");
-        goto Exit;
-    }
-    cmd = json_string_value(v);
-    if (strcmp(cmd, "ping") == 0) {
+    const char *channel = cmd.channel;
+    if (cmd.verb == SL_WS_PING) {
         ws_send_text(w, H2O_STRLIT("{\"type\":\"pong\"}"));
-        goto Exit;
+        return;
     }
-    if (strcmp(cmd, "subscribe") != 0 && strcmp(cmd, "unsubscribe") != 0) {
-        ws_error(w, "unknown_command", "'command' must be \"subscribe\", \"unsubscribe\" or \"ping\"");
-        goto Exit;
-    }
-    v = json_object_get(root, "channel");
-    if (!json_is_string(v) || !sl_channel_valid(json_string_value(v), json_string_length(v))) {
-        ws_error(w, "invalid_channel", "'channel' must match [a-z0-9_-]{1,64}");
-        goto Exit;
-    }
-    channel = json_string_value(v);
-    if (strcmp(cmd, "unsubscribe") == 0) {
+    if (cmd.verb == SL_WS_UNSUBSCRIBE) {
         size_t i;
         struct wssub *sub = find_sub(w, channel, &i);
         if (sub == NULL) {
             ws_error(w, "not_subscribed", "this socket is not subscribed to that channel");
-            goto Exit;
+            return;
         }
         w->subs[i] = w->subs[--w->nsubs];
         wssub_free(sub);
         int n = snprintf(reply, sizeof(reply), "{\"type\":\"unsubscribed\",\"channel\":\"%s\"}", channel);
         ws_send_text(w, reply, (size_t)n);
-        goto Exit;
-    }
-    long long history = s->conf.history_default, since = -1;
-    if ((v = json_object_get(root, "history")) != NULL) {
-        if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > s->conf.history_max) {
-            snprintf(reply, sizeof(reply), "'history' must be an integer from 0 to %lld", s->conf.history_max);
-            ws_error(w, "invalid_history", reply);
-            goto Exit;
-        }
-        history = json_integer_value(v);
-    }
-    if ((v = json_object_get(root, "since")) != NULL) {
-        if (!json_is_integer(v) || json_integer_value(v) < 0) {
-            ws_error(w, "invalid_since", "'since' must be a non-negative integer (a seq)");
-            goto Exit;
-        }
-        since = json_integer_value(v);
+        return;
     }
     if (find_sub(w, channel, NULL) != NULL) {
         ws_error(w, "already_subscribed", "this socket is already subscribed to that channel");
-        goto Exit;
+        return;
     }
     if ((long long)w->nsubs >= s->conf.max_channels) {
         snprintf(reply, sizeof(reply), "at most %lld channels per socket", s->conf.max_channels);
         ws_error(w, "too_many_channels", reply);
-        goto Exit;
+        return;
     }
     struct wssub *sub = calloc(1, sizeof(*sub));
     struct wssub **subs = realloc(w->subs, (w->nsubs + 1) * sizeof(*subs));
@@ -879,12 +913,12 @@ static void ws_command(struct wsconn *w, const char *text, size_t len)
     if (sub == NULL || subs == NULL) {
         free(sub);
         ws_error(w, "out_of_memory", "out of memory");
-        goto Exit;
+        return;
     }
     snprintf(sub->channel[0], sizeof(sub->channel[0]), "%s", channel);
     sub->ws = w;
-    sub->since = since;
-    sub->history = history;
+    sub->since = cmd.since;
+    sub->history = cmd.history;
     sub->sub.channels = sub->channel;
     sub->sub.nchannels = 1;
     sub->sub.emit = ws_emit;
@@ -892,14 +926,34 @@ static void ws_command(struct wsconn *w, const char *text, size_t len)
     if (sl_hub_subscribe(s->hub, &sub->sub) != 0) {
         free(sub);
         ws_error(w, "out_of_memory", "out of memory");
-        goto Exit;
+        return;
     }
     w->subs[w->nsubs++] = sub;
     int n = snprintf(reply, sizeof(reply), "{\"type\":\"subscribed\",\"channel\":\"%s\"}", channel);
     ws_send_text(w, reply, (size_t)n);
     ws_start_history(sub);
-Exit:
-    json_decref(root);
+}
+
+/* Queues a close frame (the client answers it, then the socket closes) and ignores the rest. */
+static void ws_refuse(struct wsconn *w, uint16_t code, const char *reason)
+{
+    w->closing = 1;
+    wslay_event_queue_close(w->ws->ws_ctx, code, (const uint8_t *)reason, strlen(reason));
+    mark_dirty(&w->super);
+}
+
+/* A client's own messages (commands, binary frames, pings, which we answer) are limited to
+ * ws_rate per second; pongs answer our heartbeats and are not counted. */
+static int ws_over_rate(struct wsconn *w, uint8_t opcode)
+{
+    sl_streams_t *s = w->super.streams;
+    if (s->conf.ws_rate <= 0 || opcode == WSLAY_PONG || opcode == WSLAY_CONNECTION_CLOSE)
+        return 0;
+    if (sl_tokenbucket_take(&w->rate, s->conf.ws_rate, s->conf.ws_burst, sl_time_mono_us()) == 0)
+        return 0;
+    s->stats.ws_rate_limited++;
+    SL_INFO("event=ws_rate_limited rate=%g burst=%g", s->conf.ws_rate, s->conf.ws_burst);
+    return 1;
 }
 
 static void ws_on_message(h2o_websocket_conn_t *conn, const struct wslay_event_on_msg_recv_arg *arg)
@@ -909,12 +963,14 @@ static void ws_on_message(h2o_websocket_conn_t *conn, const struct wslay_event_o
         ws_close_now(w);
         return;
     }
-    if (arg->opcode == WSLAY_TEXT_FRAME) {
+    if (w->closing)
+        return;
+    if (ws_over_rate(w, arg->opcode)) {
+        ws_refuse(w, WSLAY_CODE_POLICY_VIOLATION, "too many messages: slow down");
+    } else if (arg->opcode == WSLAY_TEXT_FRAME) {
         ws_command(w, (const char *)arg->msg, arg->msg_length);
     } else if (arg->opcode == WSLAY_BINARY_FRAME) {
-        static const char reason[] = "binary frames are not accepted";
-        wslay_event_queue_close(conn->ws_ctx, WSLAY_CODE_UNSUPPORTED_DATA, (const uint8_t *)reason, sizeof(reason) - 1);
-        mark_dirty(&w->super);
+        ws_refuse(w, WSLAY_CODE_UNSUPPORTED_DATA, "binary frames are not accepted");
     }
 }
 
@@ -934,6 +990,7 @@ int sl_streams_handle_ws(sl_streams_t *s, h2o_req_t *req)
     if (w == NULL)
         return refuse(req, 503, "out_of_memory", NULL, "out of memory");
     conn_register(s, &w->super, &ws_transport);
+    sl_tokenbucket_init(&w->rate, s->conf.ws_burst, sl_time_mono_us());
     w->ws = h2o_upgrade_to_websocket(req, key, w, ws_on_message);
     /* frames past the limit make wslay close with 1009 (message too big) */
     wslay_event_config_set_max_recv_msg_length(w->ws->ws_ctx, (uint64_t)s->conf.ws_max_frame);

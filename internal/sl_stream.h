@@ -19,6 +19,7 @@
 #include <h2o.h>
 
 #include "sl_hub.h"
+#include "sl_message.h"
 #include "sl_pgpool.h"
 
 typedef struct sl_stream_conf {
@@ -31,11 +32,14 @@ typedef struct sl_stream_conf {
     long long max_conns;        /* stream connections before 503 */
     long long max_channels;     /* channels per connection */
     long long ws_max_frame;     /* largest WebSocket message accepted */
+    double ws_rate;             /* client messages per second per WebSocket (0: no limit) */
+    double ws_burst;            /* messages a WebSocket may send at once before ws_rate applies */
 } sl_stream_conf_t;
 
 typedef struct sl_stream_stats {
     uint64_t connected[3];      /* now, by transport: sse, ndjson, websocket */
     uint64_t opened_total, events_sent, bytes_queued, slow_disconnects, resets, refused_full;
+    uint64_t ws_rate_limited;   /* WebSockets closed (1008) for sending too fast */
 } sl_stream_stats_t;
 
 typedef struct sl_streams sl_streams_t;
@@ -49,6 +53,39 @@ int sl_streams_handle_ws(sl_streams_t *s, h2o_req_t *req);
 
 const sl_stream_stats_t *sl_streams_stats(const sl_streams_t *s);
 size_t sl_streams_count(const sl_streams_t *s);
+
+/* ---- parsers of what clients send (pure: no loop, no state; any thread) ------------------------- */
+
+/* A count in a query parameter or header (history=, since=, Last-Event-ID): exactly 1 to 19 ASCII
+ * digits whose value is at most max (max >= 0). Returns 0 with *out set, or -1 (*out untouched).
+ * s need not be NUL-terminated; no byte past s[len - 1] is read. */
+int sl_stream_parse_count(const char *s, size_t len, long long max, long long *out);
+
+/* The channels= list: comma-separated channels ([a-z0-9_-]{1,64} each), duplicates dropped,
+ * order kept. Returns the number of distinct channels (>= 1) and *out, a malloc'd array the
+ * caller frees; or -1 with err set and *out untouched: 400 invalid_channel (an empty or invalid
+ * item), 400 too_many_channels (more than max distinct ones), 503 out_of_memory. */
+int sl_stream_parse_channels(const char *list, size_t len, long long max, char (**out)[SL_CHANNEL_MAX + 1],
+                             sl_error_t *err);
+
+typedef enum { SL_WS_PING, SL_WS_SUBSCRIBE, SL_WS_UNSUBSCRIBE } sl_ws_verb_t;
+
+/* One command a client sends on GET /v1/ws. */
+typedef struct sl_ws_command {
+    sl_ws_verb_t verb;
+    char channel[SL_CHANNEL_MAX + 1]; /* subscribe, unsubscribe: a valid channel */
+    long long history;                /* subscribe: 0..history_max, history_default when absent */
+    long long since;                  /* subscribe: the resume position, -1 when absent */
+} sl_ws_command_t;
+
+/* Parses one WebSocket text message as a command ({"command":"subscribe","channel":…,
+ * "history":…,"since":…}, unsubscribe, ping; other members are ignored). Returns 0 with *cmd
+ * set, or -1 with err set (status 400, field NULL, code invalid_json, missing_command,
+ * unknown_command, invalid_channel, invalid_history or invalid_since, and a message for the
+ * client). Whether the command makes sense for the socket (already subscribed, too many
+ * channels) is the caller's to decide. text need not be NUL-terminated. */
+int sl_stream_ws_parse(const char *text, size_t len, long long history_default, long long history_max,
+                       sl_ws_command_t *cmd, sl_error_t *err);
 
 /* Ends every stream (for shutdown); their sockets close as the loop runs. */
 void sl_streams_close_all(sl_streams_t *s);

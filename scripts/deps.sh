@@ -8,7 +8,7 @@ PACKAGES=(
   libh2o-evloop-dev librabbitmq-dev libpq-dev libcurl4-openssl-dev libjansson-dev
   check libwslay-dev libssl-dev zlib1g-dev uuid-dev
   rabbitmq-server postgresql
-  wrk curl procps
+  wrk curl procps iproute2
 )
 
 missing=()

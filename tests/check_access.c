@@ -1,15 +1,22 @@
 /*
  * Integration tests of access control and abuse limits: writer tokens on the api (401/403), the
  * per-client rate limit (429 with Retry-After, apart from the broker's back pressure), the admin
- * token on ingest's control endpoint, and refused configurations.
+ * token on ingest's control endpoint, connections per client address (every HTTP service),
+ * slow senders of request headers, and refused configurations.
  */
+#include <arpa/inet.h>
 #include <check.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "sl_testnet.h"
 #include "sl_testutil.h"
 
 static tu_stack_t S;
@@ -103,7 +110,8 @@ START_TEST(test_tokens_file_and_bad_configuration)
 
     /* configurations the api refuses to start with: exit status 2 and a reason */
     const char *bad[] = {"SLUICE_API_TOKENS=short:alice", "SLUICE_API_TOKENS=no-author-here-123",
-                         "SLUICE_API_TOKENS_FILE=/nonexistent/tokens", "SLUICE_API_CLIENT_RATE=-1"};
+                         "SLUICE_API_TOKENS_FILE=/nonexistent/tokens", "SLUICE_API_CLIENT_RATE=-1",
+                         "SLUICE_MAX_CONNS_PER_CLIENT=-1"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         char cmd[512];
         const char *bindir = getenv("SLUICE_BIN_DIR");
@@ -198,6 +206,189 @@ START_TEST(test_ingest_control_needs_admin_token)
 }
 END_TEST
 
+/* ---- raw connections ------------------------------------------------------------------------- */
+
+/* A blocking TCP connection from address from (any loopback address: 127.0.0.2 is another
+ * client than 127.0.0.1) to 127.0.0.1:port; -1 on failure. */
+static int connect_from(const char *from, int port)
+{
+    struct sockaddr_in src = {.sin_family = AF_INET}, dst = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    inet_pton(AF_INET, from, &src.sin_addr);
+    inet_pton(AF_INET, "127.0.0.1", &dst.sin_addr);
+    if (fd < 0 || bind(fd, (struct sockaddr *)&src, sizeof(src)) != 0 ||
+        connect(fd, (struct sockaddr *)&dst, sizeof(dst)) != 0) {
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+/* Sends GET path on fd (keep-alive) and reads the answer's head: its status, 0 when the server
+ * closed the connection or sent nothing within timeout_ms. */
+static int request_on(int fd, const char *path, int timeout_ms)
+{
+    char req[256], buf[4096];
+    size_t len = 0;
+    int n = snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", path);
+    long long deadline = tu_now_ms() + timeout_ms;
+    if (send(fd, req, (size_t)n, MSG_NOSIGNAL) != n)
+        return 0;
+    while (len < sizeof(buf) - 1 && memmem(buf, len, "\r\n\r\n", 4) == NULL) {
+        struct pollfd p = {fd, POLLIN, 0};
+        long long left = deadline - tu_now_ms();
+        if (left <= 0 || poll(&p, 1, (int)left) != 1)
+            return 0;
+        ssize_t r = recv(fd, buf + len, sizeof(buf) - 1 - len, 0);
+        if (r <= 0)
+            return 0;
+        len += (size_t)r;
+        buf[len] = '\0';
+    }
+    int status = 0;
+    return sscanf(buf, "HTTP/1.1 %d", &status) == 1 ? status : 0;
+}
+
+/* 1 when the server ends fd (EOF or reset) within timeout_ms without sending anything. */
+static int closed_by_server(int fd, int timeout_ms)
+{
+    struct pollfd p = {fd, POLLIN, 0};
+    char b;
+    if (poll(&p, 1, timeout_ms) != 1)
+        return 0;
+    ssize_t r = recv(fd, &b, 1, 0);
+    return r == 0 || (r < 0 && (errno == ECONNRESET || errno == EPIPE));
+}
+
+/* A sample's value in the /metrics of the service on port, or -1. */
+static double metric_at(int port, const char *series)
+{
+    char url[128], want[160];
+    tu_resp_t r;
+    double v = -1;
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/metrics", port);
+    snprintf(want, sizeof(want), "\n%s ", series);
+    if (tu_http("GET", url, NULL, NULL, NULL, 0, &r) == 0 && r.status == 200) {
+        const char *at = strstr(r.body, want);
+        if (at != NULL)
+            v = strtod(at + strlen(want), NULL);
+    }
+    tu_resp_free(&r);
+    return v;
+}
+
+#define REFUSED "sluice_http_connections_refused_total{reason=\"per_client\"}"
+
+/* One client address may hold SLUICE_MAX_CONNS_PER_CLIENT connections; the next one is closed
+ * at once, unanswered. Other addresses are not affected, and a slot frees when one closes. */
+START_TEST(test_connections_per_client)
+{
+    const char *env[] = {"SLUICE_MAX_CONNS_PER_CLIENT=3", NULL};
+    int fds[3], extra, other;
+    tu_stack_init(&S, "perclient", 100000);
+    tu_start(&S, "api", env);
+    for (int i = 0; i < 3; i++) {
+        ck_assert_int_ge(fds[i] = connect_from("127.0.0.1", S.api_port), 0);
+        ck_assert_int_eq(request_on(fds[i], "/healthz", 5000), 200); /* accepted and counted */
+    }
+    /* the fourth: closed without an answer */
+    ck_assert_int_ge(extra = connect_from("127.0.0.1", S.api_port), 0);
+    ck_assert_msg(closed_by_server(extra, 5000), "a fourth connection from one address was not closed");
+    close(extra);
+    ck_assert_int_ge(extra = connect_from("127.0.0.1", S.api_port), 0);
+    ck_assert_int_eq(request_on(extra, "/healthz", 5000), 0);
+    close(extra);
+    /* another address (127.0.0.2) is another client */
+    ck_assert_int_ge(other = connect_from("127.0.0.2", S.api_port), 0);
+    ck_assert_int_eq(request_on(other, "/healthz", 5000), 200);
+    close(other);
+    /* the ones held open still work */
+    for (int i = 0; i < 3; i++)
+        ck_assert_int_eq(request_on(fds[i], "/healthz", 5000), 200);
+    /* one closes: a new one is accepted (the server notices the close within a turn of its loop) */
+    close(fds[0]);
+    int ok = 0;
+    for (int tries = 0; tries < 50 && !ok; tries++) {
+        ck_assert_int_ge(fds[0] = connect_from("127.0.0.1", S.api_port), 0);
+        if (!(ok = request_on(fds[0], "/healthz", 5000) == 200)) {
+            close(fds[0]);
+            tu_sleep_ms(100);
+        }
+    }
+    ck_assert_msg(ok, "no connection accepted after one of the three closed");
+    close(fds[0]);
+    close(fds[1]);
+    /* counted in /metrics (the scrape itself takes the free slot) */
+    double refused = -1;
+    for (int tries = 0; tries < 50 && refused < 0; tries++) {
+        if ((refused = metric_at(S.api_port, REFUSED)) < 0)
+            tu_sleep_ms(100);
+    }
+    ck_assert_msg(refused >= 2, "%s is %.0f, want >= 2", REFUSED, refused);
+    close(fds[2]);
+    tu_stack_cleanup(&S);
+}
+END_TEST
+
+/* The default (256) holds on every HTTP service, and 0 lifts the limit. */
+START_TEST(test_connections_per_client_default_and_unlimited)
+{
+    enum { N = 300 };
+    static int fds[N];
+    const char *unlimited[] = {"SLUICE_MAX_CONNS_PER_CLIENT=0", NULL};
+    tu_stack_init(&S, "perclientdef", 100000);
+    tu_start(&S, "persister", NULL);
+    int port = 0;
+    pid_t open_api = tu_start_at(&S, "api", &port, unlimited);
+    struct {
+        int port, limit;
+    } svc[2] = {{S.persister_port, 256}, {port, N}};
+    for (int k = 0; k < 2; k++) {
+        int n = 0;
+        for (; n < N; n++) {
+            ck_assert_int_ge(fds[n] = connect_from("127.0.0.1", svc[k].port), 0);
+            if (request_on(fds[n], "/healthz", 5000) != 200)
+                break;
+        }
+        ck_assert_msg(n == svc[k].limit, "port %d: %d connections of one client accepted, want %d", svc[k].port, n,
+                      svc[k].limit);
+        for (int i = 0; i <= n && i < N; i++)
+            close(fds[i]);
+    }
+    ck_assert_int_eq(tu_stop(&open_api, SIGTERM, 15000), 0);
+    tu_stack_cleanup(&S);
+}
+END_TEST
+
+/* A client that sends its request head one byte a second (slowloris) is cut off: h2o gives the
+ * head 10 s in all. */
+START_TEST(test_slow_request_head_times_out)
+{
+    static const char head[] = "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+    tu_stack_init(&S, "slowloris", 100000);
+    tu_start(&S, "api", NULL);
+    int fd = connect_from("127.0.0.1", S.api_port);
+    ck_assert_int_ge(fd, 0);
+    long long t0 = tu_now_ms();
+    size_t sent = 0;
+    int cut = 0;
+    while (sent < sizeof(head) - 1 && tu_now_ms() - t0 < 30000) {
+        if (send(fd, head + sent, 1, MSG_NOSIGNAL) != 1 || closed_by_server(fd, 1000)) {
+            cut = 1;
+            break;
+        }
+        sent++;
+    }
+    long long took = tu_now_ms() - t0;
+    fprintf(stderr, "slowloris: cut off after %lld ms, %zu bytes of the head sent\n", took, sent);
+    ck_assert_msg(cut, "a head sent a byte a second was still read after %lld ms (%zu bytes)", took, sent);
+    ck_assert_msg(took >= 9000 && took <= 15000, "cut off after %lld ms, want about 10 s", took);
+    close(fd);
+    tu_stack_cleanup(&S);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("access");
@@ -207,6 +398,9 @@ int main(void)
     tcase_add_test(tc, test_tokens_file_and_bad_configuration);
     tcase_add_test(tc, test_per_client_rate_limit);
     tcase_add_test(tc, test_ingest_control_needs_admin_token);
+    tcase_add_test(tc, test_connections_per_client);
+    tcase_add_test(tc, test_connections_per_client_default_and_unlimited);
+    tcase_add_test(tc, test_slow_request_head_times_out);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "sl_amqp.h"
@@ -872,6 +873,13 @@ START_TEST(test_slow_client_is_cut_off)
     PGconn *db = tu_db(&S);
     reader_spawn(&fast, S.sse_port, "/v1/stream?channels=general&history=0&format=ndjson", NULL);
     ck_assert_int_eq(tu_stream_open(&slow, S.sse_port, "/v1/stream?channels=general&history=0", &o, 5000), 0);
+    /* and a WebSocket that subscribes, then never reads */
+    tu_ws_t ws;
+    int small = 4096;
+    ck_assert_int_eq(tu_ws_open(&ws, S.sse_port, "/v1/ws", 10000), 0);
+    ck_assert_int_eq(setsockopt(ws.fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small)), 0);
+    ck_assert_int_eq(tu_ws_send_text(&ws, "{\"command\":\"subscribe\",\"channel\":\"general\",\"history\":0}"), 0);
+    ck_assert(wait_metric(S.sse_port, "sluice_sse_clients{transport=\"websocket\"}", 1, 10000));
     ck_assert(wait_metric(S.sse_port, "sluice_sse_clients{transport=\"sse\"}", 1, 10000));
     ck_assert(wait_metric(S.sse_port, "sluice_sse_clients{transport=\"ndjson\"}", 1, 10000));
     tu_sleep_ms(300);
@@ -881,15 +889,15 @@ START_TEST(test_slow_client_is_cut_off)
     /* ~1.7 KB per event: rounds of 400 until the slow one is cut off (at most 12 rounds, ~8 MB:
      * the kernel's send buffer alone may grow to 4 MB, net.ipv4.tcp_wmem) */
     int rounds = 0, posted = 0;
-    while (rounds < 12 && metric(S.sse_port, "sluice_sse_slow_client_disconnects_total") < 1) {
+    while (rounds < 12 && metric(S.sse_port, "sluice_sse_slow_client_disconnects_total") < 2) {
         post_many(400, 20, 500, NULL, NULL, "general", NULL);
         posted += 400;
         rounds++;
         tu_wait_rows(db, posted, 30000);
         tu_sleep_ms(200);
     }
-    ck_assert_msg(metric(S.sse_port, "sluice_sse_slow_client_disconnects_total") >= 1,
-                  "the slow client was not cut off after %d big messages", posted);
+    ck_assert_msg(metric(S.sse_port, "sluice_sse_slow_client_disconnects_total") >= 2,
+                  "the slow clients were not both cut off after %d big messages", posted);
     long rss1 = proc_kb(S.sse, "VmRSS"), hwm = proc_kb(S.sse, "VmHWM");
 
     /* The slow client, reading at last, finds its stream ended (EOF or reset) after far less
@@ -902,6 +910,19 @@ START_TEST(test_slow_client_is_cut_off)
     long long all = tu_scalar(db, "SELECT sum(octet_length(body)) + 150 * count(*) FROM messages");
     ck_assert_msg((long long)got < all, "the slow client got %llu bytes, everything is more than %lld", got, all);
     tu_stream_close(&slow);
+    /* the WebSocket that never read: its connection ends too, after part of the feed (read with
+     * a normal buffer again: through 4 KB, what the kernel holds would take minutes) */
+    int big = 1 << 20;
+    ck_assert_int_eq(setsockopt(ws.fd, SOL_SOCKET, SO_RCVBUF, &big, sizeof(big)), 0);
+    tu_wsmsg_t m;
+    int frames = 0, rc;
+    long long end = tu_now_ms() + 15000;
+    while ((rc = tu_ws_recv(&ws, &m, 5000)) == 1 && tu_now_ms() < end)
+        frames += m.opcode == TU_WS_TEXT;
+    ck_assert_msg(rc == -1, "the WebSocket that never read is still open after %d frames", frames);
+    ck_assert_msg(frames < posted + 1, "the WebSocket that never read got all %d frames", frames);
+    tu_ws_close(&ws);
+    ck_assert(wait_metric(S.sse_port, "sluice_sse_clients{transport=\"websocket\"}", 0, 10000));
     /* bounded memory: generous, also under the sanitizers */
     ck_assert_msg(hwm - rss0 < 128 * 1024, "VmHWM grew from %ld to %ld kB", rss0, hwm);
     /* the server let go of it: no longer counted (nor subscribed, nor holding a slot) */
@@ -915,7 +936,7 @@ START_TEST(test_slow_client_is_cut_off)
     ck_assert_msg(!fast.ended, "the normal subscriber's stream ended after %zu of %d messages (slow disconnects: %.0f)",
                   fast.n, posted, metric(S.sse_port, "sluice_sse_slow_client_disconnects_total"));
     assert_run(&fast, "the reader beside the slow one", 1, 1, posted, NULL);
-    ck_assert(metric(S.sse_port, "sluice_sse_slow_client_disconnects_total") == 1);
+    ck_assert(metric(S.sse_port, "sluice_sse_slow_client_disconnects_total") == 2);
     reader_free(&fast);
     PQfinish(db);
     tu_stack_cleanup(&S);
@@ -1343,6 +1364,68 @@ START_TEST(test_websocket_subscriptions)
 }
 END_TEST
 
+/* Per-socket limits: channels per socket (too_many_channels, the socket goes on) and the rate of
+ * the client's messages (past the burst and the rate: close 1008). The frame size limit (1009)
+ * is in test_websocket_subscriptions. */
+START_TEST(test_websocket_limits)
+{
+    const char *env[] = {"SLUICE_SSE_CHECK_MS=200", "SLUICE_SSE_MAX_CHANNELS=2", "SLUICE_SSE_WS_RATE=5",
+                         "SLUICE_SSE_WS_BURST=10", NULL};
+    tu_ws_t w;
+    tu_wsmsg_t m;
+    int rc;
+    start_stack("ssewslimits", env);
+
+    /* channels: 2 per socket; the third is refused, unsubscribing makes room */
+    ck_assert_int_eq(tu_ws_open(&w, S.sse_port, "/v1/ws", 10000), 0);
+    ck_assert_int_eq(tu_ws_send_text(&w, "{\"command\":\"subscribe\",\"channel\":\"a\",\"history\":0}"), 0);
+    ws_expect_type(&w, "subscribed", "channel", "a");
+    ws_expect_type(&w, "history", "channel", "a");
+    ck_assert_int_eq(tu_ws_send_text(&w, "{\"command\":\"subscribe\",\"channel\":\"b\",\"history\":0}"), 0);
+    ws_expect_type(&w, "subscribed", "channel", "b");
+    ws_expect_type(&w, "history", "channel", "b");
+    ws_expect_error(&w, "{\"command\":\"subscribe\",\"channel\":\"c\",\"history\":0}", "too_many_channels");
+    ck_assert_int_eq(tu_ws_send_text(&w, "{\"command\":\"unsubscribe\",\"channel\":\"a\"}"), 0);
+    ws_expect_type(&w, "unsubscribed", "channel", "a");
+    ck_assert_int_eq(tu_ws_send_text(&w, "{\"command\":\"subscribe\",\"channel\":\"c\",\"history\":0}"), 0);
+    ws_expect_type(&w, "subscribed", "channel", "c");
+    ws_expect_type(&w, "history", "channel", "c");
+    tu_ws_close(&w);
+
+    /* a client within the rate (4/s, past the burst of 10) is never closed */
+    ck_assert_int_eq(tu_ws_open(&w, S.sse_port, "/v1/ws", 10000), 0);
+    for (int i = 0; i < 16; i++) {
+        ck_assert_int_eq(tu_ws_send_text(&w, "{\"command\":\"ping\"}"), 0);
+        ws_expect_type(&w, "pong", NULL, NULL);
+        tu_sleep_ms(250);
+    }
+    tu_ws_close(&w);
+    ck_assert(metric(S.sse_port, "sluice_sse_ws_rate_limited_total") == 0);
+
+    /* a burst of 10 at once is answered; a flood right after it gets close 1008 (policy
+     * violation; the close frame may overtake replies still queued), and nothing more */
+    ck_assert_int_eq(tu_ws_open(&w, S.sse_port, "/v1/ws", 10000), 0);
+    for (int i = 0; i < 10; i++)
+        ck_assert_int_eq(tu_ws_send_text(&w, "{\"command\":\"ping\"}"), 0);
+    for (int i = 0; i < 10; i++)
+        ws_expect_type(&w, "pong", NULL, NULL);
+    for (int i = 0; i < 20; i++)
+        ck_assert_int_eq(tu_ws_send_text(&w, "{\"command\":\"ping\"}"), 0);
+    while ((rc = tu_ws_recv_data(&w, &m, 10000)) == 1 && m.opcode == TU_WS_TEXT)
+        ;
+    ck_assert_msg(rc == 1 && m.opcode == TU_WS_CLOSE, "no close frame after a flood (rc %d, eof %d)", rc, w.eof);
+    ck_assert_int_eq(m.close_code, 1008);
+    tu_ws_send_close(&w, 1008, NULL);
+    while ((rc = tu_ws_recv(&w, &m, 5000)) == 1)
+        ;
+    ck_assert_msg(rc == -1, "the server kept the connection open after the close handshake");
+    tu_ws_close(&w);
+    ck_assert(wait_metric(S.sse_port, "sluice_sse_ws_rate_limited_total", 1, 5000));
+    ck_assert(wait_metric(S.sse_port, "sluice_sse_clients{transport=\"websocket\"}", 0, 5000));
+    tu_stack_cleanup(&S);
+}
+END_TEST
+
 /* ---- 8. NDJSON, formats, limits and validation ------------------------------------------------------ */
 
 struct bad_stream {
@@ -1605,6 +1688,7 @@ int main(void)
     } tests[] = {
         {"formats", test_formats_limits_and_errors},
         {"websocket", test_websocket_subscriptions},
+        {"wslimits", test_websocket_limits},
         {"seam", test_seam_under_load_is_gap_free},
         {"resume", test_resume_replays_missed_once},
         {"backfill", test_missing_live_events_are_backfilled},

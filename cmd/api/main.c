@@ -25,7 +25,8 @@ static size_t inflight(void *api)
 int main(int argc, char **argv)
 {
     const char *host, *amqp_url, *db_url, *tokens, *tokens_file;
-    long long port, migrate_wait, drain_s, ops_loopback;
+    long long port, migrate_wait, drain_s;
+    sl_http_opts_t http_opts;
     sl_api_conf_t conf;
     sl_opt_t opts[] = {
         {"host", "SLUICE_API_HOST", SL_OPT_STR, &host, "127.0.0.1", 0, 0, "address to listen on"},
@@ -53,8 +54,7 @@ int main(int argc, char **argv)
          "requests/s per client (token or address) before 429; 0: no limit"},
         {"client-burst", "SLUICE_API_CLIENT_BURST", SL_OPT_DOUBLE, &conf.client_burst, "20", 1, 1e6,
          "burst allowed by the per-client limit"},
-        {"ops-loopback-only", "SLUICE_OPS_LOOPBACK_ONLY", SL_OPT_INT, &ops_loopback, "0", 0, 1,
-         "1: /metrics and /readyz answer 403 to clients not on loopback"},
+        SL_HTTP_OPTIONS(&http_opts),
         {"drain-timeout", "SLUICE_DRAIN_TIMEOUT", SL_OPT_INT, &drain_s, "10", 0, 3600,
          "seconds to finish requests in flight on SIGTERM"},
     };
@@ -87,7 +87,10 @@ int main(int argc, char **argv)
         return 1;
     }
     server.data = api;
-    server.ops_loopback_only = (int)ops_loopback;
+    if (sl_http_configure(&server, &http_opts) != 0) {
+        SL_ERROR("event=start_failed error=\"out of memory\"");
+        return 1;
+    }
     if (sl_http_listen(&server, host, (int)port) != 0)
         return 1;
     SL_INFO("event=listening host=%s port=%lld", host, port);

@@ -27,7 +27,8 @@ static size_t pending(void *g)
 int main(int argc, char **argv)
 {
     const char *host, *url, *token, *stream, *channel;
-    long long port, autostart, drain_s, queue_cap, ops_loopback;
+    long long port, autostart, drain_s, queue_cap;
+    sl_http_opts_t http_opts;
     char instance[SL_MASTODON_INSTANCE_MAX];
     sl_ingest_conf_t conf;
     memset(&conf, 0, sizeof(conf));
@@ -73,8 +74,7 @@ int main(int argc, char **argv)
          "longest delay before publishing a refused item again"},
         {"admin-token", "SLUICE_ADMIN_TOKEN", SL_OPT_STR, &conf.admin_token, "", 0, 0,
          "bearer token required by the control endpoint (/v1/ingest); empty: open"},
-        {"ops-loopback-only", "SLUICE_OPS_LOOPBACK_ONLY", SL_OPT_INT, &ops_loopback, "0", 0, 1,
-         "1: /metrics and /readyz answer 403 to clients not on loopback"},
+        SL_HTTP_OPTIONS(&http_opts),
         {"drain-timeout", "SLUICE_DRAIN_TIMEOUT", SL_OPT_INT, &drain_s, "10", 0, 3600,
          "seconds to get outstanding confirms on SIGTERM"},
     };
@@ -119,7 +119,10 @@ int main(int argc, char **argv)
         return 1;
     }
     server.data = g;
-    server.ops_loopback_only = (int)ops_loopback;
+    if (sl_http_configure(&server, &http_opts) != 0) {
+        SL_ERROR("event=start_failed error=\"out of memory\"");
+        return 1;
+    }
     if (sl_http_listen(&server, host, (int)port) != 0) {
         sl_ingest_destroy(g);
         sl_http_dispose(&server);

@@ -31,7 +31,7 @@ static int on_req(void *data, h2o_req_t *req)
     } else {
         sl_buf_t b = SL_BUF_INIT;
         sl_persister_render_metrics(p, &b);
-        sl_http_send(req, 200, "text/plain; version=0.0.4", b.data, b.len);
+        sl_http_send_metrics(req, &b);
         sl_buf_free(&b);
     }
     return 0;
@@ -53,7 +53,8 @@ static void *work(void *arg)
 int main(int argc, char **argv)
 {
     const char *host;
-    long long port, ops_loopback;
+    long long port;
+    sl_http_opts_t http_opts;
     sl_persister_conf_t conf;
     sl_opt_t opts[] = {
         {"host", "SLUICE_PERSISTER_HOST", SL_OPT_STR, &host, "127.0.0.1", 0, 0, "address of the metrics endpoint"},
@@ -65,8 +66,7 @@ int main(int argc, char **argv)
          "PostgreSQL/CockroachDB URL"},
         {"queue-max-length", "SLUICE_QUEUE_MAX_LENGTH", SL_OPT_INT, &conf.queue_max_length, "100000", 1, 1e9,
          "x-max-length of the persist queue (must match the api's)"},
-        {"ops-loopback-only", "SLUICE_OPS_LOOPBACK_ONLY", SL_OPT_INT, &ops_loopback, "0", 0, 1,
-         "1: /metrics and /readyz answer 403 to clients not on loopback"},
+        SL_HTTP_OPTIONS(&http_opts),
         {"batch-size", "SLUICE_BATCH_SIZE", SL_OPT_INT, &conf.batch_size, "1000", 1, 5000, "messages per transaction"},
         {"batch-ms", "SLUICE_BATCH_MS", SL_OPT_INT, &conf.batch_ms, "20", 0, 60000,
          "longest wait for a batch to fill, in ms"},
@@ -97,7 +97,10 @@ int main(int argc, char **argv)
     if (port > 0) {
         sl_http_server_t server;
         sl_http_init(&server, on_req, p, 4096);
-        server.ops_loopback_only = (int)ops_loopback;
+        if (sl_http_configure(&server, &http_opts) != 0) {
+            SL_ERROR("event=start_failed error=\"out of memory\"");
+            return 1;
+        }
         if (sl_http_listen(&server, host, (int)port) != 0) {
             stopping = 1;
         } else {

@@ -24,7 +24,8 @@ static size_t streams(void *sse)
 int main(int argc, char **argv)
 {
     const char *host, *instance;
-    long long port, drain_s, migrate_wait, ops_loopback;
+    long long port, drain_s, migrate_wait;
+    sl_http_opts_t http_opts;
     sl_sse_conf_t conf;
     sl_opt_t opts[] = {
         {"host", "SLUICE_SSE_HOST", SL_OPT_STR, &host, "127.0.0.1", 0, 0, "address to listen on"},
@@ -64,10 +65,13 @@ int main(int argc, char **argv)
          "channels per connection"},
         {"ws-max-frame", "SLUICE_SSE_WS_MAX_FRAME", SL_OPT_INT, &conf.stream.ws_max_frame, "4096", 64, 1e7,
          "largest WebSocket message accepted (larger: close 1009)"},
+        {"ws-rate", "SLUICE_SSE_WS_RATE", SL_OPT_DOUBLE, &conf.stream.ws_rate, "10", 0, 1e6,
+         "messages per second a WebSocket client may send (more: close 1008); 0: no limit"},
+        {"ws-burst", "SLUICE_SSE_WS_BURST", SL_OPT_DOUBLE, &conf.stream.ws_burst, "50", 1, 1e6,
+         "messages a WebSocket client may send at once before ws-rate applies"},
         {"migrate-wait", "SLUICE_MIGRATE_WAIT", SL_OPT_INT, &migrate_wait, "10", 0, 3600,
          "seconds to wait for the database at start"},
-        {"ops-loopback-only", "SLUICE_OPS_LOOPBACK_ONLY", SL_OPT_INT, &ops_loopback, "0", 0, 1,
-         "1: /metrics and /readyz answer 403 to clients not on loopback"},
+        SL_HTTP_OPTIONS(&http_opts),
         {"drain-timeout", "SLUICE_DRAIN_TIMEOUT", SL_OPT_INT, &drain_s, "5", 0, 3600,
          "seconds to close streams on SIGTERM"},
     };
@@ -100,7 +104,10 @@ int main(int argc, char **argv)
         return 1;
     }
     server.data = sse;
-    server.ops_loopback_only = (int)ops_loopback;
+    if (sl_http_configure(&server, &http_opts) != 0) {
+        SL_ERROR("event=start_failed error=\"out of memory\"");
+        return 1;
+    }
     if (sl_http_listen(&server, host, (int)port) != 0)
         return 1;
     SL_INFO("event=listening host=%s port=%lld instance=\"%s\"", host, port, instance);

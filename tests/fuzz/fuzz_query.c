@@ -1,25 +1,25 @@
 /*
  * fuzz_query: what GET /v1/stream reads from its request: query parameters (sl_http_query,
- * sl_http.h), the counts in history=, since= and Last-Event-ID, and the channels= list.
- *
- * The count and channel-list parsers (parse_count, parse_channels) are static in sl_stream.c, so
- * this target compiles sl_stream.c into itself to reach them (nothing of it is changed; the
- * archive's copy of sl_stream.o is then never linked). Once they are public, include sl_stream.h
- * instead. sl_http_query only reads req->path, req->query_at and req->pool, so a zeroed h2o_req_t
- * with those three set is a faithful request for it.
+ * sl_http.h), the counts in history=, since= and Last-Event-ID (sl_stream_parse_count), and the
+ * channels= list (sl_stream_parse_channels, sl_stream.h). sl_http_query only reads req->path,
+ * req->query_at and req->pool, so a zeroed h2o_req_t with those three set is a faithful request
+ * for it.
  *
  * Input: the query string (what follows '?'), then optionally '\n' and a Last-Event-ID value.
  *
  * Invariants:
  * - sl_http_query agrees with a reference decoder: the first parameter of that exact name,
  *   "+" as space, "%XX" decoded, a bad or cut-off "%" an error;
- * - parse_count accepts exactly 1-19 ASCII digits whose value is at most max, and gives it;
- * - parse_channels accepts exactly a comma-separated list of valid channels, gives them in
- *   order without duplicates, and refuses more than max distinct ones (too_many_channels);
+ * - sl_stream_parse_count accepts exactly 1-19 ASCII digits whose value is at most max, and
+ *   gives it (for the configured maxima and for small ones, below a single digit's 9);
+ * - sl_stream_parse_channels accepts exactly a comma-separated list of valid channels, gives
+ *   them in order without duplicates, and refuses more than max distinct ones (too_many_channels);
  * - no out-of-bounds access, no undefined arithmetic (a Last-Event-ID is anyone's text).
  */
 #include "fuzz_util.h"
-#include "sl_stream.c" /* see above */
+#include "sl_buf.h"
+#include "sl_http.h"
+#include "sl_stream.h"
 
 #define MAX_CHANNELS 4
 #define HISTORY_MAX 1000
@@ -88,7 +88,7 @@ static int count_ref(const char *s, size_t len, long long max, long long *out)
 static void check_count(const char *s, size_t len, long long max)
 {
     long long got = -1, want = -1;
-    int r = parse_count(s, len, max, &got), rr = count_ref(s, len, max, &want);
+    int r = sl_stream_parse_count(s, len, max, &got), rr = count_ref(s, len, max, &want);
     FUZZ_CHECKF(r == rr, "'%.*s' (max %lld): %d, expected %d", (int)len, s, max, r, rr);
     if (r == 0)
         FUZZ_CHECK(got == want && got >= 0 && got <= max);
@@ -98,7 +98,7 @@ static void check_channels(const char *s, size_t len)
 {
     char(*ch)[SL_CHANNEL_MAX + 1] = NULL;
     sl_error_t err;
-    int n = parse_channels(s, len, MAX_CHANNELS, &ch, &err);
+    int n = sl_stream_parse_channels(s, len, MAX_CHANNELS, &ch, &err);
     /* the reference: the items in order; the first bad one or the first one too many refuses */
     char items[MAX_CHANNELS][SL_CHANNEL_MAX + 1];
     int distinct = 0;
@@ -169,8 +169,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             continue;
         FUZZ_CHECKF(v.len == want.len && memcmp(v.base, want.data, v.len) == 0 && v.base[v.len] == '\0',
                     "%s: '%.*s', expected '%s'", names[k], (int)v.len, v.base, want.data);
-        if (strcmp(names[k], "history") == 0)
+        if (strcmp(names[k], "history") == 0) {
             check_count(v.base, v.len, HISTORY_MAX);
+            check_count(v.base, v.len, 0); /* SLUICE_SSE_HISTORY_MAX may be that small */
+            check_count(v.base, v.len, 5);
+        }
         else if (strcmp(names[k], "since") == 0)
             check_count(v.base, v.len, INT64_MAX);
         else if (strcmp(names[k], "channels") == 0)
