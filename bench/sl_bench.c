@@ -268,8 +268,12 @@ static int confirm_frame(struct confirms *c, const amqp_frame_t *f)
  * default exchange with routing key queue, each with a fresh id at id_off, keeping at most window
  * unconfirmed. Fills *c; returns the microseconds from the first publish to the last confirm, or
  * -1. */
+/* Publishes n messages of body (len bytes) with confirms, window unconfirmed at most. body holds
+ * `lines` items of stride bytes each (sl_amqp.h: one per line), each with its id at id_off: every
+ * item gets a fresh id before each publish. */
 static int64_t publish_confirmed(amqp_connection_state_t conn, const char *queue, char *body, size_t len,
-                                 size_t id_off, uint64_t n, uint64_t window, struct confirms *c)
+                                 size_t id_off, size_t lines, size_t stride, uint64_t n, uint64_t window,
+                                 struct confirms *c)
 {
     amqp_basic_properties_t props;
     char msgid[SL_UUID_STRLEN];
@@ -292,7 +296,8 @@ static int64_t publish_confirmed(amqp_connection_state_t conn, const char *queue
     t0 = sl_time_mono_us();
     while (c->oldest <= n) {
         while (c->next_tag <= n && c->next_tag - c->oldest < window) {
-            new_id(body + id_off);
+            for (size_t k = 0; k < lines; k++)
+                new_id(body + k * stride + id_off);
             memcpy(msgid, body + id_off, SL_UUID_STRLEN - 1);
             msgid[SL_UUID_STRLEN - 1] = '\0';
             props.message_id = amqp_cstring_bytes(msgid);
@@ -360,7 +365,7 @@ static int cmd_raw_publish(int argc, char **argv)
     long long before = body != NULL ? purge(conn, c.queue) : -1;
     if (before < 0)
         goto Exit;
-    int64_t us = publish_confirmed(conn, c.queue, body, len, id_off, (uint64_t)count, (uint64_t)window, &cf);
+    int64_t us = publish_confirmed(conn, c.queue, body, len, id_off, 1, len, (uint64_t)count, (uint64_t)window, &cf);
     if (us <= 0)
         goto Exit;
     long long purged = purge(conn, c.queue);
@@ -615,13 +620,15 @@ static double self_cpu(void)
 static int cmd_persister(int argc, char **argv)
 {
     bench_conf_t c;
-    long long count, window, text_len, timeout_s, port;
+    long long count, window, text_len, timeout_s, port, lines;
     const char *bin, *metrics;
     sl_opt_t opts[] = {
         COMMON_OPTS(c),
         {"count", NULL, SL_OPT_INT, &count, "100000", 1, 1e8, "messages to pre-fill and drain (at most x-max-length)"},
         {"window", NULL, SL_OPT_INT, &window, "1000", 1, 1e6, "unconfirmed publishes while pre-filling"},
         {"text-bytes", NULL, SL_OPT_INT, &text_len, "150", 1, SL_TEXT_MAX_CHARS, "bytes of text per message"},
+        {"lines", NULL, SL_OPT_INT, &lines, "1", 1, SL_AMQP_MAX_LINES,
+         "posts per AMQP message, one per line (the api sends a loop turn's posts together)"},
         {"persister-bin", NULL, SL_OPT_STR, &bin, "build/bin/sluice-persister", 0, 0, "the persister to run"},
         {"timeout", NULL, SL_OPT_INT, &timeout_s, "120", 1, 3600, "seconds to wait for the drain"},
         {"persister-port", NULL, SL_OPT_INT, &port, "0", 0, 65535, "the persister's /metrics port (0: none)"},
@@ -670,13 +677,25 @@ static int cmd_persister(int argc, char **argv)
     struct confirms cf;
     if ((body = message_template((size_t)text_len, &len, &id_off)) == NULL || purge(conn, c.queue) < 0)
         goto Exit;
-    int64_t fill_us = publish_confirmed(conn, c.queue, body, len, id_off, (uint64_t)count, (uint64_t)window, &cf);
+    /* lines items per message, as the api sends a loop turn's posts together */
+    size_t stride = len + 1, multi_len = (size_t)lines * stride - 1;
+    char *multi = malloc(multi_len + 1);
+    if (multi == NULL)
+        goto Exit;
+    for (long long k = 0; k < lines; k++) {
+        memcpy(multi + k * stride, body, len);
+        multi[k * stride + len] = '\n';
+    }
+    int64_t fill_us = publish_confirmed(conn, c.queue, multi, multi_len, id_off, (size_t)lines, stride,
+                                        (uint64_t)(count / lines), (uint64_t)window, &cf);
+    free(multi);
     if (fill_us <= 0 || cf.nacked > 0) {
         fprintf(stderr, "sl_bench: pre-filling failed (nacked %llu)\n", (unsigned long long)cf.nacked);
         goto Exit;
     }
-    printf("persister: pre-filled %s with %lld messages of %zu B (%.0f msg/s)\n", c.queue, count, len,
-           (double)count / secs(fill_us));
+    count = count / lines * lines;
+    printf("persister: pre-filled %s with %lld posts of %zu B, %lld per AMQP message (%.0f posts/s)\n", c.queue,
+           count, len, lines, (double)count / secs(fill_us));
 
     /* The feed counter is gapless and advances in the committing transaction: it tells how many
      * rows are stored without a count(*) over a growing table stealing the CPU being measured. */
@@ -813,20 +832,26 @@ static void *live_main(void *arg)
             snprintf(l->err, sizeof(l->err), "live consumer: %s", sl_amqp_reply_text(r, t, sizeof(t)));
             break;
         }
-        char id[SL_UUID_STRLEN];
-        if (find_id(env.message.body.bytes, env.message.body.len, id) == 0) {
-            pthread_mutex_lock(&l->lock);
-            size_t n = atomic_load(&l->n);
-            int bad = push_stamp(&l->recs, &n, &l->cap, id, now);
-            atomic_store(&l->n, n);
-            pthread_mutex_unlock(&l->lock);
-            if (bad) {
-                snprintf(l->err, sizeof(l->err), "live consumer: out of memory");
-                amqp_destroy_envelope(&env);
-                break;
-            }
+        /* one committed batch: one message per line (sl_amqp.h) */
+        const char *line = env.message.body.bytes, *end = line + env.message.body.len;
+        int bad = 0;
+        pthread_mutex_lock(&l->lock);
+        size_t n = atomic_load(&l->n);
+        while (line < end && !bad) {
+            const char *nl = memchr(line, '\n', (size_t)(end - line));
+            const char *line_end = nl != NULL ? nl : end;
+            char id[SL_UUID_STRLEN];
+            if (find_id(line, (size_t)(line_end - line), id) == 0)
+                bad = push_stamp(&l->recs, &n, &l->cap, id, now);
+            line = line_end + 1;
         }
+        atomic_store(&l->n, n);
+        pthread_mutex_unlock(&l->lock);
         amqp_destroy_envelope(&env);
+        if (bad) {
+            snprintf(l->err, sizeof(l->err), "live consumer: out of memory");
+            break;
+        }
     }
     return NULL;
 }

@@ -4,9 +4,15 @@
  *
  * Topology (declared idempotently by every service that connects):
  *   - persist queue (quorum, durable) with x-max-length and x-overflow=reject-publish, so a full
- *     queue nacks publishes instead of dropping them; rejected deliveries dead-letter to
+ *     queue nacks publishes instead of dropping them. A message on it holds one to
+ *     SL_AMQP_MAX_LINES queue items (sl_message_to_json), one per line; x-max-length counts
+ *     messages. Rejected deliveries dead-letter to
  *   - the dead-letter exchange (fanout) and its queue "<queue>.dead";
- *   - the live exchange (topic, routing key = channel) that stored messages are published to.
+ *   - the live exchange (topic) that stored messages are published to after each commit: one
+ *     message per committed batch (routing key SL_LIVE_ROUTING_KEY, content type
+ *     SL_LIVE_CONTENT_TYPE), its body the batch's new messages and events in seq order, one
+ *     compact JSON object per line (no trailing newline). A consumer splits it at '\n' (JSON text
+ *     never holds a raw line break) and handles each line as one event.
  * The calls here block (connect, login, RPCs); they are bounded by the timeout given to
  * sl_amqp_open. Not thread-safe: one connection per thread.
  */
@@ -17,6 +23,10 @@
 #include <stddef.h>
 
 #define SL_AMQP_CHANNEL 1
+#define SL_AMQP_MAX_LINES 256                /* items per message on the persist queue */
+#define SL_AMQP_MAX_BATCH_BYTES (256 * 1024) /* a batch goes out before it would pass this */
+#define SL_LIVE_ROUTING_KEY "feed"
+#define SL_LIVE_CONTENT_TYPE "application/x-ndjson"
 
 typedef struct sl_amqp_topology {
     const char *persist_queue;  /* default "sluice.persist" */

@@ -101,7 +101,7 @@ static void post_dispose(void *data)
     struct post *p = data;
     p->req = NULL;
     if (p->tag != 0)
-        sl_publisher_detach(p->api->pub, p->tag);
+        sl_publisher_detach(p->api->pub, p->tag, p);
     if (p->query != NULL)
         sl_pgpool_cancel(p->query);
     post_done(p);
@@ -174,8 +174,8 @@ static void publish(struct post *p)
         post_done(p);
         return;
     }
-    sl_publish_result_t r = sl_publisher_publish(p->api->pub, "", p->api->topology.persist_queue, p->msg.id, json, len,
-                                                 on_confirm, p, &p->tag);
+    sl_publish_result_t r =
+        sl_publisher_publish(p->api->pub, "", p->api->topology.persist_queue, json, len, on_confirm, p, &p->tag);
     free(json);
     if (r != SL_PUBLISH_OK) {
         p->tag = 0;
@@ -526,6 +526,9 @@ static int handle_metrics(sl_api_t *a, h2o_req_t *req)
     sl_metrics_sample(&b, "sluice_api_publishes_total", "outcome=\"refused_busy\"", (double)s->refused_busy);
     sl_metrics_sample(&b, "sluice_api_publishes_total", "outcome=\"refused_down\"", (double)s->refused_down);
     sl_metrics_sample(&b, "sluice_api_publishes_total", "outcome=\"refused_blocked\"", (double)s->refused_blocked);
+    sl_metrics_header(&b, "sluice_api_publish_batches_total", "counter",
+                      "AMQP messages the published posts went out in (posts of one loop turn share one).");
+    sl_metrics_sample(&b, "sluice_api_publish_batches_total", "", (double)s->batches);
     sl_metrics_header(&b, "sluice_api_broker_blocked_seconds_total", "counter", "Time the broker kept us blocked.");
     sl_metrics_sample(&b, "sluice_api_broker_blocked_seconds_total", "", (double)s->blocked_us_total / 1e6);
     sl_metrics_header(&b, "sluice_api_broker_connects_total", "counter", "Successful broker connections.");

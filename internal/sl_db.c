@@ -477,9 +477,12 @@ static int store_attempt(sl_db_t *db, sl_message_t *msgs, size_t n, const char *
     }
 
     /* Positions in array order, messages and events alike. */
+    int any_delete = 0;
+    for (size_t i = 0; i < n && !any_delete; i++)
+        any_delete = msgs[i].type == SL_MESSAGE_DELETE;
     for (size_t i = 0; i < n; i++) {
         msgs[i].seq = 0;
-        if (fresh[i] && msgs[i].type == SL_MESSAGE_NEW && deleted_earlier_in_batch(msgs, i, fresh))
+        if (any_delete && fresh[i] && msgs[i].type == SL_MESSAGE_NEW && deleted_earlier_in_batch(msgs, i, fresh))
             fresh[i] = 0;
         if (!fresh[i])
             continue;

@@ -117,9 +117,7 @@ static int publish_slot(sl_ingest_t *g, struct slot *s)
         refused(g, SL_PUBLISH_BUSY);
         return -1;
     }
-    const char *msgid = s->m.type == SL_MESSAGE_NEW ? s->m.id : s->m.event_id;
-    sl_publish_result_t r = sl_publisher_publish(g->pub, "", g->topology.persist_queue, msgid, json, len, on_confirm, s,
-                                                 &s->tag);
+    sl_publish_result_t r = sl_publisher_publish(g->pub, "", g->topology.persist_queue, json, len, on_confirm, s, &s->tag);
     free(json);
     if (r != SL_PUBLISH_OK) {
         s->tag = 0;

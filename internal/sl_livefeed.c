@@ -31,8 +31,9 @@ static int on_setup(void *data, amqp_connection_state_t conn, char *err, size_t 
     amqp_rpc_reply_t r;
     amqp_table_entry_t qargs[] = {
         {amqp_cstring_bytes("x-max-length"), {AMQP_FIELD_KIND_I64, {.i64 = f->max_backlog}}},
+        {amqp_cstring_bytes("x-max-length-bytes"), {AMQP_FIELD_KIND_I64, {.i64 = SL_LIVEFEED_MAX_BYTES}}},
     };
-    amqp_table_t qtable = {1, qargs};
+    amqp_table_t qtable = {2, qargs};
 
     amqp_exchange_declare(conn, SL_AMQP_CHANNEL, amqp_cstring_bytes(f->exchange), amqp_cstring_bytes("topic"), 0, 1, 0,
                           0, amqp_empty_table);

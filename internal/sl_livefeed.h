@@ -20,8 +20,12 @@ typedef struct sl_livefeed_handlers {
 
 typedef struct sl_livefeed sl_livefeed_t;
 
-/* url, exchange and name must outlive the feed. max_backlog caps the private queue (oldest
- * dropped first: the hub backfills them). NULL on no memory. */
+/* The private queue never holds more than this many bytes, whatever max_backlog says: a live
+ * message is a whole committed batch (sl_amqp.h), up to a few MB. */
+#define SL_LIVEFEED_MAX_BYTES (64LL * 1024 * 1024)
+
+/* url, exchange and name must outlive the feed. max_backlog caps the private queue in live
+ * messages (oldest dropped first: the hub backfills them). NULL on no memory. */
 sl_livefeed_t *sl_livefeed_create(h2o_loop_t *loop, const char *url, const char *exchange, const char *name,
                                   long long max_backlog, const sl_livefeed_handlers_t *h, void *data);
 int sl_livefeed_up(const sl_livefeed_t *f);

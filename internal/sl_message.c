@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "sl_buf.h"
 #include "sl_time.h"
 
 void sl_error_set(sl_error_t *err, int status, const char *code, const char *field, const char *fmt, ...)
@@ -254,58 +255,113 @@ int sl_message_event_id(const sl_message_t *m, char out[SL_UUID_STRLEN])
     return sl_uuid_v5(SL_EVENT_NAMESPACE, name, (size_t)n, out);
 }
 
-static json_t *event_to_jansson(const sl_message_t *m)
+/* Appends s as a JSON string: quotes, backslashes and control characters escaped (as jansson
+ * writes them), everything else (valid UTF-8, checked on the way in) copied as is. */
+static void append_string(sl_buf_t *b, const char *s)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    size_t n = strlen(s), run = 0;
+    sl_buf_reserve(b, n + 2);
+    b->data[b->len++] = '"';
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c >= 0x20 && c != '"' && c != '\\')
+            continue;
+        sl_buf_append(b, s + run, i - run);
+        run = i + 1;
+        char esc[6] = {'\\', (char)c, 0, 0, 0, 0};
+        size_t elen = 2;
+        switch (c) {
+        case '"':
+        case '\\':
+            break;
+        case '\n':
+            esc[1] = 'n';
+            break;
+        case '\r':
+            esc[1] = 'r';
+            break;
+        case '\t':
+            esc[1] = 't';
+            break;
+        case '\b':
+            esc[1] = 'b';
+            break;
+        case '\f':
+            esc[1] = 'f';
+            break;
+        default:
+            memcpy(esc + 1, "u00", 3);
+            esc[4] = hex[c >> 4];
+            esc[5] = hex[c & 15];
+            elen = 6;
+        }
+        sl_buf_append(b, esc, elen);
+    }
+    sl_buf_append(b, s + run, n - run);
+    sl_buf_append(b, "\"", 1);
+}
+
+/* "name":"value", after a comma unless it is the object's first member. */
+static void append_member(sl_buf_t *b, const char *name, const char *value)
+{
+    if (b->data[b->len - 1] != '{')
+        sl_buf_append(b, ",", 1);
+    sl_buf_append(b, "\"", 1);
+    sl_buf_appends(b, name);
+    sl_buf_append(b, "\":", 2);
+    append_string(b, value);
+}
+
+void sl_message_append_json(sl_buf_t *b, const sl_message_t *m)
 {
     char ts[SL_TIME_RFC3339_LEN];
-    json_t *o = json_pack("{s:s, s:s, s:s}", "type", sl_message_type_name(m->type), "id", m->id, "channel", m->channel);
-    if (o == NULL)
-        return NULL;
-    if (m->type == SL_MESSAGE_UPDATE) {
-        json_object_set_new(o, "text", json_string(m->text));
-        if (m->url[0] != '\0')
-            json_object_set_new(o, "url", json_string(m->url));
-        sl_time_format(m->edited_at_us, ts);
-        json_object_set_new(o, "edited_at", json_string(ts));
+    sl_buf_append(b, "{", 1);
+    if (m->type != SL_MESSAGE_NEW)
+        append_member(b, "type", sl_message_type_name(m->type));
+    append_member(b, "id", m->id);
+    append_member(b, "channel", m->channel);
+    if (m->type == SL_MESSAGE_NEW) {
+        append_member(b, "author", m->author);
+        append_member(b, "text", m->text);
+        append_member(b, "source", m->source);
+        sl_time_format(m->created_at_us, ts);
+        append_member(b, "created_at", ts);
+    } else if (m->type == SL_MESSAGE_UPDATE) {
+        append_member(b, "text", m->text);
     }
-    json_object_set_new(o, "event_id", json_string(m->event_id));
-    sl_time_format(m->created_at_us, ts);
-    json_object_set_new(o, "created_at", json_string(ts));
+    if (m->url[0] != '\0' && m->type != SL_MESSAGE_DELETE)
+        append_member(b, "url", m->url);
+    if (m->edited_at_us != 0 && m->type != SL_MESSAGE_DELETE) {
+        sl_time_format(m->edited_at_us, ts);
+        append_member(b, "edited_at", ts);
+    }
+    if (m->type != SL_MESSAGE_NEW) {
+        append_member(b, "event_id", m->event_id);
+        sl_time_format(m->created_at_us, ts);
+        append_member(b, "created_at", ts);
+    }
     if (m->seq > 0)
-        json_object_set_new(o, "seq", json_integer(m->seq));
-    return o;
+        sl_buf_appendf(b, ",\"seq\":%lld", (long long)m->seq);
+    sl_buf_append(b, "}", 1);
 }
 
 json_t *sl_message_to_jansson(const sl_message_t *m)
 {
-    char ts[SL_TIME_RFC3339_LEN];
-    json_t *o;
-    if (m->type != SL_MESSAGE_NEW)
-        return event_to_jansson(m);
-    sl_time_format(m->created_at_us, ts);
-    o = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s}", "id", m->id, "channel", m->channel, "author", m->author, "text",
-                  m->text, "source", m->source, "created_at", ts);
-    if (o != NULL && m->url[0] != '\0')
-        json_object_set_new(o, "url", json_string(m->url));
-    if (o != NULL && m->edited_at_us != 0) {
-        sl_time_format(m->edited_at_us, ts);
-        json_object_set_new(o, "edited_at", json_string(ts));
-    }
-    if (o != NULL && m->seq > 0)
-        json_object_set_new(o, "seq", json_integer(m->seq));
+    sl_buf_t b = SL_BUF_INIT;
+    sl_message_append_json(&b, m);
+    json_t *o = json_loadb(b.data, b.len, 0, NULL);
+    sl_buf_free(&b);
     return o;
 }
 
 char *sl_message_to_json(const sl_message_t *m, size_t *len)
 {
-    json_t *o = sl_message_to_jansson(m);
-    char *out;
-    if (o == NULL)
-        return NULL;
-    out = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
-    json_decref(o);
-    if (out != NULL && len != NULL)
-        *len = strlen(out);
-    return out;
+    sl_buf_t b = SL_BUF_INIT;
+    sl_message_append_json(&b, m);
+    if (len != NULL)
+        *len = b.len;
+    return b.data;
 }
 
 /* The optional fields added after the first release: url and edited_at. */

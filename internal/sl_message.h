@@ -11,6 +11,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "sl_buf.h"
 #include "sl_uuid.h"
 
 #define SL_CHANNEL_MAX 64         /* bytes: [a-z0-9_-]{1,64} */
@@ -79,7 +80,11 @@ int sl_message_from_request(const char *body, size_t len, sl_message_t *msg, sl_
  * "created_at"[,"seq"]}. New reference; NULL on no memory. */
 json_t *sl_message_to_jansson(const sl_message_t *m);
 
-/* Compact JSON text of the message, malloc'd, the caller frees it. NULL on no memory. */
+/* The message's compact JSON text (the members above, in that order) appended to b, written
+ * directly (no jansson tree): the persister and the api encode every message they handle. */
+void sl_message_append_json(sl_buf_t *b, const sl_message_t *m);
+
+/* The same text, malloc'd, the caller frees it. */
 char *sl_message_to_json(const sl_message_t *m, size_t *len);
 
 /* Decodes a message as written by sl_message_to_json (from the queue or the live exchange),

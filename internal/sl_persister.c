@@ -3,11 +3,15 @@
  */
 #include "sl_persister.h"
 
+#include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "sl_amqp.h"
 #include "sl_db.h"
@@ -23,14 +27,41 @@ struct stats {
     int amqp_up, db_up;
 };
 
+/* Deliveries taken together into one transaction. */
+struct batch {
+    sl_message_t *msgs;
+    uint64_t *tags;     /* of the delivery each message came in (a delivery holds one or more) */
+    unsigned char *solo; /* 1: the message was its delivery's only one */
+    size_t n;           /* every delivery's messages go into one batch: n < batch_size + SL_AMQP_MAX_LINES */
+    unsigned gen; /* of the broker connection that delivered them: only it can ack them */
+};
+
+enum { JOB_NONE, JOB_QUEUED, JOB_DONE };
+
 struct sl_persister {
     sl_persister_conf_t conf;
     sl_amqp_topology_t topology;
+    volatile sig_atomic_t *stop;
+
+    /* The consumer: sl_persister_run's thread owns the broker connection and the batch being
+     * filled. */
     amqp_connection_state_t amqp;
+    unsigned gen; /* counts broker connections */
+    struct batch batches[2], *fill;
+    int64_t fill_deadline; /* monotonic us: when the filling batch goes to the writer anyway */
+    sl_buf_t live;         /* the live publish being built */
+
+    /* The writer thread owns the database connection and stores one batch (the job) at a time. */
     sl_db_t db;
-    sl_message_t *batch;
-    uint64_t *tags;
-    size_t n;
+    pthread_t writer;
+    int writer_started;
+    pthread_mutex_t mu; /* guards the hand-off: job, job_state, job_result, quit */
+    pthread_cond_t cv;
+    struct batch *job;
+    int job_state, job_result, quit;
+    atomic_int abandon; /* the consumer no longer wants the job (lost its connection, or stops) */
+    int done_pipe[2];   /* the writer writes a byte when the job is done: the consumer polls it */
+
     pthread_mutex_t lock; /* guards stats */
     struct stats stats;
 };
@@ -50,11 +81,25 @@ static void sleep_ms(long ms)
     nanosleep(&ts, NULL);
 }
 
-/* Waits with backoff (capped at 2 s) while checking stop every 100 ms. */
+/* Waits with backoff (capped at 2 s) while checking *stop every 100 ms. */
 static void backoff(int attempt, volatile sig_atomic_t *stop)
 {
     long ms = attempt < 5 ? 100L << attempt : 2000;
     for (long waited = 0; waited < ms && !*stop; waited += 100)
+        sleep_ms(100);
+}
+
+/* The writer gives up retrying a batch (it will be redelivered) when the consumer abandoned it. */
+static int given_up(sl_persister_t *p)
+{
+    return *p->stop || atomic_load(&p->abandon);
+}
+
+/* The writer's backoff: as backoff(), also cut short by given_up. */
+static void writer_backoff(sl_persister_t *p, int attempt)
+{
+    long ms = attempt < 5 ? 100L << attempt : 2000;
+    for (long waited = 0; waited < ms && !given_up(p); waited += 100)
         sleep_ms(100);
 }
 
@@ -64,14 +109,27 @@ sl_persister_t *sl_persister_create(const sl_persister_conf_t *conf)
     if (p == NULL)
         return NULL;
     p->conf = *conf;
-    p->batch = calloc((size_t)conf->batch_size, sizeof(*p->batch));
-    p->tags = calloc((size_t)conf->batch_size, sizeof(*p->tags));
-    if (p->batch == NULL || p->tags == NULL) {
+    p->done_pipe[0] = p->done_pipe[1] = -1;
+    for (int i = 0; i < 2; i++) {
+        size_t cap = (size_t)conf->batch_size + SL_AMQP_MAX_LINES;
+        p->batches[i].msgs = calloc(cap, sizeof(*p->batches[i].msgs));
+        p->batches[i].tags = calloc(cap, sizeof(*p->batches[i].tags));
+        p->batches[i].solo = calloc(cap, 1);
+        if (p->batches[i].msgs == NULL || p->batches[i].tags == NULL || p->batches[i].solo == NULL) {
+            sl_persister_destroy(p);
+            return NULL;
+        }
+    }
+    if (pipe2(p->done_pipe, O_CLOEXEC | O_NONBLOCK) != 0) {
         sl_persister_destroy(p);
         return NULL;
     }
+    p->fill = &p->batches[0];
     sl_amqp_topology_defaults(&p->topology, conf->queue_max_length);
     pthread_mutex_init(&p->lock, NULL);
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->cv, NULL);
+    atomic_init(&p->abandon, 0);
     sl_histogram_init(&p->stats.commit_latency, sl_latency_bounds, sl_latency_nbounds);
     sl_histogram_init(&p->stats.batch_rows, batch_bounds, sizeof(batch_bounds) / sizeof(batch_bounds[0]));
     return p;
@@ -84,21 +142,173 @@ void sl_persister_destroy(sl_persister_t *p)
     if (p->amqp != NULL)
         sl_amqp_close(p->amqp);
     sl_db_close(&p->db);
-    free(p->batch);
-    free(p->tags);
-    pthread_mutex_destroy(&p->lock);
+    for (int i = 0; i < 2; i++) {
+        free(p->batches[i].msgs);
+        free(p->batches[i].tags);
+        free(p->batches[i].solo);
+    }
+    for (int i = 0; i < 2; i++) {
+        if (p->done_pipe[i] >= 0)
+            close(p->done_pipe[i]);
+    }
+    sl_buf_free(&p->live);
+    if (p->fill != NULL) { /* the locks were initialised */
+        pthread_mutex_destroy(&p->lock);
+        pthread_mutex_destroy(&p->mu);
+        pthread_cond_destroy(&p->cv);
+    }
     free(p);
 }
+
+/* ---- the writer thread --------------------------------------------------------------------- */
+
+static int connect_db(sl_persister_t *p)
+{
+    char err[512], q[600];
+    if (sl_db_connect(&p->db, p->conf.db_url, err, sizeof(err)) != SL_DB_OK ||
+        sl_db_migrate(&p->db, err, sizeof(err)) != SL_DB_OK) {
+        SL_WARN("event=db_connect_failed error=%s", sl_log_quote(q, sizeof(q), err));
+        sl_db_close(&p->db);
+        return -1;
+    }
+    STAT(p, p->stats.db_up = 1; p->stats.db_reconnects++);
+    SL_INFO("event=db_connected server=%s schema=%d", sl_db_kind_name(p->db.kind), sl_db_schema_version(&p->db));
+    return 0;
+}
+
+/* Stores one message alone; a refusal by the database marks it for the dead-letter queue
+ * (seq 0 and tag kept, dead[i] set). */
+static int store_alone(sl_persister_t *p, struct batch *b, size_t i, char *dead)
+{
+    char err[512], q[600];
+    size_t stored;
+    int r = sl_db_store_batch(&p->db, &b->msgs[i], 1, &stored, err, sizeof(err));
+    if (r == SL_DB_ERROR) {
+        SL_ERROR("event=refused_by_database delivery_tag=%llu error=%s", (unsigned long long)b->tags[i],
+                 sl_log_quote(q, sizeof(q), err));
+        b->msgs[i].seq = 0;
+        dead[i] = 1;
+        return SL_DB_OK;
+    }
+    return r;
+}
+
+/* Commits batch b, retrying through database outages until the consumer gives it up. Returns
+ * 0 when committed (the stored messages have their seq; dead[i] marks those the database
+ * refused), -1 when abandoned (the batch will be redelivered). */
+static int store(sl_persister_t *p, struct batch *b, char *dead)
+{
+    char err[512], q[600];
+    for (int attempt = 0;; attempt++) {
+        if (p->db.conn == NULL && connect_db(p) != 0) {
+            if (given_up(p))
+                return -1;
+            writer_backoff(p, attempt);
+            continue;
+        }
+        size_t stored = 0;
+        int64_t t0 = sl_time_mono_us();
+        memset(dead, 0, b->n);
+        int r = sl_db_store_batch(&p->db, b->msgs, b->n, &stored, err, sizeof(err));
+        if (r == SL_DB_ERROR) {
+            /* Something in the batch is refused (not a transient failure): store one by one so only
+             * the culprit is dead-lettered. */
+            SL_WARN("event=batch_refused rows=%zu error=%s", b->n, sl_log_quote(q, sizeof(q), err));
+            stored = 0;
+            for (size_t i = 0; i < b->n && r != SL_DB_LOST; i++) {
+                r = store_alone(p, b, i, dead);
+                stored += b->msgs[i].seq != 0;
+            }
+            if (r != SL_DB_LOST)
+                r = SL_DB_OK;
+        }
+        if (r == SL_DB_OK) {
+            double secs = (double)(sl_time_mono_us() - t0) / 1e6;
+            size_t events = 0, ndead = 0;
+            for (size_t i = 0; i < b->n; i++) {
+                events += b->msgs[i].seq != 0 && b->msgs[i].type != SL_MESSAGE_NEW;
+                ndead += dead[i] != 0;
+            }
+            STAT(p, p->stats.batches++; p->stats.rows += stored - events; p->stats.events += events;
+                 p->stats.duplicates += b->n - stored - ndead;
+                 sl_histogram_observe(&p->stats.commit_latency, secs);
+                 sl_histogram_observe(&p->stats.batch_rows, (double)b->n));
+            SL_DEBUG("event=batch_committed rows=%zu stored=%zu ms=%.1f", b->n, stored, secs * 1000);
+            return 0;
+        }
+        SL_WARN("event=db_connection_lost error=%s rows=%zu", sl_log_quote(q, sizeof(q), err), b->n);
+        sl_db_close(&p->db);
+        STAT(p, p->stats.db_up = 0);
+        if (given_up(p))
+            return -1;
+        writer_backoff(p, attempt);
+    }
+}
+
+static void *writer_main(void *arg)
+{
+    sl_persister_t *p = arg;
+    char *dead = malloc((size_t)p->conf.batch_size + SL_AMQP_MAX_LINES);
+    int attempt = 0;
+    if (dead == NULL) {
+        SL_ERROR("event=writer_failed error=\"out of memory\"");
+        abort();
+    }
+    pthread_mutex_lock(&p->mu);
+    for (;;) {
+        if (p->job_state == JOB_QUEUED) {
+            struct batch *b = p->job;
+            pthread_mutex_unlock(&p->mu);
+            int r = store(p, b, dead);
+            /* the refused ones go to the dead-letter queue with the ack, on the consumer's thread:
+             * mark them with seq -1 */
+            for (size_t i = 0; i < b->n; i++) {
+                if (dead[i])
+                    b->msgs[i].seq = -1;
+            }
+            pthread_mutex_lock(&p->mu);
+            p->job_state = JOB_DONE;
+            p->job_result = r;
+            if (write(p->done_pipe[1], "", 1) < 0) {
+                /* the pipe holds a byte already: the consumer will look */
+            }
+            continue;
+        }
+        if (p->quit)
+            break;
+        if (p->db.conn != NULL) {
+            pthread_cond_wait(&p->cv, &p->mu);
+            continue;
+        }
+        /* Idle and without a database: connect now (migrations, readiness), not at the first batch. */
+        pthread_mutex_unlock(&p->mu);
+        if (connect_db(p) == 0)
+            attempt = 0;
+        else
+            backoff(attempt++, p->stop);
+        pthread_mutex_lock(&p->mu);
+    }
+    pthread_mutex_unlock(&p->mu);
+    free(dead);
+    return NULL;
+}
+
+/* ---- the consumer (sl_persister_run's thread) ---------------------------------------------- */
 
 static void drop_amqp(sl_persister_t *p, const char *why)
 {
     char q[300];
     if (p->amqp == NULL)
         return;
-    SL_WARN("event=amqp_connection_lost reason=%s unacked=%zu", sl_log_quote(q, sizeof(q), why), p->n);
+    SL_WARN("event=amqp_connection_lost reason=%s unacked=%zu", sl_log_quote(q, sizeof(q), why), p->fill->n);
     amqp_destroy_connection(p->amqp);
     p->amqp = NULL;
-    p->n = 0; /* unacked deliveries return to the queue with the connection */
+    p->gen++;
+    /* Unacked deliveries return to the queue with the connection: the filling batch is dropped,
+     * and the writer stops retrying the one it has (if it commits anyway, the redelivered copies
+     * are found stored). */
+    p->fill->n = 0;
+    atomic_store(&p->abandon, 1);
     STAT(p, p->stats.amqp_up = 0);
 }
 
@@ -136,26 +346,36 @@ Fail:
     return -1;
 }
 
-static int connect_db(sl_persister_t *p)
-{
-    char err[512], q[600];
-    if (sl_db_connect(&p->db, p->conf.db_url, err, sizeof(err)) != SL_DB_OK ||
-        sl_db_migrate(&p->db, err, sizeof(err)) != SL_DB_OK) {
-        SL_WARN("event=db_connect_failed error=%s", sl_log_quote(q, sizeof(q), err));
-        sl_db_close(&p->db);
-        return -1;
-    }
-    STAT(p, p->stats.db_up = 1; p->stats.db_reconnects++);
-    SL_INFO("event=db_connected server=%s schema=%d", sl_db_kind_name(p->db.kind), sl_db_schema_version(&p->db));
-    return 0;
-}
-
+/* Dead-letters a whole delivery: the broker moves it to the dead-letter queue (with x-death). */
 static void dead_letter(sl_persister_t *p, uint64_t tag, const char *why)
 {
     char q[300];
     SL_ERROR("event=dead_lettered delivery_tag=%llu reason=%s", (unsigned long long)tag, sl_log_quote(q, sizeof(q), why));
     amqp_basic_reject(p->amqp, SL_AMQP_CHANNEL, tag, 0);
     STAT(p, p->stats.dead_lettered++);
+}
+
+/* Dead-letters one line of a delivery that holds others too: published to the dead-letter
+ * exchange, with the reason in the x-sluice-error header; the delivery is acked with the rest. */
+static void dead_letter_line(sl_persister_t *p, uint64_t tag, const char *line, size_t len, const char *why)
+{
+    char q[300];
+    amqp_table_entry_t h[] = {{amqp_cstring_bytes("x-sluice-error"), {AMQP_FIELD_KIND_UTF8, {.bytes = amqp_cstring_bytes(why)}}}};
+    amqp_basic_properties_t props;
+    memset(&props, 0, sizeof(props));
+    props._flags = AMQP_BASIC_CONTENT_TYPE_FLAG | AMQP_BASIC_DELIVERY_MODE_FLAG | AMQP_BASIC_HEADERS_FLAG;
+    props.content_type = amqp_cstring_bytes("application/json");
+    props.delivery_mode = AMQP_DELIVERY_PERSISTENT;
+    props.headers = (amqp_table_t){1, h};
+    SL_ERROR("event=dead_lettered delivery_tag=%llu line_of_batch=1 reason=%s", (unsigned long long)tag,
+             sl_log_quote(q, sizeof(q), why));
+    amqp_bytes_t body = {len, (void *)line};
+    int st = amqp_basic_publish(p->amqp, SL_AMQP_CHANNEL, amqp_cstring_bytes(p->topology.dead_exchange),
+                                amqp_cstring_bytes(p->topology.persist_queue), 0, 0, &props, body);
+    if (st != AMQP_STATUS_OK)
+        drop_amqp(p, amqp_error_string2(st));
+    else
+        STAT(p, p->stats.dead_lettered++);
 }
 
 /* Handles a frame that is not a delivery (amqp_consume_message said UNEXPECTED_STATE). */
@@ -200,24 +420,58 @@ static void handle_other_frame(sl_persister_t *p)
     }
 }
 
-/* Adds deliveries to the batch until it is full, batch_ms passed since the first, or (with an
- * empty batch) 200 ms passed so the caller can check stop. */
-static void fill_batch(sl_persister_t *p)
+/* Adds the messages of one delivery (one per line, sl_amqp.h) to b. A line that does not decode
+ * is dead-lettered: with its whole delivery when it is the only line, else alone. */
+static void take_delivery(sl_persister_t *p, struct batch *b, uint64_t tag, const char *body, size_t len)
 {
-    int64_t deadline = 0;
-    while (p->amqp != NULL && p->n < (size_t)p->conf.batch_size) {
-        int64_t now = sl_time_mono_us(), wait_us = p->n == 0 ? 200000 : deadline - now;
-        if (p->n > 0 && wait_us <= 0)
-            break;
-        struct timeval tv = {(time_t)(wait_us / 1000000), (suseconds_t)(wait_us % 1000000)};
+    const char *nl;
+    size_t lines = 1, good = 0;
+    if (len == 0) {
+        dead_letter(p, tag, "empty message");
+        return;
+    }
+    for (const char *at = body; (nl = memchr(at, '\n', len - (size_t)(at - body))) != NULL; at = nl + 1)
+        lines++;
+    if (lines > SL_AMQP_MAX_LINES) {
+        dead_letter(p, tag, "more lines than SL_AMQP_MAX_LINES in one message");
+        return;
+    }
+    for (size_t off = 0, n; off <= len && p->amqp != NULL; off += n + 1) {
+        const char *line = body + off;
+        nl = memchr(line, '\n', len - off);
+        n = nl != NULL ? (size_t)(nl - line) : len - off;
+        sl_error_t err;
+        if (n == 0 && lines > 1)
+            continue; /* a blank line between items */
+        if (sl_message_from_json(line, n, &b->msgs[b->n], &err) != 0) {
+            if (lines == 1)
+                dead_letter(p, tag, err.message);
+            else
+                dead_letter_line(p, tag, line, n, err.message);
+            continue;
+        }
+        b->tags[b->n] = tag;
+        b->solo[b->n] = lines == 1;
+        b->n++;
+        good++;
+    }
+    if (good > 0 && b->n == good)
+        p->fill_deadline = sl_time_mono_us() + p->conf.batch_ms * 1000;
+    if (good == 0 && lines > 1 && p->amqp != NULL)
+        amqp_basic_ack(p->amqp, SL_AMQP_CHANNEL, tag, 0); /* every line dead-lettered: nothing to commit */
+}
+
+/* Takes the deliveries that can be read without waiting into the filling batch, until it is full. */
+static void take_deliveries(sl_persister_t *p)
+{
+    struct batch *b = p->fill;
+    struct timeval now_tv = {0, 0};
+    while (p->amqp != NULL && b->n < (size_t)p->conf.batch_size) {
         amqp_envelope_t env;
         amqp_maybe_release_buffers(p->amqp);
-        amqp_rpc_reply_t r = amqp_consume_message(p->amqp, &env, &tv, 0);
-        if (r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION && r.library_error == AMQP_STATUS_TIMEOUT) {
-            if (p->n == 0)
-                return;
-            break;
-        }
+        amqp_rpc_reply_t r = amqp_consume_message(p->amqp, &env, &now_tv, 0);
+        if (r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION && r.library_error == AMQP_STATUS_TIMEOUT)
+            return;
         if (r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION && r.library_error == AMQP_STATUS_UNEXPECTED_STATE) {
             handle_other_frame(p);
             continue;
@@ -227,145 +481,181 @@ static void fill_batch(sl_persister_t *p)
             drop_amqp(p, sl_amqp_reply_text(r, t, sizeof(t)));
             return;
         }
-        sl_error_t err;
-        sl_message_t *m = &p->batch[p->n];
         if (env.redelivered)
             STAT(p, p->stats.redeliveries++);
-        if (sl_message_from_json(env.message.body.bytes, env.message.body.len, m, &err) != 0) {
-            dead_letter(p, env.delivery_tag, err.message);
-        } else {
-            p->tags[p->n++] = env.delivery_tag;
-            if (p->n == 1)
-                deadline = sl_time_mono_us() + p->conf.batch_ms * 1000;
-        }
+        take_delivery(p, b, env.delivery_tag, env.message.body.bytes, env.message.body.len);
         amqp_destroy_envelope(&env);
     }
 }
 
-static void publish_live(sl_persister_t *p)
+/* Publishes the newly stored messages of b (in seq order: the array's) to the live exchange as
+ * one message, one JSON object per line. */
+static void publish_live(sl_persister_t *p, struct batch *b)
 {
+    size_t count = 0;
+    p->live.len = 0;
+    for (size_t i = 0; i < b->n; i++) {
+        if (b->msgs[i].seq <= 0)
+            continue;
+        if (count++ > 0)
+            sl_buf_append(&p->live, "\n", 1);
+        sl_message_append_json(&p->live, &b->msgs[i]);
+    }
+    if (count == 0)
+        return;
     amqp_basic_properties_t props;
     memset(&props, 0, sizeof(props));
     props._flags = AMQP_BASIC_CONTENT_TYPE_FLAG | AMQP_BASIC_DELIVERY_MODE_FLAG;
-    props.content_type = amqp_cstring_bytes("application/json");
+    props.content_type = amqp_cstring_bytes(SL_LIVE_CONTENT_TYPE);
     props.delivery_mode = 1; /* transient: the database is the record, sse backfills gaps from it */
-    for (size_t i = 0; i < p->n && p->amqp != NULL; i++) {
-        if (p->batch[i].seq == 0)
-            continue;
-        size_t len;
-        char *json = sl_message_to_json(&p->batch[i], &len);
-        if (json == NULL)
-            continue;
-        amqp_bytes_t body = {len, json};
-        int st = amqp_basic_publish(p->amqp, SL_AMQP_CHANNEL, amqp_cstring_bytes(p->topology.live_exchange),
-                                    amqp_cstring_bytes(p->batch[i].channel), 0, 0, &props, body);
-        free(json);
-        if (st != AMQP_STATUS_OK) {
-            drop_amqp(p, amqp_error_string2(st));
-            return;
-        }
-        STAT(p, p->stats.live_published++);
+    amqp_bytes_t body = {p->live.len, p->live.data};
+    int st = amqp_basic_publish(p->amqp, SL_AMQP_CHANNEL, amqp_cstring_bytes(p->topology.live_exchange),
+                                amqp_cstring_bytes(SL_LIVE_ROUTING_KEY), 0, 0, &props, body);
+    if (st != AMQP_STATUS_OK) {
+        drop_amqp(p, amqp_error_string2(st));
+        return;
     }
+    STAT(p, p->stats.live_published += count);
 }
 
-/* Stores one message alone; on a refusal by the database it goes to the dead-letter queue. */
-static int store_alone(sl_persister_t *p, size_t i)
-{
-    char err[512];
-    size_t stored;
-    int r = sl_db_store_batch(&p->db, &p->batch[i], 1, &stored, err, sizeof(err));
-    if (r == SL_DB_ERROR) {
-        dead_letter(p, p->tags[i], err);
-        p->batch[i].seq = 0;
-        p->tags[i] = 0;
-        return SL_DB_OK;
-    }
-    return r;
-}
-
-/* Commits the batch, retrying through database outages while the broker connection holds.
- * Returns 0 when committed, -1 when the batch was abandoned (it will be redelivered). */
-static int store(sl_persister_t *p, volatile sig_atomic_t *stop)
-{
-    char err[512], q[600];
-    for (int attempt = 0; p->amqp != NULL; attempt++) {
-        if (p->db.conn == NULL && connect_db(p) != 0) {
-            if (*stop)
-                return -1;
-            backoff(attempt, stop);
-            continue;
-        }
-        size_t stored = 0;
-        int64_t t0 = sl_time_mono_us();
-        int r = sl_db_store_batch(&p->db, p->batch, p->n, &stored, err, sizeof(err));
-        if (r == SL_DB_ERROR) {
-            /* Something in the batch is refused (not a transient failure): store one by one so only
-             * the culprit is dead-lettered. */
-            SL_WARN("event=batch_refused rows=%zu error=%s", p->n, sl_log_quote(q, sizeof(q), err));
-            stored = 0;
-            for (size_t i = 0; i < p->n && r != SL_DB_LOST; i++) {
-                r = store_alone(p, i);
-                stored += p->batch[i].seq != 0;
-            }
-            if (r != SL_DB_LOST)
-                r = SL_DB_OK;
-        }
-        if (r == SL_DB_OK) {
-            double secs = (double)(sl_time_mono_us() - t0) / 1e6;
-            size_t events = 0;
-            for (size_t i = 0; i < p->n; i++)
-                events += p->batch[i].seq != 0 && p->batch[i].type != SL_MESSAGE_NEW;
-            STAT(p, p->stats.batches++; p->stats.rows += stored - events; p->stats.events += events;
-                 p->stats.duplicates += p->n - stored;
-                 sl_histogram_observe(&p->stats.commit_latency, secs);
-                 sl_histogram_observe(&p->stats.batch_rows, (double)p->n));
-            SL_DEBUG("event=batch_committed rows=%zu stored=%zu ms=%.1f", p->n, stored, secs * 1000);
-            return 0;
-        }
-        SL_WARN("event=db_connection_lost error=%s rows=%zu", sl_log_quote(q, sizeof(q), err), p->n);
-        sl_db_close(&p->db);
-        STAT(p, p->stats.db_up = 0);
-        if (*stop)
-            return -1;
-        backoff(attempt, stop);
-    }
-    return -1;
-}
-
-static void ack_batch(sl_persister_t *p)
+/* Acks batch b after its commit: the database's refusals to the dead-letter queue, then one
+ * multiple ack for the rest. */
+static void ack_batch(sl_persister_t *p, struct batch *b)
 {
     uint64_t last = 0;
-    for (size_t i = 0; i < p->n; i++)
-        last = p->tags[i] > last ? p->tags[i] : last;
+    for (size_t i = 0; i < b->n && p->amqp != NULL; i++) {
+        if (b->msgs[i].seq >= 0) {
+            last = b->tags[i] > last ? b->tags[i] : last;
+        } else if (b->solo[i]) {
+            dead_letter(p, b->tags[i], "refused by the database");
+        } else {
+            sl_buf_t line = SL_BUF_INIT;
+            b->msgs[i].seq = 0;
+            sl_message_append_json(&line, &b->msgs[i]);
+            dead_letter_line(p, b->tags[i], line.data, line.len, "refused by the database");
+            sl_buf_free(&line);
+            last = b->tags[i] > last ? b->tags[i] : last; /* the delivery's other lines are stored */
+        }
+    }
     if (last != 0 && p->amqp != NULL && amqp_basic_ack(p->amqp, SL_AMQP_CHANNEL, last, 1) != AMQP_STATUS_OK)
         drop_amqp(p, "ack failed");
-    p->n = 0;
+}
+
+/* Hands the filling batch to the writer; the other batch becomes the filling one. The caller
+ * checked that the writer has no job. */
+static void queue_job(sl_persister_t *p)
+{
+    struct batch *b = p->fill;
+    b->gen = p->gen;
+    p->fill = b == &p->batches[0] ? &p->batches[1] : &p->batches[0];
+    p->fill->n = 0;
+    atomic_store(&p->abandon, 0);
+    pthread_mutex_lock(&p->mu);
+    p->job = b;
+    p->job_state = JOB_QUEUED;
+    pthread_cond_signal(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+}
+
+/* If the writer finished its job: announce and ack it (when still on the connection that
+ * delivered it) and free the slot. Returns 1 while a job is still in the writer's hands. */
+static int collect_job(sl_persister_t *p)
+{
+    char c[16];
+    while (read(p->done_pipe[0], c, sizeof(c)) > 0) {
+    }
+    pthread_mutex_lock(&p->mu);
+    int state = p->job_state, result = p->job_result;
+    struct batch *b = p->job;
+    pthread_mutex_unlock(&p->mu);
+    if (state != JOB_DONE)
+        return state == JOB_QUEUED;
+    if (result == 0 && p->amqp != NULL && b->gen == p->gen) {
+        publish_live(p, b);
+        ack_batch(p, b);
+    }
+    b->n = 0;
+    pthread_mutex_lock(&p->mu);
+    p->job_state = JOB_NONE;
+    p->job = NULL;
+    pthread_mutex_unlock(&p->mu);
+    return 0;
+}
+
+/* Waits up to timeout_ms for the writer's signal or (when want_amqp) the broker's socket. */
+static void wait_for_work(sl_persister_t *p, int want_amqp, int timeout_ms)
+{
+    struct pollfd fds[2] = {{p->done_pipe[0], POLLIN, 0}, {-1, POLLIN, 0}};
+    if (want_amqp && p->amqp != NULL) {
+        if (amqp_frames_enqueued(p->amqp) || amqp_data_in_buffer(p->amqp))
+            return;
+        fds[1].fd = amqp_get_sockfd(p->amqp);
+    }
+    poll(fds, 2, timeout_ms);
+}
+
+/* One turn of the consumer: hand over a due batch, wait for something to do, collect the
+ * writer's result, read deliveries. */
+static void consume_step(sl_persister_t *p)
+{
+    int busy = collect_job(p);
+    struct batch *b = p->fill;
+    int64_t now = sl_time_mono_us();
+    if (!busy && b->n > 0 && (b->n >= (size_t)p->conf.batch_size || now >= p->fill_deadline)) {
+        queue_job(p);
+        busy = 1;
+        b = p->fill;
+    }
+    int want_amqp = b->n < (size_t)p->conf.batch_size;
+    int timeout_ms = 200; /* wake now and then: heartbeats, stop */
+    if (!busy && b->n > 0)
+        timeout_ms = (int)((p->fill_deadline - now + 999) / 1000);
+    wait_for_work(p, want_amqp, timeout_ms < 0 ? 0 : timeout_ms);
+    if (want_amqp)
+        take_deliveries(p);
+}
+
+/* Waits for the writer's job to end (a commit, or an abandon when *stop and the database is
+ * down) and collects it. */
+static void finish_job(sl_persister_t *p)
+{
+    while (collect_job(p))
+        wait_for_work(p, 0, 200);
 }
 
 int sl_persister_run(sl_persister_t *p, volatile sig_atomic_t *stop)
 {
     int attempt = 0;
-    while (!*stop) {
-        if (p->db.conn == NULL && connect_db(p) != 0) {
-            backoff(attempt++, stop);
-            continue;
-        }
-        if (p->amqp == NULL && connect_amqp(p) != 0) {
-            backoff(attempt++, stop);
-            continue;
-        }
-        attempt = 0;
-        fill_batch(p);
-        if (p->n == 0 || p->amqp == NULL)
-            continue;
-        if (store(p, stop) != 0) {
-            if (p->amqp != NULL) /* leaving: the unacked batch goes back to the queue */
-                drop_amqp(p, "stopping with an uncommitted batch");
-            continue;
-        }
-        publish_live(p);
-        ack_batch(p);
+    p->stop = stop;
+    if (pthread_create(&p->writer, NULL, writer_main, p) != 0) {
+        SL_ERROR("event=start_failed error=\"pthread_create\"");
+        return -1;
     }
+    p->writer_started = 1;
+    while (!*stop) {
+        if (p->amqp == NULL) {
+            collect_job(p); /* a job of the lost connection: nothing to ack */
+            if (connect_amqp(p) != 0) {
+                backoff(attempt++, stop);
+                continue;
+            }
+            attempt = 0;
+        }
+        consume_step(p);
+    }
+    /* Stopping: what was delivered gets committed and acked if the database is there; else it
+     * stays unacked and returns to the queue. */
+    finish_job(p);
+    if (p->fill->n > 0 && p->amqp != NULL) {
+        queue_job(p);
+        finish_job(p);
+    }
+    pthread_mutex_lock(&p->mu);
+    p->quit = 1;
+    pthread_cond_signal(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+    pthread_join(p->writer, NULL);
+    p->writer_started = 0;
     SL_INFO("event=stopped");
     return 0;
 }

@@ -2,13 +2,20 @@
  * sl_persister: moves messages from the persist queue into the database, exactly once, and then
  * announces them on the live exchange.
  *
- * It consumes with a prefetch window, stores up to batch_size messages (or what arrived within
- * batch_ms of the first) in one transaction, publishes the newly stored ones in seq order to the
- * live exchange, and only then acks the batch (one multiple ack). A crash anywhere before the ack
- * redelivers the batch; ids already stored are skipped, so nothing is stored twice. A message that
- * cannot be decoded, or that the database refuses on its own, is rejected to the dead-letter queue
- * with a log line and never blocks the queue. Broker and database failures are retried with
- * backoff, holding the unacked batch.
+ * It consumes with a prefetch window; a delivery holds one or more messages, one per line
+ * (sl_amqp.h). Up to batch_size messages (see batch_ms for when a batch is not full) are stored
+ * in one transaction; the newly stored ones are then published in seq order to the live exchange
+ * as one message, and only then is the batch acked (one multiple ack). A crash anywhere before the
+ * ack redelivers the batch; ids already stored are skipped, so nothing is stored twice. A message
+ * that cannot be decoded, or that the database refuses on its own, goes to the dead-letter queue
+ * with a log line and never blocks the queue (its whole delivery when it came alone; else that
+ * line alone, republished to the dead-letter exchange with an x-sluice-error header). Broker and
+ * database failures are retried with backoff, holding the unacked batch.
+ *
+ * Two threads: the caller's (the consumer) owns the broker connection, decodes deliveries into
+ * the next batch, and publishes and acks committed batches; a writer thread owns the database
+ * connection and commits one batch at a time. So the next batch is read while the previous one
+ * commits, and commits stay in order. (prefetch should be at least twice batch_size for that.)
  *
  * Updates and deletes of messages (queue items with "type":"update"|"delete", see sl_message.h)
  * travel the same way: numbered in the same sequence, stored and applied in the batch transaction
@@ -30,7 +37,8 @@ typedef struct sl_persister_conf {
     const char *db_url;
     long long queue_max_length;
     long long batch_size;  /* messages per transaction */
-    long long batch_ms;    /* longest wait for a batch to fill */
+    long long batch_ms;    /* longest wait for a batch to fill; 0: it goes to the writer as soon as
+                            * the writer is free (what arrived during one commit makes the next) */
     long long prefetch;    /* unacked deliveries the broker may send ahead (>= batch_size) */
 } sl_persister_conf_t;
 

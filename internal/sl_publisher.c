@@ -14,9 +14,16 @@
 #include "sl_log.h"
 #include "sl_time.h"
 
-struct slot {
+/* One post (a line of a batch) and who waits for its confirm. */
+struct entry {
     sl_publish_cb cb;
     void *data;
+};
+
+/* One AMQP message in flight: a batch of posts. */
+struct slot {
+    struct entry *entries;
+    size_t n;
     int64_t t0_us;
     int in_use;
 };
@@ -27,7 +34,15 @@ struct sl_publisher {
     int64_t blocked_since_us;
     uint64_t next_tag, oldest_tag;
     struct slot *slots;
-    size_t mask, outstanding;
+    size_t mask, outstanding; /* outstanding: posts awaiting their confirm, gathered ones included */
+    /* The batch being gathered: published (as delivery tag next_tag) when this loop turn ends. */
+    sl_buf_t body;
+    struct entry *gathered;
+    size_t ngathered;
+    char exchange[128], routing_key[256];
+    h2o_timeout_t flush_timeout; /* 0 ms: at the end of the current loop turn */
+    h2o_timeout_entry_t flush_entry;
+    char broken[128]; /* a publish failed in flush: drop the connection from the timer */
     sl_publisher_stats_t stats;
 };
 
@@ -36,13 +51,15 @@ static void settle_one(sl_publisher_t *p, uint64_t tag, sl_publish_result_t resu
     struct slot *s = &p->slots[tag & p->mask];
     if (!s->in_use)
         return;
-    sl_publish_cb cb = s->cb;
-    void *data = s->data;
+    struct slot taken = *s; /* callbacks may publish: the slot is free before they run */
     sl_histogram_observe(&p->stats.confirm_latency, (double)(now - s->t0_us) / 1e6);
     memset(s, 0, sizeof(*s));
-    p->outstanding--;
-    if (cb != NULL)
-        cb(data, result);
+    p->outstanding -= taken.n;
+    for (size_t i = 0; i < taken.n; i++) {
+        if (taken.entries[i].cb != NULL)
+            taken.entries[i].cb(taken.entries[i].data, result);
+    }
+    free(taken.entries);
 }
 
 static void advance_oldest(sl_publisher_t *p)
@@ -63,6 +80,49 @@ static void settle(sl_publisher_t *p, uint64_t tag, int multiple, sl_publish_res
         settle_one(p, tag, result, now);
     }
     advance_oldest(p);
+}
+
+/* Publishes the gathered batch as delivery tag next_tag. A failure is only noted: the connection
+ * is dropped from the timer, never under a caller's feet. */
+static void flush(sl_publisher_t *p)
+{
+    if (p->ngathered == 0)
+        return;
+    amqp_basic_properties_t props;
+    memset(&props, 0, sizeof(props));
+    props._flags = AMQP_BASIC_CONTENT_TYPE_FLAG | AMQP_BASIC_DELIVERY_MODE_FLAG;
+    props.content_type = amqp_cstring_bytes(p->ngathered > 1 ? SL_LIVE_CONTENT_TYPE : "application/json");
+    props.delivery_mode = AMQP_DELIVERY_PERSISTENT;
+    amqp_bytes_t b = {p->body.len, p->body.data};
+    uint64_t t = p->next_tag++;
+    struct slot *s = &p->slots[t & p->mask];
+    s->entries = p->gathered;
+    s->n = p->ngathered;
+    s->t0_us = sl_time_mono_us();
+    s->in_use = 1;
+    p->gathered = NULL;
+    p->ngathered = 0;
+    p->stats.published += s->n;
+    p->stats.batches++;
+    int st = amqp_basic_publish(p->amqp.conn, SL_AMQP_CHANNEL, amqp_cstring_bytes(p->exchange),
+                                amqp_cstring_bytes(p->routing_key), 0, 0, &props, b);
+    p->body.len = 0;
+    if (st != AMQP_STATUS_OK && p->broken[0] == '\0') {
+        snprintf(p->broken, sizeof(p->broken), "%s", amqp_error_string2(st));
+        h2o_timeout_link(p->amqp._loop, &p->flush_timeout, &p->flush_entry);
+    }
+}
+
+static void on_flush(h2o_timeout_entry_t *entry)
+{
+    sl_publisher_t *p = H2O_STRUCT_FROM_MEMBER(sl_publisher_t, flush_entry, entry);
+    if (p->broken[0] == '\0' && p->amqp.conn != NULL)
+        flush(p);
+    if (p->broken[0] != '\0') {
+        char why[sizeof(p->broken)];
+        memcpy(why, p->broken, sizeof(why));
+        sl_amqploop_lose(&p->amqp, why); /* on_down answers the gathered and the unconfirmed */
+    }
 }
 
 static int on_setup(void *data, amqp_connection_state_t conn, char *err, size_t errlen)
@@ -109,10 +169,22 @@ static void on_down(void *data, const char *why)
     sl_publisher_t *p = data;
     (void)why;
     p->stats.failed += p->outstanding;
+    /* the gathered batch becomes a slot like the others, and fails with them */
+    if (p->ngathered > 0) {
+        struct slot *s = &p->slots[p->next_tag++ & p->mask];
+        s->entries = p->gathered;
+        s->n = p->ngathered;
+        s->t0_us = sl_time_mono_us();
+        s->in_use = 1;
+        p->gathered = NULL;
+        p->ngathered = 0;
+        p->body.len = 0;
+    }
     uint64_t end = p->next_tag;
     for (uint64_t t = p->oldest_tag; t < end; t++)
         settle_one(p, t, SL_PUBLISH_UNAVAILABLE, sl_time_mono_us());
     p->oldest_tag = p->next_tag = 1;
+    p->broken[0] = '\0';
 }
 
 static void on_blocked(void *data, int blocked)
@@ -140,19 +212,21 @@ sl_publisher_t *sl_publisher_create(h2o_loop_t *loop, const sl_publisher_conf_t 
     }
     p->mask = cap - 1;
     p->conf = *conf;
+    if (p->conf.max_batch == 0 || p->conf.max_batch > SL_AMQP_MAX_LINES)
+        p->conf.max_batch = SL_AMQP_MAX_LINES;
     p->next_tag = p->oldest_tag = 1;
     sl_histogram_init(&p->stats.confirm_latency, sl_latency_bounds, sl_latency_nbounds);
+    h2o_timeout_init(loop, &p->flush_timeout, 0);
+    p->flush_entry.cb = on_flush;
     sl_amqploop_init(&p->amqp, loop, conf->url, conf->conn_name, conf->heartbeat_s, conf->timeout_ms,
                      conf->reconnect_ms, &handlers, p);
     return p;
 }
 
 sl_publish_result_t sl_publisher_publish(sl_publisher_t *p, const char *exchange, const char *routing_key,
-                                         const char *message_id, const void *body, size_t len, sl_publish_cb cb,
-                                         void *data, uint64_t *tag)
+                                         const void *body, size_t len, sl_publish_cb cb, void *data, uint64_t *tag)
 {
-    amqp_basic_properties_t props;
-    if (p->amqp.conn == NULL) {
+    if (p->amqp.conn == NULL || p->broken[0] != '\0') {
         p->stats.refused_down++;
         return SL_PUBLISH_UNAVAILABLE;
     }
@@ -160,43 +234,61 @@ sl_publish_result_t sl_publisher_publish(sl_publisher_t *p, const char *exchange
         p->stats.refused_blocked++;
         return SL_PUBLISH_BLOCKED;
     }
+    if (memchr(body, '\n', len) != NULL || strlen(exchange) >= sizeof(p->exchange) ||
+        strlen(routing_key) >= sizeof(p->routing_key)) {
+        SL_ERROR("event=publish_refused reason=\"line break in the body, or names too long\"");
+        p->stats.refused_down++;
+        return SL_PUBLISH_UNAVAILABLE;
+    }
+    /* A batch holds one route, max_batch posts and about max_batch_bytes: else it goes now. */
+    if (p->ngathered > 0 &&
+        (p->ngathered >= p->conf.max_batch || p->body.len + len > SL_AMQP_MAX_BATCH_BYTES ||
+         strcmp(exchange, p->exchange) != 0 || strcmp(routing_key, p->routing_key) != 0))
+        flush(p);
+    if (p->broken[0] != '\0') {
+        p->stats.refused_down++;
+        return SL_PUBLISH_UNAVAILABLE;
+    }
     if (p->outstanding >= p->conf.max_unconfirmed || p->next_tag - p->oldest_tag >= p->mask) {
         p->stats.refused_busy++;
         return SL_PUBLISH_BUSY;
     }
-    memset(&props, 0, sizeof(props));
-    props._flags = AMQP_BASIC_CONTENT_TYPE_FLAG | AMQP_BASIC_DELIVERY_MODE_FLAG;
-    props.content_type = amqp_cstring_bytes("application/json");
-    props.delivery_mode = AMQP_DELIVERY_PERSISTENT;
-    if (message_id != NULL) {
-        props._flags |= AMQP_BASIC_MESSAGE_ID_FLAG;
-        props.message_id = amqp_cstring_bytes(message_id);
+    if (p->ngathered % 16 == 0) {
+        struct entry *e = realloc(p->gathered, (p->ngathered + 16) * sizeof(*e));
+        if (e == NULL) {
+            p->stats.refused_busy++;
+            return SL_PUBLISH_BUSY;
+        }
+        p->gathered = e;
     }
-    amqp_bytes_t b = {len, (void *)body};
-    int st = amqp_basic_publish(p->amqp.conn, SL_AMQP_CHANNEL, amqp_cstring_bytes(exchange),
-                                amqp_cstring_bytes(routing_key), 0, 0, &props, b);
-    if (st != AMQP_STATUS_OK) {
-        sl_amqploop_lose(&p->amqp, amqp_error_string2(st));
-        p->stats.refused_down++;
-        return SL_PUBLISH_UNAVAILABLE;
+    if (p->ngathered == 0) {
+        strcpy(p->exchange, exchange);
+        strcpy(p->routing_key, routing_key);
+        h2o_timeout_link(p->amqp._loop, &p->flush_timeout, &p->flush_entry);
+    } else {
+        sl_buf_append(&p->body, "\n", 1);
     }
-    uint64_t t = p->next_tag++;
-    struct slot *s = &p->slots[t & p->mask];
-    s->cb = cb;
-    s->data = data;
-    s->t0_us = sl_time_mono_us();
-    s->in_use = 1;
+    sl_buf_append(&p->body, body, len);
+    p->gathered[p->ngathered++] = (struct entry){cb, data};
     p->outstanding++;
-    p->stats.published++;
-    *tag = t;
+    *tag = p->next_tag;
     return SL_PUBLISH_OK;
 }
 
-void sl_publisher_detach(sl_publisher_t *p, uint64_t tag)
+void sl_publisher_detach(sl_publisher_t *p, uint64_t tag, void *data)
 {
-    if (tag >= p->oldest_tag && tag < p->next_tag && p->slots[tag & p->mask].in_use) {
-        p->slots[tag & p->mask].cb = NULL;
-        p->slots[tag & p->mask].data = NULL;
+    struct entry *e = NULL;
+    size_t n = 0;
+    if (tag == p->next_tag) {
+        e = p->gathered;
+        n = p->ngathered;
+    } else if (tag >= p->oldest_tag && tag < p->next_tag && p->slots[tag & p->mask].in_use) {
+        e = p->slots[tag & p->mask].entries;
+        n = p->slots[tag & p->mask].n;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (e[i].data == data)
+            e[i].cb = NULL;
     }
 }
 
@@ -224,7 +316,15 @@ void sl_publisher_destroy(sl_publisher_t *p)
 {
     if (p == NULL)
         return;
-    sl_amqploop_dispose(&p->amqp);
+    h2o_loop_t *loop = p->amqp._loop;
+    sl_amqploop_dispose(&p->amqp); /* on_down answers what is gathered and unconfirmed */
+    if (h2o_timeout_is_linked(&p->flush_entry))
+        h2o_timeout_unlink(&p->flush_entry);
+    h2o_timeout_dispose(loop, &p->flush_timeout);
+    for (size_t i = 0; i <= p->mask; i++)
+        free(p->slots[i].entries);
     free(p->slots);
+    free(p->gathered);
+    sl_buf_free(&p->body);
     free(p);
 }

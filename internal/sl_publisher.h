@@ -2,10 +2,14 @@
  * sl_publisher: publishes to RabbitMQ with publisher confirms from inside an h2o event loop,
  * many messages in flight at once.
  *
- * Each accepted publish gets the channel's next delivery tag; when the broker's basic.ack or
- * basic.nack for it arrives (possibly as a "multiple" covering many tags), its callback runs once
- * with the outcome. Nothing waits for a confirm in turn: the loop stays free. The publisher
- * reconnects by itself (every reconnect_ms) and tracks connection.blocked.
+ * Publishes made during one turn of the loop are gathered into one AMQP message (up to max_batch
+ * of them, one per line, see sl_amqp.h), published when the turn ends: under load one message
+ * carries many posts, and the broker's per-message work is shared by all of them; a lone post
+ * still leaves at once. Each message gets the channel's next delivery tag; when the broker's
+ * basic.ack or basic.nack for it arrives (possibly as a "multiple" covering many tags), the
+ * callback of every publish in it runs once with the outcome: a batch is confirmed or refused as
+ * a whole, so nothing is half-accepted. Nothing waits for a confirm in turn: the loop stays free.
+ * The publisher reconnects by itself (every reconnect_ms) and tracks connection.blocked.
  *
  * Threading: everything runs on the loop's thread. Connecting (after a failure) blocks the loop
  * for at most timeout_ms; a broker on loopback answers or refuses in well under that.
@@ -36,7 +40,8 @@ typedef struct sl_publisher_conf {
     const char *url;
     const char *conn_name;
     sl_amqp_topology_t topology;
-    size_t max_unconfirmed;
+    size_t max_unconfirmed; /* publishes (not messages) awaiting their confirm */
+    size_t max_batch;       /* publishes per message; 0 or over SL_AMQP_MAX_LINES: SL_AMQP_MAX_LINES */
     int heartbeat_s;
     int timeout_ms;
     int reconnect_ms;
@@ -44,6 +49,7 @@ typedef struct sl_publisher_conf {
 
 typedef struct sl_publisher_stats {
     uint64_t published, acked, nacked, failed, refused_busy, refused_down, refused_blocked, reconnects;
+    uint64_t batches;           /* AMQP messages the published ones went out in */
     int64_t blocked_us_total;   /* time spent blocked, closed intervals only */
     sl_histogram_t confirm_latency; /* seconds from publish to confirm */
 } sl_publisher_stats_t;
@@ -54,15 +60,17 @@ typedef struct sl_publisher sl_publisher_t;
  * there is logged and retried. Returns NULL only on no memory. */
 sl_publisher_t *sl_publisher_create(h2o_loop_t *loop, const sl_publisher_conf_t *conf);
 
-/* Publishes body persistently to exchange ("" = default) with routing_key; message_id may be NULL.
- * Returns SL_PUBLISH_OK and stores the delivery tag in *tag (for sl_publisher_detach): cb will run.
- * Any other return is an immediate refusal, and cb will never run. */
+/* Publishes body (one line of JSON: no '\n' in it) persistently to exchange ("" = default) with
+ * routing_key, in the batch being gathered. Returns SL_PUBLISH_OK and stores the batch's delivery
+ * tag in *tag (for sl_publisher_detach): cb will run, never before this call returns. Any other
+ * return is an immediate refusal, and cb will never run. No callback runs during the call (a full
+ * batch goes out first, and a failure to send it is handled on the next loop turn). */
 sl_publish_result_t sl_publisher_publish(sl_publisher_t *p, const char *exchange, const char *routing_key,
-                                         const char *message_id, const void *body, size_t len, sl_publish_cb cb,
-                                         void *data, uint64_t *tag);
+                                         const void *body, size_t len, sl_publish_cb cb, void *data, uint64_t *tag);
 
-/* The caller no longer wants tag's callback (e.g. its HTTP client went away). */
-void sl_publisher_detach(sl_publisher_t *p, uint64_t tag);
+/* The caller no longer wants the callback of its publish (tag and data as given to publish), e.g.
+ * its HTTP client went away. */
+void sl_publisher_detach(sl_publisher_t *p, uint64_t tag, void *data);
 
 /* 1 when connected and not blocked. */
 int sl_publisher_ready(const sl_publisher_t *p);

@@ -27,10 +27,17 @@ struct sl_sse {
     char conn_name[96];
 };
 
+/* A live message is a committed batch: one event per line (sl_amqp.h). */
 static void on_live_message(void *data, const char *body, size_t len)
 {
     sl_sse_t *s = data;
-    sl_hub_feed(s->hub, body, len);
+    const char *end = body + len;
+    while (body < end) {
+        const char *nl = memchr(body, '\n', (size_t)(end - body));
+        const char *line_end = nl != NULL ? nl : end;
+        sl_hub_feed(s->hub, body, (size_t)(line_end - body));
+        body = line_end + 1;
+    }
 }
 
 static void on_live_state(void *data, int up)

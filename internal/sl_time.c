@@ -22,6 +22,13 @@ int64_t sl_time_mono_us(void)
     return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
+/* Writes v as exactly width decimal digits at p (v < 10^width). */
+static void put_digits(char *p, long v, int width)
+{
+    for (int i = width - 1; i >= 0; i--, v /= 10)
+        p[i] = (char)('0' + v % 10);
+}
+
 void sl_time_format(int64_t us, char buf[SL_TIME_RFC3339_LEN])
 {
     time_t sec = (time_t)(us / 1000000);
@@ -31,12 +38,19 @@ void sl_time_format(int64_t us, char buf[SL_TIME_RFC3339_LEN])
         frac += 1000000;
         sec -= 1;
     }
-    char tmp[96]; /* room for any int the compiler imagines; real dates take 27 bytes */
     gmtime_r(&sec, &tm);
-    snprintf(tmp, sizeof(tmp), "%04d-%02d-%02dT%02d:%02d:%02d.%06ldZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
-             tm.tm_hour, tm.tm_min, tm.tm_sec, frac);
-    memcpy(buf, tmp, SL_TIME_RFC3339_LEN - 1);
-    buf[SL_TIME_RFC3339_LEN - 1] = '\0';
+    long year = tm.tm_year + 1900L;
+    if (year < 0 || year > 9999)
+        year = year < 0 ? 0 : 9999; /* outside RFC 3339: sl_time_parse refuses such times anyway */
+    /* "YYYY-MM-DDTHH:MM:SS.ffffffZ", without snprintf: every message written takes one or two */
+    memcpy(buf, "0000-00-00T00:00:00.000000Z", SL_TIME_RFC3339_LEN);
+    put_digits(buf, year, 4);
+    put_digits(buf + 5, tm.tm_mon + 1, 2);
+    put_digits(buf + 8, tm.tm_mday, 2);
+    put_digits(buf + 11, tm.tm_hour, 2);
+    put_digits(buf + 14, tm.tm_min, 2);
+    put_digits(buf + 17, tm.tm_sec, 2);
+    put_digits(buf + 20, frac, 6);
 }
 
 static int64_t days_from_civil(int64_t y, unsigned m, unsigned d)
@@ -82,8 +96,11 @@ int sl_time_parse(const char *s, size_t len, int64_t *us)
     if (digits(s, len, &p, 2, &h) || expect(s, len, &p, ':') || digits(s, len, &p, 2, &m) || expect(s, len, &p, ':') ||
         digits(s, len, &p, 2, &sec))
         return -1;
-    if (M < 1 || M > 12 || D < 1 || D > 31 || h > 23 || m > 59 || sec > 60)
+    static const int mdays[] = {31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    if (M < 1 || M > 12 || D < 1 || D > mdays[M - 1] || h > 23 || m > 59 || sec > 60)
         return -1;
+    if (M == 2 && D == 29 && !((Y % 4 == 0 && Y % 100 != 0) || Y % 400 == 0))
+        return -1; /* 29 February of a common year: no such day */
     if (p < len && s[p] == '.') {
         int n = 0;
         p++;

@@ -151,13 +151,30 @@ amqp_connection_state_t it_live_open(tu_stack_t *s)
 
 char *it_live_next(amqp_connection_state_t c, int timeout_ms)
 {
-    amqp_envelope_t env;
-    struct timeval tv = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};
-    amqp_maybe_release_buffers(c);
-    amqp_rpc_reply_t r = amqp_consume_message(c, &env, &tv, 0);
-    if (r.reply_type != AMQP_RESPONSE_NORMAL)
-        return NULL;
-    char *s = strndup(env.message.body.bytes, env.message.body.len);
-    amqp_destroy_envelope(&env);
-    return s;
+    /* A live message is a committed batch, one event per line (sl_amqp.h): hand them out one by
+     * one, keeping the rest of the last message for the next call on the same connection. */
+    static amqp_connection_state_t owner;
+    static char *batch;
+    static size_t off, len;
+    if (owner != c || batch == NULL || off >= len) {
+        free(batch);
+        batch = NULL;
+        owner = c;
+        amqp_envelope_t env;
+        struct timeval tv = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};
+        amqp_maybe_release_buffers(c);
+        amqp_rpc_reply_t r = amqp_consume_message(c, &env, &tv, 0);
+        if (r.reply_type != AMQP_RESPONSE_NORMAL)
+            return NULL;
+        len = env.message.body.len;
+        batch = strndup(env.message.body.bytes, len);
+        off = 0;
+        amqp_destroy_envelope(&env);
+        if (batch == NULL)
+            return NULL;
+    }
+    char *line = batch + off, *nl = memchr(line, '\n', len - off);
+    size_t n = nl != NULL ? (size_t)(nl - line) : len - off;
+    off += n + 1;
+    return strndup(line, n);
 }

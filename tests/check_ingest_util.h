@@ -40,7 +40,7 @@ void it_message_id(const char *instance_url, const char *status_id, char out[37]
 
 /* A consumer of every routing key of the stack's live exchange (declared by the services). */
 amqp_connection_state_t it_live_open(tu_stack_t *s);
-/* The next live payload (malloc'd) within timeout_ms, or NULL. */
+/* The next live event (malloc'd; one line of a live message, see sl_amqp.h) within timeout_ms, or NULL. */
 char *it_live_next(amqp_connection_state_t c, int timeout_ms);
 
 #endif

@@ -112,6 +112,45 @@ START_TEST(test_json_round_trip)
 }
 END_TEST
 
+/* The direct encoder writes what jansson writes for the same object: every escape class (quote,
+ * backslash, named and \u00XX control characters, DEL, slash, non-ASCII) and every member order. */
+START_TEST(test_json_encoder_matches_jansson)
+{
+    sl_message_t m;
+    memset(&m, 0, sizeof(m));
+    strcpy(m.id, "0190f5f0-0000-7000-8000-000000000000");
+    strcpy(m.channel, "general");
+    strcpy(m.author, "a\\b\"c/d\x7f");
+    for (int c = 1; c < 0x20; c++)
+        m.text[c - 1] = (char)c;
+    strcat(m.text, " \xe2\x80\xa8 \xf0\x9f\x98\x80 end");
+    strcpy(m.source, "api");
+    m.created_at_us = 1795000000123456LL;
+    for (int variant = 0; variant < 4; variant++) {
+        m.type = variant == 2 ? SL_MESSAGE_UPDATE : variant == 3 ? SL_MESSAGE_DELETE : SL_MESSAGE_NEW;
+        m.seq = variant == 0 ? 0 : 1234567890123LL;
+        if (variant >= 1) {
+            strcpy(m.url, "https://example.org/@a/1?x=\"y\"");
+            m.edited_at_us = 1795000000999999LL;
+            strcpy(m.event_id, "0190f5f0-0000-5000-8000-000000000001");
+        }
+        size_t len;
+        char *ours = sl_message_to_json(&m, &len);
+        ck_assert_uint_eq(len, strlen(ours));
+        json_t *parsed = json_loadb(ours, len, 0, NULL);
+        ck_assert_msg(parsed != NULL, "variant %d: not JSON: %s", variant, ours);
+        char *theirs = json_dumps(parsed, JSON_COMPACT | JSON_PRESERVE_ORDER);
+        ck_assert_str_eq(ours, theirs);
+        json_t *obj = sl_message_to_jansson(&m);
+        ck_assert(json_equal(obj, parsed));
+        free(theirs);
+        free(ours);
+        json_decref(obj);
+        json_decref(parsed);
+    }
+}
+END_TEST
+
 START_TEST(test_queue_payload_rejects_garbage)
 {
     const char *cases[] = {"not json", "{\"id\":\"nope\",\"channel\":\"a\",\"author\":\"b\",\"text\":\"c\","
@@ -198,6 +237,15 @@ START_TEST(test_time_parse_forms)
     ck_assert_int_eq(sl_time_parse("9999-12-31T23:59:60Z", 20, &us), -1);
     ck_assert_int_eq(sl_time_parse("9999-12-31T23:59:59Z", 20, &us), 0);
     ck_assert_int_eq(sl_time_parse("2026-01-01", 10, &us), -1);
+    /* days that do not exist, and the leap days that do */
+    ck_assert_int_eq(sl_time_parse("2026-02-31T00:00:00Z", 20, &us), -1);
+    ck_assert_int_eq(sl_time_parse("2026-04-31T00:00:00Z", 20, &us), -1);
+    ck_assert_int_eq(sl_time_parse("2026-02-29T00:00:00Z", 20, &us), -1);
+    ck_assert_int_eq(sl_time_parse("1900-02-29T00:00:00Z", 20, &us), -1);
+    ck_assert_int_eq(sl_time_parse("2028-02-29T00:00:00Z", 20, &us), 0);
+    ck_assert_int_eq(sl_time_parse("2000-02-29T00:00:00Z", 20, &us), 0);
+    sl_time_format(us, buf);
+    ck_assert_str_eq(buf, "2000-02-29T00:00:00.000000Z");
 }
 END_TEST
 
@@ -233,6 +281,7 @@ int main(void)
     tcase_add_test(tc, test_good_body_defaults);
     tcase_add_test(tc, test_length_limits_count_characters);
     tcase_add_test(tc, test_json_round_trip);
+    tcase_add_test(tc, test_json_encoder_matches_jansson);
     tcase_add_test(tc, test_queue_payload_rejects_garbage);
     tcase_add_test(tc, test_error_json);
     tcase_add_test(tc, test_error_message_stays_utf8);

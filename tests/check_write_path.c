@@ -12,6 +12,7 @@
 
 #include "sl_amqp.h"
 #include "sl_testutil.h"
+#include "sl_uuid.h"
 
 static tu_stack_t S;
 
@@ -391,6 +392,17 @@ START_TEST(test_undecodable_message_is_dead_lettered)
     ck_assert_int_eq(amqp_basic_publish(c, SL_AMQP_CHANNEL, amqp_cstring_bytes(""), amqp_cstring_bytes(S.queue), 0, 0,
                                         NULL, junk),
                      AMQP_STATUS_OK);
+    /* A batch of two items (one per line, as the api sends a loop turn's posts): the good one is
+     * stored, the bad one alone goes to the dead-letter queue. */
+    char batch[512], id[SL_UUID_STRLEN];
+    ck_assert_int_eq(sl_uuid_v7(id), 0);
+    snprintf(batch, sizeof(batch),
+             "{\"id\":\"%s\",\"channel\":\"general\",\"author\":\"a\",\"text\":\"beside the poison\","
+             "\"source\":\"api\",\"created_at\":\"2026-01-01T00:00:00.000000Z\"}\n{\"id\":\"not a uuid\"}",
+             id);
+    ck_assert_int_eq(amqp_basic_publish(c, SL_AMQP_CHANNEL, amqp_cstring_bytes(""), amqp_cstring_bytes(S.queue), 0, 0,
+                                        NULL, amqp_cstring_bytes(batch)),
+                     AMQP_STATUS_OK);
     const char *good = "{\"author\":\"a\",\"text\":\"after the poison\"}";
     tu_resp_t r;
     ck_assert_int_eq(tu_http("POST", post_url(), NULL, "application/json", good, strlen(good), &r), 0);
@@ -398,18 +410,23 @@ START_TEST(test_undecodable_message_is_dead_lettered)
     tu_resp_free(&r);
     tu_start(&S, "persister", NULL);
     PGconn *db = tu_db(&S);
-    ck_assert_int_eq(tu_wait_rows(db, 1, 20000), 1);
+    ck_assert_int_eq(tu_wait_rows(db, 2, 20000), 2);
+    const char *idp[] = {id};
+    PGresult *res = PQexecParams(db, "SELECT body FROM messages WHERE id = $1", 1, NULL, idp, NULL, NULL, 0);
+    ck_assert_int_eq(PQntuples(res), 1);
+    ck_assert_str_eq(PQgetvalue(res, 0, 0), "beside the poison");
+    PQclear(res);
     char dead[200];
     snprintf(dead, sizeof(dead), "%s.dead", S.queue);
     amqp_queue_declare_ok_t *ok = NULL;
     for (int i = 0; i < 50; i++) {
         ok = amqp_queue_declare(c, SL_AMQP_CHANNEL, amqp_cstring_bytes(dead), 1, 0, 0, 0, amqp_empty_table);
-        if (ok != NULL && ok->message_count == 1)
+        if (ok != NULL && ok->message_count == 2)
             break;
         tu_sleep_ms(100);
     }
     ck_assert_ptr_nonnull(ok);
-    ck_assert_int_eq(ok->message_count, 1);
+    ck_assert_int_eq(ok->message_count, 2); /* the junk message, and the bad line of the batch */
     sl_amqp_close(c);
     PQfinish(db);
     tu_stack_cleanup(&S);

@@ -68,8 +68,8 @@ int main(int argc, char **argv)
          "x-max-length of the persist queue (must match the api's)"},
         SL_HTTP_OPTIONS(&http_opts),
         {"batch-size", "SLUICE_BATCH_SIZE", SL_OPT_INT, &conf.batch_size, "1000", 1, 5000, "messages per transaction"},
-        {"batch-ms", "SLUICE_BATCH_MS", SL_OPT_INT, &conf.batch_ms, "20", 0, 60000,
-         "longest wait for a batch to fill, in ms"},
+        {"batch-ms", "SLUICE_BATCH_MS", SL_OPT_INT, &conf.batch_ms, "0", 0, 60000,
+         "longest wait for a batch to fill, in ms (0: what arrived goes as soon as the previous commit ends)"},
         {"prefetch", "SLUICE_PREFETCH", SL_OPT_INT, &conf.prefetch, "2000", 1, 65535, "unacked deliveries in flight"},
     };
     int r = sl_config_parse(opts, sizeof(opts) / sizeof(opts[0]), argc, argv, "sluice-persister",

@@ -44,7 +44,8 @@ int main(int argc, char **argv)
         {"check-ms", "SLUICE_SSE_CHECK_MS", SL_OPT_INT, &conf.check_ms, "1000", 10, 600000,
          "how often to compare the live position with the database"},
         {"live-backlog", "SLUICE_SSE_LIVE_BACKLOG", SL_OPT_INT, &conf.live_backlog, "100000", 1, 1e9,
-         "cap of this instance's live queue (oldest dropped, then backfilled)"},
+         "cap of this instance's live queue in messages, one per committed batch (oldest dropped, then "
+         "backfilled; 64 MiB at most)"},
         {"recent", "SLUICE_SSE_RECENT", SL_OPT_INT, &conf.recent, "10000", 0, 1e7,
          "recent events kept in memory to serve history and resume without the database"},
         {"history", "SLUICE_SSE_HISTORY", SL_OPT_INT, &conf.stream.history_default, "20", 0, 1000,

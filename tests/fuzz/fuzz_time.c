@@ -7,7 +7,8 @@
  * - an accepted timestamp is one sl_time_format can write back: the 27-byte canonical form
  *   "YYYY-MM-DDTHH:MM:SS.ffffffZ", which parses again to the same microsecond (messages are
  *   re-encoded with sl_time_format on their way to the queue, the database and the clients);
- * - a timestamp already in canonical form with a real calendar date comes back unchanged.
+ * - a timestamp already in canonical form with a real calendar date comes back unchanged, and one
+ *   whose date does not exist (31 April, 29 February of a common year) is refused.
  */
 #include "fuzz_util.h"
 #include "sl_time.h"
@@ -55,6 +56,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         FUZZ_CHECK(!(canonical_shape(s, size) && real_date(s)));
         return 0;
     }
+    /* a day that does not exist (31 April, 29 February of a common year) is refused */
+    if (canonical_shape(s, size)) /* (a leap second, :60, is let through) */
+        FUZZ_CHECKF(real_date(s) || num(s + 17, 2) == 60, "'%.*s' is not a real date", (int)size, s);
     sl_time_format(us, buf);
     FUZZ_CHECKF(canonical_shape(buf, strlen(buf)), "'%.*s' (%lld us) is written as '%s'", (int)size, s,
                 (long long)us, buf);
