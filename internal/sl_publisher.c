@@ -82,6 +82,19 @@ static void settle(sl_publisher_t *p, uint64_t tag, int multiple, sl_publish_res
     advance_oldest(p);
 }
 
+/* The gathered publishes become the slot of delivery tag next_tag (which advances). */
+static struct slot *seal_gathered(sl_publisher_t *p)
+{
+    struct slot *s = &p->slots[p->next_tag++ & p->mask];
+    s->entries = p->gathered;
+    s->n = p->ngathered;
+    s->t0_us = sl_time_mono_us();
+    s->in_use = 1;
+    p->gathered = NULL;
+    p->ngathered = 0;
+    return s;
+}
+
 /* Publishes the gathered batch as delivery tag next_tag. A failure is only noted: the connection
  * is dropped from the timer, never under a caller's feet. */
 static void flush(sl_publisher_t *p)
@@ -94,14 +107,7 @@ static void flush(sl_publisher_t *p)
     props.content_type = amqp_cstring_bytes(p->ngathered > 1 ? SL_LIVE_CONTENT_TYPE : "application/json");
     props.delivery_mode = AMQP_DELIVERY_PERSISTENT;
     amqp_bytes_t b = {p->body.len, p->body.data};
-    uint64_t t = p->next_tag++;
-    struct slot *s = &p->slots[t & p->mask];
-    s->entries = p->gathered;
-    s->n = p->ngathered;
-    s->t0_us = sl_time_mono_us();
-    s->in_use = 1;
-    p->gathered = NULL;
-    p->ngathered = 0;
+    struct slot *s = seal_gathered(p);
     p->stats.published += s->n;
     p->stats.batches++;
     int st = amqp_basic_publish(p->amqp.conn, SL_AMQP_CHANNEL, amqp_cstring_bytes(p->exchange),
@@ -171,13 +177,7 @@ static void on_down(void *data, const char *why)
     p->stats.failed += p->outstanding;
     /* the gathered batch becomes a slot like the others, and fails with them */
     if (p->ngathered > 0) {
-        struct slot *s = &p->slots[p->next_tag++ & p->mask];
-        s->entries = p->gathered;
-        s->n = p->ngathered;
-        s->t0_us = sl_time_mono_us();
-        s->in_use = 1;
-        p->gathered = NULL;
-        p->ngathered = 0;
+        seal_gathered(p);
         p->body.len = 0;
     }
     uint64_t end = p->next_tag;
