@@ -126,16 +126,27 @@ static int exec(sl_db_t *db, const char *sql, int nparams, const char *const *pa
 /* Statements the persister runs for every batch, prepared once per connection: their text does not
  * depend on the batch size (arrays instead of one parameter per row), so the server parses and
  * plans them once. */
-enum { PREP_EXISTING, PREP_INSERT, PREP__COUNT };
-static const char *const prep_names[PREP__COUNT] = {"sl_existing", "sl_insert"};
+enum { PREP_EXISTING, PREP_INSERT, PREP_INSERT_FRESH, PREP__COUNT };
+static const char *const prep_names[PREP__COUNT] = {"sl_existing", "sl_insert", "sl_insert_fresh"};
 static const char *const prep_sql[PREP__COUNT] = {
     "SELECT id FROM messages WHERE id = ANY($1::uuid[]) UNION ALL"
     " SELECT message_id FROM message_events WHERE type = 'delete' AND message_id = ANY($1::uuid[])",
     "INSERT INTO messages (id, seq, channel, author, body, source, created_at, url, edited_at)"
     " SELECT * FROM unnest($1::uuid[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::text[],"
     " $7::timestamptz[], $8::text[], $9::timestamptz[])",
+    /* A batch of messages only (no events): skip the ids stored or deleted already and number the
+     * rest $1+1… in array order, in one statement (the counter row is locked before it runs, so
+     * its snapshot sees every row committed before). */
+    "INSERT INTO messages (id, seq, channel, author, body, source, created_at, url, edited_at)"
+    " SELECT u.id, $1::int8 + row_number() OVER (ORDER BY u.ord), u.channel, u.author, u.body, u.source,"
+    " u.created_at, u.url, u.edited_at"
+    " FROM unnest($2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[], $8::text[],"
+    " $9::timestamptz[]) WITH ORDINALITY AS u(id, channel, author, body, source, created_at, url, edited_at, ord)"
+    " WHERE NOT EXISTS (SELECT 1 FROM messages m WHERE m.id = u.id)"
+    " AND NOT EXISTS (SELECT 1 FROM message_events e WHERE e.type = 'delete' AND e.message_id = u.id)"
+    " RETURNING id, seq",
 };
-static const int prep_nparams[PREP__COUNT] = {1, 9};
+static const int prep_nparams[PREP__COUNT] = {1, 9, 9};
 
 /* Runs prepared statement `which` (preparing it first on this connection); see take_result. */
 static int exec_prepared(sl_db_t *db, int which, const char *const *params, PGresult **out, char *err, size_t errlen)
@@ -390,10 +401,74 @@ static int apply_event(sl_db_t *db, const sl_message_t *m, const char *created, 
     return exec(db, "UPDATE messages SET deleted_at = $2 WHERE id = $1 AND deleted_at IS NULL", 2, p, res, err, errlen);
 }
 
-/* One attempt of the batch transaction body, after BEGIN. */
-static int store_attempt(sl_db_t *db, sl_message_t *msgs, size_t n, const char *is_new, size_t *stored, char *err,
-                         size_t errlen, PGresult **failed)
+/* A batch of messages only: inserts those of prepared->is_new not stored (nor deleted) yet with
+ * PREP_INSERT_FRESH and the prepared columns, numbered last_seq+1… in array order; sets their seq
+ * (0 for the others) and *k to how many. On failure *res is the failed result. */
+static int insert_fresh(sl_db_t *db, sl_message_t *msgs, size_t n, const sl_db_batch_t *prepared, long long last_seq,
+                        size_t *k, PGresult **res, char *err, size_t errlen)
 {
+    const char *p[9];
+    char last[24];
+    size_t *cand = calloc(n + 1, sizeof(*cand)), *by_rank = NULL, ncand = 0;
+    int ret = SL_DB_ERROR;
+    *k = 0;
+    if (cand == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return SL_DB_ERROR;
+    }
+    for (size_t i = 0; i < n; i++) {
+        msgs[i].seq = 0;
+        if (prepared->is_new[i])
+            cand[ncand++] = i;
+    }
+    snprintf(last, sizeof(last), "%lld", last_seq);
+    p[0] = last;
+    for (int c = 0; c < 8; c++)
+        p[c + 1] = prepared->cols[c].data;
+    if ((ret = exec_prepared(db, PREP_INSERT_FRESH, p, res, err, errlen)) != SL_DB_OK)
+        goto Exit;
+    /* Row r got seq last_seq + rank + 1, rank its place among the inserted ones in array order:
+     * walk the candidates in array order, taking the ranks in turn. */
+    size_t nrows = (size_t)PQntuples(*res);
+    if (nrows > ncand || (by_rank = calloc(nrows + 1, sizeof(*by_rank))) == NULL) {
+        snprintf(err, errlen, nrows > ncand ? "more rows inserted than sent" : "out of memory");
+        ret = SL_DB_ERROR;
+        goto Exit;
+    }
+    for (size_t r = 0; r < nrows; r++) {
+        long long rank = strtoll(PQgetvalue(*res, (int)r, 1), NULL, 10) - last_seq - 1;
+        if (rank < 0 || (size_t)rank >= nrows || by_rank[rank] != 0) {
+            snprintf(err, errlen, "inserted rows are not numbered %lld+1..%zu", last_seq, nrows);
+            ret = SL_DB_ERROR;
+            goto Exit;
+        }
+        by_rank[rank] = r + 1;
+    }
+    size_t rank = 0;
+    for (size_t c = 0; c < ncand && rank < nrows; c++) {
+        sl_message_t *m = &msgs[cand[c]];
+        if (strcasecmp(PQgetvalue(*res, (int)(by_rank[rank] - 1), 0), m->id) == 0)
+            m->seq = last_seq + (long long)(++rank);
+    }
+    if (rank != nrows) {
+        snprintf(err, errlen, "inserted rows do not match the batch's order");
+        ret = SL_DB_ERROR;
+        goto Exit;
+    }
+    *k = nrows;
+    PQclear(*res);
+    *res = NULL;
+Exit:
+    free(cand);
+    free(by_rank);
+    return ret;
+}
+
+/* One attempt of the batch transaction body, after BEGIN. */
+static int store_attempt(sl_db_t *db, sl_message_t *msgs, size_t n, const sl_db_batch_t *prepared, size_t *stored,
+                         char *err, size_t errlen, PGresult **failed)
+{
+    const char *is_new = prepared->is_new;
     PGresult *res = NULL;
     sl_buf_t sql = SL_BUF_INIT;
     const char **params = NULL;
@@ -421,6 +496,12 @@ static int store_attempt(sl_db_t *db, sl_message_t *msgs, size_t n, const char *
     last_seq = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
     PQclear(res);
     res = NULL;
+
+    if (prepared->only_messages) { /* the common case, in one statement */
+        if ((ret = insert_fresh(db, msgs, n, prepared, last_seq, &k, &res, err, errlen)) != SL_DB_OK)
+            goto Exit;
+        goto Numbered;
+    }
 
     params = calloc(n * 9 + 1, sizeof(*params));
     seqtext = calloc(n + 1, sizeof(*seqtext));
@@ -592,9 +673,11 @@ static int store_attempt(sl_db_t *db, sl_message_t *msgs, size_t n, const char *
         }
     }
 
+Numbered:
     if (k > 0) {
-        snprintf(seqtext[n], sizeof(seqtext[0]), "%lld", last_seq + (long long)k);
-        const char *p1[] = {seqtext[n]};
+        char total[24];
+        snprintf(total, sizeof(total), "%lld", last_seq + (long long)k);
+        const char *p1[] = {total};
         if ((ret = exec(db, "UPDATE sluice_feed SET last_seq = $1 WHERE id = 1", 1, p1, &res, err, errlen)) != SL_DB_OK)
             goto Exit;
         PQclear(res);
@@ -629,11 +712,72 @@ static void backoff(int attempt)
     nanosleep(&ts, NULL);
 }
 
-int sl_db_store_batch(sl_db_t *db, sl_message_t *msgs, size_t n, size_t *stored, char *err, size_t errlen)
+int sl_db_batch_prepare(sl_db_batch_t *b, sl_message_t *msgs, size_t n)
+{
+    sl_message_t **order = calloc(n + 1, sizeof(*order));
+    char ts[2][SL_TIME_RFC3339_LEN];
+    sl_db_batch_free(b);
+    b->is_new = calloc(n + 1, 1);
+    if (order == NULL || b->is_new == NULL) {
+        free(order);
+        sl_db_batch_free(b);
+        return -1;
+    }
+    /* Mark repeats of an id within the batch (e.g. a client's retry queued next to its first try). */
+    b->only_messages = 1;
+    for (size_t i = 0; i < n; i++) {
+        order[i] = &msgs[i];
+        if (msgs[i].type != SL_MESSAGE_NEW && msgs[i].created_at_us == 0)
+            msgs[i].created_at_us = sl_time_now_us(); /* the event's time, fixed across retries */
+        b->only_messages &= msgs[i].type == SL_MESSAGE_NEW;
+    }
+    qsort(order, n, sizeof(*order), cmp_id);
+    for (size_t i = 0; i < n; i++) {
+        int dup = i > 0 && (order[i]->type != SL_MESSAGE_NEW) == (order[i - 1]->type != SL_MESSAGE_NEW) &&
+                  strcmp(dedup_key(order[i]), dedup_key(order[i - 1])) == 0;
+        b->is_new[order[i] - msgs] = !dup;
+    }
+    free(order);
+    if (!b->only_messages)
+        return 0;
+    /* The columns of PREP_INSERT_FRESH: they do not depend on the feed's position. */
+    for (int c = 0; c < 8; c++)
+        sl_buf_appends(&b->cols[c], "{");
+    for (size_t i = 0; i < n; i++) {
+        if (!b->is_new[i])
+            continue;
+        sl_time_format(msgs[i].created_at_us, ts[0]);
+        if (msgs[i].edited_at_us != 0)
+            sl_time_format(msgs[i].edited_at_us, ts[1]);
+        array_add(&b->cols[0], msgs[i].id);
+        array_add(&b->cols[1], msgs[i].channel);
+        array_add(&b->cols[2], msgs[i].author);
+        array_add(&b->cols[3], msgs[i].text);
+        array_add(&b->cols[4], msgs[i].source);
+        array_add(&b->cols[5], ts[0]);
+        array_add(&b->cols[6], msgs[i].url[0] != '\0' ? msgs[i].url : NULL);
+        array_add(&b->cols[7], msgs[i].edited_at_us != 0 ? ts[1] : NULL);
+    }
+    for (int c = 0; c < 8; c++)
+        sl_buf_appends(&b->cols[c], "}");
+    return 0;
+}
+
+void sl_db_batch_free(sl_db_batch_t *b)
+{
+    free(b->is_new);
+    b->is_new = NULL;
+    b->only_messages = 0;
+    for (int c = 0; c < 8; c++)
+        sl_buf_free(&b->cols[c]);
+}
+
+int sl_db_store_batch(sl_db_t *db, sl_message_t *msgs, size_t n, const sl_db_batch_t *prepared, size_t *stored,
+                      char *err, size_t errlen)
 {
     int crdb = db->kind == SL_DB_COCKROACH, ret = SL_DB_ERROR;
-    sl_message_t **order = NULL;
-    char *is_new = NULL;
+    sl_db_batch_t own;
+    memset(&own, 0, sizeof(own));
     *stored = 0;
     if (n == 0)
         return SL_DB_OK;
@@ -641,23 +785,12 @@ int sl_db_store_batch(sl_db_t *db, sl_message_t *msgs, size_t n, size_t *stored,
         snprintf(err, errlen, "not connected");
         return SL_DB_LOST;
     }
-    /* Mark repeats of an id within the batch (e.g. a client's retry queued next to its first try). */
-    order = calloc(n, sizeof(*order));
-    is_new = calloc(n, 1);
-    if (order == NULL || is_new == NULL) {
-        snprintf(err, errlen, "out of memory");
-        goto Exit;
-    }
-    for (size_t i = 0; i < n; i++) {
-        order[i] = &msgs[i];
-        if (msgs[i].type != SL_MESSAGE_NEW && msgs[i].created_at_us == 0)
-            msgs[i].created_at_us = sl_time_now_us(); /* the event's time, fixed across retries */
-    }
-    qsort(order, n, sizeof(*order), cmp_id);
-    for (size_t i = 0; i < n; i++) {
-        int dup = i > 0 && (order[i]->type != SL_MESSAGE_NEW) == (order[i - 1]->type != SL_MESSAGE_NEW) &&
-                  strcmp(dedup_key(order[i]), dedup_key(order[i - 1])) == 0;
-        is_new[order[i] - msgs] = !dup;
+    if (prepared == NULL) {
+        if (sl_db_batch_prepare(&own, msgs, n) != 0) {
+            snprintf(err, errlen, "out of memory");
+            goto Exit;
+        }
+        prepared = &own;
     }
 
     if ((ret = exec(db, "BEGIN", 0, NULL, NULL, err, errlen)) != SL_DB_OK)
@@ -666,7 +799,7 @@ int sl_db_store_batch(sl_db_t *db, sl_message_t *msgs, size_t n, size_t *stored,
         goto Rollback;
     for (int attempt = 0;; attempt++) {
         PGresult *failed = NULL;
-        ret = store_attempt(db, msgs, n, is_new, stored, err, errlen, &failed);
+        ret = store_attempt(db, msgs, n, prepared, stored, err, errlen, &failed);
         if (ret == SL_DB_OK && crdb)
             ret = exec(db, "RELEASE SAVEPOINT cockroach_restart", 0, NULL, &failed, err, errlen);
         if (ret == SL_DB_OK)
@@ -697,7 +830,6 @@ Rollback:
     }
     *stored = 0;
 Exit:
-    free(order);
-    free(is_new);
+    sl_db_batch_free(&own);
     return ret;
 }

@@ -66,6 +66,21 @@ int sl_db_migrate_url(const char *url, int wait_s, volatile sig_atomic_t *stop);
 /* Highest applied migration version (0 if none), or -1 on error. */
 int sl_db_schema_version(sl_db_t *db);
 
+/* The part of storing a batch that does not need the database, done before sl_db_store_batch
+ * (the persister does it on its consumer thread while the previous batch commits): which items
+ * repeat an earlier one of the batch, events' created_at (the current time when 0), and, for a
+ * batch of messages only, the column arrays of the insert. Valid while msgs keep their fields
+ * (seq aside). Zero it before the first sl_db_batch_prepare. */
+typedef struct sl_db_batch {
+    char *is_new;       /* per item: 0 when it repeats an earlier item of the batch */
+    int only_messages;  /* no update or delete in the batch: cols are filled */
+    sl_buf_t cols[8];   /* id, channel, author, body, source, created_at, url, edited_at */
+} sl_db_batch_t;
+
+/* Fills b for msgs[0..n) (freeing what it held). Returns 0, or -1 on no memory. */
+int sl_db_batch_prepare(sl_db_batch_t *b, sl_message_t *msgs, size_t n);
+void sl_db_batch_free(sl_db_batch_t *b);
+
 /* Stores, in one transaction, the messages of msgs[0..n) whose id is not stored yet (nor repeated
  * earlier in msgs), giving them consecutive seq values in array order. On SL_DB_OK, msgs[i].seq is
  * the new position of each message stored now and 0 for each that was already there, and *stored
@@ -79,7 +94,9 @@ int sl_db_schema_version(sl_db_t *db);
  * stored is kept all the same, with the channel it came with; for a known message, msgs[i].channel
  * becomes the message's channel. An event's created_at_us of 0 becomes the current time. A message
  * whose delete is already recorded (or comes earlier in msgs) is not stored (seq 0). */
-int sl_db_store_batch(sl_db_t *db, sl_message_t *msgs, size_t n, size_t *stored, char *err, size_t errlen);
+/* prepared: NULL, or sl_db_batch_prepare of these msgs. */
+int sl_db_store_batch(sl_db_t *db, sl_message_t *msgs, size_t n, const sl_db_batch_t *prepared, size_t *stored,
+                      char *err, size_t errlen);
 
 /* Fills m from row of a result whose columns are SL_DB_MESSAGE_COLUMNS (or its first 7, as before
  * schema version 2). Returns 0 or -1. */

@@ -33,6 +33,8 @@ struct batch {
     uint64_t *tags;     /* of the delivery each message came in (a delivery holds one or more) */
     unsigned char *solo; /* 1: the message was its delivery's only one */
     size_t n;           /* every delivery's messages go into one batch: n < batch_size + SL_AMQP_MAX_LINES */
+    sl_db_batch_t prep; /* sl_db_batch_prepare of msgs, made by the consumer (not the writer) */
+    int prepared;       /* n + 1 when prep is of these n messages, else 0 */
     unsigned gen; /* of the broker connection that delivered them: only it can ack them */
 };
 
@@ -146,6 +148,7 @@ void sl_persister_destroy(sl_persister_t *p)
         free(p->batches[i].msgs);
         free(p->batches[i].tags);
         free(p->batches[i].solo);
+        sl_db_batch_free(&p->batches[i].prep);
     }
     for (int i = 0; i < 2; i++) {
         if (p->done_pipe[i] >= 0)
@@ -182,7 +185,7 @@ static int store_alone(sl_persister_t *p, struct batch *b, size_t i, char *dead)
 {
     char err[512], q[600];
     size_t stored;
-    int r = sl_db_store_batch(&p->db, &b->msgs[i], 1, &stored, err, sizeof(err));
+    int r = sl_db_store_batch(&p->db, &b->msgs[i], 1, NULL, &stored, err, sizeof(err));
     if (r == SL_DB_ERROR) {
         SL_ERROR("event=refused_by_database delivery_tag=%llu error=%s", (unsigned long long)b->tags[i],
                  sl_log_quote(q, sizeof(q), err));
@@ -209,7 +212,7 @@ static int store(sl_persister_t *p, struct batch *b, char *dead)
         size_t stored = 0;
         int64_t t0 = sl_time_mono_us();
         memset(dead, 0, b->n);
-        int r = sl_db_store_batch(&p->db, b->msgs, b->n, &stored, err, sizeof(err));
+        int r = sl_db_store_batch(&p->db, b->msgs, b->n, b->prepared ? &b->prep : NULL, &stored, err, sizeof(err));
         if (r == SL_DB_ERROR) {
             /* Something in the batch is refused (not a transient failure): store one by one so only
              * the culprit is dead-lettered. */
@@ -308,6 +311,7 @@ static void drop_amqp(sl_persister_t *p, const char *why)
      * and the writer stops retrying the one it has (if it commits anyway, the redelivered copies
      * are found stored). */
     p->fill->n = 0;
+    p->fill->prepared = 0;
     atomic_store(&p->abandon, 1);
     STAT(p, p->stats.amqp_up = 0);
 }
@@ -541,14 +545,23 @@ static void ack_batch(sl_persister_t *p, struct batch *b)
         drop_amqp(p, "ack failed");
 }
 
+/* Does the part of storing b that needs no database (sl_db_batch_prepare). */
+static void prepare(struct batch *b)
+{
+    b->prepared = sl_db_batch_prepare(&b->prep, b->msgs, b->n) == 0 ? (int)b->n + 1 : 0;
+}
+
 /* Hands the filling batch to the writer; the other batch becomes the filling one. The caller
  * checked that the writer has no job. */
 static void queue_job(sl_persister_t *p)
 {
     struct batch *b = p->fill;
     b->gen = p->gen;
+    if (b->prepared != (int)b->n + 1) /* (a full batch was prepared while the writer was busy) */
+        prepare(b);
     p->fill = b == &p->batches[0] ? &p->batches[1] : &p->batches[0];
     p->fill->n = 0;
+    p->fill->prepared = 0;
     atomic_store(&p->abandon, 0);
     pthread_mutex_lock(&p->mu);
     p->job = b;
@@ -575,6 +588,7 @@ static int collect_job(sl_persister_t *p)
         ack_batch(p, b);
     }
     b->n = 0;
+    b->prepared = 0;
     pthread_mutex_lock(&p->mu);
     p->job_state = JOB_NONE;
     p->job = NULL;
@@ -607,6 +621,8 @@ static void consume_step(sl_persister_t *p)
         b = p->fill;
     }
     int want_amqp = b->n < (size_t)p->conf.batch_size;
+    if (busy && !want_amqp && b->prepared != (int)b->n + 1)
+        prepare(b); /* full: it will not change before the writer takes it, so do it now */
     int timeout_ms = 200; /* wake now and then: heartbeats, stop */
     if (!busy && b->n > 0)
         timeout_ms = (int)((p->fill_deadline - now + 999) / 1000);
