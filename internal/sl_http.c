@@ -23,9 +23,25 @@ struct catchall {
     sl_http_server_t *server;
 };
 
+/* Bytes of the request head as the client sent it (request line and header lines). */
+static size_t head_bytes(const h2o_req_t *req)
+{
+    size_t n = req->method.len + req->path.len + 12;
+    for (size_t i = 0; i < req->headers.size; i++)
+        n += req->headers.entries[i].name->len + req->headers.entries[i].value.len + 4;
+    return n;
+}
+
 static int on_req(h2o_handler_t *self, h2o_req_t *req)
 {
     sl_http_server_t *s = ((struct catchall *)self)->server;
+    if (s->opts.max_header_bytes > 0 && head_bytes(req) > (size_t)s->opts.max_header_bytes) {
+        char msg[96];
+        snprintf(msg, sizeof(msg), "the request line and headers exceed %lld bytes", s->opts.max_header_bytes);
+        s->refused_head++;
+        sl_http_fail(req, 431, "headers_too_large", NULL, msg, 0);
+        return 0;
+    }
     if (s->opts.ops_loopback_only && (sl_http_path_is(req, "/metrics") || sl_http_path_is(req, "/readyz")) &&
         !sl_http_peer_is_loopback(req)) {
         sl_http_fail(req, 403, "forbidden", NULL, "operators' endpoints answer on loopback only", 0);
@@ -373,6 +389,7 @@ const char *sl_http_reason(int status)
     case 415: return "Unsupported Media Type";
     case 422: return "Unprocessable Entity";
     case 429: return "Too Many Requests";
+    case 431: return "Request Header Fields Too Large";
     case 500: return "Internal Server Error";
     case 503: return "Service Unavailable";
     default: return "Unknown";
@@ -419,6 +436,9 @@ void sl_http_send_metrics(h2o_req_t *req, sl_buf_t *b)
     sl_metrics_header(b, "sluice_http_connections_refused_total", "counter",
                       "Connections closed at accept: their client had max-conns-per-client open.");
     sl_metrics_sample(b, "sluice_http_connections_refused_total", "reason=\"per_client\"", (double)s->refused_per_client);
+    sl_metrics_header(b, "sluice_http_requests_refused_total", "counter",
+                      "Requests refused before their service saw them: 431, a head over max-header-bytes.");
+    sl_metrics_sample(b, "sluice_http_requests_refused_total", "reason=\"header_bytes\"", (double)s->refused_head);
     sl_http_send(req, 200, "text/plain; version=0.0.4", b->data, b->len);
 }
 

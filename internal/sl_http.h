@@ -2,8 +2,11 @@
  * sl_http: the HTTP side every service shares, on h2o's evloop: one listener, one catch-all
  * handler that routes by method and path, JSON answers and JSON errors, query parameters, and a
  * graceful stop on SIGTERM/SIGINT. It also holds the limits every service has: operators'
- * endpoints for loopback only, and at most so many open connections per client address (a
- * connection past that is closed as soon as it is accepted, before any byte of it is read).
+ * endpoints for loopback only, at most so many open connections per client address (a
+ * connection past that is closed as soon as it is accepted, before any byte of it is read), and a
+ * cap on the request head (431 above it; h2o itself refuses more than 100 header lines with a
+ * plain-text 400, buffers at most about 400 KiB of head, and cuts a head not complete 10 s after
+ * it began).
  *
  * Threading: one loop thread per server.
  */
@@ -24,6 +27,7 @@ typedef struct sl_http_server sl_http_server_t;
 typedef struct sl_http_opts {
     long long ops_loopback_only;    /* 1: /metrics and /readyz answer 403 to clients not on loopback */
     long long max_conns_per_client; /* open connections per client address (0: no limit) */
+    long long max_header_bytes;     /* request line and headers; more: 431 (0: h2o's own limits only) */
 } sl_http_opts_t;
 
 /* Their entries in a service's table of options (sl_config.h), filling *o. */
@@ -31,7 +35,9 @@ typedef struct sl_http_opts {
     {"ops-loopback-only", "SLUICE_OPS_LOOPBACK_ONLY", SL_OPT_INT, &(o)->ops_loopback_only, "0", 0, 1,       \
      "1: /metrics and /readyz answer 403 to clients not on loopback"},                                     \
     {"max-conns-per-client", "SLUICE_MAX_CONNS_PER_CLIENT", SL_OPT_INT, &(o)->max_conns_per_client, "256", \
-     0, 1e7, "open connections per client address; more are closed at once (0: no limit)"}
+     0, 1e7, "open connections per client address; more are closed at once (0: no limit)"},                  \
+    {"max-header-bytes", "SLUICE_MAX_HEADER_BYTES", SL_OPT_INT, &(o)->max_header_bytes, "16384", 0, 400000, \
+     "request line and headers, in bytes; more: 431 (0: only h2o's limits)"}
 
 struct sl_http_peer;
 
@@ -51,6 +57,7 @@ struct sl_http_server {
     sl_http_opts_t opts;
     struct sl_http_peer **peers; /* open connections by client address, while max_conns_per_client > 0 */
     uint64_t refused_per_client; /* connections closed at accept for max_conns_per_client */
+    uint64_t refused_head;       /* requests answered 431 for max_header_bytes */
     h2o_timeout_t pause_timeout; /* accepting pauses a moment when out of descriptors */
     h2o_timeout_entry_t pause_entry;
 };

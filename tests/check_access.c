@@ -389,6 +389,39 @@ START_TEST(test_slow_request_head_times_out)
 }
 END_TEST
 
+/* A request head over SLUICE_MAX_HEADER_BYTES gets 431 with a JSON error, on every route, and
+ * the service goes on serving; one under it is served. */
+START_TEST(test_oversized_request_head)
+{
+    const char *env[] = {"SLUICE_MAX_HEADER_BYTES=4096", NULL};
+    static char big[6000], fits[2000];
+    char url[160];
+    tu_resp_t r;
+    tu_stack_init(&S, "bighead", 100000);
+    tu_start(&S, "api", env);
+    snprintf(big, sizeof(big), "X-Big: %0*d", (int)sizeof(big) - 9, 0);
+    snprintf(fits, sizeof(fits), "X-Fits: %0*d", (int)sizeof(fits) - 10, 0);
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/v1/messages", S.api_port);
+    const char *body = "{\"author\":\"a\",\"text\":\"big head\"}";
+    ck_assert_int_eq(tu_http("POST", url, big, "application/json", body, strlen(body), &r), 0);
+    ck_assert_int_eq(r.status, 431);
+    ck_assert_ptr_nonnull(strstr(r.body, "\"code\":\"headers_too_large\""));
+    tu_resp_free(&r);
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/healthz", S.api_port);
+    ck_assert_int_eq(tu_http("GET", url, big, NULL, NULL, 0, &r), 0);
+    ck_assert_int_eq(r.status, 431);
+    tu_resp_free(&r);
+    ck_assert_int_eq(tu_http("GET", url, fits, NULL, NULL, 0, &r), 0);
+    ck_assert_int_eq(r.status, 200);
+    tu_resp_free(&r);
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/metrics", S.api_port);
+    ck_assert_int_eq(tu_http("GET", url, NULL, NULL, NULL, 0, &r), 0);
+    ck_assert_ptr_nonnull(strstr(r.body, "sluice_http_requests_refused_total{reason=\"header_bytes\"} 2"));
+    tu_resp_free(&r);
+    tu_stack_cleanup(&S);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("access");
@@ -401,6 +434,7 @@ int main(void)
     tcase_add_test(tc, test_connections_per_client);
     tcase_add_test(tc, test_connections_per_client_default_and_unlimited);
     tcase_add_test(tc, test_slow_request_head_times_out);
+    tcase_add_test(tc, test_oversized_request_head);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
