@@ -8,6 +8,8 @@
  * - a refusal has status 400, a documented code and a message, and sl_error_to_json is JSON;
  * - an accepted body has a valid channel, 1-64 code points of author without control characters,
  *   1-500 code points of text, source "api" or "bot", and only the four allowed fields;
+ * - a queue payload is decided the same by sl_message_from_json (with its fast path for the form
+ *   the api writes) and by the general jansson path, with the same fields;
  * - whatever is accepted round-trips: sl_message_to_json then sl_message_from_json accepts it
  *   and gives the same fields, and encoding again gives the same bytes (the api writes what the
  *   persister must read back; the persister writes what sse and the persister read back);
@@ -149,8 +151,21 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         check_error(&err, REQUEST_CODES);
     }
 
-    /* a queue payload */
-    if (sl_message_from_json(s, size, &m, &err) == 0) {
+    /* a queue payload; sl_message_from_json reads the form the api writes without jansson: it
+     * must decide exactly as the general path (jansson, sl_message_from_jansson) does */
+    int fast = sl_message_from_json(s, size, &m, &err);
+    {
+        sl_message_t g;
+        sl_error_t gerr;
+        json_t *root = sl_utf8_count(s, size) >= 0 ? json_loadb(s, size, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, NULL)
+                                                    : NULL;
+        int general = json_is_object(root) ? sl_message_from_jansson(root, &g, &gerr) : -1;
+        json_decref(root);
+        FUZZ_CHECKF(fast == general, "sl_message_from_json says %d, the general path %d", fast, general);
+        if (fast == 0)
+            check_same(&g, &m, "the general path");
+    }
+    if (fast == 0) {
         check_message(&m);
         FUZZ_CHECK(fuzz_uuid_ok(m.id));
         if (m.type != SL_MESSAGE_NEW)
