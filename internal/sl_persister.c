@@ -49,7 +49,7 @@ struct sl_persister {
      * filled. */
     amqp_connection_state_t amqp;
     unsigned gen; /* counts broker connections */
-    struct batch batches[2], *fill;
+    struct batch batches[3], *fill; /* filling, committing, and being announced and acked */
     int64_t fill_deadline; /* monotonic us: when the filling batch goes to the writer anyway */
     sl_buf_t live;         /* the live publish being built */
 
@@ -112,7 +112,7 @@ sl_persister_t *sl_persister_create(const sl_persister_conf_t *conf)
         return NULL;
     p->conf = *conf;
     p->done_pipe[0] = p->done_pipe[1] = -1;
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < 3; i++) {
         size_t cap = (size_t)conf->batch_size + SL_AMQP_MAX_LINES;
         p->batches[i].msgs = calloc(cap, sizeof(*p->batches[i].msgs));
         p->batches[i].tags = calloc(cap, sizeof(*p->batches[i].tags));
@@ -144,7 +144,7 @@ void sl_persister_destroy(sl_persister_t *p)
     if (p->amqp != NULL)
         sl_amqp_close(p->amqp);
     sl_db_close(&p->db);
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < 3; i++) {
         free(p->batches[i].msgs);
         free(p->batches[i].tags);
         free(p->batches[i].solo);
@@ -551,15 +551,18 @@ static void prepare(struct batch *b)
     b->prepared = sl_db_batch_prepare(&b->prep, b->msgs, b->n) == 0 ? (int)b->n + 1 : 0;
 }
 
-/* Hands the filling batch to the writer; the other batch becomes the filling one. The caller
- * checked that the writer has no job. */
-static void queue_job(sl_persister_t *p)
+/* Hands the filling batch to the writer; a free batch (not `busy`, which is being announced)
+ * becomes the filling one. The caller checked that the writer has no job. */
+static void queue_job(sl_persister_t *p, const struct batch *busy)
 {
     struct batch *b = p->fill;
     b->gen = p->gen;
     if (b->prepared != (int)b->n + 1) /* (a full batch was prepared while the writer was busy) */
         prepare(b);
-    p->fill = b == &p->batches[0] ? &p->batches[1] : &p->batches[0];
+    for (int i = 0; i < 3; i++) {
+        if (&p->batches[i] != b && &p->batches[i] != busy)
+            p->fill = &p->batches[i];
+    }
     p->fill->n = 0;
     p->fill->prepared = 0;
     atomic_store(&p->abandon, 0);
@@ -570,30 +573,51 @@ static void queue_job(sl_persister_t *p)
     pthread_mutex_unlock(&p->mu);
 }
 
-/* If the writer finished its job: announce and ack it (when still on the connection that
- * delivered it) and free the slot. Returns 1 while a job is still in the writer's hands. */
-static int collect_job(sl_persister_t *p)
+/* Takes the writer's finished job, if any, freeing the writer's slot: *done is the batch when it
+ * was committed and is still on the connection that delivered it (to announce and ack), else
+ * NULL. Returns 1 while a job is still in the writer's hands. */
+static int take_finished(sl_persister_t *p, struct batch **done)
 {
     char c[16];
+    *done = NULL;
     while (read(p->done_pipe[0], c, sizeof(c)) > 0) {
     }
     pthread_mutex_lock(&p->mu);
     int state = p->job_state, result = p->job_result;
     struct batch *b = p->job;
+    if (state == JOB_DONE) {
+        p->job_state = JOB_NONE;
+        p->job = NULL;
+    }
     pthread_mutex_unlock(&p->mu);
     if (state != JOB_DONE)
         return state == JOB_QUEUED;
-    if (result == 0 && p->amqp != NULL && b->gen == p->gen) {
+    if (result == 0 && p->amqp != NULL && b->gen == p->gen)
+        *done = b;
+    else
+        b->n = b->prepared = 0;
+    return 0;
+}
+
+/* Announces and acks a committed batch, then frees it. */
+static void announce(sl_persister_t *p, struct batch *b)
+{
+    if (p->amqp != NULL && b->gen == p->gen) {
         publish_live(p, b);
         ack_batch(p, b);
     }
     b->n = 0;
     b->prepared = 0;
-    pthread_mutex_lock(&p->mu);
-    p->job_state = JOB_NONE;
-    p->job = NULL;
-    pthread_mutex_unlock(&p->mu);
-    return 0;
+}
+
+/* take_finished and announce at once. Returns 1 while a job is still in the writer's hands. */
+static int collect_job(sl_persister_t *p)
+{
+    struct batch *done;
+    int busy = take_finished(p, &done);
+    if (done != NULL)
+        announce(p, done);
+    return busy;
 }
 
 /* Waits up to timeout_ms for the writer's signal or (when want_amqp) the broker's socket. */
@@ -612,14 +636,17 @@ static void wait_for_work(sl_persister_t *p, int want_amqp, int timeout_ms)
  * writer's result, read deliveries. */
 static void consume_step(sl_persister_t *p)
 {
-    int busy = collect_job(p);
+    struct batch *done;
+    int busy = take_finished(p, &done);
     struct batch *b = p->fill;
     int64_t now = sl_time_mono_us();
     if (!busy && b->n > 0 && (b->n >= (size_t)p->conf.batch_size || now >= p->fill_deadline)) {
-        queue_job(p);
+        queue_job(p, done); /* the writer starts on the next batch first, */
         busy = 1;
         b = p->fill;
     }
+    if (done != NULL)
+        announce(p, done); /* then the last one is announced and acked (still in commit order) */
     int want_amqp = b->n < (size_t)p->conf.batch_size;
     if (busy && !want_amqp && b->prepared != (int)b->n + 1)
         prepare(b); /* full: it will not change before the writer takes it, so do it now */
@@ -663,7 +690,7 @@ int sl_persister_run(sl_persister_t *p, volatile sig_atomic_t *stop)
      * stays unacked and returns to the queue. */
     finish_job(p);
     if (p->fill->n > 0 && p->amqp != NULL) {
-        queue_job(p);
+        queue_job(p, NULL);
         finish_job(p);
     }
     pthread_mutex_lock(&p->mu);

@@ -474,6 +474,15 @@ static void reader_spawn(reader_t *r, int port, const char *target, const char *
     ck_assert_int_eq(pthread_create(&r->th, NULL, reader_main, r), 0);
 }
 
+/* Waits until the instance's hub has delivered seq (the live copy of a commit reaches it a moment
+ * after the rows are visible in the database: a stream opened in between starts its history
+ * lower and gets the rest live, which is right but not what a test counting history wants). */
+static void wait_hub(int port, long long seq)
+{
+    ck_assert_msg(wait_metric(port, "sluice_sse_position", (double)seq, 10000), "sse on %d never reached seq %lld",
+                  port, seq);
+}
+
 /* The reader got a gap-free, repeat-free run first..last with first in [first_min, first_max], and
  * (ids given) each seq is the database's message. */
 static void assert_run(const reader_t *r, const char *who, long long first_min, long long first_max, long long last,
@@ -651,6 +660,7 @@ START_TEST(test_resume_replays_missed_once)
     /* general and news interleaved: a general stream skips news seqs, and that is no gap */
     post_many(100, 20, 0, NULL, NULL, "general", "news", NULL);
     ck_assert_int_eq(tu_wait_rows(db, 100, 30000), 100);
+    wait_hub(S.sse_port, 100); /* history is what the instance has delivered */
 
     want = db_seqs(db, "SELECT seq FROM (SELECT seq FROM messages WHERE channel = 'general' ORDER BY seq DESC"
                        " LIMIT 20) h ORDER BY seq",
@@ -1266,6 +1276,7 @@ START_TEST(test_websocket_subscriptions)
     PGconn *db = tu_db(&S);
     post_many(20, 10, 0, NULL, NULL, "general", "news", NULL);
     ck_assert_int_eq(tu_wait_rows(db, 20, 20000), 20);
+    wait_hub(S.sse_port, 20); /* history is what the instance has delivered */
 
     ck_assert_int_eq(tu_ws_open(&w, S.sse_port, "/v1/ws", 10000), 0);
     ck_assert_int_eq(tu_ws_send_text(&w, "{\"command\":\"subscribe\",\"channel\":\"general\",\"history\":5}"), 0);
@@ -1446,6 +1457,7 @@ START_TEST(test_formats_limits_and_errors)
     PGconn *db = tu_db(&S);
     post_many(45, 15, 0, NULL, NULL, "general", "news", "other", NULL);
     ck_assert_int_eq(tu_wait_rows(db, 45, 20000), 45);
+    wait_hub(S.sse_port, 45); /* history is what the instance has delivered */
 
     /* NDJSON by Accept: history of two channels, oldest first, then heartbeats (empty lines) */
     reader_open_ok(&r[0], S.sse_port, "/v1/stream?channels=general,news&history=5", "Accept: application/x-ndjson\r\n");
