@@ -257,6 +257,17 @@ step post-full post --url "http://127.0.0.1:$API_PORT" --count "$POST_COUNT" --c
 perf_stop post
 scrape post-full
 
+# wait_drained STEP: until the persist queue is empty (a latency step starts from an empty queue).
+wait_drained() {
+  local deadline=$((SECONDS + 120))
+  until [[ $("$SERVERS" rabbitmqctl list_queues -q name messages 2>/dev/null |
+    awk -v q="$SLUICE_BENCH_QUEUE" '$1 == q {print $2}') == 0 ]]; do
+    ((SECONDS < deadline)) || die "the persister did not drain step $1's posts within 120 s"
+    sleep 1
+  done
+}
+wait_drained 4
+
 half=$((${R[raw-publish.raw_publish_per_s]} / 2))
 log "== 5. POST at half the raw publish rate: $half/s for ${LAT_SECONDS} s, open loop"
 step post-half post --url "http://127.0.0.1:$API_PORT" --count $((half * LAT_SECONDS)) --rate "$half" \
@@ -274,12 +285,7 @@ scrape post-alone
 start_persister
 wait_ready "http://127.0.0.1:$PERSISTER_PORT"
 # Step 7 left its POSTs in the queue: let the persister store them before measuring latency again.
-drain_deadline=$((SECONDS + 120))
-until [[ $("$SERVERS" rabbitmqctl list_queues -q name messages 2>/dev/null |
-  awk -v q="$SLUICE_BENCH_QUEUE" '$1 == q {print $2}') == 0 ]]; do
-  ((SECONDS < drain_deadline)) || die "the persister did not drain step 7's posts within 120 s"
-  sleep 1
-done
+wait_drained 7
 
 api_half=$((${R[post-full.post_accepted_per_s]} / 2))
 log "== 8. POST at half the api's own rate: $api_half/s for ${LAT_SECONDS} s, open loop (for information)"
