@@ -397,10 +397,30 @@ static int take_uuid(json_t *root, const char *name, int required, char dst[SL_U
     return 1;
 }
 
+/* created_at (required, or optional for an event, which then gets the current time later) and
+ * seq (optional, positive). */
+static int take_created_and_seq(json_t *root, int created_required, sl_message_t *m, sl_error_t *err)
+{
+    json_t *v = json_object_get(root, "created_at");
+    if ((v != NULL || created_required) &&
+        (!json_is_string(v) || sl_time_parse(json_string_value(v), json_string_length(v), &m->created_at_us) != 0)) {
+        sl_error_set(err, 400, "invalid_created_at", "created_at", "'created_at' must be an RFC 3339 timestamp");
+        return -1;
+    }
+    v = json_object_get(root, "seq");
+    if (v != NULL) {
+        if (!json_is_integer(v) || json_integer_value(v) < 1) {
+            sl_error_set(err, 400, "invalid_seq", "seq", "'seq' must be a positive integer");
+            return -1;
+        }
+        m->seq = json_integer_value(v);
+    }
+    return 0;
+}
+
 /* An update or a delete: id and channel name the message; an update brings the new text. */
 static int event_from_jansson(json_t *root, sl_message_t *m, sl_error_t *err)
 {
-    json_t *v;
     int r = take_string(root, "channel", 1, 1, SL_CHANNEL_MAX, m->channel, sizeof(m->channel), err);
     if (r < 0)
         return -1;
@@ -425,21 +445,7 @@ static int event_from_jansson(json_t *root, sl_message_t *m, sl_error_t *err)
         sl_error_set(err, 400, "invalid_id", "event_id", "could not derive an event id");
         return -1;
     }
-    v = json_object_get(root, "created_at");
-    if (v != NULL &&
-        (!json_is_string(v) || sl_time_parse(json_string_value(v), json_string_length(v), &m->created_at_us) != 0)) {
-        sl_error_set(err, 400, "invalid_created_at", "created_at", "'created_at' must be an RFC 3339 timestamp");
-        return -1;
-    }
-    v = json_object_get(root, "seq");
-    if (v != NULL) {
-        if (!json_is_integer(v) || json_integer_value(v) < 1) {
-            sl_error_set(err, 400, "invalid_seq", "seq", "'seq' must be a positive integer");
-            return -1;
-        }
-        m->seq = json_integer_value(v);
-    }
-    return 0;
+    return take_created_and_seq(root, 0, m, err);
 }
 
 int sl_message_from_jansson(json_t *root, sl_message_t *m, sl_error_t *err)
@@ -472,20 +478,7 @@ int sl_message_from_jansson(json_t *root, sl_message_t *m, sl_error_t *err)
     memcpy(m->id, json_string_value(v), SL_UUID_STRLEN);
     if (take_string(root, "source", 1, 1, sizeof(m->source) - 1, m->source, sizeof(m->source), err) < 0)
         return -1;
-    v = json_object_get(root, "created_at");
-    if (!json_is_string(v) || sl_time_parse(json_string_value(v), json_string_length(v), &m->created_at_us) != 0) {
-        sl_error_set(err, 400, "invalid_created_at", "created_at", "'created_at' must be an RFC 3339 timestamp");
-        return -1;
-    }
-    v = json_object_get(root, "seq");
-    if (v != NULL) {
-        if (!json_is_integer(v) || json_integer_value(v) < 1) {
-            sl_error_set(err, 400, "invalid_seq", "seq", "'seq' must be a positive integer");
-            return -1;
-        }
-        m->seq = json_integer_value(v);
-    }
-    return 0;
+    return take_created_and_seq(root, 1, m, err);
 }
 
 /* ---- the fast path: exactly what sl_message_append_json writes for a new message ---------- */
