@@ -18,6 +18,7 @@
 
 #include "sl_testnet.h"
 #include "sl_testutil.h"
+#include "sl_testsuite.h"
 
 static tu_stack_t S;
 
@@ -436,9 +437,5 @@ int main(void)
     tcase_add_test(tc, test_slow_request_head_times_out);
     tcase_add_test(tc, test_oversized_request_head);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+    return tu_run_suite(s);
 }

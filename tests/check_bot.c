@@ -17,6 +17,7 @@
 #include "sl_message.h"
 #include "sl_testutil.h"
 #include "sl_time.h"
+#include "sl_testsuite.h"
 
 static tu_stack_t S;
 
@@ -558,9 +559,5 @@ int main(void)
     tcase_add_test(tc, test_bot_retries_through_api_restart);
     tcase_add_test(tc, test_bot_sigterm_prints_summary_and_exits_0);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+    return tu_run_suite(s);
 }

@@ -12,6 +12,7 @@
 #include "sl_message.h"
 #include "sl_time.h"
 #include "sl_uuid.h"
+#include "sl_testsuite.h"
 
 #define INSTANCE "https://mastodon.example"
 
@@ -615,9 +616,5 @@ int main(void)
     tcase_add_test(tc, test_event_payloads_decode_strictly);
     tcase_add_test(tc, test_streams_and_paths);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+    return tu_run_suite(s);
 }

@@ -13,6 +13,7 @@
 #include "check_ingest_util.h"
 #include "fake_mastodon.h"
 #include "sl_testutil.h"
+#include "sl_testsuite.h"
 
 static tu_stack_t S;
 
@@ -238,9 +239,5 @@ int main(void)
     tcase_add_test(tc, test_rate_limit_is_honoured);
     tcase_add_test(tc, test_back_pressure_reaches_mastodon_and_loses_nothing);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+    return tu_run_suite(s);
 }

@@ -14,6 +14,7 @@
 #include "fake_mastodon.h"
 #include "sl_amqp.h"
 #include "sl_testutil.h"
+#include "sl_testsuite.h"
 
 #define TOKEN "test-token-123"
 
@@ -405,9 +406,5 @@ int main(void)
     tcase_add_test(tc, test_edits_and_deletes_propagate);
     tcase_add_test(tc, test_control_endpoint_starts_and_stops);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+    return tu_run_suite(s);
 }

@@ -7,6 +7,7 @@
 #include "sl_message.h"
 #include "sl_time.h"
 #include "sl_uuid.h"
+#include "sl_testsuite.h"
 
 struct bad_case {
     const char *body;
@@ -290,9 +291,5 @@ int main(void)
     tcase_add_test(tc, test_time_parse_forms);
     tcase_add_test(tc, test_config_env_and_flags);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+    return tu_run_suite(s);
 }

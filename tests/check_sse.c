@@ -29,6 +29,7 @@
 #include "sl_time.h"
 #include "sl_testutil.h"
 #include "sl_wsclient.h"
+#include "sl_testsuite.h"
 
 static tu_stack_t S;
 
@@ -1722,9 +1723,5 @@ int main(void)
             tcase_add_test(tc, tests[i].test);
     }
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+    return tu_run_suite(s);
 }

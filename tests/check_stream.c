@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "sl_stream.h"
+#include "sl_testsuite.h"
 
 static int count(const char *s, long long max, long long *out)
 {
@@ -141,9 +142,5 @@ int main(void)
     tcase_add_test(tc, test_parse_channels);
     tcase_add_test(tc, test_ws_parse);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+    return tu_run_suite(s);
 }

@@ -13,6 +13,7 @@
 #include "sl_amqp.h"
 #include "sl_testutil.h"
 #include "sl_uuid.h"
+#include "sl_testsuite.h"
 
 static tu_stack_t S;
 
@@ -557,9 +558,5 @@ int main(void)
     tcase_add_test(tc, test_database_restart_loses_nothing);
     tcase_add_test(tc, test_blocked_broker_answers_503);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+    return tu_run_suite(s);
 }
