@@ -85,8 +85,10 @@ static void post_one(const char *channel, const char *text)
 {
     char body[1024];
     tu_resp_t r;
-    snprintf(body, sizeof(body), "{\"channel\":\"%s\",\"author\":\"tester\",\"text\":\"%s\"}", channel, text);
-    ck_assert_int_eq(tu_http("POST", post_url(), NULL, "application/json", body, strlen(body), &r), 0);
+    int len = snprintf(body, sizeof(body), "{\"channel\":\"%s\",\"author\":\"tester\",\"text\":\"%s\"}",
+                       channel, text);
+    ck_assert(len > 0 && (size_t)len < sizeof(body));
+    ck_assert_int_eq(tu_http("POST", post_url(), NULL, "application/json", body, (size_t)len, &r), 0);
     ck_assert_msg(r.status == 202, "POST answered %ld: %s", r.status, r.body);
     tu_resp_free(&r);
 }

@@ -48,7 +48,8 @@ static void assert_exactly_accepted(PGconn *db, long *status, char (*ids)[37], i
         if (status[i] != 202)
             continue;
         char sql[160];
-        snprintf(sql, sizeof(sql), "SELECT count(*) FROM messages WHERE id = '%s'", ids[i]);
+        int len = snprintf(sql, sizeof(sql), "SELECT count(*) FROM messages WHERE id = '%s'", ids[i]);
+        ck_assert(len > 0 && (size_t)len < sizeof(sql));
         ck_assert_msg(tu_scalar(db, sql) == 1, "accepted id %s stored %lld times", ids[i], tu_scalar(db, sql));
     }
 }
