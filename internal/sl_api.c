@@ -47,6 +47,7 @@ struct sl_api {
     size_t ncounts, inflight;
     uint64_t idempotent_replays, rate_limited;
     sl_ratelimit_t *limiter; /* NULL: no per-client limit */
+    sl_histogram_t post_latency; /* seconds from a POST's request head to its answer */
 };
 
 struct post {
@@ -72,9 +73,17 @@ static void count(sl_api_t *a, int route, int status)
         a->counts[a->ncounts++] = (struct status_count){route, status, 1};
 }
 
-static void respond(sl_api_t *a, h2o_req_t *req, int route, int status, const char *body, size_t len)
+/* Counts the answer (and times a POST's) before it is sent. */
+static void account(sl_api_t *a, h2o_req_t *req, int route, int status)
 {
     count(a, route, status);
+    if (route == R_POST)
+        sl_histogram_observe(&a->post_latency, sl_http_request_age(req));
+}
+
+static void respond(sl_api_t *a, h2o_req_t *req, int route, int status, const char *body, size_t len)
+{
+    account(a, req, route, status);
     sl_http_send(req, status, NULL, body, len);
 }
 
@@ -82,7 +91,7 @@ static void respond_error(sl_api_t *a, h2o_req_t *req, int route, int status, co
                           const char *message)
 {
     int retry = status == 429 || status == 503 ? (int)a->conf.retry_after_s : 0;
-    count(a, route, status);
+    account(a, req, route, status);
     sl_http_fail(req, status, code, field, message, retry);
 }
 
@@ -261,7 +270,7 @@ static int handle_post(sl_api_t *a, h2o_req_t *req)
 
     sl_auth_result_t ar = sl_auth_check_author(a->conf.auth, req, NULL, NULL);
     if (ar != SL_AUTH_OK) {
-        count(a, R_POST, ar == SL_AUTH_FORBIDDEN ? 403 : 401);
+        account(a, req, R_POST, ar == SL_AUTH_FORBIDDEN ? 403 : 401);
         sl_auth_refuse(req, ar);
         return 0;
     }
@@ -284,12 +293,12 @@ static int handle_post(sl_api_t *a, h2o_req_t *req)
     p->api = a;
     p->req = req;
     if (sl_message_from_request(req->entity.base != NULL ? req->entity.base : "", req->entity.len, &p->msg, &err) != 0) {
-        count(a, R_POST, err.status);
+        account(a, req, R_POST, err.status);
         sl_http_send_error(req, &err, 0);
         return 0;
     }
     if ((ar = sl_auth_check_author(a->conf.auth, req, p->msg.author, NULL)) != SL_AUTH_OK) {
-        count(a, R_POST, 403);
+        account(a, req, R_POST, 403);
         sl_auth_refuse(req, ar);
         return 0;
     }
@@ -516,6 +525,9 @@ static int handle_metrics(sl_api_t *a, h2o_req_t *req)
                  a->counts[i].status);
         sl_metrics_sample(&b, "sluice_api_requests_total", labels, (double)a->counts[i].n);
     }
+    sl_metrics_histogram(&b, "sluice_api_post_seconds",
+                         "Time from a POST's request head arriving to its answer being sent (any status).",
+                         &a->post_latency);
     sl_metrics_histogram(&b, "sluice_api_publish_confirm_seconds", "Time from publish to the broker's confirm.",
                          &s->confirm_latency);
     sl_metrics_header(&b, "sluice_api_publishes_total", "counter", "Publishes by outcome.");
@@ -624,6 +636,7 @@ sl_api_t *sl_api_create(h2o_loop_t *loop, const sl_api_conf_t *conf)
         return NULL;
     a->conf = *conf;
     a->loop = loop;
+    sl_histogram_init(&a->post_latency, sl_latency_bounds, sl_latency_nbounds);
     sl_amqp_topology_defaults(&a->topology, conf->queue_max_length);
     sl_publisher_conf_t pc = {.url = conf->amqp_url,
                               .conn_name = "sluice-api",

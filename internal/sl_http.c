@@ -12,6 +12,7 @@
 #include <strings.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -394,6 +395,15 @@ const char *sl_http_reason(int status)
     case 503: return "Service Unavailable";
     default: return "Unknown";
     }
+}
+
+double sl_http_request_age(h2o_req_t *req)
+{
+    struct timeval now;
+    gettimeofday(&now, NULL);
+    if (h2o_timeval_is_null(&req->timestamps.request_begin_at))
+        return 0;
+    return (double)h2o_timeval_subtract(&req->timestamps.request_begin_at, &now) / 1e6;
 }
 
 void sl_http_send(h2o_req_t *req, int status, const char *content_type, const char *body, size_t len)

@@ -99,6 +99,9 @@ long sl_http_raise_nofile(void);
 /* Installs SIGTERM/SIGINT handlers that set *flag, and ignores SIGPIPE. */
 void sl_http_trap_signals(volatile sig_atomic_t *flag);
 
+/* Seconds since the request's head began to arrive (for latency histograms). */
+double sl_http_request_age(h2o_req_t *req);
+
 /* Answers with a body copied into the request's pool. content_type NULL means application/json. */
 void sl_http_send(h2o_req_t *req, int status, const char *content_type, const char *body, size_t len);
 /* Answers {"error":{…}}, with Retry-After when retry_after_s > 0. */
