@@ -917,8 +917,9 @@ static int cmp_stamp(const void *a, const void *b)
 }
 
 /* Matches the sent stamps (sorted here) with the live ones (a copy, sorted): lat gets the
- * committed latency of each sent id seen on the live exchange. Returns how many matched. */
-static size_t match(struct stamp *sent, size_t nsent, struct stamp *live, size_t nlive, int64_t *lat)
+ * committed latency of each sent id seen on the live exchange, lat_t (when not NULL) its scheduled
+ * send time. Returns how many matched. */
+static size_t match(struct stamp *sent, size_t nsent, struct stamp *live, size_t nlive, int64_t *lat, int64_t *lat_t)
 {
     size_t i = 0, j = 0, m = 0;
     qsort(sent, nsent, sizeof(*sent), cmp_stamp);
@@ -930,6 +931,8 @@ static size_t match(struct stamp *sent, size_t nsent, struct stamp *live, size_t
         } else if (cmp > 0) {
             j++;
         } else {
+            if (lat_t != NULL)
+                lat_t[m] = sent[i].t_us;
             lat[m++] = live[j].t_us - sent[i].t_us;
             i++;
             while (j < nlive && strcmp(live[j].id, sent[i - 1].id) == 0)
@@ -959,12 +962,13 @@ struct load {
     struct sockaddr_in addr;
     char host[80];
     long long count, rate, text_len;
-    int64_t t0;
+    int64_t t0, t0_real; /* the run's start, CLOCK_MONOTONIC and CLOCK_REALTIME */
     uint64_t issued, done, due;
     uint64_t n202, n429, n503, nother, nerr, reconnects;
     struct stamp *sent;
     size_t nsent, capsent;
     int64_t *http_lat; /* POST -> 202 of each accepted POST */
+    int64_t *http_t;   /* and its scheduled send time (for --timeline) */
     size_t nhttp;
     int64_t *lag;      /* actual - scheduled send time of each POST (open loop) */
     struct conn **idle;
@@ -1095,6 +1099,7 @@ static void on_response(struct load *L, struct conn *c, int status, const char *
     switch (status) {
     case 202:
         L->n202++;
+        L->http_t[L->nhttp] = c->t_intended;
         L->http_lat[L->nhttp++] = now - c->t_intended;
         if (find_id(body, len, id) == 0)
             push_stamp(&L->sent, &L->nsent, &L->capsent, id, c->t_intended);
@@ -1237,10 +1242,66 @@ static int parse_url(const char *url, struct load *L)
     return 0;
 }
 
+enum { TIMELINE_WINDOW_US = 100000 };
+
+struct window {
+    uint64_t due, answered, committed;
+    int64_t lag_max, http_max, commit_max;
+};
+
+static void window_max(int64_t *slot, int64_t v)
+{
+    if (v > *slot)
+        *slot = v;
+}
+
+static struct window *window_of(struct window *w, size_t nwin, int64_t t0, int64_t t)
+{
+    size_t i = t <= t0 ? 0 : (size_t)((t - t0) / TIMELINE_WINDOW_US);
+    return &w[i < nwin ? i : nwin - 1];
+}
+
+/* --timeline: one CSV line per 100 ms window of scheduled send time. Returns 0, or -1 (errno). */
+static int write_timeline(const char *path, const struct load *L, int64_t run_us, const int64_t *lat,
+                          const int64_t *lat_t, size_t matched)
+{
+    size_t nwin = (size_t)(run_us / TIMELINE_WINDOW_US) + 2;
+    struct window *w = calloc(nwin, sizeof(*w));
+    FILE *f = w != NULL ? fopen(path, "w") : NULL;
+    if (f == NULL) {
+        free(w);
+        return -1;
+    }
+    for (uint64_t k = 0; k < L->issued; k++) {
+        int64_t t = L->rate > 0 ? intended_time(L, k) : L->t0;
+        struct window *x = window_of(w, nwin, L->t0, t);
+        x->due++;
+        window_max(&x->lag_max, L->lag[k]);
+    }
+    for (size_t i = 0; i < L->nhttp; i++) {
+        struct window *x = window_of(w, nwin, L->t0, L->http_t[i]);
+        x->answered++;
+        window_max(&x->http_max, L->http_lat[i]);
+    }
+    for (size_t i = 0; lat_t != NULL && i < matched; i++) {
+        struct window *x = window_of(w, nwin, L->t0, lat_t[i]);
+        x->committed++;
+        window_max(&x->commit_max, lat[i]);
+    }
+    fprintf(f, "unix_s,t_ms,due,send_lag_max_ms,accepted,post_202_max_ms,committed,post_committed_max_ms\n");
+    for (size_t i = 0; i < nwin; i++)
+        fprintf(f, "%.1f,%zu,%llu,%.1f,%llu,%.1f,%llu,%.1f\n", (double)(L->t0_real + (int64_t)i * TIMELINE_WINDOW_US) / 1e6,
+                i * (TIMELINE_WINDOW_US / 1000),
+                (unsigned long long)w[i].due, w[i].lag_max / 1e3, (unsigned long long)w[i].answered,
+                w[i].http_max / 1e3, (unsigned long long)w[i].committed, w[i].commit_max / 1e3);
+    free(w);
+    return fclose(f) == 0 ? 0 : -1;
+}
+
 static int cmd_post(int argc, char **argv)
 {
     bench_conf_t c;
-    const char *url;
+    const char *url, *timeline;
     long long count, conns, rate, text_len, timeout_s, live_wait_s;
     sl_opt_t opts[] = {
         COMMON_OPTS(c),
@@ -1254,6 +1315,9 @@ static int cmd_post(int argc, char **argv)
         {"live-wait", NULL, SL_OPT_INT, &live_wait_s, "30", 0, 3600,
          "seconds to wait after the last answer for every accepted message to be committed (0: do not "
          "measure POST -> committed, e.g. with no persister running)"},
+        {"timeline", NULL, SL_OPT_STR, &timeline, "", 0, 0,
+         "write a CSV of the run in 100 ms windows of scheduled send time to this file: POSTs due, their "
+         "worst send lag, POST -> 202 and POST -> committed (to find stalls)"},
     };
     int r = parse_opts(opts, sizeof(opts) / sizeof(opts[0]), argc, argv, "post",
                        "HTTP/1.1 keep-alive load on POST /v1/messages; POST -> committed latency from the live exchange.");
@@ -1278,8 +1342,9 @@ static int cmd_post(int argc, char **argv)
     L.conns = calloc(L.nconns, sizeof(*L.conns));
     L.idle = calloc(L.nconns, sizeof(*L.idle));
     L.http_lat = calloc((size_t)count, sizeof(*L.http_lat));
+    L.http_t = calloc((size_t)count, sizeof(*L.http_t));
     L.lag = calloc((size_t)count, sizeof(*L.lag));
-    if (L.conns == NULL || L.idle == NULL || L.http_lat == NULL || L.lag == NULL ||
+    if (L.conns == NULL || L.idle == NULL || L.http_lat == NULL || L.http_t == NULL || L.lag == NULL ||
         (L.ep = epoll_create1(EPOLL_CLOEXEC)) < 0)
         goto Exit;
 
@@ -1325,6 +1390,7 @@ static int cmd_post(int argc, char **argv)
     /* The run. */
     double cpu0 = self_cpu();
     L.t0 = sl_time_mono_us();
+    L.t0_real = sl_time_now_us();
     deadline = L.t0 + timeout_s * 1000000;
     for (size_t i = 0; i < L.nconns; i++) {
         if (rate == 0)
@@ -1375,6 +1441,7 @@ static int cmd_post(int argc, char **argv)
     /* Wait until every accepted id was announced on the live exchange (or the time is up). */
     struct stamp *copy = NULL;
     int64_t *lat = calloc(L.nsent + 1, sizeof(*lat));
+    int64_t *lat_t = timeline != NULL && timeline[0] != '\0' ? calloc(L.nsent + 1, sizeof(*lat_t)) : NULL;
     size_t matched = 0, ncopy = 0;
     int64_t wait_end = sl_time_mono_us() + live_wait_s * 1000000;
     for (; live_up;) {
@@ -1390,7 +1457,7 @@ static int cmd_post(int argc, char **argv)
             pthread_mutex_unlock(&live.lock);
             if (nc == NULL || lat == NULL)
                 break;
-            matched = match(L.sent, L.nsent, copy, ncopy, lat);
+            matched = match(L.sent, L.nsent, copy, ncopy, lat, lat_t);
             if (matched >= L.nsent || now >= wait_end || live.err[0] != '\0')
                 break;
         }
@@ -1402,6 +1469,8 @@ static int cmd_post(int argc, char **argv)
     if (live.err[0] != '\0')
         fprintf(stderr, "sl_bench: %s\n", live.err);
 
+    if (timeline != NULL && timeline[0] != '\0' && write_timeline(timeline, &L, run_us, lat, lat_t, matched) != 0)
+        fprintf(stderr, "sl_bench: cannot write %s: %s\n", timeline, strerror(errno));
     qsort(L.http_lat, L.nhttp, sizeof(*L.http_lat), cmp_i64);
     if (lat != NULL)
         qsort(lat, matched, sizeof(*lat), cmp_i64);
@@ -1451,6 +1520,7 @@ static int cmd_post(int argc, char **argv)
     ret = L.done == L.issued && (live_wait_s == 0 || matched == L.nsent) ? 0 : 1;
     free(copy);
     free(lat);
+    free(lat_t);
 Exit:
     if (live_up)
         live_stop(&live);
@@ -1465,6 +1535,7 @@ Exit:
     free(L.conns);
     free(L.idle);
     free(L.http_lat);
+    free(L.http_t);
     free(L.lag);
     free(L.sent);
     free(live.recs);
