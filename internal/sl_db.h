@@ -74,6 +74,11 @@ int sl_db_schema_version(sl_db_t *db);
 typedef struct sl_db_batch {
     char *is_new;       /* per item: 0 when it repeats an earlier item of the batch */
     int only_messages;  /* no update or delete in the batch: cols are filled */
+    int assume_new;     /* the ids are expected not stored yet: the insert skips looking each one up
+                         * (the primary key refuses a repeat, and the batch is then tried again with
+                         * the lookups). sl_db_batch_prepare sets it when every id is a UUIDv7 (made
+                         * once, by whoever accepted the post; ingest's UUIDv5 repeat); a caller that
+                         * knows better (a redelivery) clears it. Only speed depends on it. */
     sl_buf_t cols[8];   /* id, channel, author, body, source, created_at, url, edited_at */
 } sl_db_batch_t;
 

@@ -35,6 +35,7 @@ struct batch {
     size_t n;           /* every delivery's messages go into one batch: n < batch_size + SL_AMQP_MAX_LINES */
     sl_db_batch_t prep; /* sl_db_batch_prepare of msgs, made by the consumer (not the writer) */
     int prepared;       /* n + 1 when prep is of these n messages, else 0 */
+    int redelivered;    /* a delivery in it came flagged redelivered: it may be stored already */
     unsigned gen; /* of the broker connection that delivered them: only it can ack them */
 };
 
@@ -312,6 +313,7 @@ static void drop_amqp(sl_persister_t *p, const char *why)
      * are found stored). */
     p->fill->n = 0;
     p->fill->prepared = 0;
+    p->fill->redelivered = 0;
     atomic_store(&p->abandon, 1);
     STAT(p, p->stats.amqp_up = 0);
 }
@@ -485,8 +487,10 @@ static void take_deliveries(sl_persister_t *p)
             drop_amqp(p, sl_amqp_reply_text(r, t, sizeof(t)));
             return;
         }
-        if (env.redelivered)
+        if (env.redelivered) {
             STAT(p, p->stats.redeliveries++);
+            b->redelivered = 1;
+        }
         take_delivery(p, b, env.delivery_tag, env.message.body.bytes, env.message.body.len);
         amqp_destroy_envelope(&env);
     }
@@ -549,6 +553,8 @@ static void ack_batch(sl_persister_t *p, struct batch *b)
 static void prepare(struct batch *b)
 {
     b->prepared = sl_db_batch_prepare(&b->prep, b->msgs, b->n) == 0 ? (int)b->n + 1 : 0;
+    if (b->redelivered)
+        b->prep.assume_new = 0;
 }
 
 /* Hands the filling batch to the writer; a free batch (not `busy`, which is being announced)
@@ -565,6 +571,7 @@ static void queue_job(sl_persister_t *p, const struct batch *busy)
     }
     p->fill->n = 0;
     p->fill->prepared = 0;
+    p->fill->redelivered = 0;
     atomic_store(&p->abandon, 0);
     pthread_mutex_lock(&p->mu);
     p->job = b;
@@ -608,6 +615,7 @@ static void announce(sl_persister_t *p, struct batch *b)
     }
     b->n = 0;
     b->prepared = 0;
+    b->redelivered = 0;
 }
 
 /* take_finished and announce at once. Returns 1 while a job is still in the writer's hands. */

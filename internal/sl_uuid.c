@@ -58,6 +58,12 @@ int sl_uuid_valid(const char *s, size_t len)
     return from_text(s, len, b) == 0;
 }
 
+int sl_uuid_version(const char *s)
+{
+    uint8_t b[16];
+    return from_text(s, strlen(s), b) == 0 ? b[6] >> 4 : -1;
+}
+
 /* Random bytes from a buffer filled 4 KiB at a time: one getrandom(2) per 256 ids, not one each. */
 static int random_bytes(uint8_t *dst, size_t n)
 {

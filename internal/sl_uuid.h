@@ -26,4 +26,7 @@ int sl_uuid_v5(const char *ns, const void *name, size_t len, char out[SL_UUID_ST
 /* 1 if s (len bytes) is a UUID in canonical text form (any version, either case), else 0. */
 int sl_uuid_valid(const char *s, size_t len);
 
+/* The version of a valid UUID in text form (7, 5…), or -1 when s is not one. */
+int sl_uuid_version(const char *s);
+
 #endif

@@ -201,11 +201,15 @@ START_TEST(test_uuid_v7_sorted_and_versioned)
         ck_assert_int_eq(sl_uuid_v7_at(1700000000000ULL + (uint64_t)(i / 100), cur), 0);
         ck_assert(sl_uuid_valid(cur, 36));
         ck_assert_int_eq(cur[14], '7');
+        ck_assert_int_eq(sl_uuid_version(cur), 7);
         ck_assert(strchr("89ab", cur[19]) != NULL);
         ck_assert_msg(strcmp(prev, cur) < 0, "%s !< %s", prev, cur);
         strcpy(prev, cur);
     }
     ck_assert(!sl_uuid_valid("0190f5f0-0000-7000-8000-00000000000g", 36));
+    ck_assert_int_eq(sl_uuid_version("0190f5f0-0000-7000-8000-00000000000g"), -1);
+    ck_assert_int_eq(sl_uuid_version("0190f5f0-0000-7000-8000-00000000000"), -1);
+    ck_assert_int_eq(sl_uuid_version(""), -1);
 }
 END_TEST
 
@@ -215,6 +219,8 @@ START_TEST(test_uuid_v5_known_value)
     char out[SL_UUID_STRLEN];
     ck_assert_int_eq(sl_uuid_v5("6ba7b810-9dad-11d1-80b4-00c04fd430c8", "www.example.com", 15, out), 0);
     ck_assert_str_eq(out, "2ed6657d-e927-568b-95e1-2665a8aea6a2");
+    ck_assert_int_eq(sl_uuid_version(out), 5);
+    ck_assert_int_eq(sl_uuid_version("2ED6657D-E927-568B-95E1-2665A8AEA6A2"), 5);
 }
 END_TEST
 

@@ -436,6 +436,74 @@ START_TEST(test_undecodable_message_is_dead_lettered)
 END_TEST
 
 
+/* Publishes lines (joined by '\n') as one message straight to the stack's persist queue. */
+static void publish_lines(amqp_connection_state_t c, const char *const *lines, int n)
+{
+    char body[2048] = "";
+    for (int i = 0; i < n; i++) {
+        size_t used = strlen(body);
+        int len = snprintf(body + used, sizeof(body) - used, "%s%s", i > 0 ? "\n" : "", lines[i]);
+        ck_assert(len > 0 && (size_t)len < sizeof(body) - used);
+    }
+    ck_assert_int_eq(amqp_basic_publish(c, SL_AMQP_CHANNEL, amqp_cstring_bytes(""), amqp_cstring_bytes(S.queue), 0, 0,
+                                        NULL, amqp_cstring_bytes(body)),
+                     AMQP_STATUS_OK);
+}
+
+static void message_line(char *buf, size_t size, const char *id, const char *text)
+{
+    int len = snprintf(buf, size,
+                       "{\"id\":\"%s\",\"channel\":\"general\",\"author\":\"a\",\"text\":\"%s\","
+                       "\"source\":\"api\",\"created_at\":\"2026-01-01T00:00:00.000000Z\"}",
+                       id, text);
+    ck_assert(len > 0 && (size_t)len < size);
+}
+
+/* A message whose UUIDv7 id is stored already, delivered again without the redelivered flag (so
+ * the persister inserts without looking ids up first): the primary key refuses the batch, which is
+ * stored again with the lookups; the repeat is skipped and the others are numbered without a gap. */
+START_TEST(test_unflagged_repeat_of_stored_id_is_skipped)
+{
+    char err[256], id1[SL_UUID_STRLEN], id2[SL_UUID_STRLEN], id3[SL_UUID_STRLEN], l1[512], l2[512], l2b[512], l3[512];
+    tu_stack_init(&S, "repeat", 100000);
+    tu_start(&S, "api", NULL); /* declares the topology */
+    tu_start(&S, "persister", NULL);
+    amqp_connection_state_t c = sl_amqp_open(getenv("SLUICE_AMQP_URL"), "test", 0, 5000, err, sizeof(err));
+    ck_assert_msg(c != NULL, "%s", err);
+    ck_assert_int_eq(sl_uuid_v7(id1), 0);
+    ck_assert_int_eq(sl_uuid_v7(id2), 0);
+    ck_assert_int_eq(sl_uuid_v7(id3), 0);
+    message_line(l1, sizeof(l1), id1, "first");
+    message_line(l2, sizeof(l2), id2, "second");
+    message_line(l2b, sizeof(l2b), id2, "second, sent again with another text");
+    message_line(l3, sizeof(l3), id3, "third");
+    publish_lines(c, (const char *const[]){l1, l2}, 2);
+    PGconn *db = tu_db(&S);
+    ck_assert_int_eq(tu_wait_rows(db, 2, 20000), 2);
+    publish_lines(c, (const char *const[]){l2b, l3}, 2);
+    ck_assert_int_eq(tu_wait_rows(db, 3, 20000), 3);
+    tu_sleep_ms(300); /* nothing more comes */
+    ck_assert_int_eq(tu_scalar(db, "SELECT count(*) FROM messages"), 3);
+    ck_assert_int_eq(tu_scalar(db, "SELECT max(seq) FROM messages"), 3);
+    ck_assert_int_eq(tu_scalar(db, "SELECT last_seq FROM sluice_feed WHERE id = 1"), 3);
+    const char *p3[] = {id3}, *p2[] = {id2};
+    PGresult *res = PQexecParams(db, "SELECT seq FROM messages WHERE id = $1", 1, NULL, p3, NULL, NULL, 0);
+    ck_assert_int_eq(PQntuples(res), 1);
+    ck_assert_str_eq(PQgetvalue(res, 0, 0), "3");
+    PQclear(res);
+    res = PQexecParams(db, "SELECT body FROM messages WHERE id = $1", 1, NULL, p2, NULL, NULL, 0);
+    ck_assert_int_eq(PQntuples(res), 1);
+    ck_assert_str_eq(PQgetvalue(res, 0, 0), "second"); /* the first copy stays */
+    PQclear(res);
+    /* and it went through the refused fast insert, not around it */
+    ck_assert_msg(tu_log_contains(&S, "persister", "event=db_batch_repeats_stored_ids"),
+                  "the persister did not log the refused fast insert");
+    sl_amqp_close(c);
+    PQfinish(db);
+    tu_stack_cleanup(&S);
+}
+END_TEST
+
 START_TEST(test_database_restart_loses_nothing)
 {
     enum { N = 300 };
@@ -553,6 +621,7 @@ int main(void)
     tcase_add_test(tc, test_idempotent_retry_of_confirmed_post_needs_no_room);
     tcase_add_test(tc, test_full_queue_answers_429_and_keeps_accepted);
     tcase_add_test(tc, test_undecodable_message_is_dead_lettered);
+    tcase_add_test(tc, test_unflagged_repeat_of_stored_id_is_skipped);
     tcase_add_test(tc, test_persister_sigkill_loses_nothing);
     tcase_add_test(tc, test_sigterm_finishes_in_flight);
     tcase_add_test(tc, test_broker_down_answers_503_and_recovers);

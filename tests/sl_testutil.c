@@ -161,6 +161,19 @@ static pid_t spawn(const tu_stack_t *s, const char *bin, const char *logpath, co
     return pid;
 }
 
+int tu_log_contains(const tu_stack_t *s, const char *service, const char *text)
+{
+    char path[700], line[4096];
+    int found = 0;
+    snprintf(path, sizeof(path), "%s/%s-%s.log", SLUICE_TEST_LOG_DIR, s->name, service);
+    FILE *f = fopen(path, "r");
+    while (f != NULL && !found && fgets(line, sizeof(line), f) != NULL)
+        found = strstr(line, text) != NULL;
+    if (f != NULL)
+        fclose(f);
+    return found;
+}
+
 pid_t tu_start_at(tu_stack_t *s, const char *service, int *port, const char *const *extra_env)
 {
     char bin[512], logdir[512], logpath[700], url[128], port_var[64];

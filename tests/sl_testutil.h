@@ -39,6 +39,8 @@ pid_t tu_start(tu_stack_t *s, const char *service, const char *const *extra_env)
  * started again on another port, up to 3 times: *port says where it listens. The caller owns the
  * pid (stop it with tu_stop); tu_start is this on the stack's port, and remembers the pid. */
 pid_t tu_start_at(tu_stack_t *s, const char *service, int *port, const char *const *extra_env);
+/* 1 when the log of the stack's service (started by tu_start) holds text, else 0. */
+int tu_log_contains(const tu_stack_t *s, const char *service, const char *text);
 /* A port nobody listens on now. */
 int tu_free_port(void);
 /* Sends sig, waits up to timeout_ms (then SIGKILL); returns the exit status (or 128+signal). */
