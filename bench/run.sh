@@ -8,6 +8,8 @@
 # /tmp/sl-bench; ports SLUICE_AMQP_PORT 5702 and SLUICE_PG_PORT 5463) unless they already run
 # there, builds sluice-api, sluice-persister and sl_bench, recreates the database sluice_bench and
 # the bench queue, then runs in this order, on 127.0.0.1 only:
+#   0. disk           the disk's flush latency (8 KiB write + fdatasync) on the quiet machine; it is
+#                     probed again during steps 5 and 8, whose tails it bounds from below
 #   1. raw-publish    rabbitmq-c publish with confirms into the persist queue, no consumer
 #   2. raw-insert     libpq prepared multi-row INSERT, 1 000 rows per transaction
 #   3. persister      a sluice-persister draining a pre-filled queue, one post per AMQP message
@@ -15,6 +17,7 @@
 #                     the posts of one loop turn together under load
 #   4. post (full)    sluice-api + sluice-persister, closed-loop POSTs as fast as answered
 #   5. post (half)    open-loop POSTs at half the raw publish rate of step 1: POST -> committed latency
+#                     (and a CSV of it per 100 ms, timeline-post-half.csv)
 # then, to tell where the gap between 1 and 4 comes from (for information, not targets):
 #   6. raw-publish    as step 1, but while the service persister consumes the queue
 #   7. post (alone)   as step 4, with the persister stopped (the api alone against the broker)
@@ -23,8 +26,8 @@
 # Logs, metrics and each step's output: $BENCH_OUT (default $SLUICE_STATE_DIR/bench-out).
 #
 # Sizes (environment): BENCH_RAW_COUNT (200000), BENCH_INSERT_ROWS (200000), BENCH_DRAIN_COUNT
-# (200000), BENCH_DRAIN_LINES (32), BENCH_POST_COUNT (200000), BENCH_POST_CONNECTIONS (256), BENCH_LATENCY_SECONDS (10),
-# BENCH_RATE_CONNECTIONS (2048), BENCH_API_PORT (18480), BENCH_PERSISTER_PORT (18483),
+# (200000), BENCH_DRAIN_LINES (32), BENCH_POST_COUNT (200000), BENCH_POST_CONNECTIONS (256), BENCH_LATENCY_SECONDS (30),
+# BENCH_RATE_CONNECTIONS (4096), BENCH_API_PORT (18480), BENCH_PERSISTER_PORT (18483),
 # BENCH_BUILD_DIR (build).
 set -euo pipefail
 
@@ -49,10 +52,11 @@ DRAIN_COUNT=${BENCH_DRAIN_COUNT:-200000}
 DRAIN_LINES=${BENCH_DRAIN_LINES:-32}
 POST_COUNT=${BENCH_POST_COUNT:-200000}
 POST_CONNS=${BENCH_POST_CONNECTIONS:-256}
-LAT_SECONDS=${BENCH_LATENCY_SECONDS:-10}
-# Open-loop steps: enough connections that the tool never queues a due POST behind its own pool
-# (at 23 000/s, 512 connections leave each request 22 ms before the tool itself is late).
-RATE_CONNS=${BENCH_RATE_CONNECTIONS:-2048}
+LAT_SECONDS=${BENCH_LATENCY_SECONDS:-30}
+# Open-loop steps: enough connections that the tool never queues a due POST behind its own pool,
+# even through a stall of the broker or the disk (at 23 000/s, 4096 connections hold 178 ms of
+# POSTs; 2048 ran out in 200 ms stalls and added the tool's own queueing to the figure).
+RATE_CONNS=${BENCH_RATE_CONNECTIONS:-4096}
 PERF=${BENCH_PERF:-0}
 BENCH_DB=sluice_bench
 
@@ -63,7 +67,7 @@ export SLUICE_QUEUE=$SLUICE_BENCH_QUEUE
 export SLUICE_LIVE_EXCHANGE=$SLUICE_BENCH_LIVE_EXCHANGE
 # Room for every phase's messages: no 429 from a full queue while the persister catches up.
 export SLUICE_QUEUE_MAX_LENGTH=1000000
-# Every load connection comes from 127.0.0.1 (BENCH_RATE_CONNECTIONS: 2048).
+# Every load connection comes from 127.0.0.1 (BENCH_RATE_CONNECTIONS: 4096).
 export SLUICE_MAX_CONNS_PER_CLIENT=0
 export SLUICE_LOG_LEVEL=${SLUICE_LOG_LEVEL:-info}
 
@@ -74,11 +78,13 @@ T_START=$SECONDS
 servers_started=0
 svc_pids=()
 perf_pid=
+disk_pid=
 
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
   if [[ -n $perf_pid ]] && pid_alive "$perf_pid"; then kill -INT "$perf_pid" 2>/dev/null || true; fi
+  if [[ -n $disk_pid ]] && pid_alive "$disk_pid"; then kill "$disk_pid" 2>/dev/null || true; fi
   if ((${#svc_pids[@]})); then kill_pids services "${svc_pids[@]}" || true; fi
   if ((servers_started)); then "$SERVERS" stop >>"$OUT/servers.log" 2>&1 || log "stopping the servers failed (see $OUT/servers.log)"; fi
   log "bench/run.sh: done in $((SECONDS - T_START)) s (output in $OUT)"
@@ -204,6 +210,26 @@ perf_stop() { # perf_stop NAME
   log "  profile: $OUT/perf-$1.top.txt"
 }
 
+# The disk's flush latency (8 KiB write + fdatasync every 10 ms on the servers' filesystem): every
+# commit and every quorum-queue confirm waits for one, so a stall of the disk is a stall of every
+# POST in flight, whatever sluice does. Probed once on the quiet machine, and during steps 5 and 8.
+DISK_PROBE=$SLUICE_STATE_DIR/bench-disk.probe
+disk_start() { # disk_start NAME SECONDS: probe in the background until disk_end
+  "$BIN/sl_bench" disk --path "$DISK_PROBE" --seconds "$2" >"$OUT/disk-$1.txt" 2>"$OUT/disk-$1.log" &
+  disk_pid=$!
+}
+disk_end() { # disk_end NAME: waits for the probe, prints its line, keeps its RESULT keys in R
+  local kv
+  wait "$disk_pid" || log "  (the disk probe failed: $OUT/disk-$1.log)"
+  disk_pid=
+  grep -v '^RESULT' "$OUT/disk-$1.txt" | sed 's/^/  /'
+  for kv in $(sed -n 's/^RESULT //p' "$OUT/disk-$1.txt"); do R[disk-$1.${kv%%=*}]=${kv#*=}; done
+}
+
+log "== 0. the disk's flush latency on the quiet machine (5 s)"
+disk_start quiet 5
+disk_end quiet
+
 log "== 1. raw publish with confirms ($RAW_COUNT messages, window 1000, 200 B)"
 step raw-publish raw-publish --count "$RAW_COUNT" --window 1000 --size 200
 
@@ -272,8 +298,10 @@ wait_drained 4
 
 half=$((${R[raw-publish.raw_publish_per_s]} / 2))
 log "== 5. POST at half the raw publish rate: $half/s for ${LAT_SECONDS} s, open loop"
+disk_start post-half "$LAT_SECONDS"
 step post-half post --url "http://127.0.0.1:$API_PORT" --count $((half * LAT_SECONDS)) --rate "$half" \
-  --connections "$RATE_CONNS" --timeout $((LAT_SECONDS * 3))
+  --connections "$RATE_CONNS" --timeout $((LAT_SECONDS * 3)) --timeline "$OUT/timeline-post-half.csv"
+disk_end post-half
 scrape post-half
 
 log "== 6. raw publish with confirms while the persister consumes ($RAW_COUNT messages; for information)"
@@ -288,16 +316,31 @@ start_persister
 wait_ready "http://127.0.0.1:$PERSISTER_PORT"
 # Step 7 left its POSTs in the queue: let the persister store them before measuring latency again.
 wait_drained 7
+scrape before-apihalf
 
 api_half=$((${R[post-full.post_accepted_per_s]} / 2))
 log "== 8. POST at half the api's own rate: $api_half/s for ${LAT_SECONDS} s, open loop (for information)"
+disk_start post-apihalf "$LAT_SECONDS"
 step post-apihalf post --url "http://127.0.0.1:$API_PORT" --count $((api_half * LAT_SECONDS)) --rate "$api_half" \
-  --connections "$RATE_CONNS" --timeout $((LAT_SECONDS * 3))
+  --connections "$RATE_CONNS" --timeout $((LAT_SECONDS * 3)) --timeline "$OUT/timeline-post-apihalf.csv"
+disk_end post-apihalf
 scrape post-apihalf
 
 # ---- summary ----
 
 pct() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.0f", (b > 0 ? 100 * a / b : 0) }'; }
+# slow SERVICE HISTOGRAM BEFORE AFTER: observations over 50 ms between two scrapes of a service's
+# metrics (a histogram of seconds with a 0.05 bucket), e.g. confirms or commits that waited on the
+# disk during one step. "?" when a scrape is missing.
+slow() {
+  local a=$OUT/metrics-$1-after-$3.prom b=$OUT/metrics-$1-after-$4.prom
+  [[ -s $b ]] || { echo "?"; return; }
+  [[ -s $a ]] || a=/dev/null
+  awk -v h="$2" -v b="$b" '
+    $1 == h "_bucket{le=\"0.05\"}" { le[FILENAME == b] = $2 }
+    $1 == h "_count" { n[FILENAME == b] = $2 }
+    END { printf "%d", (n[1] - le[1]) - (n[0] - le[0]) }' "$a" "$b"
+}
 verdict() { if awk -v a="$1" -v op="$2" -v b="$3" 'BEGIN { exit !(op == ">=" ? a >= b : a <= b) }'; then echo met; else echo "NOT met"; fi; }
 
 raw=${R[raw-publish.raw_publish_per_s]}
@@ -328,6 +371,11 @@ r_perb=$(pct "$perb" "$ins")
   printf '%-46s %12s   %s\n' "POST -> committed at $half/s (half raw): p50 ms" "${R[post-half.commit_p50_ms]}" ""
   printf '%-46s %12s   %s\n' "                                     p99 ms" "$p99" "<= 50 ms: $(verdict "$p99" '<=' 50)"
   printf '%-46s %12s   %s\n' "  accepted/s actually achieved at that rate" "${R[post-half.post_accepted_per_s]}" "(offered $half/s; never sent: ${R[post-half.post_unsent]})"
+  printf '%-46s %12s   %s\n' "  disk flush during that step: p99 / max ms" "${R[disk-post-half.disk_p99_ms]} / ${R[disk-post-half.disk_max_ms]}" \
+    "(quiet machine: ${R[disk-quiet.disk_p99_ms]} / ${R[disk-quiet.disk_max_ms]}; flushes over 20 ms: ${R[disk-post-half.disk_slow]})"
+  printf '%-46s %12s   %s\n' "  broker confirms / commits over 50 ms" \
+    "$(slow api sluice_api_publish_confirm_seconds post-full post-half) / $(slow persister sluice_persister_commit_seconds post-full post-half)" \
+    "(both wait for a disk flush)"
   printf '%-46s %12s\n' "POST -> committed, full speed: p50 / p99 ms" "${R[post-full.commit_p50_ms]} / ${R[post-full.commit_p99_ms]}"
   echo "for information (where the gap comes from):"
   printf '%-46s %12s   %s\n' "raw publish while the persister consumes" "${R[raw-publish-busy.raw_publish_per_s]}" \
@@ -337,10 +385,15 @@ r_perb=$(pct "$perb" "$ins")
   printf '%-46s %12s   %s\n' "POST -> committed at $api_half/s (half api): p50 ms" "${R[post-apihalf.commit_p50_ms]}" ""
   printf '%-46s %12s   %s\n' "                                     p99 ms" "${R[post-apihalf.commit_p99_ms]}" "(<= 50 ms: $(verdict "${R[post-apihalf.commit_p99_ms]}" '<=' 50))"
   printf '%-46s %12s   %s\n' "  sends behind schedule (tool), p99 ms" "${R[post-apihalf.send_lag_p99_ms]}" ""
+  printf '%-46s %12s   %s\n' "  disk flush during that step: p99 / max ms" "${R[disk-post-apihalf.disk_p99_ms]} / ${R[disk-post-apihalf.disk_max_ms]}" \
+    "(flushes over 20 ms: ${R[disk-post-apihalf.disk_slow]})"
+  printf '%-46s %12s\n' "  broker confirms / commits over 50 ms" \
+    "$(slow api sluice_api_publish_confirm_seconds before-apihalf post-apihalf) / $(slow persister sluice_persister_commit_seconds before-apihalf post-apihalf)"
   local_missing=$((${R[post-full.commit_missing]} + ${R[post-half.commit_missing]} + ${R[post-apihalf.commit_missing]}))
   refused=0
   for s in post-full post-half post-alone post-apihalf; do
     refused=$((refused + ${R[$s.post_429]} + ${R[$s.post_503]} + ${R[$s.post_other]} + ${R[$s.post_errors]}))
   done
   echo "accepted but never seen committed: $local_missing; POSTs not accepted (429, 503, other, errors): $refused"
+  echo "per 100 ms of steps 5 and 8 (to match a tail with the disk's slow flushes in disk-*.log): $OUT/timeline-*.csv"
 } | tee "$OUT/summary.txt"

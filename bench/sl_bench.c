@@ -10,6 +10,8 @@
  *   persister    pre-fills the persist queue, starts a sluice-persister on it and times the drain;
  *   post         an HTTP/1.1 keep-alive load generator (epoll) against sluice-api, closed loop or at
  *                a fixed open-loop rate, with POST -> committed latency taken from the live exchange;
+ *   disk         times 8 KiB write + fdatasync on a file, as a commit or a quorum-queue write does:
+ *                every durable step above waits for one, so this is the floor under their tails;
  *   reset        deletes the bench queues and live exchange (a changed x-max-length then declares).
  *
  * Every subcommand ends with one "RESULT key=value ..." line that bench/run.sh reads. Queue and
@@ -18,6 +20,7 @@
  */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -1354,8 +1357,15 @@ static int cmd_post(int argc, char **argv)
         if (live_start(&live, &c) != 0)
             goto Exit;
         live_up = 1;
-        /* What the persister still held unacked gets committed and announced: forget it. */
-        sleep_ms(300);
+        /* What the persister still held unacked gets committed and announced: wait until the live
+         * exchange has been quiet for 500 ms (at most 60 s), then forget it. */
+        size_t seen = 0;
+        for (int quiet_ms = 0, waited = 0; quiet_ms < 500 && waited < 60000; waited += 100) {
+            sleep_ms(100);
+            size_t now_seen = atomic_load(&live.n);
+            quiet_ms = now_seen == seen ? quiet_ms + 100 : 0;
+            seen = now_seen;
+        }
         pthread_mutex_lock(&live.lock);
         atomic_store(&live.n, 0);
         pthread_mutex_unlock(&live.lock);
@@ -1542,6 +1552,70 @@ Exit:
     return ret;
 }
 
+/* ---- disk ------------------------------------------------------------------------------------- */
+
+static int cmd_disk(int argc, char **argv)
+{
+    const char *path;
+    long long seconds, every_ms, slow_ms;
+    sl_opt_t opts[] = {
+        {"path", NULL, SL_OPT_STR, &path, "/tmp/sl-bench-disk.probe", 0, 0,
+         "file to write (put it on the servers' filesystem; it is removed at the end)"},
+        {"seconds", NULL, SL_OPT_INT, &seconds, "10", 1, 3600, "how long to probe"},
+        {"every-ms", NULL, SL_OPT_INT, &every_ms, "10", 0, 1000, "pause between two probes"},
+        {"slow-ms", NULL, SL_OPT_INT, &slow_ms, "20", 1, 10000,
+         "a probe over this is slow: printed on stderr with its wall-clock time"},
+    };
+    int r = parse_opts(opts, sizeof(opts) / sizeof(opts[0]), argc, argv, "disk",
+                       "8 KiB pwrite + fdatasync in a loop: the disk's flush latency, which every durable "
+                       "commit and publish confirm waits for.");
+    if (r != 0)
+        return r > 0 ? 0 : 2;
+    static char block[8192];
+    memset(block, 'x', sizeof(block));
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        fprintf(stderr, "sl_bench: open %s: %s\n", path, strerror(errno));
+        return 1;
+    }
+    size_t cap = (size_t)(seconds * 1000 / (every_ms > 0 ? every_ms : 1)) + 1024, n = 0, slow = 0;
+    int64_t *lat = calloc(cap, sizeof(*lat)), slow_total = 0;
+    int64_t end = sl_time_mono_us() + seconds * 1000000;
+    while (lat != NULL && n < cap && sl_time_mono_us() < end) {
+        int64_t t = sl_time_mono_us();
+        if (pwrite(fd, block, sizeof(block), (off_t)(n % 128) * (off_t)sizeof(block)) != (ssize_t)sizeof(block) ||
+            fdatasync(fd) != 0) {
+            fprintf(stderr, "sl_bench: write %s: %s\n", path, strerror(errno));
+            break;
+        }
+        lat[n] = sl_time_mono_us() - t;
+        if (lat[n] > slow_ms * 1000) {
+            slow++;
+            slow_total += lat[n];
+            fprintf(stderr, "disk: slow flush at %.3f: %.1f ms\n", (double)sl_time_now_us() / 1e6, lat[n] / 1e3);
+        }
+        n++;
+        if (every_ms > 0)
+            sleep_ms((long)every_ms);
+    }
+    close(fd);
+    unlink(path);
+    if (lat == NULL || n == 0) {
+        free(lat);
+        return 1;
+    }
+    qsort(lat, n, sizeof(*lat), cmp_i64);
+    printf("disk: %zu flushes of 8 KiB in %lld s (one every %lld ms): p50 %.1f ms, p99 %.1f ms, max %.1f ms; "
+           "%zu over %lld ms (%.0f ms in all)\n",
+           n, seconds, every_ms, pct_ms(lat, n, 0.5), pct_ms(lat, n, 0.99), pct_ms(lat, n, 1.0), slow, slow_ms,
+           slow_total / 1e3);
+    printf("RESULT disk_flushes=%zu disk_p50_ms=%.1f disk_p99_ms=%.1f disk_max_ms=%.1f disk_slow=%zu "
+           "disk_slow_total_ms=%.0f\n",
+           n, pct_ms(lat, n, 0.5), pct_ms(lat, n, 0.99), pct_ms(lat, n, 1.0), slow, slow_total / 1e3);
+    free(lat);
+    return 0;
+}
+
 /* ---- reset ------------------------------------------------------------------------------------ */
 
 static int cmd_reset(int argc, char **argv)
@@ -1583,6 +1657,7 @@ static void usage(FILE *f)
                "  raw-insert   --rows N\n"
                "  persister    --count N [--persister-bin build/bin/sluice-persister]\n"
                "  post         --url http://127.0.0.1:PORT --count N --connections C [--rate R]\n"
+               "  disk         --path FILE --seconds 10\n"
                "  reset\n"
                "Connection settings come from SLUICE_AMQP_URL, SLUICE_DB_URL, SLUICE_BENCH_QUEUE,\n"
                "SLUICE_BENCH_LIVE_EXCHANGE and SLUICE_QUEUE_MAX_LENGTH, or the flags of the same names.\n");
@@ -1606,6 +1681,8 @@ int main(int argc, char **argv)
         return cmd_persister(argc - 1, argv + 1);
     if (strcmp(cmd, "post") == 0)
         return cmd_post(argc - 1, argv + 1);
+    if (strcmp(cmd, "disk") == 0)
+        return cmd_disk(argc - 1, argv + 1);
     if (strcmp(cmd, "reset") == 0)
         return cmd_reset(argc - 1, argv + 1);
     if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0) {
