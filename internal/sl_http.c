@@ -150,6 +150,7 @@ struct tracked_conn {
     sl_http_server_t *server;
     h2o_socket_t *sock;
     struct sl_http_peer *peer; /* counted against its client's limit, or NULL */
+    int ends_itself;           /* sl_http_drain leaves it to its owner (sl_http_ends_itself) */
 };
 
 static void on_conn_close(void *data)
@@ -188,6 +189,7 @@ static void on_accept(h2o_socket_t *listener, const char *err)
         t->server = s;
         t->sock = sock;
         t->peer = peer;
+        t->ends_itself = 0;
         h2o_linklist_insert(&s->conns, &t->link);
         s->nconns++;
         sock->on_close.cb = on_conn_close;
@@ -221,8 +223,15 @@ void sl_http_close_connections(sl_http_server_t *s)
     h2o_context_request_shutdown(&s->ctx); /* no keep-alive for requests from now on */
     for (h2o_linklist_t *n = s->conns.next; n != &s->conns; n = n->next) {
         struct tracked_conn *t = H2O_STRUCT_FROM_MEMBER(struct tracked_conn, link, n);
-        shutdown(h2o_socket_get_fd(t->sock), SHUT_RD);
+        if (!t->ends_itself)
+            shutdown(h2o_socket_get_fd(t->sock), SHUT_RD);
     }
+}
+
+void sl_http_ends_itself(h2o_socket_t *sock)
+{
+    if (sock != NULL && sock->on_close.cb == on_conn_close)
+        ((struct tracked_conn *)sock->on_close.data)->ends_itself = 1;
 }
 
 size_t sl_http_connections(const sl_http_server_t *s)

@@ -86,6 +86,10 @@ void sl_http_stop_listening(sl_http_server_t *s);
  * their answer (h2o sees end-of-input once it reads again). Call after sl_http_stop_listening. */
 void sl_http_close_connections(sl_http_server_t *s);
 
+/* An upgraded connection that ends itself (a WebSocket in its close handshake): from now on
+ * sl_http_close_connections leaves it open; it still counts in sl_http_drain's wait. */
+void sl_http_ends_itself(h2o_socket_t *sock);
+
 /* Open client connections (HTTP and upgraded ones alike). */
 size_t sl_http_connections(const sl_http_server_t *s);
 

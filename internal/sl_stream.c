@@ -1080,6 +1080,15 @@ void sl_streams_close_all(sl_streams_t *s)
 {
     for (h2o_linklist_t *n = s->conns.next; n != &s->conns; n = n->next) {
         struct conn *c = H2O_STRUCT_FROM_MEMBER(struct conn, link, n);
+        struct wsconn *w = c->tp->kind == T_WS ? (struct wsconn *)c : NULL;
+        if (w != NULL && w->ws != NULL && w->ws->sock != NULL && !c->aborting) {
+            /* A WebSocket is told why (1001 going away) and ends when its client answers (or
+             * when the service's drain time is up): the drain must not cut its reading. */
+            if (!w->closing)
+                ws_refuse(w, 1001, "server shutting down");
+            sl_http_ends_itself(w->ws->sock);
+            continue;
+        }
         c->aborting = 1;
         mark_dirty(c);
     }

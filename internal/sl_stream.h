@@ -87,7 +87,8 @@ typedef struct sl_ws_command {
 int sl_stream_ws_parse(const char *text, size_t len, long long history_default, long long history_max,
                        sl_ws_command_t *cmd, sl_error_t *err);
 
-/* Ends every stream (for shutdown); their sockets close as the loop runs. */
+/* Ends every stream (for shutdown); their sockets close as the loop runs: SSE and NDJSON at once,
+ * a WebSocket after a close frame (1001 going away) when its client answers it. */
 void sl_streams_close_all(sl_streams_t *s);
 void sl_streams_destroy(sl_streams_t *s);
 

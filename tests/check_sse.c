@@ -1001,8 +1001,8 @@ END_TEST
 
 /* ---- more: SIGTERM, long channel lists ------------------------------------------------------------ */
 
-/* SIGTERM ends every stream at once (clients resume elsewhere) and the process exits 0 without
- * waiting out its drain timeout. */
+/* SIGTERM ends every stream at once (clients resume elsewhere; a WebSocket is told 1001 going
+ * away) and the process exits 0 without waiting out its drain timeout. */
 START_TEST(test_sigterm_ends_streams_promptly)
 {
     const char *env[] = {"SLUICE_SSE_CHECK_MS=200", "SLUICE_DRAIN_TIMEOUT=10", NULL};
@@ -1025,9 +1025,14 @@ START_TEST(test_sigterm_ends_streams_promptly)
     ck_assert_msg(reader_for(&a, 3000) == -1, "the SSE stream is still open 3 s after SIGTERM");
     ck_assert_msg(reader_for(&b, 1000) == -1, "the NDJSON stream is still open after SIGTERM");
     int rc;
+    while ((rc = tu_ws_recv_data(&w, &m, 3000)) == 1 && m.opcode != TU_WS_CLOSE)
+        ;
+    ck_assert_msg(rc == 1, "no close frame on the WebSocket after SIGTERM (%d)", rc);
+    ck_assert_int_eq(m.close_code, 1001);
+    ck_assert_int_eq(tu_ws_send_close(&w, 1001, NULL), 0); /* the client's half of the handshake */
     while ((rc = tu_ws_recv(&w, &m, 3000)) == 1)
         ;
-    ck_assert_msg(rc == -1, "the WebSocket is still open after SIGTERM");
+    ck_assert_msg(rc == -1, "the WebSocket is still open after its close handshake");
     int status = tu_stop(&S.sse, SIGTERM, 15000);
     long long took = tu_now_ms() - t0;
     fprintf(stderr, "sigterm: sse exited %d after %lld ms\n", status, took);
