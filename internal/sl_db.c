@@ -790,6 +790,15 @@ void sl_db_batch_free(sl_db_batch_t *b)
         sl_buf_free(&b->cols[c]);
 }
 
+/* BEGIN, and on CockroachDB the savepoint its retry protocol restarts from. */
+static int begin(sl_db_t *db, int crdb, char *err, size_t errlen)
+{
+    int ret = exec(db, "BEGIN", 0, NULL, NULL, err, errlen);
+    if (ret == SL_DB_OK && crdb)
+        ret = exec(db, "SAVEPOINT cockroach_restart", 0, NULL, NULL, err, errlen);
+    return ret;
+}
+
 int sl_db_store_batch(sl_db_t *db, sl_message_t *msgs, size_t n, const sl_db_batch_t *prepared, size_t *stored,
                       char *err, size_t errlen)
 {
@@ -811,9 +820,7 @@ int sl_db_store_batch(sl_db_t *db, sl_message_t *msgs, size_t n, const sl_db_bat
         prepared = &own;
     }
 
-    if ((ret = exec(db, "BEGIN", 0, NULL, NULL, err, errlen)) != SL_DB_OK)
-        goto Exit;
-    if (crdb && (ret = exec(db, "SAVEPOINT cockroach_restart", 0, NULL, NULL, err, errlen)) != SL_DB_OK)
+    if ((ret = begin(db, crdb, err, errlen)) != SL_DB_OK)
         goto Rollback;
     for (int attempt = 0, careful = 0;; attempt++) {
         PGresult *failed = NULL;
@@ -835,8 +842,7 @@ int sl_db_store_batch(sl_db_t *db, sl_message_t *msgs, size_t n, const sl_db_bat
             careful = 1;
             attempt--;
             if ((ret = exec(db, "ROLLBACK", 0, NULL, NULL, err, errlen)) != SL_DB_OK ||
-                (ret = exec(db, "BEGIN", 0, NULL, NULL, err, errlen)) != SL_DB_OK ||
-                (crdb && (ret = exec(db, "SAVEPOINT cockroach_restart", 0, NULL, NULL, err, errlen)) != SL_DB_OK))
+                (ret = begin(db, crdb, err, errlen)) != SL_DB_OK)
                 goto Rollback;
             continue;
         }
@@ -849,7 +855,7 @@ int sl_db_store_batch(sl_db_t *db, sl_message_t *msgs, size_t n, const sl_db_bat
                 goto Rollback;
         } else {
             if ((ret = exec(db, "ROLLBACK", 0, NULL, NULL, err, errlen)) != SL_DB_OK ||
-                (ret = exec(db, "BEGIN", 0, NULL, NULL, err, errlen)) != SL_DB_OK)
+                (ret = begin(db, 0, err, errlen)) != SL_DB_OK)
                 goto Rollback;
         }
     }

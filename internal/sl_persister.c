@@ -92,6 +92,14 @@ static void backoff(int attempt, volatile sig_atomic_t *stop)
         sleep_ms(100);
 }
 
+/* Empties b for the next deliveries (its buffers stay). */
+static void batch_clear(struct batch *b)
+{
+    b->n = 0;
+    b->prepared = 0;
+    b->redelivered = 0;
+}
+
 /* The writer gives up retrying a batch (it will be redelivered) when the consumer abandoned it. */
 static int given_up(sl_persister_t *p)
 {
@@ -311,9 +319,7 @@ static void drop_amqp(sl_persister_t *p, const char *why)
     /* Unacked deliveries return to the queue with the connection: the filling batch is dropped,
      * and the writer stops retrying the one it has (if it commits anyway, the redelivered copies
      * are found stored). */
-    p->fill->n = 0;
-    p->fill->prepared = 0;
-    p->fill->redelivered = 0;
+    batch_clear(p->fill);
     atomic_store(&p->abandon, 1);
     STAT(p, p->stats.amqp_up = 0);
 }
@@ -569,9 +575,7 @@ static void queue_job(sl_persister_t *p, const struct batch *busy)
         if (&p->batches[i] != b && &p->batches[i] != busy)
             p->fill = &p->batches[i];
     }
-    p->fill->n = 0;
-    p->fill->prepared = 0;
-    p->fill->redelivered = 0;
+    batch_clear(p->fill);
     atomic_store(&p->abandon, 0);
     pthread_mutex_lock(&p->mu);
     p->job = b;
@@ -602,7 +606,7 @@ static int take_finished(sl_persister_t *p, struct batch **done)
     if (result == 0 && p->amqp != NULL && b->gen == p->gen)
         *done = b;
     else
-        b->n = b->prepared = 0;
+        batch_clear(b);
     return 0;
 }
 
@@ -613,9 +617,7 @@ static void announce(sl_persister_t *p, struct batch *b)
         publish_live(p, b);
         ack_batch(p, b);
     }
-    b->n = 0;
-    b->prepared = 0;
-    b->redelivered = 0;
+    batch_clear(b);
 }
 
 /* take_finished and announce at once. Returns 1 while a job is still in the writer's hands. */
