@@ -3,6 +3,8 @@
  */
 #include "sl_db.h"
 
+#include <errno.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -68,6 +70,16 @@ static const struct migration migrations[] = {
      {"ALTER TABLE idempotency_keys ADD COLUMN IF NOT EXISTS accepted_at TIMESTAMPTZ", NULL},
      {NULL},
      {NULL}},
+    /* CockroachDB before PR #171179 does not use a non-covering hash-sharded index for an ORDER BY
+     * seq scan: the history of all channels read the whole table. seq needs no sharding (every
+     * write already waits on the sluice_feed row), so a plain index replaces it, made before the old
+     * one goes so that no moment is without one. */
+    {4,
+     "seq-index-plain",
+     {NULL},
+     {NULL},
+     {"CREATE UNIQUE INDEX IF NOT EXISTS messages_seq_plain_idx ON messages (seq)",
+      "DROP INDEX IF EXISTS messages@messages_seq_idx", NULL}},
 };
 
 const char *sl_db_sqlstate(const PGresult *res)
@@ -84,7 +96,14 @@ int sl_db_is_retryable(const char *sqlstate)
 int sl_db_is_connection_error(PGconn *conn, const char *sqlstate)
 {
     return conn == NULL || PQstatus(conn) != CONNECTION_OK || strncmp(sqlstate, "08", 2) == 0 ||
-           strcmp(sqlstate, "57P01") == 0 /* admin shutdown */ || strcmp(sqlstate, "57P02") == 0;
+           strcmp(sqlstate, "57P01") == 0 /* admin shutdown */ || strcmp(sqlstate, "57P02") == 0 /* crash */ ||
+           strcmp(sqlstate, "57P03") == 0 /* cannot connect now */;
+}
+
+int sl_db_is_poison(const char *sqlstate)
+{
+    return strncmp(sqlstate, "22", 2) == 0 /* data exception */ ||
+           strncmp(sqlstate, "23", 2) == 0 /* integrity constraint violation */;
 }
 
 sl_db_kind_t sl_db_kind_of(const char *version)
@@ -97,9 +116,9 @@ const char *sl_db_kind_name(sl_db_kind_t kind)
     return kind == SL_DB_COCKROACH ? "cockroachdb" : "postgresql";
 }
 
-/* Takes the result of a statement named `what`: SL_DB_OK, or SL_DB_ERROR / SL_DB_LOST with err.
- * *out gets the result when asked (the caller clears it; on failure it reads the SQLSTATE), else
- * it is cleared here. */
+/* Takes the result of a statement named `what`: SL_DB_OK, or SL_DB_ERROR (poison) / SL_DB_RETRY
+ * with err. *out gets the result when asked (the caller clears it; on failure it reads the
+ * SQLSTATE), else it is cleared here. */
 static int take_result(sl_db_t *db, PGresult *res, const char *what, PGresult **out, char *err, size_t errlen)
 {
     ExecStatusType st = PQresultStatus(res);
@@ -108,7 +127,8 @@ static int take_result(sl_db_t *db, PGresult *res, const char *what, PGresult **
         const char *state = sl_db_sqlstate(res);
         snprintf(err, errlen, "%s [%s] in: %.80s", res != NULL ? PQresultErrorMessage(res) : PQerrorMessage(db->conn),
                  *state ? state : "none", what);
-        ret = sl_db_is_connection_error(db->conn, state) || res == NULL ? SL_DB_LOST : SL_DB_ERROR;
+        ret = res != NULL && sl_db_is_poison(state) && !sl_db_is_connection_error(db->conn, state) ? SL_DB_ERROR
+                                                                                                    : SL_DB_RETRY;
     }
     if (out != NULL)
         *out = res;
@@ -117,11 +137,83 @@ static int take_result(sl_db_t *db, PGresult *res, const char *what, PGresult **
     return ret;
 }
 
-/* Runs sql with text parameters; see take_result. */
+/* Waits until db's socket is ready for `events` or the monotonic deadline (us) passes: 1 ready,
+ * 0 timed out, -1 failed. */
+static int wait_socket(PGconn *conn, short events, int64_t deadline)
+{
+    for (;;) {
+        int64_t left = deadline - sl_time_mono_us();
+        if (left <= 0)
+            return 0;
+        struct pollfd pfd = {PQsocket(conn), events, 0};
+        int r = poll(&pfd, 1, (int)((left + 999) / 1000));
+        if (r > 0)
+            return 1;
+        if (r < 0 && errno != EINTR)
+            return -1;
+    }
+}
+
+/* Finishes a statement sent on db->conn (sent: what the PQsend* call returned): flushes it, then
+ * collects its result (the first failed one, if any) within db->timeout_ms, and takes it as
+ * take_result does. Past the deadline, or when the connection breaks, the connection is closed
+ * (its statement's outcome is unknown) and the answer is SL_DB_RETRY. */
+static int finish(sl_db_t *db, int sent, const char *what, PGresult **out, char *err, size_t errlen)
+{
+    PGconn *c = db->conn;
+    PGresult *keep = NULL;
+    int64_t deadline = sl_time_mono_us() + (int64_t)(db->timeout_ms > 0 ? db->timeout_ms : SL_DB_TIMEOUT_MS_DEFAULT) * 1000;
+    int w = 1;
+    if (out != NULL)
+        *out = NULL;
+    if (!sent)
+        goto Lost;
+    for (int f; (f = PQflush(c)) != 0;) {
+        if (f < 0 || (w = wait_socket(c, POLLOUT | POLLIN, deadline)) <= 0 || !PQconsumeInput(c))
+            goto Lost;
+    }
+    for (;;) {
+        while (PQisBusy(c)) {
+            if ((w = wait_socket(c, POLLIN, deadline)) <= 0 || !PQconsumeInput(c))
+                goto Lost;
+        }
+        PGresult *r = PQgetResult(c);
+        if (r == NULL)
+            break;
+        ExecStatusType st = PQresultStatus(keep);
+        if (keep == NULL || st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) {
+            PQclear(keep);
+            keep = r;
+        } else {
+            PQclear(r);
+        }
+    }
+    return take_result(db, keep, what, out, err, errlen);
+Lost:
+    PQclear(keep);
+    if (w == 0)
+        snprintf(err, errlen, "no answer within %d ms [timeout] in: %.80s", db->timeout_ms, what);
+    else
+        snprintf(err, errlen, "%s [lost] in: %.80s", PQerrorMessage(c), what);
+    sl_db_close(db);
+    return SL_DB_RETRY;
+}
+
+static int not_connected(const char *what, PGresult **out, char *err, size_t errlen)
+{
+    if (out != NULL)
+        *out = NULL;
+    snprintf(err, errlen, "not connected [lost] in: %.80s", what);
+    return SL_DB_RETRY;
+}
+
+/* Runs sql with text parameters; see finish. */
 static int exec(sl_db_t *db, const char *sql, int nparams, const char *const *params, PGresult **out, char *err,
                 size_t errlen)
 {
-    return take_result(db, PQexecParams(db->conn, sql, nparams, NULL, params, NULL, NULL, 0), sql, out, err, errlen);
+    if (db->conn == NULL)
+        return not_connected(sql, out, err, errlen);
+    return finish(db, PQsendQueryParams(db->conn, sql, nparams, NULL, params, NULL, NULL, 0), sql, out, err, errlen);
 }
 
 /* Statements the persister runs for every batch, prepared once per connection: their text does not
@@ -163,10 +255,12 @@ static const int prep_nparams[PREP__COUNT] = {1, 9, 9, 9};
 /* Runs prepared statement `which` (preparing it first on this connection); see take_result. */
 static int exec_prepared(sl_db_t *db, int which, const char *const *params, PGresult **out, char *err, size_t errlen)
 {
+    if (db->conn == NULL)
+        return not_connected(prep_names[which], out, err, errlen);
     if (!(db->prepared & (1u << which))) {
-        PGresult *r = PQprepare(db->conn, prep_names[which], prep_sql[which], prep_nparams[which], NULL);
         PGresult *failed = NULL;
-        int ret = take_result(db, r, prep_sql[which], &failed, err, errlen);
+        int ret = finish(db, PQsendPrepare(db->conn, prep_names[which], prep_sql[which], prep_nparams[which], NULL),
+                         prep_sql[which], &failed, err, errlen);
         if (ret != SL_DB_OK) {
             if (out != NULL)
                 *out = failed;
@@ -177,8 +271,10 @@ static int exec_prepared(sl_db_t *db, int which, const char *const *params, PGre
         PQclear(failed);
         db->prepared |= 1u << which;
     }
-    return take_result(db, PQexecPrepared(db->conn, prep_names[which], prep_nparams[which], params, NULL, NULL, 0),
-                       prep_names[which], out, err, errlen);
+    if (db->conn == NULL)
+        return not_connected(prep_names[which], out, err, errlen);
+    return finish(db, PQsendQueryPrepared(db->conn, prep_names[which], prep_nparams[which], params, NULL, NULL, 0),
+                  prep_names[which], out, err, errlen);
 }
 
 /* Appends one element to a PostgreSQL array literal being built in b: NULL, or a quoted string
@@ -218,25 +314,38 @@ int sl_db_connect(sl_db_t *db, const char *url, char *err, size_t errlen)
     PGresult *res = NULL;
     memset(db, 0, sizeof(*db));
     db->max_retries = 10;
+    db->timeout_ms = SL_DB_TIMEOUT_MS_DEFAULT;
     db->conn = PQconnectdbParams(keys, vals, 1);
-    if (db->conn == NULL || PQstatus(db->conn) != CONNECTION_OK) {
+    if (db->conn == NULL || PQstatus(db->conn) != CONNECTION_OK || PQsetnonblocking(db->conn, 1) != 0) {
         snprintf(err, errlen, "connect: %s", db->conn ? PQerrorMessage(db->conn) : "out of memory");
         sl_db_close(db);
-        return SL_DB_LOST;
+        return SL_DB_RETRY;
     }
     if (exec(db, "SELECT version()", 0, NULL, &res, err, errlen) != SL_DB_OK) {
         PQclear(res);
         sl_db_close(db);
-        return SL_DB_LOST;
+        return SL_DB_RETRY;
     }
     db->kind = sl_db_kind_of(PQgetvalue(res, 0, 0));
     PQsetNoticeProcessor(db->conn, on_notice, NULL);
     PQclear(res);
     if (exec(db, "SET TIME ZONE 'UTC'", 0, NULL, NULL, err, errlen) != SL_DB_OK) {
         sl_db_close(db);
-        return SL_DB_LOST;
+        return SL_DB_RETRY;
     }
     return SL_DB_OK;
+}
+
+int sl_db_set_timeout(sl_db_t *db, int timeout_ms, char *err, size_t errlen)
+{
+    char sql[64];
+    /* the server cancels first (57014, a clean answer); the client's deadline is the backstop for
+     * a server that does not answer at all */
+    snprintf(sql, sizeof(sql), "SET statement_timeout = '%dms'", timeout_ms);
+    db->statement_timeout_ms = timeout_ms;
+    db->timeout_ms = timeout_ms > 0 ? timeout_ms + 1000 : SL_DB_TIMEOUT_MS_DEFAULT;
+    int r = exec(db, sql, 0, NULL, NULL, err, errlen);
+    return r == SL_DB_OK ? r : SL_DB_RETRY;
 }
 
 void sl_db_close(sl_db_t *db)
@@ -244,25 +353,32 @@ void sl_db_close(sl_db_t *db)
     if (db->conn != NULL)
         PQfinish(db->conn);
     db->conn = NULL;
+    db->prepared = 0;
 }
 
 int sl_db_schema_version(sl_db_t *db)
 {
-    PGresult *res = PQexec(db->conn, "SELECT coalesce(max(version), 0) FROM sluice_schema_migrations");
-    int v = PQresultStatus(res) == PGRES_TUPLES_OK ? atoi(PQgetvalue(res, 0, 0)) : -1;
+    char err[256];
+    PGresult *res = NULL;
+    int v = -1;
+    if (exec(db, "SELECT coalesce(max(version), 0) FROM sluice_schema_migrations", 0, NULL, &res, err, sizeof(err)) ==
+        SL_DB_OK)
+        v = atoi(PQgetvalue(res, 0, 0));
     PQclear(res);
     return v;
 }
 
 int sl_db_migrate(sl_db_t *db, char *err, size_t errlen)
 {
-    int ret = SL_DB_OK, locked = 0;
+    int ret = SL_DB_OK, locked = 0, statement_timeout_ms = db->statement_timeout_ms;
+    /* DDL on a big table can take long: its own deadline, restored at the end */
+    if ((ret = sl_db_set_timeout(db, SL_DB_MIGRATE_TIMEOUT_MS, err, errlen)) != SL_DB_OK)
+        return ret;
     if (db->kind == SL_DB_POSTGRES) {
         /* Serialises concurrent starts (even CREATE TABLE IF NOT EXISTS races on PostgreSQL);
          * CockroachDB has no advisory locks and relies on the statements being idempotent. */
-        if ((ret = exec(db, "SELECT pg_advisory_lock(727274)", 0, NULL, NULL, err, errlen)) != SL_DB_OK)
-            return ret;
-        locked = 1;
+        if ((ret = exec(db, "SELECT pg_advisory_lock(727274)", 0, NULL, NULL, err, errlen)) == SL_DB_OK)
+            locked = 1;
     }
     if (ret == SL_DB_OK)
         ret = exec(db,
@@ -290,13 +406,15 @@ int sl_db_migrate(sl_db_t *db, char *err, size_t errlen)
             SL_INFO("event=migration_applied version=%d name=%s server=%s", mg->version, mg->name,
                     sl_db_kind_name(db->kind));
     }
-    if (locked) {
-        char e2[256];
-        int r2 = exec(db, "SELECT pg_advisory_unlock(727274)", 0, NULL, NULL, e2, sizeof(e2));
-        if (ret == SL_DB_OK && r2 != SL_DB_OK) {
-            snprintf(err, errlen, "%s", e2);
-            ret = r2;
-        }
+    char e2[256];
+    int r2 = SL_DB_OK;
+    if (locked && db->conn != NULL)
+        r2 = exec(db, "SELECT pg_advisory_unlock(727274)", 0, NULL, NULL, e2, sizeof(e2));
+    if (r2 == SL_DB_OK && db->conn != NULL)
+        r2 = sl_db_set_timeout(db, statement_timeout_ms, e2, sizeof(e2));
+    if (ret == SL_DB_OK && r2 != SL_DB_OK) {
+        snprintf(err, errlen, "%s", e2);
+        ret = r2;
     }
     return ret;
 }
@@ -304,6 +422,7 @@ int sl_db_migrate(sl_db_t *db, char *err, size_t errlen)
 int sl_db_migrate_url(const char *url, int wait_s, volatile sig_atomic_t *stop)
 {
     char err[512], q[600];
+    int tries = 0;
     int64_t deadline = sl_time_mono_us() + (int64_t)wait_s * 1000000;
     for (;;) {
         sl_db_t db;
@@ -314,7 +433,11 @@ int sl_db_migrate_url(const char *url, int wait_s, volatile sig_atomic_t *stop)
             if (r == SL_DB_OK)
                 return r;
         }
-        if (r == SL_DB_ERROR || sl_time_mono_us() > deadline || (stop != NULL && *stop)) {
+        if (tries++ == 0)
+            SL_INFO("event=migrate_waiting error=%s", sl_log_quote(q, sizeof(q), err));
+        /* every failure is worth another try while time is left: CockroachDB has no advisory lock,
+         * so two services migrating at once can fail with "already exists" or 40001 */
+        if (sl_time_mono_us() > deadline || (stop != NULL && *stop)) {
             SL_ERROR("event=migrate_failed error=%s", sl_log_quote(q, sizeof(q), err));
             return r;
         }
@@ -423,11 +546,11 @@ static int insert_fresh(sl_db_t *db, sl_message_t *msgs, size_t n, const sl_db_b
     const char *p[9];
     char last[24];
     size_t *cand = calloc(n + 1, sizeof(*cand)), *by_rank = NULL, ncand = 0;
-    int ret = SL_DB_ERROR;
+    int ret = SL_DB_RETRY;
     *k = 0;
     if (cand == NULL) {
         snprintf(err, errlen, "out of memory");
-        return SL_DB_ERROR;
+        return SL_DB_RETRY;
     }
     for (size_t i = 0; i < n; i++) {
         msgs[i].seq = 0;
@@ -445,14 +568,14 @@ static int insert_fresh(sl_db_t *db, sl_message_t *msgs, size_t n, const sl_db_b
     size_t nrows = (size_t)PQntuples(*res);
     if (nrows > ncand || (by_rank = calloc(nrows + 1, sizeof(*by_rank))) == NULL) {
         snprintf(err, errlen, nrows > ncand ? "more rows inserted than sent" : "out of memory");
-        ret = SL_DB_ERROR;
+        ret = SL_DB_RETRY;
         goto Exit;
     }
     for (size_t r = 0; r < nrows; r++) {
         long long rank = strtoll(PQgetvalue(*res, (int)r, 1), NULL, 10) - last_seq - 1;
         if (rank < 0 || (size_t)rank >= nrows || by_rank[rank] != 0) {
             snprintf(err, errlen, "inserted rows are not numbered %lld+1..%zu", last_seq, nrows);
-            ret = SL_DB_ERROR;
+            ret = SL_DB_RETRY;
             goto Exit;
         }
         by_rank[rank] = r + 1;
@@ -465,7 +588,7 @@ static int insert_fresh(sl_db_t *db, sl_message_t *msgs, size_t n, const sl_db_b
     }
     if (rank != nrows) {
         snprintf(err, errlen, "inserted rows do not match the batch's order");
-        ret = SL_DB_ERROR;
+        ret = SL_DB_RETRY;
         goto Exit;
     }
     *k = nrows;
@@ -495,7 +618,7 @@ static int store_attempt(sl_db_t *db, sl_message_t *msgs, size_t n, const sl_db_
     *failed = NULL;
     if (fresh == NULL) {
         snprintf(err, errlen, "out of memory");
-        return SL_DB_ERROR;
+        return SL_DB_RETRY;
     }
     /* Lock the counter first: concurrent writers queue here, so the existence check below sees
      * every row committed before ours, and commits happen in seq order. */
@@ -504,7 +627,7 @@ static int store_attempt(sl_db_t *db, sl_message_t *msgs, size_t n, const sl_db_
         goto Exit;
     if (PQntuples(res) != 1) {
         snprintf(err, errlen, "sluice_feed has no row 1: migrations not applied?");
-        ret = SL_DB_ERROR;
+        ret = SL_DB_RETRY;
         goto Exit;
     }
     last_seq = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
@@ -524,7 +647,7 @@ static int store_attempt(sl_db_t *db, sl_message_t *msgs, size_t n, const sl_db_
     bodies = calloc(n, sizeof(*bodies));
     if (params == NULL || seqtext == NULL || tstext == NULL || bodies == NULL) {
         snprintf(err, errlen, "out of memory");
-        ret = SL_DB_ERROR;
+        ret = SL_DB_RETRY;
         goto Exit;
     }
     for (size_t i = 0; i < n; i++)
@@ -661,7 +784,7 @@ static int store_attempt(sl_db_t *db, sl_message_t *msgs, size_t n, const sl_db_
             /* body is the event as the live exchange carries it, so a stream can replay it as is */
             if ((bodies[i] = sl_message_to_json(&msgs[i], NULL)) == NULL) {
                 snprintf(err, errlen, "out of memory");
-                ret = SL_DB_ERROR;
+                ret = SL_DB_RETRY;
                 goto Exit;
             }
             sl_buf_appendf(&sql, "%s($%zu,$%zu,$%zu,$%zu,$%zu,$%zu,$%zu)", np ? "," : "", np + 1, np + 2, np + 3,
@@ -802,16 +925,14 @@ static int begin(sl_db_t *db, int crdb, char *err, size_t errlen)
 int sl_db_store_batch(sl_db_t *db, sl_message_t *msgs, size_t n, const sl_db_batch_t *prepared, size_t *stored,
                       char *err, size_t errlen)
 {
-    int crdb = db->kind == SL_DB_COCKROACH, ret = SL_DB_ERROR;
+    int crdb = db->kind == SL_DB_COCKROACH, ret = SL_DB_RETRY;
     sl_db_batch_t own;
     memset(&own, 0, sizeof(own));
     *stored = 0;
     if (n == 0)
         return SL_DB_OK;
-    if (db->conn == NULL) {
-        snprintf(err, errlen, "not connected");
-        return SL_DB_LOST;
-    }
+    if (db->conn == NULL)
+        return not_connected("store batch", NULL, err, errlen);
     if (prepared == NULL) {
         if (sl_db_batch_prepare(&own, msgs, n) != 0) {
             snprintf(err, errlen, "out of memory");
@@ -830,7 +951,9 @@ int sl_db_store_batch(sl_db_t *db, sl_message_t *msgs, size_t n, const sl_db_bat
         if (ret == SL_DB_OK)
             ret = exec(db, "COMMIT", 0, NULL, &failed, err, errlen);
         const char *state = sl_db_sqlstate(failed);
-        int retry = ret == SL_DB_ERROR && sl_db_is_retryable(state) && attempt < db->max_retries;
+        /* 40001/40P01 on a live connection: the same transaction again, a few times; after that the
+         * failure is transient (SL_DB_RETRY) like any other, never a refusal */
+        int retry = ret == SL_DB_RETRY && db->conn != NULL && sl_db_is_retryable(state) && attempt < db->max_retries;
         /* An id assumed new was stored already (a repeat nobody flagged): once more, carefully. */
         int stored_already = ret == SL_DB_ERROR && !careful && prepared->only_messages && prepared->assume_new &&
                              strcmp(state, "23505") == 0;
@@ -860,10 +983,14 @@ int sl_db_store_batch(sl_db_t *db, sl_message_t *msgs, size_t n, const sl_db_bat
         }
     }
 Rollback:
-    if (ret != SL_DB_LOST) {
+    /* after poison the connection goes on (the caller stores one at a time); after anything
+     * transient the caller closes it, and so does a failed ROLLBACK */
+    if (ret == SL_DB_ERROR) {
         char e2[256];
-        if (exec(db, "ROLLBACK", 0, NULL, NULL, e2, sizeof(e2)) == SL_DB_LOST)
-            ret = SL_DB_LOST;
+        if (exec(db, "ROLLBACK", 0, NULL, NULL, e2, sizeof(e2)) != SL_DB_OK) {
+            snprintf(err, errlen, "%s", e2);
+            ret = SL_DB_RETRY;
+        }
     }
     *stored = 0;
 Exit:

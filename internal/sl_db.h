@@ -1,5 +1,6 @@
 /*
- * sl_db: sluice's SQL on PostgreSQL and CockroachDB through libpq (blocking calls).
+ * sl_db: sluice's SQL on PostgreSQL and CockroachDB through libpq (blocking calls, each bounded by
+ * a deadline: for the persister's writer thread and for a service's start, never an event loop).
  *
  * The server is detected with SELECT version(): both speak the same wire protocol, and sluice
  * uses the SQL both accept, with two CockroachDB-specific choices: hash-sharded indexes for the
@@ -8,6 +9,13 @@
  * Feed positions (seq) come from a one-row counter, sluice_feed, locked and advanced in the same
  * transaction that inserts the rows: seq is gapless and increases in commit order even with
  * several writers. A message's id is its primary key, so a redelivered message is stored once.
+ *
+ * Failures come in two classes. Poison: the data itself is at fault (SQLSTATE classes 22 and 23)
+ * and no retry will store it. Transient: everything else (a lost or refused connection, a
+ * read-only server during a failover 25006, serialization failures 40001/40P01 beyond the retries,
+ * CockroachDB's ambiguous result 40003, 53xxx resources, 57xxx shutdown and cancel, 57014 timeouts,
+ * 58xxx, XX000, and a statement past its deadline): the connection is given up and the work is
+ * tried again later, for as long as it takes.
  *
  * One sl_db_t is one connection, used by one thread.
  */
@@ -24,13 +32,18 @@ typedef enum { SL_DB_POSTGRES = 0, SL_DB_COCKROACH = 1 } sl_db_kind_t;
 
 /* Return codes of the calls below. */
 #define SL_DB_OK 0
-#define SL_DB_ERROR (-1) /* the statement failed for a reason retrying will not fix */
-#define SL_DB_LOST (-2)  /* the connection broke: reconnect and call again */
+#define SL_DB_ERROR (-1) /* poison: the data is refused (SQLSTATE class 22 or 23); retrying will not fix it */
+#define SL_DB_RETRY (-2) /* transient: close the connection, reconnect (with backoff) and call again */
+
+#define SL_DB_TIMEOUT_MS_DEFAULT 10000
 
 typedef struct sl_db {
     PGconn *conn;
     sl_db_kind_t kind;
     int max_retries; /* of a transaction that failed with 40001 / 40P01; default 10 */
+    int timeout_ms;  /* deadline of each statement, client side: SL_DB_TIMEOUT_MS_DEFAULT after
+                      * connecting, sl_db_set_timeout's + 1 s after that */
+    int statement_timeout_ms; /* the server's, as sl_db_set_timeout set it (0: the server's default) */
     unsigned prepared; /* bit per statement prepared on this connection */
 } sl_db_t;
 
@@ -46,9 +59,15 @@ typedef struct sl_db {
     "SELECT NULL::uuid, seq, channel, NULL::text, NULL::text, NULL::varchar, NULL::timestamptz, NULL::text,"          \
     " NULL::timestamptz, body FROM message_events"
 
-/* Connects (connect_timeout 5 s unless the URL says otherwise), detects the server, sets the
- * session time zone to UTC. Returns SL_DB_OK or SL_DB_LOST with err. */
+/* Connects (connect_timeout 5 s per host unless the URL says otherwise; a multi-host URL is tried
+ * host by host, as libpq does), detects the server, sets the session time zone to UTC. Returns
+ * SL_DB_OK or SL_DB_RETRY with err. */
 int sl_db_connect(sl_db_t *db, const char *url, char *err, size_t errlen);
+/* Sets the server's statement_timeout to timeout_ms (0: none) and the client's deadline of every
+ * later statement to 1 s more (the server cancels first, with 57014; the client's deadline is for a
+ * server that does not answer at all; 0 keeps SL_DB_TIMEOUT_MS_DEFAULT). Returns SL_DB_OK or
+ * SL_DB_RETRY. */
+int sl_db_set_timeout(sl_db_t *db, int timeout_ms, char *err, size_t errlen);
 void sl_db_close(sl_db_t *db);
 
 /* Detects the kind from a version() string. */
@@ -56,10 +75,14 @@ sl_db_kind_t sl_db_kind_of(const char *version);
 const char *sl_db_kind_name(sl_db_kind_t kind);
 
 /* Applies the schema migrations not yet recorded in sluice_schema_migrations. Idempotent, safe
- * when several processes start at once. Returns SL_DB_OK, SL_DB_ERROR or SL_DB_LOST with err. */
+ * when several processes start at once (an advisory lock on PostgreSQL; on CockroachDB, which has
+ * none, the race's "already exists" or 40001 fails the call and the caller tries again). Its
+ * statements get a deadline of SL_DB_MIGRATE_TIMEOUT_MS each. Returns SL_DB_OK, SL_DB_ERROR or
+ * SL_DB_RETRY with err. */
+#define SL_DB_MIGRATE_TIMEOUT_MS 600000
 int sl_db_migrate(sl_db_t *db, char *err, size_t errlen);
-/* Connects to url and migrates, retrying a database that is not up yet for up to wait_s seconds
- * (or until *stop is set; stop may be NULL). Blocks: for a service's start, before its loop runs.
+/* Connects to url and migrates, retrying any failure (a database not up yet, a migration race) for
+ * up to wait_s seconds (or until *stop is set; stop may be NULL). Blocks: for a service's start, before its loop runs.
  * Returns SL_DB_OK, or the last failure (logged). */
 int sl_db_migrate_url(const char *url, int wait_s, volatile sig_atomic_t *stop);
 
@@ -89,8 +112,12 @@ void sl_db_batch_free(sl_db_batch_t *b);
 /* Stores, in one transaction, the messages of msgs[0..n) whose id is not stored yet (nor repeated
  * earlier in msgs), giving them consecutive seq values in array order. On SL_DB_OK, msgs[i].seq is
  * the new position of each message stored now and 0 for each that was already there, and *stored
- * counts the former. Retries 40001/40P01 itself. Calling it again with the same batch after
- * SL_DB_LOST is safe, whether or not the lost commit happened.
+ * counts the former. Retries 40001/40P01 itself (up to max_retries, then SL_DB_RETRY). Calling it
+ * again with the same batch after SL_DB_RETRY is safe whether or not the commit happened (a COMMIT
+ * whose answer was lost): ids stored already are skipped; clear prepared->assume_new first, so the
+ * insert looks them up rather than tripping on them. SL_DB_ERROR means the batch holds poison: store
+ * its messages one at a time to find which. After SL_DB_RETRY the connection may be closed
+ * already; close it in any case (sl_db_close) and reconnect.
  *
  * Events (type update or delete) are numbered in the same sequence, in array order among the
  * messages, once per event_id: each becomes a message_events row (body = its live JSON) and is
@@ -107,9 +134,14 @@ int sl_db_store_batch(sl_db_t *db, sl_message_t *msgs, size_t n, const sl_db_bat
  * schema version 2). Returns 0 or -1. */
 int sl_db_row_to_message(const PGresult *res, int row, sl_message_t *m);
 
-/* SQLSTATE of a result ("" when none); 1 if it (or the connection) says to retry the transaction. */
+/* SQLSTATE of a result ("" when none). */
 const char *sl_db_sqlstate(const PGresult *res);
+/* 1 when the transaction can be retried at once on the same connection (40001, 40P01). */
 int sl_db_is_retryable(const char *sqlstate);
+/* 1 when the connection cannot be used any more (lost, 08xxx, 57P01-57P03 shutdown). */
 int sl_db_is_connection_error(PGconn *conn, const char *sqlstate);
+/* 1 when sqlstate says the data itself is at fault (classes 22 and 23): poison. Anything else, ""
+ * (no SQLSTATE: a lost connection, a timeout) included, is transient. */
+int sl_db_is_poison(const char *sqlstate);
 
 #endif

@@ -23,15 +23,17 @@
 struct stats {
     uint64_t batches, rows, duplicates, redeliveries, dead_lettered, db_reconnects, amqp_reconnects, live_published;
     uint64_t events; /* updates and deletes stored (counted apart from rows) */
+    uint64_t db_transient; /* transient database failures (the batch was kept and tried again) */
+    uint64_t db_poison;    /* batches the database refused as a whole (then stored one by one) */
     sl_histogram_t commit_latency, batch_rows;
     int amqp_up, db_up;
+    int64_t retrying_since; /* monotonic us: the writer holds a batch it could not store yet; 0 when not */
 };
 
 /* Deliveries taken together into one transaction. */
 struct batch {
     sl_message_t *msgs;
     uint64_t *tags;     /* of the delivery each message came in (a delivery holds one or more) */
-    unsigned char *solo; /* 1: the message was its delivery's only one */
     size_t n;           /* every delivery's messages go into one batch: n < batch_size + SL_AMQP_MAX_LINES */
     sl_db_batch_t prep; /* sl_db_batch_prepare of msgs, made by the consumer (not the writer) */
     int prepared;       /* n + 1 when prep is of these n messages, else 0 */
@@ -50,6 +52,8 @@ struct sl_persister {
      * filled. */
     amqp_connection_state_t amqp;
     unsigned gen; /* counts broker connections */
+    amqp_connection_state_t dlx; /* in confirm mode: dead letters are confirmed before their ack */
+    int64_t last_heartbeat; /* monotonic us: the last frame sent to the broker while not reading */
     struct batch batches[3], *fill; /* filling, committing, and being announced and acked */
     int64_t fill_deadline; /* monotonic us: when the filling batch goes to the writer anyway */
     sl_buf_t live;         /* the live publish being built */
@@ -125,8 +129,7 @@ sl_persister_t *sl_persister_create(const sl_persister_conf_t *conf)
         size_t cap = (size_t)conf->batch_size + SL_AMQP_MAX_LINES;
         p->batches[i].msgs = calloc(cap, sizeof(*p->batches[i].msgs));
         p->batches[i].tags = calloc(cap, sizeof(*p->batches[i].tags));
-        p->batches[i].solo = calloc(cap, 1);
-        if (p->batches[i].msgs == NULL || p->batches[i].tags == NULL || p->batches[i].solo == NULL) {
+        if (p->batches[i].msgs == NULL || p->batches[i].tags == NULL) {
             sl_persister_destroy(p);
             return NULL;
         }
@@ -152,11 +155,12 @@ void sl_persister_destroy(sl_persister_t *p)
         return;
     if (p->amqp != NULL)
         sl_amqp_close(p->amqp);
+    if (p->dlx != NULL)
+        sl_amqp_close(p->dlx);
     sl_db_close(&p->db);
     for (int i = 0; i < 3; i++) {
         free(p->batches[i].msgs);
         free(p->batches[i].tags);
-        free(p->batches[i].solo);
         sl_db_batch_free(&p->batches[i].prep);
     }
     for (int i = 0; i < 2; i++) {
@@ -178,7 +182,8 @@ static int connect_db(sl_persister_t *p)
 {
     char err[512], q[600];
     if (sl_db_connect(&p->db, p->conf.db_url, err, sizeof(err)) != SL_DB_OK ||
-        sl_db_migrate(&p->db, err, sizeof(err)) != SL_DB_OK) {
+        sl_db_migrate(&p->db, err, sizeof(err)) != SL_DB_OK ||
+        sl_db_set_timeout(&p->db, (int)p->conf.db_timeout_ms, err, sizeof(err)) != SL_DB_OK) {
         SL_WARN("event=db_connect_failed error=%s", sl_log_quote(q, sizeof(q), err));
         sl_db_close(&p->db);
         return -1;
@@ -188,8 +193,8 @@ static int connect_db(sl_persister_t *p)
     return 0;
 }
 
-/* Stores one message alone; a refusal by the database marks it for the dead-letter queue
- * (seq 0 and tag kept, dead[i] set). */
+/* Stores one message alone; a refusal of its data by the database (poison) marks it for the
+ * dead-letter queue (seq 0 and tag kept, dead[i] set). */
 static int store_alone(sl_persister_t *p, struct batch *b, size_t i, char *dead)
 {
     char err[512], q[600];
@@ -205,14 +210,31 @@ static int store_alone(sl_persister_t *p, struct batch *b, size_t i, char *dead)
     return r;
 }
 
-/* Commits batch b, retrying through database outages until the consumer gives it up. Returns
- * 0 when committed (the stored messages have their seq; dead[i] marks those the database
- * refused), -1 when abandoned (the batch will be redelivered). */
+/* A transient failure: the connection is given up and the batch kept, to be tried again. */
+static void transient(sl_persister_t *p, struct batch *b, const char *err)
+{
+    char q[600];
+    int64_t now = sl_time_mono_us();
+    if (err != NULL) {
+        SL_WARN("event=db_transient_failure error=%s rows=%zu", sl_log_quote(q, sizeof(q), err), b->n);
+        sl_db_close(&p->db);
+        /* The failed statement may have been a COMMIT that went through: look the ids up next time. */
+        b->prep.assume_new = 0;
+    }
+    STAT(p, p->stats.db_up = 0; p->stats.db_transient += err != NULL;
+         if (p->stats.retrying_since == 0) p->stats.retrying_since = now);
+}
+
+/* Commits batch b, retrying through transient failures (database outages, failovers, read-only
+ * or overloaded servers, timeouts) for as long as it takes, until the consumer gives it up.
+ * Returns 0 when committed (the stored messages have their seq; dead[i] marks those the database
+ * refused as poison), -1 when abandoned (the batch will be redelivered). */
 static int store(sl_persister_t *p, struct batch *b, char *dead)
 {
     char err[512], q[600];
     for (int attempt = 0;; attempt++) {
         if (p->db.conn == NULL && connect_db(p) != 0) {
+            transient(p, b, NULL);
             if (given_up(p))
                 return -1;
             writer_backoff(p, attempt);
@@ -223,15 +245,16 @@ static int store(sl_persister_t *p, struct batch *b, char *dead)
         memset(dead, 0, b->n);
         int r = sl_db_store_batch(&p->db, b->msgs, b->n, b->prepared ? &b->prep : NULL, &stored, err, sizeof(err));
         if (r == SL_DB_ERROR) {
-            /* Something in the batch is refused (not a transient failure): store one by one so only
-             * the culprit is dead-lettered. */
+            /* The data of something in the batch is refused (poison, SQLSTATE class 22 or 23): store
+             * one by one so only the culprit is dead-lettered. */
             SL_WARN("event=batch_refused rows=%zu error=%s", b->n, sl_log_quote(q, sizeof(q), err));
+            STAT(p, p->stats.db_poison++);
             stored = 0;
-            for (size_t i = 0; i < b->n && r != SL_DB_LOST; i++) {
+            for (size_t i = 0; i < b->n && r != SL_DB_RETRY; i++) {
                 r = store_alone(p, b, i, dead);
                 stored += b->msgs[i].seq != 0;
             }
-            if (r != SL_DB_LOST)
+            if (r != SL_DB_RETRY)
                 r = SL_DB_OK;
         }
         if (r == SL_DB_OK) {
@@ -248,9 +271,7 @@ static int store(sl_persister_t *p, struct batch *b, char *dead)
             SL_DEBUG("event=batch_committed rows=%zu stored=%zu ms=%.1f", b->n, stored, secs * 1000);
             return 0;
         }
-        SL_WARN("event=db_connection_lost error=%s rows=%zu", sl_log_quote(q, sizeof(q), err), b->n);
-        sl_db_close(&p->db);
-        STAT(p, p->stats.db_up = 0);
+        transient(p, b, err);
         if (given_up(p))
             return -1;
         writer_backoff(p, attempt);
@@ -272,6 +293,7 @@ static void *writer_main(void *arg)
             struct batch *b = p->job;
             pthread_mutex_unlock(&p->mu);
             int r = store(p, b, dead);
+            STAT(p, p->stats.retrying_since = 0);
             /* the refused ones go to the dead-letter queue with the ack, on the consumer's thread:
              * mark them with seq -1 */
             for (size_t i = 0; i < b->n; i++) {
@@ -322,6 +344,10 @@ static void drop_amqp(sl_persister_t *p, const char *why)
     batch_clear(p->fill);
     atomic_store(&p->abandon, 1);
     STAT(p, p->stats.amqp_up = 0);
+    if (p->dlx != NULL) { /* most likely to the same node: reopen it with the next */
+        amqp_destroy_connection(p->dlx);
+        p->dlx = NULL;
+    }
 }
 
 static int connect_amqp(sl_persister_t *p)
@@ -358,18 +384,36 @@ Fail:
     return -1;
 }
 
-/* Dead-letters a whole delivery: the broker moves it to the dead-letter queue (with x-death). */
-static void dead_letter(sl_persister_t *p, uint64_t tag, const char *why)
+/* Opens the dead-letter connection (confirm mode), if it is not open. Returns 0 or -1. */
+static int open_dlx(sl_persister_t *p)
 {
-    char q[300];
-    SL_ERROR("event=dead_lettered delivery_tag=%llu reason=%s", (unsigned long long)tag, sl_log_quote(q, sizeof(q), why));
-    amqp_basic_reject(p->amqp, SL_AMQP_CHANNEL, tag, 0);
-    STAT(p, p->stats.dead_lettered++);
+    char err[512], q[600];
+    if (p->dlx != NULL)
+        return 0;
+    /* no heartbeat: the connection sits idle between dead letters, unread */
+    amqp_connection_state_t c = sl_amqp_open(p->conf.amqp_url, "sluice-persister-dlx", 0, 5000, err, sizeof(err));
+    if (c == NULL)
+        goto Fail;
+    amqp_confirm_select(c, SL_AMQP_CHANNEL);
+    amqp_rpc_reply_t r = amqp_get_rpc_reply(c);
+    if (r.reply_type != AMQP_RESPONSE_NORMAL) {
+        char t[256];
+        snprintf(err, sizeof(err), "confirm.select: %s", sl_amqp_reply_text(r, t, sizeof(t)));
+        amqp_destroy_connection(c);
+        goto Fail;
+    }
+    p->dlx = c;
+    return 0;
+Fail:
+    SL_WARN("event=dlx_connect_failed error=%s", sl_log_quote(q, sizeof(q), err));
+    return -1;
 }
 
-/* Dead-letters one line of a delivery that holds others too: published to the dead-letter
- * exchange, with the reason in the x-sluice-error header; the delivery is acked with the rest. */
-static void dead_letter_line(sl_persister_t *p, uint64_t tag, const char *line, size_t len, const char *why)
+/* Publishes body to the dead-letter exchange, with the reason in its x-sluice-error header, and
+ * waits (up to 5 s) for the broker's confirm: only then may the original be acked. Returns 0 when
+ * confirmed; -1 otherwise (the caller must then leave the original unacked, i.e. drop the
+ * connection it came on, so that it comes back). */
+static int dead_letter_publish(sl_persister_t *p, const void *body, size_t len, const char *why)
 {
     char q[300];
     amqp_table_entry_t h[] = {{amqp_cstring_bytes("x-sluice-error"), {AMQP_FIELD_KIND_UTF8, {.bytes = amqp_cstring_bytes(why)}}}};
@@ -379,15 +423,45 @@ static void dead_letter_line(sl_persister_t *p, uint64_t tag, const char *line, 
     props.content_type = amqp_cstring_bytes("application/json");
     props.delivery_mode = AMQP_DELIVERY_PERSISTENT;
     props.headers = (amqp_table_t){1, h};
-    SL_ERROR("event=dead_lettered delivery_tag=%llu line_of_batch=1 reason=%s", (unsigned long long)tag,
-             sl_log_quote(q, sizeof(q), why));
-    amqp_bytes_t body = {len, (void *)line};
-    int st = amqp_basic_publish(p->amqp, SL_AMQP_CHANNEL, amqp_cstring_bytes(p->topology.dead_exchange),
-                                amqp_cstring_bytes(p->topology.persist_queue), 0, 0, &props, body);
-    if (st != AMQP_STATUS_OK)
-        drop_amqp(p, amqp_error_string2(st));
-    else
-        STAT(p, p->stats.dead_lettered++);
+    if (open_dlx(p) != 0)
+        return -1;
+    const char *fail = "publish failed";
+    amqp_bytes_t bytes = {len, (void *)body};
+    if (amqp_basic_publish(p->dlx, SL_AMQP_CHANNEL, amqp_cstring_bytes(p->topology.dead_exchange),
+                           amqp_cstring_bytes(p->topology.persist_queue), 0, 0, &props, bytes) == AMQP_STATUS_OK) {
+        for (;;) {
+            amqp_frame_t f;
+            struct timeval tv = {5, 0};
+            if (amqp_simple_wait_frame_noblock(p->dlx, &f, &tv) != AMQP_STATUS_OK) {
+                fail = "no confirm within 5 s";
+                break;
+            }
+            if (f.frame_type != AMQP_FRAME_METHOD)
+                continue;
+            if (f.payload.method.id == AMQP_BASIC_ACK_METHOD)
+                return 0;
+            fail = f.payload.method.id == AMQP_BASIC_NACK_METHOD ? "nacked by the broker" : "unexpected frame";
+            break;
+        }
+    }
+    SL_WARN("event=dead_letter_failed reason=%s", sl_log_quote(q, sizeof(q), fail));
+    amqp_destroy_connection(p->dlx);
+    p->dlx = NULL;
+    return -1;
+}
+
+/* Dead-letters one message (a whole delivery, or one line of it), confirmed; on failure the broker
+ * connection is dropped so that its delivery comes back. Returns 0 or -1. */
+static int dead_letter(sl_persister_t *p, uint64_t tag, const char *body, size_t len, const char *why)
+{
+    char q[300];
+    if (dead_letter_publish(p, body, len, why) != 0) {
+        drop_amqp(p, "could not dead-letter a message");
+        return -1;
+    }
+    SL_ERROR("event=dead_lettered delivery_tag=%llu reason=%s", (unsigned long long)tag, sl_log_quote(q, sizeof(q), why));
+    STAT(p, p->stats.dead_lettered++);
+    return 0;
 }
 
 /* Handles a frame that is not a delivery (amqp_consume_message said UNEXPECTED_STATE). */
@@ -433,19 +507,17 @@ static void handle_other_frame(sl_persister_t *p)
 }
 
 /* Adds the messages of one delivery (one per line, sl_amqp.h) to b. A line that does not decode
- * is dead-lettered: with its whole delivery when it is the only line, else alone. */
+ * is dead-lettered (confirmed): with its whole delivery when it is the only line, else alone. A
+ * delivery left with nothing to commit is acked at once; the others with their batch. */
 static void take_delivery(sl_persister_t *p, struct batch *b, uint64_t tag, const char *body, size_t len)
 {
     const char *nl;
     size_t lines = 1, good = 0;
-    if (len == 0) {
-        dead_letter(p, tag, "empty message");
-        return;
-    }
-    for (const char *at = body; (nl = memchr(at, '\n', len - (size_t)(at - body))) != NULL; at = nl + 1)
+    for (const char *at = body; len > 0 && (nl = memchr(at, '\n', len - (size_t)(at - body))) != NULL; at = nl + 1)
         lines++;
-    if (lines > SL_AMQP_MAX_LINES) {
-        dead_letter(p, tag, "more lines than SL_AMQP_MAX_LINES in one message");
+    if (len == 0 || lines > SL_AMQP_MAX_LINES) {
+        if (dead_letter(p, tag, body, len, len == 0 ? "empty message" : "more lines than SL_AMQP_MAX_LINES in one message") == 0)
+            amqp_basic_ack(p->amqp, SL_AMQP_CHANNEL, tag, 0);
         return;
     }
     for (size_t off = 0, n; off <= len && p->amqp != NULL; off += n + 1) {
@@ -456,20 +528,16 @@ static void take_delivery(sl_persister_t *p, struct batch *b, uint64_t tag, cons
         if (n == 0 && lines > 1)
             continue; /* a blank line between items */
         if (sl_message_from_json(line, n, &b->msgs[b->n], &err) != 0) {
-            if (lines == 1)
-                dead_letter(p, tag, err.message);
-            else
-                dead_letter_line(p, tag, line, n, err.message);
+            dead_letter(p, tag, line, n, err.message);
             continue;
         }
         b->tags[b->n] = tag;
-        b->solo[b->n] = lines == 1;
         b->n++;
         good++;
     }
     if (good > 0 && b->n == good)
         p->fill_deadline = sl_time_mono_us() + p->conf.batch_ms * 1000;
-    if (good == 0 && lines > 1 && p->amqp != NULL)
+    if (good == 0 && p->amqp != NULL)
         amqp_basic_ack(p->amqp, SL_AMQP_CHANNEL, tag, 0); /* every line dead-lettered: nothing to commit */
 }
 
@@ -532,24 +600,20 @@ static void publish_live(sl_persister_t *p, struct batch *b)
     STAT(p, p->stats.live_published += count);
 }
 
-/* Acks batch b after its commit: the database's refusals to the dead-letter queue, then one
- * multiple ack for the rest. */
+/* Acks batch b after its commit: the database's refusals go to the dead-letter queue first
+ * (confirmed), then one multiple ack covers the batch. */
 static void ack_batch(sl_persister_t *p, struct batch *b)
 {
     uint64_t last = 0;
     for (size_t i = 0; i < b->n && p->amqp != NULL; i++) {
-        if (b->msgs[i].seq >= 0) {
-            last = b->tags[i] > last ? b->tags[i] : last;
-        } else if (b->solo[i]) {
-            dead_letter(p, b->tags[i], "refused by the database");
-        } else {
+        if (b->msgs[i].seq < 0) {
             sl_buf_t line = SL_BUF_INIT;
             b->msgs[i].seq = 0;
             sl_message_append_json(&line, &b->msgs[i]);
-            dead_letter_line(p, b->tags[i], line.data, line.len, "refused by the database");
+            dead_letter(p, b->tags[i], line.data, line.len, "refused by the database");
             sl_buf_free(&line);
-            last = b->tags[i] > last ? b->tags[i] : last; /* the delivery's other lines are stored */
         }
+        last = b->tags[i] > last ? b->tags[i] : last;
     }
     if (last != 0 && p->amqp != NULL && amqp_basic_ack(p->amqp, SL_AMQP_CHANNEL, last, 1) != AMQP_STATUS_OK)
         drop_amqp(p, "ack failed");
@@ -642,6 +706,24 @@ static void wait_for_work(sl_persister_t *p, int want_amqp, int timeout_ms)
     poll(fds, 2, timeout_ms);
 }
 
+/* While the filling batch is full the socket is not read, and rabbitmq-c sends heartbeats only
+ * when it reads or publishes: send one now and then, so that a long database outage does not cost
+ * the connection (and a redelivery of everything held). */
+static void keep_alive(sl_persister_t *p)
+{
+    int64_t now = sl_time_mono_us();
+    int hb = amqp_get_heartbeat(p->amqp);
+    if (hb <= 0 || now - p->last_heartbeat < (int64_t)hb * 400000)
+        return;
+    p->last_heartbeat = now;
+    amqp_frame_t f;
+    memset(&f, 0, sizeof(f));
+    f.frame_type = AMQP_FRAME_HEARTBEAT;
+    f.channel = 0;
+    if (amqp_send_frame(p->amqp, &f) != AMQP_STATUS_OK)
+        drop_amqp(p, "heartbeat failed");
+}
+
 /* One turn of the consumer: hand over a due batch, wait for something to do, collect the
  * writer's result, read deliveries. */
 static void consume_step(sl_persister_t *p)
@@ -666,6 +748,8 @@ static void consume_step(sl_persister_t *p)
     wait_for_work(p, want_amqp, timeout_ms < 0 ? 0 : timeout_ms);
     if (want_amqp)
         take_deliveries(p);
+    else if (p->amqp != NULL)
+        keep_alive(p);
 }
 
 /* Waits for the writer's job to end (a commit, or an abandon when *stop and the database is
@@ -716,7 +800,7 @@ int sl_persister_run(sl_persister_t *p, volatile sig_atomic_t *stop)
 int sl_persister_ready(sl_persister_t *p)
 {
     int ok;
-    STAT(p, ok = p->stats.amqp_up && p->stats.db_up);
+    STAT(p, ok = p->stats.amqp_up && p->stats.db_up && p->stats.retrying_since == 0);
     return ok;
 }
 
@@ -743,6 +827,16 @@ void sl_persister_render_metrics(sl_persister_t *p, sl_buf_t *b)
     sl_metrics_sample(b, "sluice_persister_connects_total", "peer=\"db\"", (double)s.db_reconnects);
     sl_metrics_histogram(b, "sluice_persister_commit_seconds", "Time to store one batch.", &s.commit_latency);
     sl_metrics_histogram(b, "sluice_persister_batch_rows", "Messages per batch.", &s.batch_rows);
-    sl_metrics_header(b, "sluice_persister_ready", "gauge", "1 when broker and database are connected.");
-    sl_metrics_sample(b, "sluice_persister_ready", "", s.amqp_up && s.db_up);
+    sl_metrics_header(b, "sluice_persister_db_failures_total", "counter",
+                      "Database failures by class: transient (the batch is kept and tried again) or poison (the"
+                      " batch is stored one message at a time and what is refused is dead-lettered).");
+    sl_metrics_sample(b, "sluice_persister_db_failures_total", "class=\"transient\"", (double)s.db_transient);
+    sl_metrics_sample(b, "sluice_persister_db_failures_total", "class=\"poison\"", (double)s.db_poison);
+    sl_metrics_header(b, "sluice_persister_retrying_seconds", "gauge",
+                      "How long the batch in hand has waited for the database (0: none waits).");
+    sl_metrics_sample(b, "sluice_persister_retrying_seconds", "",
+                      s.retrying_since ? (double)(sl_time_mono_us() - s.retrying_since) / 1e6 : 0.0);
+    sl_metrics_header(b, "sluice_persister_ready", "gauge",
+                      "1 when broker and database are connected and no batch waits for the database.");
+    sl_metrics_sample(b, "sluice_persister_ready", "", s.amqp_up && s.db_up && s.retrying_since == 0);
 }

@@ -8,9 +8,13 @@
  * as one message, and only then is the batch acked (one multiple ack). A crash anywhere before the
  * ack redelivers the batch; ids already stored are skipped, so nothing is stored twice. A message
  * that cannot be decoded, or that the database refuses on its own, goes to the dead-letter queue
- * with a log line and never blocks the queue (its whole delivery when it came alone; else that
- * line alone, republished to the dead-letter exchange with an x-sluice-error header). Broker and
- * database failures are retried with backoff, holding the unacked batch.
+ * with a log line and never blocks the queue: it is published to the dead-letter exchange (with
+ * the reason in an x-sluice-error header) and acked only once the broker confirmed that publish.
+ * "Refuses on its own" means poison (SQLSTATE class 22 or 23, see sl_db.h), found by storing the
+ * batch one message at a time. Every other failure (broker or database down, a failover, a
+ * read-only or overloaded server, a timeout) is transient: the unacked batch is kept and retried
+ * with backoff for as long as it takes, never dead-lettered; /readyz says 503 meanwhile and
+ * sluice_persister_retrying_seconds shows for how long.
  *
  * Two threads: the caller's (the consumer) owns the broker connection, decodes deliveries into
  * the next batch, and publishes and acks committed batches; a writer thread owns the database
@@ -40,6 +44,7 @@ typedef struct sl_persister_conf {
     long long batch_ms;    /* longest wait for a batch to fill; 0: it goes to the writer as soon as
                             * the writer is free (what arrived during one commit makes the next) */
     long long prefetch;    /* unacked deliveries the broker may send ahead (>= batch_size) */
+    long long db_timeout_ms; /* the server's statement_timeout; the client gives up 1 s later */
 } sl_persister_conf_t;
 
 typedef struct sl_persister sl_persister_t;
@@ -50,7 +55,8 @@ sl_persister_t *sl_persister_create(const sl_persister_conf_t *conf);
 int sl_persister_run(sl_persister_t *p, volatile sig_atomic_t *stop);
 void sl_persister_destroy(sl_persister_t *p);
 
-/* Thread-safe: the counters in Prometheus text, and readiness (broker and database connected). */
+/* Thread-safe: the counters in Prometheus text, and readiness (broker and database connected, and
+ * no batch waiting for the database). */
 void sl_persister_render_metrics(sl_persister_t *p, sl_buf_t *out);
 int sl_persister_ready(sl_persister_t *p);
 

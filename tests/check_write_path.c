@@ -383,6 +383,22 @@ START_TEST(test_sigterm_finishes_in_flight)
 }
 END_TEST
 
+/* Messages in the stack's dead-letter queue, once there are want of them (or after 5 s). */
+static long dead_count(amqp_connection_state_t c, long want)
+{
+    char dead[200];
+    snprintf(dead, sizeof(dead), "%s.dead", S.queue);
+    amqp_queue_declare_ok_t *ok = NULL;
+    for (int i = 0; i < 50; i++) {
+        ok = amqp_queue_declare(c, SL_AMQP_CHANNEL, amqp_cstring_bytes(dead), 1, 0, 0, 0, amqp_empty_table);
+        ck_assert_ptr_nonnull(ok);
+        if ((long)ok->message_count == want)
+            break;
+        tu_sleep_ms(100);
+    }
+    return (long)ok->message_count;
+}
+
 START_TEST(test_undecodable_message_is_dead_lettered)
 {
     char err[256];
@@ -418,17 +434,7 @@ START_TEST(test_undecodable_message_is_dead_lettered)
     ck_assert_int_eq(PQntuples(res), 1);
     ck_assert_str_eq(PQgetvalue(res, 0, 0), "beside the poison");
     PQclear(res);
-    char dead[200];
-    snprintf(dead, sizeof(dead), "%s.dead", S.queue);
-    amqp_queue_declare_ok_t *ok = NULL;
-    for (int i = 0; i < 50; i++) {
-        ok = amqp_queue_declare(c, SL_AMQP_CHANNEL, amqp_cstring_bytes(dead), 1, 0, 0, 0, amqp_empty_table);
-        if (ok != NULL && ok->message_count == 2)
-            break;
-        tu_sleep_ms(100);
-    }
-    ck_assert_ptr_nonnull(ok);
-    ck_assert_int_eq(ok->message_count, 2); /* the junk message, and the bad line of the batch */
+    ck_assert_int_eq(dead_count(c, 2), 2); /* the junk message, and the bad line of the batch */
     sl_amqp_close(c);
     PQfinish(db);
     tu_stack_cleanup(&S);
@@ -503,6 +509,102 @@ START_TEST(test_unflagged_repeat_of_stored_id_is_skipped)
     tu_stack_cleanup(&S);
 }
 END_TEST
+
+/* The database refuses a message's data (class 22: year 0 is a valid RFC 3339 time, not a valid
+ * timestamptz): that message alone is dead-lettered, confirmed, whether it came alone or in a
+ * delivery with others; everything around it is stored in order. */
+START_TEST(test_poison_refused_by_database_is_dead_lettered_alone)
+{
+    char err[256], ids[4][SL_UUID_STRLEN], lines[4][512];
+    tu_stack_init(&S, "dbpoison", 100000);
+    tu_start(&S, "api", NULL); /* declares the topology */
+    amqp_connection_state_t c = sl_amqp_open(getenv("SLUICE_AMQP_URL"), "test", 0, 5000, err, sizeof(err));
+    ck_assert_msg(c != NULL, "%s", err);
+    for (int i = 0; i < 4; i++) {
+        ck_assert_int_eq(sl_uuid_v7(ids[i]), 0);
+        message_line(lines[i], sizeof(lines[i]), ids[i], i == 1 || i == 3 ? "poison" : "good");
+    }
+    char *year0 = strstr(lines[1], "2026-01-01");
+    memcpy(year0, "0000", 4);
+    year0 = strstr(lines[3], "2026-01-01");
+    memcpy(year0, "0000", 4);
+    publish_lines(c, (const char *const[]){lines[0], lines[1], lines[2]}, 3);
+    publish_lines(c, (const char *const[]){lines[3]}, 1);
+    tu_start(&S, "persister", NULL);
+    PGconn *db = tu_db(&S);
+    ck_assert_int_eq(tu_wait_rows(db, 2, 20000), 2);
+    ck_assert_int_eq(dead_count(c, 2), 2);
+    tu_sleep_ms(300);
+    ck_assert_int_eq(tu_scalar(db, "SELECT count(*) FROM messages WHERE body = 'good'"), 2);
+    ck_assert_int_eq(tu_scalar(db, "SELECT max(seq) FROM messages"), 2);
+    ck_assert(tu_log_contains(&S, "persister", "event=batch_refused"));
+    ck_assert(tu_log_contains(&S, "persister", "reason=\"refused by the database\""));
+    sl_amqp_close(c);
+    PQfinish(db);
+    tu_stack_cleanup(&S);
+}
+END_TEST
+
+/* What a failover looks like to a client: the server turns read-only for a while (25006). Posts
+ * accepted meanwhile wait in the queue, the persister keeps its batch and says so (/readyz 503,
+ * transient failures counted), and stores every one once the server takes writes again: none is
+ * dead-lettered. */
+START_TEST(test_read_only_database_loses_nothing)
+{
+    enum { N = 20 };
+    static long status[N];
+    static char ids[N][37];
+    char url[160], err[256];
+    tu_stack_init(&S, "readonly", 100000);
+    tu_start(&S, "persister", NULL);
+    tu_start(&S, "api", NULL);
+    PGconn *db = tu_db(&S);
+    PQclear(PQexec(db, "SET default_transaction_read_only = off")); /* this session stays writable */
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/readyz", S.persister_port);
+    ck_assert(tu_wait_status(url, 200, 10000));
+    ck_assert_int_eq(tu_scalar(db, "SELECT count(*) FROM (SELECT pg_reload_conf()) r"), 1);
+    PQclear(PQexec(db, "ALTER SYSTEM SET default_transaction_read_only = on"));
+    ck_assert_int_eq(tu_scalar(db, "SELECT count(*) FROM (SELECT pg_reload_conf()) r"), 1);
+    tu_sleep_ms(300);
+    tu_post_many(post_url(), N, 4, body_plain, status, ids, NULL, NULL);
+    for (int i = 0; i < N; i++)
+        ck_assert_msg(status[i] == 202, "POST %d answered %ld", i, status[i]);
+    ck_assert(tu_wait_status(url, 503, 5000)); /* it holds a batch it cannot store */
+    tu_sleep_ms(3000);
+    ck_assert_int_eq(tu_scalar(db, "SELECT count(*) FROM messages"), 0);
+    PQclear(PQexec(db, "ALTER SYSTEM RESET default_transaction_read_only"));
+    ck_assert_int_eq(tu_scalar(db, "SELECT count(*) FROM (SELECT pg_reload_conf()) r"), 1);
+    assert_exactly_accepted(db, status, ids, N);
+    ck_assert(tu_wait_status(url, 200, 10000));
+    ck_assert(tu_log_contains(&S, "persister", "event=db_transient_failure"));
+    ck_assert(!tu_log_contains(&S, "persister", "event=dead_lettered"));
+    amqp_connection_state_t c = sl_amqp_open(getenv("SLUICE_AMQP_URL"), "test", 0, 5000, err, sizeof(err));
+    ck_assert_msg(c != NULL, "%s", err);
+    ck_assert_int_eq(dead_count(c, 0), 0);
+    tu_resp_t r;
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/metrics", S.persister_port);
+    ck_assert_int_eq(tu_http("GET", url, NULL, NULL, NULL, 0, &r), 0);
+    ck_assert_ptr_nonnull(strstr(r.body, "sluice_persister_db_failures_total{class=\"poison\"} 0"));
+    ck_assert_ptr_null(strstr(r.body, "sluice_persister_db_failures_total{class=\"transient\"} 0"));
+    tu_resp_free(&r);
+    sl_amqp_close(c);
+    PQfinish(db);
+    tu_stack_cleanup(&S);
+}
+END_TEST
+
+/* A test that failed half-way must not leave the server read-only for the others. */
+static void reset_read_only(void)
+{
+    const char *url = getenv("SLUICE_DB_URL");
+    PGconn *c = url != NULL ? PQconnectdb(url) : NULL;
+    if (c != NULL && PQstatus(c) == CONNECTION_OK) {
+        PQclear(PQexec(c, "SET default_transaction_read_only = off"));
+        PQclear(PQexec(c, "ALTER SYSTEM RESET default_transaction_read_only"));
+        PQclear(PQexec(c, "SELECT pg_reload_conf()"));
+    }
+    PQfinish(c);
+}
 
 START_TEST(test_database_restart_loses_nothing)
 {
@@ -622,6 +724,9 @@ int main(void)
     tcase_add_test(tc, test_full_queue_answers_429_and_keeps_accepted);
     tcase_add_test(tc, test_undecodable_message_is_dead_lettered);
     tcase_add_test(tc, test_unflagged_repeat_of_stored_id_is_skipped);
+    tcase_add_test(tc, test_poison_refused_by_database_is_dead_lettered_alone);
+    tcase_add_test(tc, test_read_only_database_loses_nothing);
+    tcase_add_unchecked_fixture(tc, NULL, reset_read_only);
     tcase_add_test(tc, test_persister_sigkill_loses_nothing);
     tcase_add_test(tc, test_sigterm_finishes_in_flight);
     tcase_add_test(tc, test_broker_down_answers_503_and_recovers);

@@ -71,6 +71,8 @@ int main(int argc, char **argv)
         {"batch-ms", "SLUICE_BATCH_MS", SL_OPT_INT, &conf.batch_ms, "0", 0, 60000,
          "longest wait for a batch to fill, in ms (0: what arrived goes as soon as the previous commit ends)"},
         {"prefetch", "SLUICE_PREFETCH", SL_OPT_INT, &conf.prefetch, "2000", 1, 65535, "unacked deliveries in flight"},
+        {"db-query-timeout-ms", "SLUICE_DB_QUERY_TIMEOUT_MS", SL_OPT_INT, &conf.db_timeout_ms, "10000", 100, 3600000,
+         "statement_timeout of the database session; the client gives up 1 s later (a transient failure)"},
     };
     int r = sl_config_parse(opts, sizeof(opts) / sizeof(opts[0]), argc, argv, "sluice-persister",
                             "sluice persister: persist queue -> database (exactly once) -> live exchange.");
