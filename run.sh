@@ -10,6 +10,11 @@
 #
 # The bot posts at SLUICE_BOT_RATE messages/s (default 1; SLUICE_BOT_DELAY before the first;
 # SLUICE_RUN_BOT=0: no bot). Ingest starts only when SLUICE_MASTODON_URL names an instance.
+#
+# ./run.sh --cluster runs natively on a cluster instead (scripts/cluster.sh): three RabbitMQ
+# nodes, PostgreSQL under Patroni (primary + synchronous standby) with three etcd members, two
+# haproxies in front of the primary, and every service given every node; two sse instances
+# (8081, 8084). State in .state/run as well (one mode at a time: ./stop.sh to switch).
 set -euo pipefail
 
 REPO_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -23,6 +28,15 @@ die() { printf 'run.sh: %s\n' "$*" >&2; exit 1; }
 API_URL=http://127.0.0.1:8080
 SSE_URL=http://127.0.0.1:8081
 SERVICES=(persister api sse bot ingest)
+CLUSTER=0
+for arg in "$@"; do
+  case $arg in
+    --cluster) CLUSTER=1 ;;
+    -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    *) die "unknown argument '$arg' (usage: ./run.sh [--cluster])" ;;
+  esac
+done
+((CLUSTER)) && SERVICES=(persister api sse sse2 bot ingest)
 
 print_usage_hints() {
   cat <<EOF
@@ -41,7 +55,7 @@ Stop everything with ./stop.sh (./stop.sh --purge also deletes .state/run).
 EOF
 }
 
-if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then
+if ((!CLUSTER)) && command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then
   log "Docker engine found: docker compose up -d --build"
   if docker compose version >/dev/null 2>&1; then
     docker compose up -d --build
@@ -59,6 +73,17 @@ cmake --build "$REPO_DIR/build" -j2
 
 export SLUICE_STATE_DIR=$REPO_DIR/.state/run
 RUN_DIR=$SLUICE_STATE_DIR
+mode=single
+((CLUSTER)) && mode=cluster
+if [[ -f $RUN_DIR/mode ]] && [[ $(<"$RUN_DIR/mode") != "$mode" ]] && ls "$RUN_DIR"/pids/*.pid >/dev/null 2>&1; then
+  die "sluice already runs in $RUN_DIR as '$(<"$RUN_DIR/mode")': ./stop.sh first"
+fi
+mkdir -p "$RUN_DIR"
+echo "$mode" >"$RUN_DIR/mode"
+if ((CLUSTER)); then
+  scripts/cluster.sh start
+  eval "$(scripts/cluster.sh env)"
+fi
 # The ports of this instance are kept in ports.env (stop.sh reads them too). If
 # its servers are up, keep using their ports.
 amqp_port=${SLUICE_AMQP_PORT:-5672}
@@ -75,18 +100,19 @@ if [[ -f $RUN_DIR/ports.env ]]; then
     pg_port=$rec_pg
   fi
 fi
-export SLUICE_AMQP_PORT=$amqp_port SLUICE_PG_PORT=$pg_port
 mkdir -p "$RUN_DIR/logs" "$RUN_DIR/pids"
-printf 'SLUICE_AMQP_PORT=%s\nSLUICE_PG_PORT=%s\n' "$SLUICE_AMQP_PORT" "$SLUICE_PG_PORT" >"$RUN_DIR/ports.env"
-
-scripts/servers.sh start
-eval "$(scripts/servers.sh env)"
+if ((!CLUSTER)); then
+  export SLUICE_AMQP_PORT=$amqp_port SLUICE_PG_PORT=$pg_port
+  printf 'SLUICE_AMQP_PORT=%s\nSLUICE_PG_PORT=%s\n' "$SLUICE_AMQP_PORT" "$SLUICE_PG_PORT" >"$RUN_DIR/ports.env"
+  scripts/servers.sh start
+  eval "$(scripts/servers.sh env)"
+fi
 
 started=()
 have_api=0
 n_bins=0
 for name in "${SERVICES[@]}"; do
-  bin=$REPO_DIR/build/bin/sluice-$name
+  bin=$REPO_DIR/build/bin/sluice-${name%2}
   [[ -x $bin ]] || continue
   n_bins=$((n_bins + 1))
   if [[ $name == bot && ${SLUICE_RUN_BOT:-1} == 0 ]]; then
@@ -101,13 +127,15 @@ for name in "${SERVICES[@]}"; do
   pid_file=$RUN_DIR/pids/$name.pid
   log_file=$RUN_DIR/logs/$name.log
   pid=$(read_pid "$pid_file")
-  if pid_is "$pid" "sluice-$name"; then
+  if pid_is "$pid" "sluice-${name%2}"; then
     log "sluice-$name: already running (pid $pid)"
     continue
   fi
   printf '=== %s starting %s\n' "$(date '+%F %T')" "$bin" >>"$log_file"
+  extra=()
+  [[ $name == sse2 ]] && extra=(SLUICE_SSE_PORT=8084)
   # Not a process group leader, so setsid does not fork: $! is the service.
-  setsid "$bin" </dev/null >>"$log_file" 2>&1 &
+  setsid env "${extra[@]}" "$bin" </dev/null >>"$log_file" 2>&1 &
   echo $! >"$pid_file"
   started+=("$name")
   log "sluice-$name: started (pid $!, log $log_file)"
@@ -142,18 +170,21 @@ if ((have_api)); then
   done
   log "sluice-api: ready in $(elapsed "$t0") ($API_URL/readyz answered 200)"
 fi
-if [[ -x $REPO_DIR/build/bin/sluice-sse ]]; then
+sse_urls=("$SSE_URL")
+((CLUSTER)) && sse_urls+=(http://127.0.0.1:8084)
+for url in "${sse_urls[@]}"; do
+  [[ -x $REPO_DIR/build/bin/sluice-sse ]] || break
   t0=$(now_ms)
   deadline=$((SECONDS + 60))
-  until [[ $(curl -s -o /dev/null -m 2 -w '%{http_code}' "$SSE_URL/readyz" || true) == 200 ]]; do
+  until [[ $(curl -s -o /dev/null -m 2 -w '%{http_code}' "$url/readyz" || true) == 200 ]]; do
     if ((SECONDS >= deadline)); then
       tail_file "$RUN_DIR/logs/sse.log" 30
-      die "$SSE_URL/readyz did not answer 200 within 60 s"
+      die "$url/readyz did not answer 200 within 60 s"
     fi
     sleep 0.2
   done
-  log "sluice-sse: ready in $(elapsed "$t0") ($SSE_URL/readyz answered 200)"
-fi
+  log "sluice-sse: ready in $(elapsed "$t0") ($url/readyz answered 200)"
+done
 
 cat <<EOF
 
@@ -161,4 +192,8 @@ RabbitMQ:   $SLUICE_AMQP_URL
 PostgreSQL: $SLUICE_DB_URL
 Logs:       $RUN_DIR/logs/
 EOF
+if ((CLUSTER)); then
+  scripts/cluster.sh status || true
+  printf '\nThe cluster survives the death of any one node: see README ("A cluster").\n'
+fi
 print_usage_hints

@@ -33,14 +33,14 @@ fi
 
 RUN_DIR=$REPO_DIR/.state/run
 # Reverse start order: the api goes before the persister that drains its queue.
-SERVICES=(ingest bot sse api persister)
+SERVICES=(ingest bot sse2 sse api persister)
 
 if [[ -d $RUN_DIR/pids ]]; then
   for name in "${SERVICES[@]}"; do
     pid_file=$RUN_DIR/pids/$name.pid
     [[ -f $pid_file ]] || continue
     pid=$(read_pid "$pid_file")
-    if pid_is "$pid" "sluice-$name"; then
+    if pid_is "$pid" "sluice-${name%2}"; then
       kill_pids "sluice-$name" "$pid"
       log "sluice-$name: stopped (was pid $pid)"
     else
@@ -52,6 +52,10 @@ fi
 
 if [[ -d $RUN_DIR ]]; then
   export SLUICE_STATE_DIR=$RUN_DIR
+  # run.sh --cluster: the cluster's nodes (cluster.sh keeps its state in subfolders of RUN_DIR)
+  if [[ -d $RUN_DIR/rmq || -d $RUN_DIR/patroni || -d $RUN_DIR/etcd ]]; then
+    scripts/cluster.sh stop
+  fi
   if [[ -f $RUN_DIR/ports.env ]]; then
     SLUICE_AMQP_PORT=$(sed -n 's/^SLUICE_AMQP_PORT=//p' "$RUN_DIR/ports.env")
     SLUICE_PG_PORT=$(sed -n 's/^SLUICE_PG_PORT=//p' "$RUN_DIR/ports.env")

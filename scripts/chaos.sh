@@ -5,6 +5,8 @@
 #   scripts/chaos.sh            # long form (two rounds of faults, ~3.5 min)
 #   scripts/chaos.sh --short    # CI form (one round, ~65 s); or SLUICE_CHAOS_SHORT=1
 #   SLUICE_BIN_DIR=build-asan/bin scripts/chaos.sh --short   # against the ASan+UBSan build
+#   scripts/chaos.sh --cluster [--short]   # on the native cluster (scripts/cluster.sh): the faults
+#                                          # are the cluster's nodes', one at a time
 #
 # It starts private RabbitMQ and PostgreSQL servers (scripts/servers.sh), the persister, the api,
 # two sse instances and the bot, and sl_chaos (tests/chaos/sl_chaos.c): a POST load generator that
@@ -17,6 +19,16 @@
 # the database) and prints, per fault, recovery times and the 429/503 counts. Exit status 0 only
 # when nothing was lost, duplicated or reordered, every component recovered and every service
 # exited cleanly on SIGTERM at the end.
+#
+# With --cluster the servers are scripts/cluster.sh's: three RabbitMQ nodes, three etcd members,
+# PostgreSQL under Patroni (primary + synchronous standby) behind two haproxies; every service is
+# given every node. The faults, in turn: SIGKILL of the RabbitMQ node leading the persist queue and
+# of a follower (restarted after SLUICE_CHAOS_DOWN s); SIGSTOP of the leading node for
+# SLUICE_CHAOS_PAUSE s; SIGKILL of the primary's postmaster (Patroni restarts it), of the primary's
+# whole node (Patroni and PostgreSQL; restarted after DOWN s) and of its Patroni alone; SIGSTOP of
+# the primary's whole node for PAUSE s; the database read-only for 5 s (ALTER SYSTEM
+# default_transaction_read_only); SIGKILL of one etcd member. After the run: nothing lost,
+# duplicated or dead-lettered, as above.
 #
 # Environment:
 #   SLUICE_BIN_DIR            service binaries and sl_chaos (default <repo>/build/bin)
@@ -32,7 +44,11 @@
 #   SLUICE_CHAOS_ROUNDS       rounds of faults
 #   SLUICE_CHAOS_FAULTS       the faults of a round, in order (default: persister-kill persister-pause
 #                             sse-kill api-kill rabbitmq-kill postgres-kill; sse-kill takes sse1 in odd
-#                             rounds, sse2 in even ones)
+#                             rounds, sse2 in even ones; with --cluster: rmq-leader-kill
+#                             rmq-follower-kill rmq-pause pg-postmaster-kill pg-node-kill patroni-kill
+#                             pg-pause pg-readonly etcd-kill)
+#   SLUICE_CHAOS_PAUSE        seconds a SIGSTOPped node stays stopped (--cluster; 15)
+#   SLUICE_CHAOS_CLUSTER_PORT_BASE   scripts/cluster.sh's SLUICE_CLUSTER_PORT_BASE (6300)
 #   ASAN_OPTIONS, UBSAN_OPTIONS, LSAN_OPTIONS   default to test.sh's (no effect on a plain build)
 # Everything listens on and talks to 127.0.0.1 only.
 set -euo pipefail
@@ -54,15 +70,17 @@ die() {
 . "$SCRIPT_DIR/lib.sh"
 
 SHORT=${SLUICE_CHAOS_SHORT:-0}
+CLUSTER=0
 for arg in "$@"; do
   case $arg in
     --short) SHORT=1 ;;
+    --cluster) CLUSTER=1 ;;
     --long) SHORT=0 ;;
     -h | --help)
       sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
       exit 0
       ;;
-    *) die "unknown argument '$arg' (--short, --long)" ;;
+    *) die "unknown argument '$arg' (--short, --long, --cluster)" ;;
   esac
 done
 
@@ -77,10 +95,20 @@ QUEUE_MAX=${SLUICE_CHAOS_QUEUE_MAX:-$QUEUE_MAX}
 PREFETCH=${SLUICE_CHAOS_PREFETCH:-$PREFETCH}
 DOWN=${SLUICE_CHAOS_DOWN:-$DOWN}
 ROUNDS=${SLUICE_CHAOS_ROUNDS:-$ROUNDS}
-read -r -a FAULT_LIST <<<"${SLUICE_CHAOS_FAULTS:-persister-kill persister-pause sse-kill api-kill rabbitmq-kill postgres-kill}"
+PAUSE=${SLUICE_CHAOS_PAUSE:-15}
+if ((CLUSTER)); then
+  MODE="$MODE cluster"
+  DEFAULT_FAULTS="rmq-leader-kill rmq-follower-kill rmq-pause pg-postmaster-kill pg-node-kill patroni-kill pg-pause pg-readonly etcd-kill"
+else
+  DEFAULT_FAULTS="persister-kill persister-pause sse-kill api-kill rabbitmq-kill postgres-kill"
+fi
+read -r -a FAULT_LIST <<<"${SLUICE_CHAOS_FAULTS:-$DEFAULT_FAULTS}"
 for f in "${FAULT_LIST[@]}"; do
   case $f in
-    persister-kill | persister-pause | sse-kill | api-kill | rabbitmq-kill | postgres-kill) ;;
+    persister-kill | persister-pause | sse-kill | api-kill) ;;
+    rabbitmq-kill | postgres-kill) ((!CLUSTER)) || die "SLUICE_CHAOS_FAULTS: '$f' is for a single node (without --cluster)" ;;
+    rmq-leader-kill | rmq-follower-kill | rmq-pause | pg-postmaster-kill | pg-node-kill | patroni-kill | pg-pause | \
+      pg-readonly | etcd-kill) ((CLUSTER)) || die "SLUICE_CHAOS_FAULTS: '$f' needs --cluster" ;;
     *) die "SLUICE_CHAOS_FAULTS: unknown fault '$f'" ;;
   esac
 done
@@ -111,7 +139,12 @@ export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}
 export LSAN_OPTIONS=${LSAN_OPTIONS:-suppressions=$REPO_DIR/tests/lsan.supp:print_suppressions=0}
 
-srv() { SLUICE_STATE_DIR=$STATE SLUICE_AMQP_PORT=$AMQP_PORT SLUICE_PG_PORT=$PG_PORT "$SCRIPT_DIR/servers.sh" "$@"; }
+CLUSTER_PORT_BASE=${SLUICE_CHAOS_CLUSTER_PORT_BASE:-6300}
+if ((CLUSTER)); then
+  srv() { SLUICE_STATE_DIR=$STATE SLUICE_CLUSTER_PORT_BASE=$CLUSTER_PORT_BASE "$SCRIPT_DIR/cluster.sh" "$@"; }
+else
+  srv() { SLUICE_STATE_DIR=$STATE SLUICE_AMQP_PORT=$AMQP_PORT SLUICE_PG_PORT=$PG_PORT "$SCRIPT_DIR/servers.sh" "$@"; }
+fi
 
 declare -A PID=()
 FAILED=0
@@ -341,6 +374,126 @@ kill_postgres() {
   crash_server postgres "$pm" start-postgres
 }
 
+# --- faults of the cluster (--cluster) -----------------------------------------------------------
+
+# node_of ROLE: the component that has it now (scripts/cluster.sh role-of).
+node_of() {
+  local n
+  n=$(srv role-of "$1" 2>&1) || die "no $1: $n"
+  echo "$n"
+}
+
+# pids_of NODE: every process of a node, as a crash takes them (RabbitMQ: beam and its helpers;
+# a PostgreSQL node: Patroni, the postmaster and its backends; etcd: the member).
+pids_of() {
+  local p
+  case $1 in
+    pg[12])
+      for p in "$(srv pid "$1" 2>/dev/null)" "$(srv pid "$1-postmaster" 2>/dev/null)"; do
+        [[ -n $p ]] && { echo "$p"; tree_pids "$p"; }
+      done
+      ;;
+    *) p=$(srv pid "$1") || die "$1 is not running"; echo "$p"; tree_pids "$p" ;;
+  esac
+  return 0
+}
+
+# node_fault FAULT NODE kill|stop: SIGKILL every process of NODE and start it again after DOWN s,
+# or SIGSTOP them for PAUSE s and SIGCONT; then wait for every service to be ready.
+node_fault() {
+  local fault=$1 node=$2 how=$3 t_fault t_restart t_ready out
+  local -a pids
+  mapfile -t pids < <(pids_of "$node")
+  ((${#pids[@]})) || die "$fault: $node has no processes"
+  t_fault=$(now_ms)
+  if [[ $how == kill ]]; then
+    ev "fault $fault: SIGKILL $node (pids ${pids[*]}); down for $DOWN s"
+    kill -KILL "${pids[@]}" 2>/dev/null || true
+    wait_gone 10 "${pids[@]}" || die "could not kill $node (pids ${pids[*]})"
+    sleep "$DOWN"
+    t_restart=$(now_ms)
+    out=$(srv start-node "$node" 2>&1) || {
+      printf '%s\n' "$out" >&2
+      die "$node did not restart"
+    }
+    ev "restarted: $out"
+  else
+    ev "fault $fault: SIGSTOP $node (pids ${pids[*]}) for $PAUSE s"
+    kill -STOP "${pids[@]}" 2>/dev/null || true
+    sleep "$PAUSE"
+    t_restart=$(now_ms)
+    kill -CONT "${pids[@]}" 2>/dev/null || true
+    ev "SIGCONT $node"
+  fi
+  t_ready=$(now_ms)
+  wait_ready "$t_restart" 120 "${SERVICES[@]}" || true
+  fault_line "$fault" "$t_fault" "$t_restart" "$t_ready" "$READY_MS" 0
+}
+
+# Patroni alone dies: its PostgreSQL goes on as primary until the leader key expires (ttl), then
+# the standby takes over and haproxy cuts the old primary's sessions. Patroni comes back after
+# DOWN s and finds its postmaster demoted or rejoins as a replica.
+patroni_kill() {
+  local node p t_fault t_restart t_ready out
+  node=$(node_of primary)
+  p=$(srv pid "$node") || die "Patroni of $node is not running"
+  ev "fault patroni-kill: SIGKILL Patroni of the primary $node (pid $p) alone; down for $DOWN s"
+  t_fault=$(now_ms)
+  kill -KILL "$p"
+  wait_gone 10 "$p" || die "could not kill Patroni pid $p"
+  sleep "$DOWN"
+  t_restart=$(now_ms)
+  out=$(srv start-node "$node" 2>&1) || {
+    printf '%s\n' "$out" >&2
+    die "Patroni of $node did not restart"
+  }
+  ev "restarted: $out"
+  t_ready=$(now_ms)
+  wait_ready "$t_restart" 120 "${SERVICES[@]}" || true
+  fault_line patroni-kill "$t_fault" "$t_restart" "$t_ready" "$READY_MS" 0
+}
+
+# The database turns read-only for 5 s (what a failover looks like to its clients).
+pg_readonly() {
+  local t_fault t_restart out
+  ev "fault pg-readonly: default_transaction_read_only on the primary for 5 s"
+  t_fault=$(now_ms)
+  out=$(srv psql -qAt -c "ALTER SYSTEM SET default_transaction_read_only = on" -c "SELECT pg_reload_conf()" 2>&1) ||
+    die "could not make the database read-only: $out"
+  sleep 5
+  t_restart=$(now_ms)
+  out=$(srv psql -qAt -c "SET default_transaction_read_only = off" -c "ALTER SYSTEM RESET default_transaction_read_only" \
+    -c "SELECT pg_reload_conf()" 2>&1) || die "could not make the database writable again: $out"
+  ev "the database takes writes again"
+  wait_ready "$t_restart" 60 "${SERVICES[@]}" || true
+  fault_line pg-readonly "$t_fault" "$t_restart" "$t_restart" "$READY_MS" 0
+}
+
+run_cluster_fault() {
+  case $1 in
+    rmq-leader-kill) node_fault "$1" "$(node_of queue-leader)" kill ;;
+    rmq-follower-kill) node_fault "$1" "$(node_of queue-follower)" kill ;;
+    rmq-pause) node_fault "$1" "$(node_of queue-leader)" stop ;;
+    pg-postmaster-kill)
+      local node pm
+      node=$(node_of primary)
+      pm=$(srv pid "$node-postmaster") || die "no postmaster on $node"
+      ev "fault pg-postmaster-kill: SIGKILL the postmaster of the primary $node (pid $pm); Patroni restarts it"
+      local t_fault t_ready
+      t_fault=$(now_ms)
+      crash_tree "$pm"
+      wait_ready "$t_fault" 120 "${SERVICES[@]}" || true
+      t_ready=$(now_ms)
+      fault_line pg-postmaster-kill "$t_fault" "$t_fault" "$t_ready" "$READY_MS" 0
+      ;;
+    pg-node-kill) node_fault "$1" "$(node_of primary)" kill ;;
+    patroni-kill) patroni_kill ;;
+    pg-pause) node_fault "$1" "$(node_of primary)" stop ;;
+    pg-readonly) pg_readonly ;;
+    etcd-kill) node_fault "$1" "$(node_of etcd-leader)" kill ;;
+  esac
+}
+
 steady() { # SECONDS
   ev "steady for $1 s"
   sleep "$1"
@@ -350,7 +503,11 @@ steady() { # SECONDS
 
 ev "faults: ${FAULT_LIST[*]}"
 ev "mode $MODE: load $RATE msg/s, bot $BOT_RATE msg/s, x-max-length $QUEUE_MAX, prefetch $PREFETCH, down $DOWN s, $ROUNDS round(s)"
-ev "state and logs in $STATE; bin $BIN_DIR; amqp $AMQP_PORT, postgres $PG_PORT, http ${PORT[api]}-${PORT[sse2]}"
+if ((CLUSTER)); then
+  ev "state and logs in $STATE; bin $BIN_DIR; cluster port base $CLUSTER_PORT_BASE, http ${PORT[api]}-${PORT[sse2]}"
+else
+  ev "state and logs in $STATE; bin $BIN_DIR; amqp $AMQP_PORT, postgres $PG_PORT, http ${PORT[api]}-${PORT[sse2]}"
+fi
 mkdir -p "$STATE"
 kill_leftovers
 srv stop >/dev/null 2>&1 || true
@@ -403,6 +560,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
       api-kill) kill_service api ;;
       rabbitmq-kill) kill_rabbitmq ;;
       postgres-kill) kill_postgres ;;
+      *) run_cluster_fault "$f" ;;
     esac
     steady "$GAP"
   done
@@ -430,7 +588,13 @@ for name in sse1 sse2 api persister; do
   fi
 done
 ev "every service exited on SIGTERM"
-dead=$(srv rabbitmqctl list_queues -q name messages 2>/dev/null | awk '$1 == "sluice.persist.dead" { print $2 }')
+if ((CLUSTER)); then
+  dead=$(srv rabbitmqctl "$(node_of queue-leader)" list_queues -q name messages 2>/dev/null |
+    awk '$1 == "sluice.persist.dead" { print $2 }')
+  srv status 2>&1 | while IFS= read -r line; do ev "$line"; done || true
+else
+  dead=$(srv rabbitmqctl list_queues -q name messages 2>/dev/null | awk '$1 == "sluice.persist.dead" { print $2 }')
+fi
 ev "dead-lettered messages: ${dead:-0}"
 [[ ${dead:-0} == 0 ]] || FAILED=1
 
