@@ -27,12 +27,18 @@
 #
 # Contracts: everything is started with setsid and stopped by PID (graceful, bounded, then
 # SIGKILL); nothing is found by name. Patroni runs under a small subreaper (python3, see
-# REAPER_PY) because PID 1 here does not reap orphans: Patroni detaches each postmaster, and a
-# killed postmaster left as a zombie would keep its PID "alive" for the next postmaster's lock
-# file check. `status` exits 0 when every component is up and healthy, 3 otherwise.
+# REAPER_PY): Patroni detaches each postmaster to PID 1, which on our machines is not a reliable
+# reaper (zombies were seen to linger), and a killed postmaster kept as a zombie would still
+# answer kill -0 to Patroni's and the next postmaster's postmaster.pid checks. Under the reaper a
+# node's processes are reaped promptly and stay findable as its descendants.
+# `status` exits 0 when every component is up and healthy, 3 otherwise.
 #
 # Patroni timing: ttl 10, loop_wait 2, retry_timeout 4 (Patroni wants loop_wait + 2 *
-# retry_timeout <= ttl; SLUICE_PATRONI_TTL/_LOOP_WAIT/_RETRY_TIMEOUT override them). A dead primary node is replaced after at most ttl + loop_wait + promote;
+# retry_timeout <= ttl; SLUICE_PATRONI_TTL/_LOOP_WAIT/_RETRY_TIMEOUT override them). Measured
+# here: a whole-node or Patroni-alone kill of the primary costs 10-11 s of writes. With 6/1/2 it
+# was 6-7 s, but killing the etcd leader (a new one after 3-4 s: election timeout 2 s) then
+# demoted the primary ("DCS is not accessible") and writes failed; with retry_timeout 4 they went
+# on without a gap. A dead primary node is replaced after at most ttl + loop_wait + promote;
 # haproxy marks a node down 2 s (inter 1s fall 2) after its /primary stops answering 200 and cuts
 # its sessions then. The DCS settings (ttl, synchronous_mode, max_connections...) are written to
 # etcd at bootstrap only: change them later with patronictl edit-config, or `purge` and start.

@@ -9,9 +9,10 @@
 #      move to the other node within ttl + 15 s, haproxy never routes to the stale primary
 #      again, every write acknowledged to the session is on the new primary; the stale node
 #      rejoins as a standby with start-node;
-#   4. SIGKILL the RabbitMQ node leading sluice.persist: the other two still form the cluster and
+#   4. SIGKILL the etcd leader: a new one is elected, the primary stays, writes go on;
+#   5. SIGKILL the RabbitMQ node leading sluice.persist: the other two still form the cluster and
 #      elect a new leader; start-node brings the node back into the cluster of 3;
-#   5. stop: no PID we recorded is alive (a zombie counts as gone), no port of ours listens; a
+#   6. stop: no PID we recorded is alive (a zombie counts as gone), no port of ours listens; a
 #      second stop is harmless.
 #
 # Its own state dir (mktemp) and ports from SLUICE_CLUSTER_TEST_PORT_BASE (default 6300: clear of
@@ -255,6 +256,47 @@ else
   tail -n 20 "$STATE/patroni/$P/patroni.log" | sed 's/^/    | /'
 fi
 check "the 'stale' row committed locally on $P is not on the primary" test "$(sql "$DB_URL" "SELECT count(*) FROM t WHERE tag = 'stale'")" = 0
+record_pids
+
+# ---------------------------------------------------------------------------------------------
+section "SIGKILL of the etcd leader"
+# Patroni's retry_timeout (4 s) must outlast an etcd election (election timeout 2 s): the
+# primary keeps its role, and writes go on.
+P=$("$CL" role-of primary) || fatal "no primary"
+E=$("$CL" role-of etcd-leader) || fatal "no etcd leader"
+ep=$("$CL" pid "$E") || fatal "no PID for $E"
+log "etcd leader $E (pid $ep), primary $P"
+t0=$(now_ms)
+kill -KILL "$ep"
+new_etcd_leader() { local l; l=$("$CL" role-of etcd-leader 2>/dev/null) && [[ $l != "$E" ]]; }
+if wait_for 20 new_etcd_leader; then
+  ok "a new etcd leader $("$CL" role-of etcd-leader) after $(elapsed "$t0")"
+  timing "etcd leader $E killed: new leader after $(elapsed "$t0")"
+else
+  bad "no new etcd leader within 20 s"
+fi
+# Writes for 8 s after the kill: the longest gap between two commits.
+max_gap=0 last=$(now_ms) fails=0
+while (($(now_ms) - t0 < 8000)); do
+  if write_ok; then
+    now=$(now_ms)
+    ((now - last > max_gap)) && max_gap=$((now - last))
+    last=$now
+  else
+    fails=$((fails + 1))
+  fi
+  sleep 0.2
+done
+timing "etcd leader $E killed: longest gap between writes ${max_gap} ms, $fails failed writes"
+check "writes went on (longest gap ${max_gap} ms, $fails failed)" test "$fails" = 0
+check "the primary is still $P" role_is primary "$P"
+t0=$(now_ms)
+if "$CL" start-node "$E" >"$STATE/start-node-$E.out" 2>&1; then
+  ok "start-node $E: healthy again after $(elapsed "$t0")"
+else
+  bad "start-node $E"
+  sed 's/^/    | /' "$STATE/start-node-$E.out"
+fi
 record_pids
 
 # ---------------------------------------------------------------------------------------------
