@@ -251,18 +251,24 @@ rmq_live_node() { # the first rN whose beam runs
 
 # Kills whatever is left of rN's process tree (after a SIGKILL of beam, or a failed start).
 rmq_kill_leftovers() {
-  local d=$RMQ_DIR/r$1 tree
-  mapfile -t tree < <(tree_pids "$(read_pid "$d/server.pid")")
-  ((${#tree[@]} == 0)) || kill_pids "r$1-helpers" "${tree[@]}"
+  local tree
+  mapfile -t tree < <(rmq_tree "$1")
+  ((${#tree[@]} == 0)) || kill_pids "r$1-leftovers" "${tree[@]}"
+}
+
+# rmq_tree N: the rabbitmq-server shell of rN and its live descendants (none when the recorded
+# PID is no longer that shell).
+rmq_tree() {
   local w
-  w=$(read_pid "$d/server.pid")
-  if pid_is "$w" rabbitmq-server; then kill_pids "r$1-wrapper" "$w"; fi
+  w=$(read_pid "$RMQ_DIR/r$1/server.pid")
+  pid_is "$w" rabbitmq-server || return 0
+  tree_pids "$w"
 }
 
 rmq_stop_node() {
   local n=$1 d=$RMQ_DIR/r$1 p tree
   p=$(rmq_pid "$n")
-  mapfile -t tree < <(tree_pids "$(read_pid "$d/server.pid")")
+  mapfile -t tree < <(rmq_tree "$n")
   if [[ -n $p ]]; then
     # `stop PIDFILE` returns once beam has exited; bounded in case it hangs.
     rmq_env "$n"
@@ -657,9 +663,9 @@ fail_start() { # fail_start WHAT LOG...: the logs' tails, then die
 }
 
 start_rabbitmq_part() {
-  local t0=$1 n ok=1
+  local t0=$1 n ok=1 deadline=$((SECONDS + 150))
   for n in 1 2 3; do
-    if ! rmq_wait_node "$n" 150; then
+    if ! rmq_wait_node "$n" $((deadline - SECONDS > 5 ? deadline - SECONDS : 5)); then
       ok=0
       tail_file "$RMQ_DIR/r$n/server.out" 20
       tail_file "$RMQ_DIR/r$n/log/rabbit.log" 20
@@ -672,6 +678,24 @@ start_rabbitmq_part() {
   say rabbitmq "cluster of 3 running nodes after $(elapsed "$t0") (amqp $(amqp_port 1),$(amqp_port 2),$(amqp_port 3))"
 }
 
+# Refuses to start anything when a port of a component that is not running is taken.
+preflight_ports() {
+  local n busy=() port
+  check_free() { for port; do port_in_use "$port" && busy+=("$port"); done; return 0; }
+  [[ -n $(epmd_pid) ]] || check_free "$EPMD_PORT"
+  for n in 1 2 3; do
+    [[ -n $(rmq_pid "$n") ]] || check_free "$(amqp_port "$n")" "$(dist_port "$n")"
+    [[ -n $(etcd_pid "$n") ]] || check_free "$(etcd_client_port "$n")" "$(etcd_peer_port "$n")"
+  done
+  for n in 1 2; do
+    [[ -n $(patroni_pid "$n") ]] || check_free "$(rest_port "$n")"
+    [[ -n $(postmaster_pid "$n") ]] || check_free "$(pg_port "$n")"
+    [[ -n $(hap_pid "$n") ]] || check_free "$(hap_port "$n")"
+  done
+  ((${#busy[@]} == 0)) ||
+    die "ports in use by other processes: ${busy[*]} (choose another SLUICE_CLUSTER_PORT_BASE; now $BASE)"
+}
+
 cmd_start() {
   local n t0 rpid
   mkdir -p "$STATE_DIR"
@@ -680,6 +704,7 @@ cmd_start() {
   as_postgres test -x "$STATE_DIR" ||
     die "user postgres cannot enter $STATE_DIR (make it and its parents world-searchable, e.g. chmod o+x)"
   [[ -x $RMQ_BIN/rabbitmq-server ]] || die "rabbitmq-server is not installed: run scripts/deps.sh"
+  preflight_ports
   t0=$(now_ms)
   ensure_epmd
   for n in 1 2 3; do rmq_launch "$n"; done
@@ -973,8 +998,13 @@ main() {
       else
         n=$(rmq_live_node) || die "rabbitmqctl: no RabbitMQ node runs (name one: r1, r2 or r3)"
       fi
+      # rabbitmqctl starts an epmd of its own when none listens on our port: keep ours up for
+      # the call, and end it again when no node runs.
+      local rc=0
       ensure_epmd
-      rmqctl "$n" "$@"
+      rmqctl "$n" "$@" || rc=$?
+      rmq_live_node >/dev/null || { kill_pids epmd "$(epmd_pid)"; rm -f "$EPMD_PID_FILE"; }
+      return "$rc"
       ;;
     psql) exec "$PG_BIN/psql" -X -d "$(db_url)" "$@" ;;
     -h | --help | help) usage ;;
