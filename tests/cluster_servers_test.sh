@@ -10,6 +10,8 @@
 #      again, every write acknowledged to the session is on the new primary; the stale node
 #      rejoins as a standby with start-node;
 #   4. SIGKILL the etcd leader: a new one is elected, the primary stays, writes go on;
+#      SIGKILL the primary's postmaster alone: Patroni brings PostgreSQL back (time the outage);
+#      SIGKILL haproxy1: the two-host URL still writes through haproxy2; start-node haproxy1;
 #   5. SIGKILL the RabbitMQ node leading sluice.persist: the other two still form the cluster and
 #      elect a new leader; start-node brings the node back into the cluster of 3;
 #   6. stop: no PID we recorded is alive (a zombie counts as gone), no port of ours listens; a
@@ -297,6 +299,36 @@ else
   bad "start-node $E"
   sed 's/^/    | /' "$STATE/start-node-$E.out"
 fi
+record_pids
+
+# ---------------------------------------------------------------------------------------------
+section "SIGKILL of the primary's postmaster alone"
+P=$("$CL" role-of primary) || fatal "no primary"
+pm=$("$CL" pid "$P-postmaster") || fatal "no postmaster PID for $P"
+log "primary $P (postmaster $pm; Patroni stays up)"
+t0=$(now_ms)
+kill -KILL "$pm"
+if wait_for 60 write_ok; then
+  outage=$(elapsed "$t0")
+  ok "writes through haproxy again after $outage (primary now $("$CL" role-of primary 2>/dev/null))"
+  timing "postmaster-alone kill of the primary: write outage $outage"
+else
+  bad "no write through haproxy within 60 s of killing the postmaster of $P"
+fi
+has_sync() { is_sync_standby pg1 || is_sync_standby pg2; }
+check "a sync standby again within 60 s" wait_for 60 has_sync
+record_pids
+
+# ---------------------------------------------------------------------------------------------
+section "SIGKILL of haproxy1"
+hp=$("$CL" pid haproxy1) || fatal "no PID for haproxy1"
+kill -KILL "$hp"
+t0=$(now_ms)
+check "a write through the two-host URL with haproxy1 dead (libpq moves on to haproxy2)" write_ok
+timing "haproxy1 killed: write through the two-host URL took $(elapsed "$t0")"
+check "start-node haproxy1" "$CL" start-node haproxy1
+hap1_writes() { [[ -n $(sql "$(via_hap 1)" "INSERT INTO t(tag) VALUES ('h1') RETURNING id") ]]; }
+check "a write through haproxy1 again" wait_for 10 hap1_writes
 record_pids
 
 # ---------------------------------------------------------------------------------------------
