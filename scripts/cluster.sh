@@ -639,7 +639,8 @@ all_ports() {
   for n in 1 2; do pg_port "$n"; rest_port "$n"; hap_port "$n"; done
 }
 
-# wait_until SECONDS WHAT CMD...: polls CMD every 0.5 s; dies after SECONDS.
+# wait_until SECONDS WHAT CMD...: polls CMD every 0.5 s; 1 when it has not succeeded after
+# SECONDS (WHAT only names the wait for the reader).
 wait_until() {
   local deadline=$((SECONDS + $1))
   shift 2
@@ -716,8 +717,9 @@ cmd_start() {
   # RabbitMQ boots on its own; the rest is a chain: etcd -> Patroni -> haproxy -> database.
   start_rabbitmq_part "$t0" &
   rpid=$!
+  # On a failure below, end the waiter and its rabbitmqctl calls (not the nodes: setsid).
   # shellcheck disable=SC2064  # rpid is fixed now
-  trap "kill $rpid 2>/dev/null || true" EXIT
+  trap "kill \$(tree_pids $rpid) $rpid 2>/dev/null || true" EXIT
 
   wait_until 60 etcd etcd_all_healthy ||
     fail_start "etcd: not all 3 members healthy after 60 s" "$ETCD_DIR"/etcd{1,2,3}.log
