@@ -8,6 +8,7 @@ PACKAGES=(
   libh2o-evloop-dev librabbitmq-dev libpq-dev libcurl4-openssl-dev libjansson-dev
   check libwslay-dev libssl-dev zlib1g-dev uuid-dev
   rabbitmq-server postgresql
+  patroni etcd-server haproxy
   wrk curl procps iproute2
 )
 
@@ -30,8 +31,8 @@ if ((EUID != 0)); then
 fi
 
 # Keep the packages' maintainer scripts from starting the system-wide
-# RabbitMQ/PostgreSQL services (default ports 5672/5432): we run our own
-# instances with scripts/servers.sh. Only when no policy-rc.d exists already.
+# RabbitMQ/PostgreSQL/etcd/Patroni/haproxy services (default ports 5672/5432/2379/8008/...): we
+# run our own instances with scripts/servers.sh and scripts/cluster.sh. Only when no policy-rc.d exists already.
 POLICY=/usr/sbin/policy-rc.d
 added_policy=0
 remove_policy() {

@@ -5,6 +5,11 @@
 #   scripts/servers.sh start-rabbitmq|stop-rabbitmq|start-postgres|stop-postgres
 #   scripts/servers.sh rabbitmqctl ARGS...   # rabbitmqctl against this instance
 #   scripts/servers.sh psql ARGS...          # psql on database sluice of this instance
+#   scripts/servers.sh --cluster start|stop|status|env|...  # the native cluster: scripts/cluster.sh
+#
+# With --cluster, or SLUICE_CLUSTER=1 in the environment (which `cluster.sh env` exports), every
+# subcommand goes to scripts/cluster.sh (three RabbitMQ nodes, Patroni + etcd, haproxy; state in
+# ${SLUICE_STATE_DIR:-<repo>/.state/cluster}, ports from SLUICE_CLUSTER_PORT_BASE).
 #
 # Everything lives in ${SLUICE_STATE_DIR:-<repo>/.state/dev}; both servers listen
 # on 127.0.0.1 only. Ports: SLUICE_AMQP_PORT (default 5672), SLUICE_PG_PORT
@@ -365,12 +370,18 @@ usage() {
 usage: scripts/servers.sh {start|stop|status|env|start-rabbitmq|stop-rabbitmq|start-postgres|stop-postgres}
        scripts/servers.sh rabbitmqctl ARGS...
        scripts/servers.sh psql ARGS...
+       scripts/servers.sh --cluster ARGS...   (or SLUICE_CLUSTER=1): scripts/cluster.sh ARGS...
 env: SLUICE_STATE_DIR (default <repo>/.state/dev), SLUICE_AMQP_PORT (5672), SLUICE_PG_PORT (5433)
 EOF
   exit 2
 }
 
 main() {
+  if [[ ${1:-} == --cluster ]]; then
+    shift
+    exec "$SCRIPT_DIR/cluster.sh" "$@"
+  fi
+  [[ ${SLUICE_CLUSTER:-0} != 1 ]] || exec "$SCRIPT_DIR/cluster.sh" "$@"
   (($# >= 1)) || usage
   local cmd=$1
   shift
