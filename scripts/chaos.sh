@@ -462,7 +462,8 @@ pg_readonly() {
     die "could not make the database read-only: $out"
   sleep 5
   t_restart=$(now_ms)
-  out=$(srv psql -qAt -c "SET default_transaction_read_only = off" -c "ALTER SYSTEM RESET default_transaction_read_only" \
+  # (a read-only server fails target_session_attrs=read-write: this session starts writable)
+  out=$(PGOPTIONS="-c default_transaction_read_only=off" srv psql -qAt -c "ALTER SYSTEM RESET default_transaction_read_only" \
     -c "SELECT pg_reload_conf()" 2>&1) || die "could not make the database writable again: $out"
   ev "the database takes writes again"
   wait_ready "$t_restart" 60 "${SERVICES[@]}" || true
