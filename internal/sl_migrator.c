@@ -29,8 +29,9 @@ static void *run(void *arg)
     return NULL;
 }
 
-sl_migrator_t *sl_migrator_start(const char *url, int wait_s, volatile sig_atomic_t *stop, int head_start_ms)
+sl_migrator_t *sl_migrator_start(const char *url, int wait_s, volatile sig_atomic_t *stop)
 {
+    int head_start_ms = wait_s < SL_MIGRATOR_HEAD_START_MS / 1000 ? wait_s * 1000 : SL_MIGRATOR_HEAD_START_MS;
     sl_migrator_t *m = calloc(1, sizeof(*m));
     if (m == NULL)
         return NULL;

@@ -15,10 +15,14 @@
 
 typedef struct sl_migrator sl_migrator_t;
 
-/* Starts sl_db_migrate_url(url, wait_s, stop) on a thread and waits up to head_start_ms for it
- * to end. url and stop must outlive the migrator. NULL when no thread could be started (the
- * caller may then migrate itself). */
-sl_migrator_t *sl_migrator_start(const char *url, int wait_s, volatile sig_atomic_t *stop, int head_start_ms);
+/* The head start: a healthy database is migrated within it, a slow or hung one is not waited for
+ * longer (the migration goes on meanwhile). */
+#define SL_MIGRATOR_HEAD_START_MS 2000
+
+/* Starts sl_db_migrate_url(url, wait_s, stop) on a thread and waits for it to end, at most the
+ * head start (or wait_s if shorter). url and stop must outlive the migrator. NULL when no thread
+ * could be started (the caller may then migrate itself). */
+sl_migrator_t *sl_migrator_start(const char *url, int wait_s, volatile sig_atomic_t *stop);
 /* 1 once the migration ended (successfully or not). */
 int sl_migrator_done(const sl_migrator_t *m);
 /* Joins a finished migration and frees m; a migration still running (stuck in a connect to a

@@ -18,15 +18,6 @@
 
 static volatile sig_atomic_t stopping;
 
-/* A healthy database is migrated within this before the service listens; a slow or hung one is
- * waited for no longer (the migration goes on meanwhile). */
-#define MIGRATE_HEAD_START_MS 2000
-
-static int head_start_ms(long long migrate_wait_s)
-{
-    return migrate_wait_s * 1000 < MIGRATE_HEAD_START_MS ? (int)(migrate_wait_s * 1000) : MIGRATE_HEAD_START_MS;
-}
-
 static size_t inflight(void *api)
 {
     return sl_api_inflight(api);
@@ -91,8 +82,8 @@ int main(int argc, char **argv)
     sl_http_trap_signals(&stopping);
     /* Best effort: posts work without the database; history needs the schema. The migration runs
      * on a thread of its own so that a database that hangs does not keep the api from listening
-     * (it gets a head start of MIGRATE_HEAD_START_MS). */
-    sl_migrator_t *migrator = sl_migrator_start(db_url, (int)migrate_wait, &stopping, head_start_ms(migrate_wait));
+     * (it gets a head start of SL_MIGRATOR_HEAD_START_MS). */
+    sl_migrator_t *migrator = sl_migrator_start(db_url, (int)migrate_wait, &stopping);
     if (migrator == NULL)
         sl_db_migrate_url(db_url, (int)migrate_wait, &stopping);
 

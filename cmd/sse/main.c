@@ -17,15 +17,6 @@
 
 static volatile sig_atomic_t stopping;
 
-/* A healthy database is migrated within this before the service listens; a slow or hung one is
- * waited for no longer (the migration goes on meanwhile). */
-#define MIGRATE_HEAD_START_MS 2000
-
-static int head_start_ms(long long migrate_wait_s)
-{
-    return migrate_wait_s * 1000 < MIGRATE_HEAD_START_MS ? (int)(migrate_wait_s * 1000) : MIGRATE_HEAD_START_MS;
-}
-
 static size_t streams(void *sse)
 {
     return sl_sse_streams(sse);
@@ -103,8 +94,7 @@ int main(int argc, char **argv)
     }
     conf.instance = instance;
     /* On a thread of its own: a database that hangs must not keep the service from listening. */
-    sl_migrator_t *migrator =
-        sl_migrator_start(conf.db_url, (int)migrate_wait, &stopping, head_start_ms(migrate_wait));
+    sl_migrator_t *migrator = sl_migrator_start(conf.db_url, (int)migrate_wait, &stopping);
     if (migrator == NULL)
         sl_db_migrate_url(conf.db_url, (int)migrate_wait, &stopping);
 
