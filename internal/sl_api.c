@@ -646,7 +646,13 @@ sl_api_t *sl_api_create(h2o_loop_t *loop, const sl_api_conf_t *conf)
                               .timeout_ms = 2000,
                               .reconnect_ms = 500};
     a->pub = sl_publisher_create(loop, &pc);
-    a->pg = sl_pgpool_create(loop, conf->db_url, (size_t)conf->db_conns, 10000, 1000);
+    sl_pgpool_conf_t pg = {.url = conf->db_url,
+                           .nconns = (size_t)conf->db_conns,
+                           .max_queue = 10000,
+                           .reconnect_ms = 1000,
+                           .connect_timeout_ms = (int)conf->db_connect_timeout_ms,
+                           .query_timeout_ms = (int)conf->db_query_timeout_ms};
+    a->pg = sl_pgpool_create(loop, &pg);
     if (conf->client_rate > 0)
         a->limiter = sl_ratelimit_create(conf->client_rate, conf->client_burst, 100000);
     if (a->pub == NULL || a->pg == NULL || (conf->client_rate > 0 && a->limiter == NULL)) {

@@ -16,6 +16,8 @@ typedef struct sl_api_conf {
     long long queue_max_length;   /* x-max-length of the persist queue */
     long long max_unconfirmed;    /* publishes awaiting confirmation before 503 */
     long long db_conns;           /* connections in the read pool */
+    long long db_connect_timeout_ms; /* per database host and attempt (0: the pool's default) */
+    long long db_query_timeout_ms;   /* from query to answer (0: the pool's default) */
     long long retry_after_s;      /* Retry-After on 429/503 */
     long long history_max;        /* largest page of GET /v1/messages */
     struct sl_auth *auth;         /* writer tokens (owned by the api from sl_api_create on); NULL: open */

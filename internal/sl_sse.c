@@ -56,7 +56,13 @@ sl_sse_t *sl_sse_create(h2o_loop_t *loop, const sl_sse_conf_t *conf)
         return NULL;
     s->conf = *conf;
     snprintf(s->conn_name, sizeof(s->conn_name), "sluice-sse %s", conf->instance);
-    if ((s->pg = sl_pgpool_create(loop, conf->db_url, (size_t)conf->db_conns, 100000, 1000)) == NULL ||
+    sl_pgpool_conf_t pg = {.url = conf->db_url,
+                           .nconns = (size_t)conf->db_conns,
+                           .max_queue = 100000,
+                           .reconnect_ms = 1000,
+                           .connect_timeout_ms = (int)conf->db_connect_timeout_ms,
+                           .query_timeout_ms = (int)conf->db_query_timeout_ms};
+    if ((s->pg = sl_pgpool_create(loop, &pg)) == NULL ||
         (s->hub = sl_hub_create(loop, s->pg, (int)conf->check_ms, 200000, (size_t)conf->recent)) == NULL ||
         (s->streams = sl_streams_create(loop, s->hub, s->pg, &conf->stream)) == NULL ||
         (s->feed = sl_livefeed_create(loop, conf->amqp_url, conf->live_exchange, s->conn_name, conf->live_backlog,

@@ -13,6 +13,7 @@
 #include "sl_db.h"
 #include "sl_http.h"
 #include "sl_log.h"
+#include "sl_migrator.h"
 #include "sl_time.h"
 
 static volatile sig_atomic_t stopping;
@@ -40,6 +41,10 @@ int main(int argc, char **argv)
         {"max-unconfirmed", "SLUICE_API_MAX_UNCONFIRMED", SL_OPT_INT, &conf.max_unconfirmed, "10000", 1, 1e6,
          "publishes awaiting confirmation before answering 503"},
         {"db-conns", "SLUICE_API_DB_CONNS", SL_OPT_INT, &conf.db_conns, "4", 1, 64, "database connections for reads"},
+        {"db-connect-timeout-ms", "SLUICE_DB_CONNECT_TIMEOUT_MS", SL_OPT_INT, &conf.db_connect_timeout_ms, "5000", 100,
+         600000, "deadline of a database connection attempt, per host (TCP, TLS, login, session setup)"},
+        {"db-query-timeout-ms", "SLUICE_DB_QUERY_TIMEOUT_MS", SL_OPT_INT, &conf.db_query_timeout_ms, "10000", 100,
+         3600000, "deadline of a query, from asking to answer (the session's statement_timeout is 90% of it)"},
         {"retry-after", "SLUICE_RETRY_AFTER", SL_OPT_INT, &conf.retry_after_s, "1", 1, 3600,
          "seconds in Retry-After on 429/503"},
         {"history-max", "SLUICE_HISTORY_MAX", SL_OPT_INT, &conf.history_max, "200", 1, 1000,
@@ -75,8 +80,12 @@ int main(int argc, char **argv)
     else
         SL_INFO("event=writer_tokens count=%zu", sl_auth_count(conf.auth));
     sl_http_trap_signals(&stopping);
-    /* Best effort: posts work without the database; history needs the schema. */
-    sl_db_migrate_url(db_url, (int)migrate_wait, &stopping);
+    /* Best effort: posts work without the database; history needs the schema. The migration runs
+     * on a thread of its own so that a database that hangs does not keep the api from listening
+     * (it gets a head start of SL_MIGRATOR_HEAD_START_MS). */
+    sl_migrator_t *migrator = sl_migrator_start(db_url, (int)migrate_wait, &stopping);
+    if (migrator == NULL)
+        sl_db_migrate_url(db_url, (int)migrate_wait, &stopping);
 
     sl_http_raise_nofile(); /* one descriptor per client connection */
     sl_http_server_t server;
@@ -102,5 +111,6 @@ int main(int argc, char **argv)
     SL_INFO("event=stopped inflight=%zu connections=%zu", sl_api_inflight(api), sl_http_connections(&server));
     sl_api_destroy(api);
     sl_http_dispose(&server);
+    sl_migrator_finish(migrator);
     return 0;
 }

@@ -11,6 +11,7 @@
 #include "sl_db.h"
 #include "sl_http.h"
 #include "sl_log.h"
+#include "sl_migrator.h"
 #include "sl_sse.h"
 #include "sl_time.h"
 
@@ -41,6 +42,10 @@ int main(int argc, char **argv)
         {"api-url", "SLUICE_SSE_API_URL", SL_OPT_STR, &conf.api_url, "", 0, 0,
          "api base URL the web page uses (empty: the page's host, port 8080)"},
         {"db-conns", "SLUICE_SSE_DB_CONNS", SL_OPT_INT, &conf.db_conns, "4", 1, 64, "database connections"},
+        {"db-connect-timeout-ms", "SLUICE_DB_CONNECT_TIMEOUT_MS", SL_OPT_INT, &conf.db_connect_timeout_ms, "5000", 100,
+         600000, "deadline of a database connection attempt, per host (TCP, TLS, login, session setup)"},
+        {"db-query-timeout-ms", "SLUICE_DB_QUERY_TIMEOUT_MS", SL_OPT_INT, &conf.db_query_timeout_ms, "10000", 100,
+         3600000, "deadline of a query, from asking to answer (the session's statement_timeout is 90% of it)"},
         {"check-ms", "SLUICE_SSE_CHECK_MS", SL_OPT_INT, &conf.check_ms, "1000", 10, 600000,
          "how often to compare the live position with the database"},
         {"live-backlog", "SLUICE_SSE_LIVE_BACKLOG", SL_OPT_INT, &conf.live_backlog, "100000", 1, 1e9,
@@ -88,7 +93,10 @@ int main(int argc, char **argv)
         instance = name;
     }
     conf.instance = instance;
-    sl_db_migrate_url(conf.db_url, (int)migrate_wait, &stopping);
+    /* On a thread of its own: a database that hangs must not keep the service from listening. */
+    sl_migrator_t *migrator = sl_migrator_start(conf.db_url, (int)migrate_wait, &stopping);
+    if (migrator == NULL)
+        sl_db_migrate_url(conf.db_url, (int)migrate_wait, &stopping);
 
     /* Each stream is a descriptor: take what the system allows, and never promise more. */
     long nofile = sl_http_raise_nofile();
@@ -120,5 +128,6 @@ int main(int argc, char **argv)
     SL_INFO("event=stopped streams=%zu connections=%zu", sl_sse_streams(sse), sl_http_connections(&server));
     sl_sse_destroy(sse);
     sl_http_dispose(&server);
+    sl_migrator_finish(migrator);
     return 0;
 }
