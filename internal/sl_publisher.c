@@ -131,6 +131,7 @@ static void on_flush(h2o_timeout_entry_t *entry)
     }
 }
 
+/* On the connector thread: reads conf only. */
 static int on_setup(void *data, amqp_connection_state_t conn, char *err, size_t errlen)
 {
     sl_publisher_t *p = data;
@@ -216,10 +217,17 @@ sl_publisher_t *sl_publisher_create(h2o_loop_t *loop, const sl_publisher_conf_t 
         p->conf.max_batch = SL_AMQP_MAX_LINES;
     p->next_tag = p->oldest_tag = 1;
     sl_histogram_init(&p->stats.confirm_latency, sl_latency_bounds, sl_latency_nbounds);
+    char err[512];
+    if (sl_amqploop_init(&p->amqp, loop, conf->url, conf->conn_name, conf->heartbeat_s, conf->timeout_ms,
+                         conf->reconnect_ms, &handlers, p, err, sizeof(err)) != 0) {
+        char q[600];
+        SL_ERROR("event=publisher_failed conn=%s error=%s", conf->conn_name, sl_log_quote(q, sizeof(q), err));
+        free(p->slots);
+        free(p);
+        return NULL;
+    }
     h2o_timeout_init(loop, &p->flush_timeout, 0);
     p->flush_entry.cb = on_flush;
-    sl_amqploop_init(&p->amqp, loop, conf->url, conf->conn_name, conf->heartbeat_s, conf->timeout_ms,
-                     conf->reconnect_ms, &handlers, p);
     return p;
 }
 
