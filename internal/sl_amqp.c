@@ -249,9 +249,50 @@ Error:
     return NULL;
 }
 
+/* The dead-letter queue and its binding, on a channel of their own: its failure must not close
+ * SL_AMQP_CHANNEL. Publishing does not need it, and after a node is lost it may be unreachable: a
+ * classic queue (made before it was declared as quorum) whose home was that node answers 404
+ * until the node is back; one that exists as classic answers 406 to a declare as quorum. Either is
+ * logged and the caller goes on. Returns -1 only when the connection itself failed. */
+static int declare_dead_queue(amqp_connection_state_t conn, const sl_amqp_topology_t *t, char *err, size_t errlen)
+{
+    enum { CH = SL_AMQP_CHANNEL + 1 };
+    char dead_queue[256], text[256], q[300];
+    amqp_table_entry_t qargs[] = {
+        {amqp_cstring_bytes("x-queue-type"), {AMQP_FIELD_KIND_UTF8, {.bytes = amqp_cstring_bytes("quorum")}}},
+    };
+    amqp_table_t qtable = {1, qargs};
+    amqp_rpc_reply_t r;
+    snprintf(dead_queue, sizeof(dead_queue), "%s.dead", t->persist_queue);
+    amqp_channel_open(conn, CH);
+    if (check_reply(conn, "channel.open for the dead-letter queue", err, errlen) != 0)
+        return -1;
+    amqp_queue_declare(conn, CH, amqp_cstring_bytes(dead_queue), 0, 1, 0, 0, qtable);
+    if ((r = amqp_get_rpc_reply(conn)).reply_type == AMQP_RESPONSE_NORMAL) {
+        amqp_queue_bind(conn, CH, amqp_cstring_bytes(dead_queue), amqp_cstring_bytes(t->dead_exchange),
+                        amqp_cstring_bytes(""), amqp_empty_table);
+        r = amqp_get_rpc_reply(conn);
+    }
+    if (r.reply_type == AMQP_RESPONSE_SERVER_EXCEPTION && r.reply.id == AMQP_CHANNEL_CLOSE_METHOD) {
+        amqp_channel_close_ok_t ok;
+        SL_WARN("event=amqp_dead_queue_unavailable queue=%s error=%s", dead_queue,
+                sl_log_quote(q, sizeof(q), sl_amqp_reply_text(r, text, sizeof(text))));
+        if (amqp_send_method(conn, CH, AMQP_CHANNEL_CLOSE_OK_METHOD, &ok) != AMQP_STATUS_OK) {
+            snprintf(err, errlen, "channel.close-ok: connection lost");
+            return -1;
+        }
+        return 0;
+    }
+    if (r.reply_type != AMQP_RESPONSE_NORMAL) {
+        snprintf(err, errlen, "declare dead-letter queue: %s", sl_amqp_reply_text(r, text, sizeof(text)));
+        return -1;
+    }
+    amqp_channel_close(conn, CH, AMQP_REPLY_SUCCESS);
+    return check_reply(conn, "channel.close after the dead-letter queue", err, errlen);
+}
+
 int sl_amqp_declare(amqp_connection_state_t conn, const sl_amqp_topology_t *t, char *err, size_t errlen)
 {
-    char dead_queue[256];
     amqp_table_entry_t qargs[] = {
         {amqp_cstring_bytes("x-queue-type"), {AMQP_FIELD_KIND_UTF8, {.bytes = amqp_cstring_bytes("quorum")}}},
         {amqp_cstring_bytes("x-max-length"), {AMQP_FIELD_KIND_I64, {.i64 = t->max_length}}},
@@ -261,17 +302,11 @@ int sl_amqp_declare(amqp_connection_state_t conn, const sl_amqp_topology_t *t, c
     };
     amqp_table_t qtable = {(int)(sizeof(qargs) / sizeof(qargs[0])), qargs};
 
-    snprintf(dead_queue, sizeof(dead_queue), "%s.dead", t->persist_queue);
     amqp_exchange_declare(conn, SL_AMQP_CHANNEL, amqp_cstring_bytes(t->dead_exchange), amqp_cstring_bytes("fanout"), 0, 1,
                           0, 0, amqp_empty_table);
     if (check_reply(conn, "declare dead-letter exchange", err, errlen) != 0)
         return -1;
-    amqp_queue_declare(conn, SL_AMQP_CHANNEL, amqp_cstring_bytes(dead_queue), 0, 1, 0, 0, amqp_empty_table);
-    if (check_reply(conn, "declare dead-letter queue", err, errlen) != 0)
-        return -1;
-    amqp_queue_bind(conn, SL_AMQP_CHANNEL, amqp_cstring_bytes(dead_queue), amqp_cstring_bytes(t->dead_exchange),
-                    amqp_cstring_bytes(""), amqp_empty_table);
-    if (check_reply(conn, "bind dead-letter queue", err, errlen) != 0)
+    if (declare_dead_queue(conn, t, err, errlen) != 0)
         return -1;
     amqp_queue_declare(conn, SL_AMQP_CHANNEL, amqp_cstring_bytes(t->persist_queue), 0, 1, 0, 0, qtable);
     if (check_reply(conn, "declare persist queue (its arguments must match the existing queue's)", err, errlen) != 0)

@@ -7,7 +7,9 @@
  *     queue nacks publishes instead of dropping them. A message on it holds one to
  *     SL_AMQP_MAX_LINES queue items (sl_message_to_json), one per line; x-max-length counts
  *     messages. Rejected deliveries dead-letter to
- *   - the dead-letter exchange (fanout) and its queue "<queue>.dead";
+ *   - the dead-letter exchange (fanout) and its queue "<queue>.dead" (quorum, so that it outlives
+ *     a node; one made as classic by an older version is left as it is, and while it cannot be
+ *     declared, e.g. its home node is down, the rest is declared anyway: see sl_amqp_declare);
  *   - the live exchange (topic) that stored messages are published to after each commit: one
  *     message per committed batch (routing key SL_LIVE_ROUTING_KEY, content type
  *     SL_LIVE_CONTENT_TYPE), its body the batch's new messages and events in seq order, one
@@ -85,8 +87,11 @@ amqp_connection_state_t sl_amqp_open_next(const char *list, size_t *cursor, cons
 amqp_connection_state_t sl_amqp_open_hooked(const char *url, const char *conn_name, int heartbeat_s, int timeout_ms,
                                             void (*on_socket)(void *arg, int fd), void *arg, char *err, size_t errlen);
 
-/* Declares the topology on SL_AMQP_CHANNEL. Returns 0, or -1 with err (the channel or connection
- * may then be closed by the broker: close the connection). */
+/* Declares the topology on SL_AMQP_CHANNEL (the dead-letter queue on channel SL_AMQP_CHANNEL + 1,
+ * opened and closed here, so that its failure is logged, event=amqp_dead_queue_unavailable, and
+ * not fatal: after the loss of a node a classic one may be unreachable until it is back). Returns
+ * 0, or -1 with err (the channel or connection may then be closed by the broker: close the
+ * connection). */
 int sl_amqp_declare(amqp_connection_state_t conn, const sl_amqp_topology_t *t, char *err, size_t errlen);
 
 /* Closes politely (bounded by the connection's rpc timeout) and frees. NULL is a no-op. */

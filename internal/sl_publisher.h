@@ -11,7 +11,9 @@
  * a whole, so nothing is half-accepted. Nothing waits for a confirm in turn: the loop stays free.
  * The publisher connects and reconnects by itself, over a list of broker URLs (sl_amqploop: the
  * next node after a lost connection, backoff once all have failed) and tracks
- * connection.blocked. Publishes whose confirm was outstanding when the connection broke are
+ * connection.blocked. A node that stops answering (stopped process, dead network: its
+ * connection stays open) is noticed by a confirm that does not come within confirm_timeout_ms.
+ * Publishes whose confirm was outstanding when the connection broke are
  * answered UNAVAILABLE (the broker may or may not have them), never OK; publishes while no
  * connection is up are refused UNAVAILABLE.
  *
@@ -50,6 +52,8 @@ typedef struct sl_publisher_conf {
     int heartbeat_s;
     int timeout_ms;         /* deadline of one connection attempt */
     int reconnect_ms;       /* longest wait between two rounds over the URL list (0: 2000) */
+    int confirm_timeout_ms; /* a publish unconfirmed this long (not while blocked) means the node
+                             * has stalled: the connection is dropped, the next node tried (0: 5000) */
 } sl_publisher_conf_t;
 
 typedef struct sl_publisher_stats {

@@ -10,6 +10,7 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -61,6 +62,7 @@ typedef struct proxy {
     int port, target, lfd, wake[2];
     int fds[2 * MAX_PAIRS]; /* client, upstream; -1 when free */
     pthread_t thread;
+    volatile sig_atomic_t paused; /* forwards nothing, keeps connections open: a stopped node */
 } proxy_t;
 
 static void reset_close(int fd)
@@ -78,13 +80,13 @@ static void *proxy_run(void *arg)
         int n = 0, map[2 + 2 * MAX_PAIRS];
         pf[n++] = (struct pollfd){p->wake[0], POLLIN, 0};
         pf[n++] = (struct pollfd){p->lfd, POLLIN, 0};
-        for (int i = 0; i < 2 * MAX_PAIRS; i++) {
+        for (int i = 0; i < 2 * MAX_PAIRS && !p->paused; i++) {
             if (p->fds[i] >= 0) {
                 map[n] = i;
                 pf[n++] = (struct pollfd){p->fds[i], POLLIN, 0};
             }
         }
-        if (poll(pf, (nfds_t)n, 1000) < 0)
+        if (poll(pf, (nfds_t)n, p->paused ? 20 : 1000) < 0)
             continue;
         if (pf[0].revents != 0)
             break;
@@ -284,6 +286,7 @@ struct kill_at {
 static void kill_midway(int done, void *arg)
 {
     struct kill_at *k = arg;
+    tu_sleep_ms(1); /* paced (~1 000 posts/s), so the count of 503s measures the time without a node */
     if (done == k->at) {
         proxy_kill(k->proxy);
         k->t = now_s();
@@ -366,6 +369,48 @@ START_TEST(test_lost_connection_moves_to_the_next_node)
 }
 END_TEST
 
+/* A node that stops answering with its connections open (SIGSTOP): the overdue confirm gives it
+ * away, the post waiting for it is answered 503, and the api goes on with the next node. */
+START_TEST(test_stalled_node_is_left_after_the_confirm_deadline)
+{
+    static char env_url[700];
+    char real[512], node[200];
+    proxy_t p1;
+    snprintf(real, sizeof(real), "%s", getenv("SLUICE_AMQP_URL"));
+    proxy_start(&p1, 0, broker_port());
+    tu_stack_init(&S, "amqpstall", 100000);
+    snprintf(env_url, sizeof(env_url), "SLUICE_AMQP_URL=amqp://guest:guest@127.0.0.1:%d/,%s", p1.port, real);
+    const char *env[] = {env_url, NULL};
+    tu_start(&S, "persister", NULL);
+    tu_start(&S, "api", env);
+    snprintf(node, sizeof(node), "event=amqp_connected conn=\"sluice-api\" node=amqp://guest@127.0.0.1:%d/", p1.port);
+    ck_assert(tu_log_contains(&S, "api", node));
+    ck_assert_int_eq(post_one(NULL), 202);
+    p1.paused = 1;
+    double t0 = now_s(), took;
+    ck_assert_int_eq(post_one(NULL), 503);
+    took = now_s() - t0;
+    double t1 = now_s(), back = 0;
+    while (now_s() - t1 < 5) {
+        if (post_one(NULL) == 202) {
+            back = now_s() - t1;
+            break;
+        }
+        tu_sleep_ms(5);
+    }
+    fprintf(stderr, "stalled node: the post waiting on it answered 503 after %.0f ms; 202 again %.0f ms later\n",
+            took * 1000, back * 1000);
+    ck_assert_msg(took >= 4.5 && took < 8, "503 after %.3f s", took);
+    ck_assert_msg(back > 0 && back < 2, "202 again after %.3f s", back);
+    ck_assert(tu_log_contains(&S, "api", "no confirm within"));
+    proxy_kill(&p1);
+    PGconn *db = tu_db(&S);
+    ck_assert_int_ge(tu_wait_rows(db, 2, 20000), 2);
+    PQfinish(db);
+    tu_stack_cleanup(&S);
+}
+END_TEST
+
 /* The sse service's live feed moves too, declares its queue on the new node, and the hub fills
  * what was published while it moved: a stream sees every message, in order. */
 START_TEST(test_live_feed_moves_and_stream_has_no_gap)
@@ -423,6 +468,7 @@ int main(void)
     tcase_add_test(tc, test_dead_first_node_is_skipped);
     tcase_add_test(tc, test_black_hole_first_node_keeps_the_loop_free);
     tcase_add_test(tc, test_lost_connection_moves_to_the_next_node);
+    tcase_add_test(tc, test_stalled_node_is_left_after_the_confirm_deadline);
     tcase_add_test(tc, test_live_feed_moves_and_stream_has_no_gap);
     suite_add_tcase(s, tc);
     return tu_run_suite(s);
