@@ -7,14 +7,21 @@
  *     queue nacks publishes instead of dropping them. A message on it holds one to
  *     SL_AMQP_MAX_LINES queue items (sl_message_to_json), one per line; x-max-length counts
  *     messages. Rejected deliveries dead-letter to
- *   - the dead-letter exchange (fanout) and its queue "<queue>.dead";
+ *   - the dead-letter exchange (fanout) and its queue "<queue>.dead" (quorum, so that it outlives
+ *     a node; one made as classic by an older version is left as it is, and while it cannot be
+ *     declared, e.g. its home node is down, the rest is declared anyway: see sl_amqp_declare);
  *   - the live exchange (topic) that stored messages are published to after each commit: one
  *     message per committed batch (routing key SL_LIVE_ROUTING_KEY, content type
  *     SL_LIVE_CONTENT_TYPE), its body the batch's new messages and events in seq order, one
  *     compact JSON object per line (no trailing newline). A consumer splits it at '\n' (JSON text
  *     never holds a raw line break) and handles each line as one event.
  * The calls here block (connect, login, RPCs); they are bounded by the timeout given to
- * sl_amqp_open. Not thread-safe: one connection per thread.
+ * sl_amqp_open. Not thread-safe: one connection per thread (a connection may be handed from one
+ * thread to another whole, with a happens-before such as a pipe write and read).
+ *
+ * SLUICE_AMQP_URL is a comma-separated list of up to SL_AMQP_MAX_URLS broker URLs (the nodes of
+ * a cluster): sl_amqp_urls_parse checks it, sl_amqp_open_next walks it. URLs are logged without
+ * their password (sl_amqp_url_redact).
  */
 #ifndef SL_AMQP_H
 #define SL_AMQP_H
@@ -38,14 +45,53 @@ typedef struct sl_amqp_topology {
 /* Defaults for the names, from SLUICE_QUEUE / SLUICE_LIVE_EXCHANGE where set. */
 void sl_amqp_topology_defaults(sl_amqp_topology_t *t, long long max_length);
 
+#define SL_AMQP_MAX_URLS 16
+
+/* A parsed URL list. url[i] is the i-th entry, trimmed; shown[i] the same without its password. */
+typedef struct sl_amqp_urls {
+    size_t n;
+    char *url[SL_AMQP_MAX_URLS];
+    char *shown[SL_AMQP_MAX_URLS];
+} sl_amqp_urls_t;
+
+/* Parses a comma-separated list (whitespace around entries ignored). Every entry must be a valid
+ * AMQP URL; an empty entry, an empty list or more than SL_AMQP_MAX_URLS entries is refused.
+ * Returns 0 (free u with sl_amqp_urls_free), or -1 with a sentence in err (which never holds a
+ * password) and u left empty. */
+int sl_amqp_urls_parse(sl_amqp_urls_t *u, const char *list, char *err, size_t errlen);
+void sl_amqp_urls_free(sl_amqp_urls_t *u);
+/* sl_amqp_urls_parse for a service's startup check: 0, or -1 with err. */
+int sl_amqp_urls_check(const char *list, char *err, size_t errlen);
+
+/* url for a log line: "amqp://user:secret@host/" becomes "amqp://user@host/". Returns buf. */
+const char *sl_amqp_url_redact(const char *url, char *buf, size_t len);
+
 /* Connects to url (amqp://user:pass@host:port/vhost), logs in with the given heartbeat, opens
  * channel SL_AMQP_CHANNEL. Every step is bounded by timeout_ms. Returns the connection, or NULL
- * with a sentence in err. */
+ * with a sentence in err. A list of URLs is tried in order, from the first (see
+ * sl_amqp_open_next to go on from where the last connection was). */
 amqp_connection_state_t sl_amqp_open(const char *url, const char *conn_name, int heartbeat_s, int timeout_ms, char *err,
                                      size_t errlen);
 
-/* Declares the topology on SL_AMQP_CHANNEL. Returns 0, or -1 with err (the channel or connection
- * may then be closed by the broker: close the connection). */
+/* For a blocking connector (a thread of its own): tries the URLs of list (comma-separated) from
+ * index *cursor on, each once, wrapping around, each as sl_amqp_open does. On success *cursor is
+ * left on the URL after the one connected to, so the next call (after that connection is lost)
+ * starts with the next node; one line is logged (event=amqp_node) naming the node. On failure
+ * (NULL, err holds each node's reason) *cursor moves on by one. *cursor may start at 0. */
+amqp_connection_state_t sl_amqp_open_next(const char *list, size_t *cursor, const char *conn_name, int heartbeat_s,
+                                          int timeout_ms, char *err, size_t errlen);
+
+/* sl_amqp_open of one URL, calling on_socket(arg, fd) (if not NULL) once the TCP connection is
+ * made, before login: another thread may then shutdown(2) fd to cut a stalled login or setup
+ * short. The callback runs on the calling thread. */
+amqp_connection_state_t sl_amqp_open_hooked(const char *url, const char *conn_name, int heartbeat_s, int timeout_ms,
+                                            void (*on_socket)(void *arg, int fd), void *arg, char *err, size_t errlen);
+
+/* Declares the topology on SL_AMQP_CHANNEL (the dead-letter queue on channel SL_AMQP_CHANNEL + 1,
+ * opened and closed here, so that its failure is logged, event=amqp_dead_queue_unavailable, and
+ * not fatal: after the loss of a node a classic one may be unreachable until it is back). Returns
+ * 0, or -1 with err (the channel or connection may then be closed by the broker: close the
+ * connection). */
 int sl_amqp_declare(amqp_connection_state_t conn, const sl_amqp_topology_t *t, char *err, size_t errlen);
 
 /* Closes politely (bounded by the connection's rpc timeout) and frees. NULL is a no-op. */

@@ -24,6 +24,9 @@ struct sl_livefeed {
     size_t body_len, body_size, body_cap;
 };
 
+/* On sl_amqploop's connector thread: reads what never changes after create, nothing else. A new
+ * connection (maybe on another node) declares and binds a new private queue; what was published
+ * meanwhile the hub fills from the database (on_state up makes it check). */
 static int on_setup(void *data, amqp_connection_state_t conn, char *err, size_t errlen)
 {
     sl_livefeed_t *f = data;
@@ -52,7 +55,6 @@ static int on_setup(void *data, amqp_connection_state_t conn, char *err, size_t 
     amqp_bytes_free(queue);
     if (r.reply_type != AMQP_RESPONSE_NORMAL)
         goto Fail;
-    f->state = WAIT_DELIVER;
     return 0;
 Fail:
     snprintf(err, errlen, "live queue setup on %s: %s", f->exchange, sl_amqp_reply_text(r, t, sizeof(t)));
@@ -62,6 +64,7 @@ Fail:
 static void on_up(void *data)
 {
     sl_livefeed_t *f = data;
+    f->state = WAIT_DELIVER;
     if (f->h->on_state != NULL)
         f->h->on_state(f->data, 1);
 }
@@ -137,7 +140,13 @@ sl_livefeed_t *sl_livefeed_create(h2o_loop_t *loop, const char *url, const char 
     f->max_backlog = max_backlog;
     f->h = h;
     f->data = data;
-    sl_amqploop_init(&f->amqp, loop, url, name, 10, 2000, 500, &handlers, f);
+    char err[512];
+    if (sl_amqploop_init(&f->amqp, loop, url, name, 10, 2000, 2000, &handlers, f, err, sizeof(err)) != 0) {
+        char q[600];
+        SL_ERROR("event=livefeed_failed conn=%s error=%s", name, sl_log_quote(q, sizeof(q), err));
+        free(f);
+        return NULL;
+    }
     return f;
 }
 

@@ -4,7 +4,11 @@
  * each message body to the owner, on the loop. Deliveries are not acknowledged (no-ack): the
  * database is the record, and the hub fills any gap from it.
  *
- * Every instance has its own queue, so N instances each see every message. Loop thread only.
+ * Every instance has its own queue, so N instances each see every message. The connection is
+ * sl_amqploop's: url may list several nodes; after a reconnect (to the same or another node) the
+ * queue is declared and bound anew and on_state(1) runs, so the owner can look for what it missed
+ * (sl_sse: sl_hub_check backfills from the database by seq). Loop thread only; connecting does
+ * not block it.
  */
 #ifndef SL_LIVEFEED_H
 #define SL_LIVEFEED_H
@@ -24,8 +28,9 @@ typedef struct sl_livefeed sl_livefeed_t;
  * message is a whole committed batch (sl_amqp.h), up to a few MB. */
 #define SL_LIVEFEED_MAX_BYTES (64LL * 1024 * 1024)
 
-/* url, exchange and name must outlive the feed. max_backlog caps the private queue in live
- * messages (oldest dropped first: the hub backfills them). NULL on no memory. */
+/* url (one AMQP URL or a comma-separated list), exchange and name must outlive the feed.
+ * max_backlog caps the private queue in live messages (oldest dropped first: the hub backfills
+ * them). Starts connecting in the background. NULL on no memory or a bad URL list (logged). */
 sl_livefeed_t *sl_livefeed_create(h2o_loop_t *loop, const char *url, const char *exchange, const char *name,
                                   long long max_backlog, const sl_livefeed_handlers_t *h, void *data);
 int sl_livefeed_up(const sl_livefeed_t *f);

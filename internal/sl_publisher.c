@@ -14,6 +14,10 @@
 #include "sl_log.h"
 #include "sl_time.h"
 
+#define RECYCLE_MIN_US 500000LL
+#define RECYCLE_MAX_US 30000000LL
+#define WATCH_MS 250
+
 /* One post (a line of a batch) and who waits for its confirm. */
 struct entry {
     sl_publish_cb cb;
@@ -42,7 +46,12 @@ struct sl_publisher {
     char exchange[128], routing_key[256];
     h2o_timeout_t flush_timeout; /* 0 ms: at the end of the current loop turn */
     h2o_timeout_entry_t flush_entry;
-    char broken[128]; /* a publish failed in flush: drop the connection from the timer */
+    h2o_timeout_t watch_timeout; /* WATCH_MS: the oldest unconfirmed publish's age */
+    h2o_timeout_entry_t watch_entry;
+    char broken[160]; /* a publish failed in flush: drop the connection from the timer */
+    /* A channel that has had only nacks since it connected (see on_frame). */
+    uint64_t acked_since_up;
+    int64_t first_nack_us, recycle_after_us;
     sl_publisher_stats_t stats;
 };
 
@@ -115,7 +124,8 @@ static void flush(sl_publisher_t *p)
     p->body.len = 0;
     if (st != AMQP_STATUS_OK && p->broken[0] == '\0') {
         snprintf(p->broken, sizeof(p->broken), "%s", amqp_error_string2(st));
-        h2o_timeout_link(p->amqp._loop, &p->flush_timeout, &p->flush_entry);
+        if (!h2o_timeout_is_linked(&p->flush_entry)) /* it is while a batch is gathered */
+            h2o_timeout_link(p->amqp._loop, &p->flush_timeout, &p->flush_entry);
     }
 }
 
@@ -131,6 +141,26 @@ static void on_flush(h2o_timeout_entry_t *entry)
     }
 }
 
+/* A stalled node keeps its connection open and answers nothing (heartbeats would notice only
+ * after two intervals): a confirm overdue by confirm_timeout_ms drops the connection, so the
+ * publishes waiting for it are answered and the next node is tried. Not while blocked: the broker
+ * then holds publishes on purpose. */
+static void on_watch(h2o_timeout_entry_t *entry)
+{
+    sl_publisher_t *p = H2O_STRUCT_FROM_MEMBER(sl_publisher_t, watch_entry, entry);
+    h2o_timeout_link(p->amqp._loop, &p->watch_timeout, &p->watch_entry);
+    if (p->amqp.conn == NULL || p->amqp.blocked || p->broken[0] != '\0' || p->oldest_tag >= p->next_tag)
+        return;
+    const struct slot *s = &p->slots[p->oldest_tag & p->mask];
+    int64_t age_ms = (sl_time_mono_us() - s->t0_us) / 1000;
+    if (!s->in_use || age_ms < p->conf.confirm_timeout_ms)
+        return;
+    snprintf(p->broken, sizeof(p->broken), "no confirm within %lld ms", (long long)age_ms);
+    if (!h2o_timeout_is_linked(&p->flush_entry))
+        h2o_timeout_link(p->amqp._loop, &p->flush_timeout, &p->flush_entry);
+}
+
+/* On the connector thread: reads conf only. */
 static int on_setup(void *data, amqp_connection_state_t conn, char *err, size_t errlen)
 {
     sl_publisher_t *p = data;
@@ -150,7 +180,34 @@ static void on_up(void *data)
 {
     sl_publisher_t *p = data;
     p->next_tag = p->oldest_tag = 1; /* delivery tags restart with every channel */
+    p->acked_since_up = 0;
+    p->first_nack_us = 0;
     p->stats.reconnects++;
+}
+
+/* RabbitMQ 3.10 (seen on a three-node cluster): a channel that first publishes to a quorum
+ * queue with x-overflow=reject-publish while the queue has no leader (we reconnected to a
+ * survivor within the election after its leader's node died) is nacked for good, while fresh
+ * channels are confirmed. So a connection that has had nothing but nacks for recycle_after_us
+ * since it came up is dropped (its outstanding publishes are answered UNAVAILABLE) and the next
+ * node is tried; the wait doubles while this repeats without an ack (a queue that is really full
+ * when we connect costs a reconnection now and then, no more). */
+static void note_fresh_nack(sl_publisher_t *p)
+{
+    int64_t now = sl_time_mono_us();
+    if (p->first_nack_us == 0) {
+        p->first_nack_us = now;
+        return;
+    }
+    if (now - p->first_nack_us < p->recycle_after_us || p->broken[0] != '\0')
+        return;
+    SL_WARN("event=publisher_recycle conn=%s node=%s nacked_ms=%lld reason=\"only nacks since connecting\"",
+            p->conf.conn_name, sl_amqploop_node(&p->amqp), (long long)((now - p->first_nack_us) / 1000));
+    snprintf(p->broken, sizeof(p->broken), "only nacks for %lld ms since connecting",
+             (long long)((now - p->first_nack_us) / 1000));
+    if (!h2o_timeout_is_linked(&p->flush_entry))
+        h2o_timeout_link(p->amqp._loop, &p->flush_timeout, &p->flush_entry);
+    p->recycle_after_us = p->recycle_after_us * 2 < RECYCLE_MAX_US ? p->recycle_after_us * 2 : RECYCLE_MAX_US;
 }
 
 static void on_frame(void *data, const amqp_frame_t *frame)
@@ -161,10 +218,14 @@ static void on_frame(void *data, const amqp_frame_t *frame)
     if (frame->payload.method.id == AMQP_BASIC_ACK_METHOD) {
         amqp_basic_ack_t *m = frame->payload.method.decoded;
         p->stats.acked++;
+        p->acked_since_up++;
+        p->recycle_after_us = RECYCLE_MIN_US;
         settle(p, m->delivery_tag, m->multiple, SL_PUBLISH_OK);
     } else if (frame->payload.method.id == AMQP_BASIC_NACK_METHOD) {
         amqp_basic_nack_t *m = frame->payload.method.decoded;
         p->stats.nacked++;
+        if (p->acked_since_up == 0)
+            note_fresh_nack(p);
         settle(p, m->delivery_tag, m->multiple, SL_PUBLISH_NACK);
     }
 }
@@ -215,11 +276,24 @@ sl_publisher_t *sl_publisher_create(h2o_loop_t *loop, const sl_publisher_conf_t 
     if (p->conf.max_batch == 0 || p->conf.max_batch > SL_AMQP_MAX_LINES)
         p->conf.max_batch = SL_AMQP_MAX_LINES;
     p->next_tag = p->oldest_tag = 1;
+    p->recycle_after_us = RECYCLE_MIN_US;
+    if (p->conf.confirm_timeout_ms <= 0)
+        p->conf.confirm_timeout_ms = 5000;
     sl_histogram_init(&p->stats.confirm_latency, sl_latency_bounds, sl_latency_nbounds);
+    char err[512];
+    if (sl_amqploop_init(&p->amqp, loop, conf->url, conf->conn_name, conf->heartbeat_s, conf->timeout_ms,
+                         conf->reconnect_ms, &handlers, p, err, sizeof(err)) != 0) {
+        char q[600];
+        SL_ERROR("event=publisher_failed conn=%s error=%s", conf->conn_name, sl_log_quote(q, sizeof(q), err));
+        free(p->slots);
+        free(p);
+        return NULL;
+    }
     h2o_timeout_init(loop, &p->flush_timeout, 0);
     p->flush_entry.cb = on_flush;
-    sl_amqploop_init(&p->amqp, loop, conf->url, conf->conn_name, conf->heartbeat_s, conf->timeout_ms,
-                     conf->reconnect_ms, &handlers, p);
+    h2o_timeout_init(loop, &p->watch_timeout, WATCH_MS);
+    p->watch_entry.cb = on_watch;
+    h2o_timeout_link(loop, &p->watch_timeout, &p->watch_entry);
     return p;
 }
 
@@ -321,6 +395,8 @@ void sl_publisher_destroy(sl_publisher_t *p)
     if (h2o_timeout_is_linked(&p->flush_entry))
         h2o_timeout_unlink(&p->flush_entry);
     h2o_timeout_dispose(loop, &p->flush_timeout);
+    h2o_timeout_unlink(&p->watch_entry);
+    h2o_timeout_dispose(loop, &p->watch_timeout);
     for (size_t i = 0; i <= p->mask; i++)
         free(p->slots[i].entries);
     free(p->slots);

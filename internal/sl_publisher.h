@@ -9,10 +9,17 @@
  * basic.ack or basic.nack for it arrives (possibly as a "multiple" covering many tags), the
  * callback of every publish in it runs once with the outcome: a batch is confirmed or refused as
  * a whole, so nothing is half-accepted. Nothing waits for a confirm in turn: the loop stays free.
- * The publisher reconnects by itself (every reconnect_ms) and tracks connection.blocked.
+ * The publisher connects and reconnects by itself, over a list of broker URLs (sl_amqploop: the
+ * next node after a lost connection, backoff once all have failed) and tracks
+ * connection.blocked. A node that stops answering (stopped process, dead network: its
+ * connection stays open) is noticed by a confirm that does not come within confirm_timeout_ms.
+ * Publishes whose confirm was outstanding when the connection broke are
+ * answered UNAVAILABLE (the broker may or may not have them), never OK; publishes while no
+ * connection is up are refused UNAVAILABLE.
  *
- * Threading: everything runs on the loop's thread. Connecting (after a failure) blocks the loop
- * for at most timeout_ms; a broker on loopback answers or refuses in well under that.
+ * Threading: everything runs on the loop's thread, except the connection's setup (declare,
+ * confirm.select), which runs on sl_amqploop's connector thread and reads only conf. Nothing
+ * blocks the loop: connecting happens on that thread, under the deadline timeout_ms.
  */
 #ifndef SL_PUBLISHER_H
 #define SL_PUBLISHER_H
@@ -37,14 +44,16 @@ typedef enum {
 typedef void (*sl_publish_cb)(void *data, sl_publish_result_t result);
 
 typedef struct sl_publisher_conf {
-    const char *url;
+    const char *url;        /* one AMQP URL or a comma-separated list (sl_amqp_urls_parse) */
     const char *conn_name;
     sl_amqp_topology_t topology;
     size_t max_unconfirmed; /* publishes (not messages) awaiting their confirm */
     size_t max_batch;       /* publishes per message; 0 or over SL_AMQP_MAX_LINES: SL_AMQP_MAX_LINES */
     int heartbeat_s;
-    int timeout_ms;
-    int reconnect_ms;
+    int timeout_ms;         /* deadline of one connection attempt */
+    int reconnect_ms;       /* longest wait between two rounds over the URL list (0: 2000) */
+    int confirm_timeout_ms; /* a publish unconfirmed this long (not while blocked) means the node
+                             * has stalled: the connection is dropped, the next node tried (0: 5000) */
 } sl_publisher_conf_t;
 
 typedef struct sl_publisher_stats {
@@ -56,8 +65,10 @@ typedef struct sl_publisher_stats {
 
 typedef struct sl_publisher sl_publisher_t;
 
-/* Copies conf (its strings must outlive the publisher) and tries to connect at once; a failure
- * there is logged and retried. Returns NULL only on no memory. */
+/* Copies conf (its strings must outlive the publisher) and starts connecting in the background:
+ * the publisher is not ready when this returns (publishes are refused UNAVAILABLE until it is).
+ * Failures are logged and retried. Returns NULL on no memory or a bad URL list (logged; check the
+ * list at startup with sl_amqp_urls_parse for a better message). */
 sl_publisher_t *sl_publisher_create(h2o_loop_t *loop, const sl_publisher_conf_t *conf);
 
 /* Publishes body (one line of JSON: no '\n' in it) persistently to exchange ("" = default) with

@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 long tu_http_timeout_ms = 20000;
+int tu_wait_amqp_ms = 10000;
 
 void tu_sleep_ms(int ms)
 {
@@ -207,6 +208,17 @@ pid_t tu_start_at(tu_stack_t *s, const char *service, int *port, const char *con
                 up = 1;
             else
                 tu_sleep_ms(100);
+        }
+        if (up && strcmp(service, "persister") != 0) {
+            snprintf(url, sizeof(url), "http://127.0.0.1:%d/readyz", *port);
+            for (int waited = 0; waited < tu_wait_amqp_ms; waited += 20) {
+                tu_resp_t r;
+                int amqp_up = tu_http("GET", url, NULL, NULL, NULL, 0, &r) == 0 && strstr(r.body, "\"amqp\":\"up\"");
+                tu_resp_free(&r);
+                if (amqp_up)
+                    break;
+                tu_sleep_ms(20);
+            }
         }
         if (up)
             return pid;

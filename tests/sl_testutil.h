@@ -39,6 +39,10 @@ pid_t tu_start(tu_stack_t *s, const char *service, const char *const *extra_env)
  * started again on another port, up to 3 times: *port says where it listens. The caller owns the
  * pid (stop it with tu_stop); tu_start is this on the stack's port, and remembers the pid. */
 pid_t tu_start_at(tu_stack_t *s, const char *service, int *port, const char *const *extra_env);
+/* After /healthz, tu_start_at waits up to this long (default 10 s; 0: not at all) for the api's,
+ * sse's or ingest's /readyz to say "amqp":"up": they connect to RabbitMQ in the background, and
+ * most tests post at once. Not reaching it is not a failure. */
+extern int tu_wait_amqp_ms;
 /* 1 when the log of the stack's service (started by tu_start) holds text, else 0. */
 int tu_log_contains(const tu_stack_t *s, const char *service, const char *text);
 /* A port nobody listens on now. */

@@ -9,6 +9,7 @@
 
 #include "sl_api.h"
 #include "sl_auth.h"
+#include "sl_amqp.h"
 #include "sl_config.h"
 #include "sl_db.h"
 #include "sl_http.h"
@@ -33,7 +34,7 @@ int main(int argc, char **argv)
         {"host", "SLUICE_API_HOST", SL_OPT_STR, &host, "127.0.0.1", 0, 0, "address to listen on"},
         {"port", "SLUICE_API_PORT", SL_OPT_INT, &port, "8080", 1, 65535, "port to listen on"},
         {"amqp-url", "SLUICE_AMQP_URL", SL_OPT_STR, &amqp_url, "amqp://guest:guest@127.0.0.1:5672/", 0, 0,
-         "RabbitMQ URL"},
+         "RabbitMQ URL, or a comma-separated list of the nodes' URLs"},
         {"db-url", "SLUICE_DB_URL", SL_OPT_STR, &db_url, "postgresql://postgres@127.0.0.1:5433/sluice", 0, 0,
          "PostgreSQL/CockroachDB URL"},
         {"queue-max-length", "SLUICE_QUEUE_MAX_LENGTH", SL_OPT_INT, &conf.queue_max_length, "100000", 1, 1e9,
@@ -67,6 +68,13 @@ int main(int argc, char **argv)
                             "sluice api: POST /v1/messages into RabbitMQ, history from the database.");
     if (r != 0)
         return r > 0 ? 0 : 2;
+    {
+        char amqp_err[512];
+        if (sl_amqp_urls_check(amqp_url, amqp_err, sizeof(amqp_err)) != 0) {
+            fprintf(stderr, "sluice-api: SLUICE_AMQP_URL (--amqp-url): %s\n", amqp_err);
+            return 2;
+        }
+    }
     conf.amqp_url = amqp_url;
     conf.db_url = db_url;
     sl_log_init("api");

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "sl_amqp.h"
 #include "sl_config.h"
 #include "sl_http.h"
 #include "sl_ingest.h"
@@ -37,7 +38,7 @@ int main(int argc, char **argv)
         {"host", "SLUICE_INGEST_HOST", SL_OPT_STR, &host, "127.0.0.1", 0, 0, "address of the control endpoint"},
         {"port", "SLUICE_INGEST_PORT", SL_OPT_INT, &port, "8082", 1, 65535, "port of the control endpoint"},
         {"amqp-url", "SLUICE_AMQP_URL", SL_OPT_STR, &conf.amqp_url, "amqp://guest:guest@127.0.0.1:5672/", 0, 0,
-         "RabbitMQ URL"},
+         "RabbitMQ URL, or a comma-separated list of the nodes' URLs"},
         {"queue-max-length", "SLUICE_QUEUE_MAX_LENGTH", SL_OPT_INT, &conf.queue_max_length, "100000", 1, 1e9,
          "x-max-length of the persist queue (must match the api's and the persister's)"},
         {"mastodon-url", "SLUICE_MASTODON_URL", SL_OPT_STR, &url, NULL, 0, 0,
@@ -82,6 +83,13 @@ int main(int argc, char **argv)
                             "sluice ingest: Mastodon public posts -> RabbitMQ (publisher confirms).");
     if (r != 0)
         return r > 0 ? 0 : 2;
+    {
+        char amqp_err[512];
+        if (sl_amqp_urls_check(conf.amqp_url, amqp_err, sizeof(amqp_err)) != 0) {
+            fprintf(stderr, "sluice-ingest: SLUICE_AMQP_URL (--amqp-url): %s\n", amqp_err);
+            return 2;
+        }
+    }
     if (url == NULL || sl_mastodon_instance_norm(url, instance, sizeof(instance)) != 0) {
         fprintf(stderr, "sluice-ingest: SLUICE_MASTODON_URL (--mastodon-url) must be an http(s):// instance URL\n");
         return 2;

@@ -7,6 +7,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "sl_amqp.h"
 #include "sl_config.h"
 #include "sl_db.h"
 #include "sl_http.h"
@@ -32,7 +33,7 @@ int main(int argc, char **argv)
         {"host", "SLUICE_SSE_HOST", SL_OPT_STR, &host, "127.0.0.1", 0, 0, "address to listen on"},
         {"port", "SLUICE_SSE_PORT", SL_OPT_INT, &port, "8081", 1, 65535, "port to listen on"},
         {"amqp-url", "SLUICE_AMQP_URL", SL_OPT_STR, &conf.amqp_url, "amqp://guest:guest@127.0.0.1:5672/", 0, 0,
-         "RabbitMQ URL"},
+         "RabbitMQ URL, or a comma-separated list of the nodes' URLs"},
         {"db-url", "SLUICE_DB_URL", SL_OPT_STR, &conf.db_url, "postgresql://postgres@127.0.0.1:5433/sluice", 0, 0,
          "PostgreSQL/CockroachDB URL"},
         {"live-exchange", "SLUICE_LIVE_EXCHANGE", SL_OPT_STR, &conf.live_exchange, "sluice.live", 0, 0,
@@ -85,6 +86,13 @@ int main(int argc, char **argv)
                             "sluice sse: live streams of the feed (SSE, NDJSON, WebSocket) with history and resume.");
     if (r != 0)
         return r > 0 ? 0 : 2;
+    {
+        char amqp_err[512];
+        if (sl_amqp_urls_check(conf.amqp_url, amqp_err, sizeof(amqp_err)) != 0) {
+            fprintf(stderr, "sluice-sse: SLUICE_AMQP_URL (--amqp-url): %s\n", amqp_err);
+            return 2;
+        }
+    }
     sl_log_init("sse");
     sl_http_trap_signals(&stopping);
     char name[128];
