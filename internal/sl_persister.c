@@ -52,7 +52,9 @@ struct sl_persister {
      * filled. */
     amqp_connection_state_t amqp;
     unsigned gen; /* counts broker connections */
+    size_t amqp_cursor;           /* the next node of conf.amqp_url to try (sl_amqp_open_next) */
     amqp_connection_state_t dlx; /* in confirm mode: dead letters are confirmed before their ack */
+    size_t dlx_cursor;
     int64_t last_heartbeat; /* monotonic us: the last frame sent to the broker while not reading */
     struct batch batches[3], *fill; /* filling, committing, and being announced and acked */
     int64_t fill_deadline; /* monotonic us: when the filling batch goes to the writer anyway */
@@ -353,7 +355,9 @@ static void drop_amqp(sl_persister_t *p, const char *why)
 static int connect_amqp(sl_persister_t *p)
 {
     char err[512], q[600];
-    amqp_connection_state_t c = sl_amqp_open(p->conf.amqp_url, "sluice-persister", 10, 5000, err, sizeof(err));
+    /* a node that takes TCP and never answers (stopped) costs 2 s, then the next node is tried */
+    amqp_connection_state_t c =
+        sl_amqp_open_next(p->conf.amqp_url, &p->amqp_cursor, "sluice-persister", 10, 2000, err, sizeof(err));
     if (c == NULL)
         goto Fail;
     if (sl_amqp_declare(c, &p->topology, err, sizeof(err)) != 0)
@@ -391,7 +395,8 @@ static int open_dlx(sl_persister_t *p)
     if (p->dlx != NULL)
         return 0;
     /* no heartbeat: the connection sits idle between dead letters, unread */
-    amqp_connection_state_t c = sl_amqp_open(p->conf.amqp_url, "sluice-persister-dlx", 0, 5000, err, sizeof(err));
+    amqp_connection_state_t c =
+        sl_amqp_open_next(p->conf.amqp_url, &p->dlx_cursor, "sluice-persister-dlx", 0, 2000, err, sizeof(err));
     if (c == NULL)
         goto Fail;
     amqp_confirm_select(c, SL_AMQP_CHANNEL);

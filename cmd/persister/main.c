@@ -4,8 +4,10 @@
  */
 #include <errno.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <string.h>
 
+#include "sl_amqp.h"
 #include "sl_config.h"
 #include "sl_http.h"
 #include "sl_log.h"
@@ -61,7 +63,7 @@ int main(int argc, char **argv)
         {"port", "SLUICE_PERSISTER_PORT", SL_OPT_INT, &port, "8083", 0, 65535,
          "port of /healthz, /readyz, /metrics (0: none)"},
         {"amqp-url", "SLUICE_AMQP_URL", SL_OPT_STR, &conf.amqp_url, "amqp://guest:guest@127.0.0.1:5672/", 0, 0,
-         "RabbitMQ URL"},
+         "RabbitMQ URL, or a comma-separated list of the cluster's nodes"},
         {"db-url", "SLUICE_DB_URL", SL_OPT_STR, &conf.db_url, "postgresql://postgres@127.0.0.1:5433/sluice", 0, 0,
          "PostgreSQL/CockroachDB URL"},
         {"queue-max-length", "SLUICE_QUEUE_MAX_LENGTH", SL_OPT_INT, &conf.queue_max_length, "100000", 1, 1e9,
@@ -78,6 +80,13 @@ int main(int argc, char **argv)
                             "sluice persister: persist queue -> database (exactly once) -> live exchange.");
     if (r != 0)
         return r > 0 ? 0 : 2;
+    {
+        char amqp_err[512];
+        if (sl_amqp_urls_check(conf.amqp_url, amqp_err, sizeof(amqp_err)) != 0) {
+            fprintf(stderr, "sluice-persister: SLUICE_AMQP_URL (--amqp-url): %s\n", amqp_err);
+            return 2;
+        }
+    }
     sl_log_init("persister");
     sl_http_trap_signals(&stopping);
     if (conf.prefetch < conf.batch_size) {
