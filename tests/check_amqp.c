@@ -14,6 +14,7 @@
 
 #include "sl_amqp.h"
 #include "sl_amqploop.h"
+#include "sl_testnet.h"
 #include "sl_testsuite.h"
 #include "sl_time.h"
 
@@ -104,13 +105,8 @@ static int dead_port(void)
 /* A listener that never accepts: connects complete (backlog), AMQP is never answered. */
 static int black_hole(int *port)
 {
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof(a);
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    ck_assert_int_eq(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
-    ck_assert_int_eq(listen(fd, 64), 0);
-    ck_assert_int_eq(getsockname(fd, (struct sockaddr *)&a, &len), 0);
-    *port = ntohs(a.sin_port);
+    int fd = tu_net_listen(64, port);
+    ck_assert_int_ge(fd, 0);
     return fd;
 }
 

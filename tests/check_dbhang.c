@@ -13,6 +13,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "sl_testnet.h"
 #include "sl_testsuite.h"
 #include "sl_testutil.h"
 #include "sl_time.h"
@@ -21,16 +22,8 @@ static tu_stack_t S;
 
 static int black_hole(int *port)
 {
-    struct sockaddr_in a;
-    socklen_t len = sizeof(a);
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    memset(&a, 0, sizeof(a));
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(0x7f000001);
-    ck_assert_int_eq(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
-    ck_assert_int_eq(listen(fd, 256), 0); /* nobody accept()s: handshakes complete, nothing answers */
-    ck_assert_int_eq(getsockname(fd, (struct sockaddr *)&a, &len), 0);
-    *port = ntohs(a.sin_port);
+    int fd = tu_net_listen(256, port); /* nobody accept()s: handshakes complete, nothing answers */
+    ck_assert_int_ge(fd, 0);
     return fd;
 }
 

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "sl_pgpool.h"
+#include "sl_testnet.h"
 #include "sl_testsuite.h"
 #include "sl_time.h"
 
@@ -107,16 +108,8 @@ static sl_pgquery_t *ask(sl_pgpool_t *p, const char *sql, struct answer *a)
 
 static int listener(int backlog, int *port)
 {
-    struct sockaddr_in a;
-    socklen_t len = sizeof(a);
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    memset(&a, 0, sizeof(a));
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(0x7f000001);
-    ck_assert_int_eq(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
-    ck_assert_int_eq(listen(fd, backlog), 0);
-    ck_assert_int_eq(getsockname(fd, (struct sockaddr *)&a, &len), 0);
-    *port = ntohs(a.sin_port);
+    int fd = tu_net_listen(backlog, port);
+    ck_assert_int_ge(fd, 0);
     return fd;
 }
 

@@ -19,6 +19,10 @@ int tu_net_wait(int fd, short events, long long deadline);
 /* A non-blocking TCP connection to 127.0.0.1:port (SO_RCVBUF set first when rcvbuf > 0). The fd,
  * or -1 on failure or timeout. */
 int tu_net_connect(int port, int rcvbuf, long long deadline);
+/* A listening socket on 127.0.0.1, on a free port (*port), with the given backlog; -1 on failure.
+ * Nobody accept()s it: up to backlog connections complete their handshake (the kernel does) and are
+ * never answered, as with a stopped server (a "black hole"). */
+int tu_net_listen(int backlog, int *port);
 
 /* Sends all of buf. 0, or -1 on error or timeout. */
 int tu_net_send_all(int fd, const void *buf, size_t len, long long deadline);
