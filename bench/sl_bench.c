@@ -56,6 +56,7 @@
 typedef struct bench_conf {
     const char *amqp_url, *db_url, *queue, *live_exchange;
     long long max_length;
+    long long max_bytes;
 } bench_conf_t;
 
 #define COMMON_OPTS(c)                                                                                                 \
@@ -68,7 +69,9 @@ typedef struct bench_conf {
         {"live-exchange", "SLUICE_BENCH_LIVE_EXCHANGE", SL_OPT_STR, &(c).live_exchange, "sluice.bench.live", 0, 0,     \
          "live exchange of the bench (the name must contain 'bench')"},                                                \
         {"queue-max-length", "SLUICE_QUEUE_MAX_LENGTH", SL_OPT_INT, &(c).max_length, "100000", 1, 1e9,                 \
-         "x-max-length of the persist queue (must match the services')"}
+         "x-max-length of the persist queue (must match the services')"}, \
+        {"queue-max-bytes", "SLUICE_QUEUE_MAX_BYTES", SL_OPT_INT, &(c).max_bytes, SL_AMQP_MAX_BYTES_DEFAULT, 0, 1e12, \
+         "x-max-length-bytes of the persist queue (must match the services')"}
 
 #define TEXT_FILLER                                                                                                    \
     "sluice write-path benchmark: a message of a realistic size, about what a person types in a chat line. "           \
@@ -122,7 +125,7 @@ static double pct_ms(const int64_t *v, size_t n, double q)
 
 static void topology(const bench_conf_t *c, sl_amqp_topology_t *t)
 {
-    sl_amqp_topology_defaults(t, c->max_length);
+    sl_amqp_topology_defaults(t, c->max_length, c->max_bytes);
     t->persist_queue = c->queue;
     t->live_exchange = c->live_exchange;
 }

@@ -12,13 +12,14 @@
 
 #include "sl_log.h"
 
-void sl_amqp_topology_defaults(sl_amqp_topology_t *t, long long max_length)
+void sl_amqp_topology_defaults(sl_amqp_topology_t *t, long long max_length, long long max_bytes)
 {
     const char *q = getenv("SLUICE_QUEUE"), *live = getenv("SLUICE_LIVE_EXCHANGE");
     t->persist_queue = q != NULL && *q != '\0' ? q : "sluice.persist";
     t->live_exchange = live != NULL && *live != '\0' ? live : "sluice.live";
     t->dead_exchange = "sluice.dlx";
     t->max_length = max_length;
+    t->max_bytes = max_bytes;
 }
 
 const char *sl_amqp_reply_text(amqp_rpc_reply_t r, char *buf, size_t len)
@@ -299,8 +300,9 @@ int sl_amqp_declare(amqp_connection_state_t conn, const sl_amqp_topology_t *t, c
         {amqp_cstring_bytes("x-overflow"), {AMQP_FIELD_KIND_UTF8, {.bytes = amqp_cstring_bytes("reject-publish")}}},
         {amqp_cstring_bytes("x-dead-letter-exchange"),
          {AMQP_FIELD_KIND_UTF8, {.bytes = amqp_cstring_bytes(t->dead_exchange)}}},
+        {amqp_cstring_bytes("x-max-length-bytes"), {AMQP_FIELD_KIND_I64, {.i64 = t->max_bytes}}}, /* last: optional */
     };
-    amqp_table_t qtable = {(int)(sizeof(qargs) / sizeof(qargs[0])), qargs};
+    amqp_table_t qtable = {(int)(sizeof(qargs) / sizeof(qargs[0])) - (t->max_bytes > 0 ? 0 : 1), qargs};
 
     amqp_exchange_declare(conn, SL_AMQP_CHANNEL, amqp_cstring_bytes(t->dead_exchange), amqp_cstring_bytes("fanout"), 0, 1,
                           0, 0, amqp_empty_table);

@@ -37,13 +37,16 @@
 
 typedef struct sl_amqp_topology {
     const char *persist_queue;  /* default "sluice.persist" */
-    long long max_length;       /* x-max-length of the persist queue */
+    long long max_length;       /* x-max-length of the persist queue, in AMQP messages (1 to 256 posts each) */
+    long long max_bytes;        /* x-max-length-bytes of the persist queue: the bound in bytes of message
+                                 * bodies, which is what makes "full" predictable in posts; 0: none */
     const char *live_exchange;  /* default "sluice.live" */
     const char *dead_exchange;  /* default "sluice.dlx" */
 } sl_amqp_topology_t;
 
 /* Defaults for the names, from SLUICE_QUEUE / SLUICE_LIVE_EXCHANGE where set. */
-void sl_amqp_topology_defaults(sl_amqp_topology_t *t, long long max_length);
+void sl_amqp_topology_defaults(sl_amqp_topology_t *t, long long max_length, long long max_bytes);
+#define SL_AMQP_MAX_BYTES_DEFAULT "268435456" /* 256 MiB: about a million posts of 250 bytes */
 
 #define SL_AMQP_MAX_URLS 16
 

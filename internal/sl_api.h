@@ -14,6 +14,7 @@ typedef struct sl_api_conf {
     const char *amqp_url;
     const char *db_url;
     long long queue_max_length;   /* x-max-length of the persist queue */
+    long long queue_max_bytes;    /* its x-max-length-bytes (0: none) */
     long long max_unconfirmed;    /* publishes awaiting confirmation before 503 */
     long long db_conns;           /* connections in the read pool */
     long long db_connect_timeout_ms; /* per database host and attempt (0: the pool's default) */

@@ -209,7 +209,7 @@ sl_ingest_t *sl_ingest_create(h2o_loop_t *loop, const sl_ingest_conf_t *conf)
     g->conf.reader.wake_fd = g->wake_fd;
     if ((g->reader = sl_ingest_reader_create(&g->conf.reader)) == NULL)
         goto Fail;
-    sl_amqp_topology_defaults(&g->topology, conf->queue_max_length);
+    sl_amqp_topology_defaults(&g->topology, conf->queue_max_length, conf->queue_max_bytes);
     sl_publisher_conf_t pc = {.url = conf->amqp_url,
                               .conn_name = "sluice-ingest",
                               .topology = g->topology,

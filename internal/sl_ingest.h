@@ -27,6 +27,7 @@
 typedef struct sl_ingest_conf {
     const char *amqp_url;
     long long queue_max_length;            /* x-max-length of the persist queue (as everywhere) */
+    long long queue_max_bytes;             /* its x-max-length-bytes (as everywhere) */
     long long max_unconfirmed;             /* publishes awaiting their confirm */
     long long retry_min_ms, retry_max_ms;  /* delay before publishing a refused item again */
     const char *mastodon_url;              /* as configured, for GET /v1/ingest */

@@ -141,7 +141,7 @@ sl_persister_t *sl_persister_create(const sl_persister_conf_t *conf)
         return NULL;
     }
     p->fill = &p->batches[0];
-    sl_amqp_topology_defaults(&p->topology, conf->queue_max_length);
+    sl_amqp_topology_defaults(&p->topology, conf->queue_max_length, conf->queue_max_bytes);
     pthread_mutex_init(&p->lock, NULL);
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->cv, NULL);

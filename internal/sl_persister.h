@@ -40,6 +40,7 @@ typedef struct sl_persister_conf {
     const char *amqp_url;
     const char *db_url;
     long long queue_max_length;
+    long long queue_max_bytes; /* x-max-length-bytes of the persist queue (0: none) */
     long long batch_size;  /* messages per transaction */
     long long batch_ms;    /* longest wait for a batch to fill; 0: it goes to the writer as soon as
                             * the writer is free (what arrived during one commit makes the next) */

@@ -197,6 +197,44 @@ START_TEST(test_full_queue_answers_429_and_keeps_accepted)
 }
 END_TEST
 
+/* x-max-length-bytes bounds the queue by the bytes of its messages, whatever number of posts
+ * each carries: with 4 KiB and posts of 150-250 bytes (each alone in its message here) the api
+ * refuses after 16-28 posts, and keeps every one it accepted. */
+START_TEST(test_queue_bound_in_bytes)
+{
+    enum { N = 80, MAXBYTES = 4096 };
+    long status[N];
+    char ids[N][37];
+    int accepted = 0;
+    const char *env[] = {"SLUICE_QUEUE_MAX_BYTES=4096", NULL};
+    tu_stack_init(&S, "fullbytes", 100000);
+    tu_start(&S, "api", env); /* no persister: the queue fills up */
+    for (int i = 0; i < N; i++) {
+        char body[256];
+        tu_resp_t r;
+        body_plain(i, body, sizeof(body));
+        ck_assert_int_eq(tu_http("POST", post_url(), NULL, "application/json", body, strlen(body), &r), 0);
+        status[i] = r.status;
+        ids[i][0] = '\0';
+        if (r.status == 202) {
+            ck_assert_int_eq(accepted, i); /* once full, it stays full */
+            accepted++;
+            tu_json_str(r.body, "id", ids[i], sizeof(ids[i]));
+        } else {
+            ck_assert_int_eq(r.status, 429);
+            ck_assert_ptr_nonnull(strstr(r.body, "\"code\":\"queue_full\""));
+        }
+        tu_resp_free(&r);
+    }
+    ck_assert_msg(accepted >= MAXBYTES / 250 && accepted <= MAXBYTES / 150 + 1, "accepted %d posts", accepted);
+    tu_start(&S, "persister", env);
+    PGconn *db = tu_db(&S);
+    assert_exactly_accepted(db, status, ids, N);
+    PQfinish(db);
+    tu_stack_cleanup(&S);
+}
+END_TEST
+
 START_TEST(test_broker_down_answers_503_and_recovers)
 {
     char url[160], body[256];
@@ -722,6 +760,7 @@ int main(void)
     tcase_add_test(tc, test_idempotency_key_gives_one_message);
     tcase_add_test(tc, test_idempotent_retry_of_confirmed_post_needs_no_room);
     tcase_add_test(tc, test_full_queue_answers_429_and_keeps_accepted);
+    tcase_add_test(tc, test_queue_bound_in_bytes);
     tcase_add_test(tc, test_undecodable_message_is_dead_lettered);
     tcase_add_test(tc, test_unflagged_repeat_of_stored_id_is_skipped);
     tcase_add_test(tc, test_poison_refused_by_database_is_dead_lettered_alone);

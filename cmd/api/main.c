@@ -39,6 +39,8 @@ int main(int argc, char **argv)
          "PostgreSQL/CockroachDB URL"},
         {"queue-max-length", "SLUICE_QUEUE_MAX_LENGTH", SL_OPT_INT, &conf.queue_max_length, "100000", 1, 1e9,
          "x-max-length of the persist queue (must match the persister's)"},
+        {"queue-max-bytes", "SLUICE_QUEUE_MAX_BYTES", SL_OPT_INT, &conf.queue_max_bytes, SL_AMQP_MAX_BYTES_DEFAULT, 0, 1e12,
+         "x-max-length-bytes of the persist queue (0: none; must match everywhere)"},
         {"max-unconfirmed", "SLUICE_API_MAX_UNCONFIRMED", SL_OPT_INT, &conf.max_unconfirmed, "10000", 1, 1e6,
          "publishes awaiting confirmation before answering 503"},
         {"db-conns", "SLUICE_API_DB_CONNS", SL_OPT_INT, &conf.db_conns, "4", 1, 64, "database connections for reads"},

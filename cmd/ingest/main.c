@@ -41,6 +41,8 @@ int main(int argc, char **argv)
          "RabbitMQ URL, or a comma-separated list of the nodes' URLs"},
         {"queue-max-length", "SLUICE_QUEUE_MAX_LENGTH", SL_OPT_INT, &conf.queue_max_length, "100000", 1, 1e9,
          "x-max-length of the persist queue (must match the api's and the persister's)"},
+        {"queue-max-bytes", "SLUICE_QUEUE_MAX_BYTES", SL_OPT_INT, &conf.queue_max_bytes, SL_AMQP_MAX_BYTES_DEFAULT, 0, 1e12,
+         "x-max-length-bytes of the persist queue (0: none; must match everywhere)"},
         {"mastodon-url", "SLUICE_MASTODON_URL", SL_OPT_STR, &url, NULL, 0, 0,
          "Mastodon instance, e.g. https://mastodon.social (required)"},
         {"mastodon-token", "SLUICE_MASTODON_TOKEN", SL_OPT_STR, &token, NULL, 0, 0,

@@ -68,6 +68,8 @@ int main(int argc, char **argv)
          "PostgreSQL/CockroachDB URL"},
         {"queue-max-length", "SLUICE_QUEUE_MAX_LENGTH", SL_OPT_INT, &conf.queue_max_length, "100000", 1, 1e9,
          "x-max-length of the persist queue (must match the api's)"},
+        {"queue-max-bytes", "SLUICE_QUEUE_MAX_BYTES", SL_OPT_INT, &conf.queue_max_bytes, SL_AMQP_MAX_BYTES_DEFAULT, 0, 1e12,
+         "x-max-length-bytes of the persist queue (0: none; must match everywhere)"},
         SL_HTTP_OPTIONS(&http_opts),
         {"batch-size", "SLUICE_BATCH_SIZE", SL_OPT_INT, &conf.batch_size, "1000", 1, 5000, "messages per transaction"},
         {"batch-ms", "SLUICE_BATCH_MS", SL_OPT_INT, &conf.batch_ms, "0", 0, 60000,
