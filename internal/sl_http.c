@@ -273,6 +273,11 @@ void sl_http_init(sl_http_server_t *s, sl_http_handler_cb handler, void *data, s
     s->data = data;
     h2o_config_init(&s->config);
     s->config.max_request_entity_size = max_body;
+    /* HTTP/1.1 only: h2o would otherwise take cleartext HTTP/2 both by prior knowledge and by
+     * "Upgrade: h2c", and one connection would carry many streams past the per-client connection
+     * limit (and h2o 2.2.5 has no fix for HTTP/2 Rapid Reset). TLS and HTTP/2 belong to the proxy
+     * in front. */
+    s->config.http1.upgrade_to_http2 = 0;
     h2o_hostconf_t *host = h2o_config_register_host(&s->config, h2o_iovec_init(H2O_STRLIT("default")), 65535);
     h2o_pathconf_t *path = h2o_config_register_path(host, "/", 0);
     struct catchall *h = (struct catchall *)h2o_create_handler(path, sizeof(*h));

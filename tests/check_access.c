@@ -423,6 +423,49 @@ START_TEST(test_oversized_request_head)
 }
 END_TEST
 
+/* Sends req on a new connection to port and returns what comes back until the server closes or
+ * 2 s pass (malloc'd, NUL-terminated). */
+static char *raw_exchange(int port, const char *req, size_t len)
+{
+    long long deadline = tu_now_ms() + 2000;
+    char *buf = NULL;
+    size_t used = 0, cap = 0;
+    int eof = 0, err = 0, fd = tu_net_connect(port, 0, deadline);
+    ck_assert_int_ge(fd, 0);
+    ck_assert_int_eq(tu_net_send_all(fd, req, len, deadline), 0);
+    while (!eof && tu_net_read_some(fd, &buf, &used, &cap, &eof, &err, deadline) > 0) {
+    }
+    close(fd);
+    ck_assert_int_eq(tu_net_reserve(&buf, &cap, used + 1), 0);
+    buf[used] = '\0';
+    return buf;
+}
+
+/* HTTP/1.1 only, on every service: cleartext HTTP/2 would carry many streams on one connection
+ * past SLUICE_MAX_CONNS_PER_CLIENT. Neither prior knowledge (the HTTP/2 preface) nor
+ * "Upgrade: h2c" leaves HTTP/1.1. */
+START_TEST(test_http2_is_refused)
+{
+    static const char preface[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    static const char h2c[] = "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+                              "Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n";
+    tu_stack_init(&S, "http2", 100000);
+    tu_start(&S, "api", NULL);
+    tu_start(&S, "sse", NULL);
+    int ports[] = {S.api_port, S.sse_port};
+    for (int i = 0; i < 2; i++) {
+        char *r = raw_exchange(ports[i], preface, sizeof(preface) - 1);
+        ck_assert_msg(strncmp(r, "HTTP/1.1 400 ", 13) == 0, "port %d answered the HTTP/2 preface with: %.40s", ports[i], r);
+        free(r);
+        r = raw_exchange(ports[i], h2c, sizeof(h2c) - 1);
+        ck_assert_msg(strncmp(r, "HTTP/1.1 200 ", 13) == 0, "port %d answered Upgrade: h2c with: %.40s", ports[i], r);
+        ck_assert_ptr_null(strstr(r, "101"));
+        free(r);
+    }
+    tu_stack_cleanup(&S);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("access");
@@ -436,6 +479,7 @@ int main(void)
     tcase_add_test(tc, test_connections_per_client_default_and_unlimited);
     tcase_add_test(tc, test_slow_request_head_times_out);
     tcase_add_test(tc, test_oversized_request_head);
+    tcase_add_test(tc, test_http2_is_refused);
     suite_add_tcase(s, tc);
     return tu_run_suite(s);
 }
