@@ -21,6 +21,7 @@
 #include "sl_pgpool.h"
 #include "sl_publisher.h"
 #include "sl_ratelimit.h"
+#include "sl_stream.h"
 #include "sl_time.h"
 #include "sl_uuid.h"
 
@@ -415,15 +416,9 @@ static int parse_int_param(h2o_req_t *req, const char *name, long long min, long
     *present = r == 1;
     if (r == 0)
         return 0;
-    if (r < 0 || v.len == 0 || v.len > 19)
-        return -1;
-    long long n = 0;
-    for (size_t i = 0; i < v.len; i++) {
-        if (v.base[i] < '0' || v.base[i] > '9')
-            return -1;
-        n = n * 10 + (v.base[i] - '0');
-    }
-    if (n < min || n > max)
+    long long n;
+    /* digits only, and no overflow on the way to max (19 digits can pass INT64_MAX) */
+    if (r < 0 || sl_stream_parse_count(v.base, v.len, max, &n) != 0 || n < min)
         return -1;
     *out = n;
     return 0;
@@ -565,15 +560,20 @@ static int method_not_allowed(sl_api_t *a, h2o_req_t *req, int route, const char
     return 0;
 }
 
-/* Per-client token bucket, separate from the broker's back pressure: keyed by the bearer token
- * when there is one, else by the client's address. Answers 429 itself when over. */
+/* Per-client token bucket, separate from the broker's back pressure: keyed by the verified token
+ * (the configured one, however the header spells it), else by the client's address; a made-up
+ * Authorization value gets no bucket of its own. A POST with an unknown token is refused (401,
+ * by handle_post) before it costs a bucket. Answers 429 itself when over. */
 static int limited(sl_api_t *a, h2o_req_t *req)
 {
     char key[320], peer[64];
-    size_t hl = 0;
-    const char *h = sl_http_header(req, "authorization", &hl);
-    if (h != NULL && hl > 7 && hl < 300)
-        snprintf(key, sizeof(key), "t:%.*s", (int)(hl - 7), h + 7);
+    const char *token = NULL;
+    sl_auth_result_t ar = sl_auth_count(a->conf.auth) > 0 ? sl_auth_check_author(a->conf.auth, req, NULL, &token)
+                                                          : SL_AUTH_MISSING;
+    if (ar == SL_AUTH_INVALID && sl_http_method_is(req, "POST") && sl_http_path_is(req, "/v1/messages"))
+        return 0;
+    if (ar == SL_AUTH_OK && token != NULL && strlen(token) < 300)
+        snprintf(key, sizeof(key), "t:%s", token);
     else
         snprintf(key, sizeof(key), "a:%s", sl_http_peer(req, peer, sizeof(peer)));
     int wait = sl_ratelimit_take(a->limiter, key, sl_time_mono_us());

@@ -9,12 +9,15 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <openssl/crypto.h>
+#include <openssl/sha.h>
+
 #include "sl_http.h"
 #include "sl_message.h"
 
 struct entry {
     char *token, *author;
-    size_t token_len;
+    unsigned char digest[SHA256_DIGEST_LENGTH]; /* of token: what a presented token is compared with */
 };
 
 struct sl_auth {
@@ -37,7 +40,7 @@ static int add(sl_auth_t *a, const char *token, size_t tlen, const char *author,
         free(e->token);
         return -1;
     }
-    e->token_len = tlen;
+    SHA256((const unsigned char *)token, tlen, e->digest);
     a->n++;
     return 0;
 }
@@ -147,14 +150,12 @@ size_t sl_auth_count(const sl_auth_t *a)
     return a != NULL ? a->n : 0;
 }
 
-/* Equal in length and bytes, looking at every byte of the shorter of the two lengths. */
-static int same(const char *a, size_t alen, const char *b, size_t blen)
+/* A presented token matches a digest: both are fixed-length SHA-256 digests compared in constant
+ * time, so the time taken says nothing of the configured token's length or bytes (comparing the
+ * tokens themselves showed their length). */
+static int same(const unsigned char *digest, const unsigned char *presented)
 {
-    unsigned char diff = alen != blen;
-    size_t n = alen < blen ? alen : blen;
-    for (size_t i = 0; i < n; i++)
-        diff |= (unsigned char)(a[i] ^ b[i]);
-    return diff == 0;
+    return CRYPTO_memcmp(digest, presented, SHA256_DIGEST_LENGTH) == 0;
 }
 
 static const char *bearer(h2o_req_t *req, size_t *len)
@@ -182,8 +183,10 @@ sl_auth_result_t sl_auth_check_author(const sl_auth_t *a, h2o_req_t *req, const 
         return SL_AUTH_OK;
     if ((t = bearer(req, &len)) == NULL)
         return SL_AUTH_MISSING;
+    unsigned char d[SHA256_DIGEST_LENGTH];
+    SHA256((const unsigned char *)t, len, d);
     for (size_t i = 0; i < a->n; i++) { /* no early exit: the time says nothing of the tokens */
-        if (same(a->e[i].token, a->e[i].token_len, t, len) && found == NULL)
+        if (same(a->e[i].digest, d) && found == NULL)
             found = &a->e[i];
     }
     if (found == NULL)
@@ -203,7 +206,10 @@ sl_auth_result_t sl_auth_check_token(h2o_req_t *req, const char *token)
         return SL_AUTH_OK;
     if ((t = bearer(req, &len)) == NULL)
         return SL_AUTH_MISSING;
-    return same(token, strlen(token), t, len) ? SL_AUTH_OK : SL_AUTH_INVALID;
+    unsigned char want[SHA256_DIGEST_LENGTH], got[SHA256_DIGEST_LENGTH];
+    SHA256((const unsigned char *)token, strlen(token), want);
+    SHA256((const unsigned char *)t, len, got);
+    return same(want, got) ? SL_AUTH_OK : SL_AUTH_INVALID;
 }
 
 void sl_auth_refuse(h2o_req_t *req, sl_auth_result_t r)

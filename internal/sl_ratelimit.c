@@ -10,6 +10,7 @@
 #include <string.h>
 
 #define NBUCKETS 4096
+#define NOVERFLOW 64
 #define SWEEP_EVERY 4096
 
 struct bucket {
@@ -23,7 +24,9 @@ struct sl_ratelimit {
     size_t max_keys, nkeys;
     unsigned takes;
     struct bucket *table[NBUCKETS];
-    struct bucket overflow;
+    /* past max_keys, new clients share these, by hash of their key: one client that drains its
+     * overflow bucket refuses 1/NOVERFLOW of the newcomers, not all of them */
+    sl_tokenbucket_t overflow[NOVERFLOW];
 };
 
 static unsigned hash(const char *s)
@@ -42,7 +45,8 @@ sl_ratelimit_t *sl_ratelimit_create(double rate, double burst, size_t max_keys)
     r->rate = rate;
     r->burst = burst < 1 ? 1 : burst;
     r->max_keys = max_keys;
-    sl_tokenbucket_init(&r->overflow.tb, r->burst, 0);
+    for (int i = 0; i < NOVERFLOW; i++)
+        sl_tokenbucket_init(&r->overflow[i], r->burst, 0);
     return r;
 }
 
@@ -113,9 +117,9 @@ int sl_ratelimit_take(sl_ratelimit_t *r, const char *key, int64_t now_us)
         ;
     if (b == NULL) {
         size_t klen = strlen(key);
-        if (r->nkeys >= r->max_keys || (b = malloc(sizeof(*b) + klen + 1)) == NULL) {
-            b = &r->overflow;
-        } else {
+        if (r->nkeys >= r->max_keys || (b = malloc(sizeof(*b) + klen + 1)) == NULL)
+            return sl_tokenbucket_take(&r->overflow[h % NOVERFLOW], r->rate, r->burst, now_us);
+        else {
             memcpy(b->key, key, klen + 1);
             sl_tokenbucket_init(&b->tb, r->burst, now_us);
             b->next = r->table[h];

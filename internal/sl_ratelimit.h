@@ -2,8 +2,9 @@
  * sl_ratelimit: token buckets: `rate` requests per second on average, bursts of up to `burst`.
  * sl_tokenbucket is one bucket, for a client the caller already holds (a WebSocket connection).
  * sl_ratelimit keeps a bucket per client key (a token, or a remote address): buckets of idle
- * clients are dropped, and at most max_keys clients are tracked (past that, new clients share one
- * overflow bucket, so a flood of addresses cannot grow memory). One thread only.
+ * clients are dropped, and at most max_keys clients are tracked (past that, new clients share 64
+ * overflow buckets by hash of their key, so a flood of addresses cannot grow memory, and one
+ * client cannot drain the room of every newcomer). One thread only.
  */
 #ifndef SL_RATELIMIT_H
 #define SL_RATELIMIT_H

@@ -127,7 +127,7 @@ END_TEST
 
 START_TEST(test_per_client_rate_limit)
 {
-    const char *env[] = {"SLUICE_API_CLIENT_RATE=5", "SLUICE_API_CLIENT_BURST=5", NULL};
+    const char *env[] = {"SLUICE_API_CLIENT_RATE=5", "SLUICE_API_CLIENT_BURST=5", "SLUICE_API_TOKENS=token-of-alice:alice", NULL};
     char url[128];
     tu_resp_t r;
     int ok = 0, limited = 0;
@@ -149,10 +149,31 @@ START_TEST(test_per_client_rate_limit)
     /* the burst, plus what refilled meanwhile (5/s) */
     ck_assert_msg(ok >= 5 && ok <= 9, "%d allowed", ok);
     ck_assert_int_eq(ok + limited, 20);
-    /* another client (here: another token) has its own bucket */
-    ck_assert_int_eq(tu_http("GET", url, "Authorization: Bearer someone-else-1", NULL, NULL, 0, &r), 0);
+    /* another client (a verified token) has its own bucket, however the header spells it */
+    ck_assert_int_eq(tu_http("GET", url, "Authorization: Bearer token-of-alice", NULL, NULL, 0, &r), 0);
     ck_assert_int_eq(r.status, 200);
     tu_resp_free(&r);
+    /* a made-up token is no other client: it is the address's bucket, still empty */
+    ck_assert_int_eq(tu_http("GET", url, "Authorization: Bearer someone-else-1", NULL, NULL, 0, &r), 0);
+    ck_assert_int_eq(r.status, 429);
+    tu_resp_free(&r);
+    limited++;
+    /* and a POST with it is refused for what it is, without taking from any bucket */
+    char purl[128];
+    const char *body = "{\"author\":\"alice\",\"text\":\"hi\"}";
+    snprintf(purl, sizeof(purl), "%s/v1/messages", S.base);
+    ck_assert_int_eq(tu_http("POST", purl, "Authorization: Bearer someone-else-2", "application/json", body, strlen(body), &r), 0);
+    ck_assert_int_eq(r.status, 401);
+    tu_resp_free(&r);
+    /* the verified token's bucket is one, whatever the spelling of the scheme: 5 in all */
+    int tok_ok = 1; /* the GET above */
+    for (int i = 0; i < 8; i++) {
+        ck_assert_int_eq(tu_http("GET", url, i % 2 ? "Authorization: bearer token-of-alice" : "Authorization: BEARER token-of-alice", NULL, NULL, 0, &r), 0);
+        tok_ok += r.status == 200;
+        limited += r.status == 429;
+        tu_resp_free(&r);
+    }
+    ck_assert_msg(tok_ok >= 5 && tok_ok <= 7, "token allowed %d", tok_ok);
     /* health and metrics are not limited, and the refusals are counted */
     char murl[128];
     snprintf(murl, sizeof(murl), "%s/metrics", S.base);

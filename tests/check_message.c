@@ -1,10 +1,12 @@
 /* Unit tests: sl_message validation and coding, sl_uuid, sl_time, sl_config. */
 #include <check.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "sl_config.h"
 #include "sl_message.h"
+#include "sl_ratelimit.h"
 #include "sl_time.h"
 #include "sl_uuid.h"
 #include "sl_testsuite.h"
@@ -256,6 +258,31 @@ START_TEST(test_time_parse_forms)
 }
 END_TEST
 
+/* Past max_keys, newcomers share overflow buckets by hash: one client that drains its own cannot
+ * refuse every other newcomer (with one shared overflow bucket it did). */
+START_TEST(test_ratelimit_overflow_is_sharded)
+{
+    sl_ratelimit_t *r = sl_ratelimit_create(1, 2, 2);
+    ck_assert_ptr_nonnull(r);
+    ck_assert_int_eq(sl_ratelimit_take(r, "a", 0), 0);
+    ck_assert_int_eq(sl_ratelimit_take(r, "b", 0), 0);
+    ck_assert_uint_eq(sl_ratelimit_keys(r), 2);
+    int refused = 0;
+    for (int i = 0; i < 10; i++)
+        refused += sl_ratelimit_take(r, "attacker", 0) != 0;
+    ck_assert_int_eq(refused, 8); /* its shard's burst of 2, then refused */
+    int allowed = 0;
+    for (int i = 0; i < 20; i++) {
+        char key[16];
+        snprintf(key, sizeof(key), "newcomer-%d", i);
+        allowed += sl_ratelimit_take(r, key, 0) == 0;
+    }
+    ck_assert_msg(allowed >= 15, "only %d of 20 newcomers allowed", allowed);
+    ck_assert_uint_eq(sl_ratelimit_keys(r), 2); /* memory did not grow */
+    sl_ratelimit_destroy(r);
+}
+END_TEST
+
 START_TEST(test_config_env_and_flags)
 {
     long long port = 0, batch = 0;
@@ -296,6 +323,7 @@ int main(void)
     tcase_add_test(tc, test_uuid_v5_known_value);
     tcase_add_test(tc, test_time_parse_forms);
     tcase_add_test(tc, test_config_env_and_flags);
+    tcase_add_test(tc, test_ratelimit_overflow_is_sharded);
     suite_add_tcase(s, tc);
     return tu_run_suite(s);
 }

@@ -300,6 +300,9 @@ START_TEST(test_bad_inputs_get_documented_errors)
         {"GET", "/v1/messages?limit=201", NULL, NULL, 400, "invalid_limit"},
         {"GET", "/v1/messages?limit=abc", NULL, NULL, 400, "invalid_limit"},
         {"GET", "/v1/messages?before=-3", NULL, NULL, 400, "invalid_cursor"},
+        {"GET", "/v1/messages?before=9999999999999999999", NULL, NULL, 400, "invalid_cursor"}, /* > INT64_MAX */
+        {"GET", "/v1/messages?before=9223372036854775808", NULL, NULL, 400, "invalid_cursor"},
+        {"GET", "/v1/messages?limit=99999999999999999999", NULL, NULL, 400, "invalid_limit"},
         {"GET", "/v1/messages?channel=UPPER", NULL, NULL, 400, "invalid_channel"},
     };
     tu_stack_init(&S, "badinput", 100000);
