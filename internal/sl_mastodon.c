@@ -415,6 +415,23 @@ static int64_t time_field(json_t *obj, const char *name)
     return s != NULL && sl_time_parse(s, len, &us) == 0 ? us : 0;
 }
 
+/* s[0..len) is a link a reader may follow: http: or https:, at most SL_URL_MAX bytes, valid UTF-8
+ * without NUL or control characters (C0, DEL, C1 as code points: bytes 0x80-0x9f are parts of
+ * letters). */
+static int web_link(const char *s, size_t len)
+{
+    if (len == 0 || len > SL_URL_MAX || memchr(s, '\0', len) != NULL || sl_utf8_count(s, len) < 0)
+        return 0;
+    if (!(len > 8 && strncasecmp(s, "https://", 8) == 0) && !(len > 7 && strncasecmp(s, "http://", 7) == 0))
+        return 0;
+    for (size_t k = 0; k < len; k++) {
+        unsigned char c = (unsigned char)s[k];
+        if (c < 0x20 || c == 0x7f || (c == 0xc2 && k + 1 < len && (unsigned char)s[k + 1] < 0xa0))
+            return 0;
+    }
+    return 1;
+}
+
 /* Fills everything a status gives: id, author, text, url, created_at, edited_at. */
 static sl_mastodon_result_t map_status(json_t *st, const char *instance, const char *channel, sl_message_t *m,
                                        char *why, size_t whylen)
@@ -472,16 +489,11 @@ static sl_mastodon_result_t map_status(json_t *st, const char *instance, const c
     sl_mastodon_cut(text.data, text.len, m->text, sizeof(m->text), SL_TEXT_MAX_CHARS, 1, 0);
     sl_buf_free(&text);
 
-    if (((s = str_field(st, "url", &len)) == NULL || len == 0) && (s = str_field(st, "uri", &len)) == NULL)
-        len = 0;
-    if (len > 0 && len <= SL_URL_MAX && memchr(s, '\0', len) == NULL) {
-        /* no control characters (C0, DEL, C1 as code points: bytes 0x80-0x9f are parts of letters) */
-        int ok = sl_utf8_count(s, len) >= 0;
-        for (size_t k = 0; ok && k < len; k++) {
-            unsigned char c = (unsigned char)s[k];
-            ok = !(c < 0x20 || c == 0x7f || (c == 0xc2 && k + 1 < len && (unsigned char)s[k + 1] < 0xa0));
-        }
-        if (ok)
+    /* the status's url, else its uri: the first that is a web link we may show (http or https,
+     * no control characters; "javascript:" and the like are never stored) */
+    const char *const fields[] = {"url", "uri"};
+    for (int f = 0; f < 2 && m->url[0] == '\0'; f++) {
+        if ((s = str_field(st, fields[f], &len)) != NULL && web_link(s, len))
             memcpy(m->url, s, len + 1);
     }
     m->created_at_us = time_field(st, "created_at");

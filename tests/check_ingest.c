@@ -369,6 +369,28 @@ START_TEST(test_status_missing_optional_fields)
     ck_assert_int_ge(m.created_at_us, before);
     assert_round_trip(&m);
     json_decref(st);
+    /* only web links are stored: a url of another scheme gives way to the uri, or to nothing */
+    static const struct {
+        const char *url, *uri, *want;
+    } links[] = {
+        {"javascript:alert(1)", "https://r.example/s/7", "https://r.example/s/7"},
+        {"JavaScript:alert(1)", NULL, ""},
+        {"data:text/html,<script>x</script>", "vbscript:x", ""},
+        {"HTTPS://R.example/s/8", NULL, "HTTPS://R.example/s/8"},
+        {"http://r.example/s/9", NULL, "http://r.example/s/9"},
+        {"https://", NULL, ""},
+        {"ftp://r.example/x", "http://r.example/s/10", "http://r.example/s/10"},
+    };
+    for (size_t i = 0; i < sizeof(links) / sizeof(links[0]); i++) {
+        json_t *l = json_pack("{s:s, s:s, s:s, s:{s:s}}", "id", "7", "url", links[i].url, "content", "<p>x</p>",
+                              "account", "acct", "eve");
+        if (links[i].uri != NULL)
+            json_object_set_new(l, "uri", json_string(links[i].uri));
+        ck_assert_int_eq(sl_mastodon_status_to_message(l, INSTANCE, "news", &m, why, sizeof(why)), SL_MASTODON_OK);
+        ck_assert_msg(strcmp(m.url, links[i].want) == 0, "url %s, uri %s: stored '%s'", links[i].url,
+                      links[i].uri ? links[i].uri : "(none)", m.url);
+        json_decref(l);
+    }
     /* neither url nor uri: no url */
     st = json_pack("{s:s, s:s, s:{s:s}}", "id", "6", "content", "x", "account", "acct", "c");
     ck_assert_int_eq(sl_mastodon_status_to_message(st, INSTANCE, "news", &m, why, sizeof(why)), SL_MASTODON_OK);
