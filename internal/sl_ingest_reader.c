@@ -453,19 +453,56 @@ static long long rate_wait_ms(const struct xfer *x)
     return x->status == 429 ? 60000 : 0;
 }
 
-/* One poll: the statuses newer than since_id, oldest first. Returns 0 with *wait_ms set, -1 on
- * failure (backoff), -2 when asked to stop. */
+/* Pushes the statuses of arr newer than since_id, oldest first, each once, advancing since_id
+ * past each. Returns 0, or -2 when asked to stop. */
+static int push_page(sl_ingest_reader_t *r, json_t *arr)
+{
+    char q[300];
+    size_t n = json_array_size(arr);
+    json_t **v = calloc(n + 1, sizeof(*v));
+    int ret = 0;
+    if (v == NULL)
+        return 0; /* nothing pushed, since_id kept: the next poll asks again */
+    for (size_t i = 0; i < n; i++)
+        v[i] = json_array_get(arr, i);
+    qsort(v, n, sizeof(*v), cmp_status);
+    for (size_t i = 0; i < n; i++) {
+        const char *id = json_string_value(json_object_get(v[i], "id"));
+        if (id == NULL || strlen(id) >= sizeof(r->since_id) ||
+            (r->since_id[0] != '\0' && sl_mastodon_id_cmp(id, r->since_id) <= 0))
+            continue;
+        sl_message_t m;
+        char why[192];
+        LOCKED(r, r->st.received++);
+        sl_mastodon_result_t res = sl_mastodon_status_to_message(v[i], r->conf.instance, r->conf.channel, &m, why, sizeof(why));
+        if (res != SL_MASTODON_OK) {
+            LOCKED(r, if (res == SL_MASTODON_SKIP) r->st.skipped++; else r->st.invalid++);
+            SL_INFO("event=skipped reason=%s", sl_log_quote(q, sizeof(q), why));
+        } else if (push(r, &m) != 0) {
+            ret = -2;
+            break;
+        }
+        snprintf(r->since_id, sizeof(r->since_id), "%s", id);
+    }
+    free(v);
+    return ret;
+}
+
+/* One poll: the statuses after since_id (the newest taken so far), oldest first. It pages forward
+ * with min_id (each page is the statuses right after the last one taken), so a poll that stops
+ * early (SLUICE_INGEST_POLL_MAX_PAGES pages, or a rate limit) skips nothing: the next one goes on
+ * from there. The first poll, with no since_id, starts from the newest page. Returns 0 with
+ * *wait_ms set, -1 on failure (backoff), -2 when asked to stop. */
 static int poll_once(sl_ingest_reader_t *r, long long *wait_ms)
 {
     char url[SL_MASTODON_INSTANCE_MAX + 4096 + 128], path[256], q[300];
-    json_t *all = json_array();
     int ret = 0;
     *wait_ms = r->conf.poll_ms;
     sl_mastodon_timeline_path(r->conf.stream, (int)r->conf.poll_limit, path, sizeof(path));
-    snprintf(url, sizeof(url), "%s%s%s%s", r->conf.instance, path, r->since_id[0] ? "&since_id=" : "", r->since_id);
-    for (long long page = 0; page < r->conf.poll_max_pages; page++) {
+    for (long long page = 0; page < r->conf.poll_max_pages && ret == 0; page++) {
         struct xfer x;
         memset(&x, 0, sizeof(x));
+        snprintf(url, sizeof(url), "%s%s%s%s", r->conf.instance, path, r->since_id[0] ? "&min_id=" : "", r->since_id);
         CURLcode rc = perform(r, url, &x);
         LOCKED(r, r->st.polls++);
         if (x.stopped || atomic_load(&r->stop)) {
@@ -500,7 +537,8 @@ static int poll_once(sl_ingest_reader_t *r, long long *wait_ms)
             break;
         }
         size_t n = json_array_size(arr);
-        json_array_extend(all, arr);
+        int first = r->since_id[0] == '\0';
+        ret = push_page(r, arr);
         json_decref(arr);
         if (rw > 0) {
             LOCKED(r, r->st.rate_limited++);
@@ -508,53 +546,14 @@ static int poll_once(sl_ingest_reader_t *r, long long *wait_ms)
             *wait_ms = rw > *wait_ms ? rw : *wait_ms;
             break;
         }
-        /* A full page after since_id may hide more: follow "next" (older) down to since_id. */
-        char next[4096];
-        if (r->since_id[0] == '\0' || n < (size_t)r->conf.poll_limit ||
-            sl_mastodon_link(x.link, strlen(x.link), "next", next, sizeof(next)) != 0)
+        /* caught up (a page that is not full), or the first poll (it starts from now) */
+        if (first || n < (size_t)r->conf.poll_limit)
             break;
-        /* Follow links on the instance only: the request carries its token. */
-        size_t ilen = strlen(r->conf.instance);
-        if (strncasecmp(next, r->conf.instance, ilen) != 0 || (next[ilen] != '/' && next[ilen] != '?')) {
-            char q[300];
-            SL_WARN("event=link_refused reason=\"not on the instance\" url=%s", sl_log_quote(q, sizeof(q), next));
-            break;
-        }
-        snprintf(url, sizeof(url), "%s%s%s", next, strstr(next, "since_id=") ? "" : strchr(next, '?') ? "&since_id=" : "?since_id=",
-                 strstr(next, "since_id=") ? "" : r->since_id);
     }
     if (ret == 0)
         set_connected(r, 1);
     else if (ret == -1)
         set_connected(r, 0);
-    /* Oldest first, each id once, only those after since_id. */
-    size_t n = json_array_size(all);
-    json_t **v = calloc(n + 1, sizeof(*v));
-    for (size_t i = 0; i < n && v != NULL; i++)
-        v[i] = json_array_get(all, i);
-    if (v != NULL)
-        qsort(v, n, sizeof(*v), cmp_status);
-    for (size_t i = 0; i < n && v != NULL && ret != -2; i++) {
-        const char *id = json_string_value(json_object_get(v[i], "id"));
-        if (id == NULL || (i > 0 && cmp_status(&v[i], &v[i - 1]) == 0) ||
-            (r->since_id[0] != '\0' && sl_mastodon_id_cmp(id, r->since_id) <= 0))
-            continue;
-        sl_message_t m;
-        char why[192];
-        LOCKED(r, r->st.received++);
-        sl_mastodon_result_t res = sl_mastodon_status_to_message(v[i], r->conf.instance, r->conf.channel, &m, why, sizeof(why));
-        if (res != SL_MASTODON_OK) {
-            LOCKED(r, if (res == SL_MASTODON_SKIP) r->st.skipped++; else r->st.invalid++);
-            SL_INFO("event=skipped reason=%s", sl_log_quote(q, sizeof(q), why));
-        } else if (push(r, &m) != 0) {
-            ret = -2;
-            break;
-        }
-        if (strlen(id) < sizeof(r->since_id))
-            snprintf(r->since_id, sizeof(r->since_id), "%s", id);
-    }
-    free(v);
-    json_decref(all);
     return ret;
 }
 

@@ -1,6 +1,6 @@
 /*
  * Integration tests of sluice-ingest's fallbacks and limits, against the fake Mastodon and the
- * real RabbitMQ/PostgreSQL: polling without a token (since_id, Link paging, restarts), polling
+ * real RabbitMQ/PostgreSQL: polling without a token (min_id paging, restarts, a page limit), polling
  * after streaming is refused with 401, the instance's rate limit, and back pressure from a full
  * persist queue all the way to the Mastodon socket without losing anything.
  */
@@ -56,7 +56,7 @@ START_TEST(test_polling_without_token)
     ck_assert_int_eq(tu_wait_rows(db, 5, 20000), 5);
     ck_assert(it_wait_field(&g, "mode", "polling", 1000));
 
-    /* 25 new statuses at once: more than a page of 10, so the gap is filled through Link rel="next" */
+    /* 25 new statuses at once: more than a page of 10, so the gap is filled by paging forward (min_id) */
     add_statuses(f, 1006, 1030, 0);
     ck_assert_int_eq(tu_wait_rows(db, 30, 20000), 30);
     tu_sleep_ms(600);
@@ -66,7 +66,7 @@ START_TEST(test_polling_without_token)
         ck_assert_msg(seq_of(db, f, i) > seq_of(db, f, i - 1), "status %d stored before %d", i, i - 1);
     fm_stats_t st;
     fm_stats(f, &st);
-    ck_assert_int_gt(st.timeline_since_requests, 0);
+    ck_assert_int_gt(st.timeline_cursor_requests, 0);
     ck_assert_int_eq(st.stream_connects, 0);
     ck_assert_int_eq(st.rate_limited_answers, 0);
 
@@ -87,6 +87,37 @@ START_TEST(test_polling_without_token)
     ck_assert_int_eq(tu_scalar(db, "SELECT count(*) FROM messages"), 31);
     ck_assert_int_eq(tu_scalar(db, "SELECT max(seq) FROM messages"), 31);
 
+    ck_assert_int_eq(it_stop_ingest(&g), 0);
+    PQfinish(db);
+    tu_stack_cleanup(&S);
+    fm_stop(f);
+}
+END_TEST
+
+/* More new statuses than one poll may read (300, 40 a page, 2 pages a poll): the polls that stop
+ * at the page limit go on from where they stopped, so every status is stored, once, oldest first
+ * (a poll that jumped to the newest id skipped the 220 between). */
+START_TEST(test_polling_page_limit_skips_nothing)
+{
+    fm_conf_t fc = {.token = "only-for-streaming"};
+    fm_t *f = fm_start(&fc);
+    it_ingest_t g;
+    const char *env[] = {"SLUICE_INGEST_POLL_LIMIT=40", "SLUICE_INGEST_POLL_MAX_PAGES=2",
+                         "SLUICE_INGEST_POLL_INTERVAL_MS=200", NULL};
+    add_statuses(f, 5000, 5000, 0);
+    tu_stack_init(&S, "ingest_pages", 100000);
+    tu_start(&S, "persister", NULL);
+    tu_start(&S, "api", NULL);
+    it_start_ingest(&g, &S, fm_url(f), env);
+    PGconn *db = tu_db(&S);
+    ck_assert_int_eq(tu_wait_rows(db, 1, 20000), 1);
+    add_statuses(f, 5001, 5300, 0);
+    ck_assert_int_eq(tu_wait_rows(db, 301, 30000), 301);
+    tu_sleep_ms(600);
+    ck_assert_int_eq(tu_scalar(db, "SELECT count(*) FROM messages"), 301);
+    ck_assert_int_eq(tu_scalar(db, "SELECT count(DISTINCT id) FROM messages"), 301);
+    for (int i = 5001; i <= 5300; i++) /* every one, oldest first */
+        ck_assert_msg(seq_of(db, f, i) > seq_of(db, f, i - 1), "status %d stored before %d", i, i - 1);
     ck_assert_int_eq(it_stop_ingest(&g), 0);
     PQfinish(db);
     tu_stack_cleanup(&S);
@@ -235,6 +266,7 @@ int main(void)
     TCase *tc = tcase_create("integration");
     tcase_set_timeout(tc, 90);
     tcase_add_test(tc, test_polling_without_token);
+    tcase_add_test(tc, test_polling_page_limit_skips_nothing);
     tcase_add_test(tc, test_refused_streaming_falls_back_to_polling);
     tcase_add_test(tc, test_rate_limit_is_honoured);
     tcase_add_test(tc, test_back_pressure_reaches_mastodon_and_loses_nothing);

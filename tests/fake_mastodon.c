@@ -337,8 +337,8 @@ static void serve_timeline(struct client *c, const char *path, const char *query
 
     pthread_mutex_lock(&f->lock);
     f->st.timeline_requests++;
-    if (*since)
-        f->st.timeline_since_requests++;
+    if (*since || *min_id)
+        f->st.timeline_cursor_requests++;
     snprintf(f->st.last_timeline_query, sizeof(f->st.last_timeline_query), "%s", query != NULL ? query : "");
     long long now = now_ms();
     if (now >= f->window_end_ms) {

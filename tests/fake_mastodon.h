@@ -28,7 +28,7 @@ typedef struct fm_conf {
 } fm_conf_t;
 
 typedef struct fm_stats {
-    int streams_open, stream_connects, stream_401, instance_requests, timeline_requests, timeline_since_requests,
+    int streams_open, stream_connects, stream_401, instance_requests, timeline_requests, timeline_cursor_requests, /* with since_id or min_id */
         rate_limited_answers;
     long long stream_blocked_waits; /* writes that found the socket full */
     char last_stream_path[256], last_timeline_query[512];
