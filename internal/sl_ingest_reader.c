@@ -149,7 +149,6 @@ struct xfer {
     long status;
     sl_buf_t body;             /* REST answers; the start of a refused stream's answer */
     char content_type[96];
-    char link[4096];
     long long rl_remaining;    /* -1 when not given */
     int64_t rl_reset_us;       /* 0 when not given */
     long long retry_after_s;   /* -1 when not given */
@@ -176,7 +175,7 @@ static size_t on_header(char *p, size_t size, size_t n, void *arg)
     if (len >= 5 && strncmp(p, "HTTP/", 5) == 0) { /* a new answer (after a 100 Continue, say) */
         const char *sp = memchr(p, ' ', len);
         x->status = sp != NULL ? strtol(sp + 1, NULL, 10) : 0;
-        x->content_type[0] = x->link[0] = '\0';
+        x->content_type[0] = '\0';
         x->rl_remaining = x->retry_after_s = -1;
         x->rl_reset_us = 0;
         return len;
@@ -191,8 +190,6 @@ static size_t on_header(char *p, size_t size, size_t n, void *arg)
 #define IS(name) (nlen == sizeof(name) - 1 && strncasecmp(p, name, nlen) == 0)
     if (IS("content-type")) {
         snprintf(x->content_type, sizeof(x->content_type), "%.*s", (int)vlen, v);
-    } else if (IS("link")) {
-        snprintf(x->link, sizeof(x->link), "%.*s", (int)vlen, v);
     } else if (IS("x-ratelimit-remaining")) {
         snprintf(tmp, sizeof(tmp), "%.*s", (int)vlen, v);
         x->rl_remaining = strtoll(tmp, NULL, 10);

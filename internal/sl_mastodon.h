@@ -78,9 +78,6 @@ int sl_mastodon_timeline_path(const char *stream, int limit, char *out, size_t s
  * Returns 0, or -1 when the document names none. */
 int sl_mastodon_streaming_base(json_t *instance, char *out, size_t size);
 
-/* The URL of the link with relation rel ("next", "prev") in a Link header. Returns 0 or -1. */
-int sl_mastodon_link(const char *header, size_t len, const char *rel, char *out, size_t size);
-
 /* Orders status ids (decimal snowflakes, or other alphanumeric ids): by length, then bytewise. */
 int sl_mastodon_id_cmp(const char *a, const char *b);
 

@@ -601,17 +601,6 @@ START_TEST(test_streams_and_paths)
     json_decref(v1);
     json_decref(none);
 
-    const char *link = "<https://m.example/api/v1/timelines/public?limit=2&max_id=10>; rel=\"next\", "
-                       "<https://m.example/api/v1/timelines/public?limit=2&min_id=12>; rel=\"prev\"";
-    ck_assert_int_eq(sl_mastodon_link(link, strlen(link), "next", out, sizeof(out)), 0);
-    ck_assert_str_eq(out, "https://m.example/api/v1/timelines/public?limit=2&max_id=10");
-    ck_assert_int_eq(sl_mastodon_link(link, strlen(link), "prev", out, sizeof(out)), 0);
-    ck_assert_str_eq(out, "https://m.example/api/v1/timelines/public?limit=2&min_id=12");
-    ck_assert_int_eq(sl_mastodon_link(link, strlen(link), "last", out, sizeof(out)), -1);
-    ck_assert_int_eq(sl_mastodon_link("<a>; rel=\"prev next\"", 20, "next", out, sizeof(out)), 0);
-    ck_assert_str_eq(out, "a");
-    ck_assert_int_eq(sl_mastodon_link("garbage <", 9, "next", out, sizeof(out)), -1);
-
     ck_assert_int_lt(sl_mastodon_id_cmp("99", "100"), 0);
     ck_assert_int_gt(sl_mastodon_id_cmp("109372843235", "109372843234"), 0);
     ck_assert_int_eq(sl_mastodon_id_cmp("7", "7"), 0);
