@@ -536,6 +536,10 @@ static int handle_metrics(sl_api_t *a, h2o_req_t *req)
     sl_metrics_header(&b, "sluice_api_publish_batches_total", "counter",
                       "AMQP messages the published posts went out in (posts of one loop turn share one).");
     sl_metrics_sample(&b, "sluice_api_publish_batches_total", "", (double)s->batches);
+    sl_metrics_header(&b, "sluice_api_publish_send_waits_total", "counter",
+                      "Batches held back because the broker connection's send buffer had no room (a node that"
+                      " reads slowly or not at all); posts meanwhile get 503 too_many_in_flight.");
+    sl_metrics_sample(&b, "sluice_api_publish_send_waits_total", "", (double)s->send_waits);
     sl_metrics_header(&b, "sluice_api_broker_blocked_seconds_total", "counter", "Time the broker kept us blocked.");
     sl_metrics_sample(&b, "sluice_api_broker_blocked_seconds_total", "", (double)s->blocked_us_total / 1e6);
     sl_metrics_header(&b, "sluice_api_broker_connects_total", "counter", "Successful broker connections.");

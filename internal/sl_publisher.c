@@ -8,6 +8,10 @@
  */
 #include "sl_publisher.h"
 
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -17,6 +21,7 @@
 #define RECYCLE_MIN_US 500000LL
 #define RECYCLE_MAX_US 30000000LL
 #define WATCH_MS 250
+#define WAIT_ROOM_MS 2
 
 /* One post (a line of a batch) and who waits for its confirm. */
 struct entry {
@@ -45,7 +50,9 @@ struct sl_publisher {
     size_t ngathered;
     char exchange[128], routing_key[256];
     h2o_timeout_t flush_timeout; /* 0 ms: at the end of the current loop turn */
+    h2o_timeout_t wait_timeout;  /* WAIT_ROOM_MS: the next try of a batch that found no room */
     h2o_timeout_entry_t flush_entry;
+    h2o_timeout_entry_t wait_entry;
     h2o_timeout_t watch_timeout; /* WATCH_MS: the oldest unconfirmed publish's age */
     h2o_timeout_entry_t watch_entry;
     char broken[160]; /* a publish failed in flush: drop the connection from the timer */
@@ -104,12 +111,34 @@ static struct slot *seal_gathered(sl_publisher_t *p)
     return s;
 }
 
-/* Publishes the gathered batch as delivery tag next_tag. A failure is only noted: the connection
- * is dropped from the timer, never under a caller's feet. */
+/* Whether the socket's send buffer has room for len more bytes (and the frames around them), so
+ * that amqp_basic_publish, which writes with no deadline, cannot block the loop: a node that stops
+ * reading (stopped, or stalled) fills the buffer, and the next write would wait for it. The
+ * buffer's payload room is taken as half of SO_SNDBUF (the kernel doubles the value for its own
+ * bookkeeping), less what is queued and not yet acknowledged (SIOCOUTQ). */
+static int send_room(sl_publisher_t *p, size_t len)
+{
+    int fd = amqp_get_sockfd(p->amqp.conn), queued = 0, sndbuf = 0;
+    socklen_t sl = sizeof(sndbuf);
+    if (fd < 0 || ioctl(fd, SIOCOUTQ, &queued) != 0 || getsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, &sl) != 0)
+        return 1; /* cannot tell: as before */
+    return (long long)queued + (long long)len + 4096 + (long long)len / 16 <= (long long)sndbuf / 2;
+}
+
+/* Publishes the gathered batch as delivery tag next_tag, once the socket has room for it (else it
+ * stays gathered, new publishes are refused BUSY, and it is tried again in WAIT_ROOM_MS; the
+ * watch timer drops a connection whose node never reads again). A failure is only noted: the
+ * connection is dropped from the timer, never under a caller's feet. */
 static void flush(sl_publisher_t *p)
 {
     if (p->ngathered == 0)
         return;
+    if (!send_room(p, p->body.len)) {
+        p->stats.send_waits++;
+        if (!h2o_timeout_is_linked(&p->wait_entry))
+            h2o_timeout_link(p->amqp._loop, &p->wait_timeout, &p->wait_entry);
+        return;
+    }
     amqp_basic_properties_t props;
     memset(&props, 0, sizeof(props));
     props._flags = AMQP_BASIC_CONTENT_TYPE_FLAG | AMQP_BASIC_DELIVERY_MODE_FLAG;
@@ -127,6 +156,15 @@ static void flush(sl_publisher_t *p)
         if (!h2o_timeout_is_linked(&p->flush_entry)) /* it is while a batch is gathered */
             h2o_timeout_link(p->amqp._loop, &p->flush_timeout, &p->flush_entry);
     }
+}
+
+static void on_flush(h2o_timeout_entry_t *entry);
+
+static void on_wait_room(h2o_timeout_entry_t *entry)
+{
+    sl_publisher_t *p = H2O_STRUCT_FROM_MEMBER(sl_publisher_t, wait_entry, entry);
+    if (!h2o_timeout_is_linked(&p->flush_entry))
+        on_flush(&p->flush_entry);
 }
 
 static void on_flush(h2o_timeout_entry_t *entry)
@@ -241,6 +279,8 @@ static void on_down(void *data, const char *why)
         seal_gathered(p);
         p->body.len = 0;
     }
+    if (h2o_timeout_is_linked(&p->wait_entry)) /* nothing gathered waits for room any more */
+        h2o_timeout_unlink(&p->wait_entry);
     uint64_t end = p->next_tag;
     for (uint64_t t = p->oldest_tag; t < end; t++)
         settle_one(p, t, SL_PUBLISH_UNAVAILABLE, sl_time_mono_us());
@@ -290,6 +330,8 @@ sl_publisher_t *sl_publisher_create(h2o_loop_t *loop, const sl_publisher_conf_t 
         return NULL;
     }
     h2o_timeout_init(loop, &p->flush_timeout, 0);
+    h2o_timeout_init(loop, &p->wait_timeout, WAIT_ROOM_MS);
+    p->wait_entry.cb = on_wait_room;
     p->flush_entry.cb = on_flush;
     h2o_timeout_init(loop, &p->watch_timeout, WATCH_MS);
     p->watch_entry.cb = on_watch;
@@ -323,7 +365,8 @@ sl_publish_result_t sl_publisher_publish(sl_publisher_t *p, const char *exchange
         p->stats.refused_down++;
         return SL_PUBLISH_UNAVAILABLE;
     }
-    if (p->outstanding >= p->conf.max_unconfirmed || p->next_tag - p->oldest_tag >= p->mask) {
+    if (p->outstanding >= p->conf.max_unconfirmed || p->next_tag - p->oldest_tag >= p->mask ||
+        (p->ngathered > 0 && h2o_timeout_is_linked(&p->wait_entry))) { /* no room to send: wait */
         p->stats.refused_busy++;
         return SL_PUBLISH_BUSY;
     }
@@ -338,7 +381,8 @@ sl_publish_result_t sl_publisher_publish(sl_publisher_t *p, const char *exchange
     if (p->ngathered == 0) {
         strcpy(p->exchange, exchange);
         strcpy(p->routing_key, routing_key);
-        h2o_timeout_link(p->amqp._loop, &p->flush_timeout, &p->flush_entry);
+        if (!h2o_timeout_is_linked(&p->flush_entry)) /* it may be, from a batch that on_down sealed */
+            h2o_timeout_link(p->amqp._loop, &p->flush_timeout, &p->flush_entry);
     } else {
         sl_buf_append(&p->body, "\n", 1);
     }
@@ -395,6 +439,9 @@ void sl_publisher_destroy(sl_publisher_t *p)
     if (h2o_timeout_is_linked(&p->flush_entry))
         h2o_timeout_unlink(&p->flush_entry);
     h2o_timeout_dispose(loop, &p->flush_timeout);
+    if (h2o_timeout_is_linked(&p->wait_entry))
+        h2o_timeout_unlink(&p->wait_entry);
+    h2o_timeout_dispose(loop, &p->wait_timeout);
     h2o_timeout_unlink(&p->watch_entry);
     h2o_timeout_dispose(loop, &p->watch_timeout);
     for (size_t i = 0; i <= p->mask; i++)

@@ -58,6 +58,7 @@ typedef struct sl_publisher_conf {
 
 typedef struct sl_publisher_stats {
     uint64_t published, acked, nacked, failed, refused_busy, refused_down, refused_blocked, reconnects;
+    uint64_t send_waits; /* flushes put off because the socket had no room (the node reads slowly, or not) */
     uint64_t batches;           /* AMQP messages the published ones went out in */
     int64_t blocked_us_total;   /* time spent blocked, closed intervals only */
     sl_histogram_t confirm_latency; /* seconds from publish to confirm */

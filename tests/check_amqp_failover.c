@@ -431,6 +431,103 @@ START_TEST(test_stalled_node_is_left_after_the_confirm_deadline)
 }
 END_TEST
 
+/* A post of about 2 KB (500 four-byte characters). */
+static void body_big(int i, char *buf, size_t size)
+{
+    int n = snprintf(buf, size, "{\"channel\":\"general\",\"author\":\"big%d\",\"text\":\"", i % 37);
+    for (int k = 0; k < 500 && (size_t)n + 5 < size; k++)
+        n += snprintf(buf + n, size - (size_t)n, "\xf0\x9d\x84\x9e");
+    snprintf(buf + n, size - (size_t)n, "\"}");
+}
+
+struct flood {
+    int n, parallel;
+    long *status;
+    char (*ids)[37];
+};
+
+static void *flood_run(void *arg)
+{
+    struct flood *f = arg;
+    tu_post_many(post_url(), f->n, f->parallel, body_big, f->status, f->ids, NULL, NULL);
+    return NULL;
+}
+
+/* A node that stops reading while posts pour in: the api's send buffer to it fills. rabbitmq-c
+ * writes with no deadline, so a publish into a full buffer would block the event loop until the
+ * node read again; instead the publisher holds the batch back while the buffer has no room
+ * (posts meanwhile get 503), and /healthz keeps answering in milliseconds throughout. Nothing
+ * answered 202 is lost. */
+START_TEST(test_node_that_stops_reading_never_blocks_the_loop)
+{
+    enum { N = 6000 };
+    static long status[N];
+    static char ids[N][37];
+    static char env_url[700];
+    char real[512], hurl[160];
+    proxy_t p1;
+    snprintf(real, sizeof(real), "%s", getenv("SLUICE_AMQP_URL"));
+    proxy_start(&p1, 0, broker_port());
+    tu_stack_init(&S, "amqpfull", 100000);
+    snprintf(env_url, sizeof(env_url), "SLUICE_AMQP_URL=amqp://guest:guest@127.0.0.1:%d/,%s", p1.port, real);
+    const char *env[] = {env_url, "SLUICE_MAX_CONNS_PER_CLIENT=0", NULL}; /* the flood and /healthz share an address */
+    tu_start(&S, "persister", NULL);
+    tu_start(&S, "api", env);
+    ck_assert_int_eq(post_one(NULL), 202);
+    p1.paused = 1;
+    struct flood f = {N, 3000, status, ids}; /* over 6 MB in flight: more than the socket buffers hold */
+    pthread_t t;
+    ck_assert_int_eq(pthread_create(&t, NULL, flood_run, &f), 0);
+    snprintf(hurl, sizeof(hurl), "%s/healthz", S.base);
+    double worst = 0, t0 = now_s();
+    long saw_waits = 0;
+    while (now_s() - t0 < 8) {
+        tu_resp_t r;
+        double a = now_s();
+        int got = tu_http("GET", hurl, NULL, NULL, NULL, 0, &r);
+        double took = now_s() - a;
+        worst = took > worst ? took : worst;
+        ck_assert_msg(got == 0 && r.status == 200, "/healthz did not answer while the node stalled (%d, %ld, %.3f s)", got, got == 0 ? r.status : 0L, took);
+        tu_resp_free(&r);
+        tu_sleep_ms(20);
+    }
+    p1.paused = 0;
+    pthread_join(t, NULL);
+    {
+        tu_resp_t r;
+        char murl[160];
+        snprintf(murl, sizeof(murl), "%s/metrics", S.base);
+        ck_assert_int_eq(tu_http("GET", murl, NULL, NULL, NULL, 0, &r), 0);
+        const char *w = strstr(r.body, "\nsluice_api_publish_send_waits_total ");
+        saw_waits = w != NULL ? atol(w + strlen("\nsluice_api_publish_send_waits_total ")) : -1;
+        tu_resp_free(&r);
+    }
+    long accepted = 0, refused = 0;
+    for (int i = 0; i < N; i++) {
+        accepted += status[i] == 202;
+        refused += status[i] == 503;
+    }
+    fprintf(stderr, "node that stops reading: worst /healthz %.0f ms; %ld of %d posts accepted, %ld refused 503; "
+                    "%ld batches held back for room\n", worst * 1000, accepted, N, refused, saw_waits);
+    ck_assert_msg(worst < 1.0, "/healthz took %.3f s while the node stalled", worst);
+    ck_assert_msg(saw_waits > 0, "the send buffer never filled: the test did not test it");
+    ck_assert_int_eq(accepted + refused, N);
+    proxy_kill(&p1);
+    PGconn *db = tu_db(&S);
+    ck_assert_int_ge(tu_wait_rows(db, accepted + 1, 30000), accepted + 1);
+    for (int i = 0; i < N; i++) {
+        if (status[i] != 202)
+            continue;
+        char sql[160];
+        int len = snprintf(sql, sizeof(sql), "SELECT count(*) FROM messages WHERE id = '%.36s'", ids[i]);
+        ck_assert(len > 0 && (size_t)len < sizeof(sql));
+        ck_assert_msg(tu_scalar(db, sql) == 1, "accepted id %.36s not stored once", ids[i]);
+    }
+    PQfinish(db);
+    tu_stack_cleanup(&S);
+}
+END_TEST
+
 /* The sse service's live feed moves too, declares its queue on the new node, and the hub fills
  * what was published while it moved: a stream sees every message, in order. */
 START_TEST(test_live_feed_moves_and_stream_has_no_gap)
@@ -489,6 +586,7 @@ int main(void)
     tcase_add_test(tc, test_black_hole_first_node_keeps_the_loop_free);
     tcase_add_test(tc, test_lost_connection_moves_to_the_next_node);
     tcase_add_test(tc, test_stalled_node_is_left_after_the_confirm_deadline);
+    tcase_add_test(tc, test_node_that_stops_reading_never_blocks_the_loop);
     tcase_add_test(tc, test_live_feed_moves_and_stream_has_no_gap);
     suite_add_tcase(s, tc);
     return tu_run_suite(s);
