@@ -15,6 +15,11 @@
 # nodes, PostgreSQL under Patroni (primary + synchronous standby) with three etcd members, two
 # haproxies in front of the primary, and every service given every node; two sse instances
 # (8081, 8084). State in .state/run as well (one mode at a time: ./stop.sh to switch).
+#
+# Each service logs in to RabbitMQ as its own user (sluice-api, -ingest, -persister, -sse, made
+# by the scripts with the least permissions it needs; README, "Access control"). The persister
+# starts first and declares the topology; api, ingest and sse run with SLUICE_AMQP_DECLARE=passive
+# and wait (503 until then) for it.
 set -euo pipefail
 
 REPO_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -107,6 +112,9 @@ if ((!CLUSTER)); then
   scripts/servers.sh start
   eval "$(scripts/servers.sh env)"
 fi
+for var in SLUICE_AMQP_URL_API SLUICE_AMQP_URL_INGEST SLUICE_AMQP_URL_PERSISTER SLUICE_AMQP_URL_SSE; do
+  [[ -n ${!var:-} ]] || die "$var is not set by the servers' env: their RabbitMQ users are missing"
+done
 
 started=()
 have_api=0
@@ -134,6 +142,13 @@ for name in "${SERVICES[@]}"; do
   printf '=== %s starting %s\n' "$(date '+%F %T')" "$bin" >>"$log_file"
   extra=()
   [[ $name == sse2 ]] && extra=(SLUICE_SSE_PORT=8084)
+  # Its own RabbitMQ user (the bot speaks HTTP only).
+  case ${name%2} in
+    persister) extra+=("SLUICE_AMQP_URL=$SLUICE_AMQP_URL_PERSISTER") ;;
+    api) extra+=("SLUICE_AMQP_URL=$SLUICE_AMQP_URL_API" SLUICE_AMQP_DECLARE=passive) ;;
+    ingest) extra+=("SLUICE_AMQP_URL=$SLUICE_AMQP_URL_INGEST" SLUICE_AMQP_DECLARE=passive) ;;
+    sse) extra+=("SLUICE_AMQP_URL=$SLUICE_AMQP_URL_SSE" SLUICE_AMQP_DECLARE=passive) ;;
+  esac
   # Not a process group leader, so setsid does not fork: $! is the service.
   setsid env "${extra[@]}" "$bin" </dev/null >>"$log_file" 2>&1 &
   echo $! >"$pid_file"
@@ -188,7 +203,7 @@ done
 
 cat <<EOF
 
-RabbitMQ:   $SLUICE_AMQP_URL
+RabbitMQ:   $SLUICE_AMQP_URL (guest; each service logs in as its own user)
 PostgreSQL: $SLUICE_DB_URL
 Logs:       $RUN_DIR/logs/
 EOF

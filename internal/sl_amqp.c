@@ -20,6 +20,18 @@ void sl_amqp_topology_defaults(sl_amqp_topology_t *t, long long max_length, long
     t->dead_exchange = "sluice.dlx";
     t->max_length = max_length;
     t->max_bytes = max_bytes;
+    t->role = SL_AMQP_ROLE_OWNER;
+    const char *mode = getenv("SLUICE_AMQP_DECLARE");
+    t->passive = mode != NULL && strcmp(mode, "passive") == 0;
+}
+
+int sl_amqp_declare_check(char *err, size_t errlen)
+{
+    const char *mode = getenv("SLUICE_AMQP_DECLARE");
+    if (mode == NULL || *mode == '\0' || strcmp(mode, "all") == 0 || strcmp(mode, "passive") == 0)
+        return 0;
+    snprintf(err, errlen, "SLUICE_AMQP_DECLARE must be \"all\" or \"passive\", not \"%.64s\"", mode);
+    return -1;
 }
 
 const char *sl_amqp_reply_text(amqp_rpc_reply_t r, char *buf, size_t len)
@@ -292,8 +304,38 @@ static int declare_dead_queue(amqp_connection_state_t conn, const sl_amqp_topolo
     return check_reply(conn, "channel.close after the dead-letter queue", err, errlen);
 }
 
+/* A passive declare of one object: 0, SL_AMQP_TOPOLOGY_MISSING (404) or -1, with err. */
+static int declare_passive(amqp_connection_state_t conn, int is_queue, const char *name, char *err, size_t errlen)
+{
+    char text[256];
+    if (is_queue)
+        amqp_queue_declare(conn, SL_AMQP_CHANNEL, amqp_cstring_bytes(name), 1, 0, 0, 0, amqp_empty_table);
+    else
+        amqp_exchange_declare(conn, SL_AMQP_CHANNEL, amqp_cstring_bytes(name), amqp_cstring_bytes("topic"), 1, 0, 0, 0,
+                              amqp_empty_table);
+    amqp_rpc_reply_t r = amqp_get_rpc_reply(conn);
+    if (r.reply_type == AMQP_RESPONSE_NORMAL)
+        return 0;
+    snprintf(err, errlen, "declare %s %s passively: %s", is_queue ? "queue" : "exchange", name,
+             sl_amqp_reply_text(r, text, sizeof(text)));
+    if (r.reply_type == AMQP_RESPONSE_SERVER_EXCEPTION && r.reply.id == AMQP_CHANNEL_CLOSE_METHOD &&
+        ((amqp_channel_close_t *)r.reply.decoded)->reply_code == AMQP_NOT_FOUND)
+        return SL_AMQP_TOPOLOGY_MISSING;
+    return -1;
+}
+
 int sl_amqp_declare(amqp_connection_state_t conn, const sl_amqp_topology_t *t, char *err, size_t errlen)
 {
+    if (t->role == SL_AMQP_ROLE_SUBSCRIBER) {
+        if (t->passive)
+            return declare_passive(conn, 0, t->live_exchange, err, errlen);
+        amqp_exchange_declare(conn, SL_AMQP_CHANNEL, amqp_cstring_bytes(t->live_exchange), amqp_cstring_bytes("topic"), 0,
+                              1, 0, 0, amqp_empty_table);
+        return check_reply(conn, "declare live exchange", err, errlen);
+    }
+    if (t->role == SL_AMQP_ROLE_PUBLISHER && t->passive)
+        return declare_passive(conn, 1, t->persist_queue, err, errlen);
+
     amqp_table_entry_t qargs[] = {
         {amqp_cstring_bytes("x-queue-type"), {AMQP_FIELD_KIND_UTF8, {.bytes = amqp_cstring_bytes("quorum")}}},
         {amqp_cstring_bytes("x-max-length"), {AMQP_FIELD_KIND_I64, {.i64 = t->max_length}}},

@@ -2,7 +2,8 @@
  * sl_amqp: the RabbitMQ side every service shares: opening a connection (with the
  * connection.blocked capability advertised), declaring sluice's topology, and error text.
  *
- * Topology (declared idempotently by every service that connects):
+ * Topology (declared idempotently by its owner, the persister, and by default by every other
+ * service too; see sl_amqp_role_t for SLUICE_AMQP_DECLARE=passive):
  *   - persist queue (quorum, durable) with x-max-length and x-overflow=reject-publish, so a full
  *     queue nacks publishes instead of dropping them. A message on it holds one to
  *     SL_AMQP_MAX_LINES queue items (sl_message_to_json), one per line; x-max-length counts
@@ -35,6 +36,17 @@
 #define SL_LIVE_ROUTING_KEY "feed"
 #define SL_LIVE_CONTENT_TYPE "application/x-ndjson"
 
+/* What a service does with the topology, hence what it declares. RabbitMQ checks `configure` on
+ * every object declared (and read and write for a queue's dead-letter exchange), and nothing for a
+ * passive declare: one owner declaring everything and the others only checking, passively, that
+ * what they use is there lets a broker user per service have no more rights than its work needs
+ * (README, "Access control"). */
+typedef enum {
+    SL_AMQP_ROLE_OWNER = 0, /* the persister (and tools): declares the whole topology, always */
+    SL_AMQP_ROLE_PUBLISHER, /* api, ingest: publish to the persist queue */
+    SL_AMQP_ROLE_SUBSCRIBER /* sse: binds queues of its own to the live exchange */
+} sl_amqp_role_t;
+
 typedef struct sl_amqp_topology {
     const char *persist_queue;  /* default "sluice.persist" */
     long long max_length;       /* x-max-length of the persist queue, in AMQP messages (1 to 256 posts each) */
@@ -42,11 +54,25 @@ typedef struct sl_amqp_topology {
                                  * bodies, which is what makes "full" predictable in posts; 0: none */
     const char *live_exchange;  /* default "sluice.live" */
     const char *dead_exchange;  /* default "sluice.dlx" */
+    sl_amqp_role_t role;        /* default SL_AMQP_ROLE_OWNER */
+    /* SLUICE_AMQP_DECLARE=passive: a role other than the owner declares only the object it uses,
+     * passively (the persist queue for a publisher, the live exchange for a subscriber), so its
+     * user needs no configure right; while the owner has not declared it yet, setup fails with
+     * SL_AMQP_TOPOLOGY_MISSING and is retried. 0 (SLUICE_AMQP_DECLARE=all, the default): every
+     * role declares as the owner does, except a subscriber, which declares the live exchange only;
+     * any service may then come first, with a user that may configure everything (guest). */
+    int passive;
 } sl_amqp_topology_t;
 
-/* Defaults for the names, from SLUICE_QUEUE / SLUICE_LIVE_EXCHANGE where set. */
+/* Defaults for the names, from SLUICE_QUEUE / SLUICE_LIVE_EXCHANGE where set; role OWNER; passive
+ * from SLUICE_AMQP_DECLARE (a value other than "passive" counts as "all": check it at startup with
+ * sl_amqp_declare_check). */
 void sl_amqp_topology_defaults(sl_amqp_topology_t *t, long long max_length, long long max_bytes);
 #define SL_AMQP_MAX_BYTES_DEFAULT "268435456" /* 256 MiB: about a million posts of 250 bytes */
+
+/* SLUICE_AMQP_DECLARE for a service's startup check: unset, empty, "all" or "passive" give 0; any
+ * other value -1 with a sentence in err. */
+int sl_amqp_declare_check(char *err, size_t errlen);
 
 #define SL_AMQP_MAX_URLS 16
 
@@ -90,11 +116,17 @@ amqp_connection_state_t sl_amqp_open_next(const char *list, size_t *cursor, cons
 amqp_connection_state_t sl_amqp_open_hooked(const char *url, const char *conn_name, int heartbeat_s, int timeout_ms,
                                             void (*on_socket)(void *arg, int fd), void *arg, char *err, size_t errlen);
 
-/* Declares the topology on SL_AMQP_CHANNEL (the dead-letter queue on channel SL_AMQP_CHANNEL + 1,
+#define SL_AMQP_TOPOLOGY_MISSING (-2)
+
+/* Declares what t->role and t->passive call for (see sl_amqp_topology_t) on SL_AMQP_CHANNEL. The
+ * whole topology: the dead-letter exchange, the dead-letter queue (on channel SL_AMQP_CHANNEL + 1,
  * opened and closed here, so that its failure is logged, event=amqp_dead_queue_unavailable, and
- * not fatal: after the loss of a node a classic one may be unreachable until it is back). Returns
- * 0, or -1 with err (the channel or connection may then be closed by the broker: close the
- * connection). */
+ * not fatal: after the loss of a node a classic one may be unreachable until it is back), the
+ * persist queue, the live exchange. Returns 0; SL_AMQP_TOPOLOGY_MISSING with err when a passive
+ * declare found the object missing (404: its owner has not declared it yet; the channel is closed,
+ * close the connection and try again later); or -1 with err (the channel or connection may then be
+ * closed by the broker: close the connection). Logs nothing but the dead-letter queue's failure:
+ * the caller says what a missing topology means for it (event=amqp_topology_missing). */
 int sl_amqp_declare(amqp_connection_state_t conn, const sl_amqp_topology_t *t, char *err, size_t errlen);
 
 /* Closes politely (bounded by the connection's rpc timeout) and frees. NULL is a no-op. */

@@ -642,6 +642,7 @@ sl_api_t *sl_api_create(h2o_loop_t *loop, const sl_api_conf_t *conf)
     a->loop = loop;
     sl_histogram_init(&a->post_latency, sl_latency_bounds, sl_latency_nbounds);
     sl_amqp_topology_defaults(&a->topology, conf->queue_max_length, conf->queue_max_bytes);
+    a->topology.role = SL_AMQP_ROLE_PUBLISHER;
     sl_publisher_conf_t pc = {.url = conf->amqp_url,
                               .conn_name = "sluice-api",
                               .topology = a->topology,

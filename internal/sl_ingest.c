@@ -210,6 +210,7 @@ sl_ingest_t *sl_ingest_create(h2o_loop_t *loop, const sl_ingest_conf_t *conf)
     if ((g->reader = sl_ingest_reader_create(&g->conf.reader)) == NULL)
         goto Fail;
     sl_amqp_topology_defaults(&g->topology, conf->queue_max_length, conf->queue_max_bytes);
+    g->topology.role = SL_AMQP_ROLE_PUBLISHER;
     sl_publisher_conf_t pc = {.url = conf->amqp_url,
                               .conn_name = "sluice-ingest",
                               .topology = g->topology,

@@ -4,6 +4,7 @@
  */
 #include "sl_livefeed.h"
 
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,7 +16,9 @@ enum { WAIT_DELIVER, WAIT_HEADER, WAIT_BODY };
 
 struct sl_livefeed {
     sl_amqploop_t amqp;
-    const char *exchange;
+    const char *exchange, *name;
+    sl_amqp_topology_t topology; /* role SUBSCRIBER: the live exchange, passively or not */
+    atomic_int topology_missing; /* the connector thread's: the exchange missing was logged */
     long long max_backlog;
     const sl_livefeed_handlers_t *h;
     void *data;
@@ -38,10 +41,16 @@ static int on_setup(void *data, amqp_connection_state_t conn, char *err, size_t 
     };
     amqp_table_t qtable = {2, qargs};
 
-    amqp_exchange_declare(conn, SL_AMQP_CHANNEL, amqp_cstring_bytes(f->exchange), amqp_cstring_bytes("topic"), 0, 1, 0,
-                          0, amqp_empty_table);
-    if ((r = amqp_get_rpc_reply(conn)).reply_type != AMQP_RESPONSE_NORMAL)
-        goto Fail;
+    int rc = sl_amqp_declare(conn, &f->topology, err, errlen);
+    char qn[160], qe[600];
+    if (rc == SL_AMQP_TOPOLOGY_MISSING && atomic_exchange(&f->topology_missing, 1) == 0)
+        SL_WARN("event=amqp_topology_missing conn=%s exchange=%s error=%s hint=\"declared by sluice-persister; "
+                "retrying until it is\"",
+                sl_log_quote(qn, sizeof(qn), f->name), f->exchange, sl_log_quote(qe, sizeof(qe), err));
+    if (rc != 0)
+        return -1;
+    if (atomic_exchange(&f->topology_missing, 0) != 0)
+        SL_INFO("event=amqp_topology_found conn=%s exchange=%s", sl_log_quote(qn, sizeof(qn), f->name), f->exchange);
     amqp_queue_declare_ok_t *q = amqp_queue_declare(conn, SL_AMQP_CHANNEL, amqp_empty_bytes, 0, 0, 1, 1, qtable);
     if ((r = amqp_get_rpc_reply(conn)).reply_type != AMQP_RESPONSE_NORMAL)
         goto Fail;
@@ -137,6 +146,11 @@ sl_livefeed_t *sl_livefeed_create(h2o_loop_t *loop, const char *url, const char 
     if (f == NULL)
         return NULL;
     f->exchange = exchange;
+    f->name = name;
+    sl_amqp_topology_defaults(&f->topology, 0, 0);
+    f->topology.role = SL_AMQP_ROLE_SUBSCRIBER;
+    f->topology.live_exchange = exchange;
+    atomic_init(&f->topology_missing, 0);
     f->max_backlog = max_backlog;
     f->h = h;
     f->data = data;

@@ -7,8 +7,11 @@
  * Every instance has its own queue, so N instances each see every message. The connection is
  * sl_amqploop's: url may list several nodes; after a reconnect (to the same or another node) the
  * queue is declared and bound anew and on_state(1) runs, so the owner can look for what it missed
- * (sl_sse: sl_hub_check backfills from the database by seq). Loop thread only; connecting does
- * not block it.
+ * (sl_sse: sl_hub_check backfills from the database by seq). The exchange is declared as a
+ * subscriber does (sl_amqp_declare, SL_AMQP_ROLE_SUBSCRIBER): passively under
+ * SLUICE_AMQP_DECLARE=passive, so that the broker user needs rights on its own amq.gen-* queues
+ * only, plus read on the exchange; a missing exchange is logged once (event=amqp_topology_missing)
+ * and retried. Loop thread only; connecting does not block it.
  */
 #ifndef SL_LIVEFEED_H
 #define SL_LIVEFEED_H

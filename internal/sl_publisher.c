@@ -11,6 +11,8 @@
 #include <linux/sockios.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <stdatomic.h>
+#include <stdio.h>
 
 #include <stdlib.h>
 #include <string.h>
@@ -60,6 +62,9 @@ struct sl_publisher {
     uint64_t acked_since_up;
     int64_t first_nack_us, recycle_after_us;
     sl_publisher_stats_t stats;
+    /* Written by the connector thread only (one at a time): 1 while the persist queue was found
+     * missing by a passive declare, so that it is logged once, not at every retry. */
+    atomic_int topology_missing;
 };
 
 static void settle_one(sl_publisher_t *p, uint64_t tag, sl_publish_result_t result, int64_t now)
@@ -202,8 +207,20 @@ static void on_watch(h2o_timeout_entry_t *entry)
 static int on_setup(void *data, amqp_connection_state_t conn, char *err, size_t errlen)
 {
     sl_publisher_t *p = data;
-    if (sl_amqp_declare(conn, &p->conf.topology, err, errlen) != 0)
+    int rc = sl_amqp_declare(conn, &p->conf.topology, err, errlen);
+    if (rc == SL_AMQP_TOPOLOGY_MISSING) {
+        if (atomic_exchange(&p->topology_missing, 1) == 0) {
+            char q[600];
+            SL_WARN("event=amqp_topology_missing conn=%s queue=%s error=%s hint=\"declared by sluice-persister; "
+                    "retrying until it is\"",
+                    p->conf.conn_name, p->conf.topology.persist_queue, sl_log_quote(q, sizeof(q), err));
+        }
         return -1;
+    }
+    if (rc != 0)
+        return -1;
+    if (atomic_exchange(&p->topology_missing, 0) != 0)
+        SL_INFO("event=amqp_topology_found conn=%s queue=%s", p->conf.conn_name, p->conf.topology.persist_queue);
     amqp_confirm_select(conn, SL_AMQP_CHANNEL);
     amqp_rpc_reply_t r = amqp_get_rpc_reply(conn);
     if (r.reply_type != AMQP_RESPONSE_NORMAL) {
@@ -312,6 +329,7 @@ sl_publisher_t *sl_publisher_create(h2o_loop_t *loop, const sl_publisher_conf_t 
         return NULL;
     }
     p->mask = cap - 1;
+    atomic_init(&p->topology_missing, 0);
     p->conf = *conf;
     if (p->conf.max_batch == 0 || p->conf.max_batch > SL_AMQP_MAX_LINES)
         p->conf.max_batch = SL_AMQP_MAX_LINES;

@@ -17,8 +17,13 @@
  * answered UNAVAILABLE (the broker may or may not have them), never OK; publishes while no
  * connection is up are refused UNAVAILABLE.
  *
+ * The setup declares what conf.topology's role calls for (sl_amqp_declare); a persist queue found
+ * missing by a passive declare is logged once (event=amqp_topology_missing) and retried like any
+ * failed attempt, so publishes are refused UNAVAILABLE until the persister has declared it.
+ *
  * Threading: everything runs on the loop's thread, except the connection's setup (declare,
- * confirm.select), which runs on sl_amqploop's connector thread and reads only conf. Nothing
+ * confirm.select), which runs on sl_amqploop's connector thread and reads only conf (and a flag of
+ * its own). Nothing
  * blocks the loop: connecting happens on that thread, under the deadline timeout_ms.
  */
 #ifndef SL_PUBLISHER_H

@@ -11,7 +11,13 @@
 #   scripts/cluster.sh rabbitmqctl [r1|r2|r3] ARGS...  # default: the first node that runs
 #   scripts/cluster.sh psql ARGS...      # database sluice through the haproxies, read-write
 #
-#   eval "$(scripts/cluster.sh env)"     # SLUICE_AMQP_URL (3 URLs), SLUICE_DB_URL, SLUICE_CLUSTER=1
+#   eval "$(scripts/cluster.sh env)"     # SLUICE_AMQP_URL (3 URLs), SLUICE_DB_URL, SLUICE_CLUSTER=1,
+#                                        # SLUICE_AMQP_URL_API, _INGEST, _PERSISTER, _SSE (3 URLs each)
+#
+# RabbitMQ users: guest (every right; SLUICE_AMQP_URL) and one user per service with the least
+# permissions it needs (scripts/amqp_users.sh), made or updated by every start once the cluster
+# has formed (users are cluster-wide); their passwords are made once and kept in
+# <state dir>/rmq/amqp-users.env (0600), removed by purge with the nodes' data.
 #
 # State lives in ${SLUICE_STATE_DIR:-<repo>/.state/cluster} (subdirs rmq, etcd, patroni,
 # haproxy, so it does not clash with servers.sh's files if both share a dir). Every port
@@ -67,6 +73,7 @@ RETRY_TIMEOUT=${SLUICE_PATRONI_RETRY_TIMEOUT:-4}
 
 RMQ_DIR=$STATE_DIR/rmq
 RMQ_HOME=$RMQ_DIR/home
+AMQP_USERS_FILE=$RMQ_DIR/amqp-users.env # the services' passwords (scripts/amqp_users.sh)
 EPMD_PID_FILE=$RMQ_DIR/epmd.pid
 ETCD_DIR=$STATE_DIR/etcd
 PAT_DIR=$STATE_DIR/patroni
@@ -76,6 +83,8 @@ log() { printf '%s\n' "$*"; }
 die() { printf 'cluster.sh: %s\n' "$*" >&2; exit 1; }
 # shellcheck source=lib.sh
 . "$SCRIPT_DIR/lib.sh"
+# shellcheck source=amqp_users.sh
+. "$SCRIPT_DIR/amqp_users.sh"
 
 check_config() {
   [[ $BASE =~ ^[0-9]+$ ]] || die "SLUICE_CLUSTER_PORT_BASE '$BASE' is not a number"
@@ -677,6 +686,13 @@ start_rabbitmq_part() {
   say rabbitmq "3 nodes booted after $(elapsed "$t0")"
   wait_until 60 "cluster" rmq_cluster_of_3 1 || { say rabbitmq "r1 does not see 3 running nodes after 60 s: $(rmq_running_nodes 1 | tr '\n' ' ')"; return 1; }
   say rabbitmq "cluster of 3 running nodes after $(elapsed "$t0") (amqp $(amqp_port 1),$(amqp_port 2),$(amqp_port 3))"
+  # Users are cluster-wide: made (or updated) once, through r1, now that the cluster formed.
+  if ! amqp_users_apply "$AMQP_USERS_FILE" rmqctl 1 >>"$RMQ_DIR/r1/server.out" 2>&1; then
+    tail_file "$RMQ_DIR/r1/server.out" 10
+    say rabbitmq "could not create the services' users"
+    return 1
+  fi
+  say rabbitmq "service users (${AMQP_USERS[*]}) ready after $(elapsed "$t0") (passwords in $AMQP_USERS_FILE)"
 }
 
 # Refuses to start anything when a port of a component that is not running is taken.
@@ -879,6 +895,7 @@ cmd_status() {
 
 cmd_env() {
   echo "export SLUICE_AMQP_URL=amqp://guest:guest@127.0.0.1:$(amqp_port 1)/,amqp://guest:guest@127.0.0.1:$(amqp_port 2)/,amqp://guest:guest@127.0.0.1:$(amqp_port 3)/"
+  amqp_users_env "$AMQP_USERS_FILE" "127.0.0.1:$(amqp_port 1)" "127.0.0.1:$(amqp_port 2)" "127.0.0.1:$(amqp_port 3)"
   echo "export SLUICE_DB_URL='$(db_url)'"
   echo "export SLUICE_CLUSTER=1"
 }

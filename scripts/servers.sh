@@ -19,6 +19,12 @@
 #
 #   eval "$(scripts/servers.sh env)"   # exports SLUICE_AMQP_URL and SLUICE_DB_URL
 #
+# RabbitMQ users: guest (every right, loopback only; SLUICE_AMQP_URL, for tests and tools) and one
+# user per service with the least permissions it needs (scripts/amqp_users.sh), made or updated
+# by every start once the node is up; their random passwords are made once per state dir and kept
+# in <state dir>/rabbitmq/amqp-users.env (0600). `env` also exports SLUICE_AMQP_URL_API, _INGEST,
+# _PERSISTER and _SSE, each naming the service's own user (once that file exists).
+#
 # `status` exits 0 when both servers run and 3 otherwise.
 set -euo pipefail
 
@@ -55,6 +61,9 @@ log() { printf '%s\n' "$*"; }
 die() { printf 'servers.sh: %s\n' "$*" >&2; exit 1; }
 # shellcheck source=lib.sh
 . "$SCRIPT_DIR/lib.sh"
+# shellcheck source=amqp_users.sh
+. "$SCRIPT_DIR/amqp_users.sh"
+AMQP_USERS_FILE=$(amqp_users_file "$STATE_DIR/rabbitmq")
 
 check_config() {
   local p
@@ -162,6 +171,7 @@ start_rabbitmq() {
   p=$(rabbit_pid)
   if [[ -n $p ]]; then
     log "rabbitmq: already running (node $NODENAME, pid $p, amqp 127.0.0.1:$AMQP_PORT)"
+    ensure_users
     return 0
   fi
   if ! command -v epmd >/dev/null || [[ ! -x $RMQ_BIN/rabbitmq-server ]]; then
@@ -213,6 +223,17 @@ start_rabbitmq() {
     die "rabbitmq did not start (state in $RMQ_DIR)"
   fi
   log "rabbitmq: ready in $(elapsed "$t0") (node $NODENAME, pid $(rabbit_pid), amqp 127.0.0.1:$AMQP_PORT, epmd $EPMD_PORT, dist $DIST_PORT)"
+  ensure_users
+}
+
+# The services' users (scripts/amqp_users.sh), on the running node.
+ensure_users() {
+  local t0
+  t0=$(now_ms)
+  ensure_epmd
+  amqp_users_apply "$AMQP_USERS_FILE" rabbitmqctl_ >>"$RMQ_OUT" 2>&1 ||
+    { tail_file "$RMQ_OUT" 10; die "rabbitmq: could not create the services' users"; }
+  log "rabbitmq: service users (${AMQP_USERS[*]}) ready in $(elapsed "$t0") (passwords in $AMQP_USERS_FILE)"
 }
 
 # Stop the node and make sure nothing it or we started stays up.
@@ -362,6 +383,7 @@ status_postgres() {
 
 print_env() {
   echo "export SLUICE_AMQP_URL=amqp://guest:guest@127.0.0.1:$AMQP_PORT/"
+  amqp_users_env "$AMQP_USERS_FILE" "127.0.0.1:$AMQP_PORT"
   echo "export SLUICE_DB_URL=postgresql://postgres@127.0.0.1:$PG_PORT/$PG_DB"
 }
 

@@ -128,6 +128,7 @@ still_running() {
 }
 gone() { ! still_running "$1" "$2"; }
 not_alive() { ! pid_alive "${1:-x}"; }
+not_grep() { ! grep "$@"; }
 ports_busy() { # ports_busy PORT...: prints those in use
   local p busy=()
   for p; do if port_in_use "$p"; then busy+=("$p"); fi; done
@@ -177,6 +178,14 @@ for url in "$API/readyz" "$SSE/readyz" "$PERSISTER/readyz"; do
   code=$(http_code "$url")
   check "GET $url answers 200 (got $code)" test "$code" = 200
 done
+# Each service is connected to RabbitMQ as its own user, none as guest.
+SLUICE_STATE_DIR=$RUN_DIR timeout 60 scripts/servers.sh rabbitmqctl -q list_connections --no-table-headers user \
+  >"$TMP/amqp-users.txt" 2>&1 || true
+for user in sluice-persister sluice-api sluice-sse; do
+  check "a RabbitMQ connection of user $user" grep -qx "$user" "$TMP/amqp-users.txt"
+done
+check "no RabbitMQ connection of user guest ($(sort -u "$TMP/amqp-users.txt" | tr '\n' ' '))" \
+  not_grep -qx guest "$TMP/amqp-users.txt"
 
 # ---------------------------------------------------------------------------------------------
 section "a message through the stack"
@@ -233,8 +242,8 @@ fi
 # ---------------------------------------------------------------------------------------------
 section "ingest (our own: dead source, autostart 0) and scripts/check_openapi.sh"
 eval "$(SLUICE_STATE_DIR=$RUN_DIR scripts/servers.sh env)"
-SLUICE_MASTODON_URL=http://127.0.0.1:1 SLUICE_INGEST_AUTOSTART=0 SLUICE_AMQP_URL=$SLUICE_AMQP_URL \
-  setsid "$REPO_DIR/build/bin/sluice-ingest" </dev/null >"$TMP/ingest.log" 2>&1 &
+SLUICE_MASTODON_URL=http://127.0.0.1:1 SLUICE_INGEST_AUTOSTART=0 SLUICE_AMQP_URL=$SLUICE_AMQP_URL_INGEST \
+  SLUICE_AMQP_DECLARE=passive setsid "$REPO_DIR/build/bin/sluice-ingest" </dev/null >"$TMP/ingest.log" 2>&1 &
 ingest_pid=$!
 ingest_start=$(proc_start "$ingest_pid")
 ingest_up() { [[ $(http_code "$INGEST/readyz") == 200 ]]; }

@@ -91,6 +91,10 @@ int main(int argc, char **argv)
             fprintf(stderr, "sluice-ingest: SLUICE_AMQP_URL (--amqp-url): %s\n", amqp_err);
             return 2;
         }
+        if (sl_amqp_declare_check(amqp_err, sizeof(amqp_err)) != 0) {
+            fprintf(stderr, "sluice-ingest: %s\n", amqp_err);
+            return 2;
+        }
     }
     if (url == NULL || sl_mastodon_instance_norm(url, instance, sizeof(instance)) != 0) {
         fprintf(stderr, "sluice-ingest: SLUICE_MASTODON_URL (--mastodon-url) must be an http(s):// instance URL\n");

@@ -88,6 +88,10 @@ int main(int argc, char **argv)
             fprintf(stderr, "sluice-persister: SLUICE_AMQP_URL (--amqp-url): %s\n", amqp_err);
             return 2;
         }
+        if (sl_amqp_declare_check(amqp_err, sizeof(amqp_err)) != 0) {
+            fprintf(stderr, "sluice-persister: %s\n", amqp_err);
+            return 2;
+        }
     }
     sl_log_init("persister");
     sl_http_trap_signals(&stopping);

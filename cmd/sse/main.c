@@ -92,6 +92,10 @@ int main(int argc, char **argv)
             fprintf(stderr, "sluice-sse: SLUICE_AMQP_URL (--amqp-url): %s\n", amqp_err);
             return 2;
         }
+        if (sl_amqp_declare_check(amqp_err, sizeof(amqp_err)) != 0) {
+            fprintf(stderr, "sluice-sse: %s\n", amqp_err);
+            return 2;
+        }
     }
     sl_log_init("sse");
     sl_http_trap_signals(&stopping);
