@@ -491,6 +491,28 @@ if perms and by_svc:
             else:
                 ok("(d) definitions: %s, the user of sluice-%s, has %s" % (u, svc, ", ".join("%s %s" % n for n in needs)))
 
+    # Least privilege: the persister owns the topology; the others may not declare, delete, purge
+    # or consume the persist queue, and none but the persister may write to the live exchange.
+    for svc, forbidden in (("api", [("configure", "sluice.persist"), ("read", "sluice.persist"), ("write", "sluice.live")]),
+                           ("ingest", [("configure", "sluice.persist"), ("read", "sluice.persist"), ("write", "sluice.live")]),
+                           ("sse", [("configure", "sluice.persist"), ("configure", "sluice.live"), ("read", "sluice.persist"),
+                                    ("write", "sluice.live"), ("write", "amq.default")])):
+        for u in sorted(by_svc.get(svc, set())):
+            extra = ["%s %s" % (k, r) for k, r in forbidden if may(u, k, r)]
+            if extra:
+                bad("(d) definitions: %s, the user of sluice-%s, may also %s" % (u, svc, ", ".join(extra)))
+            else:
+                ok("(d) definitions: %s, the user of sluice-%s, may not %s" % (u, svc, ", ".join("%s %s" % n for n in forbidden)))
+    # ... which works only if those services declare passively (they wait for the persister's).
+    for name, svc in sorted(ours.items()):
+        if svc not in ("api", "ingest", "sse"):
+            continue
+        mode = env_of(services[name]).get("SLUICE_AMQP_DECLARE")
+        if mode == "passive":
+            ok("(d) %s: SLUICE_AMQP_DECLARE=passive (the persister declares the topology)" % name)
+        else:
+            bad("(d) %s: SLUICE_AMQP_DECLARE is %r, not passive: its user may not declare the topology" % (name, mode))
+
 def port_text(p):
     if isinstance(p, dict):
         return "%s%s:%s" % (p.get("host_ip") + ":" if p.get("host_ip") else "", p.get("published", ""), p.get("target"))
