@@ -693,6 +693,7 @@ struct wsconn {
     struct wssub **subs;
     size_t nsubs;
     sl_tokenbucket_t rate; /* of the client's messages (ws_rate) */
+    h2o_socket_t *upgrade_sock; /* the HTTP/1 connection's socket, while ws->sock is NULL (101 unwritten) */
     int closed;
     int closing;           /* we queued a close frame: what the client still sends is ignored */
 };
@@ -789,7 +790,17 @@ static void ws_flush(struct conn *c)
 
 static void ws_abort(struct conn *c)
 {
-    ws_close_now((struct wsconn *)c);
+    struct wsconn *w = (struct wsconn *)c;
+    if (w->ws != NULL && w->ws->sock == NULL) {
+        /* The 101 is not written yet (a client that does not read): h2o's upgrade callback is
+         * still to come with w->ws, so neither may be freed now. Make the write fail instead: h2o
+         * then calls back without a socket, and ws_on_message(NULL) frees w. Had the write just
+         * succeeded, the socket reads its end and closes the same way. */
+        if (w->upgrade_sock != NULL)
+            shutdown(h2o_socket_get_fd(w->upgrade_sock), SHUT_RDWR);
+        return;
+    }
+    ws_close_now(w);
 }
 
 static void ws_heartbeat(struct conn *c)
@@ -1096,6 +1107,7 @@ int sl_streams_handle_ws(sl_streams_t *s, h2o_req_t *req)
         return refuse(req, 503, "out_of_memory", NULL, "out of memory");
     conn_register(s, &w->super, &ws_transport);
     sl_tokenbucket_init(&w->rate, s->conf.ws_burst, sl_time_mono_us());
+    w->upgrade_sock = req->conn->callbacks->get_socket(req->conn);
     w->ws = h2o_upgrade_to_websocket(req, key, w, ws_on_message);
     /* frames past the limit make wslay close with 1009 (message too big) */
     wslay_event_config_set_max_recv_msg_length(w->ws->ws_ctx, (uint64_t)s->conf.ws_max_frame);

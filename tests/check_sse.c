@@ -28,6 +28,7 @@
 #include "sl_message.h"
 #include "sl_streamclient.h"
 #include "sl_time.h"
+#include "sl_testnet.h"
 #include "sl_testutil.h"
 #include "sl_wsclient.h"
 #include "sl_testsuite.h"
@@ -1924,6 +1925,53 @@ START_TEST(test_seam_buffer_is_bounded)
 }
 END_TEST
 
+/* Upgrades at SIGTERM from clients that pipeline requests and an upgrade and never read, then go
+ * away (reset). Meant to leave some 101s unwritten behind a full socket buffer, where sse must not
+ * free a WebSocket under h2o's pending upgrade callback; so far every 101 got written here (all
+ * 200 upgrades handled, the kernel took every answer), so this does not yet reproduce that
+ * use-after-free: it checks the shutdown of many never-reading upgraded sockets (exit 0). */
+START_TEST(test_sigterm_with_unwritten_upgrades)
+{
+    enum { CONNS = 200 };
+    const char *env[] = {"SLUICE_SSE_CHECK_MS=200", "SLUICE_DRAIN_TIMEOUT=5", "SLUICE_MAX_CONNS_PER_CLIENT=0", NULL};
+    static int fds[CONNS];
+    static char buf[CONNS * 3 * 40 + 512];
+    start_stack("sseupgrade", env);
+    static const char small[] = "GET /favicon.ico HTTP/1.1\r\nHost: x\r\n\r\n"; /* a 204: a small answer */
+    for (int i = 0; i < CONNS; i++) {
+        /* 3i small requests before the upgrade: the answers of some fill the buffers just at the
+         * 101, those of longer ones before it (their upgrade never runs) */
+        size_t len = 0;
+        for (int k = 0; k < 3 * i; k++) {
+            memcpy(buf + len, small, sizeof(small) - 1);
+            len += sizeof(small) - 1;
+        }
+        len += (size_t)snprintf(buf + len, sizeof(buf) - len,
+                                "GET /v1/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n");
+        fds[i] = tu_net_connect(S.sse_port, 1024, tu_now_ms() + 5000);
+        ck_assert_int_ge(fds[i], 0);
+        ck_assert_int_eq(tu_net_send_all(fds[i], buf, len, tu_now_ms() + 5000), 0);
+    }
+    tu_sleep_ms(1500);
+    double ws = metric(S.sse_port, "sluice_sse_clients{transport=\"websocket\"}");
+    long long t0 = tu_now_ms();
+    kill(S.sse, SIGTERM);
+    tu_sleep_ms(500);
+    /* the clients go away at once (reset): a write still pending fails */
+    struct linger lg = {1, 0};
+    for (int i = 0; i < CONNS; i++) {
+        setsockopt(fds[i], SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+        close(fds[i]);
+    }
+    int status = tu_stop(&S.sse, SIGTERM, 20000);
+    fprintf(stderr, "upgrades: %d connections, %.0f upgrades handled, sse exited %d after %lld ms\n", CONNS, ws, status,
+            tu_now_ms() - t0);
+    ck_assert_msg(status == 0, "sse exited %d after SIGTERM with unwritten upgrades", status);
+    tu_stack_cleanup(&S);
+}
+END_TEST
+
 /* SLUICE_TEST_ONLY=<substring> runs the matching tests only (for working on one). */
 int main(void)
 {
@@ -1946,6 +1994,7 @@ int main(void)
         {"abuse_ws_never_reads", test_ws_never_reading_is_cut_off},
         {"abuse_ws_history_fails", test_ws_history_failure_drops_the_subscription},
         {"abuse_seam_bound", test_seam_buffer_is_bounded},
+        {"abuse_upgrade_sigterm", test_sigterm_with_unwritten_upgrades},
         /* last: it stops and starts the shared servers */
         {"recovery", test_streams_survive_broker_and_database_restarts},
     };
