@@ -31,6 +31,7 @@ struct sl_hub {
     int64_t position;
     sl_event_t **pending; /* sorted by seq, all > position */
     size_t npending, cappending, max_pending;
+    size_t seam_max;      /* most events a subscription buffers before it goes live */
     sl_pgquery_t *query;  /* backfill, start position or tail check in flight */
     int64_t backfill_to;  /* upper end of the backfill in flight */
     int64_t hole_to;      /* a range found empty, up to here, to check against the counter */
@@ -94,18 +95,47 @@ int sl_sub_wants(const sl_sub_t *s, const char *channel)
     return 0;
 }
 
+static void drop_buffer(sl_sub_t *s)
+{
+    for (size_t i = 0; i < s->nbuffered; i++)
+        sl_event_release(s->buffered[i]);
+    if (s->hub != NULL)
+        s->hub->stats.seam_buffered -= s->nbuffered;
+    free(s->buffered);
+    s->buffered = NULL;
+    s->nbuffered = s->capbuffered = 0;
+}
+
 static void sub_receive(sl_sub_t *s, sl_event_t *ev)
 {
     if (!s->live) {
+        if (s->overflowed)
+            return; /* the database answers for it (sl_sub_go_live) */
+        if (s->nbuffered == s->hub->seam_max) {
+            /* A history that takes long while the feed is busy: holding every event would grow
+             * without bound. Everything after the history is read from the database instead. */
+            drop_buffer(s);
+            s->overflowed = 1;
+            s->hub->stats.seam_overflows++;
+            SL_INFO("event=seam_buffer_overflow seam_max=%zu", s->hub->seam_max);
+            return;
+        }
         if (s->nbuffered == s->capbuffered) {
             size_t cap = s->capbuffered ? s->capbuffered * 2 : 16;
+            if (cap > s->hub->seam_max)
+                cap = s->hub->seam_max;
             sl_event_t **b = realloc(s->buffered, cap * sizeof(*b));
-            if (b == NULL)
-                return; /* the seam will see a gap in this stream; the client can resume */
+            if (b == NULL) { /* as if full: the database answers for it */
+                drop_buffer(s);
+                s->overflowed = 1;
+                s->hub->stats.seam_overflows++;
+                return;
+            }
             s->buffered = b;
             s->capbuffered = cap;
         }
         s->buffered[s->nbuffered++] = sl_event_retain(ev);
+        s->hub->stats.seam_buffered++;
         return;
     }
     if (ev->seq <= s->cursor)
@@ -427,7 +457,8 @@ void sl_hub_feed(sl_hub_t *h, const char *json, size_t len)
     }
 }
 
-sl_hub_t *sl_hub_create(h2o_loop_t *loop, sl_pgpool_t *pg, int check_ms, size_t max_pending, size_t recent)
+sl_hub_t *sl_hub_create(h2o_loop_t *loop, sl_pgpool_t *pg, int check_ms, size_t max_pending, size_t recent,
+                        size_t seam_max)
 {
     sl_hub_t *h = calloc(1, sizeof(*h));
     if (h == NULL)
@@ -440,6 +471,7 @@ sl_hub_t *sl_hub_create(h2o_loop_t *loop, sl_pgpool_t *pg, int check_ms, size_t 
     h->loop = loop;
     h->pg = pg;
     h->max_pending = max_pending;
+    h->seam_max = seam_max > 0 ? seam_max : 1;
     h2o_linklist_init_anchor(&h->all);
     h2o_timeout_init(loop, &h->check_timeout, (uint64_t)check_ms);
     h->check_entry.cb = on_check;
@@ -491,6 +523,8 @@ int sl_hub_subscribe(sl_hub_t *h, sl_sub_t *s)
     size_t n = s->all ? 1 : s->nchannels;
     s->hub = h;
     s->live = 0;
+    s->overflowed = 0;
+    s->start = h->position;
     s->cursor = 0;
     s->nbuffered = 0;
     if ((s->links = calloc(n, sizeof(*s->links))) == NULL)
@@ -519,10 +553,19 @@ int sl_hub_subscribe(sl_hub_t *h, sl_sub_t *s)
     return 0;
 }
 
-void sl_sub_go_live(sl_sub_t *s, int64_t covered)
+int sl_sub_go_live(sl_sub_t *s, int64_t covered)
 {
     s->cursor = covered;
+    if (s->overflowed) {
+        /* buffer anew while the owner reads what the dropped buffer held */
+        s->overflowed = 0;
+        if (s->cursor < s->start)
+            s->cursor = s->start;
+        s->start = s->hub->position;
+        return 1;
+    }
     s->live = 1;
+    s->hub->stats.seam_buffered -= s->nbuffered;
     for (size_t i = 0; i < s->nbuffered; i++) {
         sl_event_t *ev = s->buffered[i];
         s->buffered[i] = NULL;
@@ -536,6 +579,7 @@ void sl_sub_go_live(sl_sub_t *s, int64_t covered)
     free(s->buffered);
     s->buffered = NULL;
     s->capbuffered = 0;
+    return 0;
 }
 
 void sl_hub_unsubscribe(sl_sub_t *s)
@@ -551,9 +595,5 @@ void sl_hub_unsubscribe(sl_sub_t *s)
     }
     free(s->links);
     s->links = NULL;
-    for (size_t i = 0; i < s->nbuffered; i++)
-        sl_event_release(s->buffered[i]);
-    free(s->buffered);
-    s->buffered = NULL;
-    s->nbuffered = s->capbuffered = 0;
+    drop_buffer(s);
 }

@@ -12,7 +12,9 @@
  * sl_sub_go_live it buffers what the hub delivers; its owner reads history meanwhile, then calls
  * sl_sub_go_live(covered) and the buffer is replayed without what history already covered: no
  * gap and no duplicate at the seam. After that, events go straight to the owner's emit callback,
- * in seq order, each once.
+ * in seq order, each once. The buffer holds at most seam_max events: past that it is dropped, and
+ * sl_sub_go_live tells the owner to read what came after its history from the database (or the
+ * hub's memory) as a resume, then to call it again: the seam is finished from the database.
  *
  * Loop thread only. Events are shared by reference (sl_event.h).
  */
@@ -45,6 +47,8 @@ struct sl_sub {
     /* state */
     int64_t cursor;                  /* highest seq emitted or covered */
     int live;
+    int overflowed;                  /* its buffer passed seam_max and was dropped */
+    int64_t start;                   /* the hub's position when s subscribed: the buffer has what follows */
     sl_event_t **buffered;
     size_t nbuffered, capbuffered;
     struct sl_sub_link *links;       /* one per channel, or one in the all-list */
@@ -54,13 +58,17 @@ struct sl_sub {
 typedef struct sl_hub_stats {
     uint64_t received, delivered, duplicates, malformed, backfills, backfilled, skipped, dropped_pending;
     uint64_t replays_from_memory;
+    uint64_t seam_overflows;    /* wait buffers that passed seam_max (their seam read from the database) */
+    uint64_t seam_buffered;     /* events held now by subscriptions not live yet (references, summed) */
     int64_t last_created_at_us; /* created_at of the last delivered message, for the live lag */
 } sl_hub_stats_t;
 
 /* The hub reads its start position and gaps through pg. check_ms: how often the tail is
  * compared with the database. */
-/* recent: how many delivered events the hub keeps for sl_hub_replay (0: none). */
-sl_hub_t *sl_hub_create(h2o_loop_t *loop, sl_pgpool_t *pg, int check_ms, size_t max_pending, size_t recent);
+/* recent: how many delivered events the hub keeps for sl_hub_replay (0: none). seam_max: most
+ * events one subscription buffers before it goes live (>= 1). */
+sl_hub_t *sl_hub_create(h2o_loop_t *loop, sl_pgpool_t *pg, int check_ms, size_t max_pending, size_t recent,
+                        size_t seam_max);
 void sl_hub_destroy(sl_hub_t *h);
 
 /* A payload from the live exchange. */
@@ -74,8 +82,13 @@ const sl_hub_stats_t *sl_hub_stats(const sl_hub_t *h);
 
 /* Registers s (fields above set); it buffers until sl_sub_go_live. Returns 0, or -1 on no memory. */
 int sl_hub_subscribe(sl_hub_t *h, sl_sub_t *s);
-/* Emits the buffered events with seq > covered, in order, then goes live. */
-void sl_sub_go_live(sl_sub_t *s, int64_t covered);
+/* Emits the buffered events with seq > covered, in order, then goes live: returns 0. Returns 1
+ * instead when the buffer passed seam_max and was dropped: nothing is emitted, s keeps buffering
+ * (anew, empty), its cursor is where the buffer would have taken over (the later of covered and
+ * the hub's position when s subscribed), and the owner reads every event of its channels after
+ * the cursor (sl_hub_replay or the database, as for a resume), emits them, and calls
+ * sl_sub_go_live again with what that covered. */
+int sl_sub_go_live(sl_sub_t *s, int64_t covered);
 /* Removes s and drops its buffer. Safe to call from inside s's emit callback? No: call it later
  * (from the owner's close path), never during emit. */
 void sl_hub_unsubscribe(sl_sub_t *s);

@@ -63,7 +63,8 @@ sl_sse_t *sl_sse_create(h2o_loop_t *loop, const sl_sse_conf_t *conf)
                            .connect_timeout_ms = (int)conf->db_connect_timeout_ms,
                            .query_timeout_ms = (int)conf->db_query_timeout_ms};
     if ((s->pg = sl_pgpool_create(loop, &pg)) == NULL ||
-        (s->hub = sl_hub_create(loop, s->pg, (int)conf->check_ms, 200000, (size_t)conf->recent)) == NULL ||
+        (s->hub = sl_hub_create(loop, s->pg, (int)conf->check_ms, 200000, (size_t)conf->recent,
+                                  (size_t)conf->seam_max)) == NULL ||
         (s->streams = sl_streams_create(loop, s->hub, s->pg, &conf->stream)) == NULL ||
         (s->feed = sl_livefeed_create(loop, conf->amqp_url, conf->live_exchange, s->conn_name, conf->live_backlog,
                                       &live_handlers, s)) == NULL) {
@@ -109,6 +110,22 @@ static int handle_metrics(sl_sse_t *s, h2o_req_t *req)
     sl_metrics_sample(&b, "sluice_sse_bytes_queued_total", "", (double)st->bytes_queued);
     sl_metrics_header(&b, "sluice_sse_slow_client_disconnects_total", "counter", "Clients cut off for not reading.");
     sl_metrics_sample(&b, "sluice_sse_slow_client_disconnects_total", "", (double)st->slow_disconnects);
+    sl_metrics_header(&b, "sluice_sse_queued_bytes", "gauge",
+                      "Bytes queued to clients now, history included (each is cut off past out_max_bytes).");
+    sl_metrics_sample(&b, "sluice_sse_queued_bytes", "", (double)st->queued_now);
+    sl_metrics_header(&b, "sluice_sse_out_max_bytes", "gauge", "Per-connection output limit (SLUICE_SSE_OUT_MAX_BYTES).");
+    sl_metrics_sample(&b, "sluice_sse_out_max_bytes", "", (double)s->conf.stream.out_max_bytes);
+    sl_metrics_header(&b, "sluice_sse_history_failures_total", "counter",
+                      "History reads that failed (the stream ends; a WebSocket subscription is dropped with an error).");
+    sl_metrics_sample(&b, "sluice_sse_history_failures_total", "", (double)st->history_failures);
+    sl_metrics_header(&b, "sluice_sse_seam_buffered_events", "gauge",
+                      "Events held now by streams reading their history (at most seam-max each).");
+    sl_metrics_sample(&b, "sluice_sse_seam_buffered_events", "", (double)hs->seam_buffered);
+    sl_metrics_header(&b, "sluice_sse_seam_max_events", "gauge", "Events one stream may hold while it reads its history (SLUICE_SSE_SEAM_MAX).");
+    sl_metrics_sample(&b, "sluice_sse_seam_max_events", "", (double)s->conf.seam_max);
+    sl_metrics_header(&b, "sluice_sse_seam_overflows_total", "counter",
+                      "Streams whose wait buffer passed seam-max: what followed their history was read from the database.");
+    sl_metrics_sample(&b, "sluice_sse_seam_overflows_total", "", (double)hs->seam_overflows);
     sl_metrics_header(&b, "sluice_sse_resets_total", "counter", "Resumes too old to replay.");
     sl_metrics_sample(&b, "sluice_sse_resets_total", "", (double)st->resets);
     sl_metrics_header(&b, "sluice_sse_refused_total", "counter", "Connections refused at the limit.");

@@ -22,6 +22,7 @@ typedef struct sl_sse_conf {
     long long check_ms;          /* how often the hub compares its position with the database */
     long long live_backlog;      /* cap of this instance's live queue */
     long long recent;            /* delivered events kept in memory to serve history without the database */
+    long long seam_max;          /* events a stream holds while it reads its history (sl_hub.h) */
     sl_stream_conf_t stream;
 } sl_sse_conf_t;
 

@@ -44,8 +44,7 @@ struct conn {
     sl_streams_t *streams;
     const struct sl_transport *tp;
     int64_t last_out_us;
-    size_t queued_bytes;
-    size_t history_bytes; /* of queued_bytes, the history's: bounded by the history size, not the limit */
+    size_t queued_bytes; /* queued for this client and not yet taken by its socket, history included */
     int aborting;
 };
 
@@ -58,6 +57,7 @@ struct sl_streams {
     size_t nconns;
     h2o_timeout_t zero_timeout, hb_timeout;
     h2o_timeout_entry_t flush_entry, hb_entry;
+    size_t queued_total;  /* the sum of every connection's queued_bytes */
     sl_stream_stats_t stats;
 };
 
@@ -90,19 +90,34 @@ static void conn_unregister(struct conn *c)
     c->streams->stats.connected[c->tp->kind]--;
 }
 
-/* A connection whose queue passed the limit is cut off; it resumes with its last id. */
-static int over_limit(struct conn *c, size_t more)
+static void conn_set_queued(struct conn *c, size_t n)
 {
+    c->streams->queued_total += n - c->queued_bytes; /* unsigned wrap-around cancels out */
+    c->queued_bytes = n;
+}
+
+/* The one accounting of output, for every transport: each byte queued for a client, history
+ * included, passes here before it is queued. A client that has not taken the previous write
+ * (busy) and whose queue would pass out_max_bytes is cut off (it resumes with its last id). One
+ * that has may take one answer of any size (a long history, a burst within one turn of the
+ * loop): it is written whole at the next turn, and the limit applies to whatever comes after it.
+ * Returns 0 when the bytes may be queued (they are counted), -1 when the client is cut off. */
+static int conn_take(struct conn *c, size_t more, int busy)
+{
+    sl_streams_t *s = c->streams;
     if (c->aborting)
-        return 1;
-    size_t live = c->queued_bytes > c->history_bytes ? c->queued_bytes - c->history_bytes : 0;
-    if (live + more <= (size_t)c->streams->conf.out_max_bytes)
-        return 0;
-    c->aborting = 1;
-    c->streams->stats.slow_disconnects++;
-    SL_INFO("event=slow_client_disconnected transport=%s queued_bytes=%zu", c->tp->name, c->queued_bytes);
-    mark_dirty(c);
-    return 1;
+        return -1;
+    if (busy && c->queued_bytes + more > (size_t)s->conf.out_max_bytes) {
+        c->aborting = 1;
+        s->stats.slow_disconnects++;
+        SL_INFO("event=slow_client_disconnected transport=%s queued_bytes=%zu more=%zu limit=%lld", c->tp->name,
+                c->queued_bytes, more, s->conf.out_max_bytes);
+        mark_dirty(c);
+        return -1;
+    }
+    conn_set_queued(c, c->queued_bytes + more);
+    s->stats.bytes_queued += more;
+    return 0;
 }
 
 /* ---- SSE and NDJSON over a streaming HTTP response --------------------------------------------- */
@@ -111,7 +126,6 @@ struct chunk {
     h2o_iovec_t buf;
     sl_event_t *ev; /* the reference that keeps buf alive, or NULL for static text */
     char *owned;    /* or a buffer of ours */
-    int history;    /* part of the stream's history (not counted against the slow-client limit) */
 };
 
 struct httpconn {
@@ -137,10 +151,9 @@ static void chunk_release(struct chunk *ch)
 
 static int push_chunk(struct httpconn *hc, h2o_iovec_t buf, sl_event_t *ev, char *owned)
 {
-    int history = !hc->sub.live; /* until the seam, everything queued is history */
     /* Only a client that has not taken the previous write is slow: a burst that arrives within
-     * one turn of the loop is written out whole at the next one. */
-    if (!history && hc->sending && over_limit(&hc->super, buf.len)) {
+     * one turn of the loop (a whole history among it) is written out at the next one. */
+    if (conn_take(&hc->super, buf.len, hc->sending) != 0) {
         free(owned);
         return -1;
     }
@@ -148,17 +161,14 @@ static int push_chunk(struct httpconn *hc, h2o_iovec_t buf, sl_event_t *ev, char
         size_t cap = hc->capq ? hc->capq * 2 : 4; /* most streams are idle: start small */
         struct chunk *q = realloc(hc->q, cap * sizeof(*q));
         if (q == NULL) {
+            conn_set_queued(&hc->super, hc->super.queued_bytes - buf.len);
             free(owned);
             return -1;
         }
         hc->q = q;
         hc->capq = cap;
     }
-    hc->q[hc->nq++] = (struct chunk){buf, ev != NULL ? sl_event_retain(ev) : NULL, owned, history};
-    hc->super.queued_bytes += buf.len;
-    if (history)
-        hc->super.history_bytes += buf.len;
-    hc->super.streams->stats.bytes_queued += buf.len;
+    hc->q[hc->nq++] = (struct chunk){buf, ev != NULL ? sl_event_retain(ev) : NULL, owned};
     mark_dirty(&hc->super);
     return 0;
 }
@@ -230,6 +240,7 @@ static void http_free(struct httpconn *hc)
         chunk_release(&hc->q[i]);
     for (size_t i = 0; i < hc->nfly; i++)
         chunk_release(&hc->fly[i]);
+    conn_set_queued(&hc->super, 0);
     conn_unregister(&hc->super);
     free(hc->q);
     free(hc->fly);
@@ -268,12 +279,12 @@ static void http_proceed(h2o_generator_t *gen, h2o_req_t *req)
 {
     struct httpconn *hc = H2O_STRUCT_FROM_MEMBER(struct httpconn, gen, gen);
     (void)req;
+    size_t sent = 0;
     for (size_t i = 0; i < hc->nfly; i++) {
-        hc->super.queued_bytes -= hc->fly[i].buf.len;
-        if (hc->fly[i].history)
-            hc->super.history_bytes -= hc->fly[i].buf.len;
+        sent += hc->fly[i].buf.len;
         chunk_release(&hc->fly[i]);
     }
+    conn_set_queued(&hc->super, hc->super.queued_bytes - sent);
     hc->nfly = 0;
     hc->sending = 0;
     if (hc->super.aborting)
@@ -376,6 +387,27 @@ static void http_reset(struct httpconn *hc)
     hc->since = -1;
 }
 
+static void http_start_history(struct httpconn *hc);
+
+/* Goes live after history covered up to covered; if the subscription's wait buffer overflowed
+ * meanwhile, what it held is read again, as a resume (sl_sub_go_live). */
+static void http_join(struct httpconn *hc, int64_t covered)
+{
+    if (sl_sub_go_live(&hc->sub, covered) == 0)
+        return;
+    hc->since = hc->sub.cursor;
+    http_start_history(hc);
+}
+
+static void http_history_failed(struct httpconn *hc, const char *err)
+{
+    char q[300];
+    SL_WARN("event=history_failed transport=%s error=%s", hc->super.tp->name, sl_log_quote(q, sizeof(q), err));
+    hc->super.streams->stats.history_failures++;
+    hc->super.aborting = 1; /* the client retries (retry: / reconnect) */
+    mark_dirty(&hc->super);
+}
+
 /* History from the hub's memory if it reaches back far enough, else from the database. */
 static void http_start_history(struct httpconn *hc)
 {
@@ -389,13 +421,11 @@ static void http_start_history(struct httpconn *hc)
             return;
         }
         int64_t pos = sl_hub_position(s->hub);
-        sl_sub_go_live(&hc->sub, hc->sub.cursor > pos ? hc->sub.cursor : pos);
+        http_join(hc, hc->sub.cursor > pos ? hc->sub.cursor : pos);
         return;
     }
-    if ((hc->query = query_history(s, &hc->sub, hc->since, hc->history, on_http_history, hc)) == NULL) {
-        hc->super.aborting = 1;
-        mark_dirty(&hc->super);
-    }
+    if ((hc->query = query_history(s, &hc->sub, hc->since, hc->history, on_http_history, hc)) == NULL)
+        http_history_failed(hc, "the query could not be queued");
 }
 
 static void on_http_history(void *data, const PGresult *res, const char *err)
@@ -404,10 +434,7 @@ static void on_http_history(void *data, const PGresult *res, const char *err)
     sl_streams_t *s = hc->super.streams;
     hc->query = NULL;
     if (err != NULL) {
-        char q[300];
-        SL_WARN("event=history_failed error=%s", sl_log_quote(q, sizeof(q), err));
-        hc->super.aborting = 1; /* the client retries (retry: / reconnect) */
-        mark_dirty(&hc->super);
+        http_history_failed(hc, err);
         return;
     }
     if (hc->since >= 0 && PQntuples(res) > s->conf.replay_max) {
@@ -417,7 +444,7 @@ static void on_http_history(void *data, const PGresult *res, const char *err)
     }
     hc->sub.cursor = hc->since > 0 ? hc->since : 0;
     for_each_row(res, hc->since >= 0, http_history_row, hc);
-    sl_sub_go_live(&hc->sub, hc->sub.cursor);
+    http_join(hc, hc->sub.cursor);
 }
 
 int sl_stream_parse_channels(const char *list, size_t len, long long max, char (**out)[SL_CHANNEL_MAX + 1],
@@ -657,6 +684,7 @@ struct wssub {
     sl_pgquery_t *query;
     int64_t since;
     long long history;
+    int catching_up; /* its wait buffer overflowed: what came after its history goes out as events */
 };
 
 struct wsconn {
@@ -665,39 +693,54 @@ struct wsconn {
     struct wssub **subs;
     size_t nsubs;
     sl_tokenbucket_t rate; /* of the client's messages (ws_rate) */
+    h2o_socket_t *upgrade_sock; /* the HTTP/1 connection's socket, while ws->sock is NULL (101 unwritten) */
     int closed;
     int closing;           /* we queued a close frame: what the client still sends is ignored */
 };
 
-static void ws_queue(struct wsconn *w, const char *text, size_t len, int history)
+/* The client has not taken what was written before (or not even the 101 yet). */
+static int ws_busy(struct wsconn *w)
+{
+    return w->ws->sock == NULL || h2o_socket_is_writing(w->ws->sock);
+}
+
+static void ws_queue(struct wsconn *w, const char *text, size_t len)
 {
     if (w->ws == NULL)
         return;
-    if (!history && w->ws->sock != NULL && h2o_socket_is_writing(w->ws->sock) && over_limit(&w->super, len))
+    /* wslay's queue shrinks as h2o writes, without telling us: start from what it holds now */
+    conn_set_queued(&w->super, wslay_event_get_queued_msg_length(w->ws->ws_ctx));
+    if (conn_take(&w->super, len, ws_busy(w)) != 0)
         return;
     struct wslay_event_msg msg = {WSLAY_TEXT_FRAME, (const uint8_t *)text, len};
-    if (wslay_event_queue_msg(w->ws->ws_ctx, &msg) != 0)
+    if (wslay_event_queue_msg(w->ws->ws_ctx, &msg) != 0) {
+        conn_set_queued(&w->super, w->super.queued_bytes - len);
         return;
-    w->super.queued_bytes = wslay_event_get_queued_msg_length(w->ws->ws_ctx);
-    if (history)
-        w->super.history_bytes += len;
-    w->super.streams->stats.bytes_queued += len;
+    }
     mark_dirty(&w->super);
 }
 
 static void ws_send_text(struct wsconn *w, const char *text, size_t len)
 {
-    ws_queue(w, text, len, 0);
+    ws_queue(w, text, len);
 }
 
-static void ws_error(struct wsconn *w, const char *code, const char *message)
+/* An error frame; channel (may be NULL) names the subscription it is about. */
+static void ws_error_on(struct wsconn *w, const char *code, const char *channel, const char *message)
 {
     json_t *o = json_pack("{s:s, s:s, s:s}", "type", "error", "code", code, "message", message);
+    if (o != NULL && channel != NULL)
+        json_object_set_new(o, "channel", json_string(channel));
     char *text = o != NULL ? json_dumps(o, JSON_COMPACT) : NULL;
     if (text != NULL)
         ws_send_text(w, text, strlen(text));
     free(text);
     json_decref(o);
+}
+
+static void ws_error(struct wsconn *w, const char *code, const char *message)
+{
+    ws_error_on(w, code, NULL, message);
 }
 
 static void ws_emit(sl_sub_t *sub, sl_event_t *ev)
@@ -728,6 +771,7 @@ static void ws_close_now(struct wsconn *w)
     free(w->subs);
     w->subs = NULL;
     w->nsubs = 0;
+    conn_set_queued(&w->super, 0);
     conn_unregister(&w->super);
     if (w->ws != NULL)
         h2o_websocket_close(w->ws);
@@ -740,17 +784,23 @@ static void ws_flush(struct conn *c)
     if (w->ws == NULL || w->ws->sock == NULL)
         return;
     c->last_out_us = sl_time_mono_us();
-    /* history goes out first: what is still queued is at most what remains of it */
-    size_t queued = wslay_event_get_queued_msg_length(w->ws->ws_ctx);
-    if (c->history_bytes > queued)
-        c->history_bytes = queued;
-    c->queued_bytes = queued;
+    conn_set_queued(c, wslay_event_get_queued_msg_length(w->ws->ws_ctx));
     h2o_websocket_proceed(w->ws); /* may end in ws_on_message(NULL), which frees w */
 }
 
 static void ws_abort(struct conn *c)
 {
-    ws_close_now((struct wsconn *)c);
+    struct wsconn *w = (struct wsconn *)c;
+    if (w->ws != NULL && w->ws->sock == NULL) {
+        /* The 101 is not written yet (a client that does not read): h2o's upgrade callback is
+         * still to come with w->ws, so neither may be freed now. Make the write fail instead: h2o
+         * then calls back without a socket, and ws_on_message(NULL) frees w. Had the write just
+         * succeeded, the socket reads its end and closes the same way. */
+        if (w->upgrade_sock != NULL)
+            shutdown(h2o_socket_get_fd(w->upgrade_sock), SHUT_RDWR);
+        return;
+    }
+    ws_close_now(w);
 }
 
 static void ws_heartbeat(struct conn *c)
@@ -781,7 +831,18 @@ static void ws_history_row(void *data, sl_event_t *ev)
     sl_buf_append(&f->buf, ev->json.base, ev->json.len);
 }
 
+/* What came after the history of a subscription whose wait buffer overflowed: plain events. */
+static void ws_catchup_row(void *data, sl_event_t *ev)
+{
+    struct wssub *sub = data;
+    if (ev->seq <= sub->sub.cursor)
+        return;
+    sub->sub.cursor = ev->seq;
+    ws_emit(&sub->sub, ev);
+}
+
 static void on_ws_history(void *data, const PGresult *res, const char *err);
+static void ws_start_history(struct wssub *sub);
 
 static void ws_reset(struct wssub *sub)
 {
@@ -791,6 +852,7 @@ static void ws_reset(struct wssub *sub)
     ws_send_text(sub->ws, head, (size_t)n);
     sub->ws->super.streams->stats.resets++;
     sub->since = -1;
+    sub->catching_up = 0;
 }
 
 static void ws_history_begin(struct history_frame *f, struct wssub *sub)
@@ -807,8 +869,42 @@ static void ws_history_begin(struct history_frame *f, struct wssub *sub)
 static void ws_history_end(struct history_frame *f)
 {
     sl_buf_appends(&f->buf, "]}");
-    ws_queue(f->sub->ws, f->buf.data, f->buf.len, 1);
+    ws_queue(f->sub->ws, f->buf.data, f->buf.len);
     sl_buf_free(&f->buf);
+}
+
+/* Goes live after history covered up to covered; if the subscription's wait buffer overflowed
+ * meanwhile, what it held is read again (sl_sub_go_live) and sent as events. */
+static void ws_join(struct wssub *sub, int64_t covered)
+{
+    if (sl_sub_go_live(&sub->sub, covered) == 0) {
+        sub->catching_up = 0;
+        return;
+    }
+    sub->since = sub->sub.cursor;
+    sub->catching_up = 1;
+    ws_start_history(sub);
+}
+
+/* The history could not be read: the client is told (history_unavailable, with the channel) and
+ * the subscription is dropped, so that it can subscribe again. Frees sub. */
+static void ws_history_failed(struct wssub *sub, const char *err)
+{
+    struct wsconn *w = sub->ws;
+    char q[300], channel[SL_CHANNEL_MAX + 1];
+    SL_WARN("event=history_failed transport=websocket channel=%s error=%s", sub->channel[0],
+            sl_log_quote(q, sizeof(q), err));
+    w->super.streams->stats.history_failures++;
+    snprintf(channel, sizeof(channel), "%s", sub->channel[0]);
+    for (size_t i = 0; i < w->nsubs; i++) {
+        if (w->subs[i] == sub) {
+            w->subs[i] = w->subs[--w->nsubs];
+            break;
+        }
+    }
+    wssub_free(sub);
+    ws_error_on(w, "history_unavailable", channel,
+                "the history could not be read; the subscription was dropped: subscribe again");
 }
 
 static void ws_start_history(struct wssub *sub)
@@ -816,32 +912,47 @@ static void ws_start_history(struct wssub *sub)
     sl_streams_t *s = sub->ws->super.streams;
     struct history_frame f;
     int too_many;
-    ws_history_begin(&f, sub);
-    if (sl_hub_replay(s->hub, &sub->sub, sub->since, sub->history, s->conf.replay_max, &too_many, ws_history_row, &f)) {
-        if (too_many) {
-            sl_buf_free(&f.buf);
-            ws_reset(sub);
-            ws_start_history(sub);
+    if (sub->catching_up) {
+        sub->sub.cursor = sub->since;
+        if (sl_hub_replay(s->hub, &sub->sub, sub->since, sub->history, s->conf.replay_max, &too_many, ws_catchup_row,
+                          sub)) {
+            if (too_many) {
+                ws_reset(sub);
+                ws_start_history(sub);
+                return;
+            }
+            int64_t pos = sl_hub_position(s->hub);
+            ws_join(sub, sub->sub.cursor > pos ? sub->sub.cursor : pos);
             return;
         }
-        ws_history_end(&f);
-        int64_t pos = sl_hub_position(s->hub);
-        sl_sub_go_live(&sub->sub, sub->sub.cursor > pos ? sub->sub.cursor : pos);
-        return;
+    } else {
+        ws_history_begin(&f, sub);
+        if (sl_hub_replay(s->hub, &sub->sub, sub->since, sub->history, s->conf.replay_max, &too_many, ws_history_row,
+                          &f)) {
+            if (too_many) {
+                sl_buf_free(&f.buf);
+                ws_reset(sub);
+                ws_start_history(sub);
+                return;
+            }
+            ws_history_end(&f);
+            int64_t pos = sl_hub_position(s->hub);
+            ws_join(sub, sub->sub.cursor > pos ? sub->sub.cursor : pos);
+            return;
+        }
+        sl_buf_free(&f.buf);
     }
-    sl_buf_free(&f.buf);
     if ((sub->query = query_history(s, &sub->sub, sub->since, sub->history, on_ws_history, sub)) == NULL)
-        ws_error(sub->ws, "history_unavailable", "the history could not be read; unsubscribe and subscribe again");
+        ws_history_failed(sub, "the query could not be queued");
 }
 
 static void on_ws_history(void *data, const PGresult *res, const char *err)
 {
     struct wssub *sub = data;
-    struct wsconn *w = sub->ws;
-    sl_streams_t *s = w->super.streams;
+    sl_streams_t *s = sub->ws->super.streams;
     sub->query = NULL;
     if (err != NULL) {
-        ws_error(w, "history_unavailable", "the history could not be read; unsubscribe and subscribe again");
+        ws_history_failed(sub, err);
         return;
     }
     if (sub->since >= 0 && PQntuples(res) > s->conf.replay_max) {
@@ -849,11 +960,16 @@ static void on_ws_history(void *data, const PGresult *res, const char *err)
         ws_start_history(sub);
         return;
     }
-    struct history_frame f;
-    ws_history_begin(&f, sub);
-    for_each_row(res, sub->since >= 0, ws_history_row, &f);
-    ws_history_end(&f);
-    sl_sub_go_live(&sub->sub, sub->sub.cursor);
+    if (sub->catching_up) {
+        sub->sub.cursor = sub->since;
+        for_each_row(res, 1, ws_catchup_row, sub);
+    } else {
+        struct history_frame f;
+        ws_history_begin(&f, sub);
+        for_each_row(res, sub->since >= 0, ws_history_row, &f);
+        ws_history_end(&f);
+    }
+    ws_join(sub, sub->sub.cursor);
 }
 
 static struct wssub *find_sub(struct wsconn *w, const char *channel, size_t *index)
@@ -991,6 +1107,7 @@ int sl_streams_handle_ws(sl_streams_t *s, h2o_req_t *req)
         return refuse(req, 503, "out_of_memory", NULL, "out of memory");
     conn_register(s, &w->super, &ws_transport);
     sl_tokenbucket_init(&w->rate, s->conf.ws_burst, sl_time_mono_us());
+    w->upgrade_sock = req->conn->callbacks->get_socket(req->conn);
     w->ws = h2o_upgrade_to_websocket(req, key, w, ws_on_message);
     /* frames past the limit make wslay close with 1009 (message too big) */
     wslay_event_config_set_max_recv_msg_length(w->ws->ws_ctx, (uint64_t)s->conf.ws_max_frame);
@@ -1066,8 +1183,16 @@ sl_streams_t *sl_streams_create(h2o_loop_t *loop, sl_hub_t *hub, sl_pgpool_t *pg
     return s;
 }
 
-const sl_stream_stats_t *sl_streams_stats(const sl_streams_t *s)
+const sl_stream_stats_t *sl_streams_stats(sl_streams_t *s)
 {
+    /* wslay's queues shrink as h2o writes without telling us */
+    for (h2o_linklist_t *n = s->conns.next; n != &s->conns; n = n->next) {
+        struct conn *c = H2O_STRUCT_FROM_MEMBER(struct conn, link, n);
+        struct wsconn *w = c->tp->kind == T_WS ? (struct wsconn *)c : NULL;
+        if (w != NULL && w->ws != NULL)
+            conn_set_queued(c, wslay_event_get_queued_msg_length(w->ws->ws_ctx));
+    }
+    s->stats.queued_now = s->queued_total;
     return &s->stats;
 }
 

@@ -6,8 +6,10 @@
  * message after a resume position), then goes on live from the hub, joined at the seam without
  * gap or duplicate (sl_hub.h). The transports share one output path: each event is encoded once
  * per format (sl_event.h) and queued by reference; a connection writes everything queued in one
- * go when its socket can take more. A connection whose queue passes out_max_bytes is cut off (it
- * can resume with Last-Event-ID / since) so a slow client never stalls the rest or grows memory.
+ * go when its socket can take more. Every byte queued for a client counts, history included: a
+ * client that has not taken its previous write and whose queue would pass out_max_bytes is cut
+ * off (it can resume with Last-Event-ID / since), so a slow client never stalls the rest or grows
+ * memory. A client that keeps up may take one answer bigger than the limit (a long history).
  *
  * Transports plug in through one table of functions (struct sl_transport in sl_stream.c), as
  * Nchan's subscribers do. Loop thread only.
@@ -40,6 +42,8 @@ typedef struct sl_stream_stats {
     uint64_t connected[3];      /* now, by transport: sse, ndjson, websocket */
     uint64_t opened_total, events_sent, bytes_queued, slow_disconnects, resets, refused_full;
     uint64_t ws_rate_limited;   /* WebSockets closed (1008) for sending too fast */
+    uint64_t history_failures;  /* history reads that failed (the stream ends, or the subscription is dropped) */
+    uint64_t queued_now;        /* bytes queued to every client now, history included */
 } sl_stream_stats_t;
 
 typedef struct sl_streams sl_streams_t;
@@ -51,7 +55,8 @@ int sl_streams_handle_stream(sl_streams_t *s, h2o_req_t *req);
 /* GET /v1/ws (the upgrade request). Returns 0. */
 int sl_streams_handle_ws(sl_streams_t *s, h2o_req_t *req);
 
-const sl_stream_stats_t *sl_streams_stats(const sl_streams_t *s);
+/* The counters, and queued_now brought up to date (it walks the connections). */
+const sl_stream_stats_t *sl_streams_stats(sl_streams_t *s);
 size_t sl_streams_count(const sl_streams_t *s);
 
 /* ---- parsers of what clients send (pure: no loop, no state; any thread) ------------------------- */

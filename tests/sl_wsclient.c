@@ -65,6 +65,11 @@ void tu_ws_close(tu_ws_t *w)
 
 int tu_ws_open(tu_ws_t *w, int port, const char *target, int timeout_ms)
 {
+    return tu_ws_open_rcvbuf(w, port, target, 0, timeout_ms);
+}
+
+int tu_ws_open_rcvbuf(tu_ws_t *w, int port, const char *target, int rcvbuf, int timeout_ms)
+{
     long long deadline = tu_now_ms() + timeout_ms;
     unsigned char nonce[16], digest[SHA_DIGEST_LENGTH];
     char key[32], accept[64], want[64], concat[128], req[1024], v[256];
@@ -79,7 +84,7 @@ int tu_ws_open(tu_ws_t *w, int port, const char *target, int timeout_ms)
     SHA1((const unsigned char *)concat, strlen(concat), digest);
     EVP_EncodeBlock((unsigned char *)want, digest, sizeof(digest));
 
-    if ((w->fd = tu_net_connect(port, 0, deadline)) < 0)
+    if ((w->fd = tu_net_connect(port, rcvbuf, deadline)) < 0)
         return -1;
     int n = snprintf(req, sizeof(req),
                      "GET %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"

@@ -43,6 +43,9 @@ typedef struct tu_ws {
 /* Connects to 127.0.0.1:port and upgrades GET target. Returns 0 on 101 with the right
  * Sec-WebSocket-Accept; -1 otherwise (w->status and w->body tell a refusal; the socket is closed). */
 int tu_ws_open(tu_ws_t *w, int port, const char *target, int timeout_ms);
+/* The same with the socket's SO_RCVBUF set to rcvbuf before it connects (0: the system's), so
+ * that a client that does not read holds little in its kernel. */
+int tu_ws_open_rcvbuf(tu_ws_t *w, int port, const char *target, int rcvbuf, int timeout_ms);
 
 /* Sends one masked frame with FIN set (any opcode, len may be 0). 0, or -1 on a write error. */
 int tu_ws_send(tu_ws_t *w, int opcode, const void *data, size_t len);

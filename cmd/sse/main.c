@@ -54,6 +54,8 @@ int main(int argc, char **argv)
          "backfilled; 64 MiB at most)"},
         {"recent", "SLUICE_SSE_RECENT", SL_OPT_INT, &conf.recent, "10000", 0, 1e7,
          "recent events kept in memory to serve history and resume without the database"},
+        {"seam-max", "SLUICE_SSE_SEAM_MAX", SL_OPT_INT, &conf.seam_max, "10000", 1, 1e7,
+         "events a stream holds while it reads its history; past it, it reads what it missed from the database"},
         {"history", "SLUICE_SSE_HISTORY", SL_OPT_INT, &conf.stream.history_default, "20", 0, 1000,
          "messages of history when a request names none"},
         {"history-max", "SLUICE_SSE_HISTORY_MAX", SL_OPT_INT, &conf.stream.history_max, "1000", 0, 100000,
