@@ -6,6 +6,7 @@
 #   bench/run.sh --cluster       # the same steps against the native cluster, then on one node
 #                                # right after; one summary with both columns (about 8-10 minutes)
 #   bench/run.sh --cluster-only  # the cluster part alone (its own summary)
+#   bench/run.sh --cluster-summary DIR   # the side-by-side table of an earlier --cluster run again
 #
 # Starts private RabbitMQ and PostgreSQL servers (state in SLUICE_STATE_DIR, default
 # /tmp/sl-bench; ports SLUICE_AMQP_PORT 5702 and SLUICE_PG_PORT 5463) unless they already run
@@ -62,10 +63,11 @@ case ${1:-} in
   '') ;;
   --cluster) MODE=both ;;
   --cluster-only) MODE=cluster ;;
+  --cluster-summary) MODE=summary ;;
   -h | --help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
   *) die "unknown argument '$1' (none, --cluster or --cluster-only)" ;;
 esac
-(($# <= 1)) || die "one argument at most"
+[[ $MODE == summary ]] || (($# <= 1)) || die "one argument at most"
 
 pct() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.0f", (b > 0 ? 100 * a / b : 0) }'; }
 verdict() { if awk -v a="$1" -v op="$2" -v b="$3" 'BEGIN { exit !(op == ">=" ? a >= b : a <= b) }'; then echo met; else echo "NOT met"; fi; }
@@ -86,20 +88,20 @@ both_summary() {
   row() {
     local c=${C[$2]:-?} s=${S[$2]:-?} rel=
     [[ ${4:-} != rate || $c == \? || $s == \? ]] || rel="$(pct "$c" "$s") %"
-    printf '%-50s %14s %14s %8s   %s\n' "$1" "$c" "$s" "$rel" "${3:-}"
+    printf '%-50s %15s %15s %8s   %s\n' "$1" "$c" "$s" "$rel" "${3:-}"
   }
   # ratio LABEL NUM_KEY DEN_KEY OP TARGET: each part's ratio, and the verdicts (OP "info": none)
   ratio() {
     local rc="?" rs="?" vc="?" vs="?" note
     [[ -z ${C[$2]:-} || -z ${C[$3]:-} ]] || { rc=$(pct "${C[$2]}" "${C[$3]}"); vc=$(verdict "$rc" "$4" "${5:-0}"); }
     [[ -z ${S[$2]:-} || -z ${S[$3]:-} ]] || { rs=$(pct "${S[$2]}" "${S[$3]}"); vs=$(verdict "$rs" "$4" "${5:-0}"); }
-    note="$4 $5 %: cluster $vc, one node $vs"
+    note="$4 ${5:-} %: cluster $vc, one node $vs"
     [[ $4 != info ]] || note="(for information)"
-    printf '%-50s %13s%% %13s%% %8s   %s\n' "$1" "$rc" "$rs" "" "$note"
+    printf '%-50s %14s%% %14s%% %8s   %s\n' "$1" "$rc" "$rs" "" "$note"
   }
   # two LABEL KEY1 KEY2 [NOTE]: "a / b" per part
   two() {
-    printf '%-50s %14s %14s %8s   %s\n' "$1" "${C[$2]:-?} / ${C[$3]:-?}" "${S[$2]:-?} / ${S[$3]:-?}" "" "${4:-}"
+    printf '%-50s %15s %15s %8s   %s\n' "$1" "${C[$2]:-?} / ${C[$3]:-?}" "${S[$2]:-?} / ${S[$3]:-?}" "" "${4:-}"
   }
   echo
   echo "== summary, cluster beside one node (tree ${S[meta.tree]:-${C[meta.tree]:-?}})"
@@ -107,7 +109,7 @@ both_summary() {
   echo "one node: ${S[meta.t_begin]:-?} - ${S[meta.t_end]:-?}; RabbitMQ and PostgreSQL, one process each"
   echo "machine busy before each part (% of one core, of 200): cluster ${C[meta.busy_before]:-?}, one node ${S[meta.busy_before]:-?}; load average ${C[meta.load_before]:-?} / ${S[meta.load_before]:-?}"
   echo "sizes: cluster ${C[meta.sizes]:-?}; one node ${S[meta.sizes]:-?}"
-  printf '%-50s %14s %14s %8s   %s\n' "figure" "cluster" "one node" "cl/one" "target"
+  printf '%-50s %15s %15s %8s   %s\n' "figure" "cluster" "one node" "cl/one" "target"
   row "raw publish with confirms (msg/s)" raw-publish.raw_publish_per_s "(cluster: to the queue leader's node)" rate
   row "api accepted POSTs (202/s, closed loop)" post-full.post_accepted_per_s "" rate
   ratio "  ratio accepted / raw publish" post-full.post_accepted_per_s raw-publish.raw_publish_per_s '>=' 70
@@ -136,6 +138,11 @@ both_summary() {
   echo "each part's own summary and step outputs: $out/cluster/summary.txt, $out/single/summary.txt"
 }
 
+if [[ $MODE == summary ]]; then # --cluster-summary DIR: the table of an earlier --cluster run again
+  [[ -s ${2:-}/cluster/results.txt || -s ${2:-}/single/results.txt ]] || die "--cluster-summary DIR: no DIR/cluster/results.txt or DIR/single/results.txt"
+  both_summary "$2"
+  exit 0
+fi
 if [[ $MODE == both ]]; then
   BOTH_OUT=${BENCH_OUT:-${BENCH_CLUSTER_STATE_DIR:-/tmp/sl-bench-cluster}/bench-out}
   mkdir -p "$BOTH_OUT/cluster" "$BOTH_OUT/single"
