@@ -4,7 +4,7 @@
 #   bench/run.sh                 # about 2-3 minutes on a 2-core machine
 #   BENCH_PERF=1 bench/run.sh    # also profiles the drain and the full-speed POSTs with perf
 #   bench/run.sh --cluster       # the same steps against the native cluster, then on one node
-#                                # right after; one summary with both columns (about 6 minutes)
+#                                # right after; one summary with both columns (5-6 minutes)
 #   bench/run.sh --cluster-only  # the cluster part alone (its own summary)
 #   bench/run.sh --cluster-summary DIR   # the side-by-side table of an earlier --cluster run again
 #
