@@ -3,6 +3,10 @@
 #
 #   bench/run.sh                 # about 2-3 minutes on a 2-core machine
 #   BENCH_PERF=1 bench/run.sh    # also profiles the drain and the full-speed POSTs with perf
+#   bench/run.sh --cluster       # the same steps against the native cluster, then on one node
+#                                # right after; one summary with both columns (5-6 minutes)
+#   bench/run.sh --cluster-only  # the cluster part alone (its own summary)
+#   bench/run.sh --cluster-summary DIR   # the side-by-side table of an earlier --cluster run again
 #
 # Starts private RabbitMQ and PostgreSQL servers (state in SLUICE_STATE_DIR, default
 # /tmp/sl-bench; ports SLUICE_AMQP_PORT 5702 and SLUICE_PG_PORT 5463) unless they already run
@@ -29,6 +33,21 @@
 # (200000), BENCH_DRAIN_LINES (32), BENCH_POST_COUNT (200000), BENCH_POST_CONNECTIONS (256), BENCH_LATENCY_SECONDS (30),
 # BENCH_RATE_CONNECTIONS (4096), BENCH_API_PORT (18480), BENCH_PERSISTER_PORT (18483),
 # BENCH_BUILD_DIR (build).
+#
+# --cluster-only runs steps 0-8 against scripts/cluster.sh's cluster (state in
+# BENCH_CLUSTER_STATE_DIR, default /tmp/sl-bench-cluster; ports from BENCH_CLUSTER_PORT_BASE,
+# default 6500, clear of the dev cluster's 6200 and the chaos cluster's 6300), started unless it
+# already runs there and stopped at the end if started: three RabbitMQ nodes with the bench queue
+# a three-member quorum queue (checked and printed; the run stops if it has fewer members), and
+# PostgreSQL through the two haproxies to the Patroni primary with its synchronous standby (also
+# checked). sl_bench and the services get the cluster's three AMQP URLs with the queue leader's
+# node first (they connect to the first that answers), so raw publish and the api publish to the
+# same node; step 1f measures raw publish through a follower node for information.
+# --cluster runs --cluster-only, then the single-node run, each in its own BENCH_OUT subfolder
+# (cluster/, single/ under BENCH_OUT, default /tmp/sl-bench-cluster/bench-out), and prints both
+# columns and both sets of ratios side by side. BENCH_CLUSTER_* sizes (BENCH_CLUSTER_RAW_COUNT,
+# ..._INSERT_ROWS, ..._DRAIN_COUNT, ..._POST_COUNT, ..._LATENCY_SECONDS) override the sizes of the
+# cluster part only; the summary prints the sizes of each part.
 set -euo pipefail
 
 REPO_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -39,9 +58,124 @@ die() { printf 'bench/run.sh: %s\n' "$*" >&2; exit 1; }
 # shellcheck source=../scripts/lib.sh
 . "$REPO_DIR/scripts/lib.sh"
 
-export SLUICE_STATE_DIR=${SLUICE_STATE_DIR:-/tmp/sl-bench}
-export SLUICE_AMQP_PORT=${SLUICE_AMQP_PORT:-5702}
-export SLUICE_PG_PORT=${SLUICE_PG_PORT:-5463}
+MODE=single
+case ${1:-} in
+  '') ;;
+  --cluster) MODE=both ;;
+  --cluster-only) MODE=cluster ;;
+  --cluster-summary) MODE=summary ;;
+  -h | --help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+  *) die "unknown argument '$1' (none, --cluster or --cluster-only)" ;;
+esac
+[[ $MODE == summary ]] || (($# <= 1)) || die "one argument at most"
+
+pct() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.0f", (b > 0 ? 100 * a / b : 0) }'; }
+verdict() { if awk -v a="$1" -v op="$2" -v b="$3" 'BEGIN { exit !(op == ">=" ? a >= b : a <= b) }'; then echo met; else echo "NOT met"; fi; }
+
+# ---- --cluster: the cluster part, then the single-node part, then both columns ----
+
+# both_summary OUT: the table of both parts' results.txt.
+both_summary() {
+  local out=$1 f
+  declare -A C=() S=()
+  if [[ -s $out/cluster/results.txt ]]; then
+    while IFS= read -r f; do C[${f%%=*}]=${f#*=}; done <"$out/cluster/results.txt"
+  fi
+  if [[ -s $out/single/results.txt ]]; then
+    while IFS= read -r f; do S[${f%%=*}]=${f#*=}; done <"$out/single/results.txt"
+  fi
+  # row LABEL KEY [NOTE]: both values, and the cluster's as % of one node's for rates
+  row() {
+    local c=${C[$2]:-?} s=${S[$2]:-?} rel=
+    [[ ${4:-} != rate || $c == \? || $s == \? ]] || rel="$(pct "$c" "$s") %"
+    printf '%-50s %15s %15s %8s   %s\n' "$1" "$c" "$s" "$rel" "${3:-}"
+  }
+  # ratio LABEL NUM_KEY DEN_KEY OP TARGET: each part's ratio, and the verdicts (OP "info": none)
+  ratio() {
+    local rc="?" rs="?" vc="?" vs="?" note
+    [[ -z ${C[$2]:-} || -z ${C[$3]:-} ]] || { rc=$(pct "${C[$2]}" "${C[$3]}"); vc=$(verdict "$rc" "$4" "${5:-0}"); }
+    [[ -z ${S[$2]:-} || -z ${S[$3]:-} ]] || { rs=$(pct "${S[$2]}" "${S[$3]}"); vs=$(verdict "$rs" "$4" "${5:-0}"); }
+    note="$4 ${5:-} %: cluster $vc, one node $vs"
+    [[ $4 != info ]] || note="(for information)"
+    printf '%-50s %14s%% %14s%% %8s   %s\n' "$1" "$rc" "$rs" "" "$note"
+  }
+  # two LABEL KEY1 KEY2 [NOTE]: "a / b" per part
+  two() {
+    printf '%-50s %15s %15s %8s   %s\n' "$1" "${C[$2]:-?} / ${C[$3]:-?}" "${S[$2]:-?} / ${S[$3]:-?}" "" "${4:-}"
+  }
+  echo
+  echo "== summary, cluster beside one node (tree ${S[meta.tree]:-${C[meta.tree]:-?}})"
+  echo "cluster:  ${C[meta.t_begin]:-?} - ${C[meta.t_end]:-?}; ${C[meta.topology]:-(no results: the cluster part failed)}"
+  echo "one node: ${S[meta.t_begin]:-?} - ${S[meta.t_end]:-?}; RabbitMQ and PostgreSQL, one process each"
+  echo "machine busy before each part (% of one core, of 200): cluster ${C[meta.busy_before]:-?}, one node ${S[meta.busy_before]:-?}; load average ${C[meta.load_before]:-?} / ${S[meta.load_before]:-?}"
+  echo "sizes: cluster ${C[meta.sizes]:-?}; one node ${S[meta.sizes]:-?}"
+  printf '%-50s %15s %15s %8s   %s\n' "figure" "cluster" "one node" "cl/one" "target"
+  row "raw publish with confirms (msg/s)" raw-publish.raw_publish_per_s "(cluster: to the queue leader's node)" rate
+  row "api accepted POSTs (202/s, closed loop)" post-full.post_accepted_per_s "" rate
+  ratio "  ratio accepted / raw publish" post-full.post_accepted_per_s raw-publish.raw_publish_per_s '>=' 70
+  row "raw prepared INSERT, 1000/tx (rows/s)" raw-insert.raw_insert_per_s "(cluster: primary via haproxy, sync standby)" rate
+  row "persister drain, 32 posts/message (rows/s)" persister-batched.persister_per_s "" rate
+  ratio "  ratio persister / raw INSERT" persister-batched.persister_per_s raw-insert.raw_insert_per_s '>=' 60
+  row "  posts per message the api sent in step 4" meta.ppm
+  row "persister drain, 1 post/message (rows/s)" persister.persister_per_s "(for information)" rate
+  ratio "  ratio persister 1/message / raw INSERT" persister.persister_per_s raw-insert.raw_insert_per_s info
+  row "POST -> committed at half raw publish: rate/s" meta.half "(open loop)"
+  row "  accepted/s achieved at that rate" post-half.post_accepted_per_s
+  row "  p50 ms" post-half.commit_p50_ms
+  row "  p99 ms" post-half.commit_p99_ms "<= 50 ms: cluster $(verdict "${C[post-half.commit_p99_ms]:-1e9}" '<=' 50), one node $(verdict "${S[post-half.commit_p99_ms]:-1e9}" '<=' 50)"
+  row "  max ms" post-half.commit_max_ms
+  two "  disk flush during that step: p99 / max ms" disk-post-half.disk_p99_ms disk-post-half.disk_max_ms
+  two "POST -> committed, full speed: p50 / p99 ms" post-full.commit_p50_ms post-full.commit_p99_ms
+  echo "for information:"
+  S[raw-publish-follower.raw_publish_per_s]=-
+  row "raw publish through a follower node (msg/s)" raw-publish-follower.raw_publish_per_s "(cluster only: to a node that is not the leader)"
+  row "raw publish while the persister consumes" raw-publish-busy.raw_publish_per_s "" rate
+  row "api alone, persister stopped (202/s)" post-alone.post_accepted_per_s "" rate
+  row "POST -> committed at half the api's rate: rate/s" meta.api_half
+  two "  p50 / p99 ms" post-apihalf.commit_p50_ms post-apihalf.commit_p99_ms
+  two "accepted never seen committed / not accepted" meta.missing meta.refused
+  echo "ratios are the figures to compare: the machine is shared, absolute rates move by +-30 % between runs"
+  echo "each part's own summary and step outputs: $out/cluster/summary.txt, $out/single/summary.txt"
+}
+
+if [[ $MODE == summary ]]; then # --cluster-summary DIR: the table of an earlier --cluster run again
+  [[ -s ${2:-}/cluster/results.txt || -s ${2:-}/single/results.txt ]] || die "--cluster-summary DIR: no DIR/cluster/results.txt or DIR/single/results.txt"
+  both_summary "$2"
+  exit 0
+fi
+if [[ $MODE == both ]]; then
+  BOTH_OUT=${BENCH_OUT:-${BENCH_CLUSTER_STATE_DIR:-/tmp/sl-bench-cluster}/bench-out}
+  mkdir -p "$BOTH_OUT/cluster" "$BOTH_OUT/single"
+  rm -f "$BOTH_OUT/summary.txt" "$BOTH_OUT"/{cluster,single}/results.txt
+  t0=$SECONDS
+  rc_c=0
+  rc_s=0
+  log "==== part 1 of 2: the cluster (output in $BOTH_OUT/cluster)"
+  BENCH_OUT=$BOTH_OUT/cluster "${BASH_SOURCE[0]}" --cluster-only || rc_c=$?
+  log "==== part 2 of 2: one node (output in $BOTH_OUT/single)"
+  BENCH_OUT=$BOTH_OUT/single "${BASH_SOURCE[0]}" || rc_s=$?
+  both_summary "$BOTH_OUT" | tee "$BOTH_OUT/summary.txt"
+  log "bench/run.sh --cluster: done in $((SECONDS - t0)) s (cluster part exit $rc_c, one-node part exit $rc_s)"
+  ((rc_c == 0 && rc_s == 0)) || exit 1
+  exit 0
+fi
+
+CLUSTER=0
+if [[ $MODE == cluster ]]; then
+  CLUSTER=1
+  # Not SLUICE_STATE_DIR: in a --cluster run that names the single-node part's dir.
+  export SLUICE_STATE_DIR=${BENCH_CLUSTER_STATE_DIR:-/tmp/sl-bench-cluster}
+  export SLUICE_CLUSTER_PORT_BASE=${BENCH_CLUSTER_PORT_BASE:-6500}
+  for v in RAW_COUNT INSERT_ROWS DRAIN_COUNT POST_COUNT LATENCY_SECONDS; do
+    c=BENCH_CLUSTER_$v
+    [[ -z ${!c:-} ]] || export "BENCH_$v=${!c}"
+  done
+else
+  unset SLUICE_CLUSTER # servers.sh would hand every command to cluster.sh
+  export SLUICE_STATE_DIR=${SLUICE_STATE_DIR:-/tmp/sl-bench}
+  export SLUICE_AMQP_PORT=${SLUICE_AMQP_PORT:-5702}
+  export SLUICE_PG_PORT=${SLUICE_PG_PORT:-5463}
+fi
 BUILD_DIR=${BENCH_BUILD_DIR:-build}
 OUT=${BENCH_OUT:-$SLUICE_STATE_DIR/bench-out}
 API_PORT=${BENCH_API_PORT:-18480}
@@ -73,6 +207,9 @@ export SLUICE_LOG_LEVEL=${SLUICE_LOG_LEVEL:-info}
 
 BIN=$REPO_DIR/$BUILD_DIR/bin
 SERVERS=$REPO_DIR/scripts/servers.sh
+((!CLUSTER)) || SERVERS=$REPO_DIR/scripts/cluster.sh
+PG_BIN=/usr/lib/postgresql/15/bin
+T_BEGIN=$(date -u '+%F %T UTC')
 T_START=$SECONDS
 
 servers_started=0
@@ -114,17 +251,74 @@ cmake -S "$REPO_DIR" -B "$REPO_DIR/$BUILD_DIR" >"$OUT/build.log" 2>&1 || { tail 
 cmake --build "$REPO_DIR/$BUILD_DIR" -j2 --target sluice-api sluice-persister sl_bench >>"$OUT/build.log" 2>&1 ||
   { tail -30 "$OUT/build.log"; die "build failed"; }
 
-log "== servers ($SLUICE_STATE_DIR, amqp $SLUICE_AMQP_PORT, postgres $SLUICE_PG_PORT)"
-if ! "$SERVERS" status >/dev/null 2>&1; then
-  servers_started=1
-  "$SERVERS" start | tee -a "$OUT/servers.log"
+if ((CLUSTER)); then
+  log "== cluster ($SLUICE_STATE_DIR, port base $SLUICE_CLUSTER_PORT_BASE)"
+  if ! "$SERVERS" status >/dev/null 2>&1; then
+    servers_started=1
+    "$SERVERS" start 2>&1 | tee -a "$OUT/servers.log" || die "the cluster did not start (see $OUT/servers.log)"
+  fi
+  eval "$("$SERVERS" env)"
+  # The haproxies' multi-host URL, read-write: what the services see. Database swapped for ours.
+  ADMIN_URL=$(sed 's|/sluice?|/postgres?|' <<<"$SLUICE_DB_URL")
+  SLUICE_DB_URL=$(sed "s|/sluice?|/$BENCH_DB?|" <<<"$SLUICE_DB_URL")
+  [[ $ADMIN_URL == */postgres\?* && $SLUICE_DB_URL == */$BENCH_DB\?* ]] || die "unexpected SLUICE_DB_URL from cluster.sh env: $SLUICE_DB_URL"
+  export SLUICE_DB_URL
+  timeout 60 "$PG_BIN/psql" -X -d "$ADMIN_URL" -q -v ON_ERROR_STOP=1 \
+    -c "DROP DATABASE IF EXISTS $BENCH_DB WITH (FORCE)" -c "CREATE DATABASE $BENCH_DB" >>"$OUT/servers.log" 2>&1 ||
+    die "could not create database $BENCH_DB"
+else
+  log "== servers ($SLUICE_STATE_DIR, amqp $SLUICE_AMQP_PORT, postgres $SLUICE_PG_PORT)"
+  if ! "$SERVERS" status >/dev/null 2>&1; then
+    servers_started=1
+    "$SERVERS" start | tee -a "$OUT/servers.log"
+  fi
+  eval "$("$SERVERS" env)"
+  export SLUICE_DB_URL=postgresql://postgres@127.0.0.1:$SLUICE_PG_PORT/$BENCH_DB
+  "$SERVERS" psql -d postgres -q -v ON_ERROR_STOP=1 \
+    -c "DROP DATABASE IF EXISTS $BENCH_DB WITH (FORCE)" -c "CREATE DATABASE $BENCH_DB" >>"$OUT/servers.log" 2>&1 ||
+    die "could not create database $BENCH_DB"
 fi
-eval "$("$SERVERS" env)"
-export SLUICE_DB_URL=postgresql://postgres@127.0.0.1:$SLUICE_PG_PORT/$BENCH_DB
-"$SERVERS" psql -d postgres -q -v ON_ERROR_STOP=1 \
-  -c "DROP DATABASE IF EXISTS $BENCH_DB WITH (FORCE)" -c "CREATE DATABASE $BENCH_DB" >>"$OUT/servers.log" 2>&1 ||
-  die "could not create database $BENCH_DB"
 "$BIN/sl_bench" reset >>"$OUT/servers.log" 2>&1 || true # a first run has nothing to delete
+
+TOPOLOGY=
+FOLLOWER_URL=
+if ((CLUSTER)); then
+  # Declare the bench queue (1 000 confirmed messages, then purged: also a warm-up) and check that
+  # it is a quorum queue on all three nodes. Its leader is where the declaring connection was
+  # (queue_leader_locator client-local): the first node of the list.
+  "$BIN/sl_bench" raw-publish --count 1000 --window 1000 --size 200 >"$OUT/declare.txt" 2>&1 ||
+    { cat "$OUT/declare.txt"; die "could not declare $SLUICE_BENCH_QUEUE on the cluster"; }
+  # (cluster.sh role-of queue-leader knows only sluice.persist: ask list_queues for ours.)
+  qline=$("$SERVERS" rabbitmqctl -q list_queues --no-table-headers name type leader members 2>>"$OUT/servers.log" |
+    awk -v q="$SLUICE_BENCH_QUEUE" '$1 == q') || true
+  read -r -a qf <<<"$(tr -d '[],' <<<"$qline")"
+  [[ ${qf[1]:-} == quorum ]] || die "$SLUICE_BENCH_QUEUE is not a quorum queue on the cluster: '$qline'"
+  q_leader=${qf[2]}
+  q_members=("${qf[@]:3}")
+  log "  quorum queue $SLUICE_BENCH_QUEUE: leader $q_leader, members ${q_members[*]} (${#q_members[@]})"
+  ((${#q_members[@]} == 3)) || die "$SLUICE_BENCH_QUEUE has ${#q_members[@]} members, not 3"
+  ln=${q_leader#r}
+  ln=${ln%%@*}
+  [[ $ln =~ ^[123]$ ]] || die "unexpected queue leader '$q_leader'"
+  url_of() { echo "amqp://guest:guest@127.0.0.1:$((SLUICE_CLUSTER_PORT_BASE + $1))/"; }
+  urls=$(url_of "$ln")
+  for n in 1 2 3; do
+    if ((n != ln)); then
+      urls+=",$(url_of "$n")"
+      [[ -n $FOLLOWER_URL ]] || { FOLLOWER_URL=$(url_of "$n"); follower=r$n; }
+    fi
+  done
+  # Leader first: sl_bench, the persister it starts and the services connect to the first that answers.
+  export SLUICE_AMQP_URL=$urls
+  log "  SLUICE_AMQP_URL (leader first): $SLUICE_AMQP_URL"
+  pg_primary=$("$SERVERS" role-of primary) || die "no PostgreSQL primary"
+  repl=$(timeout 15 "$PG_BIN/psql" -X -tA -F' ' -d "$ADMIN_URL" \
+    -c "SELECT application_name, sync_state FROM pg_stat_replication" 2>>"$OUT/servers.log" | tr '\n' ' ') || true
+  [[ $repl == *" sync"* ]] || die "the primary $pg_primary has no synchronous standby (pg_stat_replication: '$repl')"
+  sync_commit=$(timeout 15 "$PG_BIN/psql" -X -tA -d "$SLUICE_DB_URL" -c "SHOW synchronous_commit" 2>/dev/null) || true
+  log "  PostgreSQL: primary $pg_primary, standbys (name, state): $repl; synchronous_commit $sync_commit; via haproxy $SLUICE_DB_URL"
+  TOPOLOGY="quorum queue on ${q_members[*]} (leader $q_leader); PostgreSQL primary $pg_primary with standby ${repl% } (synchronous_commit $sync_commit), through haproxy"
+fi
 
 # ---- CPU accounting: ticks of each component between two snapshots ----
 
@@ -138,33 +332,54 @@ ticks() {
   if [[ ${2:-} ]]; then echo $((${12} + ${13} + ${14} + ${15})); else echo $((${12} + ${13})); fi
 }
 total_busy() { awk '/^cpu /{print $2 + $3 + $4 + $7 + $8 + $9; exit}' /proc/stat; }
-# PostgreSQL: the postmaster with its reaped children, plus the live ones.
+# The servers' PIDs: one beam and one postmaster, or on the cluster three beams, two postmasters
+# and the HA processes (etcd x3, Patroni x2, haproxy x2), found once (no failover during a run).
+BEAM_PIDS=()
+PM_PIDS=()
+HA_PIDS=()
+if ((CLUSTER)); then
+  for c in r1 r2 r3; do BEAM_PIDS+=("$("$SERVERS" pid "$c")"); done
+  for c in pg1-postmaster pg2-postmaster; do PM_PIDS+=("$("$SERVERS" pid "$c")"); done
+  for c in etcd1 etcd2 etcd3 pg1 pg2 haproxy1 haproxy2; do HA_PIDS+=("$("$SERVERS" pid "$c")"); done
+fi
+# PostgreSQL: each postmaster with its reaped children, plus the live ones.
 pg_ticks() {
-  local pm sum c
-  pm=$(read_pid "$SLUICE_STATE_DIR/pg/postmaster.pid")
-  [[ -n $pm ]] || { echo 0; return; }
-  sum=$(ticks "$pm" children)
-  for c in $(ps -o pid= --ppid "$pm"); do sum=$((sum + $(ticks "$c"))); done
+  local pm sum=0 c
+  local -a pms=("${PM_PIDS[@]}")
+  ((CLUSTER)) || pms=("$(read_pid "$SLUICE_STATE_DIR/pg/postmaster.pid")")
+  for pm in "${pms[@]}"; do
+    [[ -n $pm ]] || continue
+    sum=$((sum + $(ticks "$pm" children)))
+    for c in $(ps -o pid= --ppid "$pm"); do sum=$((sum + $(ticks "$c"))); done
+  done
   echo "$sum"
 }
-beam_ticks() { ticks "$(read_pid "$SLUICE_STATE_DIR/rabbitmq/rabbitmq.pid")"; }
+sum_ticks() { local s=0 p; for p; do s=$((s + $(ticks "$p"))); done; echo "$s"; }
+beam_ticks() {
+  if ((CLUSTER)); then sum_ticks "${BEAM_PIDS[@]}"; else ticks "$(read_pid "$SLUICE_STATE_DIR/rabbitmq/rabbitmq.pid")"; fi
+}
+ha_ticks() { if ((CLUSTER)); then sum_ticks "${HA_PIDS[@]}"; else echo 0; fi; }
 api_pid=
 persister_pid=
 snapshot() {
-  echo "$(total_busy) $(beam_ticks) $(pg_ticks) $(ticks "${api_pid:-0}") $(ticks "${persister_pid:-0}") $(date +%s%N)"
+  echo "$(total_busy) $(beam_ticks) $(pg_ticks) $(ticks "${api_pid:-0}") $(ticks "${persister_pid:-0}") $(ha_ticks) $(date +%s%N)"
 }
 # cpu_line BEFORE AFTER TOOL_CPU_SECONDS: one line of % of one core (200 = both cores busy).
 cpu_line() {
   local -a a b
   read -r -a a <<<"$1"
   read -r -a b <<<"$2"
-  awk -v hz="$HZ" -v tool="$3" -v t0="${a[5]}" -v t1="${b[5]}" \
+  awk -v hz="$HZ" -v tool="$3" -v t0="${a[6]}" -v t1="${b[6]}" -v cluster="$CLUSTER" \
     -v tot=$((b[0] - a[0])) -v beam=$((b[1] - a[1])) -v pg=$((b[2] - a[2])) -v api=$((b[3] - a[3])) \
-    -v per=$((b[4] - a[4])) 'BEGIN {
+    -v per=$((b[4] - a[4])) -v ha=$((b[5] - a[5])) 'BEGIN {
       wall = (t1 - t0) / 1e9; f = 100 / hz / wall
-      other = tot * f - (beam + pg + api + per) * f - tool * 100 / wall
-      printf "cpu, %% of one core over %.1f s: machine %.0f | rabbitmq %.0f | postgres %.0f | api %.0f | persister %.0f | sl_bench %.0f | rest %.0f\n",
-        wall, tot * f, beam * f, pg * f, api * f, per * f, tool * 100 / wall, (other < 0 ? 0 : other)
+      other = tot * f - (beam + pg + api + per + ha) * f - tool * 100 / wall
+      if (cluster)
+        printf "cpu, %% of one core over %.1f s: machine %.0f | rabbitmq x3 %.0f | postgres x2 %.0f | etcd+patroni+haproxy %.0f | api %.0f | persister %.0f | sl_bench %.0f | rest %.0f\n",
+          wall, tot * f, beam * f, pg * f, ha * f, api * f, per * f, tool * 100 / wall, (other < 0 ? 0 : other)
+      else
+        printf "cpu, %% of one core over %.1f s: machine %.0f | rabbitmq %.0f | postgres %.0f | api %.0f | persister %.0f | sl_bench %.0f | rest %.0f\n",
+          wall, tot * f, beam * f, pg * f, api * f, per * f, tool * 100 / wall, (other < 0 ? 0 : other)
     }'
 }
 
@@ -232,6 +447,11 @@ disk_end quiet
 
 log "== 1. raw publish with confirms ($RAW_COUNT messages, window 1000, 200 B)"
 step raw-publish raw-publish --count "$RAW_COUNT" --window 1000 --size 200
+
+if ((CLUSTER)); then
+  log "== 1f. raw publish with confirms through a follower node, $follower ($RAW_COUNT messages; for information)"
+  step raw-publish-follower raw-publish --amqp-url "$FOLLOWER_URL" --count "$RAW_COUNT" --window 1000 --size 200
+fi
 
 log "== 2. raw INSERT ($INSERT_ROWS rows, 1 000 per transaction)"
 step raw-insert raw-insert --rows "$INSERT_ROWS"
@@ -328,7 +548,6 @@ scrape post-apihalf
 
 # ---- summary ----
 
-pct() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.0f", (b > 0 ? 100 * a / b : 0) }'; }
 # slow SERVICE HISTOGRAM BEFORE AFTER: observations over 50 ms between two scrapes of a service's
 # metrics (a histogram of seconds with a 0.05 bucket), e.g. confirms or commits that waited on the
 # disk during one step. "?" when a scrape is missing.
@@ -341,7 +560,6 @@ slow() {
     $1 == h "_count" { n[FILENAME == b] = $2 }
     END { printf "%d", (n[1] - le[1]) - (n[0] - le[0]) }' "$a" "$b"
 }
-verdict() { if awk -v a="$1" -v op="$2" -v b="$3" 'BEGIN { exit !(op == ">=" ? a >= b : a <= b) }'; then echo met; else echo "NOT met"; fi; }
 
 raw=${R[raw-publish.raw_publish_per_s]}
 ins=${R[raw-insert.raw_insert_per_s]}
@@ -355,9 +573,17 @@ p99=${R[post-half.commit_p99_ms]}
 r_post=$(pct "$acc" "$raw")
 r_per=$(pct "$per" "$ins")
 r_perb=$(pct "$perb" "$ins")
+local_missing=$((${R[post-full.commit_missing]} + ${R[post-half.commit_missing]} + ${R[post-apihalf.commit_missing]}))
+refused=0
+for s in post-full post-half post-alone post-apihalf; do
+  refused=$((refused + ${R[$s.post_429]} + ${R[$s.post_503]} + ${R[$s.post_other]} + ${R[$s.post_errors]}))
+done
+TREE=$(git -C "$REPO_DIR" rev-parse --short HEAD 2>/dev/null)$(git -C "$REPO_DIR" diff --quiet HEAD -- internal cmd 2>/dev/null || echo '+uncommitted changes')
+T_END=$(date -u '+%F %T UTC')
 {
   echo
-  echo "== summary ($(date -u '+%F %T UTC'), $(nproc) cores, tree $(git -C "$REPO_DIR" rev-parse --short HEAD 2>/dev/null)$(git -C "$REPO_DIR" diff --quiet HEAD -- internal cmd 2>/dev/null || echo '+uncommitted changes'))"
+  echo "== summary ($T_END, $(nproc) cores, tree $TREE)"
+  ((!CLUSTER)) || echo "cluster: $TOPOLOGY"
   echo "machine busy before the run: $BUSY_BEFORE % of one core; load average $LOAD_BEFORE; 'rest' in the cpu lines is everything not ours"
   printf '%-46s %12s   %s\n' "figure" "value" "target"
   printf '%-46s %12s   %s\n' "raw publish with confirms (msg/s)" "$raw" ""
@@ -389,11 +615,24 @@ r_perb=$(pct "$perb" "$ins")
     "(flushes over 20 ms: ${R[disk-post-apihalf.disk_slow]})"
   printf '%-46s %12s\n' "  broker confirms / commits over 50 ms" \
     "$(slow api sluice_api_publish_confirm_seconds before-apihalf post-apihalf) / $(slow persister sluice_persister_commit_seconds before-apihalf post-apihalf)"
-  local_missing=$((${R[post-full.commit_missing]} + ${R[post-half.commit_missing]} + ${R[post-apihalf.commit_missing]}))
-  refused=0
-  for s in post-full post-half post-alone post-apihalf; do
-    refused=$((refused + ${R[$s.post_429]} + ${R[$s.post_503]} + ${R[$s.post_other]} + ${R[$s.post_errors]}))
-  done
   echo "accepted but never seen committed: $local_missing; POSTs not accepted (429, 503, other, errors): $refused"
   echo "per 100 ms of steps 5 and 8 (to match a tail with the disk's slow flushes in disk-*.log): $OUT/timeline-*.csv"
 } | tee "$OUT/summary.txt"
+
+# Every figure of the run, one KEY=VALUE a line, for --cluster's table beside the other part.
+{
+  for k in "${!R[@]}"; do echo "$k=${R[$k]}"; done
+  echo "meta.mode=$MODE"
+  echo "meta.t_begin=$T_BEGIN"
+  echo "meta.t_end=$T_END"
+  echo "meta.tree=$TREE"
+  echo "meta.busy_before=$BUSY_BEFORE"
+  echo "meta.load_before=$LOAD_BEFORE"
+  echo "meta.half=$half"
+  echo "meta.api_half=$api_half"
+  echo "meta.ppm=$ppm"
+  echo "meta.missing=$local_missing"
+  echo "meta.refused=$refused"
+  echo "meta.topology=$TOPOLOGY"
+  echo "meta.sizes=raw $RAW_COUNT, insert $INSERT_ROWS, drain $DRAIN_COUNT x$DRAIN_LINES, post $POST_COUNT/$POST_CONNS conns, latency ${LAT_SECONDS} s/$RATE_CONNS conns"
+} | sort >"$OUT/results.txt"
