@@ -48,6 +48,15 @@
 # haproxy marks a node down 2 s (inter 1s fall 2) after its /primary stops answering 200 and cuts
 # its sessions then. The DCS settings (ttl, synchronous_mode, max_connections...) are written to
 # etcd at bootstrap only: change them later with patronictl edit-config, or `purge` and start.
+#
+# Patroni talks to etcd's v2 API (`etcd:`, etcd started with --enable-v2), not v3 (`etcd3:`).
+# With Patroni 3.0.2's etcd3 code the leader key stays tied to the lease of the Patroni process
+# that made it; a Patroni restarted on the primary ("I am the leader but not owner of the
+# lease"), then stopped past the ttl, wrote the key back to itself on resuming although the
+# standby had taken it and promoted. The standby was then demoted and rewound, and the commits it
+# had acknowledged as primary were lost (seen in chaos.sh --cluster: patroni-kill, then
+# pg-pause). The v2 code updates the key with a compare-and-swap on its value and TTL, so a
+# primary that resumes after losing the key finds it taken and demotes itself.
 set -euo pipefail
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -323,7 +332,7 @@ etcd_launch() {
     --initial-cluster-token "sluice-$BASE" \
     --heartbeat-interval 200 --election-timeout 2000 \
     --auto-compaction-mode periodic --auto-compaction-retention 1h \
-    --logger zap --log-outputs stderr \
+    --enable-v2=true --logger zap --log-outputs stderr \
     </dev/null >>"$ETCD_DIR/etcd$n.log" 2>&1) &
   echo $! >"$ETCD_DIR/etcd$n.pid"
 }
@@ -404,7 +413,7 @@ log:
 restapi:
   listen: 127.0.0.1:$(rest_port "$n")
   connect_address: 127.0.0.1:$(rest_port "$n")
-etcd3:
+etcd:
   hosts:
 $hosts  protocol: http
 bootstrap:
