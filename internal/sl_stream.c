@@ -472,6 +472,7 @@ static void http_history_row(void *data, sl_event_t *ev)
 }
 
 static void on_http_history(void *data, const PGresult *res, const char *err);
+static int http_client_gone(struct conn *c);
 
 static void http_reset(struct httpconn *hc)
 {
@@ -539,6 +540,12 @@ static void on_http_history(void *data, const PGresult *res, const char *err)
     hc->query = NULL;
     if (err != NULL) {
         http_history_failed(hc, err);
+        return;
+    }
+    if (http_client_gone(&hc->super)) { /* left while it waited: spare the work of its rows */
+        hist_release(s, &hc->slot);
+        hc->super.aborting = 1;
+        mark_dirty(&hc->super);
         return;
     }
     if (hc->since >= 0 && PQntuples(res) > s->conf.replay_max) {
@@ -781,6 +788,12 @@ int sl_streams_handle_stream(sl_streams_t *s, h2o_req_t *req)
     } else {
         /* h2o sends the head only with body bytes: start with a heartbeat (an empty line) */
         push_chunk(hc, h2o_iovec_init(H2O_STRLIT("\n")), NULL, NULL);
+    }
+    if (http_client_gone(&hc->super)) { /* sent its request and left (connect-and-drop): read nothing */
+        hist_release(s, &hc->slot);
+        hc->super.aborting = 1;
+        mark_dirty(&hc->super);
+        return 0;
     }
     http_start_history(hc);
     return 0;
