@@ -20,7 +20,8 @@
 
 struct sl_sse {
     sl_sse_conf_t conf;
-    sl_pgpool_t *pg;
+    sl_pgpool_t *pg;     /* streams' histories */
+    sl_pgpool_t *hub_pg; /* the hub's position and gap backfills: never behind a history */
     sl_hub_t *hub;
     sl_livefeed_t *feed;
     sl_streams_t *streams;
@@ -62,8 +63,13 @@ sl_sse_t *sl_sse_create(h2o_loop_t *loop, const sl_sse_conf_t *conf)
                            .reconnect_ms = 1000,
                            .connect_timeout_ms = (int)conf->db_connect_timeout_ms,
                            .query_timeout_ms = (int)conf->db_query_timeout_ms};
-    if ((s->pg = sl_pgpool_create(loop, &pg)) == NULL ||
-        (s->hub = sl_hub_create(loop, s->pg, (int)conf->check_ms, 200000, (size_t)conf->recent,
+    /* One connection of its own for the hub: a crowd of histories in the streams' FIFO must not
+     * hold up the backfill that live delivery waits for. */
+    sl_pgpool_conf_t hub_pg = pg;
+    hub_pg.nconns = 1;
+    hub_pg.max_queue = 1000;
+    if ((s->pg = sl_pgpool_create(loop, &pg)) == NULL || (s->hub_pg = sl_pgpool_create(loop, &hub_pg)) == NULL ||
+        (s->hub = sl_hub_create(loop, s->hub_pg, (int)conf->check_ms, 200000, (size_t)conf->recent,
                                   (size_t)conf->seam_max)) == NULL ||
         (s->streams = sl_streams_create(loop, s->hub, s->pg, &conf->stream)) == NULL ||
         (s->feed = sl_livefeed_create(loop, conf->amqp_url, conf->live_exchange, s->conn_name, conf->live_backlog,
@@ -76,7 +82,7 @@ sl_sse_t *sl_sse_create(h2o_loop_t *loop, const sl_sse_conf_t *conf)
 
 static int ready(const sl_sse_t *s)
 {
-    return sl_livefeed_up(s->feed) && sl_pgpool_ready(s->pg) && sl_hub_ready(s->hub);
+    return sl_livefeed_up(s->feed) && sl_pgpool_ready(s->pg) && sl_pgpool_ready(s->hub_pg) && sl_hub_ready(s->hub);
 }
 
 static int handle_readyz(sl_sse_t *s, h2o_req_t *req)
@@ -84,7 +90,7 @@ static int handle_readyz(sl_sse_t *s, h2o_req_t *req)
     char body[200];
     int n = snprintf(body, sizeof(body), "{\"status\":\"%s\",\"amqp\":\"%s\",\"db\":\"%s\",\"position\":%lld}",
                      ready(s) ? "ready" : "unavailable", sl_livefeed_up(s->feed) ? "up" : "down",
-                     sl_pgpool_ready(s->pg) ? "up" : "down", (long long)sl_hub_position(s->hub));
+                     sl_pgpool_ready(s->pg) && sl_pgpool_ready(s->hub_pg) ? "up" : "down", (long long)sl_hub_position(s->hub));
     sl_http_send(req, ready(s) ? 200 : 503, NULL, body, (size_t)n);
     return 0;
 }
@@ -118,6 +124,23 @@ static int handle_metrics(sl_sse_t *s, h2o_req_t *req)
     sl_metrics_header(&b, "sluice_sse_history_failures_total", "counter",
                       "History reads that failed (the stream ends; a WebSocket subscription is dropped with an error).");
     sl_metrics_sample(&b, "sluice_sse_history_failures_total", "", (double)st->history_failures);
+    sl_metrics_header(&b, "sluice_sse_history_inflight", "gauge",
+                      "Subscriptions reading their history now (counted against the history caps).");
+    sl_metrics_sample(&b, "sluice_sse_history_inflight", "", (double)st->history_inflight);
+    sl_metrics_header(&b, "sluice_sse_history_concurrency", "gauge",
+                      "Histories this instance reads at once (SLUICE_SSE_HISTORY_CONCURRENCY).");
+    sl_metrics_sample(&b, "sluice_sse_history_concurrency", "", (double)s->conf.stream.history_concurrency);
+    sl_metrics_header(&b, "sluice_sse_history_per_client", "gauge",
+                      "Histories one client address may read at once (SLUICE_SSE_HISTORY_PER_CLIENT).");
+    sl_metrics_sample(&b, "sluice_sse_history_per_client", "", (double)s->conf.stream.history_per_client);
+    sl_metrics_header(&b, "sluice_sse_history_refused_total", "counter",
+                      "Streams and subscriptions refused with history_busy, by the cap they met.");
+    sl_metrics_sample(&b, "sluice_sse_history_refused_total", "reason=\"instance\"", (double)st->history_refused[0]);
+    sl_metrics_sample(&b, "sluice_sse_history_refused_total", "reason=\"client\"", (double)st->history_refused[1]);
+    sl_metrics_header(&b, "sluice_sse_db_pending_queries", "gauge",
+                      "Database queries queued or running, by pool (streams: histories; hub: position and backfill).");
+    sl_metrics_sample(&b, "sluice_sse_db_pending_queries", "pool=\"streams\"", (double)sl_pgpool_pending(s->pg));
+    sl_metrics_sample(&b, "sluice_sse_db_pending_queries", "pool=\"hub\"", (double)sl_pgpool_pending(s->hub_pg));
     sl_metrics_header(&b, "sluice_sse_seam_buffered_events", "gauge",
                       "Events held now by streams reading their history (at most seam-max each).");
     sl_metrics_sample(&b, "sluice_sse_seam_buffered_events", "", (double)hs->seam_buffered);
@@ -246,6 +269,7 @@ void sl_sse_destroy(sl_sse_t *s)
     sl_livefeed_destroy(s->feed);
     sl_streams_destroy(s->streams);
     sl_hub_destroy(s->hub);
+    sl_pgpool_destroy(s->hub_pg);
     sl_pgpool_destroy(s->pg);
     free(s);
 }

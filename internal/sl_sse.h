@@ -16,7 +16,7 @@ typedef struct sl_sse_conf {
     const char *live_exchange;
     const char *instance;        /* names this instance in the broker's connection list */
     const char *api_url;         /* where the page posts and reads history ("" = this host, port 8080) */
-    long long db_conns;
+    long long db_conns;          /* for histories; the hub has one more connection of its own */
     long long db_connect_timeout_ms; /* per database host and attempt (0: the pool's default) */
     long long db_query_timeout_ms;   /* from query to answer (0: the pool's default) */
     long long check_ms;          /* how often the hub compares its position with the database */

@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 
 #include "sl_buf.h"
@@ -48,6 +49,24 @@ struct conn {
     int aborting;
 };
 
+/* One client address's history reads in progress. */
+struct histpeer {
+    socklen_t len;
+    unsigned char addr[16];
+    size_t n;
+};
+
+/* A history read's place under the caps (history_concurrency, history_per_client): taken before
+ * the history starts, given back when the subscription goes live, fails, or its client leaves
+ * (noticed by on_heartbeat within 2 s; its query is cancelled then). Taken whether memory or the
+ * database will answer, which is not known before the response starts; not taken by a stream
+ * that asks for no history at all (history=0 without since), which reads nothing. */
+struct histslot {
+    int held;
+    socklen_t len;
+    unsigned char addr[16];
+};
+
 struct sl_streams {
     h2o_loop_t *loop;
     sl_hub_t *hub;
@@ -58,8 +77,88 @@ struct sl_streams {
     h2o_timeout_t zero_timeout, hb_timeout;
     h2o_timeout_entry_t flush_entry, hb_entry;
     size_t queued_total;  /* the sum of every connection's queued_bytes */
+    struct histpeer *peers; /* addresses with a history read in progress (at most history_concurrency) */
+    size_t npeers, cappeers;
     sl_stream_stats_t stats;
 };
+
+/* The client's address as a key: 4 bytes (IPv4) or 16 (IPv6); 0 when unknown. */
+static socklen_t peer_key(h2o_conn_t *conn, unsigned char addr[16])
+{
+    struct sockaddr_storage ss;
+    socklen_t l = conn->callbacks->get_peername != NULL ? conn->callbacks->get_peername(conn, (struct sockaddr *)&ss) : 0;
+    if (l == 0)
+        return 0;
+    if (ss.ss_family == AF_INET) {
+        memcpy(addr, &((struct sockaddr_in *)&ss)->sin_addr, 4);
+        return 4;
+    }
+    if (ss.ss_family == AF_INET6) {
+        memcpy(addr, &((struct sockaddr_in6 *)&ss)->sin6_addr, 16);
+        return 16;
+    }
+    return 0;
+}
+
+static struct histpeer *hist_peer(sl_streams_t *s, socklen_t len, const unsigned char *addr)
+{
+    for (size_t i = 0; i < s->npeers; i++)
+        if (s->peers[i].len == len && memcmp(s->peers[i].addr, addr, len) == 0)
+            return &s->peers[i];
+    return NULL;
+}
+
+/* Takes a slot for a history read by the client at addr (len 0: unknown, counted only against the
+ * instance's cap). Returns NULL, or the cap it is over ("instance" or "client"; counted). */
+static const char *hist_acquire(sl_streams_t *s, struct histslot *slot, socklen_t len, const unsigned char *addr)
+{
+    struct histpeer *p = len ? hist_peer(s, len, addr) : NULL;
+    const char *over = NULL;
+    if ((long long)s->stats.history_inflight >= s->conf.history_concurrency)
+        over = "instance";
+    else if (len && p != NULL && (long long)p->n >= s->conf.history_per_client)
+        over = "client";
+    if (over == NULL && len && p == NULL) {
+        if (s->npeers == s->cappeers) {
+            size_t cap = s->cappeers ? s->cappeers * 2 : 16;
+            struct histpeer *np = realloc(s->peers, cap * sizeof(*np));
+            if (np == NULL)
+                over = "instance"; /* no memory: as busy as it gets */
+            else
+                s->peers = np, s->cappeers = cap;
+        }
+        if (over == NULL) {
+            p = &s->peers[s->npeers++];
+            p->len = len;
+            memcpy(p->addr, addr, len);
+            p->n = 0;
+        }
+    }
+    if (over != NULL) {
+        s->stats.history_refused[*over == 'c' ? 1 : 0]++;
+        return over;
+    }
+    if (p != NULL)
+        p->n++;
+    s->stats.history_inflight++;
+    slot->held = 1;
+    slot->len = len;
+    memcpy(slot->addr, addr, len);
+    return NULL;
+}
+
+static void hist_release(sl_streams_t *s, struct histslot *slot)
+{
+    if (!slot->held)
+        return;
+    slot->held = 0;
+    s->stats.history_inflight--;
+    struct histpeer *p = slot->len ? hist_peer(s, slot->len, slot->addr) : NULL;
+    if (p != NULL && --p->n == 0)
+        *p = s->peers[--s->npeers];
+}
+
+static const char HISTORY_BUSY_MSG[] = "this server reads as many histories as it takes now; retry shortly";
 
 static void mark_dirty(struct conn *c)
 {
@@ -138,6 +237,7 @@ struct httpconn {
     size_t nq, capq, nfly, capfly;
     int sending;
     sl_pgquery_t *query;
+    struct histslot slot;
     int64_t since;         /* -1: no resume position */
     long long history;
 };
@@ -234,7 +334,8 @@ static void http_free(struct httpconn *hc)
 {
     hc->req = NULL;
     if (hc->query != NULL)
-        sl_pgpool_cancel(hc->query);
+        sl_pgpool_cancel(hc->query); /* queued: it never runs; running: its answer is dropped */
+    hist_release(hc->super.streams, &hc->slot);
     sl_hub_unsubscribe(&hc->sub);
     for (size_t i = 0; i < hc->nq; i++)
         chunk_release(&hc->q[i]);
@@ -371,6 +472,7 @@ static void http_history_row(void *data, sl_event_t *ev)
 }
 
 static void on_http_history(void *data, const PGresult *res, const char *err);
+static int http_client_gone(struct conn *c);
 
 static void http_reset(struct httpconn *hc)
 {
@@ -393,8 +495,10 @@ static void http_start_history(struct httpconn *hc);
  * meanwhile, what it held is read again, as a resume (sl_sub_go_live). */
 static void http_join(struct httpconn *hc, int64_t covered)
 {
-    if (sl_sub_go_live(&hc->sub, covered) == 0)
+    if (sl_sub_go_live(&hc->sub, covered) == 0) {
+        hist_release(hc->super.streams, &hc->slot);
         return;
+    }
     hc->since = hc->sub.cursor;
     http_start_history(hc);
 }
@@ -404,6 +508,7 @@ static void http_history_failed(struct httpconn *hc, const char *err)
     char q[300];
     SL_WARN("event=history_failed transport=%s error=%s", hc->super.tp->name, sl_log_quote(q, sizeof(q), err));
     hc->super.streams->stats.history_failures++;
+    hist_release(hc->super.streams, &hc->slot);
     hc->super.aborting = 1; /* the client retries (retry: / reconnect) */
     mark_dirty(&hc->super);
 }
@@ -435,6 +540,12 @@ static void on_http_history(void *data, const PGresult *res, const char *err)
     hc->query = NULL;
     if (err != NULL) {
         http_history_failed(hc, err);
+        return;
+    }
+    if (http_client_gone(&hc->super)) { /* left while it waited: spare the work of its rows */
+        hist_release(s, &hc->slot);
+        hc->super.aborting = 1;
+        mark_dirty(&hc->super);
         return;
     }
     if (hc->since >= 0 && PQntuples(res) > s->conf.replay_max) {
@@ -630,6 +741,14 @@ int sl_streams_handle_stream(sl_streams_t *s, h2o_req_t *req)
         free(channels);
         return refuse(req, 503, "out_of_memory", NULL, "out of memory");
     }
+    unsigned char addr[16];
+    const char *over = since < 0 && history == 0 ? NULL : hist_acquire(s, &hc->slot, peer_key(req->conn, addr), addr);
+    if (over != NULL) {
+        SL_DEBUG("event=history_refused transport=%s cap=%s", tp->name, over);
+        free(channels);
+        free(hc);
+        return refuse(req, 503, "history_busy", NULL, HISTORY_BUSY_MSG);
+    }
     hc->req = req;
     hc->channels = channels;
     hc->since = since;
@@ -642,6 +761,7 @@ int sl_streams_handle_stream(sl_streams_t *s, h2o_req_t *req)
     hc->gen.proceed = http_proceed;
     hc->gen.stop = http_stop;
     if (sl_hub_subscribe(s->hub, &hc->sub) != 0) {
+        hist_release(s, &hc->slot);
         free(channels);
         free(hc);
         return refuse(req, 503, "out_of_memory", NULL, "out of memory");
@@ -669,6 +789,12 @@ int sl_streams_handle_stream(sl_streams_t *s, h2o_req_t *req)
         /* h2o sends the head only with body bytes: start with a heartbeat (an empty line) */
         push_chunk(hc, h2o_iovec_init(H2O_STRLIT("\n")), NULL, NULL);
     }
+    if (http_client_gone(&hc->super)) { /* sent its request and left (connect-and-drop): read nothing */
+        hist_release(s, &hc->slot);
+        hc->super.aborting = 1;
+        mark_dirty(&hc->super);
+        return 0;
+    }
     http_start_history(hc);
     return 0;
 }
@@ -685,6 +811,7 @@ struct wssub {
     int64_t since;
     long long history;
     int catching_up; /* its wait buffer overflowed: what came after its history goes out as events */
+    struct histslot slot;
 };
 
 struct wsconn {
@@ -696,6 +823,8 @@ struct wsconn {
     h2o_socket_t *upgrade_sock; /* the HTTP/1 connection's socket, while ws->sock is NULL (101 unwritten) */
     int closed;
     int closing;           /* we queued a close frame: what the client still sends is ignored */
+    socklen_t peer_len;    /* the client's address (peer_key), for the history caps */
+    unsigned char peer[16];
 };
 
 /* The client has not taken what was written before (or not even the 101 yet). */
@@ -757,6 +886,7 @@ static void wssub_free(struct wssub *sub)
 {
     if (sub->query != NULL)
         sl_pgpool_cancel(sub->query);
+    hist_release(sub->ws->super.streams, &sub->slot);
     sl_hub_unsubscribe(&sub->sub);
     free(sub);
 }
@@ -879,6 +1009,7 @@ static void ws_join(struct wssub *sub, int64_t covered)
 {
     if (sl_sub_go_live(&sub->sub, covered) == 0) {
         sub->catching_up = 0;
+        hist_release(sub->ws->super.streams, &sub->slot);
         return;
     }
     sub->since = sub->sub.cursor;
@@ -1031,6 +1162,14 @@ static void ws_command(struct wsconn *w, const char *text, size_t len)
         ws_error(w, "out_of_memory", "out of memory");
         return;
     }
+    const char *over =
+        cmd.since < 0 && cmd.history == 0 ? NULL : hist_acquire(s, &sub->slot, w->peer_len, w->peer);
+    if (over != NULL) {
+        SL_DEBUG("event=history_refused transport=websocket cap=%s", over);
+        free(sub);
+        ws_error_on(w, "history_busy", channel, HISTORY_BUSY_MSG);
+        return;
+    }
     snprintf(sub->channel[0], sizeof(sub->channel[0]), "%s", channel);
     sub->ws = w;
     sub->since = cmd.since;
@@ -1040,6 +1179,7 @@ static void ws_command(struct wsconn *w, const char *text, size_t len)
     sub->sub.emit = ws_emit;
     sub->sub.owner = sub;
     if (sl_hub_subscribe(s->hub, &sub->sub) != 0) {
+        hist_release(s, &sub->slot);
         free(sub);
         ws_error(w, "out_of_memory", "out of memory");
         return;
@@ -1106,6 +1246,7 @@ int sl_streams_handle_ws(sl_streams_t *s, h2o_req_t *req)
     if (w == NULL)
         return refuse(req, 503, "out_of_memory", NULL, "out of memory");
     conn_register(s, &w->super, &ws_transport);
+    w->peer_len = peer_key(req->conn, w->peer);
     sl_tokenbucket_init(&w->rate, s->conf.ws_burst, sl_time_mono_us());
     w->upgrade_sock = req->conn->callbacks->get_socket(req->conn);
     w->ws = h2o_upgrade_to_websocket(req, key, w, ws_on_message);
@@ -1229,5 +1370,6 @@ void sl_streams_destroy(sl_streams_t *s)
     h2o_timeout_unlink(&s->hb_entry);
     h2o_timeout_dispose(s->loop, &s->zero_timeout);
     h2o_timeout_dispose(s->loop, &s->hb_timeout);
+    free(s->peers);
     free(s);
 }

@@ -11,6 +11,12 @@
  * off (it can resume with Last-Event-ID / since), so a slow client never stalls the rest or grows
  * memory. A client that keeps up may take one answer bigger than the limit (a long history).
  *
+ * History is the expensive part (up to replay_max + 1 rows from the database), so reads are
+ * capped: history_concurrency at once per instance, history_per_client per client address. A
+ * stream over a cap is refused with 503 history_busy (Retry-After), a WebSocket subscribe with an
+ * error frame history_busy (the subscription is dropped). A client that leaves while its history
+ * is read is noticed within 2 s; its query is cancelled (sl_pgpool_cancel) and its place freed.
+ *
  * Transports plug in through one table of functions (struct sl_transport in sl_stream.c), as
  * Nchan's subscribers do. Loop thread only.
  */
@@ -36,6 +42,8 @@ typedef struct sl_stream_conf {
     long long ws_max_frame;     /* largest WebSocket message accepted */
     double ws_rate;             /* client messages per second per WebSocket (0: no limit) */
     double ws_burst;            /* messages a WebSocket may send at once before ws_rate applies */
+    long long history_concurrency; /* histories read at once by this instance (more: 503 history_busy) */
+    long long history_per_client;  /* of those, by one client address */
 } sl_stream_conf_t;
 
 typedef struct sl_stream_stats {
@@ -44,6 +52,8 @@ typedef struct sl_stream_stats {
     uint64_t ws_rate_limited;   /* WebSockets closed (1008) for sending too fast */
     uint64_t history_failures;  /* history reads that failed (the stream ends, or the subscription is dropped) */
     uint64_t queued_now;        /* bytes queued to every client now, history included */
+    uint64_t history_inflight;  /* subscriptions reading their history now (under the caps) */
+    uint64_t history_refused[2]; /* refused with history_busy: [0] the instance's cap, [1] the client's */
 } sl_stream_stats_t;
 
 typedef struct sl_streams sl_streams_t;
