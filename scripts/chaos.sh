@@ -172,17 +172,21 @@ SSE_OUT_MAX=${SLUICE_CHAOS_SSE_OUT_MAX:-262144}
 #     h2o 2.2's 8 KiB socket input buffer), and a busy one h2o's write buffers and wslay's frame
 #     too: 32 KiB.
 # So C = 288 KiB, and with 64 connections of 256 KiB the bound is 34 MiB. The process's own base
-# (~9.4 MB VmRSS idle, plain build) is inside it: the first measurement (--short, plain, 17:55
-# UTC) read 9.3-9.5 MB at the start and at most 16.4 MB (VmHWM) at the end, after 13 never-reading
-# WebSockets were cut off, so the bound holds with room but is not loose by orders of magnitude
-# (the default 10 000 x (1 MiB + C) would be 13 GB).
+# (~9.4 MB VmRSS idle, plain build) is inside it. Measured (plain build, 2026-12-04): --short read
+# 9.3-9.5 MB at the start and at most 16.4 MB (VmHWM) at the end, after 13 never-reading
+# WebSockets were cut off; --cluster --short 9.3-9.5 MB, then 17.8-19.6 MB after 31-34. The bound
+# holds with room but is not loose by orders of magnitude (the defaults, 10 000 x (1 MiB + C),
+# would allow 13 GB). The ASan build reads 19.7 MB at the start and up to 380 MB at the end (its
+# shadow memory and the quarantine of freed blocks): printed, not checked.
 SSE_CONN_CONST=$((288 * 1024))
 SSE_RSS_BOUND_KB=$((SSE_MAX_CONNS * (SSE_OUT_MAX + SSE_CONN_CONST) / 1024))
 SANITIZED=0
 grep -q __asan_init "$BIN_DIR/sluice-sse" 2>/dev/null && SANITIZED=1
 
 proc_kb() { # PID FIELD: a /proc/PID/status field in kB, or 0
-  awk -v f="$2:" '$1 == f { print $2; found = 1 } END { if (!found) print 0 }' "/proc/$1/status" 2>/dev/null || echo 0
+  local v
+  v=$(awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status" 2>/dev/null) || true
+  echo "${v:-0}"
 }
 
 # rss_note NAME WHEN: one line with an sse process's VmRSS and VmHWM against the bound; a plain
