@@ -658,7 +658,9 @@ static int api_port(void)
     return p != NULL ? atoi(p + 1) : 0;
 }
 
-/* The peer closed (or reset) a socket we do not read: poll without consuming anything. */
+/* The peer closed (or reset) a socket we do not read: poll without consuming anything. sse's
+ * sluice_sse_slow_client_disconnects_total (chaos.sh prints it) tells its cut-offs from the ends
+ * of an instance that a fault killed. */
 static int peer_closed(int fd)
 {
     struct pollfd p = {.fd = fd, .events = POLLRDHUP};
@@ -857,8 +859,8 @@ static int report_abuse(void)
     int ws_ok = A.ws_cut > 0 && A.ws_uncut == 0, h2_ok = A.h2_anomalies == 0 && A.h2_preface_400 + A.h2c_http11 > 0;
     qsort(c, (size_t)n, sizeof(*c), cmp_ms);
     printf("\nabuse: websocket (never reads; subscribe history 1000 / unsubscribe at 8 msg/s): %ld sessions, %ld "
-           "messages sent, %ld cut off by sse (after s: min %.1f median %.1f max %.1f), %ld not cut off within %d s, "
-           "%ld open at the end, %ld refused connects: %s\n",
+           "messages sent, %ld closed by the server (cut off, or its instance killed; after s: min %.1f median %.1f "
+           "max %.1f), %ld not closed within %d s, %ld open at the end, %ld refused connects: %s\n",
            A.ws_sessions, A.ws_msgs, A.ws_cut, n ? (double)c[0] / 1000 : 0, n ? (double)c[n / 2] / 1000 : 0,
            n ? (double)c[n - 1] / 1000 : 0, A.ws_uncut, ABUSE_WS_SESSION_MAX_MS / 1000, A.ws_open_at_end, A.ws_refused,
            ws_ok ? "ok" : "FAIL");
