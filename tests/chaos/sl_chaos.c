@@ -31,6 +31,7 @@
 #include <getopt.h>
 #include <jansson.h>
 #include <libpq-fe.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -38,6 +39,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -607,6 +609,271 @@ static void *sub_main(void *arg)
     return NULL;
 }
 
+/* ---- the abusive clients (--abuse) ----------------------------------------------------------- */
+
+/* While the load runs (through the faults), on 127.0.0.1 only, bounded in count and rate:
+ *   - --abuse WebSockets (one per instance in turn) that subscribe to "general" with history 1000
+ *     and unsubscribe, alternately, 8 messages a second (under the 10/s rate limit), and never read:
+ *     sse must cut each off (SLUICE_SSE_OUT_MAX_BYTES); they reconnect 1 s after;
+ *   - connect-and-drop: GET /v1/stream?channels=general&since=1 sent and the socket closed at once
+ *     (every other one with a reset), 5 a second;
+ *   - h2c attempts, one a second, on each instance and the api in turn: the HTTP/2 preface (want
+ *     HTTP/1.1 400) and a GET /healthz with "Upgrade: h2c" (want an HTTP/1.1 answer, not 101).
+ *     Anything else is an anomaly; so is a connection that is accepted twice in a row and closed
+ *     without an answer (once may be a service being killed).
+ * None of this is accounted with the subscribers: their accounting is unchanged. */
+
+#define ABUSE_WS_MAX 8
+#define ABUSE_WS_SESSIONS_MAX 200   /* WebSocket sessions in all */
+#define ABUSE_WS_SESSION_MAX_MS 30000 /* one never cut off within this is closed (and counted) */
+#define ABUSE_DROP_PER_S 5
+#define ABUSE_DROP_MAX 2000
+#define ABUSE_H2C_MAX 600
+
+static int abuse_ws = 0; /* --abuse: never-reading WebSockets at a time (0: no abuse) */
+
+struct abuse_ws_state {
+    tu_ws_t w;
+    int open, pi, nsent;
+    long long opened_at, next_send, next_open;
+};
+
+static struct abuse {
+    long ws_sessions, ws_refused, ws_cut, ws_uncut, ws_msgs, ws_open_at_end;
+    long long cut_ms[ABUSE_WS_SESSIONS_MAX];
+    long drop_sent, drop_unreachable;
+    long h2_preface_400, h2c_http11, h2_unreachable, h2_noanswer_once, h2_anomalies;
+    long h2c_status[6]; /* answers to the h2c upgrade by class: 1xx..5xx */
+} A;
+
+static int cmp_ms(const void *a, const void *b)
+{
+    long long x = *(const long long *)a, y = *(const long long *)b;
+    return x < y ? -1 : x > y;
+}
+
+static int api_port(void)
+{
+    const char *p = strrchr(C.api, ':');
+    return p != NULL ? atoi(p + 1) : 0;
+}
+
+/* The peer closed (or reset) a socket we do not read: poll without consuming anything. sse's
+ * sluice_sse_slow_client_disconnects_total (chaos.sh prints it) tells its cut-offs from the ends
+ * of an instance that a fault killed. */
+static int peer_closed(int fd)
+{
+    struct pollfd p = {.fd = fd, .events = POLLRDHUP};
+    return poll(&p, 1, 0) == 1 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0;
+}
+
+/* One raw exchange: sends req, reads until the end of an answer's head, the peer closes or 3 s.
+ * The bytes read (NUL-terminated, in buf), 0 when none, -1 when it could not connect. */
+static int raw_exchange(int port, const char *req, size_t len, char *buf, size_t size)
+{
+    long long deadline = tu_now_ms() + 3000;
+    int fd = tu_net_connect(port, 0, deadline);
+    size_t used = 0;
+    if (fd < 0)
+        return -1;
+    if (tu_net_send_all(fd, req, len, deadline) == 0) {
+        while (used + 1 < size && memmem(buf, used, "\r\n\r\n", 4) == NULL) {
+            if (tu_net_wait(fd, POLLIN, deadline) != 1)
+                break;
+            ssize_t n = recv(fd, buf + used, size - 1 - used, 0);
+            if (n <= 0)
+                break;
+            used += (size_t)n;
+        }
+    }
+    buf[used] = '\0';
+    close(fd);
+    return (int)used;
+}
+
+static void abuse_h2(int port, int upgrade)
+{
+    static const char preface[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    char h2c[400], buf[2048];
+    const char *req = preface;
+    size_t len = sizeof(preface) - 1;
+    if (upgrade) {
+        len = (size_t)snprintf(h2c, sizeof(h2c),
+                               "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+                               "Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
+                               port);
+        req = h2c;
+    }
+    int n = raw_exchange(port, req, len, buf, sizeof(buf));
+    if (n == 0) { /* accepted and closed unanswered: once may be a kill; twice is an anomaly */
+        A.h2_noanswer_once++;
+        n = raw_exchange(port, req, len, buf, sizeof(buf));
+        if (n == 0) {
+            A.h2_anomalies++;
+            say("abuse: %s on :%d: accepted twice and closed without an answer", upgrade ? "Upgrade: h2c" : "HTTP/2 preface",
+                port);
+            return;
+        }
+    }
+    if (n < 0) {
+        A.h2_unreachable++;
+        return;
+    }
+    int status = 0;
+    int ok = strncmp(buf, "HTTP/1.1 ", 9) == 0 && sscanf(buf + 9, "%3d", &status) == 1;
+    if (ok && !upgrade)
+        ok = status == 400;
+    if (ok && upgrade)
+        ok = status != 101 && strcasestr(buf, "\nUpgrade:") == NULL;
+    if (!ok) {
+        A.h2_anomalies++;
+        say("abuse: %s on :%d answered: %.60s", upgrade ? "Upgrade: h2c" : "HTTP/2 preface", port, buf);
+    } else if (upgrade) {
+        A.h2c_http11++;
+        A.h2c_status[status / 100 <= 5 ? status / 100 : 0]++;
+    } else {
+        A.h2_preface_400++;
+    }
+}
+
+static void abuse_drop(int port, int reset)
+{
+    char req[200];
+    int n = snprintf(req, sizeof(req), "GET /v1/stream?channels=general&since=1 HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n",
+                     port);
+    int fd = tu_net_connect(port, 0, tu_now_ms() + 1000);
+    if (fd < 0) {
+        A.drop_unreachable++;
+        return;
+    }
+    if (tu_net_send_all(fd, req, (size_t)n, tu_now_ms() + 1000) == 0)
+        A.drop_sent++;
+    else
+        A.drop_unreachable++;
+    if (reset) {
+        struct linger l = {1, 0};
+        setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof(l));
+    }
+    close(fd);
+}
+
+static void abuse_ws_end(struct abuse_ws_state *a, int cut)
+{
+    long long now = tu_now_ms();
+    if (cut) {
+        if (A.ws_cut < ABUSE_WS_SESSIONS_MAX)
+            A.cut_ms[A.ws_cut] = now - a->opened_at;
+        A.ws_cut++;
+    } else {
+        A.ws_uncut++;
+        say("abuse: WebSocket on :%d not cut off after %.1f s (%d messages sent, never read)", C.sse_ports[a->pi],
+            (double)(now - a->opened_at) / 1000, a->nsent);
+    }
+    tu_ws_close(&a->w);
+    a->open = 0;
+    a->next_open = now + 1000;
+}
+
+static void *abuse_main(void *arg)
+{
+    (void)arg;
+    static const char sub[] = "{\"command\":\"subscribe\",\"channel\":\"general\",\"history\":1000}";
+    static const char unsub[] = "{\"command\":\"unsubscribe\",\"channel\":\"general\"}";
+    struct abuse_ws_state ws[ABUSE_WS_MAX];
+    int nws = abuse_ws < ABUSE_WS_MAX ? abuse_ws : ABUSE_WS_MAX, ports[MAX_SSE + 1], nports = 0, h2i = 0, dropi = 0;
+    long long next_drop = tu_now_ms(), next_h2 = tu_now_ms() + 500;
+    memset(ws, 0, sizeof(ws));
+    for (int i = 0; i < C.nsse; i++)
+        ports[nports++] = C.sse_ports[i];
+    if (api_port() > 0)
+        ports[nports++] = api_port();
+    for (int i = 0; i < nws; i++)
+        ws[i].pi = i % C.nsse;
+    say("abuse: %d never-reading WebSocket(s) (subscribe history 1000 / unsubscribe, 8 msg/s), %d connect-and-drop/s, "
+        "1 h2c attempt/s on %d port(s)",
+        nws, ABUSE_DROP_PER_S, nports);
+    while (!atomic_load(&stop_load)) {
+        long long now = tu_now_ms();
+        for (int i = 0; i < nws; i++) {
+            struct abuse_ws_state *a = &ws[i];
+            if (!a->open) {
+                if (now < a->next_open || A.ws_sessions >= ABUSE_WS_SESSIONS_MAX)
+                    continue;
+                if (tu_ws_open_rcvbuf(&a->w, C.sse_ports[a->pi], "/v1/ws", 4096, 2000) != 0) {
+                    tu_ws_close(&a->w);
+                    A.ws_refused++;
+                    a->next_open = tu_now_ms() + 1000;
+                    continue;
+                }
+                A.ws_sessions++;
+                a->open = 1;
+                a->nsent = 0;
+                a->opened_at = a->next_send = tu_now_ms();
+                continue;
+            }
+            if (peer_closed(a->w.fd)) {
+                abuse_ws_end(a, 1);
+                a->pi = (a->pi + 1) % C.nsse;
+            } else if (now - a->opened_at >= ABUSE_WS_SESSION_MAX_MS) {
+                abuse_ws_end(a, 0);
+            } else if (now >= a->next_send) {
+                if (tu_ws_send_text(&a->w, a->nsent % 2 ? unsub : sub) != 0) {
+                    abuse_ws_end(a, 1);
+                    a->pi = (a->pi + 1) % C.nsse;
+                    continue;
+                }
+                a->nsent++;
+                A.ws_msgs++;
+                a->next_send += 125; /* 8 a second */
+                if (a->next_send < now)
+                    a->next_send = now + 125;
+            }
+        }
+        if (now >= next_drop && A.drop_sent + A.drop_unreachable < ABUSE_DROP_MAX) {
+            abuse_drop(C.sse_ports[dropi % C.nsse], dropi % 2);
+            dropi++;
+            next_drop += 1000 / ABUSE_DROP_PER_S;
+            if (next_drop < now)
+                next_drop = now + 1000 / ABUSE_DROP_PER_S;
+        }
+        if (now >= next_h2 && h2i < ABUSE_H2C_MAX) {
+            abuse_h2(ports[(h2i / 2) % nports], h2i % 2);
+            h2i++;
+            next_h2 = tu_now_ms() + 1000;
+        }
+        tu_sleep_ms(20);
+    }
+    for (int i = 0; i < nws; i++)
+        if (ws[i].open) {
+            A.ws_open_at_end++;
+            tu_ws_close(&ws[i].w);
+        }
+    return NULL;
+}
+
+/* The abusers' lines of the final summary; 1 when something was wrong. */
+static int report_abuse(void)
+{
+    long long *c = A.cut_ms;
+    long n = A.ws_cut < ABUSE_WS_SESSIONS_MAX ? A.ws_cut : ABUSE_WS_SESSIONS_MAX;
+    int ws_ok = A.ws_cut > 0 && A.ws_uncut == 0, h2_ok = A.h2_anomalies == 0 && A.h2_preface_400 + A.h2c_http11 > 0;
+    qsort(c, (size_t)n, sizeof(*c), cmp_ms);
+    printf("\nabuse: websocket (never reads; subscribe history 1000 / unsubscribe at 8 msg/s): %ld sessions, %ld "
+           "messages sent, %ld closed by the server (cut off, or its instance killed; after s: min %.1f median %.1f "
+           "max %.1f), %ld not closed within %d s, %ld open at the end, %ld refused connects: %s\n",
+           A.ws_sessions, A.ws_msgs, A.ws_cut, n ? (double)c[0] / 1000 : 0, n ? (double)c[n / 2] / 1000 : 0,
+           n ? (double)c[n - 1] / 1000 : 0, A.ws_uncut, ABUSE_WS_SESSION_MAX_MS / 1000, A.ws_open_at_end, A.ws_refused,
+           ws_ok ? "ok" : "FAIL");
+    printf("abuse: connect-and-drop GET /v1/stream?channels=general&since=1: %ld sent and closed (half with a reset), "
+           "%ld could not connect\n",
+           A.drop_sent, A.drop_unreachable);
+    printf("abuse: h2c: HTTP/2 preface answered HTTP/1.1 400 %ld times; Upgrade: h2c answered over HTTP/1.1 %ld times "
+           "(2xx %ld, 4xx %ld, 5xx %ld); could not connect %ld, no answer once %ld; anomalies %ld: %s\n",
+           A.h2_preface_400, A.h2c_http11, A.h2c_status[2], A.h2c_status[4], A.h2c_status[5], A.h2_unreachable,
+           A.h2_noanswer_once, A.h2_anomalies, h2_ok ? "ok" : "FAIL");
+    return !(ws_ok && h2_ok);
+}
+
 /* ---- accounting ----------------------------------------------------------------------------- */
 
 struct row {
@@ -993,7 +1260,9 @@ static void usage(void)
             "  --faults FILE       fault lines 'name t_fault_ms t_restart_ms t_ready_ms port' (read at the end)\n"
             "  --bot-log FILE      the bot's log (its final summary is accounted for)\n"
             "  --t0 MS             wall-clock ms of the run's start, for the printed times\n"
-            "  --progress S        seconds between progress lines (5)\n");
+            "  --progress S        seconds between progress lines (5)\n"
+            "  --abuse N           N never-reading WebSockets, connect-and-drop streams and h2c attempts while\n"
+            "                      the load runs (0: none; at most 8)\n");
     exit(2);
 }
 
@@ -1005,7 +1274,7 @@ static void parse_args(int argc, char **argv)
         {"duration", 1, NULL, 'D'}, {"drain", 1, NULL, 'R'},      {"settle", 1, NULL, 'S'},
         {"disconnect", 1, NULL, 'x'}, {"late", 1, NULL, 'l'},     {"faults", 1, NULL, 'f'},
         {"bot-log", 1, NULL, 'b'},  {"t0", 1, NULL, 't'},         {"progress", 1, NULL, 'p'},
-        {NULL, 0, NULL, 0},
+        {"abuse", 1, NULL, 'A'},    {NULL, 0, NULL, 0},
     };
     int o;
     char *p;
@@ -1037,11 +1306,13 @@ static void parse_args(int argc, char **argv)
         case 'b': C.bot_log = optarg; break;
         case 't': C.t0_ms = atoll(optarg); break;
         case 'p': C.progress_s = atof(optarg); break;
+        case 'A': abuse_ws = atoi(optarg); break;
         default: usage();
         }
     }
     if (C.api == NULL || C.db_url == NULL || C.nsse == 0 || !(C.rate > 0) || C.concurrency < 1 || C.count < 1 ||
-        C.disc_min_ms < 100 || C.disc_max_ms < C.disc_min_ms || !(C.progress_s > 0))
+        C.disc_min_ms < 100 || C.disc_max_ms < C.disc_min_ms || !(C.progress_s > 0) ||
+        abuse_ws < 0 || abuse_ws > ABUSE_WS_MAX)
         usage();
     for (int i = 0; i < C.nsse; i++)
         if (C.sse_ports[i] <= 0 || C.sse_ports[i] > 65535)
@@ -1101,8 +1372,13 @@ int main(int argc, char **argv)
         SUBS[i].home %= C.nsse;
         pthread_create(&SUBS[i].th, NULL, sub_main, &SUBS[i]);
     }
+    pthread_t abuse_th;
+    if (abuse_ws > 0)
+        pthread_create(&abuse_th, NULL, abuse_main, NULL);
     run_until_stopped();
     atomic_store(&stop_load, 1);
+    if (abuse_ws > 0)
+        pthread_join(abuse_th, NULL);
     while (!atomic_load(&load_done)) {
         tu_sleep_ms(200);
         static long long next;
@@ -1253,6 +1529,8 @@ int main(int argc, char **argv)
                ok ? "ok" : "FAIL");
         failed |= !ok;
     }
+    if (abuse_ws > 0)
+        failed |= report_abuse();
     report_faults(SUBS, NSUBS, &d);
     printf("\nRESULT: %s\n", failed ? "FAIL" : "PASS");
 
