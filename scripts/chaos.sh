@@ -161,11 +161,9 @@ FAILED=0
 
 # --- sse's memory -------------------------------------------------------------------------------
 
-# An open failure, seen with and without the abuse: on 2026-12-04 17:55-18:33 UTC --cluster
-# --short lost accepted messages at pg-pause in 3 of 4 runs with the abuse (219, 271, 180), in 1
-# of 2 without it (175), and in 1 of 1 without it and with sse's default limits (257); the
-# script before this work passed its 2 runs. Rows were delivered to every subscriber, then other
-# rows stored at the same seq (a discarded timeline of the failover). See issue #12's report.
+# (Runs of 2026-12-04 17:55-18:33 UTC lost accepted messages at pg-pause, with and without the
+# abuse: that was Patroni on etcd's v3 API taking the leader key back to a resumed primary, fixed
+# in scripts/cluster.sh by using the v2 API; docs/benchmarks.md.)
 ABUSE=${SLUICE_CHAOS_ABUSE:-2}
 SSE_MAX_CONNS=${SLUICE_CHAOS_SSE_MAX_CONNS:-64}
 SSE_OUT_MAX=${SLUICE_CHAOS_SSE_OUT_MAX:-262144}
