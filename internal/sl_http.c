@@ -63,20 +63,23 @@ struct sl_http_peer {
     unsigned char addr[16]; /* the IPv4 or IPv6 address */
 };
 
-static socklen_t peer_key(h2o_socket_t *sock, unsigned char addr[16])
+socklen_t sl_http_addr_key(const struct sockaddr_storage *ss, unsigned char addr[16])
 {
-    struct sockaddr_storage ss;
-    if (h2o_socket_getpeername(sock, (struct sockaddr *)&ss) == 0)
-        return 0;
-    if (ss.ss_family == AF_INET) {
-        memcpy(addr, &((struct sockaddr_in *)&ss)->sin_addr, 4);
+    if (ss->ss_family == AF_INET) {
+        memcpy(addr, &((const struct sockaddr_in *)ss)->sin_addr, 4);
         return 4;
     }
-    if (ss.ss_family == AF_INET6) {
-        memcpy(addr, &((struct sockaddr_in6 *)&ss)->sin6_addr, 16);
+    if (ss->ss_family == AF_INET6) {
+        memcpy(addr, &((const struct sockaddr_in6 *)ss)->sin6_addr, 16);
         return 16;
     }
     return 0;
+}
+
+static socklen_t peer_key(h2o_socket_t *sock, unsigned char addr[16])
+{
+    struct sockaddr_storage ss;
+    return h2o_socket_getpeername(sock, (struct sockaddr *)&ss) == 0 ? 0 : sl_http_addr_key(&ss, addr);
 }
 
 static struct sl_http_peer **peer_slot(sl_http_server_t *s, const unsigned char *addr, socklen_t len)

@@ -139,6 +139,10 @@ void sl_http_method_not_allowed(h2o_req_t *req, const char *allow);
 
 /* The client's address as text ("127.0.0.1"), in buf (at least 64 bytes); "" when unknown. */
 const char *sl_http_peer(h2o_req_t *req, char *buf, size_t len);
+
+/* An address as a key for per-client accounting: its 4 (IPv4) or 16 (IPv6) bytes copied to addr;
+ * returns their count, 0 for another family. */
+socklen_t sl_http_addr_key(const struct sockaddr_storage *ss, unsigned char addr[16]);
 /* 1 when the client connects from a loopback address (127.0.0.0/8, ::1). */
 int sl_http_peer_is_loopback(h2o_req_t *req);
 

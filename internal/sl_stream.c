@@ -87,17 +87,7 @@ static socklen_t peer_key(h2o_conn_t *conn, unsigned char addr[16])
 {
     struct sockaddr_storage ss;
     socklen_t l = conn->callbacks->get_peername != NULL ? conn->callbacks->get_peername(conn, (struct sockaddr *)&ss) : 0;
-    if (l == 0)
-        return 0;
-    if (ss.ss_family == AF_INET) {
-        memcpy(addr, &((struct sockaddr_in *)&ss)->sin_addr, 4);
-        return 4;
-    }
-    if (ss.ss_family == AF_INET6) {
-        memcpy(addr, &((struct sockaddr_in6 *)&ss)->sin6_addr, 16);
-        return 16;
-    }
-    return 0;
+    return l == 0 ? 0 : sl_http_addr_key(&ss, addr);
 }
 
 static struct histpeer *hist_peer(sl_streams_t *s, socklen_t len, const unsigned char *addr)
