@@ -225,16 +225,6 @@ check() { # check "description" command...
   if "$@"; then ok "$what"; else bad "$what"; fi
 }
 
-http_code() { curl -s -o "${2:-/dev/null}" -m 5 -w '%{http_code}' "$1" 2>/dev/null || true; }
-# wait_for SECONDS COMMAND...: 0 once COMMAND succeeds, 1 on timeout.
-wait_for() {
-  local deadline=$((SECONDS + $1))
-  shift
-  until "$@"; do
-    ((SECONDS < deadline)) || return 1
-    sleep 0.2
-  done
-}
 ready() { [[ $(http_code "http://127.0.0.1:$1/readyz") == 200 ]]; }
 
 # servers SECONDS ARGS...: scripts/servers.sh on our state dir and ports, bounded.

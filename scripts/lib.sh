@@ -77,3 +77,15 @@ tail_file() {
   tail -n "${2:-40}" "$1" >&2
 }
 
+# http_code URL [OUT]: the HTTP status of a GET (5 s at most; "000" when no answer), body to OUT.
+http_code() { curl -s -o "${2:-/dev/null}" -m 5 -w '%{http_code}' "$1" 2>/dev/null || true; }
+
+# wait_for SECONDS COMMAND...: 0 once COMMAND succeeds, 1 on timeout.
+wait_for() {
+  local deadline=$((SECONDS + $1))
+  shift
+  until "$@"; do
+    ((SECONDS < deadline)) || return 1
+    sleep 0.2
+  done
+}

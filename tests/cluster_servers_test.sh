@@ -85,15 +85,6 @@ finish() {
 }
 fatal() { bad "$*"; finish; }
 
-# wait_for SECONDS COMMAND...: 0 once COMMAND succeeds, 1 on timeout.
-wait_for() {
-  local deadline=$((SECONDS + $1))
-  shift
-  until "$@"; do
-    ((SECONDS < deadline)) || return 1
-    sleep 0.2
-  done
-}
 
 pg_port() { echo $((BASE + 40 + ${1#pg})); }
 rest_port() { echo $((BASE + 50 + ${1#pg})); }

@@ -101,17 +101,7 @@ show() { # show FILE [N]: the last lines of a file, indented
   return 0
 }
 
-http_code() { curl -s -o "${2:-/dev/null}" -m 5 -w '%{http_code}' "$1" 2>/dev/null || true; }
 
-# wait_for SECONDS COMMAND...: 0 once COMMAND succeeds, 1 on timeout.
-wait_for() {
-  local deadline=$((SECONDS + $1))
-  shift
-  until "$@"; do
-    ((SECONDS < deadline)) || return 1
-    sleep 0.2
-  done
-}
 
 # The start time of a process (field 22 of /proc/PID/stat), to tell it from a later one with the
 # same PID.
