@@ -461,8 +461,11 @@ static int handle_list(sl_api_t *a, h2o_req_t *req)
         return 0;
     }
     int has_channel = sl_http_query(req, "channel", &channel);
-    if (has_channel < 0 || (has_channel == 1 && !sl_channel_valid(channel.base, channel.len))) {
-        respond_error(a, req, R_LIST, 400, "invalid_channel", "channel", "'channel' must match [a-z0-9_-]{1,64}");
+    const char *canon = NULL;
+    if (has_channel == 1 && (channel.len = sl_channel_canon(channel.base, channel.len, &canon)) != 0)
+        channel.base = (char *)canon;
+    if (has_channel < 0 || (has_channel == 1 && channel.len == 0)) {
+        respond_error(a, req, R_LIST, 400, "invalid_channel", "channel", "'channel' must be " SL_CHANNEL_RULE);
         return 0;
     }
     struct read *r = start_read(a, req, R_LIST);

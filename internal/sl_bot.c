@@ -115,11 +115,15 @@ int sl_botgen_init(sl_botgen_t *g, uint64_t seed, const char *channels, long aut
         }
         while (len > 0 && name[len - 1] == ' ')
             len--;
-        if (!sl_channel_valid(name, len)) {
-            snprintf(err, errsize, "channel '%.*s' in '%.200s' does not match [a-z0-9_-]{1,64}", (int)(len > 80 ? 80 : len),
+        const char *canon;
+        size_t clen = sl_channel_canon(name, len, &canon);
+        if (clen == 0) {
+            snprintf(err, errsize, "channel '%.*s' in '%.200s' is not " SL_CHANNEL_RULE, (int)(len > 80 ? 80 : len),
                      name, channels != NULL ? channels : "");
             return -1;
         }
+        name = canon;
+        len = clen;
         if (g->nchannels == SL_BOT_MAX_CHANNELS) {
             snprintf(err, errsize, "at most %d channels", SL_BOT_MAX_CHANNELS);
             return -1;

@@ -104,6 +104,18 @@ int sl_channel_valid(const char *s, size_t len)
     return 1;
 }
 
+size_t sl_channel_canon(const char *s, size_t len, const char **canon)
+{
+    if (len > 0 && s[0] == '#') {
+        s++;
+        len--;
+    }
+    if (!sl_channel_valid(s, len))
+        return 0;
+    *canon = s;
+    return len;
+}
+
 /* Copies a string field after checking its type and length in code points. */
 static int take_string(json_t *obj, const char *name, int required, long min, long max, char *dst, size_t dstsize,
                        sl_error_t *err)
@@ -174,14 +186,20 @@ static json_t *parse_object(const char *buf, size_t len, sl_error_t *err)
 /* channel, author, text: shared by the user's request and the queue's payload. */
 static int take_common(json_t *root, int channel_required, sl_message_t *msg, sl_error_t *err)
 {
-    int r = take_string(root, "channel", channel_required, 1, SL_CHANNEL_MAX, msg->channel, sizeof(msg->channel), err);
+    char written[SL_CHANNEL_MAX + 2]; /* '#' and the name */
+    const char *canon;
+    size_t clen;
+    int r = take_string(root, "channel", channel_required, 1, SL_CHANNEL_MAX + 1, written, sizeof(written), err);
     if (r < 0)
         return -1;
     if (r == 0)
         strcpy(msg->channel, SL_DEFAULT_CHANNEL);
-    else if (!sl_channel_valid(msg->channel, strlen(msg->channel))) {
-        sl_error_set(err, 400, "invalid_channel", "channel", "'channel' must match [a-z0-9_-]{1,64}");
+    else if ((clen = sl_channel_canon(written, strlen(written), &canon)) == 0) {
+        sl_error_set(err, 400, "invalid_channel", "channel", "'channel' must be " SL_CHANNEL_RULE);
         return -1;
+    } else {
+        memcpy(msg->channel, canon, clen);
+        msg->channel[clen] = '\0';
     }
     if (take_string(root, "author", 1, 1, SL_AUTHOR_MAX_CHARS, msg->author, sizeof(msg->author), err) < 0)
         return -1;

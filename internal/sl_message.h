@@ -70,6 +70,15 @@ long sl_utf8_count(const char *s, size_t len);
 /* 1 if s matches [a-z0-9_-]{1,64}, else 0. */
 int sl_channel_valid(const char *s, size_t len);
 
+/* A channel as people write it: "general" or "#general" (one leading '#', as in chat clients; a
+ * query parameter is percent-decoded first, so %23general works too). Returns the length of the
+ * canonical name (the valid [a-z0-9_-]{1,64} part, starting at *canon, inside s), or 0 when s is
+ * not a channel. Everything a client sends as a channel goes through this; answers and storage
+ * use the canonical name only. */
+size_t sl_channel_canon(const char *s, size_t len, const char **canon);
+
+#define SL_CHANNEL_RULE "[a-z0-9_-]{1,64}, optionally written with a leading '#'"
+
 /* Validates a POST /v1/messages body (the caller checks method, content type and size) and fills
  * channel, author, text and source ("api" unless the body names "bot"). id, seq and created_at are
  * left zero. Returns 0, or -1 with err filled (status 400). */

@@ -31,6 +31,10 @@ static const struct bad_case bad_cases[] = {
     {"{\"author\":\"a\",\"text\":\"x\",\"channel\":\"Bad Channel\"}", "invalid_channel", "channel"},
     {"{\"author\":\"a\",\"text\":\"x\",\"channel\":\"\"}", "invalid_length", "channel"},
     {"{\"author\":\"a\",\"text\":\"x\",\"channel\":5}", "invalid_type", "channel"},
+    {"{\"author\":\"a\",\"text\":\"x\",\"channel\":\"#\"}", "invalid_channel", "channel"},
+    {"{\"author\":\"a\",\"text\":\"x\",\"channel\":\"##general\"}", "invalid_channel", "channel"},
+    {"{\"author\":\"a\",\"text\":\"x\",\"channel\":\"general#\"}", "invalid_channel", "channel"},
+    {"{\"author\":\"a\",\"text\":\"x\",\"channel\":\"#General\"}", "invalid_channel", "channel"},
     {"{\"author\":\"a\",\"text\":\"x\",\"color\":\"red\"}", "unknown_field", NULL},
     {"{\"author\":\"a\",\"author\":\"b\",\"text\":\"x\"}", "invalid_json", NULL},
     {"{\"author\":\"a\\u0000b\",\"text\":\"x\"}", "invalid_json", NULL},
@@ -66,6 +70,46 @@ START_TEST(test_good_body_defaults)
     ck_assert_str_eq(m.author, "alice");
     ck_assert_str_eq(m.source, "api");
     ck_assert_str_eq(m.text, "h\xc3\xa9llo \xf0\x9f\x8c\x8a");
+}
+END_TEST
+
+/* "#general" is "general" everywhere a channel is written; the stored name has no '#'. */
+START_TEST(test_channel_hash_prefix)
+{
+    char name[SL_CHANNEL_MAX + 2], body[256];
+    sl_message_t m;
+    sl_error_t err;
+    const char *b = "{\"author\":\"a\",\"text\":\"x\",\"channel\":\"#general\"}";
+    ck_assert_int_eq(sl_message_from_request(b, strlen(b), &m, &err), 0);
+    ck_assert_str_eq(m.channel, "general");
+
+    /* 64 characters are the longest name, with or without the '#'; 65 are refused either way. */
+    memset(name, 'x', sizeof(name));
+    for (int hash = 0; hash <= 1; hash++) {
+        for (int n = SL_CHANNEL_MAX; n <= SL_CHANNEL_MAX + 1; n++) {
+            snprintf(body, sizeof(body), "{\"author\":\"a\",\"text\":\"x\",\"channel\":\"%s%.*s\"}", hash ? "#" : "",
+                     n, name);
+            int rc = sl_message_from_request(body, strlen(body), &m, &err);
+            if (n == SL_CHANNEL_MAX) {
+                ck_assert_int_eq(rc, 0);
+                ck_assert_uint_eq(strlen(m.channel), SL_CHANNEL_MAX);
+                ck_assert_int_eq(m.channel[0], 'x');
+            } else {
+                ck_assert_int_eq(rc, -1);
+                ck_assert_int_eq(err.status, 400);
+                ck_assert_msg(strcmp(err.code, "invalid_channel") == 0 || strcmp(err.code, "invalid_length") == 0,
+                              "hash %d n %d: %s", hash, n, err.code);
+            }
+        }
+    }
+
+    const char *canon = NULL;
+    ck_assert_uint_eq(sl_channel_canon("#ops", 4, &canon), 3);
+    ck_assert_int_eq(memcmp(canon, "ops", 3), 0);
+    ck_assert_uint_eq(sl_channel_canon("ops", 3, &canon), 3);
+    ck_assert_uint_eq(sl_channel_canon("#", 1, &canon), 0);
+    ck_assert_uint_eq(sl_channel_canon("", 0, &canon), 0);
+    ck_assert_uint_eq(sl_channel_canon("#a#", 3, &canon), 0);
 }
 END_TEST
 
@@ -313,6 +357,7 @@ int main(void)
     TCase *tc = tcase_create("core");
     tcase_add_loop_test(tc, test_bad_bodies, 0, sizeof(bad_cases) / sizeof(bad_cases[0]));
     tcase_add_test(tc, test_good_body_defaults);
+    tcase_add_test(tc, test_channel_hash_prefix);
     tcase_add_test(tc, test_length_limits_count_characters);
     tcase_add_test(tc, test_json_round_trip);
     tcase_add_test(tc, test_json_encoder_matches_jansson);

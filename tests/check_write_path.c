@@ -304,6 +304,10 @@ START_TEST(test_bad_inputs_get_documented_errors)
         {"GET", "/v1/messages?before=9223372036854775808", NULL, NULL, 400, "invalid_cursor"},
         {"GET", "/v1/messages?limit=99999999999999999999", NULL, NULL, 400, "invalid_limit"},
         {"GET", "/v1/messages?channel=UPPER", NULL, NULL, 400, "invalid_channel"},
+        {"GET", "/v1/messages?channel=%23", NULL, NULL, 400, "invalid_channel"},
+        {"GET", "/v1/messages?channel=%23%23ops", NULL, NULL, 400, "invalid_channel"},
+        {"POST", "/v1/messages", "application/json", "{\"author\":\"a\",\"text\":\"x\",\"channel\":\"#\"}", 400,
+         "invalid_channel"},
     };
     tu_stack_init(&S, "badinput", 100000);
     tu_start(&S, "persister", NULL);
@@ -327,11 +331,25 @@ START_TEST(test_bad_inputs_get_documented_errors)
     ck_assert_int_eq(tu_http("POST", post_url(), NULL, "application/json; charset=utf-8", good, strlen(good), &r), 0);
     ck_assert_int_eq(r.status, 202);
     tu_resp_free(&r);
+    /* "#ops" is the channel ops, in a body and (percent-encoded) in a query; answers name it ops. */
+    const char *hashed = "{\"author\":\"a\",\"text\":\"hash\",\"channel\":\"#ops\"}";
+    ck_assert_int_eq(tu_http("POST", post_url(), NULL, "application/json", hashed, strlen(hashed), &r), 0);
+    ck_assert_int_eq(r.status, 202);
+    tu_resp_free(&r);
     PGconn *db = tu_db(&S);
-    ck_assert_int_eq(tu_wait_rows(db, 1, 20000), 1);
+    ck_assert_int_eq(tu_wait_rows(db, 2, 20000), 2);
     tu_sleep_ms(200);
-    ck_assert_int_eq(tu_scalar(db, "SELECT count(*) FROM messages"), 1);
+    ck_assert_int_eq(tu_scalar(db, "SELECT count(*) FROM messages"), 2);
+    ck_assert_int_eq(tu_scalar(db, "SELECT count(*) FROM messages WHERE channel = 'ops' AND body = 'hash'"), 1);
     PQfinish(db);
+    char url[256];
+    snprintf(url, sizeof(url), "%s/v1/messages?channel=%%23ops", S.base);
+    ck_assert_int_eq(tu_http("GET", url, NULL, NULL, NULL, 0, &r), 0);
+    ck_assert_int_eq(r.status, 200);
+    ck_assert_msg(strstr(r.body, "\"channel\":\"ops\"") != NULL && strstr(r.body, "\"text\":\"hash\"") != NULL &&
+                      strstr(r.body, "still here") == NULL && strchr(r.body, '#') == NULL,
+                  "GET ?channel=%%23ops: %s", r.body);
+    tu_resp_free(&r);
     tu_stack_cleanup(&S);
 }
 END_TEST
