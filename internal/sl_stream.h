@@ -17,8 +17,10 @@
  * error frame history_busy (the subscription is dropped). A client that leaves while its history
  * is read is noticed within 2 s; its query is cancelled (sl_pgpool_cancel) and its place freed.
  *
- * Transports plug in through one table of functions (struct sl_transport in sl_stream.c), as
- * Nchan's subscribers do. Loop thread only.
+ * Transports plug in through one table of functions each (struct sl_transport, in the private
+ * sl_stream_int.h), as Nchan's subscribers do: sl_stream_sse.c and sl_stream_ndjson.c over the
+ * streaming HTTP response of sl_stream_http.c, and sl_stream_ws.c; the limits above are applied in
+ * one place, the core (sl_stream.c), for all of them. Loop thread only.
  */
 #ifndef SL_STREAM_H
 #define SL_STREAM_H

@@ -1,0 +1,471 @@
+/*
+ * sl_stream_http: GET /v1/stream, the streaming HTTP response that SSE (sl_stream_sse.c) and NDJSON
+ * (sl_stream_ndjson.c) share: a queue of chunks written in one h2o_send per turn of the loop,
+ * the history, and the request's parameters. What differs between the two is in their
+ * struct sl_http_format (sl_stream_int.h).
+ */
+#include "sl_stream_int.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "sl_http.h"
+#include "sl_log.h"
+#include "sl_time.h"
+
+struct chunk {
+    h2o_iovec_t buf;
+    sl_event_t *ev; /* the reference that keeps buf alive, or NULL for static text */
+    char *owned;    /* or a buffer of ours */
+};
+
+struct httpconn {
+    struct stream_conn super;
+    h2o_generator_t gen;
+    h2o_req_t *req;
+    sl_sub_t sub;
+    char (*channels)[SL_CHANNEL_MAX + 1];
+    struct chunk *q, *fly; /* queued / handed to h2o until proceed */
+    size_t nq, capq, nfly, capfly;
+    int sending;
+    sl_pgquery_t *query;
+    struct histslot slot;
+    int64_t since; /* -1: no resume position */
+    long long history;
+};
+
+static void chunk_release(struct chunk *ch)
+{
+    if (ch->ev != NULL)
+        sl_event_release(ch->ev);
+    free(ch->owned);
+}
+
+static int push_chunk(struct httpconn *hc, h2o_iovec_t buf, sl_event_t *ev, char *owned)
+{
+    /* Only a client that has not taken the previous write is slow: a burst that arrives within
+     * one turn of the loop (a whole history among it) is written out at the next one. */
+    if (sl_stream_conn_take(&hc->super, buf.len, hc->sending) != 0) {
+        free(owned);
+        return -1;
+    }
+    if (hc->nq == hc->capq) {
+        size_t cap = hc->capq ? hc->capq * 2 : 4; /* most streams are idle: start small */
+        struct chunk *q = realloc(hc->q, cap * sizeof(*q));
+        if (q == NULL) {
+            sl_stream_conn_set_queued(&hc->super, hc->super.queued_bytes - buf.len);
+            free(owned);
+            return -1;
+        }
+        hc->q = q;
+        hc->capq = cap;
+    }
+    hc->q[hc->nq++] = (struct chunk){buf, ev != NULL ? sl_event_retain(ev) : NULL, owned};
+    sl_stream_mark_dirty(&hc->super);
+    return 0;
+}
+
+static void push_text(struct httpconn *hc, const char *text)
+{
+    push_chunk(hc, h2o_iovec_init(text, strlen(text)), NULL, NULL);
+}
+
+static void http_emit(sl_sub_t *sub, sl_event_t *ev)
+{
+    struct httpconn *hc = sub->owner;
+    h2o_iovec_t b = sl_event_encode(ev, hc->super.tp->fmt);
+    if (b.base != NULL && push_chunk(hc, b, ev, NULL) == 0)
+        hc->super.streams->stats.events_sent++;
+}
+
+void sl_stream_http_flush(struct stream_conn *c)
+{
+    struct httpconn *hc = (struct httpconn *)c;
+    if (hc->sending || hc->nq == 0 || hc->req == NULL)
+        return;
+    /* everything queued goes out in one h2o_send: one write for many events */
+    struct chunk *t = hc->fly;
+    size_t tcap = hc->capfly;
+    hc->fly = hc->q;
+    hc->capfly = hc->capq;
+    hc->nfly = hc->nq;
+    hc->q = t;
+    hc->capq = tcap;
+    hc->nq = 0;
+    h2o_iovec_t vecs[64], *v = vecs;
+    if (hc->nfly > 64 && (v = malloc(hc->nfly * sizeof(*v))) == NULL) {
+        /* no memory for one big write: send the first 64 now, the rest after proceed */
+        v = vecs;
+        size_t rest = hc->nfly - 64;
+        if (hc->capq < rest) {
+            struct chunk *q = realloc(hc->q, rest * sizeof(*q));
+            if (q == NULL) { /* keep everything for the next turn instead */
+                struct chunk *t2 = hc->q;
+                size_t c2 = hc->capq;
+                hc->q = hc->fly;
+                hc->capq = hc->capfly;
+                hc->nq = hc->nfly;
+                hc->fly = t2;
+                hc->capfly = c2;
+                hc->nfly = 0;
+                sl_stream_mark_dirty(c);
+                return;
+            }
+            hc->q = q;
+            hc->capq = rest;
+        }
+        memcpy(hc->q, hc->fly + 64, rest * sizeof(*hc->q));
+        hc->nq = rest;
+        hc->nfly = 64;
+    }
+    for (size_t i = 0; i < hc->nfly; i++)
+        v[i] = hc->fly[i].buf;
+    hc->sending = 1;
+    c->last_out_us = sl_time_mono_us();
+    h2o_send(hc->req, v, hc->nfly, H2O_SEND_STATE_IN_PROGRESS);
+    if (v != vecs)
+        free(v);
+}
+
+static void http_free(struct httpconn *hc)
+{
+    hc->req = NULL;
+    if (hc->query != NULL)
+        sl_pgpool_cancel(hc->query); /* queued: it never runs; running: its answer is dropped */
+    sl_stream_hist_release(hc->super.streams, &hc->slot);
+    sl_hub_unsubscribe(&hc->sub);
+    for (size_t i = 0; i < hc->nq; i++)
+        chunk_release(&hc->q[i]);
+    for (size_t i = 0; i < hc->nfly; i++)
+        chunk_release(&hc->fly[i]);
+    sl_stream_conn_set_queued(&hc->super, 0);
+    sl_stream_conn_unregister(&hc->super);
+    free(hc->q);
+    free(hc->fly);
+    free(hc->channels);
+    free(hc);
+}
+
+void sl_stream_http_abort(struct stream_conn *c)
+{
+    struct httpconn *hc = (struct httpconn *)c;
+    if (hc->req == NULL)
+        return;
+    if (!hc->sending) {
+        /* Ending the response: h2o closes the connection and will not call proceed or stop again
+         * (h2o_send forgets the generator), so everything is freed here. */
+        h2o_send(hc->req, NULL, 0, H2O_SEND_STATE_ERROR);
+        http_free(hc);
+        return;
+    }
+    /* a write is stuck on a client that does not read: make it fail */
+    h2o_socket_t *sock = hc->req->conn->callbacks->get_socket(hc->req->conn);
+    if (sock != NULL)
+        shutdown(h2o_socket_get_fd(sock), SHUT_RDWR);
+}
+
+void sl_stream_http_heartbeat(struct stream_conn *c)
+{
+    push_text((struct httpconn *)c, c->tp->http->heartbeat);
+}
+
+/* h2o does not read an HTTP/1 connection while it streams the response, so a client that left
+ * is otherwise noticed only when a write fails: peek at the socket for its end instead. */
+int sl_stream_http_gone(struct stream_conn *c)
+{
+    struct httpconn *hc = (struct httpconn *)c;
+    char b;
+    if (hc->req == NULL)
+        return 0;
+    h2o_socket_t *sock = hc->req->conn->callbacks->get_socket(hc->req->conn);
+    if (sock == NULL)
+        return 0;
+    ssize_t r = recv(h2o_socket_get_fd(sock), &b, 1, MSG_PEEK | MSG_DONTWAIT);
+    return r == 0 || (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+}
+
+static void http_proceed(h2o_generator_t *gen, h2o_req_t *req)
+{
+    struct httpconn *hc = H2O_STRUCT_FROM_MEMBER(struct httpconn, gen, gen);
+    (void)req;
+    size_t sent = 0;
+    for (size_t i = 0; i < hc->nfly; i++) {
+        sent += hc->fly[i].buf.len;
+        chunk_release(&hc->fly[i]);
+    }
+    sl_stream_conn_set_queued(&hc->super, hc->super.queued_bytes - sent);
+    hc->nfly = 0;
+    hc->sending = 0;
+    if (hc->super.aborting)
+        sl_stream_http_abort(&hc->super);
+    else if (hc->nq > 0)
+        sl_stream_mark_dirty(&hc->super);
+}
+
+/* The request is over before we ended it (the client went away, or a write failed). */
+static void http_stop(h2o_generator_t *gen, h2o_req_t *req)
+{
+    (void)req;
+    http_free(H2O_STRUCT_FROM_MEMBER(struct httpconn, gen, gen));
+}
+
+/* ---- history ------------------------------------------------------------------------------------- */
+
+static void http_history_row(void *data, sl_event_t *ev)
+{
+    struct httpconn *hc = data;
+    if (ev->seq > hc->sub.cursor) {
+        hc->sub.cursor = ev->seq;
+        http_emit(&hc->sub, ev);
+    }
+}
+
+static void on_http_history(void *data, const PGresult *res, const char *err);
+
+static void http_reset(struct httpconn *hc)
+{
+    char *owned = malloc(160);
+    if (owned == NULL)
+        return;
+    int n = hc->super.tp->http->reset(owned, 160, (long long)hc->since);
+    push_chunk(hc, h2o_iovec_init(owned, (size_t)n), NULL, owned);
+    hc->super.streams->stats.resets++;
+    hc->since = -1;
+}
+
+static void http_start_history(struct httpconn *hc);
+
+/* Goes live after history covered up to covered; if the subscription's wait buffer overflowed
+ * meanwhile, what it held is read again, as a resume. */
+static void http_join(struct httpconn *hc, int64_t covered)
+{
+    if (sl_stream_join(hc->super.streams, &hc->sub, &hc->slot, covered) == 0)
+        return;
+    hc->since = hc->sub.cursor;
+    http_start_history(hc);
+}
+
+static void http_history_failed(struct httpconn *hc, const char *err)
+{
+    char q[300];
+    SL_WARN("event=history_failed transport=%s error=%s", hc->super.tp->name, sl_log_quote(q, sizeof(q), err));
+    hc->super.streams->stats.history_failures++;
+    sl_stream_hist_release(hc->super.streams, &hc->slot);
+    hc->super.aborting = 1; /* the client retries (retry: / reconnect) */
+    sl_stream_mark_dirty(&hc->super);
+}
+
+/* History from the hub's memory if it reaches back far enough, else from the database. */
+static void http_start_history(struct httpconn *hc)
+{
+    sl_streams_t *s = hc->super.streams;
+    int too_many;
+    hc->sub.cursor = hc->since > 0 ? hc->since : 0;
+    if (sl_stream_replay(s, &hc->sub, hc->since, hc->history, &too_many, http_history_row, hc)) {
+        if (too_many) { /* too far behind to replay: say so, then the newest history */
+            http_reset(hc);
+            http_start_history(hc);
+            return;
+        }
+        http_join(hc, sl_stream_replay_covered(s, &hc->sub));
+        return;
+    }
+    if ((hc->query = sl_stream_query_history(s, &hc->sub, hc->since, hc->history, on_http_history, hc)) == NULL)
+        http_history_failed(hc, "the query could not be queued");
+}
+
+static void on_http_history(void *data, const PGresult *res, const char *err)
+{
+    struct httpconn *hc = data;
+    sl_streams_t *s = hc->super.streams;
+    hc->query = NULL;
+    if (err != NULL) {
+        http_history_failed(hc, err);
+        return;
+    }
+    if (sl_stream_http_gone(&hc->super)) { /* left while it waited: spare the work of its rows */
+        sl_stream_hist_release(s, &hc->slot);
+        hc->super.aborting = 1;
+        sl_stream_mark_dirty(&hc->super);
+        return;
+    }
+    if (sl_stream_too_many(s, hc->since, res)) {
+        http_reset(hc);
+        http_start_history(hc);
+        return;
+    }
+    hc->sub.cursor = hc->since > 0 ? hc->since : 0;
+    sl_stream_for_each_row(res, hc->since >= 0, http_history_row, hc);
+    http_join(hc, hc->sub.cursor);
+}
+
+/* ---- the request ----------------------------------------------------------------------------------- */
+
+int sl_stream_parse_channels(const char *list, size_t len, long long max, char (**out)[SL_CHANNEL_MAX + 1],
+                             sl_error_t *err)
+{
+    size_t n = 0, cap = 0;
+    char (*ch)[SL_CHANNEL_MAX + 1] = NULL;
+    const char *p = list, *end = list + len;
+    while (p <= end) {
+        const char *comma = memchr(p, ',', (size_t)(end - p));
+        const char *stop = comma != NULL ? comma : end;
+        size_t l = (size_t)(stop - p);
+        if (!sl_channel_valid(p, l)) {
+            sl_error_set(err, 400, "invalid_channel", "channels", "every channel must match [a-z0-9_-]{1,64}");
+            goto Fail;
+        }
+        int dup = 0;
+        for (size_t i = 0; i < n; i++)
+            dup |= strlen(ch[i]) == l && memcmp(ch[i], p, l) == 0;
+        if (!dup) {
+            if ((long long)n >= max) {
+                sl_error_set(err, 400, "too_many_channels", "channels", "at most %lld channels per stream", max);
+                goto Fail;
+            }
+            if (n == cap) {
+                cap = cap ? cap * 2 : 4;
+                void *nc = realloc(ch, cap * sizeof(*ch));
+                if (nc == NULL) {
+                    sl_error_set(err, 503, "out_of_memory", NULL, "out of memory");
+                    goto Fail;
+                }
+                ch = nc;
+            }
+            memcpy(ch[n], p, l);
+            ch[n][l] = '\0';
+            n++;
+        }
+        if (comma == NULL)
+            break;
+        p = comma + 1;
+    }
+    *out = ch;
+    return (int)n;
+Fail:
+    free(ch);
+    return -1;
+}
+
+int sl_stream_parse_count(const char *s, size_t len, long long max, long long *out)
+{
+    long long v = 0;
+    if (len == 0 || len > 19)
+        return -1;
+    for (size_t i = 0; i < len; i++) {
+        int d = s[i] - '0';
+        /* v * 10 + d <= max, without overflow (max - d may be negative when max < 9) */
+        if (d < 0 || d > 9 || v > max / 10 || v * 10 > max - d)
+            return -1;
+        v = v * 10 + d;
+    }
+    *out = v;
+    return 0;
+}
+
+int sl_streams_handle_stream(sl_streams_t *s, h2o_req_t *req)
+{
+    h2o_iovec_t v;
+    sl_error_t err;
+    const struct sl_transport *tp = &sl_stream_sse;
+    long long history = s->conf.history_default, since = -1;
+    char (*channels)[SL_CHANNEL_MAX + 1] = NULL;
+    int nch = 0, r;
+    size_t hlen;
+    const char *hv;
+
+    if ((r = sl_http_query(req, "format", &v)) != 0) {
+        if (r > 0 && h2o_memis(v.base, v.len, H2O_STRLIT("ndjson")))
+            tp = &sl_stream_ndjson;
+        else if (r < 0 || !h2o_memis(v.base, v.len, H2O_STRLIT("sse")))
+            return sl_stream_refuse(req, 400, "invalid_format", "format", "'format' must be sse or ndjson");
+    } else if ((hv = sl_http_header(req, "accept", &hlen)) != NULL && memmem(hv, hlen, "application/x-ndjson", 20)) {
+        tp = &sl_stream_ndjson;
+    }
+    if ((r = sl_http_query(req, "history", &v)) != 0 &&
+        (r < 0 || sl_stream_parse_count(v.base, v.len, s->conf.history_max, &history) != 0)) {
+        char msg[96];
+        snprintf(msg, sizeof(msg), "'history' must be an integer from 0 to %lld", s->conf.history_max);
+        return sl_stream_refuse(req, 400, "invalid_history", "history", msg);
+    }
+    if ((r = sl_http_query(req, "since", &v)) != 0) {
+        if (r < 0 || sl_stream_parse_count(v.base, v.len, INT64_MAX, &since) != 0)
+            return sl_stream_refuse(req, 400, "invalid_since", "since", "'since' must be a non-negative integer (a seq)");
+    } else if ((hv = sl_http_header(req, "last-event-id", &hlen)) != NULL) {
+        if (sl_stream_parse_count(hv, hlen, INT64_MAX, &since) != 0)
+            return sl_stream_refuse(req, 400, "invalid_last_event_id", NULL, "Last-Event-ID must be a seq this stream sent");
+    }
+    if ((r = sl_http_query(req, "channels", &v)) != 0) {
+        if (r < 0 || (nch = sl_stream_parse_channels(v.base, v.len, s->conf.max_channels, &channels, &err)) < 0) {
+            if (r < 0)
+                sl_error_set(&err, 400, "invalid_channel", "channels", "'channels' is badly encoded");
+            sl_http_send_error(req, &err, 0);
+            return 0;
+        }
+    }
+    if (sl_stream_admit(s, req) != 0) {
+        free(channels);
+        return 0;
+    }
+
+    struct httpconn *hc = calloc(1, sizeof(*hc));
+    if (hc == NULL) {
+        free(channels);
+        return sl_stream_refuse(req, 503, "out_of_memory", NULL, "out of memory");
+    }
+    unsigned char addr[16];
+    socklen_t alen = sl_stream_peer_key(req->conn, addr);
+    const char *over = sl_stream_hist_acquire(s, &hc->slot, since, history, alen, addr);
+    if (over != NULL) {
+        SL_DEBUG("event=history_refused transport=%s cap=%s", tp->name, over);
+        free(channels);
+        free(hc);
+        return sl_stream_refuse(req, 503, "history_busy", NULL, SL_STREAM_HISTORY_BUSY_MSG);
+    }
+    hc->req = req;
+    hc->channels = channels;
+    hc->since = since;
+    hc->history = history;
+    hc->sub.all = nch == 0;
+    hc->sub.channels = channels;
+    hc->sub.nchannels = (size_t)nch;
+    hc->sub.emit = http_emit;
+    hc->sub.owner = hc;
+    hc->gen.proceed = http_proceed;
+    hc->gen.stop = http_stop;
+    if (sl_hub_subscribe(s->hub, &hc->sub) != 0) {
+        sl_stream_hist_release(s, &hc->slot);
+        free(channels);
+        free(hc);
+        return sl_stream_refuse(req, 503, "out_of_memory", NULL, "out of memory");
+    }
+    sl_stream_conn_register(s, &hc->super, tp);
+
+    req->res.status = 200;
+    req->res.reason = "OK";
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL, tp->http->content_type,
+                   strlen(tp->http->content_type));
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CACHE_CONTROL, NULL, H2O_STRLIT("no-cache"));
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_ACCESS_CONTROL_ALLOW_ORIGIN, NULL, H2O_STRLIT("*"));
+    h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("x-accel-buffering"), 0, NULL, H2O_STRLIT("no"));
+    h2o_start_response(req, &hc->gen);
+    if (tp->http->first != NULL) {
+        char *first = malloc(32);
+        if (first != NULL) {
+            int n = tp->http->first(&s->conf, first, 32);
+            push_chunk(hc, h2o_iovec_init(first, (size_t)n), NULL, first);
+        }
+    } else {
+        push_text(hc, tp->http->heartbeat);
+    }
+    if (sl_stream_http_gone(&hc->super)) { /* sent its request and left (connect-and-drop): read nothing */
+        sl_stream_hist_release(s, &hc->slot);
+        hc->super.aborting = 1;
+        sl_stream_mark_dirty(&hc->super);
+        return 0;
+    }
+    http_start_history(hc);
+    return 0;
+}

@@ -1,0 +1,167 @@
+/*
+ * sl_stream_int: the inside of sl_stream (sl_stream.h), shared by its files and by nothing else.
+ *
+ * sl_stream.c is the core every transport goes through: the registry of connections, the one
+ * accounting of output (out_max_bytes), the history caps (history_concurrency,
+ * history_per_client), the history reads (replay_max) and the joining at the seam, and the
+ * timers that flush, heartbeat and notice departed clients. Each transport is one table of
+ * functions (struct sl_transport), as Nchan's subscribers are (subscriber_fn_t):
+ *   sl_stream_sse.c, sl_stream_ndjson.c  what differs between SSE and NDJSON (content type,
+ *                                        framing, heartbeat bytes), over
+ *   sl_stream_http.c                     their streaming HTTP response and GET /v1/stream;
+ *   sl_stream_ws.c                       WebSocket subscriptions on GET /v1/ws.
+ * A transport never applies a limit of the core's itself: it asks the core (sl_stream_conn_take
+ * before it queues a byte, sl_stream_hist_acquire before it reads a history). Loop thread only.
+ */
+#ifndef SL_STREAM_INT_H
+#define SL_STREAM_INT_H
+
+#include <sys/socket.h>
+
+#include "sl_stream.h"
+
+enum { T_SSE = 0, T_NDJSON = 1, T_WS = 2 }; /* the index of sl_stream_stats_t.connected */
+
+struct stream_conn;
+struct sl_http_format;
+
+/* What a transport does; the rest of the stream logic is the core's. */
+struct sl_transport {
+    const char *name; /* in logs */
+    int kind;         /* T_SSE, T_NDJSON, T_WS */
+    sl_format_t fmt;  /* how its events are encoded (sl_event.h) */
+    void (*flush)(struct stream_conn *c);     /* write what is queued, if the socket can take it */
+    void (*abort)(struct stream_conn *c);     /* cut the connection now (slow client, shutdown) */
+    void (*heartbeat)(struct stream_conn *c); /* queue a keep-alive */
+    /* 1 when its client is seen to have left (asked at every heartbeat tick); NULL when the
+     * transport notices it itself (a WebSocket is always read) */
+    int (*gone)(struct stream_conn *c);
+    /* brings queued_bytes up to date where the queue shrinks without telling us; may be NULL */
+    void (*sync)(struct stream_conn *c);
+    /* at shutdown: 1 when the connection ends itself (c stays registered until it does), 0 to
+     * have it aborted; NULL: always aborted */
+    int (*shutdown)(struct stream_conn *c);
+    const struct sl_http_format *http; /* SSE and NDJSON: what differs between them; else NULL */
+};
+
+/* Every connection starts with this (the transport's own struct embeds it first). */
+struct stream_conn {
+    h2o_linklist_t link;  /* in streams->conns */
+    h2o_linklist_t dirty; /* in streams->dirty while a flush or abort is due */
+    sl_streams_t *streams;
+    const struct sl_transport *tp;
+    int64_t last_out_us;
+    size_t queued_bytes; /* queued for this client and not yet taken by its socket, history included */
+    int aborting;
+};
+
+/* One client address's history reads in progress. */
+struct histpeer {
+    socklen_t len;
+    unsigned char addr[16];
+    size_t n;
+};
+
+/* A history read's place under the caps (history_concurrency, history_per_client): taken before
+ * the history starts, given back when the subscription goes live, fails, or its client leaves
+ * (noticed by the heartbeat tick within 2 s, or at once for a WebSocket; its query is cancelled
+ * then, whether still queued in the pool or running). Taken whether memory or the database will
+ * answer, which is not known before the response starts; not taken by a subscription that asks
+ * for no history at all (history=0 without since), which reads nothing. */
+struct histslot {
+    int held;
+    socklen_t len;
+    unsigned char addr[16];
+};
+
+struct sl_streams {
+    h2o_loop_t *loop;
+    sl_hub_t *hub;
+    sl_pgpool_t *pg;
+    sl_stream_conf_t conf;
+    h2o_linklist_t conns, dirty;
+    size_t nconns;
+    h2o_timeout_t zero_timeout, hb_timeout;
+    h2o_timeout_entry_t flush_entry, hb_entry;
+    size_t queued_total;    /* the sum of every connection's queued_bytes */
+    struct histpeer *peers; /* addresses with a history read in progress (at most history_concurrency) */
+    size_t npeers, cappeers;
+    sl_stream_stats_t stats;
+};
+
+/* The transports' tables (sl_stream_sse.c, sl_stream_ndjson.c, sl_stream_ws.c). */
+extern const struct sl_transport sl_stream_sse, sl_stream_ndjson, sl_stream_ws;
+
+/* ---- the core (sl_stream.c) --------------------------------------------------------------------- */
+
+/* Answers a request the core or a transport refuses (JSON error; Retry-After with a 503). Returns 0
+ * (for a handler's return). */
+int sl_stream_refuse(h2o_req_t *req, int status, const char *code, const char *field, const char *msg);
+/* Whether a new connection may open: under max_conns and with the hub and the database ready.
+ * Returns 0, or answers 503 (too_many_connections, not_ready) itself and returns -1. */
+int sl_stream_admit(sl_streams_t *s, h2o_req_t *req);
+
+void sl_stream_conn_register(sl_streams_t *s, struct stream_conn *c, const struct sl_transport *tp);
+void sl_stream_conn_unregister(struct stream_conn *c);
+/* A flush (or the abort, once c->aborting) is due at the next turn of the loop. */
+void sl_stream_mark_dirty(struct stream_conn *c);
+/* Sets what c has queued (bytes not yet taken by its socket); keeps the instance's sum. */
+void sl_stream_conn_set_queued(struct stream_conn *c, size_t n);
+/* The one accounting of output, for every transport: each byte queued for a client, history
+ * included, passes here before it is queued. A client that has not taken the previous write
+ * (busy) and whose queue would pass out_max_bytes is cut off (aborting, a flush due). Returns 0
+ * when the bytes may be queued (they are counted), -1 when the client is cut off. */
+int sl_stream_conn_take(struct stream_conn *c, size_t more, int busy);
+
+/* The client's address as a per-client key (sl_http_addr_key); 0 when unknown. */
+socklen_t sl_stream_peer_key(h2o_conn_t *conn, unsigned char addr[16]);
+/* Takes a slot for a history read (since >= 0: a resume; else the last `history` messages) by the
+ * client at addr (len 0: unknown, counted against the instance's cap only). Returns NULL with
+ * the slot held, or NULL with nothing taken when nothing is to be read (history 0 without since),
+ * or the cap it is over ("instance" or "client"; counted in stats.history_refused). */
+const char *sl_stream_hist_acquire(sl_streams_t *s, struct histslot *slot, int64_t since, long long history,
+                                   socklen_t len, const unsigned char *addr);
+/* Gives the slot back if held (any number of calls). */
+void sl_stream_hist_release(sl_streams_t *s, struct histslot *slot);
+extern const char SL_STREAM_HISTORY_BUSY_MSG[];
+
+/* History from the hub's memory: as sl_hub_replay with replay_max. Returns 1 when memory reached
+ * back far enough (rows emitted, or *too_many: more than replay_max to resume, nothing emitted),
+ * else 0 (read the database). */
+int sl_stream_replay(sl_streams_t *s, sl_sub_t *sub, int64_t since, long long history, int *too_many,
+                     void (*row)(void *, sl_event_t *), void *data);
+/* What a replay from memory covered: the hub's position, or sub's cursor if past it. */
+int64_t sl_stream_replay_covered(const sl_streams_t *s, const sl_sub_t *sub);
+/* Queries the history of sub: the last `history` messages, or all after `since` (at most
+ * replay_max + 1, so that "too many" shows). NULL when the pool refuses (cb never runs). */
+sl_pgquery_t *sl_stream_query_history(sl_streams_t *s, const sl_sub_t *sub, int64_t since, long long history,
+                                      sl_pg_cb cb, void *data);
+/* 1 when a resume read (since >= 0) found more than replay_max rows: answer "reset" instead. */
+int sl_stream_too_many(const sl_streams_t *s, int64_t since, const PGresult *res);
+/* Calls fn for each row as an event, in seq order (history comes newest first: ascending 0). */
+void sl_stream_for_each_row(const PGresult *res, int ascending, void (*fn)(void *, sl_event_t *), void *data);
+/* Goes live after history covered up to covered (sl_sub_go_live). Returns 0 with the slot given
+ * back; or 1 when sub's wait buffer passed seam_max meanwhile: the caller reads again after
+ * sub->cursor, as a resume, still holding the slot. */
+int sl_stream_join(sl_streams_t *s, sl_sub_t *sub, struct histslot *slot, int64_t covered);
+
+/* ---- the streaming HTTP response of SSE and NDJSON (sl_stream_http.c) ------------------------------ */
+
+/* What differs between SSE and NDJSON; events are framed by sl_event_encode (tp->fmt). */
+struct sl_http_format {
+    const char *content_type;
+    const char *heartbeat; /* the bytes of a keep-alive */
+    /* The first bytes of the body (h2o sends the head only with body bytes) into buf (size bytes);
+     * returns their length. NULL: the body starts with a heartbeat. */
+    int (*first)(const sl_stream_conf_t *conf, char *buf, size_t size);
+    /* The notice that a resume position is too old (then the newest history follows) into buf;
+     * returns its length. */
+    int (*reset)(char *buf, size_t size, long long since);
+};
+
+void sl_stream_http_flush(struct stream_conn *c);
+void sl_stream_http_abort(struct stream_conn *c);
+void sl_stream_http_heartbeat(struct stream_conn *c);
+int sl_stream_http_gone(struct stream_conn *c);
+
+#endif
