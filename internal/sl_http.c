@@ -60,20 +60,41 @@ struct sl_http_peer {
     size_t nconns;
     int refusing; /* refused since it was last under the limit (one log line per episode) */
     socklen_t len;
-    unsigned char addr[16]; /* the IPv4 or IPv6 address */
+    unsigned char addr[16]; /* the client's key (sl_http_addr_key: an IPv4 address, an IPv6 /64) */
 };
 
 socklen_t sl_http_addr_key(const struct sockaddr_storage *ss, unsigned char addr[16])
 {
+    memset(addr, 0, 16);
     if (ss->ss_family == AF_INET) {
         memcpy(addr, &((const struct sockaddr_in *)ss)->sin_addr, 4);
         return 4;
     }
     if (ss->ss_family == AF_INET6) {
-        memcpy(addr, &((const struct sockaddr_in6 *)ss)->sin6_addr, 16);
-        return 16;
+        const struct in6_addr *a = &((const struct sockaddr_in6 *)ss)->sin6_addr;
+        if (IN6_IS_ADDR_V4MAPPED(a)) { /* a dual-stack listener's IPv4 client */
+            memcpy(addr, a->s6_addr + 12, 4);
+            return 4;
+        }
+        /* One host (one customer of a provider) typically owns a whole /64 and may take any
+         * address in it: keyed on each address, it would have 2^64 budgets. */
+        memcpy(addr, a->s6_addr, 8);
+        return 8;
     }
     return 0;
+}
+
+const char *sl_http_addr_key_text(const unsigned char addr[16], socklen_t len, char *buf, size_t size)
+{
+    unsigned char full[16] = {0};
+    memcpy(full, addr, len <= 16 ? len : 16);
+    if ((len != 4 && len != 8) || inet_ntop(len == 4 ? AF_INET : AF_INET6, full, buf, (socklen_t)size) == NULL) {
+        snprintf(buf, size, "%s", "");
+        return buf;
+    }
+    if (len == 8 && strlen(buf) + 4 < size)
+        strcat(buf, "/64");
+    return buf;
 }
 
 static socklen_t peer_key(h2o_socket_t *sock, unsigned char addr[16])
@@ -137,8 +158,8 @@ static int over_client_limit(sl_http_server_t *s, h2o_socket_t *sock, struct sl_
     }
     s->refused_per_client++;
     if (!(*peer)->refusing) {
-        char text[INET6_ADDRSTRLEN];
-        inet_ntop(len == 4 ? AF_INET : AF_INET6, addr, text, sizeof(text));
+        char text[INET6_ADDRSTRLEN + 4];
+        sl_http_addr_key_text(addr, len, text, sizeof(text));
         SL_WARN("event=client_connections_refused peer=%s limit=%lld", text, s->opts.max_conns_per_client);
         (*peer)->refusing = 1;
     }

@@ -140,9 +140,16 @@ void sl_http_method_not_allowed(h2o_req_t *req, const char *allow);
 /* The client's address as text ("127.0.0.1"), in buf (at least 64 bytes); "" when unknown. */
 const char *sl_http_peer(h2o_req_t *req, char *buf, size_t len);
 
-/* An address as a key for per-client accounting: its 4 (IPv4) or 16 (IPv6) bytes copied to addr;
- * returns their count, 0 for another family. */
+/* An address as the key of per-client accounting, the one every per-client limit uses (the
+ * connections per client here, the history caps in sl_stream): an IPv4 address is its 4 bytes;
+ * an IPv6 address is its /64 prefix, 8 bytes (one host typically owns a /64 and can take any
+ * address in it); an IPv4-mapped IPv6 address (::ffff:a.b.c.d) is its IPv4 address's 4 bytes.
+ * The key is written to addr, whose other bytes are zeroed. Returns its length (4 or 8), 0 for
+ * another family (no key: not counted per client). Pure; any thread. */
 socklen_t sl_http_addr_key(const struct sockaddr_storage *ss, unsigned char addr[16]);
+/* A key as text for logs ("192.0.2.1", "2001:db8:1:2::/64") in buf (INET6_ADDRSTRLEN + 4 bytes
+ * suffice); "" for a length that is not a key's. Returns buf. */
+const char *sl_http_addr_key_text(const unsigned char addr[16], socklen_t len, char *buf, size_t size);
 /* 1 when the client connects from a loopback address (127.0.0.0/8, ::1). */
 int sl_http_peer_is_loopback(h2o_req_t *req);
 

@@ -55,7 +55,8 @@ struct stream_conn {
     int aborting;
 };
 
-/* One client address's history reads in progress. */
+/* One client's history reads in progress; the client is its sl_http_addr_key (an IPv4 address,
+ * an IPv6 /64). */
 struct histpeer {
     socklen_t len;
     unsigned char addr[16];
