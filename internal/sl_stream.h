@@ -12,10 +12,12 @@
  * memory. A client that keeps up may take one answer bigger than the limit (a long history).
  *
  * History is the expensive part (up to replay_max + 1 rows from the database), so reads are
- * capped: history_concurrency at once per instance, history_per_client per client address. A
- * stream over a cap is refused with 503 history_busy (Retry-After), a WebSocket subscribe with an
- * error frame history_busy (the subscription is dropped). A client that leaves while its history
- * is read is noticed within 2 s; its query is cancelled (sl_pgpool_cancel) and its place freed.
+ * capped: history_concurrency at once per instance, history_per_client per client (an IPv4 address
+ * or an IPv6 /64: sl_http_addr_key). A stream over a cap is refused with 503 history_busy
+ * (Retry-After), a WebSocket subscribe with an error frame history_busy (the subscription is
+ * dropped). A client that leaves while its history is read is noticed within 2 s (a WebSocket's at
+ * once; an unsubscribe is the same); its query is cancelled (sl_pgpool_cancel: one still queued in
+ * the pool leaves the queue, a running one's answer is dropped) and its place freed.
  *
  * Transports plug in through one table of functions each (struct sl_transport, in the private
  * sl_stream_int.h), as Nchan's subscribers do: sl_stream_sse.c and sl_stream_ndjson.c over the

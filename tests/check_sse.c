@@ -2132,6 +2132,116 @@ START_TEST(test_departed_clients_history_is_cancelled)
 }
 END_TEST
 
+/* Waits until series is at most max; 1 when it got there. */
+static int wait_metric_at_most(int port, const char *series, double max, int timeout_ms)
+{
+    for (long long end = tu_now_ms() + timeout_ms; tu_now_ms() < end; tu_sleep_ms(50)) {
+        double v = metric(port, series);
+        if (v >= 0 && v <= max)
+            return 1;
+    }
+    double v = metric(port, series);
+    return v >= 0 && v <= max;
+}
+
+/* Histories still QUEUED in the pool (not yet sent to the database) when their client leaves:
+ * the sse has one database connection for histories, held up by a lock, so of each round's
+ * CAP reads one is running (or the one of an earlier round still is) and the rest wait in the
+ * queue. Round after round, CAP WebSocket clients subscribe (since=1) and go away (the socket
+ * dropped without a close frame, or an unsubscribe), then CAP since=1 streams connect and drop.
+ * After each, while the lock still holds: every slot is back (the next round, at the cap again,
+ * is not refused), and only the one statement already sent is pending: the queued ones left the
+ * queue rather than wait for their deadline (60 s here). Once the lock goes, nothing is pending,
+ * and a new stream and a new subscription get their history. */
+START_TEST(test_departed_queued_histories_leave_the_queue)
+{
+    enum { ROUNDS = 4, CAP = 4, MSGS = 5 };
+    const char *env[] = {"SLUICE_SSE_CHECK_MS=200",         "SLUICE_SSE_RECENT=0",
+                         "SLUICE_SSE_HEARTBEAT_MS=1000",    "SLUICE_SSE_HISTORY_CONCURRENCY=4",
+                         "SLUICE_SSE_HISTORY_PER_CLIENT=4", "SLUICE_SSE_DB_CONNS=1",
+                         "SLUICE_DB_QUERY_TIMEOUT_MS=60000", NULL};
+    static const char inflight[] = "sluice_sse_history_inflight";
+    static const char pending[] = "sluice_sse_db_pending_queries{pool=\"streams\"}";
+    static const char sub[] = "{\"command\":\"subscribe\",\"channel\":\"general\",\"since\":1}";
+    static reader_t late;
+    static tu_ws_t ws[CAP];
+    long long ws_ms = 0, stream_ms = 0;
+    start_stack("ssequeuedrop", env);
+    PGconn *db = tu_db(&S), *locker = tu_db(&S);
+    post_many(MSGS, MSGS, 0, NULL, NULL, "general", NULL);
+    ck_assert_int_eq(tu_wait_rows(db, MSGS, 20000), MSGS);
+    wait_hub(S.sse_port, MSGS);
+
+    db_exec(locker, "BEGIN");
+    db_exec(locker, "LOCK TABLE messages IN ACCESS EXCLUSIVE MODE");
+    for (int r = 0; r < ROUNDS; r++) {
+        for (int i = 0; i < CAP; i++) {
+            ck_assert_int_eq(tu_ws_open(&ws[i], S.sse_port, "/v1/ws", 10000), 0);
+            ck_assert_int_eq(tu_ws_send_text(&ws[i], sub), 0);
+            ws_expect_type(&ws[i], "subscribed", "channel", "general"); /* not history_busy */
+        }
+        ck_assert(wait_metric(S.sse_port, inflight, CAP, 5000));
+        /* CAP histories asked; one statement on the connection (this round's, or an earlier one's) */
+        ck_assert_msg(wait_metric_at_most(S.sse_port, pending, CAP + 1, 5000) &&
+                          metric(S.sse_port, pending) >= CAP,
+                      "round %d: %.0f pending with %d subscriptions waiting", r, metric(S.sse_port, pending), CAP);
+        long long t0 = tu_now_ms();
+        ck_assert_int_eq(tu_ws_send_text(&ws[0], "{\"command\":\"unsubscribe\",\"channel\":\"general\"}"), 0);
+        ws_expect_type(&ws[0], "unsubscribed", "channel", "general");
+        for (int i = 0; i < CAP; i++)
+            tu_ws_close(&ws[i]);
+        ck_assert_msg(wait_metric(S.sse_port, inflight, 0, 5000), "round %d: departed WebSockets hold %.0f slots", r,
+                      metric(S.sse_port, inflight));
+        ck_assert_msg(wait_metric_at_most(S.sse_port, pending, 1, 5000),
+                      "round %d: %.0f queries pending after the WebSockets left (1 statement was sent)", r,
+                      metric(S.sse_port, pending));
+        ws_ms += tu_now_ms() - t0;
+
+        int fds[CAP];
+        for (int i = 0; i < CAP; i++)
+            ck_assert_int_ge(fds[i] = connect_and_ask(S.sse_port), 0);
+        ck_assert_msg(wait_metric(S.sse_port, inflight, CAP, 5000), "round %d: %.0f streams reading, want %d", r,
+                      metric(S.sse_port, inflight), CAP);
+        t0 = tu_now_ms();
+        for (int i = 0; i < CAP; i++)
+            close(fds[i]);
+        ck_assert_msg(wait_metric(S.sse_port, inflight, 0, 5000), "round %d: departed streams hold %.0f slots", r,
+                      metric(S.sse_port, inflight));
+        ck_assert_msg(wait_metric_at_most(S.sse_port, pending, 1, 5000),
+                      "round %d: %.0f queries pending after the streams left", r, metric(S.sse_port, pending));
+        stream_ms += tu_now_ms() - t0;
+    }
+    ck_assert(metric(S.sse_port, "sluice_sse_history_refused_total{reason=\"instance\"}") == 0);
+    ck_assert(metric(S.sse_port, "sluice_sse_history_refused_total{reason=\"client\"}") == 0);
+
+    db_exec(locker, "COMMIT");
+    ck_assert(wait_metric(S.sse_port, pending, 0, 5000));
+    long long t1 = tu_now_ms();
+    reader_open_ok(&late, S.sse_port, "/v1/stream?channels=general&since=1", NULL);
+    ck_assert(reader_until(&late, MSGS, 5000));
+    long long late_stream_ms = tu_now_ms() - t1;
+    const long long want[] = {2, 3, 4, 5};
+    assert_seqs(&late, 0, want, MSGS - 1, "the stream after the drops");
+    t1 = tu_now_ms();
+    ck_assert_int_eq(tu_ws_open(&ws[0], S.sse_port, "/v1/ws", 10000), 0);
+    ck_assert_int_eq(tu_ws_send_text(&ws[0], sub), 0);
+    ws_expect_type(&ws[0], "subscribed", "channel", "general");
+    ws_expect_history(&ws[0], "general", want, MSGS - 1);
+    long long late_ws_ms = tu_now_ms() - t1;
+    ck_assert(wait_metric(S.sse_port, inflight, 0, 5000));
+    fprintf(stderr,
+            "queued drops: %d rounds of %d WebSockets and %d streams left with their history queued; slots and "
+            "queue free after %lld ms (WebSocket) / %lld ms (stream) on average; then a stream's history in %lld ms, "
+            "a subscription's in %lld ms\n",
+            ROUNDS, CAP, CAP, ws_ms / ROUNDS, stream_ms / ROUNDS, late_stream_ms, late_ws_ms);
+    tu_ws_close(&ws[0]);
+    reader_free(&late);
+    PQfinish(locker);
+    PQfinish(db);
+    tu_stack_cleanup(&S);
+}
+END_TEST
+
 /* ---- 11. a measurement (opt-in: SLUICE_TEST_ONLY=measure_history) ------------------------------- */
 
 struct dropper {
@@ -2279,6 +2389,7 @@ int main(void)
         {"abuse_upgrade_sigterm", test_sigterm_with_unwritten_upgrades},
         {"abuse_history_caps", test_history_caps_refuse_with_retry_after},
         {"abuse_history_drops", test_departed_clients_history_is_cancelled},
+        {"abuse_queued_drops", test_departed_queued_histories_leave_the_queue},
         /* opt-in: a measurement that prints figures (SLUICE_TEST_ONLY=measure_history) */
         {"measure_history", test_measure_history_drops},
         /* last: it stops and starts the shared servers */
