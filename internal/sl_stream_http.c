@@ -312,14 +312,15 @@ int sl_stream_parse_channels(const char *list, size_t len, long long max, char (
     while (p <= end) {
         const char *comma = memchr(p, ',', (size_t)(end - p));
         const char *stop = comma != NULL ? comma : end;
-        size_t l = (size_t)(stop - p);
-        if (!sl_channel_valid(p, l)) {
-            sl_error_set(err, 400, "invalid_channel", "channels", "every channel must match [a-z0-9_-]{1,64}");
+        const char *name;
+        size_t l = sl_channel_canon(p, (size_t)(stop - p), &name);
+        if (l == 0) {
+            sl_error_set(err, 400, "invalid_channel", "channels", "every channel must be " SL_CHANNEL_RULE);
             goto Fail;
         }
         int dup = 0;
         for (size_t i = 0; i < n; i++)
-            dup |= strlen(ch[i]) == l && memcmp(ch[i], p, l) == 0;
+            dup |= strlen(ch[i]) == l && memcmp(ch[i], name, l) == 0;
         if (!dup) {
             if ((long long)n >= max) {
                 sl_error_set(err, 400, "too_many_channels", "channels", "at most %lld channels per stream", max);
@@ -334,7 +335,7 @@ int sl_stream_parse_channels(const char *list, size_t len, long long max, char (
                 }
                 ch = nc;
             }
-            memcpy(ch[n], p, l);
+            memcpy(ch[n], name, l);
             ch[n][l] = '\0';
             n++;
         }

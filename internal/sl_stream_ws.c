@@ -531,11 +531,14 @@ int sl_stream_ws_parse(const char *text, size_t len, long long history_default, 
         goto Exit;
     }
     v = json_object_get(root, "channel");
-    if (!json_is_string(v) || !sl_channel_valid(json_string_value(v), json_string_length(v))) {
-        sl_error_set(err, 400, "invalid_channel", NULL, "'channel' must match [a-z0-9_-]{1,64}");
+    const char *name;
+    size_t l = json_is_string(v) ? sl_channel_canon(json_string_value(v), json_string_length(v), &name) : 0;
+    if (l == 0) {
+        sl_error_set(err, 400, "invalid_channel", NULL, "'channel' must be " SL_CHANNEL_RULE);
         goto Exit;
     }
-    memcpy(cmd->channel, json_string_value(v), json_string_length(v) + 1);
+    memcpy(cmd->channel, name, l);
+    cmd->channel[l] = '\0';
     cmd->history = history_default;
     cmd->since = -1;
     if (cmd->verb == SL_WS_SUBSCRIBE && (v = json_object_get(root, "history")) != NULL) {

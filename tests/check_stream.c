@@ -54,12 +54,19 @@ START_TEST(test_parse_channels)
     ck_assert_str_eq(ch[1], "news");
     ck_assert_str_eq(ch[2], "a-b_9");
     free(ch);
+    /* "#news" is news (a query's %23news arrives decoded): one channel, named without '#' */
+    list = "#general,news,general,#news";
+    ck_assert_int_eq(sl_stream_parse_channels(list, strlen(list), 3, &ch, &err), 2);
+    ck_assert_str_eq(ch[0], "general");
+    ck_assert_str_eq(ch[1], "news");
+    free(ch);
 
     const struct {
         const char *list;
         const char *code;
     } bad[] = {{"", "invalid_channel"},      {"a,", "invalid_channel"},    {",a", "invalid_channel"},
                {"a,,b", "invalid_channel"},  {"A", "invalid_channel"},     {"a b", "invalid_channel"},
+               {"#", "invalid_channel"},     {"##a", "invalid_channel"},   {"a#", "invalid_channel"},
                {"a,b,c,d", "too_many_channels"}};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         ch = NULL;
@@ -103,6 +110,8 @@ START_TEST(test_ws_parse)
     ck_assert_int_eq(ws("{\"command\":\"unsubscribe\",\"channel\":\"n\",\"history\":-5}", &c, &err), 0);
     ck_assert_int_eq(c.verb, SL_WS_UNSUBSCRIBE);
     ck_assert_str_eq(c.channel, "n");
+    ck_assert_int_eq(ws("{\"command\":\"subscribe\",\"channel\":\"#general\"}", &c, &err), 0);
+    ck_assert_str_eq(c.channel, "general");
 
     const struct {
         const char *text, *code;
@@ -117,6 +126,7 @@ START_TEST(test_ws_parse)
         {"{\"command\":\"subscribe\"}", "invalid_channel"},
         {"{\"command\":\"subscribe\",\"channel\":\"No!\"}", "invalid_channel"},
         {"{\"command\":\"unsubscribe\",\"channel\":\"\"}", "invalid_channel"},
+        {"{\"command\":\"subscribe\",\"channel\":\"#\"}", "invalid_channel"},
         {"{\"command\":\"subscribe\",\"channel\":\"a\\u0000b\"}", "invalid_json"}, /* jansson refuses NUL */
         {"{\"command\":\"subscribe\",\"channel\":\"x\",\"history\":1001}", "invalid_history"},
         {"{\"command\":\"subscribe\",\"channel\":\"x\",\"history\":-1}", "invalid_history"},
