@@ -111,16 +111,22 @@ static void wssub_free(struct wssub *sub)
     free(sub);
 }
 
-static void ws_close_now(struct wsconn *w)
+/* Ends every subscription: no more events, history reads cancelled, cap slots freed. */
+static void ws_drop_subs(struct wsconn *w)
 {
-    if (w->closed)
-        return;
-    w->closed = 1;
     for (size_t i = 0; i < w->nsubs; i++)
         wssub_free(w->subs[i]);
     free(w->subs);
     w->subs = NULL;
     w->nsubs = 0;
+}
+
+static void ws_close_now(struct wsconn *w)
+{
+    if (w->closed)
+        return;
+    w->closed = 1;
+    ws_drop_subs(w);
     sl_stream_conn_set_queued(&w->super, 0);
     sl_stream_conn_unregister(&w->super);
     if (w->ws != NULL)
@@ -406,6 +412,7 @@ static void ws_command(struct wsconn *w, const char *text, size_t len)
 static void ws_refuse(struct wsconn *w, uint16_t code, const char *reason)
 {
     w->closing = 1;
+    ws_drop_subs(w); /* nothing more is sent, so nothing more is read for it */
     wslay_event_queue_close(w->ws->ws_ctx, code, (const uint8_t *)reason, strlen(reason));
     sl_stream_mark_dirty(&w->super);
 }

@@ -151,6 +151,17 @@ static double metric(int port, const char *series)
     return v;
 }
 
+/* metric() for a series that must be there: retried for 3 s while /metrics cannot answer (e.g. the
+ * client's connections are still counted from sockets just closed), then the test fails. */
+static double metric_must(int port, const char *series)
+{
+    double v = metric(port, series);
+    for (long long end = tu_now_ms() + 3000; v < 0 && tu_now_ms() < end; v = metric(port, series))
+        tu_sleep_ms(50);
+    ck_assert_msg(v >= 0, "no %s in sse's /metrics", series);
+    return v;
+}
+
 static int wait_metric(int port, const char *series, double want, int timeout_ms)
 {
     for (long long end = tu_now_ms() + timeout_ms; tu_now_ms() < end; tu_sleep_ms(100)) {
@@ -2101,15 +2112,15 @@ START_TEST(test_departed_clients_history_is_cancelled)
         if (fds[i] >= 0)
             close(fds[i]);
     ck_assert_int_eq(sent, DROPS);
-    double peak = metric(S.sse_port, "sluice_sse_history_inflight");
-    double pending = metric(S.sse_port, "sluice_sse_db_pending_queries{pool=\"streams\"}");
+    double peak = metric_must(S.sse_port, "sluice_sse_history_inflight");
+    double pending = metric_must(S.sse_port, "sluice_sse_db_pending_queries{pool=\"streams\"}");
     ck_assert_msg(peak <= CAP && pending <= CAP, "in flight %.0f, pending %.0f (cap %d)", peak, pending, CAP);
     ck_assert_msg(wait_metric(S.sse_port, "sluice_sse_history_inflight", 0, 10000),
                   "departed clients still hold %.0f history slots", metric(S.sse_port, "sluice_sse_history_inflight"));
     long long freed_ms = tu_now_ms() - t0;
-    pending = metric(S.sse_port, "sluice_sse_db_pending_queries{pool=\"streams\"}");
+    pending = metric_must(S.sse_port, "sluice_sse_db_pending_queries{pool=\"streams\"}");
     ck_assert_msg(pending <= CONNS, "%.0f queries pending with the lock held (%d connections)", pending, CONNS);
-    double refused = metric(S.sse_port, "sluice_sse_history_refused_total{reason=\"instance\"}");
+    double refused = metric_must(S.sse_port, "sluice_sse_history_refused_total{reason=\"instance\"}");
     /* how many the service took before the sockets went varies with the machine's load */
     ck_assert_msg(refused >= 1, "none refused past the cap");
     db_exec(locker, "COMMIT");
