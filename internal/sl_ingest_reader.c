@@ -47,6 +47,7 @@ struct sl_ingest_reader {
     sl_ingest_reader_status_t st;
 
     /* the thread's own */
+    sl_mastodon_ids_t *ids;   /* the statuses read, for deletes (NULL: remembers nothing) */
     unsigned seed;
     char since_id[SL_MASTODON_STATUS_ID_MAX + 1];
 };
@@ -212,7 +213,7 @@ static int on_sse_event(void *arg, const char *event, const char *data, size_t l
     char why[192], q[256];
     LOCKED(r, r->st.received++);
     sl_mastodon_result_t res =
-        sl_mastodon_stream_event(event, data, len, r->conf.instance, r->conf.channel, &m, why, sizeof(why));
+        sl_mastodon_stream_event(event, data, len, r->conf.instance, r->conf.channel, r->ids, &m, why, sizeof(why));
     if (res == SL_MASTODON_SKIP) {
         LOCKED(r, r->st.skipped++);
         SL_INFO("event=skipped type=%s reason=%s", sl_log_quote(q, 80, event), sl_log_quote(q + 80, sizeof(q) - 80, why));
@@ -471,7 +472,8 @@ static int push_page(sl_ingest_reader_t *r, json_t *arr)
         sl_message_t m;
         char why[192];
         LOCKED(r, r->st.received++);
-        sl_mastodon_result_t res = sl_mastodon_status_to_message(v[i], r->conf.instance, r->conf.channel, &m, why, sizeof(why));
+        sl_mastodon_result_t res =
+            sl_mastodon_status_to_message(v[i], r->conf.instance, r->conf.channel, r->ids, &m, why, sizeof(why));
         if (res != SL_MASTODON_OK) {
             LOCKED(r, if (res == SL_MASTODON_SKIP) r->st.skipped++; else r->st.invalid++);
             SL_INFO("event=skipped reason=%s", sl_log_quote(q, sizeof(q), why));
@@ -621,9 +623,12 @@ sl_ingest_reader_t *sl_ingest_reader_create(const sl_ingest_reader_conf_t *conf)
         r->conf.queue_cap = 1;
     r->ring = calloc(r->conf.queue_cap, sizeof(*r->ring));
     r->multi = curl_multi_init();
-    if (r->ring == NULL || r->multi == NULL) {
+    if (conf->ids_cap > 0)
+        r->ids = sl_mastodon_ids_create(conf->ids_cap);
+    if (r->ring == NULL || r->multi == NULL || (conf->ids_cap > 0 && r->ids == NULL)) {
         if (r->multi != NULL)
             curl_multi_cleanup(r->multi);
+        sl_mastodon_ids_destroy(r->ids);
         free(r->ring);
         free(r);
         return NULL;
@@ -701,6 +706,7 @@ void sl_ingest_reader_destroy(sl_ingest_reader_t *r)
     sl_ingest_reader_stop(r);
     sl_ingest_reader_reap(r, 1);
     curl_multi_cleanup(r->multi);
+    sl_mastodon_ids_destroy(r->ids);
     pthread_cond_destroy(&r->space);
     pthread_cond_destroy(&r->wakeup);
     pthread_mutex_destroy(&r->lock);

@@ -40,6 +40,7 @@ typedef struct sl_ingest_reader_conf {
     long long poll_limit;          /* statuses per page (Mastodon allows up to 40) */
     long long poll_max_pages;      /* pages followed in one poll to fill a gap */
     size_t queue_cap;              /* items handed over but not yet popped */
+    size_t ids_cap;                /* statuses remembered for their deletes (sl_mastodon_ids_t); 0: none */
     int wake_fd;                   /* written (8 bytes, eventfd style) after each push; not owned */
 } sl_ingest_reader_conf_t;
 

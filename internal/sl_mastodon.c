@@ -365,13 +365,114 @@ int sl_mastodon_instance_norm(const char *url, char *out, size_t size)
     return 0;
 }
 
-int sl_mastodon_message_id(const char *instance, const char *status_id, char out[SL_UUID_STRLEN])
+int sl_mastodon_local_id(const char *instance, const char *status_id, char out[SL_UUID_STRLEN])
 {
     char name[SL_MASTODON_INSTANCE_MAX + SL_MASTODON_STATUS_ID_MAX + 32];
     int n = snprintf(name, sizeof(name), "%s/api/v1/statuses/%s", instance, status_id);
     if (n < 0 || (size_t)n >= sizeof(name))
         return -1;
     return sl_uuid_v5(SL_MASTODON_NAMESPACE, name, (size_t)n, out);
+}
+
+/* s[0..len) is text we may store and show: valid UTF-8 without NUL or control characters (C0,
+ * DEL, C1 as code points: bytes 0x80-0x9f are parts of letters). */
+static int clean_line(const char *s, size_t len)
+{
+    if (memchr(s, '\0', len) != NULL || sl_utf8_count(s, len) < 0)
+        return 0;
+    for (size_t k = 0; k < len; k++) {
+        unsigned char c = (unsigned char)s[k];
+        if (c < 0x20 || c == 0x7f || (c == 0xc2 && k + 1 < len && (unsigned char)s[k + 1] < 0xa0))
+            return 0;
+    }
+    return 1;
+}
+
+int sl_mastodon_uri_id(const char *uri, size_t len, char out[SL_UUID_STRLEN])
+{
+    if (len == 0 || len > SL_URL_MAX || !clean_line(uri, len))
+        return -1;
+    return sl_uuid_v5(SL_MASTODON_URI_NAMESPACE, uri, len, out);
+}
+
+/* ---- what a source remembers ------------------------------------------------------------------ */
+
+#define IDS_WAYS 4
+
+struct ids_entry {
+    uint8_t local[16], id[16];
+    uint64_t stamp; /* when it was put (0: empty) */
+};
+
+struct sl_mastodon_ids {
+    struct ids_entry *e;
+    size_t sets;    /* a power of two */
+    uint64_t clock;
+};
+
+sl_mastodon_ids_t *sl_mastodon_ids_create(size_t cap)
+{
+    sl_mastodon_ids_t *ids = calloc(1, sizeof(*ids));
+    if (ids == NULL)
+        return NULL;
+    ids->sets = 1;
+    while (ids->sets * IDS_WAYS < cap)
+        ids->sets *= 2;
+    if ((ids->e = calloc(ids->sets * IDS_WAYS, sizeof(*ids->e))) == NULL) {
+        free(ids);
+        return NULL;
+    }
+    return ids;
+}
+
+void sl_mastodon_ids_destroy(sl_mastodon_ids_t *ids)
+{
+    if (ids == NULL)
+        return;
+    free(ids->e);
+    free(ids);
+}
+
+/* The set of a key: local keys are SHA-1 based, so any of their bytes spread evenly. */
+static struct ids_entry *ids_set(const sl_mastodon_ids_t *ids, const uint8_t local[16])
+{
+    uint64_t h;
+    memcpy(&h, local, sizeof(h));
+    return &ids->e[(h & (ids->sets - 1)) * IDS_WAYS];
+}
+
+void sl_mastodon_ids_put(sl_mastodon_ids_t *ids, const char *local, const char *id)
+{
+    uint8_t k[16], v[16];
+    if (ids == NULL || sl_uuid_parse(local, strlen(local), k) != 0 || sl_uuid_parse(id, strlen(id), v) != 0)
+        return;
+    struct ids_entry *set = ids_set(ids, k), *slot = &set[0];
+    for (int w = 0; w < IDS_WAYS; w++) {
+        if (set[w].stamp != 0 && memcmp(set[w].local, k, 16) == 0) {
+            slot = &set[w];
+            break;
+        }
+        if (set[w].stamp < slot->stamp) /* an empty one (0), else the oldest */
+            slot = &set[w];
+    }
+    memcpy(slot->local, k, 16);
+    memcpy(slot->id, v, 16);
+    slot->stamp = ++ids->clock;
+}
+
+int sl_mastodon_ids_get(const sl_mastodon_ids_t *ids, const char *local, char out[SL_UUID_STRLEN])
+{
+    uint8_t k[16];
+    if (ids == NULL || sl_uuid_parse(local, strlen(local), k) != 0)
+        return 0;
+    const struct ids_entry *set = ids_set(ids, k);
+    for (int w = 0; w < IDS_WAYS; w++) {
+        if (set[w].stamp != 0 && memcmp(set[w].local, k, 16) == 0) {
+            sl_uuid_format(set[w].id, out);
+            return 1;
+        }
+    }
+    return 0;
 }
 
 /* A status id: 1 to 64 visible ASCII characters other than '/', '?', '#' (Mastodon's are decimal). */
@@ -415,29 +516,29 @@ static int64_t time_field(json_t *obj, const char *name)
     return s != NULL && sl_time_parse(s, len, &us) == 0 ? us : 0;
 }
 
-/* s[0..len) is a link a reader may follow: http: or https:, at most SL_URL_MAX bytes, valid UTF-8
- * without NUL or control characters (C0, DEL, C1 as code points: bytes 0x80-0x9f are parts of
- * letters). */
+/* s[0..len) is a link a reader may follow: http: or https:, at most SL_URL_MAX bytes, a clean line
+ * (clean_line). */
 static int web_link(const char *s, size_t len)
 {
-    if (len == 0 || len > SL_URL_MAX || memchr(s, '\0', len) != NULL || sl_utf8_count(s, len) < 0)
+    if (len == 0 || len > SL_URL_MAX || !clean_line(s, len))
         return 0;
-    if (!(len > 8 && strncasecmp(s, "https://", 8) == 0) && !(len > 7 && strncasecmp(s, "http://", 7) == 0))
-        return 0;
-    for (size_t k = 0; k < len; k++) {
-        unsigned char c = (unsigned char)s[k];
-        if (c < 0x20 || c == 0x7f || (c == 0xc2 && k + 1 < len && (unsigned char)s[k + 1] < 0xa0))
-            return 0;
-    }
-    return 1;
+    return (len > 8 && strncasecmp(s, "https://", 8) == 0) || (len > 7 && strncasecmp(s, "http://", 7) == 0);
 }
 
-/* Fills everything a status gives: id, author, text, url, created_at, edited_at. */
-static sl_mastodon_result_t map_status(json_t *st, const char *instance, const char *channel, sl_message_t *m,
-                                       char *why, size_t whylen)
+static int visible(json_t *st, const char **vis)
+{
+    *vis = str_field(st, "visibility", NULL);
+    return *vis == NULL || strcmp(*vis, "public") == 0 || strcmp(*vis, "unlisted") == 0;
+}
+
+/* Fills everything a status gives: id, author, text, url, created_at, edited_at (a boost: see
+ * sl_mastodon_status_to_message); ids learns the status's local key. */
+static sl_mastodon_result_t map_status(json_t *st, const char *instance, const char *channel, sl_mastodon_ids_t *ids,
+                                       sl_message_t *m, char *why, size_t whylen)
 {
     size_t len;
     const char *id, *s;
+    char local[SL_UUID_STRLEN];
     memset(m, 0, sizeof(*m));
     if (!json_is_object(st)) {
         snprintf(why, whylen, "the status is not a JSON object");
@@ -447,19 +548,29 @@ static sl_mastodon_result_t map_status(json_t *st, const char *instance, const c
         snprintf(why, whylen, "the status has no usable id");
         return SL_MASTODON_INVALID;
     }
-    if (sl_mastodon_message_id(instance, id, m->id) != 0) {
+    if (sl_mastodon_local_id(instance, id, local) != 0) {
         snprintf(why, whylen, "could not derive an id for status %s", id);
         return SL_MASTODON_INVALID;
     }
-    s = str_field(st, "visibility", NULL);
-    if (s != NULL && strcmp(s, "public") != 0 && strcmp(s, "unlisted") != 0) {
+    /* one post, one id, whichever instance it is read from */
+    if ((s = str_field(st, "uri", &len)) == NULL || sl_mastodon_uri_id(s, len, m->id) != 0)
+        memcpy(m->id, local, SL_UUID_STRLEN);
+    if (!visible(st, &s)) {
         snprintf(why, whylen, "status %s is not public (%.16s)", id, s);
         return SL_MASTODON_SKIP;
     }
-    json_t *reblog = json_object_get(st, "reblog");
+    /* A boost is the booster's message, showing the boosted status (its text, url, edit time). */
+    json_t *shown = st, *reblog = json_object_get(st, "reblog");
     if (reblog != NULL && !json_is_null(reblog)) {
-        snprintf(why, whylen, "status %s is a boost", id);
-        return SL_MASTODON_SKIP;
+        if (!json_is_object(reblog)) {
+            snprintf(why, whylen, "status %s boosts something that is not a status", id);
+            return SL_MASTODON_INVALID;
+        }
+        if (!visible(reblog, &s)) {
+            snprintf(why, whylen, "status %s boosts a status that is not public (%.16s)", id, s);
+            return SL_MASTODON_SKIP;
+        }
+        shown = reblog;
     }
     json_t *account = json_object_get(st, "account");
     if ((s = str_field(account, "acct", &len)) == NULL || len == 0)
@@ -471,7 +582,7 @@ static sl_mastodon_result_t map_status(json_t *st, const char *instance, const c
 
     /* The text: a content warning first (the post hides behind it), then the content. */
     sl_buf_t text = SL_BUF_INIT;
-    const char *spoiler = str_field(st, "spoiler_text", &len);
+    const char *spoiler = str_field(shown, "spoiler_text", &len);
     if (spoiler != NULL && len > 0) { /* plain text, unlike content */
         char cw[SL_TEXT_MAX_CHARS * 4 + 1];
         sl_mastodon_cut(spoiler, len, cw, sizeof(cw), SL_TEXT_MAX_CHARS, 0, 1);
@@ -479,7 +590,7 @@ static sl_mastodon_result_t map_status(json_t *st, const char *instance, const c
             sl_buf_appendf(&text, "CW: %s\n\n", cw);
     }
     size_t before = text.len;
-    if ((s = str_field(st, "content", &len)) != NULL)
+    if ((s = str_field(shown, "content", &len)) != NULL)
         sl_mastodon_html_to_text(s, len, SL_TEXT_MAX_CHARS + 1, &text);
     if (text.len == before) {
         sl_buf_free(&text);
@@ -493,26 +604,28 @@ static sl_mastodon_result_t map_status(json_t *st, const char *instance, const c
      * no control characters; "javascript:" and the like are never stored) */
     const char *const fields[] = {"url", "uri"};
     for (int f = 0; f < 2 && m->url[0] == '\0'; f++) {
-        if ((s = str_field(st, fields[f], &len)) != NULL && web_link(s, len))
+        if ((s = str_field(shown, fields[f], &len)) != NULL && web_link(s, len))
             memcpy(m->url, s, len + 1);
     }
     m->created_at_us = time_field(st, "created_at");
     if (m->created_at_us == 0)
         m->created_at_us = sl_time_now_us(); /* a post is not lost for a bad timestamp */
-    m->edited_at_us = time_field(st, "edited_at");
+    m->edited_at_us = time_field(shown, "edited_at");
     snprintf(m->channel, sizeof(m->channel), "%s", channel);
     strcpy(m->source, SL_MASTODON_SOURCE);
+    if (strcmp(m->id, local) != 0)
+        sl_mastodon_ids_put(ids, local, m->id);
     return SL_MASTODON_OK;
 }
 
 sl_mastodon_result_t sl_mastodon_status_to_message(json_t *status, const char *instance, const char *channel,
-                                                   sl_message_t *m, char *why, size_t whylen)
+                                                   sl_mastodon_ids_t *ids, sl_message_t *m, char *why, size_t whylen)
 {
-    return map_status(status, instance, channel, m, why, whylen);
+    return map_status(status, instance, channel, ids, m, why, whylen);
 }
 
 static sl_mastodon_result_t parse_and_map(const char *data, size_t len, const char *instance, const char *channel,
-                                          sl_message_t *m, char *why, size_t whylen)
+                                          sl_mastodon_ids_t *ids, sl_message_t *m, char *why, size_t whylen)
 {
     json_error_t jerr;
     json_t *st = json_loadb(data, len, 0, &jerr);
@@ -520,18 +633,19 @@ static sl_mastodon_result_t parse_and_map(const char *data, size_t len, const ch
         snprintf(why, whylen, "the status is not JSON: %s", jerr.text);
         return SL_MASTODON_INVALID;
     }
-    sl_mastodon_result_t r = map_status(st, instance, channel, m, why, whylen);
+    sl_mastodon_result_t r = map_status(st, instance, channel, ids, m, why, whylen);
     json_decref(st);
     return r;
 }
 
 sl_mastodon_result_t sl_mastodon_stream_event(const char *event, const char *data, size_t len, const char *instance,
-                                              const char *channel, sl_message_t *m, char *why, size_t whylen)
+                                              const char *channel, sl_mastodon_ids_t *ids, sl_message_t *m, char *why,
+                                              size_t whylen)
 {
     if (strcmp(event, "update") == 0)
-        return parse_and_map(data, len, instance, channel, m, why, whylen);
+        return parse_and_map(data, len, instance, channel, ids, m, why, whylen);
     if (strcmp(event, "status.update") == 0) {
-        sl_mastodon_result_t r = parse_and_map(data, len, instance, channel, m, why, whylen);
+        sl_mastodon_result_t r = parse_and_map(data, len, instance, channel, ids, m, why, whylen);
         if (r != SL_MASTODON_OK)
             return r;
         m->type = SL_MESSAGE_UPDATE;
@@ -560,7 +674,14 @@ sl_mastodon_result_t sl_mastodon_stream_event(const char *event, const char *dat
         memcpy(id, data, len);
         id[len] = '\0';
         m->type = SL_MESSAGE_DELETE;
-        if (sl_mastodon_message_id(instance, id, m->id) != 0 || sl_message_event_id(m, m->event_id) != 0) {
+        char local[SL_UUID_STRLEN];
+        if (sl_mastodon_local_id(instance, id, local) != 0) {
+            snprintf(why, whylen, "could not derive ids for deleted status %s", id);
+            return SL_MASTODON_INVALID;
+        }
+        if (!sl_mastodon_ids_get(ids, local, m->id)) /* not remembered: the local key (see sl_mastodon.h) */
+            memcpy(m->id, local, SL_UUID_STRLEN);
+        if (sl_message_event_id(m, m->event_id) != 0) {
             snprintf(why, whylen, "could not derive ids for deleted status %s", id);
             return SL_MASTODON_INVALID;
         }

@@ -3,12 +3,24 @@
  * they become feed messages, the events of the streaming API, the paths of its streams and
  * timelines, and the headers of its REST answers (Link paging, rate limits).
  *
- * Identity. A status's id is local to the instance it is read from, and a delete event carries
- * nothing else. So our message id is the UUIDv5, under SL_MASTODON_NAMESPACE, of the status's API
- * address on that instance, "<instance URL>/api/v1/statuses/<status id>": the post, its edits and
- * its deletion all map to the same id without a lookup, whether we saw the post or not, and a
- * reconnect, a replay or a restart gives the same id again (the persister stores an id once).
- * Events get their ids from sl_message_event_id (message id, type, edited_at).
+ * Identity. The same post reaches many instances (federation), each with its own local status id,
+ * but every copy carries the status's canonical `uri` (its ActivityPub id, on its home server). So
+ * our message id is the UUIDv5, under SL_MASTODON_URI_NAMESPACE, of that uri: the post read from
+ * two instances, or from two streams of one instance, is one message, and the persister's
+ * exactly-once by id drops the second copy without any lookup of ours. Its edits ("status.update",
+ * the whole status again) carry the same uri and map to the same id. A boost is a message of its
+ * own (the booster's post of someone else's status; see sl_mastodon_status_to_message): its id
+ * comes from the boost's uri, not the original's.
+ *
+ * A delete event carries only the local status id. Each source therefore remembers, in an
+ * sl_mastodon_ids_t, the message id of every status it read, under the status's local key: the
+ * UUIDv5, under SL_MASTODON_NAMESPACE, of "<instance URL>/api/v1/statuses/<status id>"
+ * (sl_mastodon_local_id; this was the message id before uris were used). A delete finds its
+ * message there; one that is not remembered (read before a restart, or forgotten) names the
+ * local key, which is the id of a post stored before uris were used, or of nothing (an event for
+ * a message never stored is kept and harms nothing). A status without a usable uri keeps its
+ * local key as its id. Events get their ids from sl_message_event_id (message id, type,
+ * edited_at), so the same edit or delete read from two instances is stored once too.
  *
  * Everything here is pure (no I/O, no global state): safe from any thread.
  */
@@ -22,8 +34,9 @@
 #include "sl_buf.h"
 #include "sl_message.h"
 
-/* Fixed forever: changing it would give every post a new id (and store it again). */
-#define SL_MASTODON_NAMESPACE "0e76fabd-5d88-477b-9962-9130fee7b607"
+/* Fixed forever: changing either would give every post a new id (and store it again). */
+#define SL_MASTODON_NAMESPACE "0e76fabd-5d88-477b-9962-9130fee7b607"     /* local keys */
+#define SL_MASTODON_URI_NAMESPACE "2148ee35-60f6-494c-a612-178d7fc3553f" /* canonical uris */
 #define SL_MASTODON_SOURCE "mastodon"
 #define SL_MASTODON_STATUS_ID_MAX 64
 #define SL_MASTODON_INSTANCE_MAX 512
@@ -53,17 +66,40 @@ size_t sl_mastodon_cut(const char *src, size_t len, char *dst, size_t size, size
  * if url is not http(s)://host[...] or does not fit. */
 int sl_mastodon_instance_norm(const char *url, char *out, size_t size);
 
-/* Our message id for the status with this id on instance (normalized). Returns 0 or -1. */
-int sl_mastodon_message_id(const char *instance, const char *status_id, char out[SL_UUID_STRLEN]);
+/* The local key of the status with this id on instance (normalized). Returns 0 or -1. */
+int sl_mastodon_local_id(const char *instance, const char *status_id, char out[SL_UUID_STRLEN]);
 
-/* A status (from an update event or a timeline) as a new message in channel. */
+/* The message id of a status whose canonical uri is uri[0..len): 1 to SL_URL_MAX bytes of valid
+ * UTF-8 without control characters. Returns 0, or -1 when the uri is not usable. */
+int sl_mastodon_uri_id(const char *uri, size_t len, char out[SL_UUID_STRLEN]);
+
+/* What a source remembers of the statuses it read: local key -> message id, for deletes. A bounded
+ * set-associative table (4 ways; in a full set the oldest entry gives way), about 40 bytes an
+ * entry. Used by one thread at a time. */
+typedef struct sl_mastodon_ids sl_mastodon_ids_t;
+/* Room for about cap entries (at least 4). NULL on no memory. */
+sl_mastodon_ids_t *sl_mastodon_ids_create(size_t cap);
+void sl_mastodon_ids_destroy(sl_mastodon_ids_t *ids);
+/* Remembers that the status with this local key is message id (both UUIDs in text form). */
+void sl_mastodon_ids_put(sl_mastodon_ids_t *ids, const char *local, const char *id);
+/* 1 with out filled when local is remembered, else 0. */
+int sl_mastodon_ids_get(const sl_mastodon_ids_t *ids, const char *local, char out[SL_UUID_STRLEN]);
+
+/* A status (from an update event or a timeline) as a new message in channel: the id from its uri
+ * (else its local key), the author its account's acct (else username), the text its content as
+ * plain text after "CW: <spoiler_text>" when it has one, url its url (else uri) when that is an
+ * http(s) link. A boost (a status whose "reblog" is the boosted status) is the booster's message:
+ * id from the boost's uri, author the booster, created_at the boost's time; its text, url and
+ * edited_at are the boosted status's. ids (may be NULL) learns the local key of what is mapped. */
 sl_mastodon_result_t sl_mastodon_status_to_message(json_t *status, const char *instance, const char *channel,
-                                                   sl_message_t *m, char *why, size_t whylen);
+                                                   sl_mastodon_ids_t *ids, sl_message_t *m, char *why, size_t whylen);
 
 /* One streaming event: "update" (a new status), "status.update" (an edit: an update event),
- * "delete" (data is the status id: a delete event). Other event types are SKIP. */
+ * "delete" (data is the status id: a delete event, for the message ids remembers under its local
+ * key, else for the local key itself). Other event types are SKIP. ids may be NULL. */
 sl_mastodon_result_t sl_mastodon_stream_event(const char *event, const char *data, size_t len, const char *instance,
-                                              const char *channel, sl_message_t *m, char *why, size_t whylen);
+                                              const char *channel, sl_mastodon_ids_t *ids, sl_message_t *m, char *why,
+                                              size_t whylen);
 
 /* 1 if stream is "public", "public:local" or "hashtag:<tag>" with a usable tag, else 0. */
 int sl_mastodon_stream_valid(const char *stream);

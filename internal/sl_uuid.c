@@ -8,7 +8,7 @@
 #include <sys/random.h>
 #include <time.h>
 
-static void to_text(const uint8_t b[16], char out[SL_UUID_STRLEN])
+void sl_uuid_format(const uint8_t b[16], char out[SL_UUID_STRLEN])
 {
     static const char hex[] = "0123456789abcdef";
     size_t o = 0;
@@ -32,7 +32,7 @@ static int hexval(char c)
     return -1;
 }
 
-static int from_text(const char *s, size_t len, uint8_t b[16])
+int sl_uuid_parse(const char *s, size_t len, uint8_t b[16])
 {
     size_t o = 0;
     if (len != 36)
@@ -55,13 +55,13 @@ static int from_text(const char *s, size_t len, uint8_t b[16])
 int sl_uuid_valid(const char *s, size_t len)
 {
     uint8_t b[16];
-    return from_text(s, len, b) == 0;
+    return sl_uuid_parse(s, len, b) == 0;
 }
 
 int sl_uuid_version(const char *s)
 {
     uint8_t b[16];
-    return from_text(s, strlen(s), b) == 0 ? b[6] >> 4 : -1;
+    return sl_uuid_parse(s, strlen(s), b) == 0 ? b[6] >> 4 : -1;
 }
 
 /* Random bytes from a buffer filled 4 KiB at a time: one getrandom(2) per 256 ids, not one each. */
@@ -103,7 +103,7 @@ int sl_uuid_v7_at(uint64_t ms, char out[SL_UUID_STRLEN])
     b[6] = (uint8_t)(0x70 | (counter >> 8));
     b[7] = (uint8_t)counter;
     b[8] = (uint8_t)(0x80 | (b[8] & 0x3f));
-    to_text(b, out);
+    sl_uuid_format(b, out);
     return 0;
 }
 
@@ -120,7 +120,7 @@ int sl_uuid_v5(const char *ns, const void *name, size_t len, char out[SL_UUID_ST
     unsigned int dlen = 0;
     EVP_MD_CTX *ctx;
     int ok;
-    if (from_text(ns, strlen(ns), nsb) != 0 || (ctx = EVP_MD_CTX_new()) == NULL)
+    if (sl_uuid_parse(ns, strlen(ns), nsb) != 0 || (ctx = EVP_MD_CTX_new()) == NULL)
         return -1;
     ok = EVP_DigestInit_ex(ctx, EVP_sha1(), NULL) && EVP_DigestUpdate(ctx, nsb, sizeof(nsb)) &&
          EVP_DigestUpdate(ctx, name, len) && EVP_DigestFinal_ex(ctx, digest, &dlen);
@@ -129,6 +129,6 @@ int sl_uuid_v5(const char *ns, const void *name, size_t len, char out[SL_UUID_ST
         return -1;
     digest[6] = (uint8_t)(0x50 | (digest[6] & 0x0f));
     digest[8] = (uint8_t)(0x80 | (digest[8] & 0x3f));
-    to_text(digest, out);
+    sl_uuid_format(digest, out);
     return 0;
 }

@@ -26,6 +26,11 @@ int sl_uuid_v5(const char *ns, const void *name, size_t len, char out[SL_UUID_ST
 /* 1 if s (len bytes) is a UUID in canonical text form (any version, either case), else 0. */
 int sl_uuid_valid(const char *s, size_t len);
 
+/* The 16 bytes of s (len bytes, canonical text form, either case): 0, or -1 when s is not a UUID. */
+int sl_uuid_parse(const char *s, size_t len, uint8_t b[16]);
+/* The canonical (lower-case) text form of 16 bytes. */
+void sl_uuid_format(const uint8_t b[16], char out[SL_UUID_STRLEN]);
+
 /* The version of a valid UUID in text form (7, 5…), or -1 when s is not one. */
 int sl_uuid_version(const char *s);
 

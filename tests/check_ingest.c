@@ -332,7 +332,7 @@ START_TEST(test_status_maps_to_message)
     sl_message_t m;
     char why[192], want[SL_UUID_STRLEN];
     json_t *st = status("");
-    ck_assert_int_eq(sl_mastodon_status_to_message(st, INSTANCE, "mastodon", &m, why, sizeof(why)), SL_MASTODON_OK);
+    ck_assert_int_eq(sl_mastodon_status_to_message(st, INSTANCE, "mastodon", NULL, &m, why, sizeof(why)), SL_MASTODON_OK);
     ck_assert_int_eq(m.type, SL_MESSAGE_NEW);
     ck_assert_str_eq(m.author, "alice@remote.example");
     ck_assert_str_eq(m.text, "Hello & welcome");
@@ -343,12 +343,14 @@ START_TEST(test_status_maps_to_message)
     int64_t t;
     sl_time_parse("2026-03-01T12:00:00Z", 20, &t);
     ck_assert_int_eq(m.created_at_us, t);
-    /* the id: UUIDv5 of the status's API address on the instance, pinned */
-    ck_assert_str_eq(m.id, "8db3ad78-9cff-5d8b-a4f6-d307f2123ac3");
-    ck_assert_int_eq(sl_uuid_v5(SL_MASTODON_NAMESPACE, INSTANCE "/api/v1/statuses/109372843234",
-                                strlen(INSTANCE "/api/v1/statuses/109372843234"), want),
-                     0);
+    /* the id: UUIDv5 of the status's canonical uri, pinned (the same post on any instance) */
+    ck_assert_str_eq(m.id, "288a7521-fab8-583a-ad28-bb1987f5d2a0");
+    const char *uri = "https://remote.example/users/alice/statuses/9";
+    ck_assert_int_eq(sl_uuid_v5(SL_MASTODON_URI_NAMESPACE, uri, strlen(uri), want), 0);
     ck_assert_str_eq(m.id, want);
+    /* the local key (the id before uris were used) is unchanged, pinned */
+    ck_assert_int_eq(sl_mastodon_local_id(INSTANCE, "109372843234", want), 0);
+    ck_assert_str_eq(want, "8db3ad78-9cff-5d8b-a4f6-d307f2123ac3");
     assert_round_trip(&m);
     json_decref(st);
 }
@@ -362,7 +364,7 @@ START_TEST(test_status_missing_optional_fields)
     json_t *st = json_pack("{s:s, s:s, s:n, s:s, s:{s:s}}", "id", "5", "uri", "https://r.example/s/5", "url", "content",
                            "<p>hi</p>", "account", "username", "bob");
     int64_t before = sl_time_now_us();
-    ck_assert_int_eq(sl_mastodon_status_to_message(st, INSTANCE, "news", &m, why, sizeof(why)), SL_MASTODON_OK);
+    ck_assert_int_eq(sl_mastodon_status_to_message(st, INSTANCE, "news", NULL, &m, why, sizeof(why)), SL_MASTODON_OK);
     ck_assert_str_eq(m.url, "https://r.example/s/5");
     ck_assert_str_eq(m.author, "bob");
     ck_assert_str_eq(m.channel, "news");
@@ -386,14 +388,14 @@ START_TEST(test_status_missing_optional_fields)
                               "account", "acct", "eve");
         if (links[i].uri != NULL)
             json_object_set_new(l, "uri", json_string(links[i].uri));
-        ck_assert_int_eq(sl_mastodon_status_to_message(l, INSTANCE, "news", &m, why, sizeof(why)), SL_MASTODON_OK);
+        ck_assert_int_eq(sl_mastodon_status_to_message(l, INSTANCE, "news", NULL, &m, why, sizeof(why)), SL_MASTODON_OK);
         ck_assert_msg(strcmp(m.url, links[i].want) == 0, "url %s, uri %s: stored '%s'", links[i].url,
                       links[i].uri ? links[i].uri : "(none)", m.url);
         json_decref(l);
     }
     /* neither url nor uri: no url */
     st = json_pack("{s:s, s:s, s:{s:s}}", "id", "6", "content", "x", "account", "acct", "c");
-    ck_assert_int_eq(sl_mastodon_status_to_message(st, INSTANCE, "news", &m, why, sizeof(why)), SL_MASTODON_OK);
+    ck_assert_int_eq(sl_mastodon_status_to_message(st, INSTANCE, "news", NULL, &m, why, sizeof(why)), SL_MASTODON_OK);
     ck_assert_str_eq(m.url, "");
     assert_round_trip(&m);
     json_decref(st);
@@ -415,7 +417,7 @@ START_TEST(test_status_author_and_text_are_made_valid)
         o += (size_t)sprintf(content + o, "\xc3\xa9");
     sprintf(content + o, "</p>");
     json_object_set_new(st, "content", json_string(content));
-    ck_assert_int_eq(sl_mastodon_status_to_message(st, INSTANCE, "mastodon", &m, why, sizeof(why)), SL_MASTODON_OK);
+    ck_assert_int_eq(sl_mastodon_status_to_message(st, INSTANCE, "mastodon", NULL, &m, why, sizeof(why)), SL_MASTODON_OK);
     ck_assert_int_eq(sl_utf8_count(m.author, strlen(m.author)), 64);
     ck_assert_int_eq(m.author[0], 'a');
     ck_assert_int_eq(m.author[1], 'n');
@@ -433,30 +435,30 @@ START_TEST(test_status_skips_and_refusals)
     char why[192];
     json_t *st = status(",\"content\":\"<p> </p>\"");
     json_object_set_new(st, "content", json_string("<p> <br> </p>"));
-    ck_assert_int_eq(sl_mastodon_status_to_message(st, INSTANCE, "c", &m, why, sizeof(why)), SL_MASTODON_SKIP);
+    ck_assert_int_eq(sl_mastodon_status_to_message(st, INSTANCE, "c", NULL, &m, why, sizeof(why)), SL_MASTODON_SKIP);
     ck_assert_ptr_nonnull(strstr(why, "no text"));
     json_object_set_new(st, "content", json_string("<p>x</p>"));
     json_object_set_new(st, "visibility", json_string("direct"));
-    ck_assert_int_eq(sl_mastodon_status_to_message(st, INSTANCE, "c", &m, why, sizeof(why)), SL_MASTODON_SKIP);
+    ck_assert_int_eq(sl_mastodon_status_to_message(st, INSTANCE, "c", NULL, &m, why, sizeof(why)), SL_MASTODON_SKIP);
     json_object_set_new(st, "visibility", json_string("public"));
     json_object_set_new(st, "reblog", json_object());
-    ck_assert_int_eq(sl_mastodon_status_to_message(st, INSTANCE, "c", &m, why, sizeof(why)), SL_MASTODON_SKIP);
+    ck_assert_int_eq(sl_mastodon_status_to_message(st, INSTANCE, "c", NULL, &m, why, sizeof(why)), SL_MASTODON_SKIP);
     json_object_set_new(st, "reblog", json_null());
     json_object_set_new(st, "id", json_integer(5));
-    ck_assert_int_eq(sl_mastodon_status_to_message(st, INSTANCE, "c", &m, why, sizeof(why)), SL_MASTODON_INVALID);
+    ck_assert_int_eq(sl_mastodon_status_to_message(st, INSTANCE, "c", NULL, &m, why, sizeof(why)), SL_MASTODON_INVALID);
     json_object_set_new(st, "id", json_string("5"));
     json_object_del(st, "account");
-    ck_assert_int_eq(sl_mastodon_status_to_message(st, INSTANCE, "c", &m, why, sizeof(why)), SL_MASTODON_INVALID);
+    ck_assert_int_eq(sl_mastodon_status_to_message(st, INSTANCE, "c", NULL, &m, why, sizeof(why)), SL_MASTODON_INVALID);
     json_decref(st);
     json_t *arr = json_array();
-    ck_assert_int_eq(sl_mastodon_status_to_message(arr, INSTANCE, "c", &m, why, sizeof(why)), SL_MASTODON_INVALID);
+    ck_assert_int_eq(sl_mastodon_status_to_message(arr, INSTANCE, "c", NULL, &m, why, sizeof(why)), SL_MASTODON_INVALID);
     json_decref(arr);
-    ck_assert_int_eq(sl_mastodon_stream_event("update", "{not json", 9, INSTANCE, "c", &m, why, sizeof(why)),
+    ck_assert_int_eq(sl_mastodon_stream_event("update", "{not json", 9, INSTANCE, "c", NULL, &m, why, sizeof(why)),
                      SL_MASTODON_INVALID);
-    ck_assert_int_eq(sl_mastodon_stream_event("notification", "{}", 2, INSTANCE, "c", &m, why, sizeof(why)),
+    ck_assert_int_eq(sl_mastodon_stream_event("notification", "{}", 2, INSTANCE, "c", NULL, &m, why, sizeof(why)),
                      SL_MASTODON_SKIP);
-    ck_assert_int_eq(sl_mastodon_stream_event("delete", "", 0, INSTANCE, "c", &m, why, sizeof(why)), SL_MASTODON_INVALID);
-    ck_assert_int_eq(sl_mastodon_stream_event("delete", "1/../2", 6, INSTANCE, "c", &m, why, sizeof(why)),
+    ck_assert_int_eq(sl_mastodon_stream_event("delete", "", 0, INSTANCE, "c", NULL, &m, why, sizeof(why)), SL_MASTODON_INVALID);
+    ck_assert_int_eq(sl_mastodon_stream_event("delete", "1/../2", 6, INSTANCE, "c", NULL, &m, why, sizeof(why)),
                      SL_MASTODON_INVALID);
 }
 END_TEST
@@ -464,21 +466,26 @@ END_TEST
 START_TEST(test_stream_events_map_to_items)
 {
     sl_message_t post, edit, del, again;
-    char why[192], *json;
+    char why[192], *json, local[SL_UUID_STRLEN];
+    sl_mastodon_ids_t *ids = sl_mastodon_ids_create(16);
+    ck_assert_ptr_nonnull(ids);
     json_t *st = status(",\"edited_at\":\"2026-03-02T10:00:00.000Z\"");
     json_object_set_new(st, "content", json_string("<p>Hello, edited</p>"));
     json = json_dumps(st, JSON_COMPACT);
     json_t *orig = status("");
     char *orig_json = json_dumps(orig, JSON_COMPACT);
-    ck_assert_int_eq(sl_mastodon_stream_event("update", orig_json, strlen(orig_json), INSTANCE, "mastodon", &post, why,
+    ck_assert_int_eq(sl_mastodon_stream_event("update", orig_json, strlen(orig_json), INSTANCE, "mastodon", ids, &post,
+                                              why, sizeof(why)),
+                     SL_MASTODON_OK);
+    ck_assert_int_eq(sl_mastodon_stream_event("status.update", json, strlen(json), INSTANCE, "mastodon", ids, &edit, why,
                                               sizeof(why)),
                      SL_MASTODON_OK);
     ck_assert_int_eq(
-        sl_mastodon_stream_event("status.update", json, strlen(json), INSTANCE, "mastodon", &edit, why, sizeof(why)),
+        sl_mastodon_stream_event("delete", "109372843234", 12, INSTANCE, "mastodon", ids, &del, why, sizeof(why)),
         SL_MASTODON_OK);
-    ck_assert_int_eq(sl_mastodon_stream_event("delete", "109372843234", 12, INSTANCE, "mastodon", &del, why, sizeof(why)),
-                     SL_MASTODON_OK);
-    /* one post, one id: the edit and the delete name the message the post became */
+    /* one post, one id: the edit and the delete (through what the source remembers) name the
+     * message the post became */
+    ck_assert_str_eq(post.id, "288a7521-fab8-583a-ad28-bb1987f5d2a0");
     ck_assert_str_eq(edit.id, post.id);
     ck_assert_str_eq(del.id, post.id);
     ck_assert_int_eq(edit.type, SL_MESSAGE_UPDATE);
@@ -486,29 +493,129 @@ START_TEST(test_stream_events_map_to_items)
     int64_t t;
     sl_time_parse("2026-03-02T10:00:00Z", 20, &t);
     ck_assert_int_eq(edit.edited_at_us, t);
-    ck_assert_str_eq(edit.event_id, "15dab68f-8e58-5fdf-b8bd-dd3bd871081b");
+    ck_assert_str_eq(edit.event_id, "a13409d8-174d-5635-bebb-5892a12b2378");
     ck_assert_int_eq(del.type, SL_MESSAGE_DELETE);
-    ck_assert_str_eq(del.event_id, "8af8c16c-1861-5557-a232-6b40f55a4833");
+    ck_assert_str_eq(del.event_id, "0aa8b229-f179-5054-ac86-b82254e3a23d");
     assert_round_trip(&edit);
     assert_round_trip(&del);
     /* deterministic: the same event again (a replay after reconnecting) gives the same ids */
-    ck_assert_int_eq(
-        sl_mastodon_stream_event("status.update", json, strlen(json), INSTANCE, "mastodon", &again, why, sizeof(why)),
-        SL_MASTODON_OK);
-    ck_assert_str_eq(again.event_id, edit.event_id);
-    ck_assert_int_eq(sl_mastodon_stream_event("delete", " \"109372843234\"\n", 16, INSTANCE, "mastodon", &again, why,
-                                              sizeof(why)),
-                     SL_MASTODON_OK);
-    ck_assert_str_eq(again.event_id, del.event_id);
-    /* another instance, another id */
-    ck_assert_int_eq(sl_mastodon_stream_event("delete", "109372843234", 12, "https://other.example", "mastodon", &again,
+    ck_assert_int_eq(sl_mastodon_stream_event("status.update", json, strlen(json), INSTANCE, "mastodon", ids, &again,
                                               why, sizeof(why)),
                      SL_MASTODON_OK);
-    ck_assert_str_ne(again.id, del.id);
+    ck_assert_str_eq(again.event_id, edit.event_id);
+    ck_assert_int_eq(sl_mastodon_stream_event("delete", " \"109372843234\"\n", 16, INSTANCE, "mastodon", ids, &again,
+                                              why, sizeof(why)),
+                     SL_MASTODON_OK);
+    ck_assert_str_eq(again.event_id, del.event_id);
+    /* the same post read from another instance (its own local id): the same message, and its
+     * deletion there finds it too */
+    json_object_set_new(orig, "id", json_string("55"));
+    free(orig_json);
+    orig_json = json_dumps(orig, JSON_COMPACT);
+    ck_assert_int_eq(sl_mastodon_stream_event("update", orig_json, strlen(orig_json), "https://other.example", "mastodon",
+                                              ids, &again, why, sizeof(why)),
+                     SL_MASTODON_OK);
+    ck_assert_str_eq(again.id, post.id);
+    ck_assert_int_eq(
+        sl_mastodon_stream_event("delete", "55", 2, "https://other.example", "mastodon", ids, &again, why, sizeof(why)),
+        SL_MASTODON_OK);
+    ck_assert_str_eq(again.id, post.id);
+    ck_assert_str_eq(again.event_id, del.event_id); /* one deletion, whoever reports it */
+    /* a deletion nothing remembers names the local key (the id of posts stored before uris were used) */
+    ck_assert_int_eq(sl_mastodon_stream_event("delete", "109372843234", 12, INSTANCE, "mastodon", NULL, &again, why,
+                                              sizeof(why)),
+                     SL_MASTODON_OK);
+    ck_assert_str_eq(again.id, "8db3ad78-9cff-5d8b-a4f6-d307f2123ac3");
+    ck_assert_int_eq(sl_mastodon_stream_event("delete", "109372843234", 12, "https://other.example", "mastodon", ids,
+                                              &again, why, sizeof(why)),
+                     SL_MASTODON_OK);
+    ck_assert_int_eq(sl_mastodon_local_id("https://other.example", "109372843234", local), 0);
+    ck_assert_str_eq(again.id, local);
+    /* a status without a usable uri keeps its local key */
+    json_object_set_new(orig, "uri", json_string("bad\nuri"));
+    ck_assert_int_eq(sl_mastodon_status_to_message(orig, INSTANCE, "mastodon", NULL, &again, why, sizeof(why)),
+                     SL_MASTODON_OK);
+    ck_assert_int_eq(sl_mastodon_local_id(INSTANCE, "55", local), 0);
+    ck_assert_str_eq(again.id, local);
     free(json);
     free(orig_json);
     json_decref(st);
     json_decref(orig);
+    sl_mastodon_ids_destroy(ids);
+}
+END_TEST
+
+/* A boost is the booster's message showing the boosted status; boosts of one status are messages
+ * of their own, and so is the status itself. */
+START_TEST(test_boost_maps_to_its_own_message)
+{
+    sl_message_t m, orig_m;
+    char why[192], want[SL_UUID_STRLEN];
+    json_t *orig = status(",\"spoiler_text\":\"cats\"");
+    ck_assert_int_eq(sl_mastodon_status_to_message(orig, INSTANCE, "mastodon", NULL, &orig_m, why, sizeof(why)),
+                     SL_MASTODON_OK);
+    json_t *boost = json_pack("{s:s, s:s, s:n, s:s, s:s, s:s, s:s, s:{s:s, s:s}, s:O}", "id", "200", "uri",
+                              "https://mastodon.example/users/bob/statuses/200/activity", "url", "created_at",
+                              "2026-03-03T08:00:00.000Z", "content", "", "spoiler_text", "", "visibility", "public",
+                              "account", "acct", "bob", "display_name", "Bob", "reblog", orig);
+    ck_assert_int_eq(sl_mastodon_status_to_message(boost, INSTANCE, "mastodon", NULL, &m, why, sizeof(why)),
+                     SL_MASTODON_OK);
+    const char *uri = "https://mastodon.example/users/bob/statuses/200/activity";
+    ck_assert_int_eq(sl_uuid_v5(SL_MASTODON_URI_NAMESPACE, uri, strlen(uri), want), 0);
+    ck_assert_str_eq(m.id, want);
+    ck_assert_str_ne(m.id, orig_m.id);
+    ck_assert_str_eq(m.author, "bob");                                /* the booster */
+    ck_assert_str_eq(m.text, "CW: cats\n\nHello & welcome");           /* what was boosted */
+    ck_assert_str_eq(m.url, "https://remote.example/@alice/9");       /* the boosted post */
+    int64_t t;
+    sl_time_parse("2026-03-03T08:00:00Z", 20, &t);
+    ck_assert_int_eq(m.created_at_us, t); /* when it was boosted */
+    assert_round_trip(&m);
+    /* a boost of a status that is not public is skipped; a reblog that is no object is refused */
+    json_object_set_new(orig, "visibility", json_string("private"));
+    ck_assert_int_eq(sl_mastodon_status_to_message(boost, INSTANCE, "mastodon", NULL, &m, why, sizeof(why)),
+                     SL_MASTODON_SKIP);
+    json_object_set_new(boost, "reblog", json_string("x"));
+    ck_assert_int_eq(sl_mastodon_status_to_message(boost, INSTANCE, "mastodon", NULL, &m, why, sizeof(why)),
+                     SL_MASTODON_INVALID);
+    json_decref(boost);
+    json_decref(orig);
+}
+END_TEST
+
+/* What a source remembers is bounded, and the oldest entry of a full set gives way. */
+START_TEST(test_ids_memory_is_bounded)
+{
+    sl_mastodon_ids_t *ids = sl_mastodon_ids_create(64);
+    char local[SL_UUID_STRLEN], id[SL_UUID_STRLEN], got[SL_UUID_STRLEN], sid[16];
+    int found = 0;
+    ck_assert_ptr_nonnull(ids);
+    for (int i = 0; i < 1000; i++) {
+        snprintf(sid, sizeof(sid), "%d", i);
+        ck_assert_int_eq(sl_mastodon_local_id(INSTANCE, sid, local), 0);
+        ck_assert_int_eq(sl_mastodon_uri_id(sid, strlen(sid), id), 0);
+        sl_mastodon_ids_put(ids, local, id);
+    }
+    for (int i = 0; i < 1000; i++) {
+        snprintf(sid, sizeof(sid), "%d", i);
+        ck_assert_int_eq(sl_mastodon_local_id(INSTANCE, sid, local), 0);
+        ck_assert_int_eq(sl_mastodon_uri_id(sid, strlen(sid), id), 0);
+        if (sl_mastodon_ids_get(ids, local, got)) {
+            ck_assert_str_eq(got, id); /* never a wrong answer */
+            found++;
+        }
+    }
+    ck_assert_int_le(found, 64);
+    ck_assert_int_ge(found, 32); /* most of the room is used */
+    /* the newest is always there; putting a key again updates it */
+    ck_assert(sl_mastodon_ids_get(ids, local, got));
+    sl_mastodon_ids_put(ids, local, "00000000-0000-5000-8000-000000000000");
+    ck_assert(sl_mastodon_ids_get(ids, local, got));
+    ck_assert_str_eq(got, "00000000-0000-5000-8000-000000000000");
+    ck_assert(!sl_mastodon_ids_get(ids, "not a uuid", got));
+    ck_assert_int_eq(sl_mastodon_uri_id("", 0, id), -1);
+    ck_assert_int_eq(sl_mastodon_uri_id("a\tb", 3, id), -1);
+    sl_mastodon_ids_destroy(ids);
 }
 END_TEST
 
@@ -624,6 +731,8 @@ int main(void)
     tcase_add_test(tc, test_status_author_and_text_are_made_valid);
     tcase_add_test(tc, test_status_skips_and_refusals);
     tcase_add_test(tc, test_stream_events_map_to_items);
+    tcase_add_test(tc, test_boost_maps_to_its_own_message);
+    tcase_add_test(tc, test_ids_memory_is_bounded);
     tcase_add_test(tc, test_event_payloads_decode_strictly);
     tcase_add_test(tc, test_streams_and_paths);
     suite_add_tcase(s, tc);

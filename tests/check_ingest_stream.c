@@ -30,10 +30,10 @@ static void post_status(fm_t *f, const char *id, const char *acct, const char *h
 static const char *const stream_env[] = {"SLUICE_MASTODON_TOKEN=" TOKEN, NULL};
 
 /* Rows of a message by status id: its body, or NULL when absent (malloc'd). */
-static char *body_of(PGconn *db, fm_t *f, const char *status_id, const char *column)
+static char *body_of(PGconn *db, const char *status_id, const char *column)
 {
     char id[37], sql[256];
-    it_message_id(fm_url(f), status_id, id);
+    it_message_id(status_id, id);
     snprintf(sql, sizeof(sql), "SELECT %s FROM messages WHERE id = '%s'", column, id);
     PGresult *r = PQexec(db, sql);
     ck_assert_int_eq(PQresultStatus(r), PGRES_TUPLES_OK);
@@ -43,9 +43,9 @@ static char *body_of(PGconn *db, fm_t *f, const char *status_id, const char *col
 }
 
 /* The column (or SQL expression) of the message made from status_id equals want. */
-static void assert_column(PGconn *db, fm_t *f, const char *status_id, const char *column, const char *want)
+static void assert_column(PGconn *db, const char *status_id, const char *column, const char *want)
 {
-    char *v = body_of(db, f, status_id, column);
+    char *v = body_of(db, status_id, column);
     ck_assert_msg(v != NULL && strcmp(v, want) == 0, "status %s, %s: got %s, want %s", status_id, column,
                   v != NULL ? v : "(no row)", want);
     free(v);
@@ -89,15 +89,15 @@ START_TEST(test_stream_statuses_are_stored)
     tu_sleep_ms(500);
     ck_assert_int_eq(tu_scalar(db, "SELECT count(*) FROM messages"), 4);
     ck_assert_int_eq(tu_scalar(db, "SELECT count(*) FROM messages WHERE source = 'mastodon' AND channel = 'mastodon'"), 4);
-    assert_column(db, f, "101", "body", "Hello & welcome, it's caf\xc3\xa9 time \xf0\x9f\x8c\x8a");
-    assert_column(db, f, "101", "author", "alice");
-    assert_column(db, f, "101", "url", "https://remote.example/@alice/101");
-    assert_column(db, f, "102", "body", "first\n\nsecond\nthird");
-    assert_column(db, f, "102", "author", "bob@remote.example");
-    assert_column(db, f, "103", "body", "https://x.example/long 'quoted'");
-    assert_column(db, f, "105", "body", "multi-line");
-    ck_assert_ptr_null(body_of(db, f, "104", "body"));
-    assert_column(db, f, "101", "created_at = '2026-03-01T12:00:00Z'", "t");
+    assert_column(db, "101", "body", "Hello & welcome, it's caf\xc3\xa9 time \xf0\x9f\x8c\x8a");
+    assert_column(db, "101", "author", "alice");
+    assert_column(db, "101", "url", "https://remote.example/@alice/101");
+    assert_column(db, "102", "body", "first\n\nsecond\nthird");
+    assert_column(db, "102", "author", "bob@remote.example");
+    assert_column(db, "103", "body", "https://x.example/long 'quoted'");
+    assert_column(db, "105", "body", "multi-line");
+    ck_assert_ptr_null(body_of(db, "104", "body"));
+    assert_column(db, "101", "created_at = '2026-03-01T12:00:00Z'", "t");
 
     /* the history API shows the original post's address */
     char url[256];
@@ -208,9 +208,9 @@ START_TEST(test_edits_and_deletes_propagate)
     amqp_connection_state_t live = it_live_open(&S);
     it_start_ingest(&g, &S, fm_url(f), stream_env);
     ck_assert(fm_wait_streams(f, 1, 10000));
-    it_message_id(fm_url(f), "401", id1);
-    it_message_id(fm_url(f), "402", id2);
-    it_message_id(fm_url(f), "999", ghost);
+    it_message_id("401", id1);
+    it_message_id("402", id2);
+    it_local_id(fm_url(f), "999", ghost);
 
     post_status(f, "401", "alice", "<p>original text</p>");
     post_status(f, "402", "bob", "<p>soon deleted</p>");
@@ -228,9 +228,9 @@ START_TEST(test_edits_and_deletes_propagate)
     ck_assert_int_eq(tu_scalar(db, "SELECT count(*) FROM message_events"), 3);
 
     /* the database: edited text and time, deletion time, one gapless seq over messages and events */
-    assert_column(db, f, "401", "body", "edited text");
-    assert_column(db, f, "401", "edited_at = '2026-03-02T10:00:00Z'", "t");
-    assert_column(db, f, "402", "deleted_at IS NOT NULL", "t");
+    assert_column(db, "401", "body", "edited text");
+    assert_column(db, "401", "edited_at = '2026-03-02T10:00:00Z'", "t");
+    assert_column(db, "402", "deleted_at IS NOT NULL", "t");
     ck_assert_int_eq(tu_scalar(db, "SELECT count(*) FROM (SELECT seq FROM messages UNION ALL SELECT seq FROM "
                                    "message_events) s WHERE seq BETWEEN 1 AND 5"),
                      5);
@@ -298,6 +298,80 @@ START_TEST(test_edits_and_deletes_propagate)
 }
 END_TEST
 
+/* The same post federated to two instances, each read by its own ingest: one message; its edit
+ * and its deletion, read from both, are one update and one delete. A boost of it is a message of
+ * its own. */
+START_TEST(test_same_post_from_two_instances_is_one_message)
+{
+    fm_conf_t fc = {.token = TOKEN, .heartbeat_ms = 300};
+    fm_t *fa = fm_start(&fc), *fb = fm_start(&fc);
+    it_ingest_t ga, gb;
+    char id[37], sql[256];
+    ck_assert(fa != NULL && fb != NULL);
+    tu_stack_init(&S, "ingest_dedupe", 100000);
+    tu_start(&S, "persister", NULL);
+    tu_start(&S, "api", NULL);
+    it_start_ingest(&ga, &S, fm_url(fa), stream_env);
+    it_start_ingest(&gb, &S, fm_url(fb), stream_env);
+    ck_assert_msg(fm_wait_streams(fa, 1, 10000) && fm_wait_streams(fb, 1, 10000), "see %s and %s", ga.log, gb.log);
+    it_message_id("601", id);
+
+    /* A numbers the post 601, B 88601; they arrive together, then another one in the other order */
+    char *post = fm_status_json("601", "alice@remote.example", "<p>federated</p>", NULL);
+    char *copy = fm_with_id(post, "88601");
+    char *post2 = fm_status_json("602", "alice@remote.example", "<p>second</p>", NULL);
+    char *copy2 = fm_with_id(post2, "88602");
+    fm_post(fa, post);
+    fm_post(fb, copy);
+    fm_post(fb, copy2);
+    PGconn *db = tu_db(&S);
+    ck_assert_int_eq(tu_wait_rows(db, 2, 20000), 2);
+    fm_post(fa, post2);
+    char *boost = fm_boost_json("88700", "bob@b.example", post);
+    fm_post(fb, boost);
+    ck_assert_int_eq(tu_wait_rows(db, 3, 20000), 3);
+    tu_sleep_ms(800);
+    ck_assert_int_eq(tu_scalar(db, "SELECT count(*) FROM messages"), 3);
+    assert_column(db, "601", "body", "federated");
+    assert_column(db, "602", "body", "second");
+    assert_column(db, "88700", "author", "bob@b.example");
+    assert_column(db, "88700", "body", "federated");
+    assert_column(db, "88700", "url", "https://remote.example/@alice@remote.example/601");
+
+    /* the edit and the deletion, each from both instances */
+    char *edited = fm_status_json("601", "alice@remote.example", "<p>federated, edited</p>", "2026-03-02T10:00:00.000Z");
+    char *edited_b = fm_with_id(edited, "88601");
+    fm_event(fb, "status.update", edited_b);
+    fm_event(fa, "status.update", edited);
+    ck_assert_int_eq(it_wait_count(db, "SELECT count(*) FROM message_events", 1, 20000), 1);
+    fm_event(fa, "delete", "601");
+    fm_event(fb, "delete", "88601");
+    ck_assert_int_eq(it_wait_count(db, "SELECT count(*) FROM message_events", 2, 20000), 2);
+    tu_sleep_ms(800);
+    ck_assert_int_eq(tu_scalar(db, "SELECT count(*) FROM message_events"), 2);
+    snprintf(sql, sizeof(sql), "SELECT count(*) FROM message_events WHERE message_id = '%s'", id);
+    ck_assert_int_eq(tu_scalar(db, sql), 2);
+    assert_column(db, "601", "body", "federated, edited");
+    assert_column(db, "601", "deleted_at IS NOT NULL", "t");
+    assert_column(db, "88700", "deleted_at IS NULL", "t"); /* the boost stays */
+    ck_assert_int_eq(tu_scalar(db, "SELECT last_seq FROM sluice_feed WHERE id = 1"), 5);
+
+    free(post);
+    free(copy);
+    free(post2);
+    free(copy2);
+    free(boost);
+    free(edited);
+    free(edited_b);
+    ck_assert_int_eq(it_stop_ingest(&ga), 0);
+    ck_assert_int_eq(it_stop_ingest(&gb), 0);
+    PQfinish(db);
+    tu_stack_cleanup(&S);
+    fm_stop(fa);
+    fm_stop(fb);
+}
+END_TEST
+
 struct bad_command {
     const char *ctype, *body;
     long status;
@@ -349,7 +423,7 @@ START_TEST(test_control_endpoint_starts_and_stops)
     ck_assert(fm_wait_streams(f, 1, 10000));
     post_status(f, "504", "a", "<p>resumed</p>");
     ck_assert_int_eq(tu_wait_rows(db, 3, 20000), 3);
-    assert_column(db, f, "504", "body", "resumed");
+    assert_column(db, "504", "body", "resumed");
     it_command(&g, "application/json", "{\"command\":\"start\"}", &r); /* already running: fine */
     ck_assert_int_eq(r.status, 200);
     tu_resp_free(&r);
@@ -404,6 +478,7 @@ int main(void)
     tcase_add_test(tc, test_stream_statuses_are_stored);
     tcase_add_test(tc, test_reconnect_stores_no_duplicates);
     tcase_add_test(tc, test_edits_and_deletes_propagate);
+    tcase_add_test(tc, test_same_post_from_two_instances_is_one_message);
     tcase_add_test(tc, test_control_endpoint_starts_and_stops);
     suite_add_tcase(s, tc);
     return tu_run_suite(s);

@@ -15,6 +15,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "fake_mastodon.h"
 #include "sl_amqp.h"
 #include "sl_mastodon.h"
 
@@ -27,8 +28,11 @@ void it_start_ingest(it_ingest_t *g, tu_stack_t *s, const char *mastodon_url, co
     snprintf(g->base, sizeof(g->base), "http://127.0.0.1:%d", g->port);
     snprintf(bin, sizeof(bin), "%s/sluice-ingest", bindir);
     mkdir(SLUICE_TEST_LOG_DIR, 0755);
-    snprintf(g->log, sizeof(g->log), "%s/%s-ingest.log", SLUICE_TEST_LOG_DIR, s->name);
-    unlink(g->log); /* each run of a test starts its log afresh */
+    /* each ingest of a test has its own log (several may run at once), and each run of the test
+     * starts them afresh */
+    static int started;
+    snprintf(g->log, sizeof(g->log), "%s/%s-ingest-%d.log", SLUICE_TEST_LOG_DIR, s->name, ++started);
+    unlink(g->log);
     pid_t pid = fork();
     ck_assert_int_ge(pid, 0);
     if (pid == 0) {
@@ -126,11 +130,18 @@ long long it_wait_count(PGconn *c, const char *sql, long long want, int timeout_
     return n;
 }
 
-void it_message_id(const char *instance_url, const char *status_id, char out[37])
+void it_message_id(const char *status_id, char out[37])
+{
+    char uri[256];
+    fm_status_uri(status_id, uri, sizeof(uri));
+    ck_assert_int_eq(sl_mastodon_uri_id(uri, strlen(uri), out), 0);
+}
+
+void it_local_id(const char *instance_url, const char *status_id, char out[37])
 {
     char inst[SL_MASTODON_INSTANCE_MAX];
     ck_assert_int_eq(sl_mastodon_instance_norm(instance_url, inst, sizeof(inst)), 0);
-    ck_assert_int_eq(sl_mastodon_message_id(inst, status_id, out), 0);
+    ck_assert_int_eq(sl_mastodon_local_id(inst, status_id, out), 0);
 }
 
 amqp_connection_state_t it_live_open(tu_stack_t *s)

@@ -35,8 +35,10 @@ void it_command(it_ingest_t *g, const char *ctype, const char *body, tu_resp_t *
 /* Polls SELECT returning one integer until it is >= want (or the timeout); returns the last value. */
 long long it_wait_count(PGconn *c, const char *sql, long long want, int timeout_ms);
 
-/* Our message id for a status of the fake instance. */
-void it_message_id(const char *instance_url, const char *status_id, char out[37]);
+/* Our message id for a status made by fm_status_json (from its uri: the same on every instance). */
+void it_message_id(const char *status_id, char out[37]);
+/* The local key of a status id on an instance (the id of a delete nothing remembers). */
+void it_local_id(const char *instance_url, const char *status_id, char out[37]);
 
 /* A consumer of every routing key of the stack's live exchange (declared by the services). */
 amqp_connection_state_t it_live_open(tu_stack_t *s);

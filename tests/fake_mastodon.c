@@ -592,16 +592,44 @@ const char *fm_url(fm_t *f)
     return f->url;
 }
 
+void fm_status_uri(const char *id, char *out, size_t size)
+{
+    snprintf(out, size, "https://remote.example/statuses/%s", id);
+}
+
 char *fm_status_json(const char *id, const char *acct, const char *content_html, const char *edited_at)
 {
     char uri[256], url[256];
-    snprintf(uri, sizeof(uri), "https://remote.example/users/%s/statuses/%s", acct, id);
+    fm_status_uri(id, uri, sizeof(uri));
     snprintf(url, sizeof(url), "https://remote.example/@%s/%s", acct, id);
     json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:o, s:s, s:s, s:s, s:s, s:{s:s, s:s, s:s, s:s}, s:n, s:[]}", "id", id,
                           "uri", uri, "url", url, "created_at", "2026-03-01T12:00:00.000Z", "edited_at",
                           edited_at != NULL ? json_string(edited_at) : json_null(), "content", content_html,
                           "spoiler_text", "", "visibility", "public", "language", "en", "account", "id", "42", "username",
                           acct, "acct", acct, "display_name", "Display Name", "reblog", "media_attachments");
+    char *s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_decref(o);
+    return s;
+}
+
+char *fm_boost_json(const char *id, const char *acct, const char *status_json)
+{
+    char uri[256];
+    fm_status_uri(id, uri, sizeof(uri));
+    json_t *o = json_pack("{s:s, s:s, s:n, s:s, s:n, s:s, s:s, s:s, s:n, s:{s:s, s:s, s:s, s:s}, s:o, s:[]}", "id", id,
+                          "uri", uri, "url", "created_at", "2026-03-01T13:00:00.000Z", "edited_at", "content", "",
+                          "spoiler_text", "", "visibility", "public", "language", "account", "id", "43", "username", acct,
+                          "acct", acct, "display_name", "Booster", "reblog", json_loads(status_json, 0, NULL),
+                          "media_attachments");
+    char *s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_decref(o);
+    return s;
+}
+
+char *fm_with_id(const char *status_json, const char *id)
+{
+    json_t *o = json_loads(status_json, 0, NULL);
+    json_object_set_new(o, "id", json_string(id));
     char *s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
     json_decref(o);
     return s;

@@ -38,8 +38,18 @@ fm_t *fm_start(const fm_conf_t *conf);
 void fm_stop(fm_t *f);
 const char *fm_url(fm_t *f); /* http://127.0.0.1:<REST port> */
 
+/* The canonical uri fm_status_json gives the status with this id (the same on every fake instance:
+ * the post's home is remote.example). */
+void fm_status_uri(const char *id, char *out, size_t size);
+
 /* A status as Mastodon sends it (malloc'd JSON). edited_at may be NULL. */
 char *fm_status_json(const char *id, const char *acct, const char *content_html, const char *edited_at);
+
+/* A boost by acct of the status status_json, as Mastodon sends it (malloc'd JSON): a status of its
+ * own (id, uri from fm_status_uri(id), no content) whose "reblog" is the boosted status. */
+char *fm_boost_json(const char *id, const char *acct, const char *status_json);
+/* status_json with another local id (the same post as another instance numbers it); malloc'd. */
+char *fm_with_id(const char *status_json, const char *id);
 
 /* Adds status_json to the timelines and sends it as "update" to every open stream. */
 void fm_post(fm_t *f, const char *status_json);

@@ -28,7 +28,7 @@ static size_t pending(void *g)
 int main(int argc, char **argv)
 {
     const char *host, *url, *token, *stream, *channel;
-    long long port, autostart, drain_s, queue_cap;
+    long long port, autostart, drain_s, queue_cap, id_memory;
     sl_http_opts_t http_opts;
     char instance[SL_MASTODON_INSTANCE_MAX];
     sl_ingest_conf_t conf;
@@ -69,6 +69,8 @@ int main(int argc, char **argv)
          "pages followed in one poll to catch up"},
         {"buffer", "SLUICE_INGEST_BUFFER", SL_OPT_INT, &queue_cap, "64", 1, 100000,
          "items read ahead of the broker before reading pauses"},
+        {"id-memory", "SLUICE_INGEST_ID_MEMORY", SL_OPT_INT, &id_memory, "65536", 0, 16777216,
+         "statuses remembered per source so that their deletion finds them (about 40 bytes each; 0: none)"},
         {"max-unconfirmed", "SLUICE_INGEST_MAX_UNCONFIRMED", SL_OPT_INT, &conf.max_unconfirmed, "32", 1, 10000,
          "publishes awaiting the broker's confirm"},
         {"retry-min-ms", "SLUICE_INGEST_RETRY_MIN_MS", SL_OPT_INT, &conf.retry_min_ms, "200", 1, 3600000,
@@ -118,6 +120,7 @@ int main(int argc, char **argv)
     rc->stream = stream;
     rc->channel = channel;
     rc->queue_cap = (size_t)queue_cap;
+    rc->ids_cap = (size_t)id_memory;
 
     sl_log_init("ingest");
     /* both before any thread: the reader uses curl and jansson */

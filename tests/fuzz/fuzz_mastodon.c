@@ -118,7 +118,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     json_t *status = json_loadb(s, size, 0, NULL);
     if (status != NULL) {
         why[0] = '\0';
-        sl_mastodon_result_t r = sl_mastodon_status_to_message(status, INSTANCE, CHANNEL, &m, why, sizeof(why));
+        sl_mastodon_result_t r = sl_mastodon_status_to_message(status, INSTANCE, CHANNEL, NULL, &m, why, sizeof(why));
         FUZZ_CHECK(r == SL_MASTODON_OK || r == SL_MASTODON_SKIP || r == SL_MASTODON_INVALID);
         if (r == SL_MASTODON_OK)
             check_mapped(&m);
@@ -129,7 +129,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     static const char *const events[] = {"update", "status.update", "delete"};
     for (size_t k = 0; k < sizeof(events) / sizeof(events[0]); k++) {
         why[0] = '\0';
-        sl_mastodon_result_t r = sl_mastodon_stream_event(events[k], s, size, INSTANCE, CHANNEL, &m, why, sizeof(why));
+        sl_mastodon_result_t r = sl_mastodon_stream_event(events[k], s, size, INSTANCE, CHANNEL, NULL, &m, why, sizeof(why));
         if (r == SL_MASTODON_OK) {
             FUZZ_CHECK(m.type == (k == 0 ? SL_MESSAGE_NEW : k == 1 ? SL_MESSAGE_UPDATE : SL_MESSAGE_DELETE));
             check_mapped(&m);
