@@ -8,6 +8,7 @@
  */
 #include "sl_ingest.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,6 +31,7 @@ struct slot {
     sl_message_t m;
     uint64_t order; /* when it was taken from the reader */
     uint64_t tag;
+    size_t source;  /* the reader it came from */
     enum slot_state state;
 };
 
@@ -38,7 +40,12 @@ struct sl_ingest {
     h2o_loop_t *loop;
     sl_publisher_t *pub;
     sl_amqp_topology_t topology;
-    sl_ingest_reader_t *reader;
+    sl_ingest_source_t sources[SL_INGEST_MAX_SOURCES];
+    char labels[SL_INGEST_MAX_SOURCES][SL_MASTODON_INSTANCE_MAX + 300]; /* "<instance> <stream>", for logs */
+    sl_ingest_reader_t *readers[SL_INGEST_MAX_SOURCES];
+    size_t nsources;
+    size_t next_source; /* the reader to take from first, in turn */
+    uint64_t src_enqueued[SL_INGEST_MAX_SOURCES];
     int wake_fd;
     h2o_socket_t *wake_sock;
     struct slot *slots;
@@ -96,6 +103,7 @@ static void on_confirm(void *data, sl_publish_result_t r)
     if (r == SL_PUBLISH_OK) {
         s->state = SLOT_FREE;
         g->enqueued++;
+        g->src_enqueued[s->source]++;
         if (g->refusing)
             SL_INFO("event=publish_resumed");
         g->refusing = 0;
@@ -148,6 +156,26 @@ static struct slot *free_slot(sl_ingest_t *g)
     return NULL;
 }
 
+/* Takes the next item into s, from the sources in turn: 1, or 0 when none has one. */
+static int pop_next(sl_ingest_t *g, struct slot *s)
+{
+    for (size_t k = 0; k < g->nsources; k++) {
+        size_t i = (g->next_source + k) % g->nsources;
+        if (sl_ingest_reader_pop(g->readers[i], &s->m)) {
+            s->source = i;
+            g->next_source = (i + 1) % g->nsources;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static void reap_all(sl_ingest_t *g, int wait)
+{
+    for (size_t i = 0; i < g->nsources; i++)
+        sl_ingest_reader_reap(g->readers[i], wait);
+}
+
 static void pump(sl_ingest_t *g)
 {
     struct slot *s;
@@ -158,7 +186,7 @@ static void pump(sl_ingest_t *g)
         if (publish_slot(g, s) != 0)
             return;
     }
-    while ((s = free_slot(g)) != NULL && sl_ingest_reader_pop(g->reader, &s->m)) {
+    while ((s = free_slot(g)) != NULL && pop_next(g, s)) {
         s->order = g->next_order++;
         if (publish_slot(g, s) != 0)
             return;
@@ -174,7 +202,7 @@ static void on_kick(h2o_timeout_entry_t *entry)
 static void on_tick(h2o_timeout_entry_t *entry)
 {
     sl_ingest_t *g = H2O_STRUCT_FROM_MEMBER(sl_ingest_t, tick, entry);
-    sl_ingest_reader_reap(g->reader, 0);
+    reap_all(g, 0);
     pump(g);
     h2o_timeout_link(g->loop, &g->tick_timeout, &g->tick);
 }
@@ -186,7 +214,7 @@ static void on_wake(h2o_socket_t *sock, const char *err)
     (void)err;
     while (read(g->wake_fd, &v, sizeof(v)) > 0)
         ;
-    sl_ingest_reader_reap(g->reader, 0);
+    reap_all(g, 0);
     pump(g);
 }
 
@@ -206,9 +234,22 @@ sl_ingest_t *sl_ingest_create(h2o_loop_t *loop, const sl_ingest_conf_t *conf)
         g->slots[i].g = g;
     if ((g->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) < 0)
         goto Fail;
-    g->conf.reader.wake_fd = g->wake_fd;
-    if ((g->reader = sl_ingest_reader_create(&g->conf.reader)) == NULL)
-        goto Fail;
+    g->nsources = conf->nsources < SL_INGEST_MAX_SOURCES ? conf->nsources : SL_INGEST_MAX_SOURCES;
+    memcpy(g->sources, conf->sources, g->nsources * sizeof(g->sources[0]));
+    g->conf.sources = g->sources;
+    for (size_t i = 0; i < g->nsources; i++) {
+        sl_ingest_reader_conf_t rc = conf->reader;
+        char label[sizeof(g->labels[i])];
+        snprintf(label, sizeof(label), "%s %s", g->sources[i].instance, g->sources[i].stream);
+        sl_log_quote(g->labels[i], sizeof(g->labels[i]), label);
+        rc.instance = g->sources[i].instance;
+        rc.stream = g->sources[i].stream;
+        rc.token = g->sources[i].token;
+        rc.label = g->labels[i];
+        rc.wake_fd = g->wake_fd;
+        if ((g->readers[i] = sl_ingest_reader_create(&rc)) == NULL)
+            goto Fail;
+    }
     sl_amqp_topology_defaults(&g->topology, conf->queue_max_length, conf->queue_max_bytes);
     g->topology.role = SL_AMQP_ROLE_PUBLISHER;
     sl_publisher_conf_t pc = {.url = conf->amqp_url,
@@ -230,7 +271,8 @@ sl_ingest_t *sl_ingest_create(h2o_loop_t *loop, const sl_ingest_conf_t *conf)
     h2o_timeout_link(loop, &g->tick_timeout, &g->tick);
     return g;
 Fail:
-    sl_ingest_reader_destroy(g->reader);
+    for (size_t i = 0; i < g->nsources; i++)
+        sl_ingest_reader_destroy(g->readers[i]);
     if (g->wake_fd >= 0)
         close(g->wake_fd);
     free(g->slots);
@@ -240,39 +282,52 @@ Fail:
 
 int sl_ingest_start(sl_ingest_t *g)
 {
-    sl_ingest_reader_status_t st;
-    sl_ingest_reader_status(g->reader, &st);
-    if (st.running)
-        return 0;
-    SL_INFO("event=ingest_start url=%s stream=%s channel=%s", g->conf.mastodon_url, g->conf.reader.stream,
-            g->conf.reader.channel);
-    return sl_ingest_reader_start(g->reader);
+    int ret = 0;
+    for (size_t i = 0; i < g->nsources; i++) {
+        sl_ingest_reader_status_t st;
+        sl_ingest_reader_status(g->readers[i], &st);
+        if (st.running)
+            continue;
+        SL_INFO("event=ingest_start url=%s stream=%s channel=%s token=%s", g->sources[i].instance,
+                g->sources[i].stream, g->conf.reader.channel, g->sources[i].token[0] != '\0' ? "set" : "none");
+        if (sl_ingest_reader_start(g->readers[i]) != 0)
+            ret = -1;
+    }
+    return ret;
 }
 
 void sl_ingest_stop(sl_ingest_t *g)
 {
-    sl_ingest_reader_status_t st;
-    sl_ingest_reader_status(g->reader, &st);
-    if (st.running)
+    int running = 0;
+    for (size_t i = 0; i < g->nsources; i++) {
+        sl_ingest_reader_status_t st;
+        sl_ingest_reader_status(g->readers[i], &st);
+        running |= st.running;
+    }
+    if (running)
         SL_INFO("event=ingest_stop pending=%zu", sl_ingest_pending(g));
-    sl_ingest_reader_stop(g->reader);
+    for (size_t i = 0; i < g->nsources; i++)
+        sl_ingest_reader_stop(g->readers[i]);
 }
 
 void sl_ingest_stop_and_join(sl_ingest_t *g)
 {
     sl_ingest_stop(g);
-    sl_ingest_reader_reap(g->reader, 1);
+    reap_all(g, 1);
     pump(g);
 }
 
 size_t sl_ingest_pending(sl_ingest_t *g)
 {
-    sl_ingest_reader_status_t st;
     size_t n = 0;
-    sl_ingest_reader_status(g->reader, &st);
+    for (size_t i = 0; i < g->nsources; i++) {
+        sl_ingest_reader_status_t st;
+        sl_ingest_reader_status(g->readers[i], &st);
+        n += st.queued;
+    }
     for (size_t i = 0; i < g->nslots; i++)
         n += g->slots[i].state != SLOT_FREE;
-    return n + st.queued;
+    return n;
 }
 
 void sl_ingest_destroy(sl_ingest_t *g)
@@ -283,7 +338,8 @@ void sl_ingest_destroy(sl_ingest_t *g)
     if (pending > 0)
         SL_WARN("event=pending_lost count=%zu reason=\"not confirmed by the broker before exit\"", pending);
     g->destroying = 1;
-    sl_ingest_reader_destroy(g->reader);
+    for (size_t i = 0; i < g->nsources; i++)
+        sl_ingest_reader_destroy(g->readers[i]);
     sl_publisher_destroy(g->pub); /* outstanding confirms run now, as refusals */
     h2o_timeout_unlink(&g->tick);
     if (h2o_timeout_is_linked(&g->kick))
@@ -294,6 +350,101 @@ void sl_ingest_destroy(sl_ingest_t *g)
     h2o_socket_close(g->wake_sock); /* closes wake_fd */
     free(g->slots);
     free(g);
+}
+
+/* ---- configuration ---------------------------------------------------------------------------- */
+
+static size_t list_count(const char *list)
+{
+    size_t n = 1;
+    if (list == NULL || *list == '\0')
+        return 0;
+    for (; *list != '\0'; list++)
+        n += *list == ',';
+    return n;
+}
+
+/* Entry i of a comma-separated list, spaces around it dropped, into out: 0, or -1 when it does not fit. */
+static int list_entry(const char *list, size_t i, char *out, size_t size)
+{
+    for (; i > 0; i--)
+        list = strchr(list, ',') + 1;
+    const char *end = strchr(list, ',');
+    if (end == NULL)
+        end = list + strlen(list);
+    while (list < end && isspace((unsigned char)*list))
+        list++;
+    while (end > list && isspace((unsigned char)end[-1]))
+        end--;
+    if ((size_t)(end - list) >= size)
+        return -1;
+    memcpy(out, list, (size_t)(end - list));
+    out[end - list] = '\0';
+    return 0;
+}
+
+int sl_ingest_sources_parse(const char *urls, const char *streams, const char *tokens, sl_ingest_source_t *out,
+                            size_t *n, char *err, size_t errlen)
+{
+    size_t nurls = list_count(urls), nstreams = list_count(streams), ntokens = list_count(tokens);
+    char url[SL_MASTODON_INSTANCE_MAX + 1];
+    *n = 0;
+    if (nurls == 0) {
+        snprintf(err, errlen, "SLUICE_MASTODON_URL names no instance");
+        return -1;
+    }
+    if (nurls > SL_INGEST_MAX_SOURCES) {
+        snprintf(err, errlen, "SLUICE_MASTODON_URL lists %zu sources, at most %d", nurls, SL_INGEST_MAX_SOURCES);
+        return -1;
+    }
+    if (nstreams > 1 && nstreams != nurls) {
+        snprintf(err, errlen, "SLUICE_MASTODON_STREAM lists %zu streams for %zu sources: give one, or one per source",
+                 nstreams, nurls);
+        return -1;
+    }
+    if (ntokens > 1 && ntokens != nurls) {
+        snprintf(err, errlen, "SLUICE_MASTODON_TOKEN lists %zu tokens for %zu sources: give one per source", ntokens,
+                 nurls);
+        return -1;
+    }
+    for (size_t i = 0; i < nurls; i++) {
+        sl_ingest_source_t *src = &out[i];
+        memset(src, 0, sizeof(*src));
+        if (list_entry(urls, i, url, sizeof(url)) != 0 || sl_mastodon_instance_norm(url, src->instance,
+                                                                                     sizeof(src->instance)) != 0) {
+            snprintf(err, errlen, "SLUICE_MASTODON_URL entry %zu of %zu (%.200s) must be an http(s):// instance URL",
+                     i + 1, nurls, url);
+            return -1;
+        }
+        if (nstreams == 0)
+            strcpy(src->stream, "public");
+        else if (list_entry(streams, nstreams > 1 ? i : 0, src->stream, sizeof(src->stream)) != 0 ||
+                 !sl_mastodon_stream_valid(src->stream)) {
+            snprintf(err, errlen, "SLUICE_MASTODON_STREAM entry %zu must be public, public:local or hashtag:<tag>",
+                     (nstreams > 1 ? i : 0) + 1);
+            return -1;
+        }
+        if (ntokens > 0 && list_entry(tokens, ntokens > 1 ? i : 0, src->token, sizeof(src->token)) != 0) {
+            snprintf(err, errlen, "SLUICE_MASTODON_TOKEN entry %zu is longer than %d bytes", (ntokens > 1 ? i : 0) + 1,
+                     SL_INGEST_TOKEN_MAX - 1);
+            return -1;
+        }
+        for (size_t j = 0; j < i; j++) {
+            if (strcmp(out[j].instance, src->instance) == 0 && strcmp(out[j].stream, src->stream) == 0) {
+                snprintf(err, errlen, "sources %zu and %zu are the same (%.200s, %s)", j + 1, i + 1, src->instance,
+                         src->stream);
+                return -1;
+            }
+            /* a token goes to its own instance only */
+            if (ntokens == 1 && src->token[0] != '\0' && strcmp(out[j].instance, src->instance) != 0) {
+                snprintf(err, errlen, "SLUICE_MASTODON_TOKEN: the sources are on several instances, so give one token "
+                                      "per source (an instance must not see another's token)");
+                return -1;
+            }
+        }
+    }
+    *n = nurls;
+    return 0;
 }
 
 /* ---- HTTP ------------------------------------------------------------------------------------- */
@@ -319,20 +470,106 @@ static void send_json(h2o_req_t *req, int status, json_t *root)
     free(text);
 }
 
+static json_int_t reconnects(const sl_ingest_reader_status_t *st)
+{
+    return (json_int_t)(st->connects > 0 ? st->connects - 1 : 0);
+}
+
+static const char *state_name(const sl_ingest_reader_status_t *st)
+{
+    return st->running ? "running" : st->stopping ? "stopping" : "stopped";
+}
+
+/* The whole of ingest as one status: counters summed, running when any source is, connected when
+ * every one is (since the last of them connected), the mode they share ("mixed" when they differ),
+ * the most recent error (*error_from: of which source). *nreconnects sums theirs. */
+static void whole_status(sl_ingest_t *g, sl_ingest_reader_status_t *all, uint64_t *nreconnects, size_t *error_from)
+{
+    memset(all, 0, sizeof(*all));
+    all->connected = g->nsources > 0;
+    *nreconnects = 0;
+    *error_from = 0;
+    for (size_t i = 0; i < g->nsources; i++) {
+        sl_ingest_reader_status_t st;
+        sl_ingest_reader_status(g->readers[i], &st);
+        all->running |= st.running;
+        all->stopping |= st.stopping;
+        if (st.mode != NULL)
+            all->mode = all->mode == NULL || strcmp(all->mode, st.mode) == 0 ? st.mode : "mixed";
+        all->connected &= st.connected;
+        if (st.connected_since_us > all->connected_since_us)
+            all->connected_since_us = st.connected_since_us;
+        all->received += st.received;
+        all->skipped += st.skipped;
+        all->invalid += st.invalid;
+        all->handed_over += st.handed_over;
+        all->connects += st.connects;
+        all->heartbeats += st.heartbeats;
+        all->polls += st.polls;
+        all->rate_limited += st.rate_limited;
+        all->queued += st.queued;
+        *nreconnects += (uint64_t)reconnects(&st);
+        if (st.last_error[0] != '\0' && st.last_error_at_us >= all->last_error_at_us) {
+            all->last_error_at_us = st.last_error_at_us;
+            memcpy(all->last_error, st.last_error, sizeof(all->last_error));
+            *error_from = i;
+        }
+    }
+    all->stopping &= !all->running;
+    if (!all->connected)
+        all->connected_since_us = 0;
+}
+
+static json_t *nullable_string(const char *s)
+{
+    return s != NULL && s[0] != '\0' ? json_string(s) : json_null();
+}
+
+/* One source, for GET /v1/ingest. */
+static json_t *source_state(sl_ingest_t *g, size_t i)
+{
+    sl_ingest_reader_status_t st;
+    sl_ingest_reader_status(g->readers[i], &st);
+    return json_pack("{s:s, s:s, s:s, s:o, s:b, s:o, s:o, s:{s:I, s:I, s:I, s:I, s:I}, s:I, s:I, s:I, s:I, s:o, s:o, "
+                     "s:o}",
+                     "url", g->sources[i].instance, "stream", g->sources[i].stream, "state", state_name(&st), "mode",
+                     nullable_string(st.mode), "connected", st.connected, "connected_since",
+                     time_or_null(st.connected_since_us), "cursor", nullable_string(st.cursor), "events", "received",
+                     (json_int_t)st.received, "skipped", (json_int_t)st.skipped, "invalid", (json_int_t)st.invalid,
+                     "enqueued", (json_int_t)g->src_enqueued[i], "queued", (json_int_t)st.queued, "reconnects",
+                     reconnects(&st), "heartbeats", (json_int_t)st.heartbeats, "polls", (json_int_t)st.polls,
+                     "rate_limited", (json_int_t)st.rate_limited, "last_item_at", time_or_null(st.last_item_at_us),
+                     "last_error", nullable_string(st.last_error), "last_error_at", time_or_null(st.last_error_at_us));
+}
+
 static void send_state(sl_ingest_t *g, h2o_req_t *req)
 {
     sl_ingest_reader_status_t st;
-    sl_ingest_reader_status(g->reader, &st);
-    const char *state = st.running ? "running" : st.stopping ? "stopping" : "stopped";
+    uint64_t nreconnects;
+    size_t error_from;
+    char error[sizeof(st.last_error) + sizeof(g->sources[0].instance) + sizeof(g->sources[0].stream) + 8];
+    whole_status(g, &st, &nreconnects, &error_from);
+    if (g->nsources > 1 && st.last_error[0] != '\0') /* which source */
+        snprintf(error, sizeof(error), "%s %s: %s", g->sources[error_from].instance, g->sources[error_from].stream,
+                 st.last_error);
+    else
+        snprintf(error, sizeof(error), "%s", st.last_error);
+    json_t *sources = json_array();
+    for (size_t i = 0; i < g->nsources && sources != NULL; i++) {
+        json_t *one = source_state(g, i);
+        if (one == NULL || json_array_append_new(sources, one) != 0) {
+            json_decref(sources);
+            sources = NULL;
+        }
+    }
     json_t *root = json_pack(
-        "{s:s, s:{s:s, s:s, s:s}, s:o, s:b, s:o, s:{s:I, s:I, s:I, s:I, s:I}, s:I, s:o, s:o}", "state", state, "source",
-        "url", g->conf.mastodon_url, "stream", g->conf.reader.stream, "channel", g->conf.reader.channel, "mode",
-        st.mode != NULL ? json_string(st.mode) : json_null(), "connected", st.connected, "connected_since",
+        "{s:s, s:{s:s, s:s, s:s}, s:o, s:b, s:o, s:{s:I, s:I, s:I, s:I, s:I}, s:I, s:o, s:o, s:o}", "state",
+        state_name(&st), "source", "url", g->conf.mastodon_url, "stream", g->conf.mastodon_stream, "channel",
+        g->conf.reader.channel, "mode", nullable_string(st.mode), "connected", st.connected, "connected_since",
         time_or_null(st.connected_since_us), "events", "received", (json_int_t)st.received, "skipped",
         (json_int_t)st.skipped, "invalid", (json_int_t)st.invalid, "enqueued", (json_int_t)g->enqueued, "pending",
-        (json_int_t)sl_ingest_pending(g), "reconnects", (json_int_t)(st.connects > 0 ? st.connects - 1 : 0),
-        "last_error", st.last_error[0] != '\0' ? json_string(st.last_error) : json_null(), "last_error_at",
-        time_or_null(st.last_error_at_us));
+        (json_int_t)sl_ingest_pending(g), "reconnects", (json_int_t)nreconnects, "last_error", nullable_string(error),
+        "last_error_at", time_or_null(st.last_error_at_us), "sources", sources);
     if (root == NULL) {
         sl_http_fail(req, 503, "out_of_memory", NULL, "out of memory", 1);
         return;
@@ -402,8 +639,10 @@ static void send_metrics(sl_ingest_t *g, h2o_req_t *req)
 {
     sl_buf_t b = SL_BUF_INIT;
     sl_ingest_reader_status_t st;
+    uint64_t nreconnects;
+    size_t error_from;
     const sl_publisher_stats_t *ps = sl_publisher_stats(g->pub);
-    sl_ingest_reader_status(g->reader, &st);
+    whole_status(g, &st, &nreconnects, &error_from);
     sl_metrics_header(&b, "sluice_ingest_events_total", "counter", "Mastodon events and statuses by outcome.");
     sl_metrics_sample(&b, "sluice_ingest_events_total", "outcome=\"received\"", (double)st.received);
     sl_metrics_sample(&b, "sluice_ingest_events_total", "outcome=\"skipped\"", (double)st.skipped);
@@ -427,8 +666,19 @@ static void send_metrics(sl_ingest_t *g, h2o_req_t *req)
     sl_metrics_sample(&b, "sluice_ingest_polls_total", "", (double)st.polls);
     sl_metrics_header(&b, "sluice_ingest_rate_limited_total", "counter", "Waits for the instance's rate limit.");
     sl_metrics_sample(&b, "sluice_ingest_rate_limited_total", "", (double)st.rate_limited);
-    sl_metrics_header(&b, "sluice_ingest_connected", "gauge", "1 while the stream is open (or polls succeed).");
+    sl_metrics_header(&b, "sluice_ingest_connected", "gauge",
+                      "1 while every source's stream is open (or its polls succeed).");
     sl_metrics_sample(&b, "sluice_ingest_connected", "", st.connected);
+    size_t up = 0;
+    for (size_t i = 0; i < g->nsources; i++) {
+        sl_ingest_reader_status_t one;
+        sl_ingest_reader_status(g->readers[i], &one);
+        up += one.connected != 0;
+    }
+    sl_metrics_header(&b, "sluice_ingest_sources", "gauge", "Sources read (instance and stream).");
+    sl_metrics_sample(&b, "sluice_ingest_sources", "", (double)g->nsources);
+    sl_metrics_header(&b, "sluice_ingest_sources_connected", "gauge", "Sources whose stream is open (or polls succeed).");
+    sl_metrics_sample(&b, "sluice_ingest_sources_connected", "", (double)up);
     sl_metrics_header(&b, "sluice_ingest_running", "gauge", "1 while reading is started.");
     sl_metrics_sample(&b, "sluice_ingest_running", "", st.running);
     sl_metrics_header(&b, "sluice_ingest_ready", "gauge", "1 when the broker is reachable and not blocking.");

@@ -52,6 +52,9 @@ struct sl_ingest_reader {
     char since_id[SL_MASTODON_STATUS_ID_MAX + 1];
 };
 
+/* A log line of this reader: its source at the end (ingest may read several). */
+#define RLOG(level, r, fmt, ...) sl_log(level, fmt " source=%s", ##__VA_ARGS__, (r)->conf.label)
+
 /* ---- shared state ------------------------------------------------------------------------------ */
 
 #define LOCKED(r, stmt)                                                                                                \
@@ -70,7 +73,7 @@ static void set_error(sl_ingest_reader_t *r, const char *fmt, ...)
     vsnprintf(buf, sizeof(buf), fmt, ap);
     va_end(ap);
     LOCKED(r, memcpy(r->st.last_error, buf, sizeof(buf)); r->st.last_error_at_us = sl_time_now_us());
-    SL_WARN("event=mastodon_error error=%s", sl_log_quote(q, sizeof(q), buf));
+    RLOG(SL_LOG_WARN, r, "event=mastodon_error error=%s", sl_log_quote(q, sizeof(q), buf));
 }
 
 static void set_connected(sl_ingest_reader_t *r, int connected)
@@ -104,6 +107,7 @@ static int push(sl_ingest_reader_t *r, const sl_message_t *m)
     r->ring[(r->head + r->count) % r->conf.queue_cap] = *m;
     r->count++;
     r->st.handed_over++;
+    r->st.last_item_at_us = sl_time_now_us();
     pthread_mutex_unlock(&r->lock);
     wake_loop(r);
     return 0;
@@ -138,7 +142,7 @@ static int backoff(sl_ingest_reader_t *r, int attempt)
     if (ms > r->conf.backoff_max_ms)
         ms = r->conf.backoff_max_ms;
     ms = ms / 2 + (long long)(rand_r(&r->seed) % (unsigned)(ms / 2 + 1));
-    SL_INFO("event=reconnect_wait ms=%lld attempt=%d", ms, attempt + 1);
+    RLOG(SL_LOG_INFO, r, "event=reconnect_wait ms=%lld attempt=%d", ms, attempt + 1);
     return pause_ms(r, ms);
 }
 
@@ -216,12 +220,13 @@ static int on_sse_event(void *arg, const char *event, const char *data, size_t l
         sl_mastodon_stream_event(event, data, len, r->conf.instance, r->conf.channel, r->ids, &m, why, sizeof(why));
     if (res == SL_MASTODON_SKIP) {
         LOCKED(r, r->st.skipped++);
-        SL_INFO("event=skipped type=%s reason=%s", sl_log_quote(q, 80, event), sl_log_quote(q + 80, sizeof(q) - 80, why));
+        RLOG(SL_LOG_INFO, r, "event=skipped type=%s reason=%s", sl_log_quote(q, 80, event),
+             sl_log_quote(q + 80, sizeof(q) - 80, why));
         return 0;
     }
     if (res == SL_MASTODON_INVALID) {
         LOCKED(r, r->st.invalid++);
-        SL_WARN("event=invalid_event type=%s reason=%s", sl_log_quote(q, 80, event),
+        RLOG(SL_LOG_WARN, r, "event=invalid_event type=%s reason=%s", sl_log_quote(q, 80, event),
                 sl_log_quote(q + 80, sizeof(q) - 80, why));
         return 0;
     }
@@ -263,7 +268,7 @@ static size_t on_body(char *p, size_t size, size_t n, void *arg)
         x->opened = 1;
         set_connected(x->r, 1);
         LOCKED(x->r, x->r->st.connects++);
-        SL_INFO("event=stream_connected stream=%s", x->r->conf.stream);
+        RLOG(SL_LOG_INFO, x->r, "event=stream_connected stream=%s", x->r->conf.stream);
     }
     if (sl_msse_feed(&x->sse, p, len) != 0) {
         x->stopped = 1;
@@ -373,7 +378,7 @@ static void discover(sl_ingest_reader_t *r, char *base, size_t size)
             json_decref(doc);
             sl_buf_free(&x.body);
             if (ok) {
-                SL_INFO("event=streaming_discovered base=%s from=%s", base, paths[i]);
+                RLOG(SL_LOG_INFO, r, "event=streaming_discovered base=%s from=%s", base, paths[i]);
                 return;
             }
         } else {
@@ -383,7 +388,7 @@ static void discover(sl_ingest_reader_t *r, char *base, size_t size)
             break;
     }
     snprintf(base, size, "%s", r->conf.instance);
-    SL_INFO("event=streaming_discovered base=%s from=default", base);
+    RLOG(SL_LOG_INFO, r, "event=streaming_discovered base=%s from=default", base);
 }
 
 enum stream_outcome { STREAM_REFUSED, STREAM_ENDED, STREAM_FAILED, STREAM_STOPPED };
@@ -398,7 +403,7 @@ static enum stream_outcome stream_once(sl_ingest_reader_t *r, const char *base, 
     snprintf(url, sizeof(url), "%s%s", base, path);
     sl_msse_init(&x.sse, MAX_EVENT, on_sse_event, on_sse_comment, &x);
     int64_t t0 = sl_time_mono_us();
-    SL_INFO("event=stream_connecting url=%s", url);
+    RLOG(SL_LOG_INFO, r, "event=stream_connecting url=%s", url);
     CURLcode rc = perform(r, url, &x);
     *lasted_us = sl_time_mono_us() - t0;
     set_connected(r, 0);
@@ -424,7 +429,7 @@ static enum stream_outcome stream_once(sl_ingest_reader_t *r, const char *base, 
         out = STREAM_FAILED;
     }
     if (x.sse.dropped > 0)
-        SL_WARN("event=oversize_events_dropped count=%llu", (unsigned long long)x.sse.dropped);
+        RLOG(SL_LOG_WARN, r, "event=oversize_events_dropped count=%llu", (unsigned long long)x.sse.dropped);
     sl_msse_free(&x.sse);
     sl_buf_free(&x.body);
     return out;
@@ -476,12 +481,13 @@ static int push_page(sl_ingest_reader_t *r, json_t *arr)
             sl_mastodon_status_to_message(v[i], r->conf.instance, r->conf.channel, r->ids, &m, why, sizeof(why));
         if (res != SL_MASTODON_OK) {
             LOCKED(r, if (res == SL_MASTODON_SKIP) r->st.skipped++; else r->st.invalid++);
-            SL_INFO("event=skipped reason=%s", sl_log_quote(q, sizeof(q), why));
+            RLOG(SL_LOG_INFO, r, "event=skipped reason=%s", sl_log_quote(q, sizeof(q), why));
         } else if (push(r, &m) != 0) {
             ret = -2;
             break;
         }
         snprintf(r->since_id, sizeof(r->since_id), "%s", id);
+        LOCKED(r, memcpy(r->st.cursor, r->since_id, sizeof(r->st.cursor)));
     }
     free(v);
     return ret;
@@ -513,13 +519,13 @@ static int poll_once(sl_ingest_reader_t *r, long long *wait_ms)
         if (rc != CURLE_OK || x.status != 200) {
             if (rc == CURLE_OK && x.status == 429) {
                 LOCKED(r, r->st.rate_limited++);
-                SL_WARN("event=rate_limited wait_ms=%lld", rw);
+                RLOG(SL_LOG_WARN, r, "event=rate_limited wait_ms=%lld", rw);
                 *wait_ms = rw;
             } else {
                 set_error(r, "polling %s: %s", path,
                           rc != CURLE_OK ? (x.why[0] ? x.why : curl_easy_strerror(rc)) : "unexpected HTTP status");
                 if (rc == CURLE_OK)
-                    SL_WARN("event=poll_failed status=%ld body=%s", x.status,
+                    RLOG(SL_LOG_WARN, r, "event=poll_failed status=%ld body=%s", x.status,
                             sl_log_quote(q, sizeof(q), x.body.data != NULL ? x.body.data : ""));
                 ret = -1;
             }
@@ -541,7 +547,7 @@ static int poll_once(sl_ingest_reader_t *r, long long *wait_ms)
         json_decref(arr);
         if (rw > 0) {
             LOCKED(r, r->st.rate_limited++);
-            SL_INFO("event=rate_limit_reached wait_ms=%lld", rw);
+            RLOG(SL_LOG_INFO, r, "event=rate_limit_reached wait_ms=%lld", rw);
             *wait_ms = rw > *wait_ms ? rw : *wait_ms;
             break;
         }
@@ -564,7 +570,7 @@ static void *run(void *arg)
     char base[SL_MASTODON_INSTANCE_MAX] = "";
     int attempt = 0, polling = r->conf.token == NULL || r->conf.token[0] == '\0';
     if (polling)
-        SL_INFO("event=polling_mode reason=\"no token (public streams need one since Mastodon 4.2)\"");
+        RLOG(SL_LOG_INFO, r, "event=polling_mode reason=\"no token (public streams need one since Mastodon 4.2)\"");
     set_mode(r, polling ? "polling" : "streaming");
     while (!atomic_load(&r->stop)) {
         if (!polling) {
@@ -577,7 +583,7 @@ static void *run(void *arg)
             if (o == STREAM_STOPPED)
                 break;
             if (o == STREAM_REFUSED) {
-                SL_WARN("event=polling_mode reason=\"streaming refused\"");
+                RLOG(SL_LOG_WARN, r, "event=polling_mode reason=\"streaming refused\"");
                 polling = 1;
                 attempt = 0;
                 set_mode(r, "polling");
@@ -605,7 +611,7 @@ static void *run(void *arg)
         }
     }
     set_connected(r, 0);
-    SL_INFO("event=reader_stopped");
+    RLOG(SL_LOG_INFO, r, "event=reader_stopped");
     atomic_store(&r->done, 1);
     wake_loop(r);
     return NULL;
@@ -636,7 +642,9 @@ sl_ingest_reader_t *sl_ingest_reader_create(const sl_ingest_reader_conf_t *conf)
     pthread_mutex_init(&r->lock, NULL);
     pthread_cond_init(&r->space, NULL);
     pthread_cond_init(&r->wakeup, NULL);
-    r->seed = (unsigned)sl_time_now_us() ^ (unsigned)getpid();
+    r->seed = (unsigned)sl_time_now_us() ^ (unsigned)getpid() ^ (unsigned)(uintptr_t)r;
+    if (r->conf.label == NULL)
+        r->conf.label = r->conf.instance;
     return r;
 }
 

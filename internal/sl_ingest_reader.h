@@ -25,6 +25,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "sl_mastodon.h"
 #include "sl_message.h"
 
 typedef struct sl_ingest_reader_conf {
@@ -32,6 +33,7 @@ typedef struct sl_ingest_reader_conf {
     const char *token;             /* access token, NULL or "" for none */
     const char *stream;            /* "public", "public:local", "hashtag:<tag>" */
     const char *channel;           /* channel of the messages made */
+    const char *label;             /* names the source in log lines (NULL: the instance) */
     long long idle_ms;             /* a stream silent this long is dead */
     long long connect_timeout_ms;
     long long request_timeout_ms;  /* whole REST requests */
@@ -56,6 +58,8 @@ typedef struct sl_ingest_reader_status {
     uint64_t handed_over;          /* items pushed into the queue */
     uint64_t connects, heartbeats, polls, rate_limited;
     size_t queued;                 /* in the queue now */
+    char cursor[SL_MASTODON_STATUS_ID_MAX + 1]; /* polling: the min_id of the next poll ("" before the first) */
+    int64_t last_item_at_us;       /* wall clock of the last item handed over; 0: none yet */
     char last_error[256];          /* "" when none yet */
     int64_t last_error_at_us;
 } sl_ingest_reader_status_t;

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "sl_buf.h"
+#include "sl_ingest.h"
 #include "sl_mastodon.h"
 #include "sl_mastodon_sse.h"
 #include "sl_message.h"
@@ -664,6 +665,66 @@ START_TEST(test_event_payloads_decode_strictly)
 }
 END_TEST
 
+/* ---- sources ------------------------------------------------------------------------------------ */
+
+START_TEST(test_sources_parse)
+{
+    sl_ingest_source_t src[SL_INGEST_MAX_SOURCES];
+    size_t n;
+    char err[512];
+    /* one source, as before */
+    ck_assert_int_eq(sl_ingest_sources_parse("https://A.example/", NULL, "tok", src, &n, err, sizeof(err)), 0);
+    ck_assert_int_eq(n, 1);
+    ck_assert_str_eq(src[0].instance, "https://a.example");
+    ck_assert_str_eq(src[0].stream, "public");
+    ck_assert_str_eq(src[0].token, "tok");
+    /* several: one stream for all, tokens per source (empty: none); one instance twice, two streams */
+    ck_assert_int_eq(sl_ingest_sources_parse(" https://a.example , https://b.example,https://a.example", "public",
+                                             "ta,,ta2", src, &n, err, sizeof(err)),
+                     -1); /* a.example public twice */
+    ck_assert_ptr_nonnull(strstr(err, "the same"));
+    ck_assert_int_eq(sl_ingest_sources_parse(" https://a.example , https://b.example,https://a.example",
+                                             "public,public:local,hashtag:cats", "ta,,ta2", src, &n, err, sizeof(err)),
+                     0);
+    ck_assert_int_eq(n, 3);
+    ck_assert_str_eq(src[1].instance, "https://b.example");
+    ck_assert_str_eq(src[1].stream, "public:local");
+    ck_assert_str_eq(src[1].token, "");
+    ck_assert_str_eq(src[2].stream, "hashtag:cats");
+    ck_assert_str_eq(src[2].token, "ta2");
+    /* one token for two streams of one instance is fine; for two instances it would leak */
+    ck_assert_int_eq(
+        sl_ingest_sources_parse("https://a.example,https://a.example", "public,hashtag:x", "t", src, &n, err, sizeof(err)),
+        0);
+    ck_assert_str_eq(src[1].token, "t");
+    ck_assert_int_eq(sl_ingest_sources_parse("https://a.example,https://b.example", NULL, "t", src, &n, err, sizeof(err)),
+                     -1);
+    ck_assert_ptr_nonnull(strstr(err, "one token per source"));
+    ck_assert_ptr_null(strstr(err, "t\"")); /* never the token itself */
+    static const struct {
+        const char *urls, *streams, *tokens, *want;
+    } bad[] = {
+        {"", NULL, NULL, "names no instance"},
+        {"https://a.example,", NULL, NULL, "entry 2 of 2"},
+        {"https://a.example,ftp://b.example", NULL, NULL, "entry 2 of 2"},
+        {"https://a.example,https://b.example", "public,public,public", NULL, "3 streams for 2 sources"},
+        {"https://a.example,https://b.example", "public,user", NULL, "STREAM entry 2"},
+        {"https://a.example,https://b.example", NULL, "a,b,c", "3 tokens for 2 sources"},
+        {"https://1.example,https://2.example,https://3.example,https://4.example,https://5.example,https://6.example,"
+         "https://7.example,https://8.example,https://9.example,https://10.example,https://11.example,"
+         "https://12.example,https://13.example,https://14.example,https://15.example,https://16.example,"
+         "https://17.example",
+         NULL, NULL, "at most 16"},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        err[0] = '\0';
+        ck_assert_int_eq(sl_ingest_sources_parse(bad[i].urls, bad[i].streams, bad[i].tokens, src, &n, err, sizeof(err)),
+                         -1);
+        ck_assert_msg(strstr(err, bad[i].want) != NULL, "case %zu: %s", i, err);
+    }
+}
+END_TEST
+
 /* ---- streams, discovery, headers -------------------------------------------------------------- */
 
 START_TEST(test_streams_and_paths)
@@ -735,6 +796,7 @@ int main(void)
     tcase_add_test(tc, test_ids_memory_is_bounded);
     tcase_add_test(tc, test_event_payloads_decode_strictly);
     tcase_add_test(tc, test_streams_and_paths);
+    tcase_add_test(tc, test_sources_parse);
     suite_add_tcase(s, tc);
     return tu_run_suite(s);
 }

@@ -372,6 +372,104 @@ START_TEST(test_same_post_from_two_instances_is_one_message)
 }
 END_TEST
 
+/* One ingest reads two instances at once, one streaming and one polling, each with its own state
+ * and cursor in GET /v1/ingest; a post both have is stored once. */
+START_TEST(test_one_ingest_reads_several_sources)
+{
+    fm_conf_t fa_conf = {.token = TOKEN, .heartbeat_ms = 300}, fb_conf = {.token = "only-for-streaming"};
+    fm_t *fa = fm_start(&fa_conf), *fb = fm_start(&fb_conf);
+    it_ingest_t g;
+    char urls[256], tu[300];
+    ck_assert(fa != NULL && fb != NULL);
+    snprintf(urls, sizeof(urls), "SLUICE_MASTODON_URL=%s, %s", fm_url(fa), fm_url(fb));
+    const char *env[] = {urls, "SLUICE_MASTODON_TOKEN=" TOKEN ",", "SLUICE_INGEST_POLL_LIMIT=10", NULL};
+    char *post = fm_status_json("701", "carol@remote.example", "<p>on both</p>", NULL);
+    char *copy = fm_with_id(post, "99701");
+    char *only_b = fm_status_json("702", "dan@remote.example", "<p>only on b</p>", NULL);
+    char *only_b2 = fm_with_id(only_b, "99702");
+    fm_add_to_timeline(fb, copy);
+    fm_add_to_timeline(fb, only_b2);
+    tu_stack_init(&S, "ingest_sources", 100000);
+    tu_start(&S, "persister", NULL);
+    tu_start(&S, "api", NULL);
+    it_start_ingest(&g, &S, "unused", env);
+    ck_assert_msg(fm_wait_streams(fa, 1, 10000), "see %s", g.log);
+    fm_post(fa, post);
+    PGconn *db = tu_db(&S);
+    ck_assert_int_eq(tu_wait_rows(db, 2, 20000), 2);
+    ck_assert(it_wait_field(&g, "mode", "mixed", 5000));
+    tu_sleep_ms(800);
+    ck_assert_int_eq(tu_scalar(db, "SELECT count(*) FROM messages"), 2);
+    assert_column(db, "701", "body", "on both");
+    assert_column(db, "702", "body", "only on b");
+
+    json_t *state = it_state(&g), *sources = json_object_get(state, "sources");
+    ck_assert_str_eq(json_string_value(json_object_get(state, "state")), "running");
+    snprintf(tu, sizeof(tu), "%s, %s", fm_url(fa), fm_url(fb));
+    ck_assert_str_eq(json_string_value(json_object_get(json_object_get(state, "source"), "url")), tu);
+    ck_assert_int_eq(json_array_size(sources), 2);
+    json_t *a = json_array_get(sources, 0), *b = json_array_get(sources, 1);
+    ck_assert_str_eq(json_string_value(json_object_get(a, "url")), fm_url(fa));
+    ck_assert_str_eq(json_string_value(json_object_get(b, "url")), fm_url(fb));
+    ck_assert_str_eq(json_string_value(json_object_get(a, "stream")), "public");
+    ck_assert_str_eq(json_string_value(json_object_get(a, "mode")), "streaming");
+    ck_assert_str_eq(json_string_value(json_object_get(b, "mode")), "polling");
+    ck_assert_str_eq(json_string_value(json_object_get(a, "state")), "running");
+    ck_assert_str_eq(json_string_value(json_object_get(b, "state")), "running");
+    ck_assert(json_is_null(json_object_get(a, "cursor")));
+    ck_assert_str_eq(json_string_value(json_object_get(b, "cursor")), "99702"); /* the next poll's min_id */
+    ck_assert(json_is_true(json_object_get(a, "connected")) && json_is_true(json_object_get(b, "connected")));
+    ck_assert(json_is_true(json_object_get(state, "connected")));
+    ck_assert(json_is_string(json_object_get(b, "last_item_at")));
+    json_t *ea = json_object_get(a, "events"), *eb = json_object_get(b, "events"), *e = json_object_get(state, "events");
+    ck_assert_int_eq(json_integer_value(json_object_get(ea, "enqueued")), 1);
+    ck_assert_int_eq(json_integer_value(json_object_get(eb, "enqueued")), 2);
+    ck_assert_int_eq(json_integer_value(json_object_get(e, "enqueued")), 3); /* the persister stored 2 */
+    ck_assert_int_eq(json_integer_value(json_object_get(e, "received")),
+                     json_integer_value(json_object_get(ea, "received")) +
+                         json_integer_value(json_object_get(eb, "received")));
+    ck_assert_int_ge(json_integer_value(json_object_get(b, "polls")), 1);
+    ck_assert_int_eq(json_integer_value(json_object_get(a, "polls")), 0);
+    json_decref(state);
+
+    /* B goes on from its cursor: a new status there is found by the next poll */
+    char *later = fm_status_json("99703", "dan@remote.example", "<p>later on b</p>", NULL);
+    fm_add_to_timeline(fb, later);
+    ck_assert_int_eq(tu_wait_rows(db, 3, 20000), 3);
+    ck_assert(it_wait_field(&g, "sources.1.cursor", "99703", 5000));
+
+    /* the control endpoint stops and starts every source */
+    tu_resp_t r;
+    it_command(&g, "application/json", "{\"command\":\"stop\"}", &r);
+    ck_assert_int_eq(r.status, 200);
+    tu_resp_free(&r);
+    ck_assert(it_wait_field(&g, "state", "stopped", 5000));
+    ck_assert(fm_wait_streams(fa, 0, 5000));
+    state = it_state(&g);
+    sources = json_object_get(state, "sources");
+    for (size_t i = 0; i < 2; i++)
+        ck_assert_str_eq(json_string_value(json_object_get(json_array_get(sources, i), "state")), "stopped");
+    json_decref(state);
+
+    char url[160];
+    snprintf(url, sizeof(url), "%s/metrics", g.base);
+    ck_assert_int_eq(tu_http("GET", url, NULL, NULL, NULL, 0, &r), 0);
+    ck_assert_ptr_nonnull(strstr(r.body, "sluice_ingest_sources 2\n"));
+    tu_resp_free(&r);
+
+    free(post);
+    free(copy);
+    free(only_b);
+    free(only_b2);
+    free(later);
+    ck_assert_int_eq(it_stop_ingest(&g), 0);
+    PQfinish(db);
+    tu_stack_cleanup(&S);
+    fm_stop(fa);
+    fm_stop(fb);
+}
+END_TEST
+
 struct bad_command {
     const char *ctype, *body;
     long status;
@@ -479,6 +577,7 @@ int main(void)
     tcase_add_test(tc, test_reconnect_stores_no_duplicates);
     tcase_add_test(tc, test_edits_and_deletes_propagate);
     tcase_add_test(tc, test_same_post_from_two_instances_is_one_message);
+    tcase_add_test(tc, test_one_ingest_reads_several_sources);
     tcase_add_test(tc, test_control_endpoint_starts_and_stops);
     suite_add_tcase(s, tc);
     return tu_run_suite(s);

@@ -93,7 +93,7 @@ static json_t *get_path(json_t *root, const char *path)
     snprintf(buf, sizeof(buf), "%s", path);
     json_t *v = root;
     for (char *save = NULL, *tok = strtok_r(buf, ".", &save); tok != NULL && v != NULL; tok = strtok_r(NULL, ".", &save))
-        v = json_object_get(v, tok);
+        v = json_is_array(v) ? json_array_get(v, strtoul(tok, NULL, 10)) : json_object_get(v, tok);
     return v;
 }
 

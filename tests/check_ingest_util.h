@@ -27,7 +27,8 @@ int it_stop_ingest(it_ingest_t *g);
 
 /* GET /v1/ingest, parsed (the caller decrefs). */
 json_t *it_state(it_ingest_t *g);
-/* Waits until GET /v1/ingest has string field == value (dotted path "a.b" allowed). */
+/* Waits until GET /v1/ingest has string field == value (dotted path "a.b" allowed; a number
+ * picks an array element: "sources.1.mode"). */
 int it_wait_field(it_ingest_t *g, const char *path, const char *value, int timeout_ms);
 /* POST /v1/ingest with body. */
 void it_command(it_ingest_t *g, const char *ctype, const char *body, tu_resp_t *r);

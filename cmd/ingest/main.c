@@ -1,6 +1,6 @@
 /*
- * sluice-ingest: reads public posts from a Mastodon instance (streaming, or polling without a token)
- * and enqueues them, with their edits and deletions, into the persist queue with publisher
+ * sluice-ingest: reads public posts from Mastodon instances (streaming, or polling without a token;
+ * one reading thread per source) and enqueues them, with their edits and deletions, into the persist queue with publisher
  * confirms. Wiring only: the loop side is internal/sl_ingest.c, the reading thread
  * internal/sl_ingest_reader.c, the Mastodon formats internal/sl_mastodon*.c.
  */
@@ -30,7 +30,8 @@ int main(int argc, char **argv)
     const char *host, *url, *token, *stream, *channel;
     long long port, autostart, drain_s, queue_cap, id_memory;
     sl_http_opts_t http_opts;
-    char instance[SL_MASTODON_INSTANCE_MAX];
+    static sl_ingest_source_t sources[SL_INGEST_MAX_SOURCES];
+    size_t nsources = 0;
     sl_ingest_conf_t conf;
     memset(&conf, 0, sizeof(conf));
     sl_ingest_reader_conf_t *rc = &conf.reader;
@@ -44,11 +45,13 @@ int main(int argc, char **argv)
         {"queue-max-bytes", "SLUICE_QUEUE_MAX_BYTES", SL_OPT_INT, &conf.queue_max_bytes, SL_AMQP_MAX_BYTES_DEFAULT, 0, 1e12,
          "x-max-length-bytes of the persist queue (0: none; must match everywhere)"},
         {"mastodon-url", "SLUICE_MASTODON_URL", SL_OPT_STR, &url, NULL, 0, 0,
-         "Mastodon instance, e.g. https://mastodon.social (required)"},
+         "Mastodon instance, e.g. https://mastodon.social, or a comma-separated list of up to 16 (one source each; "
+         "an instance may be listed again with another stream) (required)"},
         {"mastodon-token", "SLUICE_MASTODON_TOKEN", SL_OPT_STR, &token, NULL, 0, 0,
-         "access token (public streams need one since Mastodon 4.2; without one ingest polls)"},
+         "access token (public streams need one since Mastodon 4.2; without one ingest polls); with several sources "
+         "on several instances, a comma-separated list, one per source (an empty entry: none)"},
         {"mastodon-stream", "SLUICE_MASTODON_STREAM", SL_OPT_STR, &stream, "public", 0, 0,
-         "public, public:local or hashtag:<tag>"},
+         "public, public:local or hashtag:<tag>: one for every source, or a comma-separated list, one per source"},
         {"channel", "SLUICE_INGEST_CHANNEL", SL_OPT_STR, &channel, "mastodon", 0, 0, "channel of the messages made"},
         {"autostart", "SLUICE_INGEST_AUTOSTART", SL_OPT_INT, &autostart, "1", 0, 1,
          "1: start reading at launch; 0: wait for POST /v1/ingest {\"command\":\"start\"}"},
@@ -98,13 +101,13 @@ int main(int argc, char **argv)
             return 2;
         }
     }
-    if (url == NULL || sl_mastodon_instance_norm(url, instance, sizeof(instance)) != 0) {
-        fprintf(stderr, "sluice-ingest: SLUICE_MASTODON_URL (--mastodon-url) must be an http(s):// instance URL\n");
-        return 2;
-    }
-    if (!sl_mastodon_stream_valid(stream)) {
-        fprintf(stderr, "sluice-ingest: SLUICE_MASTODON_STREAM must be public, public:local or hashtag:<tag>\n");
-        return 2;
+    {
+        char err[512];
+        if (url == NULL || sl_ingest_sources_parse(url, stream, token, sources, &nsources, err, sizeof(err)) != 0) {
+            fprintf(stderr, "sluice-ingest: %s\n",
+                    url == NULL ? "SLUICE_MASTODON_URL (--mastodon-url) must name an http(s):// instance" : err);
+            return 2;
+        }
     }
     if (!sl_channel_valid(channel, strlen(channel))) {
         fprintf(stderr, "sluice-ingest: SLUICE_INGEST_CHANNEL must match [a-z0-9_-]{1,64}\n");
@@ -115,9 +118,9 @@ int main(int argc, char **argv)
         return 2;
     }
     conf.mastodon_url = url;
-    rc->instance = instance;
-    rc->token = token;
-    rc->stream = stream;
+    conf.mastodon_stream = stream;
+    conf.sources = sources;
+    conf.nsources = nsources;
     rc->channel = channel;
     rc->queue_cap = (size_t)queue_cap;
     rc->ids_cap = (size_t)id_memory;
@@ -145,10 +148,9 @@ int main(int argc, char **argv)
         sl_http_dispose(&server);
         return 1;
     }
-    SL_INFO("event=listening host=%s port=%lld mastodon=%s stream=%s channel=%s token=%s", host, port, instance, stream,
-            channel, token != NULL && *token ? "set" : "none");
+    SL_INFO("event=listening host=%s port=%lld sources=%zu channel=%s", host, port, nsources, channel);
     if (autostart && sl_ingest_start(g) != 0)
-        SL_ERROR("event=start_failed error=\"could not start the reader thread\"");
+        SL_ERROR("event=start_failed error=\"could not start a reader thread\"");
     sl_http_run(&server, &stopping);
 
     /* Stop reading, then get the confirms of what was read (retrying refusals) until the deadline. */
