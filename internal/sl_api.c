@@ -377,6 +377,7 @@ static void on_list(void *data, const PGresult *res, const char *err)
             continue;
         json_array_append_new(arr, sl_message_to_jansson(&m));
         last = m.seq;
+        sl_message_clear(&m);
     }
     if (r->route == R_GET) {
         if (json_array_size(arr) == 0) {

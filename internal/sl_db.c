@@ -13,6 +13,7 @@
 
 #include "sl_buf.h"
 #include "sl_log.h"
+#include "sl_meta.h"
 #include "sl_time.h"
 #include "sl_uuid.h"
 
@@ -80,6 +81,15 @@ static const struct migration migrations[] = {
      {NULL},
      {"CREATE UNIQUE INDEX IF NOT EXISTS messages_seq_plain_idx ON messages (seq)",
       "DROP INDEX IF EXISTS messages@messages_seq_idx", NULL}},
+    /* What readers of a Mastodon wall expect beside the text (sl_meta.h): display name, avatar,
+     * content warning, media, boosts. JSONB, nullable (messages from the api have none), on both
+     * servers; the client always writes it as text cast to jsonb (no JSONB[] parameter, which
+     * older CockroachDB versions lack). */
+    {6,
+     "message-meta",
+     {"ALTER TABLE messages ADD COLUMN IF NOT EXISTS meta JSONB", NULL},
+     {NULL},
+     {NULL}},
 };
 
 const char *sl_db_sqlstate(const PGresult *res)
@@ -224,17 +234,20 @@ static const char *const prep_names[PREP__COUNT] = {"sl_existing", "sl_insert", 
 static const char *const prep_sql[PREP__COUNT] = {
     "SELECT id FROM messages WHERE id = ANY($1::uuid[]) UNION ALL"
     " SELECT message_id FROM message_events WHERE type = 'delete' AND message_id = ANY($1::uuid[])",
-    "INSERT INTO messages (id, seq, channel, author, body, source, created_at, url, edited_at)"
-    " SELECT * FROM unnest($1::uuid[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::text[],"
-    " $7::timestamptz[], $8::text[], $9::timestamptz[])",
+    "INSERT INTO messages (id, seq, channel, author, body, source, created_at, url, edited_at, meta)"
+    " SELECT u.id, u.seq, u.channel, u.author, u.body, u.source, u.created_at, u.url, u.edited_at, u.meta::jsonb"
+    " FROM unnest($1::uuid[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[],"
+    " $8::text[], $9::timestamptz[], $10::text[])"
+    " AS u(id, seq, channel, author, body, source, created_at, url, edited_at, meta)",
     /* A batch of messages only (no events): skip the ids stored or deleted already and number the
      * rest $1+1… in array order, in one statement (the counter row is locked before it runs, so
      * its snapshot sees every row committed before). */
-    "INSERT INTO messages (id, seq, channel, author, body, source, created_at, url, edited_at)"
+    "INSERT INTO messages (id, seq, channel, author, body, source, created_at, url, edited_at, meta)"
     " SELECT u.id, $1::int8 + row_number() OVER (ORDER BY u.ord), u.channel, u.author, u.body, u.source,"
-    " u.created_at, u.url, u.edited_at"
+    " u.created_at, u.url, u.edited_at, u.meta::jsonb"
     " FROM unnest($2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[], $8::text[],"
-    " $9::timestamptz[]) WITH ORDINALITY AS u(id, channel, author, body, source, created_at, url, edited_at, ord)"
+    " $9::timestamptz[], $10::text[]) WITH ORDINALITY"
+    " AS u(id, channel, author, body, source, created_at, url, edited_at, meta, ord)"
     " WHERE NOT EXISTS (SELECT 1 FROM messages m WHERE m.id = u.id)"
     " AND NOT EXISTS (SELECT 1 FROM message_events e WHERE e.type = 'delete' AND e.message_id = u.id)"
     " RETURNING id, seq",
@@ -242,15 +255,16 @@ static const char *const prep_sql[PREP__COUNT] = {
      * key checks them anyway, so one already stored fails the statement with 23505 (and the batch is
      * tried again with the one above) instead of costing every row a lookup (about 13 % of the
      * statement on PostgreSQL 15). */
-    "INSERT INTO messages (id, seq, channel, author, body, source, created_at, url, edited_at)"
+    "INSERT INTO messages (id, seq, channel, author, body, source, created_at, url, edited_at, meta)"
     " SELECT u.id, $1::int8 + row_number() OVER (ORDER BY u.ord), u.channel, u.author, u.body, u.source,"
-    " u.created_at, u.url, u.edited_at"
+    " u.created_at, u.url, u.edited_at, u.meta::jsonb"
     " FROM unnest($2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[], $8::text[],"
-    " $9::timestamptz[]) WITH ORDINALITY AS u(id, channel, author, body, source, created_at, url, edited_at, ord)"
+    " $9::timestamptz[], $10::text[]) WITH ORDINALITY"
+    " AS u(id, channel, author, body, source, created_at, url, edited_at, meta, ord)"
     " WHERE NOT EXISTS (SELECT 1 FROM message_events e WHERE e.type = 'delete' AND e.message_id = u.id)"
     " RETURNING id, seq",
 };
-static const int prep_nparams[PREP__COUNT] = {1, 9, 9, 9};
+static const int prep_nparams[PREP__COUNT] = {1, 10, 10, 10};
 
 /* Runs prepared statement `which` (preparing it first on this connection); see take_result. */
 static int exec_prepared(sl_db_t *db, int which, const char *const *params, PGresult **out, char *err, size_t errlen)
@@ -385,11 +399,22 @@ int sl_db_migrate(sl_db_t *db, char *err, size_t errlen)
                "CREATE TABLE IF NOT EXISTS sluice_schema_migrations (version INT8 PRIMARY KEY, name TEXT NOT NULL,"
                " applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
                0, NULL, NULL, err, errlen);
-    int current = ret == SL_DB_OK ? sl_db_schema_version(db) : 0;
+    /* the versions recorded (few: one bit each) */
+    unsigned long long applied = 0;
+    PGresult *res = NULL;
+    if (ret == SL_DB_OK &&
+        (ret = exec(db, "SELECT version FROM sluice_schema_migrations", 0, NULL, &res, err, errlen)) == SL_DB_OK) {
+        for (int r = 0; r < PQntuples(res); r++) {
+            long long v = strtoll(PQgetvalue(res, r, 0), NULL, 10);
+            if (v >= 0 && v < 64)
+                applied |= 1ULL << v;
+        }
+    }
+    PQclear(res);
     for (size_t m = 0; m < sizeof(migrations) / sizeof(migrations[0]) && ret == SL_DB_OK; m++) {
         const struct migration *mg = &migrations[m];
         char version[24];
-        if (mg->version <= current)
+        if (applied & (1ULL << mg->version))
             continue;
         const char *const *lists[2] = {mg->common, db->kind == SL_DB_COCKROACH ? mg->cockroach : mg->postgres};
         for (int l = 0; l < 2 && ret == SL_DB_OK; l++) {
@@ -476,7 +501,15 @@ int sl_db_row_to_message(const PGresult *res, int row, sl_message_t *m)
             return -1;
     }
     v = PQgetvalue(res, row, 6);
-    return sl_time_parse(v, strlen(v), &m->created_at_us);
+    if (sl_time_parse(v, strlen(v), &m->created_at_us) != 0)
+        return -1;
+    if (PQnfields(res) >= 10 && !PQgetisnull(res, row, 9)) {
+        /* JSONB comes back reordered and spaced: in canonical form again, as it was written */
+        json_t *meta = json_loadb(PQgetvalue(res, row, 9), (size_t)PQgetlength(res, row, 9), 0, NULL);
+        m->meta = sl_meta_dump(meta);
+        json_decref(meta);
+    }
+    return 0;
 }
 
 /* Repeats within a batch: a message repeats an earlier one with its id, an event (update/delete)
@@ -526,11 +559,12 @@ static int apply_event(sl_db_t *db, const sl_message_t *m, const char *created, 
                        size_t errlen, PGresult **res)
 {
     if (m->type == SL_MESSAGE_UPDATE) {
-        const char *p[] = {m->id, m->text, m->url[0] != '\0' ? m->url : NULL, edited};
+        const char *p[] = {m->id, m->text, m->url[0] != '\0' ? m->url : NULL, edited, m->meta};
         return exec(db,
-                    "UPDATE messages SET body = $2, url = coalesce($3, url), edited_at = $4 WHERE id = $1"
+                    "UPDATE messages SET body = $2, url = coalesce($3, url), edited_at = $4,"
+                    " meta = coalesce($5::text::jsonb, meta) WHERE id = $1"
                     " AND deleted_at IS NULL AND (edited_at IS NULL OR edited_at < $4)",
-                    4, p, res, err, errlen);
+                    5, p, res, err, errlen);
     }
     const char *p[] = {m->id, created};
     return exec(db, "UPDATE messages SET deleted_at = $2 WHERE id = $1 AND deleted_at IS NULL", 2, p, res, err, errlen);
@@ -543,7 +577,7 @@ static int apply_event(sl_db_t *db, const sl_message_t *m, const char *created, 
 static int insert_fresh(sl_db_t *db, sl_message_t *msgs, size_t n, const sl_db_batch_t *prepared, int check_stored,
                         long long last_seq, size_t *k, PGresult **res, char *err, size_t errlen)
 {
-    const char *p[9];
+    const char *p[10];
     char last[24];
     size_t *cand = calloc(n + 1, sizeof(*cand)), *by_rank = NULL, ncand = 0;
     int ret = SL_DB_RETRY;
@@ -559,7 +593,7 @@ static int insert_fresh(sl_db_t *db, sl_message_t *msgs, size_t n, const sl_db_b
     }
     snprintf(last, sizeof(last), "%lld", last_seq);
     p[0] = last;
-    for (int c = 0; c < 8; c++)
+    for (int c = 0; c < 9; c++)
         p[c + 1] = prepared->cols[c].data;
     if ((ret = exec_prepared(db, check_stored ? PREP_INSERT_FRESH : PREP_INSERT_NEW, p, res, err, errlen)) != SL_DB_OK)
         goto Exit;
@@ -718,10 +752,10 @@ static int store_attempt(sl_db_t *db, sl_message_t *msgs, size_t n, const sl_db_
 
     if (nmsg > 0) {
         /* one array per column, one prepared INSERT … SELECT FROM unnest(…) */
-        sl_buf_t cols[9];
-        const char *p9[9];
+        sl_buf_t cols[10];
+        const char *p10[10];
         memset(cols, 0, sizeof(cols));
-        for (int c = 0; c < 9; c++)
+        for (int c = 0; c < 10; c++)
             sl_buf_appends(&cols[c], "{");
         for (size_t i = 0; i < n; i++) {
             if (!fresh[i] || msgs[i].type != SL_MESSAGE_NEW)
@@ -735,13 +769,14 @@ static int store_attempt(sl_db_t *db, sl_message_t *msgs, size_t n, const sl_db_
             array_add(&cols[6], tstext[2 * i]);
             array_add(&cols[7], msgs[i].url[0] != '\0' ? msgs[i].url : NULL);
             array_add(&cols[8], msgs[i].edited_at_us != 0 ? tstext[2 * i + 1] : NULL);
+            array_add(&cols[9], msgs[i].meta);
         }
-        for (int c = 0; c < 9; c++) {
+        for (int c = 0; c < 10; c++) {
             sl_buf_appends(&cols[c], "}");
-            p9[c] = cols[c].data;
+            p10[c] = cols[c].data;
         }
-        ret = exec_prepared(db, PREP_INSERT, p9, &res, err, errlen);
-        for (int c = 0; c < 9; c++)
+        ret = exec_prepared(db, PREP_INSERT, p10, &res, err, errlen);
+        for (int c = 0; c < 10; c++)
             sl_buf_free(&cols[c]);
         if (ret != SL_DB_OK)
             goto Exit;
@@ -881,7 +916,7 @@ int sl_db_batch_prepare(sl_db_batch_t *b, sl_message_t *msgs, size_t n)
     if (!b->only_messages)
         return 0;
     /* The columns of PREP_INSERT_FRESH: they do not depend on the feed's position. */
-    for (int c = 0; c < 8; c++)
+    for (int c = 0; c < 9; c++)
         sl_buf_appends(&b->cols[c], "{");
     for (size_t i = 0; i < n; i++) {
         if (!b->is_new[i])
@@ -897,8 +932,9 @@ int sl_db_batch_prepare(sl_db_batch_t *b, sl_message_t *msgs, size_t n)
         array_add(&b->cols[5], ts[0]);
         array_add(&b->cols[6], msgs[i].url[0] != '\0' ? msgs[i].url : NULL);
         array_add(&b->cols[7], msgs[i].edited_at_us != 0 ? ts[1] : NULL);
+        array_add(&b->cols[8], msgs[i].meta);
     }
-    for (int c = 0; c < 8; c++)
+    for (int c = 0; c < 9; c++)
         sl_buf_appends(&b->cols[c], "}");
     return 0;
 }
@@ -909,7 +945,7 @@ void sl_db_batch_free(sl_db_batch_t *b)
     b->is_new = NULL;
     b->only_messages = 0;
     b->assume_new = 0;
-    for (int c = 0; c < 8; c++)
+    for (int c = 0; c < 9; c++)
         sl_buf_free(&b->cols[c]);
 }
 

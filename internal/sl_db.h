@@ -48,16 +48,18 @@ typedef struct sl_db {
 } sl_db_t;
 
 /* The columns of a message, in the order sl_db_row_to_message reads them (url and edited_at exist
- * from schema version 2 on). */
-#define SL_DB_MESSAGE_COLUMNS "id, seq, channel, author, body, source, created_at, url, edited_at"
+ * from schema version 2 on, meta from version 6). */
+#define SL_DB_MESSAGE_COLUMNS "id, seq, channel, author, body, source, created_at, url, edited_at, meta"
 
 /* The feed in seq order, messages and events (updates, deletes) together, as rows of
- * SL_DB_MESSAGE_COLUMNS plus the event's JSON (NULL on a message's row). Put a WHERE on each part
- * and join them with UNION ALL; sl_event_from_row reads either kind. */
+ * SL_DB_MESSAGE_COLUMNS plus the event's JSON (NULL on a message's row), which is column
+ * SL_DB_FEED_EVENT_COLUMN. Put a WHERE on each part and join them with UNION ALL;
+ * sl_event_from_row reads either kind. */
 #define SL_DB_FEED_MESSAGES "SELECT " SL_DB_MESSAGE_COLUMNS ", NULL::text AS event FROM messages"
 #define SL_DB_FEED_EVENTS                                                                                              \
     "SELECT NULL::uuid, seq, channel, NULL::text, NULL::text, NULL::varchar, NULL::timestamptz, NULL::text,"          \
-    " NULL::timestamptz, body FROM message_events"
+    " NULL::timestamptz, NULL::jsonb, body FROM message_events"
+#define SL_DB_FEED_EVENT_COLUMN 10
 
 /* Connects (connect_timeout 5 s per host unless the URL says otherwise; a multi-host URL is tried
  * host by host, as libpq does), detects the server, sets the session time zone to UTC. Returns
@@ -74,7 +76,9 @@ void sl_db_close(sl_db_t *db);
 sl_db_kind_t sl_db_kind_of(const char *version);
 const char *sl_db_kind_name(sl_db_kind_t kind);
 
-/* Applies the schema migrations not yet recorded in sluice_schema_migrations. Idempotent, safe
+/* Applies the schema migrations not yet recorded in sluice_schema_migrations, each whose version
+ * is not there (not only those past the highest: migrations made on parallel branches may land
+ * in any order), in the order of their versions. Idempotent, safe
  * when several processes start at once (an advisory lock on PostgreSQL; on CockroachDB, which has
  * none, the race's "already exists" or 40001 fails the call and the caller tries again). Its
  * statements get a deadline of SL_DB_MIGRATE_TIMEOUT_MS each. Returns SL_DB_OK, SL_DB_ERROR or
@@ -102,7 +106,7 @@ typedef struct sl_db_batch {
                          * the lookups). sl_db_batch_prepare sets it when every id is a UUIDv7 (made
                          * once, by whoever accepted the post; ingest's UUIDv5 repeat); a caller that
                          * knows better (a redelivery) clears it. Only speed depends on it. */
-    sl_buf_t cols[8];   /* id, channel, author, body, source, created_at, url, edited_at */
+    sl_buf_t cols[9];   /* id, channel, author, body, source, created_at, url, edited_at, meta */
 } sl_db_batch_t;
 
 /* Fills b for msgs[0..n) (freeing what it held). Returns 0, or -1 on no memory. */
@@ -121,8 +125,9 @@ void sl_db_batch_free(sl_db_batch_t *b);
  *
  * Events (type update or delete) are numbered in the same sequence, in array order among the
  * messages, once per event_id: each becomes a message_events row (body = its live JSON) and is
- * applied to its message row if that exists (an update sets body, url and edited_at unless the
- * message is deleted or has a newer edit; a delete sets deleted_at). An event for a message never
+ * applied to its message row if that exists (an update sets body, url, meta and edited_at unless
+ * the message is deleted or has a newer edit, keeping url and meta when it has none; a delete
+ * sets deleted_at). An event for a message never
  * stored is kept all the same, with the channel it came with; for a known message, msgs[i].channel
  * becomes the message's channel. An event's created_at_us of 0 becomes the current time. A message
  * whose delete is already recorded (or comes earlier in msgs) is not stored (seq 0). */
@@ -131,7 +136,9 @@ int sl_db_store_batch(sl_db_t *db, sl_message_t *msgs, size_t n, const sl_db_bat
                       char *err, size_t errlen);
 
 /* Fills m from row of a result whose columns are SL_DB_MESSAGE_COLUMNS (or its first 7, as before
- * schema version 2). Returns 0 or -1. */
+ * schema version 2, or its first 9, before version 6). m->meta (canonical, sl_meta.h) is the
+ * caller's to free with sl_message_clear; a stored meta that is not a JSON object is left out.
+ * Returns 0, or -1 (then m->meta is NULL). */
 int sl_db_row_to_message(const PGresult *res, int row, sl_message_t *m);
 
 /* SQLSTATE of a result ("" when none). */

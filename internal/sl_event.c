@@ -81,11 +81,14 @@ sl_event_t *sl_event_from_message(const sl_message_t *m)
 sl_event_t *sl_event_from_row(const PGresult *res, int row)
 {
     sl_message_t m;
-    if (PQnfields(res) >= 10 && !PQgetisnull(res, row, 9))
-        return sl_event_from_json(PQgetvalue(res, row, 9), (size_t)PQgetlength(res, row, 9));
+    const int ev = SL_DB_FEED_EVENT_COLUMN;
+    if (PQnfields(res) > ev && !PQgetisnull(res, row, ev))
+        return sl_event_from_json(PQgetvalue(res, row, ev), (size_t)PQgetlength(res, row, ev));
     if (sl_db_row_to_message(res, row, &m) != 0)
         return NULL;
-    return sl_event_from_message(&m);
+    sl_event_t *e = sl_event_from_message(&m);
+    sl_message_clear(&m);
+    return e;
 }
 
 h2o_iovec_t sl_event_encode(sl_event_t *ev, sl_format_t fmt)

@@ -102,6 +102,7 @@ static void on_confirm(void *data, sl_publish_result_t r)
     s->tag = 0;
     if (r == SL_PUBLISH_OK) {
         s->state = SLOT_FREE;
+        sl_message_clear(&s->m);
         g->enqueued++;
         g->src_enqueued[s->source]++;
         if (g->refusing)
@@ -348,6 +349,8 @@ void sl_ingest_destroy(sl_ingest_t *g)
     h2o_timeout_dispose(g->loop, &g->kick_timeout);
     h2o_socket_read_stop(g->wake_sock);
     h2o_socket_close(g->wake_sock); /* closes wake_fd */
+    for (size_t i = 0; i < g->nslots; i++)
+        sl_message_clear(&g->slots[i].m); /* a free slot's is NULL */
     free(g->slots);
     free(g);
 }

@@ -94,14 +94,16 @@ static void wake_loop(sl_ingest_reader_t *r)
         SL_DEBUG("event=wake_failed error=\"%s\"", strerror(errno));
 }
 
-/* Waits for room and queues m. Returns 0, or -1 when asked to stop (m is then not queued). */
-static int push(sl_ingest_reader_t *r, const sl_message_t *m)
+/* Waits for room and queues m, which the queue then owns (its meta). Returns 0, or -1 when asked
+ * to stop (m is then not queued, and cleared). */
+static int push(sl_ingest_reader_t *r, sl_message_t *m)
 {
     pthread_mutex_lock(&r->lock);
     while (r->count == r->conf.queue_cap && !atomic_load(&r->stop))
         pthread_cond_wait(&r->space, &r->lock);
     if (atomic_load(&r->stop)) {
         pthread_mutex_unlock(&r->lock);
+        sl_message_clear(m);
         return -1;
     }
     r->ring[(r->head + r->count) % r->conf.queue_cap] = *m;
@@ -718,6 +720,8 @@ void sl_ingest_reader_destroy(sl_ingest_reader_t *r)
     pthread_cond_destroy(&r->space);
     pthread_cond_destroy(&r->wakeup);
     pthread_mutex_destroy(&r->lock);
+    for (size_t i = 0; i < r->count; i++)
+        sl_message_clear(&r->ring[(r->head + i) % r->conf.queue_cap]);
     free(r->ring);
     free(r);
 }

@@ -80,7 +80,8 @@ void sl_ingest_reader_stop(sl_ingest_reader_t *r);
 /* Joins a thread that has finished (after stop, or on its own). Returns 1 when no thread is left. */
 int sl_ingest_reader_reap(sl_ingest_reader_t *r, int wait);
 
-/* Takes the oldest item: 1 when one was copied to out, 0 when the queue is empty. */
+/* Takes the oldest item: 1 when one was moved to out (which then owns its meta: sl_message_clear),
+ * 0 when the queue is empty. */
 int sl_ingest_reader_pop(sl_ingest_reader_t *r, sl_message_t *out);
 
 void sl_ingest_reader_status(sl_ingest_reader_t *r, sl_ingest_reader_status_t *st);

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "sl_meta.h"
 #include "sl_time.h"
 #include "sl_uuid.h"
 
@@ -374,23 +375,9 @@ int sl_mastodon_local_id(const char *instance, const char *status_id, char out[S
     return sl_uuid_v5(SL_MASTODON_NAMESPACE, name, (size_t)n, out);
 }
 
-/* s[0..len) is text we may store and show: valid UTF-8 without NUL or control characters (C0,
- * DEL, C1 as code points: bytes 0x80-0x9f are parts of letters). */
-static int clean_line(const char *s, size_t len)
-{
-    if (memchr(s, '\0', len) != NULL || sl_utf8_count(s, len) < 0)
-        return 0;
-    for (size_t k = 0; k < len; k++) {
-        unsigned char c = (unsigned char)s[k];
-        if (c < 0x20 || c == 0x7f || (c == 0xc2 && k + 1 < len && (unsigned char)s[k + 1] < 0xa0))
-            return 0;
-    }
-    return 1;
-}
-
 int sl_mastodon_uri_id(const char *uri, size_t len, char out[SL_UUID_STRLEN])
 {
-    if (len == 0 || len > SL_URL_MAX || !clean_line(uri, len))
+    if (len > SL_URL_MAX || !sl_meta_plain(uri, len, SL_URL_MAX))
         return -1;
     return sl_uuid_v5(SL_MASTODON_URI_NAMESPACE, uri, len, out);
 }
@@ -516,22 +503,133 @@ static int64_t time_field(json_t *obj, const char *name)
     return s != NULL && sl_time_parse(s, len, &us) == 0 ? us : 0;
 }
 
-/* s[0..len) is a link a reader may follow: http: or https:, at most SL_URL_MAX bytes, a clean line
- * (clean_line). */
-static int web_link(const char *s, size_t len)
-{
-    if (len == 0 || len > SL_URL_MAX || !clean_line(s, len))
-        return 0;
-    return (len > 8 && strncasecmp(s, "https://", 8) == 0) || (len > 7 && strncasecmp(s, "http://", 7) == 0);
-}
-
 static int visible(json_t *st, const char **vis)
 {
     *vis = str_field(st, "visibility", NULL);
     return *vis == NULL || strcmp(*vis, "public") == 0 || strcmp(*vis, "unlisted") == 0;
 }
 
-/* Fills everything a status gives: id, author, text, url, created_at, edited_at (a boost: see
+/* ---- meta ------------------------------------------------------------------------------------ */
+
+/* Sets obj[name] to the plain text of from[field] (display names, spoilers and descriptions are
+ * plain text in Mastodon's API, not HTML): control characters dropped (line breaks and tabs turned
+ * into spaces first when flatten), cut to max code points (ending with an ellipsis when ellipsis).
+ * Nothing when that leaves nothing but spaces. */
+static void put_plain(json_t *obj, const char *name, json_t *from, const char *field, size_t max, int flatten,
+                      int ellipsis)
+{
+    size_t len;
+    const char *s = str_field(from, field, &len);
+    char *flat = NULL, *out;
+    if (s == NULL || len == 0 || (out = malloc(max * 4 + 1)) == NULL)
+        return;
+    if (flatten && (flat = malloc(len)) != NULL) {
+        for (size_t i = 0; i < len; i++)
+            flat[i] = s[i] == '\n' || s[i] == '\r' || s[i] == '\t' ? ' ' : s[i];
+        s = flat;
+    }
+    sl_mastodon_cut(s, len, out, max * 4 + 1, max, ellipsis, 1);
+    if (strspn(out, " ") < strlen(out))
+        json_object_set_new(obj, name, json_string(out));
+    free(out);
+    free(flat);
+}
+
+/* Sets obj[name] to the first of from's fields that is an http(s) link (sl_meta_web_link); 0 when
+ * none is. */
+static int put_link(json_t *obj, const char *name, json_t *from, const char *field, const char *fallback)
+{
+    const char *const fields[] = {field, fallback};
+    for (int f = 0; f < 2 && fields[f] != NULL; f++) {
+        size_t len;
+        const char *s = str_field(from, fields[f], &len);
+        if (s != NULL && sl_meta_web_link(s, len))
+            return json_object_set_new(obj, name, json_stringn(s, len)) == 0;
+    }
+    return 0;
+}
+
+/* The author's part: display name, avatar, profile page. */
+static void put_account(json_t *obj, json_t *account)
+{
+    put_plain(obj, "display_name", account, "display_name", SL_META_NAME_MAX, 1, 1);
+    put_link(obj, "avatar", account, "avatar", NULL);
+    put_link(obj, "account_url", account, "url", NULL);
+}
+
+static json_t *media_of(json_t *shown)
+{
+    static const char *const types[] = {"image", "gifv", "video", "audio", "unknown"};
+    json_t *arr = json_array(), *att;
+    size_t i;
+    json_array_foreach(json_object_get(shown, "media_attachments"), i, att)
+    {
+        json_t *item = json_object();
+        const char *type = str_field(att, "type", NULL);
+        size_t t = 0;
+        while (t < 4 && (type == NULL || strcmp(type, types[t]) != 0))
+            t++;
+        json_object_set_new(item, "type", json_string(types[t]));
+        /* url is the instance's copy; remote_url the original, when the instance has none */
+        if (json_array_size(arr) < SL_META_MEDIA_MAX && put_link(item, "url", att, "url", "remote_url")) {
+            put_link(item, "preview_url", att, "preview_url", NULL);
+            put_plain(item, "description", att, "description", SL_META_DESCRIPTION_MAX, 1, 1);
+            json_array_append(arr, item);
+        }
+        json_decref(item);
+    }
+    return arr;
+}
+
+/* The meta object of a status (sl_meta.h): the author's (st's account) display name, avatar and
+ * profile; the shown status's page, language, content warning, sensitivity and media; for a boost,
+ * the boosted status's author and page. Canonical text, or NULL when there is nothing. */
+static char *meta_of(json_t *st, json_t *shown)
+{
+    json_t *meta = json_object();
+    size_t len;
+    const char *s;
+    if (meta == NULL)
+        return NULL;
+    put_account(meta, json_object_get(st, "account"));
+    put_link(meta, "url", shown, "url", NULL);
+    if ((s = str_field(shown, "language", &len)) != NULL && len >= 1 && len <= SL_META_LANGUAGE_MAX &&
+        strspn(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-") == len)
+        json_object_set_new(meta, "language", json_stringn(s, len));
+    /* the same cut as the "CW: " line of the text, so that a page can tell it apart */
+    put_plain(meta, "spoiler_text", shown, "spoiler_text", SL_TEXT_MAX_CHARS, 0, 0);
+    if (json_is_true(json_object_get(shown, "sensitive")))
+        json_object_set_new(meta, "sensitive", json_true());
+    json_t *media = media_of(shown);
+    if (json_array_size(media) > 0)
+        json_object_set(meta, "media", media);
+    if (shown != st) {
+        json_t *reblog = json_object(), *account = json_object_get(shown, "account");
+        char acct[SL_AUTHOR_MAX_CHARS * 4 + 1];
+        if ((s = str_field(account, "acct", &len)) == NULL || len == 0)
+            s = str_field(account, "username", &len);
+        if (s != NULL && sl_mastodon_cut(s, len, acct, sizeof(acct), SL_AUTHOR_MAX_CHARS, 0, 1) > 0) {
+            json_object_set_new(reblog, "acct", json_string(acct));
+            put_account(reblog, account);
+            put_link(reblog, "url", shown, "url", "uri");
+            json_object_set(meta, "reblog", reblog);
+        }
+        json_decref(reblog);
+    }
+    /* the caps above keep everything but the media well under SL_META_MAX: drop attachments from
+     * the end until it fits */
+    while (json_array_size(media) > 0 && json_dumpb(meta, NULL, 0, JSON_COMPACT | JSON_SORT_KEYS) > SL_META_MAX) {
+        json_array_remove(media, json_array_size(media) - 1);
+        if (json_array_size(media) == 0)
+            json_object_del(meta, "media");
+    }
+    json_decref(media);
+    char *text = json_dumpb(meta, NULL, 0, JSON_COMPACT | JSON_SORT_KEYS) <= SL_META_MAX ? sl_meta_dump(meta) : NULL;
+    json_decref(meta);
+    return text;
+}
+
+/* Fills everything a status gives: id, author, text, url, created_at, edited_at, meta (a boost: see
  * sl_mastodon_status_to_message); ids learns the status's local key. */
 static sl_mastodon_result_t map_status(json_t *st, const char *instance, const char *channel, sl_mastodon_ids_t *ids,
                                        sl_message_t *m, char *why, size_t whylen)
@@ -604,7 +702,7 @@ static sl_mastodon_result_t map_status(json_t *st, const char *instance, const c
      * no control characters; "javascript:" and the like are never stored) */
     const char *const fields[] = {"url", "uri"};
     for (int f = 0; f < 2 && m->url[0] == '\0'; f++) {
-        if ((s = str_field(shown, fields[f], &len)) != NULL && web_link(s, len))
+        if ((s = str_field(shown, fields[f], &len)) != NULL && sl_meta_web_link(s, len))
             memcpy(m->url, s, len + 1);
     }
     m->created_at_us = time_field(st, "created_at");
@@ -613,6 +711,7 @@ static sl_mastodon_result_t map_status(json_t *st, const char *instance, const c
     m->edited_at_us = time_field(shown, "edited_at");
     snprintf(m->channel, sizeof(m->channel), "%s", channel);
     strcpy(m->source, SL_MASTODON_SOURCE);
+    m->meta = meta_of(st, shown);
     if (strcmp(m->id, local) != 0)
         sl_mastodon_ids_put(ids, local, m->id);
     return SL_MASTODON_OK;
@@ -655,6 +754,7 @@ sl_mastodon_result_t sl_mastodon_stream_event(const char *event, const char *dat
         memset(m->author, 0, sizeof(m->author));
         memset(m->source, 0, sizeof(m->source));
         if (sl_message_event_id(m, m->event_id) != 0) {
+            sl_message_clear(m);
             snprintf(why, whylen, "could not derive an event id");
             return SL_MASTODON_INVALID;
         }

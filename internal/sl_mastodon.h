@@ -88,15 +88,20 @@ int sl_mastodon_ids_get(const sl_mastodon_ids_t *ids, const char *local, char ou
 /* A status (from an update event or a timeline) as a new message in channel: the id from its uri
  * (else its local key), the author its account's acct (else username), the text its content as
  * plain text after "CW: <spoiler_text>" when it has one, url its url (else uri) when that is an
- * http(s) link. A boost (a status whose "reblog" is the boosted status) is the booster's message:
- * id from the boost's uri, author the booster, created_at the boost's time; its text, url and
- * edited_at are the boosted status's. ids (may be NULL) learns the local key of what is mapped. */
+ * http(s) link, meta (sl_meta.h) the author's display name, avatar and profile, the status's page,
+ * language, content warning, sensitivity and media. A boost (a status whose "reblog" is the
+ * boosted status) is the booster's message: id from the boost's uri, author the booster (and
+ * meta's display name, avatar, profile), created_at the boost's time; its text, url, edited_at
+ * and the rest of meta are the boosted status's, and meta.reblog names its author and page.
+ * ids (may be NULL) learns the local key of what is mapped. On OK, m->meta is the caller's to
+ * free (sl_message_clear); otherwise it is NULL. */
 sl_mastodon_result_t sl_mastodon_status_to_message(json_t *status, const char *instance, const char *channel,
                                                    sl_mastodon_ids_t *ids, sl_message_t *m, char *why, size_t whylen);
 
-/* One streaming event: "update" (a new status), "status.update" (an edit: an update event),
- * "delete" (data is the status id: a delete event, for the message ids remembers under its local
- * key, else for the local key itself). Other event types are SKIP. ids may be NULL. */
+/* One streaming event: "update" (a new status), "status.update" (an edit: an update event, with
+ * the status's new text, url, edited_at and meta), "delete" (data is the status id: a delete
+ * event, for the message ids remembers under its local key, else for the local key itself). Other
+ * event types are SKIP. ids may be NULL. m->meta as above. */
 sl_mastodon_result_t sl_mastodon_stream_event(const char *event, const char *data, size_t len, const char *instance,
                                               const char *channel, sl_mastodon_ids_t *ids, sl_message_t *m, char *why,
                                               size_t whylen);

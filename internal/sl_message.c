@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "sl_buf.h"
+#include "sl_meta.h"
 #include "sl_time.h"
 
 void sl_error_set(sl_error_t *err, int status, const char *code, const char *field, const char *fmt, ...)
@@ -252,6 +253,12 @@ Exit:
     return ret;
 }
 
+void sl_message_clear(sl_message_t *m)
+{
+    free(m->meta);
+    m->meta = NULL;
+}
+
 const char *sl_message_type_name(sl_message_type_t type)
 {
     switch (type) {
@@ -354,6 +361,10 @@ void sl_message_append_json(sl_buf_t *b, const sl_message_t *m)
         sl_time_format(m->edited_at_us, ts);
         append_member(b, "edited_at", ts);
     }
+    if (m->meta != NULL && m->type != SL_MESSAGE_DELETE) { /* canonical JSON already */
+        sl_buf_appends(b, ",\"meta\":");
+        sl_buf_appends(b, m->meta);
+    }
     if (m->type != SL_MESSAGE_NEW) {
         append_member(b, "event_id", m->event_id);
         sl_time_format(m->created_at_us, ts);
@@ -382,10 +393,18 @@ char *sl_message_to_json(const sl_message_t *m, size_t *len)
     return b.data;
 }
 
-/* The optional fields added after the first release: url and edited_at. */
+/* The optional fields added after the first release: url, edited_at and meta. */
 static int take_optional(json_t *root, sl_message_t *m, sl_error_t *err)
 {
-    json_t *v;
+    json_t *v = json_object_get(root, "meta");
+    if (v != NULL && !json_is_null(v)) {
+        if (sl_meta_check(v, err) != 0)
+            return -1;
+        if ((m->meta = sl_meta_dump(v)) == NULL) {
+            sl_error_set(err, 400, "invalid_meta", "meta", "'meta' could not be copied (out of memory)");
+            return -1;
+        }
+    }
     int r = take_string(root, "url", 0, 1, SL_URL_MAX, m->url, sizeof(m->url), err);
     if (r < 0)
         return -1;
@@ -466,7 +485,17 @@ static int event_from_jansson(json_t *root, sl_message_t *m, sl_error_t *err)
     return take_created_and_seq(root, 0, m, err);
 }
 
+static int decode(json_t *root, sl_message_t *m, sl_error_t *err);
+
 int sl_message_from_jansson(json_t *root, sl_message_t *m, sl_error_t *err)
+{
+    int r = decode(root, m, err);
+    if (r != 0)
+        sl_message_clear(m); /* a meta taken before the field at fault */
+    return r;
+}
+
+static int decode(json_t *root, sl_message_t *m, sl_error_t *err)
 {
     json_t *v;
     memset(m, 0, sizeof(*m));

@@ -2,7 +2,10 @@
  * sl_message: the feed's one record type, how a user's POST body becomes one (validation with
  * a precise error), and its JSON form on the queue, on the live exchange and in HTTP answers.
  *
- * A message is a value type with fixed-size fields (no heap), so a batch is one array.
+ * A message is a value type with fixed-size fields, so a batch is one array; the one exception is
+ * meta (sl_meta.h), a heap string the message owns: copying a message by value moves it (the copy
+ * owns it, the original must not be cleared), and whoever holds a message filled by one of the
+ * calls below frees it with sl_message_clear.
  */
 #ifndef SL_MESSAGE_H
 #define SL_MESSAGE_H
@@ -46,7 +49,12 @@ typedef struct sl_message {
     int64_t edited_at_us;                        /* when the text was last edited */
     sl_message_type_t type;                      /* SL_MESSAGE_NEW unless this is an event */
     char event_id[SL_UUID_STRLEN];               /* events: their idempotency key; created_at is the event's time */
+    char *meta;                                  /* messages and updates from Mastodon: the canonical text of
+                                                  * the meta object (sl_meta.h), malloc'd and owned; NULL: none */
 } sl_message_t;
+
+/* Frees what m owns (its meta) and sets it to none; m stays a valid message. */
+void sl_message_clear(sl_message_t *m);
 
 /* A refusal to show the client: HTTP status, a stable machine code, a sentence, and the JSON
  * field it concerns (NULL when none). code and field point to static strings. */
@@ -81,12 +89,13 @@ size_t sl_channel_canon(const char *s, size_t len, const char **canon);
 
 /* Validates a POST /v1/messages body (the caller checks method, content type and size) and fills
  * channel, author, text and source ("api" unless the body names "bot"). id, seq and created_at are
- * left zero. Returns 0, or -1 with err filled (status 400). */
+ * left zero. Any other member (url, meta: only ingest sets those) is an unknown field. Returns 0,
+ * or -1 with err filled (status 400). */
 int sl_message_from_request(const char *body, size_t len, sl_message_t *msg, sl_error_t *err);
 
-/* The message as a JSON object (seq included when non-zero; url and edited_at when set). An event
- * (type update or delete) gives {"type","id","channel",["text","url","edited_at",]"event_id",
- * "created_at"[,"seq"]}. New reference; NULL on no memory. */
+/* The message as a JSON object (seq included when non-zero; url, edited_at and meta when set). An
+ * event (type update or delete) gives {"type","id","channel",["text","url","edited_at","meta",]
+ * "event_id","created_at"[,"seq"]}. New reference; NULL on no memory. */
 json_t *sl_message_to_jansson(const sl_message_t *m);
 
 /* The message's compact JSON text (the members above, in that order) appended to b, written
@@ -97,9 +106,11 @@ void sl_message_append_json(sl_buf_t *b, const sl_message_t *m);
 char *sl_message_to_json(const sl_message_t *m, size_t *len);
 
 /* Decodes a message as written by sl_message_to_json (from the queue or the live exchange),
- * checking every field as strictly as sl_message_from_request. Payloads written before url, type
- * and edited_at existed decode as before. An event without "event_id" gets the one
- * sl_message_event_id derives. Returns 0, or -1 with err. */
+ * checking every field as strictly as sl_message_from_request, and meta against its schema
+ * (sl_meta_check; then m->meta is its canonical text). Payloads written before url, type,
+ * edited_at and meta existed decode as before. An event without "event_id" gets the one
+ * sl_message_event_id derives. m is overwritten (a meta it held is not freed). Returns 0, or -1
+ * with err (and m->meta NULL). */
 int sl_message_from_json(const char *buf, size_t len, sl_message_t *m, sl_error_t *err);
 int sl_message_from_jansson(json_t *obj, sl_message_t *m, sl_error_t *err);
 

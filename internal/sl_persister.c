@@ -101,6 +101,8 @@ static void backoff(int attempt, volatile sig_atomic_t *stop)
 /* Empties b for the next deliveries (its buffers stay). */
 static void batch_clear(struct batch *b)
 {
+    for (size_t i = 0; i < b->n; i++)
+        sl_message_clear(&b->msgs[i]);
     b->n = 0;
     b->prepared = 0;
     b->redelivered = 0;
@@ -161,6 +163,8 @@ void sl_persister_destroy(sl_persister_t *p)
         sl_amqp_close(p->dlx);
     sl_db_close(&p->db);
     for (int i = 0; i < 3; i++) {
+        if (p->batches[i].msgs != NULL)
+            batch_clear(&p->batches[i]);
         free(p->batches[i].msgs);
         free(p->batches[i].tags);
         sl_db_batch_free(&p->batches[i].prep);

@@ -11,6 +11,7 @@
 #include "sl_mastodon.h"
 #include "sl_mastodon_sse.h"
 #include "sl_message.h"
+#include "sl_meta.h"
 #include "sl_time.h"
 #include "sl_uuid.h"
 #include "sl_testsuite.h"
@@ -326,6 +327,10 @@ static void assert_round_trip(const sl_message_t *m)
     ck_assert_str_eq(back.url, m->url);
     ck_assert_str_eq(back.event_id, m->event_id);
     ck_assert_int_eq(back.edited_at_us, m->edited_at_us);
+    ck_assert((back.meta == NULL) == (m->meta == NULL));
+    if (m->meta != NULL)
+        ck_assert_str_eq(back.meta, m->meta); /* canonical both ways */
+    sl_message_clear(&back);
 }
 
 START_TEST(test_status_maps_to_message)
@@ -353,6 +358,7 @@ START_TEST(test_status_maps_to_message)
     ck_assert_int_eq(sl_mastodon_local_id(INSTANCE, "109372843234", want), 0);
     ck_assert_str_eq(want, "8db3ad78-9cff-5d8b-a4f6-d307f2123ac3");
     assert_round_trip(&m);
+    sl_message_clear(&m);
     json_decref(st);
 }
 END_TEST
@@ -371,6 +377,7 @@ START_TEST(test_status_missing_optional_fields)
     ck_assert_str_eq(m.channel, "news");
     ck_assert_int_ge(m.created_at_us, before);
     assert_round_trip(&m);
+    sl_message_clear(&m);
     json_decref(st);
     /* only web links are stored: a url of another scheme gives way to the uri, or to nothing */
     static const struct {
@@ -392,6 +399,7 @@ START_TEST(test_status_missing_optional_fields)
         ck_assert_int_eq(sl_mastodon_status_to_message(l, INSTANCE, "news", NULL, &m, why, sizeof(why)), SL_MASTODON_OK);
         ck_assert_msg(strcmp(m.url, links[i].want) == 0, "url %s, uri %s: stored '%s'", links[i].url,
                       links[i].uri ? links[i].uri : "(none)", m.url);
+        sl_message_clear(&m);
         json_decref(l);
     }
     /* neither url nor uri: no url */
@@ -399,6 +407,7 @@ START_TEST(test_status_missing_optional_fields)
     ck_assert_int_eq(sl_mastodon_status_to_message(st, INSTANCE, "news", NULL, &m, why, sizeof(why)), SL_MASTODON_OK);
     ck_assert_str_eq(m.url, "");
     assert_round_trip(&m);
+    sl_message_clear(&m);
     json_decref(st);
 }
 END_TEST
@@ -426,6 +435,7 @@ START_TEST(test_status_author_and_text_are_made_valid)
     ck_assert_int_eq(strncmp(m.text, "CW: spoilers!\n\n\xc3\xa9", 17), 0);
     ck_assert_str_eq(m.text + strlen(m.text) - 3, "\xe2\x80\xa6");
     assert_round_trip(&m); /* passes the queue's validation */
+    sl_message_clear(&m);
     json_decref(st);
 }
 END_TEST
@@ -461,6 +471,147 @@ START_TEST(test_status_skips_and_refusals)
     ck_assert_int_eq(sl_mastodon_stream_event("delete", "", 0, INSTANCE, "c", NULL, &m, why, sizeof(why)), SL_MASTODON_INVALID);
     ck_assert_int_eq(sl_mastodon_stream_event("delete", "1/../2", 6, INSTANCE, "c", NULL, &m, why, sizeof(why)),
                      SL_MASTODON_INVALID);
+}
+END_TEST
+
+/* What readers of a wall expect beside the text, in meta: only http(s) links, every string capped,
+ * plain text without control characters, at most 8 attachments. */
+START_TEST(test_status_meta)
+{
+    sl_message_t m;
+    char why[192], name[300], desc[3000];
+    sl_error_t err;
+    json_t *st = status(",\"spoiler_text\":\"birds\",\"sensitive\":true,\"language\":\"en-GB\"");
+    json_t *account = json_object_get(st, "account");
+    json_object_set_new(account, "display_name", json_string("Alice \xf0\x9f\x90\xa6\n<b>not html</b>"));
+    json_object_set_new(account, "avatar", json_string("https://remote.example/avatars/a.png"));
+    json_object_set_new(account, "url", json_string("https://remote.example/@alice"));
+    json_t *media = json_array();
+    json_array_append_new(media, json_pack("{s:s, s:s, s:s, s:s}", "type", "image", "url", "https://files.example/1.png",
+                                           "preview_url", "https://files.example/1s.png", "description",
+                                           "A bird\non a branch\x01"));
+    /* no copy on the instance: the original's address */
+    json_array_append_new(media, json_pack("{s:s, s:n, s:s, s:n, s:n}", "type", "video", "url", "remote_url",
+                                           "https://far.example/2.mp4", "preview_url", "description"));
+    json_array_append_new(media, json_pack("{s:s, s:s}", "type", "image", "url", "javascript:alert(1)")); /* dropped */
+    json_array_append_new(media, json_pack("{s:s, s:s, s:s}", "type", "hologram", "url", "http://files.example/3",
+                                           "preview_url", "data:image/png;base64,AAAA"));
+    for (int i = 0; i < 10; i++)
+        json_array_append_new(media, json_pack("{s:s, s:s}", "type", "image", "url", "https://files.example/n.png"));
+    json_object_set_new(st, "media_attachments", media);
+    ck_assert_int_eq(sl_mastodon_status_to_message(st, INSTANCE, "mastodon", NULL, &m, why, sizeof(why)),
+                     SL_MASTODON_OK);
+    ck_assert_ptr_nonnull(m.meta);
+    json_t *meta = json_loads(m.meta, 0, NULL);
+    ck_assert_int_eq(sl_meta_check(meta, &err), 0); /* what the persister checks */
+    ck_assert_str_eq(json_string_value(json_object_get(meta, "display_name")), "Alice \xf0\x9f\x90\xa6 <b>not html</b>");
+    ck_assert_str_eq(json_string_value(json_object_get(meta, "avatar")), "https://remote.example/avatars/a.png");
+    ck_assert_str_eq(json_string_value(json_object_get(meta, "account_url")), "https://remote.example/@alice");
+    ck_assert_str_eq(json_string_value(json_object_get(meta, "url")), "https://remote.example/@alice/9");
+    ck_assert_str_eq(json_string_value(json_object_get(meta, "language")), "en-GB");
+    ck_assert_str_eq(json_string_value(json_object_get(meta, "spoiler_text")), "birds");
+    ck_assert(json_is_true(json_object_get(meta, "sensitive")));
+    ck_assert_ptr_null(json_object_get(meta, "reblog"));
+    json_t *mm = json_object_get(meta, "media");
+    ck_assert_int_eq(json_array_size(mm), SL_META_MEDIA_MAX);
+    json_t *m0 = json_array_get(mm, 0), *m1 = json_array_get(mm, 1), *m2 = json_array_get(mm, 2);
+    ck_assert_str_eq(json_string_value(json_object_get(m0, "type")), "image");
+    ck_assert_str_eq(json_string_value(json_object_get(m0, "url")), "https://files.example/1.png");
+    ck_assert_str_eq(json_string_value(json_object_get(m0, "preview_url")), "https://files.example/1s.png");
+    ck_assert_str_eq(json_string_value(json_object_get(m0, "description")), "A bird on a branch");
+    ck_assert_str_eq(json_string_value(json_object_get(m1, "type")), "video");
+    ck_assert_str_eq(json_string_value(json_object_get(m1, "url")), "https://far.example/2.mp4");
+    ck_assert_ptr_null(json_object_get(m1, "preview_url"));
+    ck_assert_ptr_null(json_object_get(m1, "description"));
+    ck_assert_str_eq(json_string_value(json_object_get(m2, "type")), "unknown");
+    ck_assert_str_eq(json_string_value(json_object_get(m2, "url")), "http://files.example/3");
+    ck_assert_ptr_null(json_object_get(m2, "preview_url"));
+    ck_assert_ptr_null(strstr(m.meta, "javascript:"));
+    ck_assert_ptr_null(strstr(m.meta, "data:"));
+    /* the content warning in meta is the one the text starts with */
+    ck_assert_int_eq(strncmp(m.text, "CW: birds\n\n", 11), 0);
+    json_decref(meta);
+    assert_round_trip(&m);
+    sl_message_clear(&m);
+
+    /* oversized strings are cut (with an ellipsis), links past 1024 bytes and bad ones dropped */
+    memset(name, 'n', 200);
+    name[200] = '\0';
+    char *d = desc;
+    for (int i = 0; i < 900; i++)
+        d += sprintf(d, "\xc3\xa9");
+    char long_url[1200] = "https://files.example/";
+    memset(long_url + 22, 'x', 1100);
+    long_url[1122] = '\0';
+    json_object_set_new(account, "display_name", json_string(name));
+    json_object_set_new(account, "avatar", json_string(long_url));
+    json_object_set_new(account, "url", json_string("javascript:alert(document.cookie)"));
+    json_object_set_new(st, "url", json_string("JAVASCRIPT:alert(1)"));
+    json_object_set_new(st, "language", json_string("en\"><script>"));
+    json_object_set_new(st, "spoiler_text", json_string(desc));
+    json_object_set_new(st, "sensitive", json_false());
+    json_object_set_new(st, "media_attachments",
+                        json_pack("[{s:s, s:s, s:s}]", "type", "image", "url", "https://files.example/1.png",
+                                  "description", desc));
+    ck_assert_int_eq(sl_mastodon_status_to_message(st, INSTANCE, "mastodon", NULL, &m, why, sizeof(why)),
+                     SL_MASTODON_OK);
+    meta = json_loads(m.meta, 0, NULL);
+    ck_assert_int_eq(sl_meta_check(meta, &err), 0);
+    const char *dn = json_string_value(json_object_get(meta, "display_name"));
+    ck_assert_int_eq(sl_utf8_count(dn, strlen(dn)), SL_META_NAME_MAX);
+    ck_assert_str_eq(dn + strlen(dn) - 3, "\xe2\x80\xa6");
+    ck_assert_ptr_null(json_object_get(meta, "avatar"));
+    ck_assert_ptr_null(json_object_get(meta, "account_url"));
+    ck_assert_ptr_null(json_object_get(meta, "url"));
+    ck_assert_ptr_null(json_object_get(meta, "language"));
+    ck_assert_ptr_null(json_object_get(meta, "sensitive"));
+    const char *sp = json_string_value(json_object_get(meta, "spoiler_text"));
+    ck_assert_int_eq(sl_utf8_count(sp, strlen(sp)), SL_TEXT_MAX_CHARS);
+    const char *ds = json_string_value(json_object_get(json_array_get(json_object_get(meta, "media"), 0), "description"));
+    ck_assert_int_eq(sl_utf8_count(ds, strlen(ds)), SL_META_DESCRIPTION_MAX);
+    ck_assert_str_eq(m.url, "https://remote.example/users/alice/statuses/9"); /* the uri, the url being no link */
+    json_decref(meta);
+    sl_message_clear(&m);
+
+    /* nothing to say: no meta */
+    json_t *bare = json_pack("{s:s, s:s, s:{s:s}}", "id", "8", "content", "<p>x</p>", "account", "acct", "z");
+    ck_assert_int_eq(sl_mastodon_status_to_message(bare, INSTANCE, "mastodon", NULL, &m, why, sizeof(why)),
+                     SL_MASTODON_OK);
+    ck_assert_ptr_null(m.meta);
+    json_decref(bare);
+
+    /* a boost: the booster's name and avatar, the boosted status's page, media and warning, and its
+     * author in meta.reblog */
+    json_t *orig = json_deep_copy(st);
+    json_object_set_new(orig, "url", json_string("https://remote.example/@alice/9"));
+    json_object_set_new(json_object_get(orig, "account"), "display_name", json_string("Alice"));
+    json_object_set_new(json_object_get(orig, "account"), "avatar", json_string("https://remote.example/a.png"));
+    json_object_set_new(json_object_get(orig, "account"), "url", json_string("https://remote.example/@alice"));
+    json_t *boost = json_pack("{s:s, s:s, s:s, s:s, s:{s:s, s:s, s:s, s:s}, s:O}", "id", "300", "uri",
+                              "https://mastodon.example/users/bob/statuses/300/activity", "content", "", "visibility",
+                              "public", "account", "acct", "bob", "display_name", "Bob", "avatar",
+                              "https://mastodon.example/b.png", "url", "https://mastodon.example/@bob", "reblog", orig);
+    ck_assert_int_eq(sl_mastodon_status_to_message(boost, INSTANCE, "mastodon", NULL, &m, why, sizeof(why)),
+                     SL_MASTODON_OK);
+    meta = json_loads(m.meta, 0, NULL);
+    ck_assert_int_eq(sl_meta_check(meta, &err), 0);
+    ck_assert_str_eq(json_string_value(json_object_get(meta, "display_name")), "Bob");
+    ck_assert_str_eq(json_string_value(json_object_get(meta, "avatar")), "https://mastodon.example/b.png");
+    ck_assert_str_eq(json_string_value(json_object_get(meta, "url")), "https://remote.example/@alice/9");
+    ck_assert_int_eq(json_array_size(json_object_get(meta, "media")), 1);
+    json_t *rb = json_object_get(meta, "reblog");
+    ck_assert_str_eq(json_string_value(json_object_get(rb, "acct")), "alice@remote.example");
+    ck_assert_str_eq(json_string_value(json_object_get(rb, "display_name")), "Alice");
+    ck_assert_str_eq(json_string_value(json_object_get(rb, "avatar")), "https://remote.example/a.png");
+    ck_assert_str_eq(json_string_value(json_object_get(rb, "account_url")), "https://remote.example/@alice");
+    ck_assert_str_eq(json_string_value(json_object_get(rb, "url")), "https://remote.example/@alice/9");
+    ck_assert_str_eq(m.author, "bob");
+    json_decref(meta);
+    assert_round_trip(&m);
+    sl_message_clear(&m);
+    json_decref(boost);
+    json_decref(orig);
+    json_decref(st);
 }
 END_TEST
 
@@ -504,6 +655,7 @@ START_TEST(test_stream_events_map_to_items)
                                               why, sizeof(why)),
                      SL_MASTODON_OK);
     ck_assert_str_eq(again.event_id, edit.event_id);
+    sl_message_clear(&again);
     ck_assert_int_eq(sl_mastodon_stream_event("delete", " \"109372843234\"\n", 16, INSTANCE, "mastodon", ids, &again,
                                               why, sizeof(why)),
                      SL_MASTODON_OK);
@@ -517,6 +669,7 @@ START_TEST(test_stream_events_map_to_items)
                                               ids, &again, why, sizeof(why)),
                      SL_MASTODON_OK);
     ck_assert_str_eq(again.id, post.id);
+    sl_message_clear(&again);
     ck_assert_int_eq(
         sl_mastodon_stream_event("delete", "55", 2, "https://other.example", "mastodon", ids, &again, why, sizeof(why)),
         SL_MASTODON_OK);
@@ -538,6 +691,9 @@ START_TEST(test_stream_events_map_to_items)
                      SL_MASTODON_OK);
     ck_assert_int_eq(sl_mastodon_local_id(INSTANCE, "55", local), 0);
     ck_assert_str_eq(again.id, local);
+    sl_message_clear(&again);
+    sl_message_clear(&post);
+    sl_message_clear(&edit);
     free(json);
     free(orig_json);
     json_decref(st);
@@ -572,6 +728,8 @@ START_TEST(test_boost_maps_to_its_own_message)
     sl_time_parse("2026-03-03T08:00:00Z", 20, &t);
     ck_assert_int_eq(m.created_at_us, t); /* when it was boosted */
     assert_round_trip(&m);
+    sl_message_clear(&m);
+    sl_message_clear(&orig_m);
     /* a boost of a status that is not public is skipped; a reblog that is no object is refused */
     json_object_set_new(orig, "visibility", json_string("private"));
     ck_assert_int_eq(sl_mastodon_status_to_message(boost, INSTANCE, "mastodon", NULL, &m, why, sizeof(why)),
@@ -791,6 +949,7 @@ int main(void)
     tcase_add_test(tc, test_status_missing_optional_fields);
     tcase_add_test(tc, test_status_author_and_text_are_made_valid);
     tcase_add_test(tc, test_status_skips_and_refusals);
+    tcase_add_test(tc, test_status_meta);
     tcase_add_test(tc, test_stream_events_map_to_items);
     tcase_add_test(tc, test_boost_maps_to_its_own_message);
     tcase_add_test(tc, test_ids_memory_is_bounded);

@@ -13,7 +13,9 @@
 #include "check_ingest_util.h"
 #include "fake_mastodon.h"
 #include "sl_amqp.h"
+#include "sl_streamclient.h"
 #include "sl_testutil.h"
+#include "sl_wsclient.h"
 #include "sl_testsuite.h"
 
 #define TOKEN "test-token-123"
@@ -470,6 +472,219 @@ START_TEST(test_one_ingest_reads_several_sources)
 }
 END_TEST
 
+/* A status with what a wall shows beside the text: names, avatar, warning, media (one of them with a
+ * javascript: link), language; malloc'd JSON. */
+static char *rich_status(const char *id, const char *spoiler, const char *description, const char *edited_at)
+{
+    char *base = fm_status_json(id, "erin@remote.example", "<p>look at this</p>", edited_at), long_name[400] = "";
+    json_t *o = json_loads(base, 0, NULL), *account = json_object_get(o, "account");
+    free(base);
+    for (int i = 0; i < 100; i++)
+        strcat(long_name, "\xc3\xa9");
+    strcat(long_name, "\n<script>alert(1)</script>");
+    json_object_set_new(account, "display_name", json_string(long_name));
+    json_object_set_new(account, "avatar", json_string("https://remote.example/avatars/erin.png"));
+    json_object_set_new(account, "url", json_string("javascript:alert(document.cookie)"));
+    json_object_set_new(o, "spoiler_text", json_string(spoiler));
+    json_object_set_new(o, "sensitive", json_true());
+    json_object_set_new(o, "language", json_string("fr"));
+    json_object_set_new(o, "media_attachments",
+                        json_pack("[{s:s, s:s, s:s, s:s}, {s:s, s:s, s:s}]", "type", "image", "url",
+                                  "https://files.remote.example/1.jpg", "preview_url",
+                                  "https://files.remote.example/1s.jpg", "description", description, "type", "image",
+                                  "url", "javascript:alert(2)", "preview_url", "https://files.remote.example/2s.jpg"));
+    char *s = json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+    return s;
+}
+
+/* The meta of a message as JSON (from a stream event, a history answer, a live payload). */
+static json_t *meta_in(const char *json)
+{
+    json_t *o = json_loads(json, 0, NULL);
+    ck_assert_msg(o != NULL, "not JSON: %s", json);
+    json_t *inner = json_object_get(o, "message"); /* a WebSocket frame */
+    json_t *meta = json_incref(json_object_get(inner != NULL ? inner : o, "meta"));
+    json_decref(o);
+    return meta;
+}
+
+/* The next feed event of a stream (heartbeats and the like skipped): 1, or 0 when none came. */
+static int next_event(tu_stream_t *st, tu_sev_t *ev)
+{
+    for (int i = 0; i < 20; i++) {
+        if (tu_stream_next(st, ev, 10000) != 1)
+            return 0;
+        if (ev->kind == TU_EV_MESSAGE)
+            return 1;
+    }
+    return 0;
+}
+
+/* The next WebSocket frame carrying a feed event (acknowledgements skipped): 1, or 0. */
+static int next_frame(tu_ws_t *ws, tu_wsmsg_t *wm)
+{
+    for (int i = 0; i < 20; i++) {
+        if (tu_ws_recv_data(ws, wm, 10000) != 1)
+            return 0;
+        if (strstr(wm->data, "\"message\":{") != NULL)
+            return 1;
+    }
+    return 0;
+}
+
+/* meta, from Mastodon to every reader: the database, the live exchange, history answers, and the
+ * SSE, NDJSON and WebSocket streams (live and replayed), for a post, its edit and a boost of it;
+ * a javascript: link never gets through, and the api refuses a post that brings its own meta. */
+START_TEST(test_meta_end_to_end)
+{
+    fm_conf_t fc = {.token = TOKEN, .heartbeat_ms = 300};
+    fm_t *f = fm_start(&fc);
+    it_ingest_t g;
+    char id[37], boost_id[37], url[256], sql[512];
+    tu_resp_t r;
+    tu_stack_init(&S, "ingest_meta", 100000);
+    tu_start(&S, "persister", NULL);
+    tu_start(&S, "api", NULL);
+    tu_start(&S, "sse", NULL);
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/readyz", S.sse_port);
+    ck_assert(tu_wait_status(url, 200, 20000));
+    amqp_connection_state_t live = it_live_open(&S);
+    tu_stream_t sse;
+    tu_ws_t ws;
+    tu_sev_t ev;
+    tu_wsmsg_t wm;
+    ck_assert_int_eq(tu_stream_open(&sse, S.sse_port, "/v1/stream?channels=mastodon&history=0", NULL, 10000), 0);
+    ck_assert_int_eq(sse.status, 200);
+    ck_assert_int_eq(tu_ws_open(&ws, S.sse_port, "/v1/ws", 10000), 0);
+    ck_assert_int_eq(tu_ws_send_text(&ws, "{\"command\":\"subscribe\",\"channel\":\"mastodon\",\"history\":0}"), 0);
+    tu_sleep_ms(300);
+    it_start_ingest(&g, &S, fm_url(f), stream_env);
+    ck_assert(fm_wait_streams(f, 1, 10000));
+    it_message_id("801", id);
+    it_message_id("802", boost_id);
+
+    char *post = rich_status("801", "spiders", "A spider\non its web", NULL);
+    fm_post(f, post);
+    char *boost = fm_boost_json("802", "bob@b.example", post);
+    fm_post(f, boost);
+    PGconn *db = tu_db(&S);
+    ck_assert_int_eq(tu_wait_rows(db, 2, 20000), 2);
+
+    /* stored as JSONB */
+    snprintf(sql, sizeof(sql),
+             "SELECT count(*) FROM messages WHERE id = '%s' AND meta->>'spoiler_text' = 'spiders' AND"
+             " meta->>'language' = 'fr' AND meta->'sensitive' = 'true' AND jsonb_array_length(meta->'media') = 1 AND"
+             " meta->'media'->0->>'description' = 'A spider on its web' AND meta->>'avatar' ="
+             " 'https://remote.example/avatars/erin.png' AND meta->>'url' = 'https://remote.example/@erin@remote.example/801'"
+             " AND NOT meta ? 'account_url' AND NOT meta ? 'reblog' AND length(meta->>'display_name') = 64",
+             id);
+    ck_assert_int_eq(tu_scalar(db, sql), 1);
+    snprintf(sql, sizeof(sql),
+             "SELECT count(*) FROM messages WHERE id = '%s' AND author = 'bob@b.example' AND"
+             " meta->'reblog'->>'acct' = 'erin@remote.example' AND meta->'reblog'->>'url' ="
+             " 'https://remote.example/@erin@remote.example/801' AND meta->>'display_name' = 'Booster' AND"
+             " meta->>'spoiler_text' = 'spiders'",
+             boost_id);
+    ck_assert_int_eq(tu_scalar(db, sql), 1);
+    ck_assert_int_eq(tu_scalar(db, "SELECT count(*) FROM messages WHERE meta::text LIKE '%javascript%'"), 0);
+
+    /* the history: meta as stored, the same as on the live exchange and on every stream */
+    snprintf(url, sizeof(url), "%s/v1/messages/%s", S.base, id);
+    ck_assert_int_eq(tu_http("GET", url, NULL, NULL, NULL, 0, &r), 0);
+    ck_assert_int_eq(r.status, 200);
+    ck_assert_ptr_null(strstr(r.body, "javascript"));
+    json_t *want = meta_in(r.body);
+    tu_resp_free(&r);
+    ck_assert(json_is_object(want));
+    ck_assert_str_eq(json_string_value(json_object_get(want, "spoiler_text")), "spiders");
+    ck_assert_int_eq(json_array_size(json_object_get(want, "media")), 1);
+    char *live1 = it_live_next(live, 10000), *live2 = it_live_next(live, 10000);
+    ck_assert(live1 != NULL && live2 != NULL);
+    json_t *got = meta_in(live1);
+    ck_assert_msg(json_equal(got, want), "live: %s", live1);
+    json_decref(got);
+    ck_assert_int_eq(next_event(&sse, &ev), 1);
+    got = meta_in(ev.data);
+    ck_assert_msg(json_equal(got, want), "sse: %s", ev.data);
+    json_decref(got);
+    ck_assert_int_eq(next_event(&sse, &ev), 1);
+    got = meta_in(ev.data);
+    ck_assert_str_eq(json_string_value(json_object_get(json_object_get(got, "reblog"), "acct")), "erin@remote.example");
+    json_decref(got);
+    ck_assert_int_eq(next_frame(&ws, &wm), 1);
+    got = meta_in(wm.data);
+    ck_assert_msg(json_equal(got, want), "ws: %s", wm.data);
+    json_decref(got);
+    /* replayed from the database: SSE and NDJSON history */
+    tu_stream_t hist;
+    ck_assert_int_eq(tu_stream_open(&hist, S.sse_port, "/v1/stream?channels=mastodon&history=5&format=ndjson", NULL,
+                                    10000), 0);
+    ck_assert_int_eq(next_event(&hist, &ev), 1);
+    got = meta_in(ev.data);
+    ck_assert_msg(json_equal(got, want), "ndjson history: %s", ev.data);
+    json_decref(got);
+    tu_stream_close(&hist);
+    ck_assert_int_eq(tu_stream_open(&hist, S.sse_port, "/v1/stream?channels=mastodon&history=5", NULL, 10000), 0);
+    ck_assert_int_eq(next_event(&hist, &ev), 1);
+    ck_assert_ptr_nonnull(strstr(ev.data, "\"meta\":{"));
+    got = meta_in(ev.data);
+    ck_assert_msg(json_equal(got, want), "sse history: %s", ev.data);
+    json_decref(got);
+    tu_stream_close(&hist);
+    json_decref(want);
+    free(live1);
+    free(live2);
+
+    /* the edit lifts the warning and changes the description: the update event carries the new
+     * meta, and the stored message takes it */
+    char *edited = rich_status("801", "", "A spider, seen closer", "2026-03-02T10:00:00.000Z");
+    fm_event(f, "status.update", edited);
+    ck_assert_int_eq(it_wait_count(db, "SELECT count(*) FROM message_events", 1, 20000), 1);
+    snprintf(sql, sizeof(sql),
+             "SELECT count(*) FROM messages WHERE id = '%s' AND NOT meta ? 'spoiler_text' AND"
+             " meta->'media'->0->>'description' = 'A spider, seen closer' AND body = 'look at this'",
+             id);
+    ck_assert_int_eq(it_wait_count(db, sql, 1, 5000), 1);
+    ck_assert_int_eq(next_event(&sse, &ev), 1);
+    ck_assert_str_eq(ev.event, "update");
+    got = meta_in(ev.data);
+    ck_assert_str_eq(json_string_value(json_object_get(json_array_get(json_object_get(got, "media"), 0), "description")),
+                     "A spider, seen closer");
+    ck_assert_ptr_null(json_object_get(got, "spoiler_text"));
+    json_decref(got);
+    char *upd = it_live_next(live, 10000);
+    ck_assert_ptr_nonnull(upd);
+    ck_assert_ptr_nonnull(strstr(upd, "\"type\":\"update\""));
+    ck_assert_ptr_nonnull(strstr(upd, "A spider, seen closer"));
+    free(upd);
+    snprintf(url, sizeof(url), "%s/v1/messages?channel=mastodon", S.base);
+    ck_assert_int_eq(tu_http("GET", url, NULL, NULL, NULL, 0, &r), 0);
+    ck_assert_ptr_nonnull(strstr(r.body, "A spider, seen closer"));
+    ck_assert_ptr_null(strstr(r.body, "javascript"));
+    tu_resp_free(&r);
+
+    /* only ingest gives meta */
+    snprintf(url, sizeof(url), "%s/v1/messages", S.base);
+    const char *forged = "{\"author\":\"x\",\"text\":\"y\",\"meta\":{\"avatar\":\"https://evil.example/a.png\"}}";
+    ck_assert_int_eq(tu_http("POST", url, NULL, "application/json", forged, strlen(forged), &r), 0);
+    ck_assert_int_eq(r.status, 400);
+    ck_assert_ptr_nonnull(strstr(r.body, "\"code\":\"unknown_field\""));
+    tu_resp_free(&r);
+
+    free(post);
+    free(boost);
+    free(edited);
+    tu_stream_close(&sse);
+    tu_ws_close(&ws);
+    sl_amqp_close(live);
+    ck_assert_int_eq(it_stop_ingest(&g), 0);
+    PQfinish(db);
+    tu_stack_cleanup(&S);
+    fm_stop(f);
+}
+END_TEST
+
 struct bad_command {
     const char *ctype, *body;
     long status;
@@ -578,6 +793,7 @@ int main(void)
     tcase_add_test(tc, test_edits_and_deletes_propagate);
     tcase_add_test(tc, test_same_post_from_two_instances_is_one_message);
     tcase_add_test(tc, test_one_ingest_reads_several_sources);
+    tcase_add_test(tc, test_meta_end_to_end);
     tcase_add_test(tc, test_control_endpoint_starts_and_stops);
     suite_add_tcase(s, tc);
     return tu_run_suite(s);

@@ -1,11 +1,13 @@
 /* Unit tests: sl_message validation and coding, sl_uuid, sl_time, sl_config. */
 #include <check.h>
+#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "sl_config.h"
 #include "sl_message.h"
+#include "sl_meta.h"
 #include "sl_ratelimit.h"
 #include "sl_time.h"
 #include "sl_uuid.h"
@@ -36,6 +38,9 @@ static const struct bad_case bad_cases[] = {
     {"{\"author\":\"a\",\"text\":\"x\",\"channel\":\"general#\"}", "invalid_channel", "channel"},
     {"{\"author\":\"a\",\"text\":\"x\",\"channel\":\"#General\"}", "invalid_channel", "channel"},
     {"{\"author\":\"a\",\"text\":\"x\",\"color\":\"red\"}", "unknown_field", NULL},
+    /* only ingest sets url and meta */
+    {"{\"author\":\"a\",\"text\":\"x\",\"meta\":{\"display_name\":\"A\"}}", "unknown_field", NULL},
+    {"{\"author\":\"a\",\"text\":\"x\",\"url\":\"https://x.example/\"}", "unknown_field", NULL},
     {"{\"author\":\"a\",\"author\":\"b\",\"text\":\"x\"}", "invalid_json", NULL},
     {"{\"author\":\"a\\u0000b\",\"text\":\"x\"}", "invalid_json", NULL},
     {"{\"author\":\"a\\nb\",\"text\":\"x\"}", "invalid_author", "author"},
@@ -240,6 +245,133 @@ START_TEST(test_error_json)
 }
 END_TEST
 
+/* meta (sl_meta.h) on the queue: checked strictly, kept in canonical form, carried by messages and
+ * updates, never by deletes. */
+START_TEST(test_meta_on_the_queue)
+{
+    sl_message_t m, back;
+    sl_error_t err;
+    /* members in any order, with spaces: decoded to the canonical text (compact, keys sorted) */
+    const char *in = "{\"id\":\"0190f5f0-0000-7000-8000-000000000000\",\"channel\":\"mastodon\",\"author\":\"a\","
+                     "\"text\":\"t\",\"source\":\"mastodon\",\"created_at\":\"2026-01-01T00:00:00Z\","
+                     "\"meta\":{ \"url\": \"https://x.example/@a/1\", \"display_name\": \"A \\\"B\\\"\","
+                     " \"sensitive\": true, \"language\": \"pt-BR\", \"spoiler_text\": \"cw\","
+                     " \"media\": [{\"url\": \"https://x.example/m.png\", \"type\": \"image\","
+                     " \"description\": \"alt\", \"preview_url\": \"http://x.example/s.png\"}],"
+                     " \"reblog\": {\"url\": \"https://y.example/@o/2\", \"acct\": \"o@y.example\"},"
+                     " \"avatar\": \"https://x.example/a.png\", \"account_url\": \"https://x.example/@a\"}}";
+    ck_assert_msg(sl_message_from_json(in, strlen(in), &m, &err) == 0, "%s", err.message);
+    const char *canon = "{\"account_url\":\"https://x.example/@a\",\"avatar\":\"https://x.example/a.png\","
+                        "\"display_name\":\"A \\\"B\\\"\",\"language\":\"pt-BR\",\"media\":[{\"description\":\"alt\","
+                        "\"preview_url\":\"http://x.example/s.png\",\"type\":\"image\",\"url\":\"https://x.example/m.png\"}],"
+                        "\"reblog\":{\"acct\":\"o@y.example\",\"url\":\"https://y.example/@o/2\"},\"sensitive\":true,"
+                        "\"spoiler_text\":\"cw\",\"url\":\"https://x.example/@a/1\"}";
+    ck_assert_str_eq(m.meta, canon);
+    /* written as a member, read back the same; its JSON is the same as jansson's */
+    size_t len;
+    char *json = sl_message_to_json(&m, &len);
+    ck_assert_ptr_nonnull(strstr(json, canon));
+    ck_assert_int_eq(sl_message_from_json(json, len, &back, &err), 0);
+    ck_assert_str_eq(back.meta, canon);
+    json_t *o = sl_message_to_jansson(&m);
+    ck_assert(json_is_object(json_object_get(o, "meta")));
+    json_decref(o);
+    sl_message_clear(&back);
+    free(json);
+    /* an update carries it, a delete never */
+    m.type = SL_MESSAGE_UPDATE;
+    m.edited_at_us = 1;
+    ck_assert_int_eq(sl_message_event_id(&m, m.event_id), 0);
+    json = sl_message_to_json(&m, &len);
+    ck_assert_ptr_nonnull(strstr(json, canon));
+    ck_assert_int_eq(sl_message_from_json(json, len, &back, &err), 0);
+    ck_assert_str_eq(back.meta, canon);
+    sl_message_clear(&back);
+    free(json);
+    m.type = SL_MESSAGE_DELETE;
+    json = sl_message_to_json(&m, &len);
+    ck_assert_ptr_null(strstr(json, "meta"));
+    free(json);
+    sl_message_clear(&m);
+    ck_assert_ptr_null(m.meta);
+    sl_message_clear(&m); /* twice is fine */
+
+    /* null or absent: none */
+    const char *none = "{\"id\":\"0190f5f0-0000-7000-8000-000000000000\",\"channel\":\"a\",\"author\":\"b\",\"text\":\"c\","
+                       "\"source\":\"api\",\"created_at\":\"2026-01-01T00:00:00Z\",\"meta\":null}";
+    ck_assert_int_eq(sl_message_from_json(none, strlen(none), &m, &err), 0);
+    ck_assert_ptr_null(m.meta);
+
+    /* what the schema refuses, each with invalid_meta (a dead letter in the persister) */
+    char big[2200];
+    memset(big, 'x', sizeof(big) - 1);
+    big[sizeof(big) - 1] = '\0';
+    char name65[80] = "", desc[700] = "";
+    memset(name65, 'n', 65);
+    memset(desc, 'd', 501);
+    char url_long[1100] = "https://x.example/";
+    memset(url_long + 18, 'u', 1030);
+    char media9[1200] = "[";
+    for (int i = 0; i < 9; i++)
+        strcat(media9, i ? ",{\"type\":\"image\",\"url\":\"https://x.example/\"}" : "{\"type\":\"image\",\"url\":\"https://x.example/\"}");
+    strcat(media9, "]");
+    char bad_metas[][1300] = {
+        "[]",
+        "{}",
+        "\"x\"",
+        "{\"color\":\"red\"}",
+        "{\"url\":\"javascript:alert(1)\"}",
+        "{\"avatar\":\"data:image/png;base64,AAAA\"}",
+        "{\"account_url\":\"https://\"}",
+        "{\"url\":\"https://x.example/\\n\"}",
+        "{\"display_name\":\"\"}",
+        "{\"display_name\":\"a\\u0085b\"}",
+        "{\"display_name\":7}",
+        "{\"language\":\"en us\"}",
+        "{\"language\":\"abcdefghijklmnopq\"}",
+        "{\"sensitive\":\"yes\"}",
+        "{\"media\":[]}",
+        "{\"media\":[{\"type\":\"image\"}]}",
+        "{\"media\":[{\"type\":\"picture\",\"url\":\"https://x.example/\"}]}",
+        "{\"media\":[{\"type\":\"image\",\"url\":\"https://x.example/\",\"preview_url\":\"javascript:x\"}]}",
+        "{\"media\":[{\"type\":\"image\",\"url\":\"https://x.example/\",\"blurhash\":\"x\"}]}",
+        "{\"media\":{\"type\":\"image\"}}",
+        "{\"reblog\":{\"url\":\"https://x.example/\"}}",
+        "{\"reblog\":{\"acct\":\"o\",\"url\":\"vbscript:x\"}}",
+        "{\"reblog\":{\"acct\":\"o\",\"reblog\":{}}}",
+    };
+    char fmt[4][1300];
+    snprintf(fmt[0], sizeof(fmt[0]), "{\"display_name\":\"%s\"}", name65);
+    snprintf(fmt[1], sizeof(fmt[1]), "{\"media\":[{\"type\":\"image\",\"url\":\"https://x.example/\",\"description\":\"%s\"}]}", desc);
+    snprintf(fmt[2], sizeof(fmt[2]), "{\"avatar\":\"%s\"}", url_long);
+    snprintf(fmt[3], sizeof(fmt[3]), "{\"media\":%s}", media9);
+    for (size_t i = 0; i < sizeof(bad_metas) / sizeof(bad_metas[0]) + 4; i++) {
+        const char *meta = i < sizeof(bad_metas) / sizeof(bad_metas[0]) ? bad_metas[i] : fmt[i - sizeof(bad_metas) / sizeof(bad_metas[0])];
+        static char body[40000];
+        snprintf(body, sizeof(body),
+                 "{\"id\":\"0190f5f0-0000-7000-8000-000000000000\",\"channel\":\"a\",\"author\":\"b\",\"text\":\"c\","
+                 "\"source\":\"mastodon\",\"created_at\":\"2026-01-01T00:00:00Z\",\"meta\":%s}",
+                 meta);
+        ck_assert_msg(sl_message_from_json(body, strlen(body), &m, &err) == -1, "meta %s was taken", meta);
+        ck_assert_msg(strcmp(err.code, "invalid_meta") == 0 && strcmp(err.field, "meta") == 0, "%s: %s %s", meta,
+                      err.code, err.message);
+        ck_assert_ptr_null(m.meta);
+    }
+    /* meta taken, then another field refused: nothing leaks (ASan would say) */
+    const char *late = "{\"id\":\"nope\",\"channel\":\"a\",\"author\":\"b\",\"text\":\"c\",\"source\":\"mastodon\","
+                       "\"created_at\":\"2026-01-01T00:00:00Z\",\"meta\":{\"display_name\":\"A\"}}";
+    ck_assert_int_eq(sl_message_from_json(late, strlen(late), &m, &err), -1);
+    ck_assert_str_eq(err.code, "invalid_id");
+    ck_assert_ptr_null(m.meta);
+    /* the link rule */
+    ck_assert(sl_meta_web_link("https://x.example/", 18));
+    ck_assert(sl_meta_web_link("HTTP://x", 8));
+    ck_assert(!sl_meta_web_link("http://", 7));
+    ck_assert(!sl_meta_web_link("javascript:alert(1)//https://", 29));
+    ck_assert(!sl_meta_web_link(big, strlen(big)));
+}
+END_TEST
+
 START_TEST(test_uuid_v7_sorted_and_versioned)
 {
     char prev[SL_UUID_STRLEN] = "", cur[SL_UUID_STRLEN];
@@ -362,6 +494,7 @@ int main(void)
     tcase_add_test(tc, test_json_round_trip);
     tcase_add_test(tc, test_json_encoder_matches_jansson);
     tcase_add_test(tc, test_queue_payload_rejects_garbage);
+    tcase_add_test(tc, test_meta_on_the_queue);
     tcase_add_test(tc, test_error_json);
     tcase_add_test(tc, test_error_message_stays_utf8);
     tcase_add_test(tc, test_uuid_v7_sorted_and_versioned);

@@ -11,6 +11,7 @@
 #include <sys/wait.h>
 
 #include "sl_amqp.h"
+#include "sl_db.h"
 #include "sl_testutil.h"
 #include "sl_uuid.h"
 #include "sl_testsuite.h"
@@ -771,6 +772,37 @@ START_TEST(test_idempotent_retry_of_confirmed_post_needs_no_room)
 }
 END_TEST
 
+/* Migrations apply every version not recorded, not only those past the highest (parallel branches
+ * add them in any order); version 6 adds messages.meta as JSONB. */
+START_TEST(test_migrations_fill_gaps)
+{
+    sl_db_t db;
+    char err[512];
+    tu_stack_init(&S, "migrate", 100000);
+    ck_assert_int_eq(sl_db_connect(&db, S.db_url, err, sizeof(err)), SL_DB_OK);
+    ck_assert_msg(sl_db_migrate(&db, err, sizeof(err)) == SL_DB_OK, "%s", err);
+    PGconn *c = tu_db(&S);
+    ck_assert_int_eq(tu_scalar(c, "SELECT count(*) FROM information_schema.columns WHERE table_name = 'messages'"
+                                  " AND column_name = 'meta' AND data_type = 'jsonb'"),
+                     1);
+    ck_assert_int_eq(tu_scalar(c, "SELECT count(*) FROM sluice_schema_migrations WHERE version = 6"), 1);
+    /* version 3 forgotten (as if it came from a branch merged after 6 had run) */
+    PGresult *r = PQexec(c, "DELETE FROM sluice_schema_migrations WHERE version = 3;"
+                            " ALTER TABLE idempotency_keys DROP COLUMN accepted_at");
+    ck_assert_int_eq(PQresultStatus(r), PGRES_COMMAND_OK);
+    PQclear(r);
+    ck_assert_msg(sl_db_migrate(&db, err, sizeof(err)) == SL_DB_OK, "%s", err);
+    ck_assert_int_eq(tu_scalar(c, "SELECT count(*) FROM sluice_schema_migrations WHERE version = 3"), 1);
+    ck_assert_int_eq(tu_scalar(c, "SELECT count(*) FROM information_schema.columns WHERE table_name = 'idempotency_keys'"
+                                  " AND column_name = 'accepted_at'"),
+                     1);
+    ck_assert_int_ge(sl_db_schema_version(&db), 6);
+    sl_db_close(&db);
+    PQfinish(c);
+    tu_stack_cleanup(&S);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("write_path");
@@ -792,6 +824,7 @@ int main(void)
     tcase_add_test(tc, test_broker_down_answers_503_and_recovers);
     tcase_add_test(tc, test_database_restart_loses_nothing);
     tcase_add_test(tc, test_blocked_broker_answers_503);
+    tcase_add_test(tc, test_migrations_fill_gaps);
     suite_add_tcase(s, tc);
     return tu_run_suite(s);
 }
