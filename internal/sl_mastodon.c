@@ -712,8 +712,7 @@ static sl_mastodon_result_t map_status(json_t *st, const char *instance, const c
     snprintf(m->channel, sizeof(m->channel), "%s", channel);
     strcpy(m->source, SL_MASTODON_SOURCE);
     m->meta = meta_of(st, shown);
-    if (strcmp(m->id, local) != 0)
-        sl_mastodon_ids_put(ids, local, m->id);
+    sl_mastodon_ids_put(ids, local, m->id); /* the latest word on this status, whatever said before */
     return SL_MASTODON_OK;
 }
 
@@ -741,6 +740,7 @@ sl_mastodon_result_t sl_mastodon_stream_event(const char *event, const char *dat
                                               const char *channel, sl_mastodon_ids_t *ids, sl_message_t *m, char *why,
                                               size_t whylen)
 {
+    memset(m, 0, sizeof(*m));
     if (strcmp(event, "update") == 0)
         return parse_and_map(data, len, instance, channel, ids, m, why, whylen);
     if (strcmp(event, "status.update") == 0) {

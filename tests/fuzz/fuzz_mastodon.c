@@ -14,6 +14,11 @@
  *   control characters, 1-500 characters of text without control characters but '\n', a URL
  *   of http: or https: without control characters, a timestamp, channel and source as given; and the persister
  *   reads it back: sl_message_to_json then sl_message_from_json gives the same fields;
+ * - its meta, when it has one, passes the schema the persister checks (sl_meta_check: every link
+ *   http(s), every string capped and without control characters, at most 8 attachments, 32 KiB),
+ *   in canonical form, and a delete has none;
+ * - the ids a source remembers: a delete of a status just mapped names that status's message;
+ *   nothing leaks (meta is the caller's to free).
  * - sl_mastodon_cut never writes past its buffer or cuts a sequence.
  */
 #include <jansson.h>
@@ -21,6 +26,7 @@
 
 #include "fuzz_util.h"
 #include "sl_mastodon.h"
+#include "sl_meta.h"
 
 #define INSTANCE "https://mastodon.example"
 #define CHANNEL "mastodon"
@@ -58,6 +64,17 @@ static void check_mapped(const sl_message_t *m)
     FUZZ_CHECK(strcmp(m->channel, CHANNEL) == 0);
     FUZZ_CHECK(m->created_at_us != 0);
     FUZZ_CHECK(fuzz_utf8_clean(m->url, strlen(m->url), ""));
+    if (m->meta != NULL) {
+        sl_error_t merr;
+        json_t *meta = json_loads(m->meta, 0, NULL);
+        FUZZ_CHECKF(json_is_object(meta) && sl_meta_check(meta, &merr) == 0, "bad meta (%s): %s",
+                    meta != NULL ? merr.message : "not JSON", m->meta);
+        char *again = sl_meta_dump(meta);
+        FUZZ_CHECKF(again != NULL && strcmp(again, m->meta) == 0, "meta not canonical: %s", m->meta);
+        free(again);
+        json_decref(meta);
+        FUZZ_CHECK(m->type != SL_MESSAGE_DELETE);
+    }
     FUZZ_CHECK(m->url[0] == '\0' || strncasecmp(m->url, "http://", 7) == 0 || strncasecmp(m->url, "https://", 8) == 0);
     if (m->type == SL_MESSAGE_NEW) {
         long a = fuzz_utf8_count(m->author, strlen(m->author));
@@ -83,9 +100,11 @@ static void check_mapped(const sl_message_t *m)
                     strcmp(m->author, back.author) == 0 && strcmp(m->text, back.text) == 0 &&
                     strcmp(m->source, back.source) == 0 && strcmp(m->url, back.url) == 0 &&
                     strcmp(m->event_id, back.event_id) == 0 && m->type == back.type &&
-                    m->created_at_us == back.created_at_us && m->edited_at_us == back.edited_at_us,
+                    m->created_at_us == back.created_at_us && m->edited_at_us == back.edited_at_us &&
+                    (m->meta == NULL) == (back.meta == NULL) && (m->meta == NULL || strcmp(m->meta, back.meta) == 0),
                 "changed on the way through the queue: %s", json);
     free(json);
+    sl_message_clear(&back);
 }
 
 static void check_cut(const char *s, size_t len)
@@ -110,6 +129,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     const char *s = (const char *)data;
     sl_message_t m;
     char why[128];
+    static sl_mastodon_ids_t *ids; /* kept from input to input, as a source keeps it */
+    if (ids == NULL)
+        ids = sl_mastodon_ids_create(64);
 
     check_html(s, size, SL_TEXT_MAX_CHARS + 1, "");
     check_html(s, size, size % 13, "CW: x\n\n");
@@ -118,23 +140,34 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     json_t *status = json_loadb(s, size, 0, NULL);
     if (status != NULL) {
         why[0] = '\0';
-        sl_mastodon_result_t r = sl_mastodon_status_to_message(status, INSTANCE, CHANNEL, NULL, &m, why, sizeof(why));
+        sl_mastodon_result_t r = sl_mastodon_status_to_message(status, INSTANCE, CHANNEL, ids, &m, why, sizeof(why));
         FUZZ_CHECK(r == SL_MASTODON_OK || r == SL_MASTODON_SKIP || r == SL_MASTODON_INVALID);
-        if (r == SL_MASTODON_OK)
+        if (r == SL_MASTODON_OK) {
             check_mapped(&m);
-        else
-            FUZZ_CHECK(why[0] != '\0');
+            /* its deletion, which names only the local id, finds the message */
+            const char *sid = json_string_value(json_object_get(status, "id"));
+            sl_message_t del;
+            FUZZ_CHECK(sid != NULL);
+            FUZZ_CHECK(sl_mastodon_stream_event("delete", sid, strlen(sid), INSTANCE, CHANNEL, ids, &del, why,
+                                                sizeof(why)) == SL_MASTODON_OK);
+            FUZZ_CHECKF(strcmp(del.id, m.id) == 0, "the delete of %s names %s, not %s", sid, del.id, m.id);
+            FUZZ_CHECK(del.meta == NULL);
+            sl_message_clear(&m);
+        } else {
+            FUZZ_CHECK(why[0] != '\0' && m.meta == NULL);
+        }
         json_decref(status);
     }
     static const char *const events[] = {"update", "status.update", "delete"};
     for (size_t k = 0; k < sizeof(events) / sizeof(events[0]); k++) {
         why[0] = '\0';
-        sl_mastodon_result_t r = sl_mastodon_stream_event(events[k], s, size, INSTANCE, CHANNEL, NULL, &m, why, sizeof(why));
+        sl_mastodon_result_t r = sl_mastodon_stream_event(events[k], s, size, INSTANCE, CHANNEL, ids, &m, why, sizeof(why));
         if (r == SL_MASTODON_OK) {
             FUZZ_CHECK(m.type == (k == 0 ? SL_MESSAGE_NEW : k == 1 ? SL_MESSAGE_UPDATE : SL_MESSAGE_DELETE));
             check_mapped(&m);
+            sl_message_clear(&m);
         } else {
-            FUZZ_CHECK(why[0] != '\0');
+            FUZZ_CHECK(why[0] != '\0' && m.meta == NULL);
         }
     }
     return 0;

@@ -14,13 +14,17 @@
  *   and gives the same fields, and encoding again gives the same bytes (the api writes what the
  *   persister must read back; the persister writes what sse and the persister read back);
  * - an accepted stored message, as the persister publishes it, is a live event with the same
- *   seq, channel, type and created_at.
+ *   seq, channel, type and created_at;
+ * - a meta that is accepted passes its schema (sl_meta_check) as read back, in canonical form (the
+ *   same text again when dumped), only http(s) links in it; a refused one is invalid_meta; nothing
+ *   leaks (libFuzzer's leak check) whichever field is refused after it.
  */
 #include <jansson.h>
 
 #include "fuzz_util.h"
 #include "sl_event.h"
 #include "sl_message.h"
+#include "sl_meta.h"
 
 static const char *const REQUEST_CODES[] = {"invalid_json", "not_an_object", "invalid_utf8", "missing_field",
                                             "invalid_type", "invalid_length", "invalid_channel", "invalid_author",
@@ -28,7 +32,7 @@ static const char *const REQUEST_CODES[] = {"invalid_json", "not_an_object", "in
 static const char *const PAYLOAD_CODES[] = {
     "invalid_json", "not_an_object", "invalid_utf8",         "missing_field",      "invalid_type",
     "invalid_length", "invalid_channel", "invalid_author",    "invalid_url",        "invalid_edited_at",
-    "invalid_id",   "invalid_created_at", "invalid_seq",      "invalid_message_type", NULL};
+    "invalid_id",   "invalid_created_at", "invalid_seq",      "invalid_message_type", "invalid_meta", NULL};
 
 static void check_error(const sl_error_t *err, const char *const *codes)
 {
@@ -72,6 +76,8 @@ static void check_same(const sl_message_t *a, const sl_message_t *b, const char 
     SAME_INT(edited_at_us);
     SAME_INT(type);
     SAME_STR(event_id);
+    FUZZ_CHECKF((a->meta == NULL) == (b->meta == NULL) && (a->meta == NULL || strcmp(a->meta, b->meta) == 0),
+                "meta changed: %s -> %s via %s", a->meta ? a->meta : "(none)", b->meta ? b->meta : "(none)", json);
 #undef SAME_STR
 #undef SAME_INT
 }
@@ -90,6 +96,7 @@ static void round_trip(const sl_message_t *m)
     char *again = sl_message_to_json(&back, &len2);
     FUZZ_CHECK(again != NULL && len2 == len && memcmp(json, again, len) == 0);
     free(again);
+    sl_message_clear(&back);
     if (m->seq > 0) {
         sl_event_t *ev = sl_event_from_json(json, len);
         FUZZ_CHECKF(ev != NULL, "stored message is not a live event: %s", json);
@@ -112,6 +119,16 @@ static void check_message(const sl_message_t *m)
     if (m->type != SL_MESSAGE_DELETE)
         check_string_field(m->text, sizeof(m->text), 1, SL_TEXT_MAX_CHARS);
     check_string_field(m->url, sizeof(m->url), 0, SL_URL_MAX);
+    if (m->meta != NULL) {
+        sl_error_t err;
+        json_t *meta = json_loads(m->meta, 0, NULL);
+        FUZZ_CHECKF(json_is_object(meta) && sl_meta_check(meta, &err) == 0, "meta accepted, then refused: %s", m->meta);
+        char *again = sl_meta_dump(meta);
+        FUZZ_CHECKF(again != NULL && strcmp(again, m->meta) == 0, "meta not canonical: %s", m->meta);
+        free(again);
+        json_decref(meta);
+        FUZZ_CHECK(m->type != SL_MESSAGE_DELETE);
+    }
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -128,7 +145,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     /* a POST body */
     if (sl_message_from_request(s, size, &m, &err) == 0) {
         check_message(&m);
-        FUZZ_CHECK(m.type == SL_MESSAGE_NEW && m.id[0] == '\0' && m.seq == 0 && m.created_at_us == 0);
+        FUZZ_CHECK(m.type == SL_MESSAGE_NEW && m.id[0] == '\0' && m.seq == 0 && m.created_at_us == 0 && m.meta == NULL);
         FUZZ_CHECK(strcmp(m.source, "api") == 0 || strcmp(m.source, "bot") == 0);
         json_t *root = json_loadb(s, size, 0, NULL);
         const char *key;
@@ -164,6 +181,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         FUZZ_CHECKF(fast == general, "sl_message_from_json says %d, the general path %d", fast, general);
         if (fast == 0)
             check_same(&g, &m, "the general path");
+        if (general == 0)
+            sl_message_clear(&g);
     }
     if (fast == 0) {
         check_message(&m);
@@ -171,8 +190,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (m.type != SL_MESSAGE_NEW)
             FUZZ_CHECK(fuzz_uuid_ok(m.event_id));
         round_trip(&m);
+        sl_message_clear(&m);
     } else {
         check_error(&err, PAYLOAD_CODES);
+        FUZZ_CHECK(m.meta == NULL);
     }
     return 0;
 }
