@@ -2,7 +2,7 @@
 FROM debian:bookworm AS build
 RUN apt-get update && apt-get install -y --no-install-recommends \
       build-essential cmake pkg-config libh2o-evloop-dev librabbitmq-dev libpq-dev \
-      libcurl4-openssl-dev libjansson-dev check libwslay-dev libssl-dev zlib1g-dev \
+      libcurl4-openssl-dev libjansson-dev check libwslay-dev libssl-dev zlib1g-dev libjose-dev \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY CMakeLists.txt ./
@@ -16,7 +16,7 @@ RUN cmake -S . -B /build -DCMAKE_BUILD_TYPE=RelWithDebInfo && cmake --build /bui
 
 FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends \
-      libh2o-evloop0.13 librabbitmq4 libpq5 libcurl4 libjansson4 libwslay1 libssl3 curl ca-certificates \
+      libh2o-evloop0.13 librabbitmq4 libpq5 libcurl4 libjansson4 libwslay1 libssl3 libjose0 curl ca-certificates \
     && rm -rf /var/lib/apt/lists/* && useradd --system --no-create-home sluice
 COPY --from=build /out/ /usr/local/bin/
 USER sluice

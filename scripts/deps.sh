@@ -6,7 +6,7 @@ set -euo pipefail
 PACKAGES=(
   build-essential cmake pkg-config
   libh2o-evloop-dev librabbitmq-dev libpq-dev libcurl4-openssl-dev libjansson-dev
-  check libwslay-dev libssl-dev zlib1g-dev uuid-dev
+  check libwslay-dev libssl-dev zlib1g-dev uuid-dev libjose-dev
   rabbitmq-server postgresql
   patroni etcd-server haproxy
   wrk curl procps iproute2
