@@ -263,16 +263,16 @@ static int key_valid(const char *k, size_t len)
     return 1;
 }
 
-static int handle_post(sl_api_t *a, h2o_req_t *req)
+/* who: the request's bearer, identified by sl_api_handle. */
+static int handle_post(sl_api_t *a, h2o_req_t *req, const sl_auth_who_t *who)
 {
     sl_error_t err;
     size_t keylen = 0;
     const char *key;
 
-    sl_auth_result_t ar = sl_auth_check_author(a->conf.auth, req, NULL, NULL);
-    if (ar != SL_AUTH_OK) {
-        account(a, req, R_POST, ar == SL_AUTH_FORBIDDEN ? 403 : 401);
-        sl_auth_refuse(req, ar);
+    if (who->result != SL_AUTH_OK) {
+        account(a, req, R_POST, 401);
+        sl_auth_refuse_who(req, who, who->result);
         return 0;
     }
     if (!sl_http_content_is_json(req)) {
@@ -298,9 +298,10 @@ static int handle_post(sl_api_t *a, h2o_req_t *req)
         sl_http_send_error(req, &err, 0);
         return 0;
     }
-    if ((ar = sl_auth_check_author(a->conf.auth, req, p->msg.author, NULL)) != SL_AUTH_OK) {
+    sl_auth_result_t ar = sl_auth_may_post(who, p->msg.author, p->msg.channel);
+    if (ar != SL_AUTH_OK) {
         account(a, req, R_POST, 403);
-        sl_auth_refuse(req, ar);
+        sl_auth_refuse_who(req, who, ar);
         return 0;
     }
     if (sl_uuid_v7(p->msg.id) != 0) {
@@ -556,6 +557,7 @@ static int handle_metrics(sl_api_t *a, h2o_req_t *req)
     sl_metrics_sample(&b, "sluice_api_rate_limited_total", "", (double)a->rate_limited);
     sl_metrics_header(&b, "sluice_api_ready", "gauge", "1 when broker and database are reachable.");
     sl_metrics_sample(&b, "sluice_api_ready", "", sl_publisher_ready(a->pub) && sl_pgpool_ready(a->pg));
+    sl_jwt_metrics(sl_auth_jwt(a->conf.auth), &b);
     sl_http_send_metrics(req, &b);
     sl_buf_free(&b);
     return 0;
@@ -568,20 +570,19 @@ static int method_not_allowed(sl_api_t *a, h2o_req_t *req, int route, const char
     return 0;
 }
 
-/* Per-client token bucket, separate from the broker's back pressure: keyed by the verified token
- * (the configured one, however the header spells it), else by the client's address; a made-up
- * Authorization value gets no bucket of its own. A POST with an unknown token is refused (401,
- * by handle_post) before it costs a bucket. Answers 429 itself when over. */
-static int limited(sl_api_t *a, h2o_req_t *req)
+/* Per-client token bucket, separate from the broker's back pressure: keyed by the verified
+ * identity (a table token, however the header spells it; a JWT's sub), else by the client's
+ * address; a made-up Authorization value gets no bucket of its own. A POST with an unknown token
+ * is refused (401, by handle_post) before it costs a bucket. Answers 429 itself when over. */
+static int limited(sl_api_t *a, h2o_req_t *req, const sl_auth_who_t *who)
 {
     char key[320], peer[64];
-    const char *token = NULL;
-    sl_auth_result_t ar = sl_auth_count(a->conf.auth) > 0 ? sl_auth_check_author(a->conf.auth, req, NULL, &token)
-                                                          : SL_AUTH_MISSING;
-    if (ar == SL_AUTH_INVALID && sl_http_method_is(req, "POST") && sl_http_path_is(req, "/v1/messages"))
+    if (who->result == SL_AUTH_INVALID && sl_http_method_is(req, "POST") && sl_http_path_is(req, "/v1/messages"))
         return 0;
-    if (ar == SL_AUTH_OK && token != NULL && strlen(token) < 300)
-        snprintf(key, sizeof(key), "t:%s", token);
+    if (who->result == SL_AUTH_OK && who->is_jwt)
+        snprintf(key, sizeof(key), "j:%s", who->claims.sub); /* sub: at most 255 bytes */
+    else if (who->result == SL_AUTH_OK && who->token != NULL && strlen(who->token) < 300)
+        snprintf(key, sizeof(key), "t:%s", who->token);
     else
         snprintf(key, sizeof(key), "a:%s", sl_http_peer(req, peer, sizeof(peer)));
     int wait = sl_ratelimit_take(a->limiter, key, sl_time_mono_us());
@@ -593,29 +594,15 @@ static int limited(sl_api_t *a, h2o_req_t *req)
     return 1;
 }
 
-int sl_api_handle(void *data, h2o_req_t *req)
+/* The routes past the OPTIONS and the rate limit. */
+static int route(sl_api_t *a, h2o_req_t *req, const sl_auth_who_t *who)
 {
-    sl_api_t *a = data;
     const char *prefix = "/v1/messages/";
     size_t plen = strlen(prefix);
-
-    if (sl_http_method_is(req, "OPTIONS")) { /* CORS preflight */
-        h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("access-control-allow-methods"), 0, NULL,
-                              H2O_STRLIT("GET, POST, OPTIONS"));
-        h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("access-control-allow-headers"), 0, NULL,
-                              H2O_STRLIT("Content-Type, Idempotency-Key, Authorization"));
-        h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("access-control-max-age"), 0, NULL,
-                              H2O_STRLIT("600"));
-        respond(a, req, R_OTHER, 204, "", 0);
-        return 0;
-    }
     int get = sl_http_method_is(req, "GET") || sl_http_method_is(req, "HEAD");
-    if (a->limiter != NULL && req->path_normalized.len >= 4 && memcmp(req->path_normalized.base, "/v1/", 4) == 0 &&
-        limited(a, req))
-        return 0;
     if (sl_http_path_is(req, "/v1/messages")) {
         if (sl_http_method_is(req, "POST"))
-            return handle_post(a, req);
+            return handle_post(a, req, who);
         return get ? handle_list(a, req) : method_not_allowed(a, req, R_LIST, "GET, POST, OPTIONS");
     }
     if (req->path_normalized.len > plen && memcmp(req->path_normalized.base, prefix, plen) == 0) {
@@ -635,6 +622,33 @@ int sl_api_handle(void *data, h2o_req_t *req)
         return get ? handle_metrics(a, req) : method_not_allowed(a, req, R_METRICS, "GET");
     respond_error(a, req, R_OTHER, 404, "not_found", NULL, "no such endpoint");
     return 0;
+}
+
+int sl_api_handle(void *data, h2o_req_t *req)
+{
+    sl_api_t *a = data;
+    if (sl_http_method_is(req, "OPTIONS")) { /* CORS preflight */
+        h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("access-control-allow-methods"), 0, NULL,
+                              H2O_STRLIT("GET, POST, OPTIONS"));
+        h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("access-control-allow-headers"), 0, NULL,
+                              H2O_STRLIT("Content-Type, Idempotency-Key, Authorization"));
+        h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("access-control-max-age"), 0, NULL,
+                              H2O_STRLIT("600"));
+        respond(a, req, R_OTHER, 204, "", 0);
+        return 0;
+    }
+    /* The bearer is identified once (a JWT's signature checked once), only where it counts: the
+     * rate limit of /v1/ and posts. */
+    int v1 = req->path_normalized.len >= 4 && memcmp(req->path_normalized.base, "/v1/", 4) == 0;
+    int post = sl_http_method_is(req, "POST") && sl_http_path_is(req, "/v1/messages");
+    sl_auth_who_t who;
+    memset(&who, 0, sizeof(who));
+    who.result = SL_AUTH_MISSING;
+    if (post || (a->limiter != NULL && v1))
+        sl_auth_identify(a->conf.auth, req, sl_time_now_us() / 1000000, &who);
+    int r = a->limiter != NULL && v1 && limited(a, req, &who) ? 0 : route(a, req, &who);
+    sl_auth_who_free(&who);
+    return r;
 }
 
 sl_api_t *sl_api_create(h2o_loop_t *loop, const sl_api_conf_t *conf)

@@ -13,6 +13,7 @@
 #include <openssl/sha.h>
 
 #include "sl_http.h"
+#include "sl_log.h"
 #include "sl_message.h"
 
 struct entry {
@@ -23,6 +24,7 @@ struct entry {
 struct sl_auth {
     struct entry *e;
     size_t n, cap;
+    sl_jwt_t *jwt; /* the caller's; NULL: no JWT writers */
 };
 
 static int add(sl_auth_t *a, const char *token, size_t tlen, const char *author, size_t alen)
@@ -74,13 +76,14 @@ static int add_checked(sl_auth_t *a, const char *t, size_t tl, const char *au, s
     return 0;
 }
 
-sl_auth_t *sl_auth_create(const char *tokens, const char *file, char *err, size_t errlen)
+sl_auth_t *sl_auth_create(const char *tokens, const char *file, sl_jwt_t *jwt, char *err, size_t errlen)
 {
     sl_auth_t *a = calloc(1, sizeof(*a));
     if (a == NULL) {
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
+    a->jwt = jwt;
     for (const char *p = tokens; p != NULL && *p != '\0';) {
         const char *comma = strchr(p, ','), *end = comma ? comma : p + strlen(p);
         const char *colon = memchr(p, ':', (size_t)(end - p));
@@ -158,44 +161,74 @@ static int same(const unsigned char *digest, const unsigned char *presented)
     return CRYPTO_memcmp(digest, presented, SHA256_DIGEST_LENGTH) == 0;
 }
 
-static const char *bearer(h2o_req_t *req, size_t *len)
+int sl_auth_open(const sl_auth_t *a)
 {
-    size_t hl = 0;
-    const char *h = sl_http_header(req, "authorization", &hl);
-    if (h == NULL || hl < 7 || strncasecmp(h, "Bearer ", 7) != 0)
-        return NULL;
-    h += 7;
-    hl -= 7;
-    while (hl > 0 && *h == ' ') {
-        h++;
-        hl--;
-    }
-    *len = hl;
-    return h;
+    return a == NULL || (a->n == 0 && !sl_jwt_enabled(a->jwt));
 }
 
-sl_auth_result_t sl_auth_check_author(const sl_auth_t *a, h2o_req_t *req, const char *author, const char **token)
+sl_jwt_t *sl_auth_jwt(const sl_auth_t *a)
+{
+    return a != NULL ? a->jwt : NULL;
+}
+
+/* Two dots: the compact form of a JWS (a table token never needs that shape to be told apart: it
+ * is looked up first). */
+static int looks_like_jwt(const char *t, size_t len)
+{
+    const char *d = memchr(t, '.', len);
+    return d != NULL && memchr(d + 1, '.', len - (size_t)(d + 1 - t)) != NULL;
+}
+
+sl_auth_result_t sl_auth_identify(const sl_auth_t *a, h2o_req_t *req, int64_t now, sl_auth_who_t *who)
 {
     size_t len = 0;
     const char *t;
-    const struct entry *found = NULL;
-    if (a == NULL || a->n == 0)
-        return SL_AUTH_OK;
-    if ((t = bearer(req, &len)) == NULL)
-        return SL_AUTH_MISSING;
+    memset(who, 0, sizeof(*who));
+    if (sl_auth_open(a))
+        return who->result = SL_AUTH_OK;
+    if ((t = sl_http_bearer(req, &len)) == NULL)
+        return who->result = SL_AUTH_MISSING;
     unsigned char d[SHA256_DIGEST_LENGTH];
+    const struct entry *found = NULL;
     SHA256((const unsigned char *)t, len, d);
     for (size_t i = 0; i < a->n; i++) { /* no early exit: the time says nothing of the tokens */
         if (same(a->e[i].digest, d) && found == NULL)
             found = &a->e[i];
     }
-    if (found == NULL)
-        return SL_AUTH_INVALID;
-    if (author != NULL && strcmp(found->author, "*") != 0 && strcmp(found->author, author) != 0)
-        return SL_AUTH_FORBIDDEN;
-    if (token != NULL)
-        *token = found->token;
+    if (found != NULL) {
+        who->token = found->token;
+        who->author = found->author;
+        return who->result = SL_AUTH_OK;
+    }
+    if (!sl_jwt_enabled(a->jwt) || !looks_like_jwt(t, len))
+        return who->result = SL_AUTH_INVALID;
+    if ((who->jwt = sl_jwt_verify(a->jwt, t, len, now, &who->claims)) != SL_JWT_OK) {
+        SL_DEBUG("event=jwt_refused code=%s", sl_jwt_code(who->jwt));
+        return who->result = SL_AUTH_INVALID;
+    }
+    who->is_jwt = 1;
+    who->author = who->claims.sub;
+    return who->result = SL_AUTH_OK;
+}
+
+sl_auth_result_t sl_auth_may_post(const sl_auth_who_t *who, const char *author, const char *channel)
+{
+    if (who->result != SL_AUTH_OK)
+        return who->result;
+    if (who->author == NULL) /* writing is open */
+        return SL_AUTH_OK;
+    if (strcmp(who->author, "*") != 0 || who->is_jwt) {
+        if (strcmp(who->author, author) != 0)
+            return SL_AUTH_FORBIDDEN;
+    }
+    if (who->is_jwt && who->claims.has_channels && !sl_chanset_covers(&who->claims.channels, channel, strlen(channel)))
+        return SL_AUTH_CHANNEL_FORBIDDEN;
     return SL_AUTH_OK;
+}
+
+void sl_auth_who_free(sl_auth_who_t *who)
+{
+    sl_jwt_claims_free(&who->claims);
 }
 
 sl_auth_result_t sl_auth_check_token(h2o_req_t *req, const char *token)
@@ -204,7 +237,7 @@ sl_auth_result_t sl_auth_check_token(h2o_req_t *req, const char *token)
     const char *t;
     if (token == NULL || *token == '\0')
         return SL_AUTH_OK;
-    if ((t = bearer(req, &len)) == NULL)
+    if ((t = sl_http_bearer(req, &len)) == NULL)
         return SL_AUTH_MISSING;
     unsigned char want[SHA256_DIGEST_LENGTH], got[SHA256_DIGEST_LENGTH];
     SHA256((const unsigned char *)token, strlen(token), want);
@@ -221,4 +254,22 @@ void sl_auth_refuse(h2o_req_t *req, sl_auth_result_t r)
     h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_WWW_AUTHENTICATE, NULL, H2O_STRLIT("Bearer realm=\"sluice\""));
     sl_http_fail(req, 401, r == SL_AUTH_MISSING ? "unauthorized" : "invalid_token", NULL,
                  r == SL_AUTH_MISSING ? "an Authorization: Bearer token is required" : "the token is not valid", 0);
+}
+
+void sl_auth_refuse_who(h2o_req_t *req, const sl_auth_who_t *who, sl_auth_result_t r)
+{
+    if (r == SL_AUTH_CHANNEL_FORBIDDEN) {
+        sl_http_fail(req, 403, "channel_forbidden", "channel", "this token's channels do not cover this channel", 0);
+        return;
+    }
+    if (r != SL_AUTH_INVALID || who->jwt == SL_JWT_OK) {
+        sl_auth_refuse(req, r);
+        return;
+    }
+    /* RFC 6750 3.1: the scheme's error, and which check failed */
+    char *v = h2o_mem_alloc_pool(&req->pool, 128);
+    int n = snprintf(v, 128, "Bearer realm=\"sluice\", error=\"invalid_token\", error_description=\"%s\"",
+                     sl_jwt_code(who->jwt));
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_WWW_AUTHENTICATE, NULL, v, (size_t)n);
+    sl_http_fail(req, 401, sl_jwt_code(who->jwt), NULL, sl_jwt_message(who->jwt), 0);
 }

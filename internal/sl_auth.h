@@ -1,11 +1,13 @@
 /*
  * sl_auth: bearer tokens. A token table maps each writer token to the one author it may post as
- * ("*": any author), and an optional admin token guards operators' endpoints.
+ * ("*": any author), and an optional admin token guards operators' endpoints. Beside the table,
+ * a JWT verifier (sl_jwt.h) may identify writers: a valid JWT posts as its "sub", only to the
+ * channels its "channels" claim covers when it has one.
  *
  * Tokens come from SLUICE_API_TOKENS ("token:author,token:author") and/or a file named by
  * SLUICE_API_TOKENS_FILE (one "token author" pair per line, '#' comments). With no token
- * configured, writing is open to anyone who can reach the api. Comparisons take the same time
- * whatever the token (no early exit on the first differing byte).
+ * configured and no JWT key, writing is open to anyone who can reach the api. Comparisons take
+ * the same time whatever the token (no early exit on the first differing byte).
  */
 #ifndef SL_AUTH_H
 #define SL_AUTH_H
@@ -13,28 +15,57 @@
 #define H2O_USE_LIBUV 0
 #include <h2o.h>
 #include <stddef.h>
+#include <stdint.h>
+
+#include "sl_jwt.h"
 
 typedef struct sl_auth sl_auth_t;
 
 typedef enum {
-    SL_AUTH_OK = 0,          /* allowed (or no tokens configured) */
-    SL_AUTH_MISSING,         /* 401: no bearer token */
-    SL_AUTH_INVALID,         /* 401: unknown token */
-    SL_AUTH_FORBIDDEN,       /* 403: a valid token, for another author */
+    SL_AUTH_OK = 0,            /* allowed (or writing is open) */
+    SL_AUTH_MISSING,           /* 401: no bearer token */
+    SL_AUTH_INVALID,           /* 401: unknown token, or a JWT refused (sl_auth_who_t.jwt says why) */
+    SL_AUTH_FORBIDDEN,         /* 403: a valid token, for another author */
+    SL_AUTH_CHANNEL_FORBIDDEN, /* 403: a JWT whose channels do not cover the post's channel */
 } sl_auth_result_t;
 
-/* Reads the table from tokens (may be NULL or "") and file (may be NULL or ""). Returns NULL with
- * err filled when the text or the file is malformed or unreadable. */
-sl_auth_t *sl_auth_create(const char *tokens, const char *file, char *err, size_t errlen);
+/* Who a request's bearer is (sl_auth_identify). */
+typedef struct sl_auth_who {
+    sl_auth_result_t result;
+    sl_jwt_result_t jwt;    /* with SL_AUTH_INVALID: the JWT's refusal (SL_JWT_OK: it was no JWT) */
+    const char *token;      /* a table token: its text (points into the table); else NULL */
+    const char *author;     /* who it posts as: a table token's author ("*": anyone) or a JWT's sub;
+                               NULL when writing is open or the bearer is refused */
+    int is_jwt;
+    sl_jwt_claims_t claims; /* a JWT's claims */
+} sl_auth_who_t;
+
+/* Reads the table from tokens (may be NULL or "") and file (may be NULL or ""). jwt (may be NULL
+ * or disabled) verifies JWT writers; it stays the caller's and must outlive the table. Returns
+ * NULL with err filled when the text or the file is malformed or unreadable. */
+sl_auth_t *sl_auth_create(const char *tokens, const char *file, sl_jwt_t *jwt, char *err, size_t errlen);
 void sl_auth_destroy(sl_auth_t *a);
 
-/* Number of writer tokens (0: writing is open). */
+/* Number of writer tokens in the table. */
 size_t sl_auth_count(const sl_auth_t *a);
 
-/* May the request's bearer token post as author (NULL: as anyone its token allows, i.e. is the
- * token valid at all)? On SL_AUTH_OK with tokens configured, *token
- * (if not NULL) points at the token's text (for per-client rate limits). */
-sl_auth_result_t sl_auth_check_author(const sl_auth_t *a, h2o_req_t *req, const char *author, const char **token);
+/* 1 when writing is open: no table token and no JWT key (a NULL table is open). */
+int sl_auth_open(const sl_auth_t *a);
+
+/* The JWT verifier given to sl_auth_create (NULL if none). */
+sl_jwt_t *sl_auth_jwt(const sl_auth_t *a);
+
+/* Identifies the request's bearer token at time now (seconds since the epoch): a table token
+ * (compared in constant time), else, with a JWT verifier, a JWT (one with two dots). Fills *who
+ * (result included) and returns who->result: SL_AUTH_OK (writing open, or a valid token),
+ * SL_AUTH_MISSING or SL_AUTH_INVALID. Always call sl_auth_who_free afterwards. Loop thread. */
+sl_auth_result_t sl_auth_identify(const sl_auth_t *a, h2o_req_t *req, int64_t now, sl_auth_who_t *who);
+
+/* May an identified bearer (who->result SL_AUTH_OK) post as author to channel? SL_AUTH_OK,
+ * SL_AUTH_FORBIDDEN (another author than its own) or SL_AUTH_CHANNEL_FORBIDDEN. */
+sl_auth_result_t sl_auth_may_post(const sl_auth_who_t *who, const char *author, const char *channel);
+
+void sl_auth_who_free(sl_auth_who_t *who);
 
 /* Does the request carry exactly this token ("Authorization: Bearer <token>")? An empty or NULL
  * token means no check (SL_AUTH_OK); else SL_AUTH_MISSING or SL_AUTH_INVALID. For operators'
@@ -43,5 +74,9 @@ sl_auth_result_t sl_auth_check_token(h2o_req_t *req, const char *token);
 
 /* Answers 401 (with WWW-Authenticate) or 403 for a refusal, as JSON. */
 void sl_auth_refuse(h2o_req_t *req, sl_auth_result_t r);
+
+/* The same for a writer: a refused JWT gets its own code (token_expired, ...), a post to a
+ * channel the JWT does not cover 403 channel_forbidden. */
+void sl_auth_refuse_who(h2o_req_t *req, const sl_auth_who_t *who, sl_auth_result_t r);
 
 #endif

@@ -357,10 +357,34 @@ Fail: {
 }
 }
 
+static volatile sig_atomic_t hup_flag;
+
+static void on_hup(int sig)
+{
+    (void)sig;
+    hup_flag = 1;
+}
+
+void sl_http_on_sighup(sl_http_server_t *s, void (*cb)(void *data), void *data)
+{
+    struct sigaction sa;
+    s->on_hup = cb;
+    s->hup_data = data;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_hup;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGHUP, &sa, NULL);
+}
+
 void sl_http_run(sl_http_server_t *s, volatile sig_atomic_t *stop)
 {
-    while (!*stop)
+    while (!*stop) {
         h2o_evloop_run(s->loop, 200);
+        if (hup_flag && s->on_hup != NULL) {
+            hup_flag = 0;
+            s->on_hup(s->hup_data);
+        }
+    }
 }
 
 int sl_http_drain(sl_http_server_t *s, long long timeout_ms, size_t (*busy)(void *data), void *data)
@@ -553,6 +577,22 @@ const char *sl_http_header(h2o_req_t *req, const char *name, size_t *len)
         return NULL;
     *len = req->headers.entries[i].value.len;
     return req->headers.entries[i].value.base;
+}
+
+const char *sl_http_bearer(h2o_req_t *req, size_t *len)
+{
+    size_t hl = 0;
+    const char *h = sl_http_header(req, "authorization", &hl);
+    if (h == NULL || hl < 7 || strncasecmp(h, "Bearer ", 7) != 0)
+        return NULL;
+    h += 7;
+    hl -= 7;
+    while (hl > 0 && *h == ' ') {
+        h++;
+        hl--;
+    }
+    *len = hl;
+    return h;
 }
 
 const char *sl_http_peer(h2o_req_t *req, char *buf, size_t len)

@@ -60,6 +60,8 @@ struct sl_http_server {
     uint64_t refused_head;       /* requests answered 431 for max_header_bytes */
     h2o_timeout_t pause_timeout; /* accepting pauses a moment when out of descriptors */
     h2o_timeout_entry_t pause_entry;
+    void (*on_hup)(void *data);  /* sl_http_on_sighup's callback, or NULL */
+    void *hup_data;
 };
 
 /* Sets up the loop, the configuration (request bodies up to max_body bytes) and the handler. */
@@ -71,7 +73,8 @@ int sl_http_configure(sl_http_server_t *s, const sl_http_opts_t *opts);
 /* Listens on host:port (SO_REUSEADDR). Returns 0, or -1 with errno set (and a log line). */
 int sl_http_listen(sl_http_server_t *s, const char *host, int port);
 
-/* Runs the loop until *stop is set (by the signal handlers of sl_http_trap_signals). */
+/* Runs the loop until *stop is set (by the signal handlers of sl_http_trap_signals). A SIGHUP
+ * meanwhile runs the callback of sl_http_on_sighup on the loop, between two turns. */
 void sl_http_run(sl_http_server_t *s, volatile sig_atomic_t *stop);
 
 /* A service's end: stops listening, asks every connection to end, then runs the loop until
@@ -103,6 +106,10 @@ long sl_http_raise_nofile(void);
 /* Installs SIGTERM/SIGINT handlers that set *flag, and ignores SIGPIPE. */
 void sl_http_trap_signals(volatile sig_atomic_t *flag);
 
+/* From now on SIGHUP makes sl_http_run call cb(data) on the loop thread (e.g. sl_jwt_on_sighup to
+ * read keys again), instead of ending the process. One callback per process. */
+void sl_http_on_sighup(sl_http_server_t *s, void (*cb)(void *data), void *data);
+
 /* Seconds since the request's head began to arrive (for latency histograms). */
 double sl_http_request_age(h2o_req_t *req);
 
@@ -125,6 +132,10 @@ int sl_http_query(h2o_req_t *req, const char *name, h2o_iovec_t *out);
 
 /* Value of request header name (lower case), or NULL with *len untouched. */
 const char *sl_http_header(h2o_req_t *req, const char *name, size_t *len);
+
+/* The token of "Authorization: Bearer <token>" (the scheme in any case, spaces after it skipped),
+ * or NULL with *len untouched. It points into the request. */
+const char *sl_http_bearer(h2o_req_t *req, size_t *len);
 
 int sl_http_method_is(h2o_req_t *req, const char *method);
 

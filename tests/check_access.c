@@ -1,5 +1,6 @@
 /*
- * Integration tests of access control and abuse limits: writer tokens on the api (401/403), the
+ * Integration tests of access control and abuse limits: writer tokens on the api (401/403), JWT
+ * writers (HS256, RS256 from a JWKS reloaded on SIGHUP; sub as the author, channels), the
  * per-client rate limit (429 with Retry-After, apart from the broker's back pressure), the admin
  * token on ingest's control endpoint, connections per client address (every HTTP service),
  * slow senders of request headers, and refused configurations.
@@ -7,6 +8,12 @@
 #include <arpa/inet.h>
 #include <check.h>
 #include <errno.h>
+#include <jansson.h>
+#include <jose/jwk.h>
+#include <jose/openssl.h>
+#include <openssl/evp.h>
+#include <openssl/rsa.h>
+#include <signal.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <stdio.h>
@@ -14,21 +21,31 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
+#include "sl_testjwt.h"
 #include "sl_testnet.h"
 #include "sl_testutil.h"
 #include "sl_testsuite.h"
 
 static tu_stack_t S;
 
-static long post_as(const char *header, const char *author, tu_resp_t *r)
+#define JWT_SECRET "a-shared-secret-for-jwt-writers-0123456789"
+
+static long post_to(const char *header, const char *author, const char *channel, tu_resp_t *r)
 {
-    char url[128], body[160];
+    char url[128], body[256];
     snprintf(url, sizeof(url), "%s/v1/messages", S.base);
-    snprintf(body, sizeof(body), "{\"author\":\"%s\",\"text\":\"hello from %s\"}", author, author);
+    snprintf(body, sizeof(body), "{\"author\":\"%s\",\"channel\":\"%s\",\"text\":\"hello from %s\"}", author,
+             channel, author);
     ck_assert_int_eq(tu_http("POST", url, header, "application/json", body, strlen(body), r), 0);
     return r->status;
+}
+
+static long post_as(const char *header, const char *author, tu_resp_t *r)
+{
+    return post_to(header, author, "general", r);
 }
 
 START_TEST(test_writer_tokens)
@@ -112,7 +129,9 @@ START_TEST(test_tokens_file_and_bad_configuration)
     /* configurations the api refuses to start with: exit status 2 and a reason */
     const char *bad[] = {"SLUICE_API_TOKENS=short:alice", "SLUICE_API_TOKENS=no-author-here-123",
                          "SLUICE_API_TOKENS_FILE=/nonexistent/tokens", "SLUICE_API_CLIENT_RATE=-1",
-                         "SLUICE_MAX_CONNS_PER_CLIENT=-1"};
+                         "SLUICE_MAX_CONNS_PER_CLIENT=-1", "SLUICE_JWT_SECRET=shorter-than-32-bytes",
+                         "SLUICE_JWT_JWKS_FILE=/nonexistent/jwks.json", "SLUICE_JWT_LEEWAY_S=-1",
+                         "SLUICE_JWT_SECRET=" JWT_SECRET " SLUICE_JWT_SECRET_FILE=/etc/passwd"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         char cmd[512];
         const char *bindir = getenv("SLUICE_BIN_DIR");
@@ -122,6 +141,261 @@ START_TEST(test_tokens_file_and_bad_configuration)
         ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 2, "%s: exit status %d", bad[i],
                       WIFEXITED(st) ? WEXITSTATUS(st) : -1);
     }
+}
+END_TEST
+
+/* ---- JWT writers -------------------------------------------------------------------------------- */
+
+/* "Authorization: Bearer <an HS256 token of claims>", with now substituted for each %lld. */
+static char *bearer_hs256(const char *fmt, long long exp_off)
+{
+    char claims[512], *header;
+    snprintf(claims, sizeof(claims), fmt, (long long)time(NULL) + exp_off);
+    char *t = tu_jwt_hs256(JWT_SECRET, claims);
+    ck_assert_ptr_nonnull(t);
+    ck_assert_int_gt(asprintf(&header, "Authorization: Bearer %s", t), 0);
+    free(t);
+    return header;
+}
+
+static char *bearer_of(char *token)
+{
+    char *header;
+    ck_assert_ptr_nonnull(token);
+    ck_assert_int_gt(asprintf(&header, "Authorization: Bearer %s", token), 0);
+    free(token);
+    return header;
+}
+
+/* The api takes JWTs beside its table tokens: the sub is the author, channels (when there)
+ * bound where it posts, and each refusal says why. */
+START_TEST(test_jwt_writers)
+{
+    const char *env[] = {"SLUICE_API_TOKENS=alice-token-0001:alice", "SLUICE_JWT_SECRET=" JWT_SECRET,
+                         "SLUICE_JWT_AUDIENCE=sluice-api", "SLUICE_JWT_ISSUER=https://id.example", NULL};
+    tu_resp_t r;
+    tu_stack_init(&S, "jwtwriters", 100000);
+    tu_start(&S, "persister", NULL);
+    tu_start(&S, "api", env);
+    const char *std = "{\"sub\":\"%s\",\"exp\":%%lld,\"aud\":\"sluice-api\",\"iss\":\"https://id.example\"%s}";
+    char fmt[256];
+    snprintf(fmt, sizeof(fmt), std, "carol", "");
+    char *carol = bearer_hs256(fmt, 600);
+    snprintf(fmt, sizeof(fmt), std, "erin", ",\"channels\":[\"team-*\",\"news\"]");
+    char *erin = bearer_hs256(fmt, 600);
+
+    ck_assert_int_eq(post_as(carol, "carol", &r), 202);
+    tu_resp_free(&r);
+    ck_assert_int_eq(post_to(carol, "carol", "anywhere", &r), 202); /* no channels claim: any channel */
+    tu_resp_free(&r);
+    ck_assert_int_eq(post_as(carol, "dave", &r), 403); /* the sub is the author */
+    ck_assert_ptr_nonnull(strstr(r.body, "\"code\":\"forbidden\""));
+    tu_resp_free(&r);
+    ck_assert_int_eq(post_as(carol, "*", &r), 403); /* a sub is nobody's wildcard */
+    tu_resp_free(&r);
+    ck_assert_int_eq(post_to(erin, "erin", "team-red", &r), 202);
+    tu_resp_free(&r);
+    ck_assert_int_eq(post_to(erin, "erin", "news", &r), 202);
+    tu_resp_free(&r);
+    ck_assert_int_eq(post_to(erin, "erin", "general", &r), 403);
+    ck_assert_ptr_nonnull(strstr(r.body, "\"code\":\"channel_forbidden\""));
+    ck_assert_ptr_nonnull(strstr(r.body, "\"field\":\"channel\""));
+    tu_resp_free(&r);
+    ck_assert_int_eq(post_to(erin, "erin", "newsroom", &r), 403);
+    tu_resp_free(&r);
+    /* the table token goes on working beside them; no token at all is now refused */
+    ck_assert_int_eq(post_as("Authorization: Bearer alice-token-0001", "alice", &r), 202);
+    tu_resp_free(&r);
+    ck_assert_int_eq(post_as(NULL, "carol", &r), 401);
+    ck_assert_ptr_nonnull(strstr(r.body, "\"code\":\"unauthorized\""));
+    tu_resp_free(&r);
+
+    /* each refusal with its code */
+    struct {
+        char *header;
+        const char *code;
+    } refused[8];
+    size_t n = 0;
+    snprintf(fmt, sizeof(fmt), std, "carol", "");
+    refused[n].header = bearer_hs256(fmt, -120), refused[n++].code = "token_expired";
+    snprintf(fmt, sizeof(fmt), "{\"sub\":\"carol\",\"exp\":%%lld,\"aud\":\"sluice-sse\",\"iss\":\"https://id.example\"}");
+    refused[n].header = bearer_hs256(fmt, 600), refused[n++].code = "token_wrong_audience";
+    snprintf(fmt, sizeof(fmt), "{\"sub\":\"carol\",\"exp\":%%lld,\"aud\":\"sluice-api\"}");
+    refused[n].header = bearer_hs256(fmt, 600), refused[n++].code = "token_wrong_issuer";
+    snprintf(fmt, sizeof(fmt), std, "carol", "");
+    char claims[256];
+    snprintf(claims, sizeof(claims), fmt, (long long)time(NULL) + 600);
+    refused[n].header = bearer_of(tu_jwt_sign("{\"alg\":\"HS256\"}", claims, TU_JWT_HS256, "another-secret-0123456789-abcdefghij", 36));
+    refused[n++].code = "token_bad_signature";
+    refused[n].header = bearer_of(tu_jwt_sign("{\"alg\":\"none\"}", claims, TU_JWT_NONE, NULL, 0));
+    refused[n++].code = "token_unsupported_alg";
+    refused[n].header = strdup("Authorization: Bearer not.a.jwt"), refused[n++].code = "token_malformed";
+    refused[n].header = strdup("Authorization: Bearer not-a-jwt-nor-a-token"), refused[n++].code = "invalid_token";
+    for (size_t i = 0; i < n; i++) {
+        ck_assert_int_eq(post_as(refused[i].header, "carol", &r), 401);
+        char want[96];
+        snprintf(want, sizeof(want), "\"code\":\"%s\"", refused[i].code);
+        ck_assert_msg(strstr(r.body, want) != NULL, "%s: %s", refused[i].code, r.body);
+        tu_resp_free(&r);
+        free(refused[i].header);
+    }
+    /* a token (two dots) over 8 KiB: refused unread */
+    static char big[9000 + 32];
+    snprintf(big, sizeof(big), "Authorization: Bearer %0*d.%0*d.sig", 4500, 0, 4500, 0);
+    ck_assert_int_eq(post_as(big, "carol", &r), 401);
+    ck_assert_ptr_nonnull(strstr(r.body, "token_too_large"));
+    tu_resp_free(&r);
+
+    /* stored under the token's sub */
+    PGconn *db = tu_db(&S);
+    ck_assert_int_eq(tu_wait_rows(db, 5, 20000), 5);
+    ck_assert_int_eq(tu_scalar(db, "SELECT count(*) FROM messages WHERE author = 'carol'"), 2);
+    ck_assert_int_eq(tu_scalar(db, "SELECT count(*) FROM messages WHERE author = 'erin' AND channel IN ('team-red','news')"), 2);
+    PQfinish(db);
+    /* counted */
+    char url[128];
+    snprintf(url, sizeof(url), "%s/metrics", S.base);
+    ck_assert_int_eq(tu_http("GET", url, NULL, NULL, NULL, 0, &r), 0);
+    ck_assert_ptr_nonnull(strstr(r.body, "sluice_jwt_verifications_total{result=\"token_expired\"} 1\n"));
+    ck_assert_ptr_nonnull(strstr(r.body, "sluice_jwt_keys{alg=\"HS256\"} 1\n"));
+    tu_resp_free(&r);
+    free(carol);
+    free(erin);
+    tu_stack_cleanup(&S);
+}
+END_TEST
+
+/* Writes {"keys":[public JWK of k with kid]} to path. */
+static void write_jwks(const char *path, EVP_PKEY *k, const char *kid)
+{
+    json_t *jwk = jose_openssl_jwk_from_EVP_PKEY(NULL, k);
+    ck_assert_ptr_nonnull(jwk);
+    ck_assert(jose_jwk_pub(NULL, jwk));
+    json_object_set_new(jwk, "kid", json_string(kid));
+    json_t *root = json_pack("{s:[o]}", "keys", jwk);
+    char tmp[256];
+    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+    ck_assert_int_eq(json_dump_file(root, tmp, JSON_COMPACT), 0);
+    ck_assert_int_eq(rename(tmp, path), 0); /* whole, never half-written */
+    json_decref(root);
+}
+
+/* RS256 writers with keys from a JWKS file, rotated with SIGHUP: the new key is taken, the old
+ * one dropped, and a broken file keeps the keys in use. */
+START_TEST(test_jwt_jwks_reload_on_sighup)
+{
+    char path[] = "/tmp/sluice-jwks-XXXXXX", env_jwks[96];
+    int fd = mkstemp(path);
+    ck_assert_int_ge(fd, 0);
+    close(fd);
+    EVP_PKEY *k1 = EVP_RSA_gen(2048), *k2 = EVP_RSA_gen(2048);
+    ck_assert(k1 != NULL && k2 != NULL);
+    write_jwks(path, k1, "k1");
+    snprintf(env_jwks, sizeof(env_jwks), "SLUICE_JWT_JWKS_FILE=%s", path);
+    const char *env[] = {env_jwks, NULL};
+    tu_resp_t r;
+    tu_stack_init(&S, "jwks", 100000);
+    tu_start(&S, "api", env);
+    char claims[128];
+    snprintf(claims, sizeof(claims), "{\"sub\":\"frank\",\"exp\":%lld}", (long long)time(NULL) + 600);
+    char *old = bearer_of(tu_jwt_sign("{\"alg\":\"RS256\",\"kid\":\"k1\"}", claims, TU_JWT_RS256, k1, 0));
+    char *fresh = bearer_of(tu_jwt_sign("{\"alg\":\"RS256\",\"kid\":\"k2\"}", claims, TU_JWT_RS256, k2, 0));
+    /* alg confusion: the JWKS's own bytes (k1's public JWK) as an HS256 secret */
+    char jwks_text[4096];
+    FILE *jf = fopen(path, "r");
+    ck_assert_ptr_nonnull(jf);
+    size_t jlen = fread(jwks_text, 1, sizeof(jwks_text) - 1, jf);
+    fclose(jf);
+    jwks_text[jlen] = '\0';
+    char *confused =
+        bearer_of(tu_jwt_sign("{\"alg\":\"HS256\",\"kid\":\"k1\"}", claims, TU_JWT_HS256, jwks_text, jlen));
+
+    ck_assert_int_eq(post_as(old, "frank", &r), 202);
+    tu_resp_free(&r);
+    ck_assert_int_eq(post_as(fresh, "frank", &r), 401);
+    ck_assert_ptr_nonnull(strstr(r.body, "token_unknown_key"));
+    tu_resp_free(&r);
+    ck_assert_int_eq(post_as(confused, "frank", &r), 401); /* no HS256 here at all */
+    ck_assert_ptr_nonnull(strstr(r.body, "token_unsupported_alg"));
+    tu_resp_free(&r);
+
+    write_jwks(path, k2, "k2");
+    ck_assert_int_eq(kill(S.api, SIGHUP), 0);
+    long status = 0;
+    for (int i = 0; i < 50 && status != 202; i++) { /* the loop takes it between two turns */
+        status = post_as(fresh, "frank", &r);
+        tu_resp_free(&r);
+        if (status != 202)
+            tu_sleep_ms(100);
+    }
+    ck_assert_int_eq(status, 202);
+    ck_assert_int_eq(post_as(old, "frank", &r), 401);
+    ck_assert_ptr_nonnull(strstr(r.body, "token_unknown_key"));
+    tu_resp_free(&r);
+
+    /* a broken file: the reload fails (logged, counted), k2 stays */
+    FILE *f = fopen(path, "w");
+    ck_assert_ptr_nonnull(f);
+    fputs("{\"keys\":", f);
+    fclose(f);
+    ck_assert_int_eq(kill(S.api, SIGHUP), 0);
+    char url[128];
+    snprintf(url, sizeof(url), "%s/metrics", S.base);
+    int failed = 0;
+    for (int i = 0; i < 50 && !failed; i++) {
+        ck_assert_int_eq(tu_http("GET", url, NULL, NULL, NULL, 0, &r), 0);
+        failed = strstr(r.body, "sluice_jwt_reloads_total{outcome=\"failed\"} 1\n") != NULL;
+        if (!failed)
+            ck_assert_ptr_nonnull(strstr(r.body, "sluice_jwt_reloads_total{outcome=\"ok\"} 1\n"));
+        tu_resp_free(&r);
+        if (!failed)
+            tu_sleep_ms(100);
+    }
+    ck_assert_msg(failed, "the failed reload was not counted");
+    ck_assert_int_eq(post_as(fresh, "frank", &r), 202);
+    tu_resp_free(&r);
+    ck_assert(tu_log_contains(&S, "api", "event=jwt_keys_reloaded"));
+    ck_assert(tu_log_contains(&S, "api", "event=jwt_keys_reload_failed"));
+    free(old);
+    free(fresh);
+    free(confused);
+    EVP_PKEY_free(k1);
+    EVP_PKEY_free(k2);
+    tu_stack_cleanup(&S); /* SIGHUP did not end it: it stops with exit status 0 */
+    unlink(path);
+}
+END_TEST
+
+/* The rate limit keys a JWT writer on its sub: two tokens of one sub share a bucket, another sub
+ * has its own. */
+START_TEST(test_jwt_rate_limit_by_sub)
+{
+    const char *env[] = {"SLUICE_API_CLIENT_RATE=0.5", "SLUICE_API_CLIENT_BURST=3", "SLUICE_JWT_SECRET=" JWT_SECRET, NULL};
+    char url[128];
+    tu_resp_t r;
+    tu_stack_init(&S, "jwtrate", 100000);
+    tu_start(&S, "api", env);
+    snprintf(url, sizeof(url), "%s/v1/messages?limit=1", S.base);
+    char *a1 = bearer_hs256("{\"sub\":\"gina\",\"exp\":%lld}", 600);
+    char *a2 = bearer_hs256("{\"sub\":\"gina\",\"exp\":%lld,\"name\":\"Gina\"}", 900); /* another token, same sub */
+    char *b = bearer_hs256("{\"sub\":\"hank\",\"exp\":%lld}", 600);
+    const char *seq[] = {a1, a2, a1, a2, a1};
+    long want[] = {200, 200, 200, 429, 429};
+    for (int i = 0; i < 5; i++) {
+        ck_assert_int_eq(tu_http("GET", url, seq[i], NULL, NULL, 0, &r), 0);
+        ck_assert_msg(r.status == want[i], "request %d: %ld", i, r.status);
+        tu_resp_free(&r);
+    }
+    ck_assert_int_eq(tu_http("GET", url, b, NULL, NULL, 0, &r), 0);
+    ck_assert_int_eq(r.status, 200);
+    tu_resp_free(&r);
+    ck_assert_int_eq(tu_http("GET", url, NULL, NULL, NULL, 0, &r), 0); /* the address's own bucket */
+    ck_assert_int_eq(r.status, 200);
+    tu_resp_free(&r);
+    free(a1);
+    free(a2);
+    free(b);
+    tu_stack_cleanup(&S);
 }
 END_TEST
 
@@ -494,6 +768,9 @@ int main(void)
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_writer_tokens);
     tcase_add_test(tc, test_tokens_file_and_bad_configuration);
+    tcase_add_test(tc, test_jwt_writers);
+    tcase_add_test(tc, test_jwt_jwks_reload_on_sighup);
+    tcase_add_test(tc, test_jwt_rate_limit_by_sub);
     tcase_add_test(tc, test_per_client_rate_limit);
     tcase_add_test(tc, test_ingest_control_needs_admin_token);
     tcase_add_test(tc, test_connections_per_client);

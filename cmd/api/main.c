@@ -13,6 +13,7 @@
 #include "sl_config.h"
 #include "sl_db.h"
 #include "sl_http.h"
+#include "sl_jwt.h"
 #include "sl_log.h"
 #include "sl_migrator.h"
 #include "sl_time.h"
@@ -29,6 +30,7 @@ int main(int argc, char **argv)
     const char *host, *amqp_url, *db_url, *tokens, *tokens_file;
     long long port, migrate_wait, drain_s;
     sl_http_opts_t http_opts;
+    sl_jwt_conf_t jwt_conf;
     sl_api_conf_t conf;
     sl_opt_t opts[] = {
         {"host", "SLUICE_API_HOST", SL_OPT_STR, &host, "127.0.0.1", 0, 0, "address to listen on"},
@@ -62,6 +64,7 @@ int main(int argc, char **argv)
          "requests/s per client (token or address) before 429; 0: no limit"},
         {"client-burst", "SLUICE_API_CLIENT_BURST", SL_OPT_DOUBLE, &conf.client_burst, "20", 1, 1e6,
          "burst allowed by the per-client limit"},
+        SL_JWT_OPTIONS(&jwt_conf),
         SL_HTTP_OPTIONS(&http_opts),
         {"drain-timeout", "SLUICE_DRAIN_TIMEOUT", SL_OPT_INT, &drain_s, "10", 0, 3600,
          "seconds to finish requests in flight on SIGTERM"},
@@ -85,14 +88,17 @@ int main(int argc, char **argv)
     conf.db_url = db_url;
     sl_log_init("api");
     char err[512];
-    if ((conf.auth = sl_auth_create(tokens, tokens_file, err, sizeof(err))) == NULL) {
+    sl_jwt_t *jwt = sl_jwt_create(&jwt_conf, err, sizeof(err));
+    if (jwt == NULL || (conf.auth = sl_auth_create(tokens, tokens_file, jwt, err, sizeof(err))) == NULL) {
         fprintf(stderr, "sluice-api: %s\n", err);
+        sl_jwt_destroy(jwt);
         return 2;
     }
-    if (sl_auth_count(conf.auth) == 0)
-        SL_WARN("event=writes_open reason=\"no SLUICE_API_TOKENS: anyone who reaches the api may post as anyone\"");
+    if (sl_auth_open(conf.auth))
+        SL_WARN("event=writes_open reason=\"no SLUICE_API_TOKENS and no JWT key: anyone who reaches the api may post as "
+                "anyone\"");
     else
-        SL_INFO("event=writer_tokens count=%zu", sl_auth_count(conf.auth));
+        SL_INFO("event=writer_tokens count=%zu jwt=%d", sl_auth_count(conf.auth), sl_jwt_enabled(jwt));
     sl_http_trap_signals(&stopping);
     /* Best effort: posts work without the database; history needs the schema. The migration runs
      * on a thread of its own so that a database that hangs does not keep the api from listening
@@ -114,6 +120,8 @@ int main(int argc, char **argv)
         SL_ERROR("event=start_failed error=\"out of memory\"");
         return 1;
     }
+    if (sl_jwt_enabled(jwt))
+        sl_http_on_sighup(&server, sl_jwt_on_sighup, jwt);
     if (sl_http_listen(&server, host, (int)port) != 0)
         return 1;
     SL_INFO("event=listening host=%s port=%lld", host, port);
@@ -124,6 +132,7 @@ int main(int argc, char **argv)
     sl_http_drain(&server, drain_s * 1000, inflight, api);
     SL_INFO("event=stopped inflight=%zu connections=%zu", sl_api_inflight(api), sl_http_connections(&server));
     sl_api_destroy(api);
+    sl_jwt_destroy(jwt);
     sl_http_dispose(&server);
     sl_migrator_finish(migrator);
     return 0;
