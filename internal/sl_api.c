@@ -628,13 +628,7 @@ int sl_api_handle(void *data, h2o_req_t *req)
 {
     sl_api_t *a = data;
     if (sl_http_method_is(req, "OPTIONS")) { /* CORS preflight */
-        h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("access-control-allow-methods"), 0, NULL,
-                              H2O_STRLIT("GET, POST, OPTIONS"));
-        h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("access-control-allow-headers"), 0, NULL,
-                              H2O_STRLIT("Content-Type, Idempotency-Key, Authorization"));
-        h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("access-control-max-age"), 0, NULL,
-                              H2O_STRLIT("600"));
-        respond(a, req, R_OTHER, 204, "", 0);
+        count(a, R_OTHER, sl_http_preflight(req, "GET, POST, OPTIONS"));
         return 0;
     }
     /* The bearer is identified once (a JWT's signature checked once), only where it counts: the

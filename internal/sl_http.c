@@ -4,10 +4,12 @@
  */
 #include "sl_http.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <arpa/inet.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/resource.h>
@@ -49,6 +51,185 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
         return 0;
     }
     return s->handler(s->data, req);
+}
+
+static sl_http_server_t *server_of(h2o_req_t *req)
+{
+    return H2O_STRUCT_FROM_MEMBER(sl_http_server_t, ctx, req->conn->ctx);
+}
+
+/* ---- CORS ----------------------------------------------------------------------------------- */
+
+/* The origin (lower case) the list allows, as it came in the request; NULL when it is not listed
+ * or absent. */
+static const char *listed_origin(const sl_http_server_t *s, h2o_req_t *req, size_t *len)
+{
+    size_t olen = 0;
+    const char *o = sl_http_header(req, "origin", &olen);
+    if (o == NULL)
+        return NULL;
+    for (size_t i = 0; i < s->norigins; i++) {
+        if (strlen(s->origins[i]) == olen && strncasecmp(s->origins[i], o, olen) == 0) {
+            *len = olen;
+            return o;
+        }
+    }
+    return NULL;
+}
+
+int sl_http_origin_allowed(h2o_req_t *req)
+{
+    const sl_http_server_t *s = server_of(req);
+    size_t len = 0;
+    return s->origins == NULL || sl_http_header(req, "origin", &len) == NULL || listed_origin(s, req, &len) != NULL;
+}
+
+/* Every answer's CORS headers, set as its head is about to go out: one Access-Control-Allow-Origin
+ * whatever the handler added (the streams add their own "*"), so that the setting holds for every
+ * route of every service. */
+static void on_setup_ostream(h2o_filter_t *self, h2o_req_t *req, h2o_ostream_t **slot)
+{
+    sl_http_server_t *s = server_of(req);
+    h2o_headers_t *h = &req->res.headers;
+    ssize_t i;
+    size_t len = 0;
+    const char *origin;
+    (void)self;
+    while ((i = h2o_find_header(h, H2O_TOKEN_ACCESS_CONTROL_ALLOW_ORIGIN, -1)) >= 0)
+        h2o_delete_header(h, i);
+    if (s->origins == NULL) {
+        h2o_add_header(&req->pool, h, H2O_TOKEN_ACCESS_CONTROL_ALLOW_ORIGIN, NULL, H2O_STRLIT("*"));
+    } else {
+        /* the answer depends on the Origin: caches must keep one per origin */
+        h2o_set_header_token(&req->pool, h, H2O_TOKEN_VARY, H2O_STRLIT("Origin"));
+        if ((origin = listed_origin(s, req, &len)) != NULL)
+            h2o_add_header(&req->pool, h, H2O_TOKEN_ACCESS_CONTROL_ALLOW_ORIGIN, NULL, origin, len);
+    }
+    if (req->res.status >= 400) /* 429 and 503 carry it: let scripts of other origins read it */
+        h2o_add_header_by_str(&req->pool, h, H2O_STRLIT("access-control-expose-headers"), 0, NULL,
+                              H2O_STRLIT("Retry-After"));
+    h2o_setup_next_ostream(req, slot);
+}
+
+/* scheme://host[:port]: what a browser sends as Origin (no path, no trailing slash). */
+static int origin_valid(const char *o, size_t len)
+{
+    size_t i = 0;
+    if (len == 0 || !isalpha((unsigned char)o[0]))
+        return 0;
+    while (i < len && (isalnum((unsigned char)o[i]) || o[i] == '+' || o[i] == '-' || o[i] == '.'))
+        i++;
+    if (len - i < 4 || memcmp(o + i, "://", 3) != 0)
+        return 0;
+    i += 3;
+    size_t host = i;
+    if (o[i] == '[') { /* an IPv6 literal */
+        while (i < len && o[i] != ']' && (isxdigit((unsigned char)o[i]) || o[i] == ':' || o[i] == '.' || o[i] == '['))
+            i++;
+        if (i == len || o[i] != ']')
+            return 0;
+        i++;
+    } else {
+        while (i < len && (isalnum((unsigned char)o[i]) || o[i] == '-' || o[i] == '.' || o[i] == '_' || o[i] == '~'))
+            i++;
+    }
+    if (i == host)
+        return 0;
+    if (i < len && o[i] == ':') {
+        size_t digits = ++i;
+        while (i < len && isdigit((unsigned char)o[i]))
+            i++;
+        if (i == digits || i - digits > 5)
+            return 0;
+    }
+    return i == len;
+}
+
+static void free_list(char **list, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        free(list[i]);
+    free(list);
+}
+
+/* SLUICE_ALLOWED_ORIGINS into *out (lower case), *out NULL for "*" (or nothing). Returns 0, or -1
+ * with err filled. */
+static int parse_origins(const char *list, char ***out, size_t *nout, char *err, size_t errlen)
+{
+    char **o = NULL;
+    size_t n = 0, max = 1;
+    *out = NULL;
+    *nout = 0;
+    if (list == NULL)
+        return 0;
+    for (const char *p = list; *p != '\0'; p++)
+        max += *p == ',';
+    const char *star = list + strspn(list, " ");
+    if (*star == '*' && star[1 + strspn(star + 1, " ")] == '\0')
+        return 0; /* "*" (spaces around it ignored): any origin */
+    for (const char *p = list; *p != '\0';) {
+        const char *comma = strchr(p, ','), *end = comma != NULL ? comma : p + strlen(p), *b = p, *e = end;
+        while (b < e && *b == ' ')
+            b++;
+        while (e > b && e[-1] == ' ')
+            e--;
+        size_t len = (size_t)(e - b);
+        if (len == 1 && *b == '*') {
+            snprintf(err, errlen, "SLUICE_ALLOWED_ORIGINS: * (any origin) stands alone, not in a list");
+            goto Fail;
+        }
+        if (!origin_valid(b, len)) {
+            snprintf(err, errlen, "SLUICE_ALLOWED_ORIGINS: '%.*s' is not an origin (scheme://host[:port], without a path)",
+                     (int)(len > 80 ? 80 : len), b);
+            goto Fail;
+        }
+        if ((o == NULL && (o = calloc(max, sizeof(*o))) == NULL) || (o[n] = strndup(b, len)) == NULL) {
+            snprintf(err, errlen, "out of memory");
+            goto Fail;
+        }
+        for (size_t k = 0; k < len; k++)
+            o[n][k] = (char)tolower((unsigned char)o[n][k]);
+        n++;
+        if (comma == NULL)
+            break;
+        p = comma + 1;
+    }
+    if (n == 0) {
+        snprintf(err, errlen, "SLUICE_ALLOWED_ORIGINS: empty (* allows any origin)");
+        goto Fail;
+    }
+    *out = o;
+    *nout = n;
+    return 0;
+Fail:
+    free_list(o, n);
+    return -1;
+}
+
+int sl_http_opts_check(const sl_http_opts_t *opts, char *err, size_t errlen)
+{
+    char **o;
+    size_t n;
+    if (parse_origins(opts->allowed_origins, &o, &n, err, errlen) != 0)
+        return -1;
+    free_list(o, n);
+    return 0;
+}
+
+int sl_http_preflight(h2o_req_t *req, const char *methods)
+{
+    h2o_headers_t *h = &req->res.headers;
+    if (!sl_http_origin_allowed(req)) {
+        sl_http_fail(req, 403, "origin_not_allowed", NULL, "this Origin may not use this service (SLUICE_ALLOWED_ORIGINS)",
+                     0);
+        return 403;
+    }
+    h2o_add_header_by_str(&req->pool, h, H2O_STRLIT("access-control-allow-methods"), 0, NULL, methods, strlen(methods));
+    h2o_add_header_by_str(&req->pool, h, H2O_STRLIT("access-control-allow-headers"), 0, NULL,
+                          H2O_STRLIT("Authorization, Content-Type, Idempotency-Key, Last-Event-ID, Accept"));
+    h2o_add_header_by_str(&req->pool, h, H2O_STRLIT("access-control-max-age"), 0, NULL, H2O_STRLIT("600"));
+    sl_http_send(req, 204, NULL, "", 0);
+    return 204;
 }
 
 /* Open connections of one client address. The table has an entry only while the address has a
@@ -276,6 +457,9 @@ void sl_http_dispose(sl_http_server_t *s)
         free(t);
     }
     s->nconns = 0;
+    free_list(s->origins, s->norigins);
+    s->origins = NULL;
+    s->norigins = 0;
     free(s->peers);
     s->peers = NULL;
     if (h2o_timeout_is_linked(&s->pause_entry))
@@ -307,6 +491,7 @@ void sl_http_init(sl_http_server_t *s, sl_http_handler_cb handler, void *data, s
     struct catchall *h = (struct catchall *)h2o_create_handler(path, sizeof(*h));
     h->super.on_req = on_req;
     h->server = s;
+    h2o_create_filter(path, sizeof(h2o_filter_t))->on_setup_ostream = on_setup_ostream;
     s->loop = h2o_evloop_create();
     h2o_context_init(&s->ctx, s->loop, &s->config);
     s->accept_ctx.ctx = &s->ctx;
@@ -322,6 +507,12 @@ int sl_http_configure(sl_http_server_t *s, const sl_http_opts_t *opts)
     if (opts->max_conns_per_client > 0 && s->peers == NULL &&
         (s->peers = calloc(PEER_SLOTS, sizeof(*s->peers))) == NULL)
         return -1;
+    char err[256], q[300];
+    free_list(s->origins, s->norigins);
+    if (parse_origins(opts->allowed_origins, &s->origins, &s->norigins, err, sizeof(err)) != 0) {
+        SL_ERROR("event=start_failed error=%s", sl_log_quote(q, sizeof(q), err));
+        return -1;
+    }
     return 0;
 }
 
@@ -476,7 +667,6 @@ void sl_http_send(h2o_req_t *req, int status, const char *content_type, const ch
         content_type = "application/json";
     h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL, content_type, strlen(content_type));
     h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CACHE_CONTROL, NULL, H2O_STRLIT("no-store"));
-    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_ACCESS_CONTROL_ALLOW_ORIGIN, NULL, H2O_STRLIT("*"));
     /* A known length keeps HTTP/1.1 connections alive: h2o's chunked filter closes them for
      * non-200 answers of unknown length. */
     req->res.content_length = len;
@@ -502,7 +692,7 @@ void sl_http_send_error(h2o_req_t *req, const sl_error_t *err, int retry_after_s
 
 void sl_http_send_metrics(h2o_req_t *req, sl_buf_t *b)
 {
-    const sl_http_server_t *s = H2O_STRUCT_FROM_MEMBER(sl_http_server_t, ctx, req->conn->ctx);
+    const sl_http_server_t *s = server_of(req);
     sl_metrics_header(b, "sluice_http_connections", "gauge", "Open client connections (HTTP and WebSocket).");
     sl_metrics_sample(b, "sluice_http_connections", "", (double)s->nconns);
     sl_metrics_header(b, "sluice_http_connections_refused_total", "counter",

@@ -6,7 +6,9 @@
  * connection past that is closed as soon as it is accepted, before any byte of it is read), and a
  * cap on the request head (431 above it; h2o itself refuses more than 100 header lines with a
  * plain-text 400, buffers at most about 400 KiB of head, and cuts a head not complete 10 s after
- * it began).
+ * it began). CORS is here too: every answer that goes through h2o's filters gets its
+ * Access-Control-Allow-Origin from SLUICE_ALLOWED_ORIGINS ("*", the default, or the request's
+ * Origin when the list has it, with Vary: Origin), whatever its handler set.
  *
  * Threading: one loop thread per server.
  */
@@ -28,6 +30,7 @@ typedef struct sl_http_opts {
     long long ops_loopback_only;    /* 1: /metrics and /readyz answer 403 to clients not on loopback */
     long long max_conns_per_client; /* open connections per client address (0: no limit) */
     long long max_header_bytes;     /* request line and headers; more: 431 (0: h2o's own limits only) */
+    const char *allowed_origins;    /* SLUICE_ALLOWED_ORIGINS: "*" or a comma-separated list of origins */
 } sl_http_opts_t;
 
 /* Their entries in a service's table of options (sl_config.h), filling *o. */
@@ -37,7 +40,9 @@ typedef struct sl_http_opts {
     {"max-conns-per-client", "SLUICE_MAX_CONNS_PER_CLIENT", SL_OPT_INT, &(o)->max_conns_per_client, "256", \
      0, 1e7, "open connections per client address; more are closed at once (0: no limit)"},                  \
     {"max-header-bytes", "SLUICE_MAX_HEADER_BYTES", SL_OPT_INT, &(o)->max_header_bytes, "16384", 0, 400000, \
-     "request line and headers, in bytes; more: 431 (0: only h2o's limits)"}
+     "request line and headers, in bytes; more: 431 (0: only h2o's limits)"},                               \
+    {"allowed-origins", "SLUICE_ALLOWED_ORIGINS", SL_OPT_STR, &(o)->allowed_origins, "*", 0, 0,             \
+     "origins browsers may use this service from (comma-separated scheme://host[:port]; *: any)"}
 
 struct sl_http_peer;
 
@@ -60,6 +65,8 @@ struct sl_http_server {
     uint64_t refused_head;       /* requests answered 431 for max_header_bytes */
     h2o_timeout_t pause_timeout; /* accepting pauses a moment when out of descriptors */
     h2o_timeout_entry_t pause_entry;
+    char **origins;              /* SLUICE_ALLOWED_ORIGINS in lower case; NULL: any origin ("*") */
+    size_t norigins;
     void (*on_hup)(void *data);  /* sl_http_on_sighup's callback, or NULL */
     void *hup_data;
 };
@@ -67,7 +74,12 @@ struct sl_http_server {
 /* Sets up the loop, the configuration (request bodies up to max_body bytes) and the handler. */
 void sl_http_init(sl_http_server_t *s, sl_http_handler_cb handler, void *data, size_t max_body);
 
-/* Applies the options (before sl_http_listen). Returns 0, or -1 when out of memory. */
+/* Checks the options that sl_config cannot (SLUICE_ALLOWED_ORIGINS): 0, or -1 with err filled.
+ * A service calls it at start, before anything else, to refuse a bad setting (exit status 2). */
+int sl_http_opts_check(const sl_http_opts_t *opts, char *err, size_t errlen);
+
+/* Applies the options (before sl_http_listen). Returns 0, or -1 when out of memory or, without
+ * sl_http_opts_check first, the options are bad (a log line says which). */
 int sl_http_configure(sl_http_server_t *s, const sl_http_opts_t *opts);
 
 /* Listens on host:port (SO_REUSEADDR). Returns 0, or -1 with errno set (and a log line). */
@@ -136,6 +148,16 @@ const char *sl_http_header(h2o_req_t *req, const char *name, size_t *len);
 /* The token of "Authorization: Bearer <token>" (the scheme in any case, spaces after it skipped),
  * or NULL with *len untouched. It points into the request. */
 const char *sl_http_bearer(h2o_req_t *req, size_t *len);
+
+/* 1 when a browser on the request's Origin may use this service: SLUICE_ALLOWED_ORIGINS is "*",
+ * lists the Origin, or the request has no Origin (not a browser's cross-origin request); else 0.
+ * A WebSocket handshake must be refused (403) on 0: browsers send no CORS preflight for it. */
+int sl_http_origin_allowed(h2o_req_t *req);
+
+/* Answers a CORS preflight (OPTIONS): 204 allowing methods and the request headers sluice reads
+ * (Authorization, Content-Type, Idempotency-Key, Last-Event-ID, Accept), or 403
+ * origin_not_allowed when the Origin may not use this service. Returns the status it answered. */
+int sl_http_preflight(h2o_req_t *req, const char *methods);
 
 int sl_http_method_is(h2o_req_t *req, const char *method);
 

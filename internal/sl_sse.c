@@ -184,11 +184,7 @@ int sl_sse_handle(void *data, h2o_req_t *req)
 {
     sl_sse_t *s = data;
     if (sl_http_method_is(req, "OPTIONS")) {
-        h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("access-control-allow-methods"), 0, NULL,
-                              H2O_STRLIT("GET, OPTIONS"));
-        h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("access-control-allow-headers"), 0, NULL,
-                              H2O_STRLIT("Last-Event-ID, Accept"));
-        sl_http_send(req, 204, NULL, "", 0);
+        sl_http_preflight(req, "GET, OPTIONS");
         return 0;
     }
     int get = sl_http_method_is(req, "GET") || sl_http_method_is(req, "HEAD");

@@ -455,6 +455,8 @@ int sl_streams_handle_ws(sl_streams_t *s, h2o_req_t *req)
     if (h2o_is_websocket_handshake(req, &key) != 0 || key == NULL)
         return sl_stream_refuse(req, 400, "not_a_websocket_handshake", NULL,
                       "GET /v1/ws needs Upgrade: websocket and a Sec-WebSocket-Key");
+    if (!sl_http_origin_allowed(req)) /* browsers send no preflight for a WebSocket: this is its CORS */
+        return sl_stream_refuse(req, 403, "origin_not_allowed", NULL, "this Origin may not open a WebSocket here");
     if (sl_stream_admit(s, req) != 0)
         return 0;
     struct wsconn *w = calloc(1, sizeof(*w));

@@ -131,7 +131,10 @@ START_TEST(test_tokens_file_and_bad_configuration)
                          "SLUICE_API_TOKENS_FILE=/nonexistent/tokens", "SLUICE_API_CLIENT_RATE=-1",
                          "SLUICE_MAX_CONNS_PER_CLIENT=-1", "SLUICE_JWT_SECRET=shorter-than-32-bytes",
                          "SLUICE_JWT_JWKS_FILE=/nonexistent/jwks.json", "SLUICE_JWT_LEEWAY_S=-1",
-                         "SLUICE_JWT_SECRET=" JWT_SECRET " SLUICE_JWT_SECRET_FILE=/etc/passwd"};
+                         "SLUICE_JWT_SECRET=" JWT_SECRET " SLUICE_JWT_SECRET_FILE=/etc/passwd",
+                         "SLUICE_ALLOWED_ORIGINS=https://app.example/", "SLUICE_ALLOWED_ORIGINS=*,https://app.example",
+                         "SLUICE_ALLOWED_ORIGINS=null", "SLUICE_ALLOWED_ORIGINS=app.example",
+                         "SLUICE_ALLOWED_ORIGINS=https://a.example,,https://b.example", "SLUICE_ALLOWED_ORIGINS="};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         char cmd[512];
         const char *bindir = getenv("SLUICE_BIN_DIR");
@@ -761,6 +764,211 @@ START_TEST(test_http2_is_refused)
 }
 END_TEST
 
+/* ---- CORS and Origin ------------------------------------------------------------------------------ */
+
+/* GET (or method) path on port with extra header lines (each ending in \r\n), the connection closed
+ * after the answer; what came back (malloc'd). */
+static char *http_raw(int port, const char *method, const char *path, const char *headers)
+{
+    char req[1024];
+    int n = snprintf(req, sizeof(req), "%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n%s\r\n", method, path,
+                     headers);
+    return raw_exchange(port, req, (size_t)n);
+}
+
+/* A WebSocket handshake for /v1/ws with extra header lines. */
+static char *ws_raw(int port, const char *headers)
+{
+    char req[1024];
+    int n = snprintf(req, sizeof(req),
+                     "GET /v1/ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n%s\r\n",
+                     headers);
+    return raw_exchange(port, req, (size_t)n);
+}
+
+static int status_of(const char *resp)
+{
+    int st = 0;
+    return sscanf(resp, "HTTP/1.1 %d", &st) == 1 ? st : 0;
+}
+
+/* The status of a handshake with headers, tried until it upgrades (101) or 10 s pass: an sse
+ * instance upgrades once its hub and database are ready. */
+static int ws_upgrades(int port, const char *headers)
+{
+    int st = 0;
+    for (int i = 0; i < 50 && st != 101; i++) {
+        char *r = ws_raw(port, headers);
+        if ((st = status_of(r)) != 101)
+            tu_sleep_ms(200);
+        free(r);
+    }
+    return st;
+}
+
+/* The answer's header lines named name (any case): how many, the value of the first in value. */
+static int header_in(const char *resp, const char *name, char *value, size_t size)
+{
+    const char *end = strstr(resp, "\r\n\r\n"), *line = strstr(resp, "\r\n");
+    size_t nlen = strlen(name);
+    int count = 0;
+    value[0] = '\0';
+    while (line != NULL && end != NULL && line < end) {
+        line += 2;
+        const char *eol = strstr(line, "\r\n");
+        if (strncasecmp(line, name, nlen) == 0 && line[nlen] == ':') {
+            if (count++ == 0) {
+                const char *v = line + nlen + 1;
+                while (*v == ' ')
+                    v++;
+                snprintf(value, size, "%.*s", (int)(eol - v), v);
+            }
+        }
+        line = eol;
+    }
+    return count;
+}
+
+#define ACAO "access-control-allow-origin"
+
+/* SLUICE_ALLOWED_ORIGINS unset: every answer says * (as before), streams and WebSocket included. */
+START_TEST(test_cors_default_any_origin)
+{
+    char v[256];
+    tu_stack_init(&S, "corsany", 100000);
+    tu_start(&S, "persister", NULL);
+    tu_start(&S, "api", NULL);
+    tu_start(&S, "sse", NULL);
+    int ports[] = {S.api_port, S.sse_port, S.persister_port};
+    for (int i = 0; i < 3; i++) {
+        char *r = http_raw(ports[i], "GET", "/healthz", "Origin: https://anywhere.example\r\n");
+        ck_assert_int_eq(status_of(r), 200);
+        ck_assert_int_eq(header_in(r, ACAO, v, sizeof(v)), 1);
+        ck_assert_str_eq(v, "*");
+        ck_assert_int_eq(header_in(r, "vary", v, sizeof(v)), 0);
+        free(r);
+    }
+    /* a stream: one Access-Control-Allow-Origin, not the stream's and the server's both */
+    char *r = http_raw(S.sse_port, "GET", "/v1/stream?history=0", "Origin: https://anywhere.example\r\n");
+    ck_assert_int_eq(status_of(r), 200);
+    ck_assert_int_eq(header_in(r, ACAO, v, sizeof(v)), 1);
+    ck_assert_str_eq(v, "*");
+    free(r);
+    /* preflights: every header sluice reads may be sent */
+    int pf[] = {S.api_port, S.sse_port};
+    for (int i = 0; i < 2; i++) {
+        r = http_raw(pf[i], "OPTIONS", i == 0 ? "/v1/messages" : "/v1/stream",
+                     "Origin: https://anywhere.example\r\nAccess-Control-Request-Method: GET\r\n"
+                     "Access-Control-Request-Headers: authorization, last-event-id\r\n");
+        ck_assert_int_eq(status_of(r), 204);
+        ck_assert_int_eq(header_in(r, ACAO, v, sizeof(v)), 1);
+        ck_assert_str_eq(v, "*");
+        ck_assert_int_eq(header_in(r, "access-control-allow-headers", v, sizeof(v)), 1);
+        ck_assert_msg(strstr(v, "Authorization") && strstr(v, "Idempotency-Key") && strstr(v, "Last-Event-ID") &&
+                          strstr(v, "Content-Type"),
+                      "allow-headers: %s", v);
+        ck_assert_int_eq(header_in(r, "access-control-allow-methods", v, sizeof(v)), 1);
+        ck_assert_ptr_nonnull(strstr(v, "GET"));
+        free(r);
+    }
+    /* any Origin may open a WebSocket */
+    ck_assert_int_eq(ws_upgrades(S.sse_port, "Origin: https://anywhere.example\r\n"), 101);
+    tu_stack_cleanup(&S);
+}
+END_TEST
+
+/* A list: the allowed Origin is echoed (with Vary: Origin), another gets no CORS header at all
+ * (the stream's own "*" included), its preflight 403, and its WebSocket handshake 403. */
+START_TEST(test_cors_allow_list)
+{
+    const char *env[] = {"SLUICE_ALLOWED_ORIGINS=https://app.example, http://localhost:3000", NULL};
+    char v[256];
+    tu_stack_init(&S, "corslist", 100000);
+    tu_start(&S, "persister", env);
+    tu_start(&S, "api", env);
+    tu_start(&S, "sse", env);
+    int ports[] = {S.api_port, S.sse_port, S.persister_port};
+    for (int i = 0; i < 3; i++) {
+        char *r = http_raw(ports[i], "GET", "/healthz", "Origin: https://app.example\r\n");
+        ck_assert_int_eq(status_of(r), 200);
+        ck_assert_int_eq(header_in(r, ACAO, v, sizeof(v)), 1);
+        ck_assert_str_eq(v, "https://app.example");
+        ck_assert_int_eq(header_in(r, "vary", v, sizeof(v)), 1);
+        ck_assert_ptr_nonnull(strstr(v, "Origin"));
+        free(r);
+        r = http_raw(ports[i], "GET", "/healthz", "Origin: http://localhost:3000\r\n");
+        ck_assert_int_eq(header_in(r, ACAO, v, sizeof(v)), 1);
+        ck_assert_str_eq(v, "http://localhost:3000");
+        free(r);
+        /* not listed (another scheme, port or host), or no Origin: served, without CORS */
+        const char *others[] = {"Origin: https://evil.example\r\n", "Origin: http://app.example\r\n",
+                                "Origin: http://localhost:3001\r\n", "Origin: https://app.example.evil.example\r\n",
+                                "Origin: null\r\n", ""};
+        for (size_t k = 0; k < sizeof(others) / sizeof(others[0]); k++) {
+            r = http_raw(ports[i], "GET", "/healthz", others[k]);
+            ck_assert_int_eq(status_of(r), 200);
+            ck_assert_msg(header_in(r, ACAO, v, sizeof(v)) == 0, "%s got %s", others[k], v);
+            ck_assert_int_eq(header_in(r, "vary", v, sizeof(v)), 1);
+            free(r);
+        }
+    }
+    /* errors carry CORS too, and let the page read Retry-After */
+    char *r = http_raw(S.api_port, "POST", "/v1/messages", "Origin: https://app.example\r\nContent-Length: 0\r\n");
+    ck_assert_int_eq(status_of(r), 415);
+    ck_assert_int_eq(header_in(r, ACAO, v, sizeof(v)), 1);
+    ck_assert_int_eq(header_in(r, "access-control-expose-headers", v, sizeof(v)), 1);
+    ck_assert_str_eq(v, "Retry-After");
+    free(r);
+    /* streams: the server's answer replaces the stream's "*" */
+    r = http_raw(S.sse_port, "GET", "/v1/stream?history=0", "Origin: https://app.example\r\n");
+    ck_assert_int_eq(status_of(r), 200);
+    ck_assert_int_eq(header_in(r, ACAO, v, sizeof(v)), 1);
+    ck_assert_str_eq(v, "https://app.example");
+    free(r);
+    r = http_raw(S.sse_port, "GET", "/v1/stream?history=0", "Origin: https://evil.example\r\n");
+    ck_assert_int_eq(status_of(r), 200);
+    ck_assert_int_eq(header_in(r, ACAO, v, sizeof(v)), 0);
+    free(r);
+    /* preflights */
+    int pf[] = {S.api_port, S.sse_port};
+    for (int i = 0; i < 2; i++) {
+        r = http_raw(pf[i], "OPTIONS", "/v1/messages",
+                     "Origin: https://app.example\r\nAccess-Control-Request-Method: POST\r\n"
+                     "Access-Control-Request-Headers: authorization, idempotency-key, content-type\r\n");
+        ck_assert_int_eq(status_of(r), 204);
+        ck_assert_int_eq(header_in(r, ACAO, v, sizeof(v)), 1);
+        ck_assert_str_eq(v, "https://app.example");
+        ck_assert_int_eq(header_in(r, "vary", v, sizeof(v)), 1);
+        ck_assert_int_eq(header_in(r, "access-control-allow-headers", v, sizeof(v)), 1);
+        ck_assert_msg(strstr(v, "Authorization") && strstr(v, "Idempotency-Key") && strstr(v, "Last-Event-ID"), "%s", v);
+        free(r);
+        r = http_raw(pf[i], "OPTIONS", "/v1/messages",
+                     "Origin: https://evil.example\r\nAccess-Control-Request-Method: POST\r\n");
+        ck_assert_int_eq(status_of(r), 403);
+        ck_assert_int_eq(header_in(r, ACAO, v, sizeof(v)), 0);
+        ck_assert_int_eq(header_in(r, "access-control-allow-headers", v, sizeof(v)), 0);
+        ck_assert_ptr_nonnull(strstr(r, "\"code\":\"origin_not_allowed\""));
+        free(r);
+    }
+    /* WebSocket: an allowed Origin (or none: not a browser) upgrades, another is refused */
+    ck_assert_int_eq(ws_upgrades(S.sse_port, "Origin: https://app.example\r\n"), 101);
+    r = ws_raw(S.sse_port, "");
+    ck_assert_int_eq(status_of(r), 101);
+    free(r);
+    const char *refused[] = {"Origin: https://evil.example\r\n", "Origin: null\r\n",
+                             "Origin: https://app.example:443\r\n"};
+    for (size_t k = 0; k < sizeof(refused) / sizeof(refused[0]); k++) {
+        r = ws_raw(S.sse_port, refused[k]);
+        ck_assert_msg(status_of(r) == 403, "%s: %.60s", refused[k], r);
+        ck_assert_ptr_nonnull(strstr(r, "\"code\":\"origin_not_allowed\""));
+        ck_assert_int_eq(header_in(r, "upgrade", v, sizeof(v)), 0);
+        free(r);
+    }
+    tu_stack_cleanup(&S);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("access");
@@ -778,6 +986,8 @@ int main(void)
     tcase_add_test(tc, test_slow_request_head_times_out);
     tcase_add_test(tc, test_oversized_request_head);
     tcase_add_test(tc, test_http2_is_refused);
+    tcase_add_test(tc, test_cors_default_any_origin);
+    tcase_add_test(tc, test_cors_allow_list);
     suite_add_tcase(s, tc);
     return tu_run_suite(s);
 }

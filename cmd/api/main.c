@@ -83,6 +83,10 @@ int main(int argc, char **argv)
             fprintf(stderr, "sluice-api: %s\n", amqp_err);
             return 2;
         }
+        if (sl_http_opts_check(&http_opts, amqp_err, sizeof(amqp_err)) != 0) {
+            fprintf(stderr, "sluice-api: %s\n", amqp_err);
+            return 2;
+        }
     }
     conf.amqp_url = amqp_url;
     conf.db_url = db_url;

@@ -100,6 +100,10 @@ int main(int argc, char **argv)
             fprintf(stderr, "sluice-ingest: %s\n", amqp_err);
             return 2;
         }
+        if (sl_http_opts_check(&http_opts, amqp_err, sizeof(amqp_err)) != 0) {
+            fprintf(stderr, "sluice-ingest: %s\n", amqp_err);
+            return 2;
+        }
     }
     {
         char err[512];

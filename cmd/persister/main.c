@@ -92,6 +92,10 @@ int main(int argc, char **argv)
             fprintf(stderr, "sluice-persister: %s\n", amqp_err);
             return 2;
         }
+        if (sl_http_opts_check(&http_opts, amqp_err, sizeof(amqp_err)) != 0) {
+            fprintf(stderr, "sluice-persister: %s\n", amqp_err);
+            return 2;
+        }
     }
     sl_log_init("persister");
     sl_http_trap_signals(&stopping);
