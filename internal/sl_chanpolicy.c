@@ -29,6 +29,10 @@ static int channel_char(char c)
 
 int sl_chanset_add(sl_chanset_t *s, const char *pat, size_t len)
 {
+    if (len > 0 && pat[0] == '#') { /* as people write channels (sl_channel_canon) */
+        pat++;
+        len--;
+    }
     int prefix = len > 0 && pat[len - 1] == '*';
     size_t n = prefix ? len - 1 : len;
     if ((!prefix && n == 0) || n > (prefix ? SL_CHANNEL_MAX - 1 : SL_CHANNEL_MAX)) {

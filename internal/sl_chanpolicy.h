@@ -28,7 +28,7 @@ typedef struct sl_chanset {
 #define SL_CHANSET_INIT {NULL, 0}
 
 /* Adds one pattern: a channel name ([a-z0-9_-]{1,64}), or up to 63 of those characters followed
- * by '*'. Returns 0; -1 when the pattern is not one (errno EINVAL), the set is full (E2BIG) or
+ * by '*'; either may start with '#', which is dropped ("#general" is general). Returns 0; -1 when the pattern is not one (errno EINVAL), the set is full (E2BIG) or
  * memory ran out (ENOMEM). A pattern already in the set is not added twice. */
 int sl_chanset_add(sl_chanset_t *s, const char *pat, size_t len);
 

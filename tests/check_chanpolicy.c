@@ -26,6 +26,7 @@ START_TEST(test_patterns)
         {"general", 1}, {"team-*", 1}, {"*", 1},     {"a", 1},       {"a_b-c9", 1}, {C64, 1},   {P63, 1},
         {"", 0},        {"Bad", 0},    {"a*b", 0},   {"**", 0},      {"*a", 0},     {"a b", 0}, {"a,b", 0},
         {"é", 0},       {C65, 0},      {P64, 0},     {"team-**", 0}, {"-", 1},      {"a.b", 0}, {"a/b", 0},
+        {"#general", 1}, {"#team-*", 1}, {"#*", 1},   {"#", 0},       {"##a", 0},    {"a#", 0},
     };
     ck_assert_int_eq(strlen(C64), 64);
     ck_assert_int_eq(strlen(C65), 65);
@@ -46,8 +47,8 @@ START_TEST(test_covers)
 {
     sl_chanset_t s = SL_CHANSET_INIT;
     char err[256];
-    ck_assert_int_eq(sl_chanset_parse(&s, " general , team-*,news,team-*", err, sizeof(err)), 0);
-    ck_assert_uint_eq(s.n, 3); /* team-* once */
+    ck_assert_int_eq(sl_chanset_parse(&s, " general , team-*,#news,team-*,#general", err, sizeof(err)), 0);
+    ck_assert_uint_eq(s.n, 3); /* team-* once, #general is general */
     static const struct {
         const char *channel;
         int covered;

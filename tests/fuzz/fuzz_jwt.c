@@ -21,7 +21,7 @@
  *   or its key (mode 1);
  * - an accepted token: its claims are a JSON object whose "sub" is the claims' sub (1-255 bytes,
  *   no control character), "name" the name (or absent/null), every "channels" entry covered by
- *   the channels, exp not past the leeway; alg is HS256, RS256 or ES256 (never none); with the
+ *   the channels (a leading '#' dropped), exp not past the leeway; alg is HS256, RS256 or ES256 (never none); with the
  *   second verifier iss and aud are the required ones.
  */
 #include <jansson.h>
@@ -117,6 +117,10 @@ static void check_accepted(const sl_jwt_t *j, const char *token, size_t len, con
         const char *p = json_string_value(ch);
         size_t plen = json_string_length(ch);
         FUZZ_CHECK(p != NULL);
+        if (plen > 0 && p[0] == '#') { /* "#general" is general */
+            p++;
+            plen--;
+        }
         if (plen > 0 && p[plen - 1] != '*') /* a name covers itself */
             FUZZ_CHECK(fuzz_channel_ok(p, plen) && sl_chanset_covers(&c->channels, p, plen));
     }
