@@ -584,7 +584,7 @@ static int limited(sl_api_t *a, h2o_req_t *req, const sl_auth_who_t *who)
     else if (who->result == SL_AUTH_OK && who->token != NULL && strlen(who->token) < 300)
         snprintf(key, sizeof(key), "t:%s", who->token);
     else
-        snprintf(key, sizeof(key), "a:%s", sl_http_peer(req, peer, sizeof(peer)));
+        snprintf(key, sizeof(key), "a:%s", sl_http_client_key(req, peer, sizeof(peer)));
     int wait = sl_ratelimit_take(a->limiter, key, sl_time_mono_us());
     if (wait == 0)
         return 0;

@@ -785,18 +785,14 @@ const char *sl_http_bearer(h2o_req_t *req, size_t *len)
     return h;
 }
 
-const char *sl_http_peer(h2o_req_t *req, char *buf, size_t len)
+const char *sl_http_client_key(h2o_req_t *req, char *buf, size_t len)
 {
     struct sockaddr_storage ss;
-    socklen_t sl = req->conn->callbacks->get_peername(req->conn, (struct sockaddr *)&ss);
+    unsigned char addr[16];
     buf[0] = '\0';
-    if (sl == 0)
+    if (req->conn->callbacks->get_peername(req->conn, (struct sockaddr *)&ss) == 0)
         return buf;
-    if (ss.ss_family == AF_INET)
-        inet_ntop(AF_INET, &((struct sockaddr_in *)&ss)->sin_addr, buf, (socklen_t)len);
-    else if (ss.ss_family == AF_INET6)
-        inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&ss)->sin6_addr, buf, (socklen_t)len);
-    return buf;
+    return sl_http_addr_key_text(addr, sl_http_addr_key(&ss, addr), buf, len);
 }
 
 int sl_http_peer_is_loopback(h2o_req_t *req)

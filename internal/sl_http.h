@@ -170,8 +170,10 @@ int sl_http_path_is(h2o_req_t *req, const char *path);
 /* Answers 405 method_not_allowed (JSON) with an Allow header listing allow. */
 void sl_http_method_not_allowed(h2o_req_t *req, const char *allow);
 
-/* The client's address as text ("127.0.0.1"), in buf (at least 64 bytes); "" when unknown. */
-const char *sl_http_peer(h2o_req_t *req, char *buf, size_t len);
+/* The request's client as the text of its per-client key (sl_http_addr_key): "192.0.2.1",
+ * "2001:db8:1:2::/64"; in buf (at least 64 bytes); "" when unknown. For per-client accounting
+ * keyed by text (the api's rate limit). */
+const char *sl_http_client_key(h2o_req_t *req, char *buf, size_t len);
 
 /* An address as the key of per-client accounting, the one every per-client limit uses (the
  * connections per client here, the history caps in sl_stream): an IPv4 address is its 4 bytes;
