@@ -3,6 +3,8 @@
  */
 #include "sl_testutil.h"
 
+#include "sl_testnet.h"
+
 #include <check.h>
 #include <curl/curl.h>
 #include <errno.h>
@@ -272,6 +274,13 @@ static size_t on_header(char *p, size_t size, size_t n, void *arg)
 {
     tu_resp_t *r = arg;
     size_t len = size * n;
+    char *h = realloc(r->head, r->head_len + len + 1);
+    if (h == NULL)
+        return 0;
+    memcpy(h + r->head_len, p, len);
+    r->head = h;
+    r->head_len += len;
+    h[r->head_len] = '\0';
     if (len > 12 && strncasecmp(p, "retry-after:", 12) == 0) {
         size_t o = 0;
         for (size_t i = 12; i < len && o + 1 < sizeof(r->retry_after); i++) {
@@ -325,7 +334,14 @@ int tu_http(const char *method, const char *url, const char *header, const char 
 void tu_resp_free(tu_resp_t *r)
 {
     free(r->body);
-    r->body = NULL;
+    free(r->head);
+    r->body = r->head = NULL;
+    r->head_len = 0;
+}
+
+const char *tu_resp_header(const tu_resp_t *r, const char *name, char *out, size_t size)
+{
+    return r->head != NULL ? tu_header_in(r->head, name, out, size) : NULL;
 }
 
 struct job {
