@@ -396,7 +396,7 @@ export class Feed extends EventTarget {
     // Open until now (or a stream reopened for a new set of channels, which failed): what comes
     // next is a reconnect, to be reported.
     if ((conn.opened || this.state === "open") && !this._lost) {
-      this._lost = { at: now(), channels: new Map(), resets: new Set(), report: null };
+      this._lost = { at: now(), channels: new Map(), resets: new Set(), failed: new Set(), report: null };
       for (const chan of this._channels.values()) this._lost.channels.set(chan.name, chan.started);
     }
     if (this._lost) this._lost.report = null;
@@ -414,7 +414,8 @@ export class Feed extends EventTarget {
 
   // A channel's resume is confirmed (its history came, or its stream spoke): once every channel
   // of the reconnect is, report whether it recovered without a gap.
-  _confirm(name) {
+  _confirm(name, failed = false) {
+    if (failed && this._lost) this._lost.failed.add(name);
     const r = this._lost && this._lost.report && this._lost.report.get(name);
     if (r) r.confirmed = true;
     this._checkReport();
@@ -427,7 +428,7 @@ export class Feed extends EventTarget {
     let recovered = true;
     for (const [name, r] of lost.report) {
       const reset = lost.resets.has(name);
-      const ok = r.fresh || (r.since !== null && !reset);
+      const ok = !lost.failed.has(name) && (r.fresh || (r.since !== null && !reset));
       channels[name] = { since: r.since, recovered: ok, reset };
       recovered = recovered && ok;
     }
@@ -689,7 +690,7 @@ class WsConn {
     const retry = RETRY_CODES.has(f.code) || TOKEN_CODES.has(f.code);
     feed._error({ code: f.code, message: f.message, channel: chan.name, fatal: !retry });
     if (!retry) {
-      feed._confirm(chan.name); // it will not resume: the report must not wait for it
+      feed._confirm(chan.name, true); // it will not resume: the report must not wait for it
       return;
     }
     const delay = jitter(Math.min(feed.options.maxDelay, feed.options.minDelay * 2 ** chan.retries++));

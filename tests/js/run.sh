@@ -48,6 +48,8 @@ PID_DIR=$STATE/pids
 command -v node >/dev/null || die "node is not installed"
 node_major=$(node -p 'process.versions.node.split(".")[0]')
 ((node_major >= 20)) || die "node $(node --version) is too old: 20 or newer"
+node --experimental-websocket -e 'if (typeof WebSocket !== "function") process.exit(1)' 2>/dev/null ||
+  die "node $(node --version) has no --experimental-websocket (20.10 or newer has)"
 if [[ ! -x $BIN_DIR/sluice-sse || ! -x $BIN_DIR/sluice-api || ! -x $BIN_DIR/sluice-persister ]]; then
   [[ -z ${SLUICE_BIN_DIR:-} ]] || die "no sluice binaries in SLUICE_BIN_DIR=$SLUICE_BIN_DIR"
   log "building (cmake, $REPO_DIR/build)"
