@@ -370,3 +370,25 @@ test('ndjson: "*" reads every channel', async () => {
     feed.close();
   }
 });
+
+test("ndjson: with no channel left the stream is closed; the next subscribe opens one", async () => {
+  const ch = `u-${S.RUN}`;
+  const s0 = await S.headSeq();
+  const feed = connect(S.SSE.sse1, { transport: "ndjson" });
+  const r = watch(feed);
+  try {
+    const first = feed.subscribe(ch, { since: s0, history: 0 }, into(r, ch));
+    await opened(feed);
+    await S.post(ch, "one");
+    await got(r.seqs.get(ch), 1, "first subscription");
+    first.unsubscribe();
+    await S.post(ch, "two, unread");
+    feed.subscribe(ch, { since: s0, history: 0 }, into(r, ch));
+    await got(r.seqs.get(ch), 2, "both, from since");
+    assert.deepEqual(r.seqs.get(ch), await S.storedSeqs(ch, s0));
+    assert.equal(feed.stats.connects, 2);
+    assert.deepEqual(r.reconnects, [], "closing and opening for a change of channels is not a reconnect");
+  } finally {
+    feed.close();
+  }
+});
