@@ -125,6 +125,7 @@ start() {
   disown
   echo $! >"$PID_DIR/$name"
 }
+# shellcheck disable=SC2317  # runs through wait_for
 ready() { [[ $(http_code "http://127.0.0.1:$1/readyz") == 200 ]]; }
 
 for name in "${SERVICES[@]}"; do start "$name"; done
