@@ -30,17 +30,11 @@ die() { printf 'js: %s\n' "$*" >&2; exit 1; }
 
 BIN_DIR=${SLUICE_BIN_DIR:-$REPO_DIR/build/bin}
 STATE=${SLUICE_JS_STATE_DIR:-$REPO_DIR/.state/jsclient}
-case $STATE in
-  /*) ;;
-  *) STATE=$PWD/$STATE ;;
-esac
-case $STATE in
-  / | "$REPO_DIR" | "$HOME" | /tmp | /tmp/) die "refusing to wipe state dir '$STATE'" ;;
-esac
+wipeable_state_dir STATE "$REPO_DIR"
 AMQP_PORT=${SLUICE_JS_AMQP_PORT:-5762}
 PG_PORT=${SLUICE_JS_PG_PORT:-5523}
-PORT_BASE=${SLUICE_JS_PORT_BASE:-18600}
-declare -A PORT=([api]=$PORT_BASE [persister]=$((PORT_BASE + 1)) [sse1]=$((PORT_BASE + 2)) [sse2]=$((PORT_BASE + 3)))
+declare -A PORT
+stack_ports "${SLUICE_JS_PORT_BASE:-18600}"
 SERVICES=(persister api sse1 sse2)
 LOG_DIR=$STATE/logs
 PID_DIR=$STATE/pids
@@ -62,17 +56,8 @@ srv() { SLUICE_STATE_DIR=$STATE SLUICE_AMQP_PORT=$AMQP_PORT SLUICE_PG_PORT=$PG_P
 # Our services: those this script started and those the tests (re)started, by their PID files,
 # and only while the PID is one of our binaries.
 stop_services() {
-  local f p
-  [[ -d $PID_DIR ]] || return 0
-  for f in "$PID_DIR"/*; do
-    [[ -f $f ]] || continue
-    p=$(read_pid "$f")
-    if pid_is "$p" "$BIN_DIR/sluice-"; then
-      kill -CONT "$p" 2>/dev/null || true
-      kill_pids "$(basename "$f")" "$p" || true
-    fi
-    rm -f "$f"
-  done
+  stop_pid_files "$PID_DIR" "$BIN_DIR" >/dev/null || true
+  rm -f "$PID_DIR"/*
 }
 
 # shellcheck disable=SC2317  # invoked from the EXIT trap
@@ -114,14 +99,9 @@ export SLUICE_SSE_API_URL=http://127.0.0.1:${PORT[api]}
 # start NAME: one service in the background, output appended to $LOG_DIR/NAME.log.
 start() {
   local name=$1 log=$LOG_DIR/$1.log
-  local -a cmd
   printf '=== %s start\n' "$(date '+%F %T.%3N')" >>"$log"
-  case $name in
-    api) cmd=(env "SLUICE_API_PORT=${PORT[api]}" "$BIN_DIR/sluice-api") ;;
-    persister) cmd=(env "SLUICE_PERSISTER_PORT=${PORT[persister]}" "$BIN_DIR/sluice-persister") ;;
-    sse1 | sse2) cmd=(env "SLUICE_SSE_PORT=${PORT[$name]}" "SLUICE_SSE_INSTANCE=js-$name" "$BIN_DIR/sluice-sse") ;;
-  esac
-  "${cmd[@]}" </dev/null >>"$log" 2>&1 &
+  stack_cmd "$name" "$BIN_DIR" js
+  "${STACK_CMD[@]}" </dev/null >>"$log" 2>&1 &
   disown
   echo $! >"$PID_DIR/$name"
 }
