@@ -157,7 +157,7 @@ export class Feed extends EventTarget {
   readonly transport: Transport | null;
   readonly stats: { events: number; duplicates: number; reconnects: number; resets: number; connects: number };
   readonly channels: { channel: string; lastSeq: number | null; position: number | null }[];
-  /** channel: [a-z0-9_-]{1,64}, or "*" (every channel; stream transports only). */
+  /** channel: [a-z0-9_-]{1,64} ("#general" is general), or "*" (every channel; stream transports only). */
   subscribe(channel: string, options: SubscribeOptions, onMessage?: OnMessage): Subscription;
   subscribe(channel: string, onMessage?: OnMessage): Subscription;
   /** Listens to a feed event; returns a function that stops listening. */

@@ -160,6 +160,8 @@ export class Feed extends EventTarget {
     if (typeof options === "function") [options, onMessage] = [{}, options];
     options = options || {};
     if (this.state === "closed") throw new Error("sluice: this feed is closed");
+    // "#general" is general, as sse takes it; its frames name the channel without the "#".
+    if (typeof channel === "string" && channel.length > 1 && channel[0] === "#") channel = channel.slice(1);
     if (channel !== "*" && !CHANNEL_RE.test(channel))
       throw new TypeError(`sluice: channel ${JSON.stringify(channel)} must match [a-z0-9_-]{1,64} (or be "*")`);
     if (options.history !== undefined && !isSeq(options.history))

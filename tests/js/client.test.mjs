@@ -98,7 +98,7 @@ for (const transport of TRANSPORTS) {
 
       // c from before its first message: a stream reopens for the new set from there (seq is
       // global: one since for all), and a and b drop by seq what they already had.
-      const subC = feed.subscribe(c, { since: oldC[0] - 1 }, into(r, c));
+      const subC = feed.subscribe(`#${c}`, { since: oldC[0] - 1 }, into(r, c)); // "#c" is c
       await got(r.seqs.get(c), 3, `${c} from its since`);
       if (transport === "ndjson") {
         assert.equal(feed.stats.connects, 2, "the stream reopened for the new set");
