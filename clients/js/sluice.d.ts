@@ -68,6 +68,8 @@ export interface ConnectOptions {
   pingInterval?: number;
   /** ms without a byte before a connection counts as dead (default 45000; 0: never). */
   idleTimeout?: number;
+  /** ms for a connection to open before the attempt counts as failed (default 10000; 0: no limit). */
+  connectTimeout?: number;
   /** WebSocket subscriptions reading their history at once (default 4). */
   historyConcurrency?: number;
 }

@@ -22,6 +22,7 @@ const DEFAULTS = {
   stableAfter: 1000,   // ms open after which a drop starts the backoff afresh
   pingInterval: 20000, // ms between WebSocket pings (0: none)
   idleTimeout: 45000,  // ms without a byte before the connection counts as dead (0: never)
+  connectTimeout: 10000, // ms for a connection to open (a stopped server accepts TCP, answers nothing)
   // WebSocket subscriptions reading their history at once: sse reads at most 4 per client
   // address (SLUICE_SSE_HISTORY_PER_CLIENT) and refuses more (history_busy).
   historyConcurrency: 4,
@@ -261,7 +262,11 @@ export class Feed extends EventTarget {
     if (chan.handles.size > 0 || this._channels.get(chan.name) !== chan) return;
     this._channels.delete(chan.name);
     clearTimeout(chan.retryTimer);
-    if (this._lost) this._lost.channels.delete(chan.name);
+    if (this._lost) {
+      this._lost.channels.delete(chan.name);
+      if (this._lost.report) this._lost.report.delete(chan.name);
+      this._checkReport(); // it was perhaps the one the report waited for
+    }
     const conn = this._conn;
     if (conn && conn.kind === "websocket") conn.unsubscribe(chan);
     else if (conn || this._streamKind()) this._queueReopen();
@@ -306,10 +311,11 @@ export class Feed extends EventTarget {
 
   async _attempt() {
     this._timer = null;
-    if (this.state === "closed" || this._conn) return;
+    if (this.state === "closed" || this._conn || this._attempting) return;
     const url = this.urls[this._urlIndex % this.urls.length];
     let token = this._token;
     if (typeof this.options.getToken === "function") {
+      this._attempting = true; // one attempt at a time, while getToken answers
       try {
         token = await this.options.getToken();
         this._token = token || null;
@@ -318,6 +324,8 @@ export class Feed extends EventTarget {
         this._urlIndex++;
         this._retry();
         return;
+      } finally {
+        this._attempting = false;
       }
       if (this.state === "closed" || this._conn) return;
     }
@@ -443,6 +451,12 @@ export class Feed extends EventTarget {
   }
 }
 
+// A connection that has not opened within connectTimeout fails (end(): its own way to give up).
+function armConnectTimer(conn, end) {
+  const ms = conn.feed.options.connectTimeout;
+  if (ms > 0) conn.connectTimer = setTimeout(() => { if (!conn.opened && !conn.closed) end(); }, ms);
+}
+
 // ---- WebSocket -----------------------------------------------------------------------------------
 
 class WsConn {
@@ -467,8 +481,14 @@ class WsConn {
       return;
     }
     const ws = this.ws;
+    armConnectTimer(this, () => {
+      this._stop();
+      try { ws.close(); } catch { /* not open */ }
+      this.feed._onClose(this, { error: { message: "the WebSocket did not open in time" } });
+    });
     ws.onopen = () => {
       if (this.closed) return;
+      clearTimeout(this.connectTimer);
       this.opened = true;
       this._touch();
       const o = this.feed.options;
@@ -507,6 +527,7 @@ class WsConn {
 
   _stop() {
     this.closed = true;
+    clearTimeout(this.connectTimer);
     clearInterval(this.pingTimer);
     clearTimeout(this.idleTimer);
     for (const s of this.subs.values()) if (s.chan.ws === s) s.chan.ws = null;
@@ -749,6 +770,7 @@ class StreamConn {
     else if (this.token) q.set("token", this.token); // EventSource cannot set a header
     const url = new URL("v1/stream", this.url);
     url.search = q.toString();
+    armConnectTimer(this, () => this._end({ error: { message: "the stream did not open in time" } }));
     if (this.kind === "eventsource") this._startEventSource(url.href);
     else this._startFetch(url.href);
   }
@@ -757,6 +779,7 @@ class StreamConn {
     if (this.closed) return;
     this.closed = true;
     clearTimeout(this.idleTimer);
+    clearTimeout(this.connectTimer);
     if (this.es) this.es.close();
     if (this.ac) this.ac.abort();
   }
@@ -775,6 +798,7 @@ class StreamConn {
   }
 
   _opened() {
+    clearTimeout(this.connectTimer);
     this.opened = true;
     this._touch();
     this.feed._onOpen(this);

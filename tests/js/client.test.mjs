@@ -221,6 +221,47 @@ test("one URL: reconnects with backoff while the instance is down, with a fresh 
   }
 });
 
+test("a stopped instance (SIGSTOP): silence ends the connection, and a connect timeout skips the instance", async () => {
+  const ch = `p-${S.RUN}`;
+  const s0 = await S.headSeq();
+  const opts = { idleTimeout: 3000, pingInterval: 1000, connectTimeout: 1500 };
+  const feeds = TRANSPORTS.map(transport => {
+    const feed = connect([S.SSE.sse1, S.SSE.sse2], { transport, ...opts });
+    const r = watch(feed);
+    feed.subscribe(ch, { since: s0, history: 0 }, into(r, ch));
+    return { transport, feed, r };
+  });
+  let late = null;
+  try {
+    for (const f of feeds) await opened(f.feed, S.SSE.sse1);
+    await S.post(ch, "before the stop");
+    for (const f of feeds) await got(f.r.seqs.get(ch), 1, f.transport);
+    S.signal("sse1", "SIGSTOP");
+    for (let i = 0; i < 3; i++) await S.post(ch, `while sse1 is stopped ${i}`);
+    for (const f of feeds) {
+      await S.waitFor(() => f.r.reconnects.length === 1, 15000, `${f.transport}: a reconnect`);
+      assert.equal(f.r.reconnects[0].recovered, true, JSON.stringify(f.r.reconnects[0]));
+      assert.equal(f.feed.url, `${S.SSE.sse2}/`);
+    }
+    // A feed that starts with the stopped instance first: its connection does not open in time.
+    late = connect([S.SSE.sse1, S.SSE.sse2], { transport: "websocket", connectTimeout: 1500 });
+    const rl = watch(late);
+    late.subscribe(ch, { since: s0, history: 0 }, into(rl, ch));
+    await opened(late, S.SSE.sse2);
+    assert.ok(rl.errors.some(e => e.code === "connect_failed" && /in time/.test(e.message)), JSON.stringify(rl.errors));
+    const stored = await S.waitStored(ch, 4, s0);
+    for (const f of [...feeds, { transport: "late", r: rl }]) {
+      await got(f.r.seqs.get(ch), 4, f.transport);
+      assert.deepEqual(f.r.seqs.get(ch), stored, `${f.transport}: every message once, in order`);
+    }
+    console.log(`# SIGSTOP: ${feeds.map(f => `${f.transport} resumed on sse2 ${f.r.reconnects[0].downtime} ms after it dropped the silent connection`).join(", ")}`);
+  } finally {
+    S.signal("sse1", "SIGCONT");
+    for (const f of feeds) f.feed.close();
+    if (late) late.close();
+  }
+});
+
 test("SIGKILL of the sse instance the clients are on, twice, under steady posting: no gap, no duplicate, recovered", async () => {
   const channels = [0, 1, 2].map(i => `k${i}-${S.RUN}`);
   const s0 = await S.headSeq();

@@ -95,6 +95,9 @@ export SLUICE_LOG_LEVEL=${SLUICE_LOG_LEVEL:-info}
 # far above what the kill test's outages leave behind (a few hundred milliseconds of posts).
 export SLUICE_SSE_REPLAY_MAX=400
 export SLUICE_SSE_API_URL=http://127.0.0.1:${PORT[api]}
+# Heartbeats after 1 s of quiet (15 s by default), so that a test may take a client's idle
+# timeout down to a few seconds.
+export SLUICE_SSE_HEARTBEAT_MS=1000
 
 # start NAME: one service in the background, output appended to $LOG_DIR/NAME.log.
 start() {

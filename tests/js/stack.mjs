@@ -148,6 +148,11 @@ function gone(pid) {
   }
 }
 
+/** Sends signal to the sse instance `name` (its PID file), and nothing more. */
+export function signal(name, sig) {
+  process.kill(pidOf(name), sig);
+}
+
 /** Sends signal to the sse instance `name` (its PID file) and waits until it is gone. */
 export async function stop(name, signal) {
   const pid = pidOf(name);
