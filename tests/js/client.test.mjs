@@ -55,6 +55,7 @@ for (const transport of TRANSPORTS) {
     const ch = `h-${transport}-${S.RUN}`;
     for (let i = 0; i < 8; i++) await S.post(ch, `before ${i}`);
     const stored = await S.waitStored(ch, 8);
+    await S.waitDelivered(stored.at(-1));
     const feed = connect(S.SSE.sse1, { transport });
     const r = watch(feed);
     try {
@@ -83,6 +84,7 @@ for (const transport of TRANSPORTS) {
     const [a, b, c] = ["a", "b", "c"].map(x => `m${x}-${transport}-${S.RUN}`);
     for (let i = 0; i < 3; i++) { await S.post(a, `a${i}`); await S.post(b, `b${i}`); await S.post(c, `c${i}`); }
     const [, , oldC] = await Promise.all([S.waitStored(a, 3), S.waitStored(b, 3), S.waitStored(c, 3)]);
+    await S.waitDelivered(oldC.at(-1)); // c's last is the last of the three
     const feed = connect(S.SSE.sse1, { transport });
     const r = watch(feed);
     try {
@@ -133,6 +135,7 @@ test("websocket: history 0 sends nothing old, yet the channel has a position to 
   const ch = `z-${S.RUN}`;
   for (let i = 0; i < 3; i++) await S.post(ch, `old ${i}`);
   const stored = await S.waitStored(ch, 3);
+  await S.waitDelivered(stored.at(-1));
   const feed = connect([S.SSE.sse1, S.SSE.sse2], { transport: "websocket" });
   const r = watch(feed);
   try {
@@ -326,6 +329,7 @@ for (const transport of TRANSPORTS) {
     const s0 = await S.headSeq();
     const { accepted } = await S.postAt([ch], 420, 2000, 16); // more than SLUICE_SSE_REPLAY_MAX (400)
     const stored = await S.waitStored(ch, accepted[ch], s0, 30000);
+    await S.waitDelivered(stored.at(-1));
     const feed = connect(S.SSE.sse1, { transport });
     const r = watch(feed);
     try {

@@ -126,6 +126,23 @@ export async function waitStored(channel, n, after = 0, ms = 20000) {
   return got;
 }
 
+/**
+ * Waits until both sse instances have delivered up to seq (their /readyz position): a history
+ * served from an instance's memory holds what it has delivered, so a test that compares a history
+ * with the database waits for this first.
+ */
+export async function waitDelivered(seq, ms = 10000) {
+  const pos = async name => {
+    try {
+      const r = await fetch(`${SSE[name]}/readyz`, { signal: AbortSignal.timeout(2000) });
+      return (await r.json()).position;
+    } catch {
+      return -1;
+    }
+  };
+  await waitFor(async () => (await pos("sse1")) >= seq && (await pos("sse2")) >= seq, ms, `both sse instances at ${seq}`);
+}
+
 export async function isReady(name) {
   try {
     const r = await fetch(`${SSE[name]}/readyz`, { signal: AbortSignal.timeout(2000) });
