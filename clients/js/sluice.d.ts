@@ -11,6 +11,8 @@ export interface Message {
   seq: number;
   url?: string;
   edited_at?: string;
+  /** What ingest adds for Mastodon posts (display name, avatar, media, ...): see sluice's README. */
+  meta?: Record<string, unknown>;
 }
 
 /** An edit or a deletion of a message (its own seq). */
@@ -21,6 +23,7 @@ export interface MessageEvent {
   seq: number;
   text?: string;
   edited_at?: string;
+  meta?: Record<string, unknown>;
 }
 
 /** A presence event, passed through as the server sends it. */
