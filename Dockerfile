@@ -11,6 +11,7 @@ COPY cmd cmd
 COPY tests tests
 COPY bench bench
 COPY web web
+COPY clients/js clients/js
 RUN cmake -S . -B /build -DCMAKE_BUILD_TYPE=RelWithDebInfo && cmake --build /build -j"$(nproc)" \
     && mkdir -p /out && cp /build/bin/sluice-* /out/
 

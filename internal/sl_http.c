@@ -633,6 +633,7 @@ const char *sl_http_reason(int status)
     case 201: return "Created";
     case 202: return "Accepted";
     case 204: return "No Content";
+    case 304: return "Not Modified";
     case 400: return "Bad Request";
     case 401: return "Unauthorized";
     case 403: return "Forbidden";
@@ -659,18 +660,45 @@ double sl_http_request_age(h2o_req_t *req)
     return (double)h2o_timeval_subtract(&req->timestamps.request_begin_at, &now) / 1e6;
 }
 
-void sl_http_send(h2o_req_t *req, int status, const char *content_type, const char *body, size_t len)
+static void send_body(h2o_req_t *req, int status, const char *content_type, const char *cache_control,
+                      const char *body, size_t len)
 {
     req->res.status = status;
     req->res.reason = sl_http_reason(status);
     if (content_type == NULL)
         content_type = "application/json";
     h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL, content_type, strlen(content_type));
-    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CACHE_CONTROL, NULL, H2O_STRLIT("no-store"));
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CACHE_CONTROL, NULL, cache_control, strlen(cache_control));
     /* A known length keeps HTTP/1.1 connections alive: h2o's chunked filter closes them for
-     * non-200 answers of unknown length. */
-    req->res.content_length = len;
+     * non-200 answers of unknown length. A 304 has no body and must not claim a length of 0. */
+    req->res.content_length = status == 304 ? SIZE_MAX : len;
     h2o_send_inline(req, body, len);
+}
+
+void sl_http_send(h2o_req_t *req, int status, const char *content_type, const char *body, size_t len)
+{
+    send_body(req, status, content_type, "no-store", body, len);
+}
+
+/* If-None-Match names etag (one of a list, weak or not) or is "*". */
+static int etag_matches(h2o_req_t *req, const char *etag)
+{
+    size_t n;
+    const char *v = sl_http_header(req, "if-none-match", &n);
+    if (v == NULL)
+        return 0;
+    while (n > 0 && (*v == ' ' || *v == '\t'))
+        v++, n--;
+    return (n == 1 && *v == '*') || memmem(v, n, etag, strlen(etag)) != NULL;
+}
+
+void sl_http_send_static(h2o_req_t *req, const char *content_type, const char *etag, const char *body, size_t len)
+{
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_ETAG, NULL, etag, strlen(etag));
+    if (etag_matches(req, etag))
+        send_body(req, 304, content_type, "no-cache", "", 0);
+    else
+        send_body(req, 200, content_type, "no-cache", body, len);
 }
 
 void sl_http_send_error(h2o_req_t *req, const sl_error_t *err, int retry_after_s)

@@ -127,6 +127,11 @@ double sl_http_request_age(h2o_req_t *req);
 
 /* Answers with a body copied into the request's pool. content_type NULL means application/json. */
 void sl_http_send(h2o_req_t *req, int status, const char *content_type, const char *body, size_t len);
+/* Answers with a file compiled into the binary, its ETag (a quoted
+ * string) and Cache-Control: no-cache: a client keeps it and asks again each time, and a request
+ * whose If-None-Match names the ETag (or "*") gets 304 without a body. Access-Control-Allow-Origin
+ * is *, as on every answer (a module script from another origin needs it). */
+void sl_http_send_static(h2o_req_t *req, const char *content_type, const char *etag, const char *body, size_t len);
 /* Answers {"error":{…}}, with Retry-After when retry_after_s > 0. */
 void sl_http_send_error(h2o_req_t *req, const sl_error_t *err, int retry_after_s);
 /* Answers /metrics: the service's metrics in b (Prometheus text), followed by the HTTP server's

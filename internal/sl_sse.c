@@ -191,6 +191,8 @@ int sl_sse_handle(void *data, h2o_req_t *req)
     const char *route = NULL;
     if (sl_http_path_is(req, "/") || sl_http_path_is(req, "/index.html"))
         route = "page";
+    else if (sl_http_path_is(req, "/client.js"))
+        route = "client";
     else if (sl_http_path_is(req, "/config.json"))
         route = "config";
     else if (sl_http_path_is(req, "/favicon.ico"))
@@ -216,9 +218,14 @@ int sl_sse_handle(void *data, h2o_req_t *req)
     if (strcmp(route, "page") == 0) {
         /* the page renders message text with textContent only; this policy backs that up */
         h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("content-security-policy"), 0, NULL,
-                              H2O_STRLIT("default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
-                                         "connect-src *"));
+                              H2O_STRLIT("default-src 'self'; script-src 'self' 'unsafe-inline'; "
+                                         "style-src 'unsafe-inline'; connect-src *"));
         sl_http_send(req, 200, "text/html; charset=utf-8", (const char *)sl_webpage, sl_webpage_len);
+        return 0;
+    }
+    if (strcmp(route, "client") == 0) { /* the page's own client, and anyone's (clients/js) */
+        sl_http_send_static(req, "text/javascript; charset=utf-8", sl_clientjs_etag, (const char *)sl_clientjs,
+                            sl_clientjs_len);
         return 0;
     }
     if (strcmp(route, "favicon") == 0) { /* none: say so without an error in the browser's console */

@@ -125,17 +125,12 @@ done
 
 BIN_DIR=${SLUICE_BIN_DIR:-$REPO_DIR/build/bin}
 STATE=${SLUICE_CHAOS_STATE_DIR:-$REPO_DIR/.state/chaos}
-case $STATE in
-  /*) ;;
-  *) STATE=$PWD/$STATE ;;
-esac
-case $STATE in
-  / | "$REPO_DIR" | "$HOME" | /tmp | /tmp/) die "refusing to wipe state dir '$STATE'" ;;
-esac
+wipeable_state_dir STATE "$REPO_DIR"
 AMQP_PORT=${SLUICE_CHAOS_AMQP_PORT:-5712}
 PG_PORT=${SLUICE_CHAOS_PG_PORT:-5473}
 PORT_BASE=${SLUICE_CHAOS_PORT_BASE:-18500}
-declare -A PORT=([api]=$PORT_BASE [persister]=$((PORT_BASE + 1)) [sse1]=$((PORT_BASE + 2)) [sse2]=$((PORT_BASE + 3)))
+declare -A PORT
+stack_ports "$PORT_BASE"
 SERVICES=(persister api sse1 sse2)
 LOG_DIR=$STATE/logs
 PID_DIR=$STATE/pids
@@ -223,11 +218,11 @@ start() {
   local -a cmd
   printf '=== %s start\n' "$(date '+%F %T.%3N')" >>"$log"
   case $name in
-    api) cmd=(env "SLUICE_API_PORT=${PORT[api]}" "$BIN_DIR/sluice-api") ;;
-    persister) cmd=(env "SLUICE_PERSISTER_PORT=${PORT[persister]}" "$BIN_DIR/sluice-persister") ;;
-    sse1 | sse2) cmd=(env "SLUICE_SSE_PORT=${PORT[$name]}" "SLUICE_SSE_INSTANCE=chaos-$name" "$BIN_DIR/sluice-sse") ;;
     bot) cmd=("$BIN_DIR/sluice-bot" "--rate=$BOT_RATE" --summary-interval=5 --duration=3600) ;;
-    *) die "start: unknown service $name" ;;
+    *)
+      stack_cmd "$name" "$BIN_DIR" chaos || die "start: unknown service $name"
+      cmd=("${STACK_CMD[@]}")
+      ;;
   esac
   "${cmd[@]}" </dev/null >>"$log" 2>&1 &
   PID[$name]=$!
@@ -277,17 +272,8 @@ cleanup() {
 
 # Processes left by an earlier run that was killed: only the PIDs it wrote, and only if they are ours.
 kill_leftovers() {
-  local f p
-  [[ -d $PID_DIR ]] || return 0
-  for f in "$PID_DIR"/*; do
-    [[ -f $f ]] || continue
-    p=$(read_pid "$f")
-    if pid_is "$p" "$BIN_DIR/s"; then
-      ev "stopping pid $p ($(basename "$f")) left by an earlier run"
-      kill -CONT "$p" 2>/dev/null || true
-      kill_pids "$(basename "$f")" "$p"
-    fi
-  done
+  local line
+  while IFS= read -r line; do ev "$line left by an earlier run"; done < <(stop_pid_files "$PID_DIR" "$BIN_DIR")
 }
 
 # --- readiness ----------------------------------------------------------------------------------

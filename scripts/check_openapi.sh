@@ -47,6 +47,7 @@ ROUTES=(
   "api GET /metrics"
   "sse GET /"
   "sse GET /index.html"
+  "sse GET /client.js"
   "sse GET /config.json"
   "sse GET /favicon.ico"
   "sse GET /v1/stream"

@@ -89,3 +89,50 @@ wait_for() {
     sleep 0.2
   done
 }
+
+# --- a native stack of our own: the api, the persister and two sse instances ---------------------
+# (scripts/chaos.sh, tests/js/run.sh)
+
+# wipeable_state_dir VAR REPO_DIR: makes the path in VAR absolute, and dies if it is one a script
+# must not wipe (/, the repository, $HOME, /tmp).
+wipeable_state_dir() {
+  local -n dir=$1
+  [[ $dir == /* ]] || dir=$PWD/$dir
+  case $dir in
+    / | "$2" | "$HOME" | /tmp | /tmp/) die "refusing to wipe state dir '$dir'" ;;
+  esac
+}
+
+# stack_ports BASE: the api, persister, sse1 and sse2 listen on BASE and the next three, in the
+# associative array PORT (declare -A PORT first).
+stack_ports() {
+  PORT=([api]=$1 [persister]=$(($1 + 1)) [sse1]=$(($1 + 2)) [sse2]=$(($1 + 3)))
+}
+
+# stack_cmd NAME BIN_DIR INSTANCE_PREFIX: the command line of service NAME (api, persister, sse1,
+# sse2) on its port of PORT, in the array STACK_CMD; 1 for another name.
+# shellcheck disable=SC2034  # STACK_CMD is the caller's
+stack_cmd() {
+  case $1 in
+    api) STACK_CMD=(env "SLUICE_API_PORT=${PORT[api]}" "$2/sluice-api") ;;
+    persister) STACK_CMD=(env "SLUICE_PERSISTER_PORT=${PORT[persister]}" "$2/sluice-persister") ;;
+    sse1 | sse2) STACK_CMD=(env "SLUICE_SSE_PORT=${PORT[$1]}" "SLUICE_SSE_INSTANCE=$3-$1" "$2/sluice-sse") ;;
+    *) return 1 ;;
+  esac
+}
+
+# stop_pid_files PID_DIR BIN_DIR: stops (SIGCONT, then kill_pids) each PID written in PID_DIR that
+# is still one of BIN_DIR's programs (a PID file may outlive its process), and names each on stdout.
+stop_pid_files() {
+  local f p
+  [[ -d $1 ]] || return 0
+  for f in "$1"/*; do
+    [[ -f $f ]] || continue
+    p=$(read_pid "$f")
+    if pid_is "$p" "$2/s"; then
+      printf 'stopping pid %s (%s)\n' "$p" "$(basename "$f")"
+      kill -CONT "$p" 2>/dev/null || true
+      kill_pids "$(basename "$f")" "$p"
+    fi
+  done
+}

@@ -1608,6 +1608,79 @@ START_TEST(test_formats_limits_and_errors)
 END_TEST
 
 
+/* ---- the page and the JavaScript client ---------------------------------------------------------- */
+
+/* A file of the source tree, whole (NUL-terminated; *len without it). */
+static char *read_source(const char *rel, size_t *len)
+{
+    char path[512];
+    snprintf(path, sizeof(path), "%s/%s", SLUICE_SOURCE_DIR, rel);
+    FILE *f = fopen(path, "rb");
+    ck_assert_msg(f != NULL, "cannot open %s", path);
+    sl_buf_t b = SL_BUF_INIT;
+    char chunk[8192];
+    size_t n;
+    while ((n = fread(chunk, 1, sizeof(chunk), f)) > 0)
+        sl_buf_append(&b, chunk, n);
+    fclose(f);
+    *len = b.len;
+    return b.data != NULL ? b.data : strdup("");
+}
+
+START_TEST(test_page_and_client_js)
+{
+    char url[160], v[256], etag[96], cond[160];
+    tu_resp_t r;
+    size_t flen;
+    start_stack("ssepage", NULL);
+    char *file = read_source("clients/js/sluice.js", &flen);
+
+    /* /client.js is clients/js/sluice.js as it was built, as JavaScript, for any origin */
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/client.js", S.sse_port);
+    ck_assert_int_eq(tu_http("GET", url, NULL, NULL, NULL, 0, &r), 0);
+    ck_assert_int_eq(r.status, 200);
+    ck_assert_str_eq(tu_resp_header(&r, "content-type", v, sizeof(v)), "text/javascript; charset=utf-8");
+    ck_assert_str_eq(tu_resp_header(&r, "access-control-allow-origin", v, sizeof(v)), "*");
+    ck_assert_str_eq(tu_resp_header(&r, "cache-control", v, sizeof(v)), "no-cache");
+    ck_assert_ptr_nonnull(tu_resp_header(&r, "etag", etag, sizeof(etag)));
+    ck_assert_msg(strlen(etag) > 2 && etag[0] == '"' && etag[strlen(etag) - 1] == '"', "etag %s", etag);
+    ck_assert_uint_eq(strlen(r.body), flen);
+    ck_assert_msg(memcmp(r.body, file, flen) == 0, "/client.js differs from clients/js/sluice.js");
+    tu_resp_free(&r);
+
+    /* revalidation: the same ETag gets 304 without a body, on a connection kept open */
+    snprintf(cond, sizeof(cond), "If-None-Match: %s", etag);
+    ck_assert_int_eq(tu_http("GET", url, cond, NULL, NULL, 0, &r), 0);
+    ck_assert_int_eq(r.status, 304);
+    ck_assert_str_eq(r.body, "");
+    ck_assert_str_eq(tu_resp_header(&r, "etag", v, sizeof(v)), etag);
+    ck_assert_ptr_null(tu_resp_header(&r, "content-length", v, sizeof(v)));
+    tu_resp_free(&r);
+    ck_assert_int_eq(tu_http("GET", url, "If-None-Match: W/\"x\", *", NULL, NULL, 0, &r), 0);
+    ck_assert_int_eq(r.status, 200); /* "*" only alone */
+    tu_resp_free(&r);
+    ck_assert_int_eq(tu_http("GET", url, "If-None-Match: \"another\"", NULL, NULL, 0, &r), 0);
+    ck_assert_int_eq(r.status, 200);
+    ck_assert_uint_eq(strlen(r.body), flen);
+    tu_resp_free(&r);
+    ck_assert_int_eq(tu_http("POST", url, NULL, "application/json", "{}", 2, &r), 0);
+    ck_assert_int_eq(r.status, 405);
+    tu_resp_free(&r);
+
+    /* the page imports it: its CSP lets scripts come from the page's own origin */
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/", S.sse_port);
+    ck_assert_int_eq(tu_http("GET", url, NULL, NULL, NULL, 0, &r), 0);
+    ck_assert_int_eq(r.status, 200);
+    ck_assert_ptr_nonnull(tu_resp_header(&r, "content-security-policy", v, sizeof(v)));
+    ck_assert_msg(strstr(v, "script-src 'self' 'unsafe-inline'") != NULL, "CSP %s", v);
+    ck_assert_msg(strstr(v, "default-src 'self'") != NULL, "CSP %s", v);
+    ck_assert_ptr_nonnull(strstr(r.body, "from \"./client.js\""));
+    tu_resp_free(&r);
+    free(file);
+    tu_stack_cleanup(&S);
+}
+END_TEST
+
 /* ---- edits and deletes (Mastodon's status.update / delete) ----------------------------------------- */
 
 /* Publishes an update or delete event of message id to the stack's persist queue, as ingest does. */
@@ -2383,6 +2456,7 @@ int main(void)
         const TTest *test;
     } tests[] = {
         {"formats", test_formats_limits_and_errors},
+        {"page", test_page_and_client_js},
         {"websocket", test_websocket_subscriptions},
         {"wslimits", test_websocket_limits},
         {"seam", test_seam_under_load_is_gap_free},

@@ -100,22 +100,7 @@ static void decode(tu_stream_t *s)
 
 const char *tu_stream_header(const tu_stream_t *s, const char *name, char *out, size_t size)
 {
-    size_t nl = strlen(name);
-    if (s->head == NULL)
-        return NULL;
-    for (const char *p = strchr(s->head, '\n'); p != NULL && p[1] != '\0'; p = strchr(p + 1, '\n')) {
-        const char *line = p + 1;
-        if (strncasecmp(line, name, nl) == 0 && line[nl] == ':') {
-            const char *v = line + nl + 1, *e;
-            while (*v == ' ' || *v == '\t')
-                v++;
-            for (e = v; *e != '\r' && *e != '\n' && *e != '\0'; e++)
-                ;
-            snprintf(out, size, "%.*s", (int)(e - v), v);
-            return out;
-        }
-    }
-    return NULL;
+    return s->head != NULL ? tu_header_in(s->head, name, out, size) : NULL;
 }
 
 void tu_stream_close(tu_stream_t *s)

@@ -6,8 +6,10 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -133,4 +135,22 @@ int tu_net_listen(int backlog, int *port)
     }
     *port = ntohs(a.sin_port);
     return fd;
+}
+
+const char *tu_header_in(const char *head, const char *name, char *out, size_t size)
+{
+    size_t nl = strlen(name);
+    for (const char *p = strchr(head, '\n'); p != NULL && p[1] != '\0'; p = strchr(p + 1, '\n')) {
+        const char *line = p + 1;
+        if (strncasecmp(line, name, nl) == 0 && line[nl] == ':') {
+            const char *v = line + nl + 1, *e;
+            while (*v == ' ' || *v == '\t')
+                v++;
+            for (e = v; *e != '\r' && *e != '\n' && *e != '\0'; e++)
+                ;
+            snprintf(out, size, "%.*s", (int)(e - v), v);
+            return out;
+        }
+    }
+    return NULL;
 }

@@ -24,6 +24,10 @@ int tu_net_connect(int port, int rcvbuf, long long deadline);
  * never answered, as with a stopped server (a "black hole"). */
 int tu_net_listen(int backlog, int *port);
 
+/* A header's value (case-insensitive name) from an HTTP response head (status line, then one
+ * "Name: value" per line), into out; returns out, or NULL if absent. */
+const char *tu_header_in(const char *head, const char *name, char *out, size_t size);
+
 /* Sends all of buf. 0, or -1 on error or timeout. */
 int tu_net_send_all(int fd, const void *buf, size_t len, long long deadline);
 

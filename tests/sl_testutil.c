@@ -3,6 +3,8 @@
  */
 #include "sl_testutil.h"
 
+#include "sl_testnet.h"
+
 #include <check.h>
 #include <curl/curl.h>
 #include <errno.h>
@@ -254,24 +256,32 @@ struct acc {
     size_t len;
 };
 
+/* Appends add bytes to *data (*len long, kept NUL-terminated). add, or 0 on no memory (which
+ * makes curl fail the transfer). */
+static size_t append(char **data, size_t *len, const char *p, size_t add)
+{
+    char *d = realloc(*data, *len + add + 1);
+    if (d == NULL)
+        return 0;
+    memcpy(d + *len, p, add);
+    *data = d;
+    *len += add;
+    d[*len] = '\0';
+    return add;
+}
+
 static size_t on_data(char *p, size_t size, size_t n, void *arg)
 {
     struct acc *a = arg;
-    size_t add = size * n;
-    char *d = realloc(a->data, a->len + add + 1);
-    if (d == NULL)
-        return 0;
-    memcpy(d + a->len, p, add);
-    a->data = d;
-    a->len += add;
-    a->data[a->len] = '\0';
-    return add;
+    return append(&a->data, &a->len, p, size * n);
 }
 
 static size_t on_header(char *p, size_t size, size_t n, void *arg)
 {
     tu_resp_t *r = arg;
     size_t len = size * n;
+    if (append(&r->head, &r->head_len, p, len) != len)
+        return 0;
     if (len > 12 && strncasecmp(p, "retry-after:", 12) == 0) {
         size_t o = 0;
         for (size_t i = 12; i < len && o + 1 < sizeof(r->retry_after); i++) {
@@ -325,7 +335,14 @@ int tu_http(const char *method, const char *url, const char *header, const char 
 void tu_resp_free(tu_resp_t *r)
 {
     free(r->body);
-    r->body = NULL;
+    free(r->head);
+    r->body = r->head = NULL;
+    r->head_len = 0;
+}
+
+const char *tu_resp_header(const tu_resp_t *r, const char *name, char *out, size_t size)
+{
+    return r->head != NULL ? tu_header_in(r->head, name, out, size) : NULL;
 }
 
 struct job {

@@ -53,6 +53,8 @@ int tu_stop(pid_t *pid, int sig, int timeout_ms);
 typedef struct tu_resp {
     long status;
     char *body;        /* malloc'd, NUL-terminated */
+    char *head;        /* the response head (status line and headers), malloc'd; see tu_resp_header */
+    size_t head_len;
     char retry_after[16];
     double seconds;
 } tu_resp_t;
@@ -64,6 +66,8 @@ extern long tu_http_timeout_ms;
 int tu_http(const char *method, const char *url, const char *header, const char *ctype, const char *body, size_t len,
             tu_resp_t *r);
 void tu_resp_free(tu_resp_t *r);
+/* A response header's value (case-insensitive name) into out; returns out, or NULL if absent. */
+const char *tu_resp_header(const tu_resp_t *r, const char *name, char *out, size_t size);
 
 /* n POSTs of make_body(i) to url with up to parallel at once. status[i] gets the HTTP status
  * (0 for no answer) and, for 202, ids[i] the id. on_progress (may be NULL) runs after each

@@ -111,7 +111,9 @@ async function assertInert(page, label, rec) {
 
 // Records what a page does that it should not: dialogs, uncaught errors, console errors, failed requests.
 function watch(page, label) {
-  const rec = { label, dialogs: [], errors: [] };
+  const rec = { label, dialogs: [], errors: [], websockets: [], streams: [] };
+  page.on("websocket", ws => rec.websockets.push(ws.url()));
+  page.on("request", r => { if (r.url().includes("/v1/stream")) rec.streams.push(r.url()); });
   page.on("dialog", d => { rec.dialogs.push(`${d.type()}: ${d.message()}`); d.dismiss().catch(() => {}); });
   page.on("pageerror", e => rec.errors.push(`pageerror: ${e.message}`));
   page.on("console", m => {
@@ -192,6 +194,14 @@ async function run(browser) {
     await waitLive(p2.page);
   });
   if (!p1 || !p2) return;
+
+  await check("the page reads through /client.js, over a WebSocket", async () => {
+    const r = await fetch(`${SSE}/client.js`, { signal: AbortSignal.timeout(WAIT_MS) });
+    eq(r.status, 200, "/client.js status");
+    eq(r.headers.get("content-type"), "text/javascript; charset=utf-8", "/client.js content-type");
+    eq(p1.rec.websockets.join(","), `${SSE.replace(/^http/, "ws")}/v1/ws`, "page 1's WebSockets");
+    eq(p1.rec.streams.length, 0, "page 1's /v1/stream requests");
+  });
 
   await check("the page asks /config.json for the api and reaches it", async () => {
     const r = await fetch(`${SSE}/config.json`, { signal: AbortSignal.timeout(WAIT_MS) });
@@ -279,14 +289,15 @@ async function run(browser) {
   });
 
   await check('"older messages" with two channels pages through each of them', async () => {
-    // The api filters by one channel: the stream's 30 newest of a,b are all of channel a, and
-    // the older page must come from both (b's 10 are older than all of a's 35).
+    // The api filters by one channel, and the WebSocket's history is per channel: a's newest 30
+    // and all of b's 10 (older than all of a's 35); the older page must come from a only, from
+    // below a's oldest shown (not below b's).
     const a = `bt-${RUN}`, b = `bt-${RUN}-b`;
     const { page } = p2;
     await page.fill("#channels", `${a},${b}`);
     await page.click("#apply");
     await waitLive(page);
-    await page.waitForFunction(() => document.querySelectorAll("#feed li").length === 30, null, { timeout: WAIT_MS });
+    await page.waitForFunction(() => document.querySelectorAll("#feed li").length === 40, null, { timeout: WAIT_MS });
     eq(await page.textContent("#error"), "", "error line before");
     await page.click("#older");
     await page.waitForFunction(() => document.getElementById("error").textContent !== "", null, { timeout: WAIT_MS });
@@ -319,33 +330,105 @@ async function run(browser) {
     }
   });
 
-  await check("update and delete events change the message in place (stubbed stream)", async () => {
+  // What an edit and a deletion look like in the page, whatever carried them.
+  const base = { channel: "general", source: "api", created_at: "2026-11-24T20:56:05.326231Z" };
+  const stubbed = [
+    ["message", { ...base, id: "m1", author: "ann", text: "first", seq: 101 }],
+    ["message", { ...base, id: "m2", author: "bob", text: "second", seq: 102 }],
+    ["update", { type: "update", id: "m1", channel: "general", text: XSS, edited_at: "2026-11-24T20:57:00Z", seq: 103 }],
+    ["delete", { type: "delete", id: "m2", channel: "general", seq: 104 }],
+  ];
+  async function checkEdited(page, rec) {
+    await page.waitForFunction(() => document.querySelector("#feed li.deleted") !== null, null, { timeout: WAIT_MS });
+    const feed = await feedOf(page);
+    eq(feed.length, 2, "entries");
+    eq(feed[0].author, "bob", "newest first");
+    eq(feed[0].text, "(deleted)", "deleted message text");
+    eq(feed[0].deleted, true, "deleted message marked");
+    eq(feed[1].text, XSS + " (edited)", "updated message text (literal)");
+    eq(feed[1].deleted, false, "updated message not marked deleted");
+    eq(await page.$$eval("#feed script, #feed img", els => els.length), 0, "<script>/<img> elements in #feed");
+    eq(rec.dialogs.length, 0, "dialogs");
+  }
+
+  await check("update and delete events change the message in place (stubbed EventSource stream)", async () => {
     const ctx = await newContext(browser);
     try {
       const page = await ctx.newPage();
       const rec = watch(page, "page 4");
-      const ev = (type, seq, o) => `id: ${seq}\nevent: ${type}\ndata: ${JSON.stringify(o)}\n\n`;
-      const base = { channel: "general", source: "api", created_at: "2026-11-24T20:56:05.326231Z" };
       const body = "retry: 600000\n\n" +
-        ev("message", 101, { ...base, id: "m1", author: "ann", text: "first", seq: 101 }) +
-        ev("message", 102, { ...base, id: "m2", author: "bob", text: "second", seq: 102 }) +
-        ev("update", 103, { type: "update", id: "m1", channel: "general", text: XSS, edited_at: "2026-11-24T20:57:00Z", seq: 103 }) +
-        ev("delete", 104, { type: "delete", id: "m2", channel: "general", seq: 104 });
+        stubbed.map(([type, o]) => `id: ${o.seq}\nevent: ${type}\ndata: ${JSON.stringify(o)}\n\n`).join("");
       await page.route("**/v1/stream*", route => route.fulfill({
         status: 200, headers: { "Content-Type": "text/event-stream", "Cache-Control": "no-cache" }, body }));
-      await page.goto(`${SSE}/`, { waitUntil: "load", timeout: WAIT_MS });
-      await page.waitForFunction(() => document.querySelector("#feed li.deleted") !== null, null, { timeout: WAIT_MS });
-      const feed = await feedOf(page);
-      eq(feed.length, 2, "entries");
-      eq(feed[0].author, "bob", "newest first");
-      eq(feed[0].text, "(deleted)", "deleted message text");
-      eq(feed[0].deleted, true, "deleted message marked");
-      eq(feed[1].text, XSS + " (edited)", "updated message text (literal)");
-      eq(feed[1].deleted, false, "updated message not marked deleted");
-      eq(await page.$$eval("#feed script, #feed img", els => els.length), 0, "<script>/<img> elements in #feed");
-      eq(rec.dialogs.length, 0, "dialogs");
+      await page.goto(`${SSE}/?transport=eventsource`, { waitUntil: "load", timeout: WAIT_MS });
+      await checkEdited(page, rec);
+      eq(rec.websockets.length, 0, "WebSockets with ?transport=eventsource");
     } finally {
       await ctx.close();
+    }
+  });
+
+  await check("update and delete events change the message in place (stubbed WebSocket)", async () => {
+    const ctx = await newContext(browser);
+    try {
+      const page = await ctx.newPage();
+      const rec = watch(page, "page 5");
+      const commands = [];
+      await page.routeWebSocket(/\/v1\/ws$/, ws => {
+        ws.onMessage(text => {
+          const cmd = JSON.parse(text);
+          commands.push(cmd);
+          if (cmd.command !== "subscribe") return;
+          ws.send(JSON.stringify({ type: "subscribed", channel: cmd.channel }));
+          ws.send(JSON.stringify({ type: "history", channel: cmd.channel, messages: stubbed.slice(0, 2).map(([, o]) => o) }));
+          for (const [type, o] of stubbed.slice(2)) ws.send(JSON.stringify({ type, message: o }));
+        });
+      });
+      await page.goto(`${SSE}/`, { waitUntil: "load", timeout: WAIT_MS });
+      await checkEdited(page, rec);
+      eq(JSON.stringify(commands[0]), JSON.stringify({ command: "subscribe", channel: "general", history: 30 }), "the subscribe command");
+    } finally {
+      await ctx.close();
+    }
+  });
+
+  await check("where a WebSocket cannot open, the page goes on over EventSource (real stream)", async () => {
+    const ctx = await newContext(browser);
+    try {
+      const page = await ctx.newPage();
+      // As a proxy that refuses the upgrade: the handshake gets 404 from sse.
+      await page.addInitScript(() => {
+        const Real = window.WebSocket;
+        window.WebSocket = class extends Real {
+          constructor(url, protocols) { super(String(url).replace("/v1/ws", "/v1/no-websocket"), protocols); }
+        };
+      });
+      const rec = watch(page, "page 6");
+      await page.goto(`${SSE}/`, { waitUntil: "load", timeout: WAIT_MS });
+      await waitLive(page);
+      const author = `fallback-${RUN}`;
+      await post({ channel: "general", author, text: "over EventSource" });
+      const m = await waitEntry(page, author, "page 6");
+      eq(m.text, "over EventSource", "text");
+      assert(rec.streams.length >= 1, "an EventSource request to /v1/stream");
+      return `WebSocket tried ${rec.websockets.length} time(s), then ${rec.streams.length} stream request(s)`;
+    } finally {
+      await ctx.close();
+    }
+  });
+
+  await check("?transport=eventsource reads the real stream over EventSource", async () => {
+    const p = await openPage(browser, `${SSE}/?transport=eventsource`, "page 7");
+    try {
+      await waitLive(p.page);
+      const author = `es-${RUN}`;
+      await post({ channel: "general", author, text: "EventSource" });
+      const m = await waitEntry(p.page, author, "page 7");
+      eq(m.text, "EventSource", "text");
+      eq(p.rec.websockets.length, 0, "WebSockets");
+      eq(p.rec.errors.join("; "), "", "page 7 errors");
+    } finally {
+      await p.context.close();
     }
   });
 
