@@ -24,9 +24,11 @@ struct sl_sse {
     sl_pgpool_t *hub_pg; /* the hub's position and gap backfills: never behind a history */
     sl_hub_t *hub;
     sl_livefeed_t *feed;
+    sl_presence_t *presence;
     sl_streams_t *streams;
     char conn_name[96];
 };
+
 
 /* A live message is a committed batch: one event per line (sl_amqp.h). */
 static void on_live_message(void *data, const char *body, size_t len)
@@ -48,7 +50,28 @@ static void on_live_state(void *data, int up)
         sl_hub_check(s->hub);
 }
 
-static const sl_livefeed_handlers_t live_handlers = {on_live_message, on_live_state};
+static void on_live_state_presence(void *data, int up)
+{
+    sl_sse_t *s = data;
+    on_live_state(data, up);
+    if (up) /* the last snapshot may have been lost with the connection */
+        sl_presence_connected(s->presence);
+}
+
+static void on_presence_message(void *data, const char *body, size_t len)
+{
+    sl_sse_t *s = data;
+    sl_presence_receive(s->presence, body, len);
+}
+
+/* sl_livefeed_publish_presence answers 0, 1 and -1 as sl_presence's send wants them. */
+static int send_presence(void *data, const char *body, size_t len, long long expiration_ms)
+{
+    sl_sse_t *s = data;
+    return s->feed != NULL ? sl_livefeed_publish_presence(s->feed, body, len, expiration_ms) : SL_PRESENCE_DOWN;
+}
+
+static const sl_livefeed_handlers_t live_handlers = {on_live_message, on_live_state_presence, on_presence_message};
 
 sl_sse_t *sl_sse_create(h2o_loop_t *loop, const sl_sse_conf_t *conf)
 {
@@ -68,12 +91,20 @@ sl_sse_t *sl_sse_create(h2o_loop_t *loop, const sl_sse_conf_t *conf)
     sl_pgpool_conf_t hub_pg = pg;
     hub_pg.nconns = 1;
     hub_pg.max_queue = 1000;
-    if ((s->pg = sl_pgpool_create(loop, &pg)) == NULL || (s->hub_pg = sl_pgpool_create(loop, &hub_pg)) == NULL ||
+    sl_presence_conf_t pc = {.instance = conf->instance,
+                             .heartbeat_ms = conf->presence_heartbeat_ms,
+                             .ttl_ms = conf->presence_ttl_ms,
+                             .grace_ms = conf->presence_grace_ms,
+                             .max_users = conf->presence_max_users,
+                             .send = send_presence,
+                             .send_data = s};
+    if ((s->presence = sl_presence_create(loop, &pc)) == NULL || (s->pg = sl_pgpool_create(loop, &pg)) == NULL ||
+        (s->hub_pg = sl_pgpool_create(loop, &hub_pg)) == NULL ||
         (s->hub = sl_hub_create(loop, s->hub_pg, (int)conf->check_ms, 200000, (size_t)conf->recent,
                                   (size_t)conf->seam_max)) == NULL ||
         (s->streams = sl_streams_create(loop, s->hub, s->pg, &conf->stream)) == NULL ||
-        (s->feed = sl_livefeed_create(loop, conf->amqp_url, conf->live_exchange, s->conn_name, conf->live_backlog,
-                                      &live_handlers, s)) == NULL) {
+        (s->feed = sl_livefeed_create(loop, conf->amqp_url, conf->live_exchange, conf->presence_exchange,
+                                      s->conn_name, conf->live_backlog, &live_handlers, s)) == NULL) {
         sl_sse_destroy(s);
         return NULL;
     }
@@ -252,6 +283,11 @@ int sl_sse_handle(void *data, h2o_req_t *req)
     return handle_metrics(s, req);
 }
 
+sl_presence_t *sl_sse_presence(sl_sse_t *s)
+{
+    return s->presence;
+}
+
 void sl_sse_close_streams(sl_sse_t *s)
 {
     sl_streams_close_all(s->streams);
@@ -266,10 +302,14 @@ void sl_sse_destroy(sl_sse_t *s)
 {
     if (s == NULL)
         return;
+    if (s->presence != NULL && s->feed != NULL)
+        sl_presence_flush(s->presence);
     sl_livefeed_destroy(s->feed);
+    s->feed = NULL;
     sl_streams_destroy(s->streams);
     sl_hub_destroy(s->hub);
     sl_pgpool_destroy(s->hub_pg);
     sl_pgpool_destroy(s->pg);
+    sl_presence_destroy(s->presence);
     free(s);
 }
