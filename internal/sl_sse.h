@@ -1,7 +1,8 @@
 /*
  * sl_sse: the streaming service: the live feed (RabbitMQ) into the hub, the hub into SSE, NDJSON
  * and WebSocket streams, presence and occupancy shared with the other instances (sl_presence, over
- * the same RabbitMQ connection), plus /healthz, /readyz and /metrics. One h2o event loop.
+ * the same RabbitMQ connection), GET /v1/channels and /v1/channels/{channel}/presence, plus
+ * /healthz, /readyz and /metrics. One h2o event loop.
  */
 #ifndef SL_SSE_H
 #define SL_SSE_H
@@ -11,6 +12,12 @@
 
 #include "sl_presence.h"
 #include "sl_stream.h"
+
+/* Whether the client of req may see channel in GET /v1/channels and read its presence: 0 when it
+ * may, else the HTTP status that refuses it (401: no or bad credentials, 403: not allowed). The
+ * list leaves out every channel refused; the presence of one is answered with that status. The
+ * hook for private channels (a token's channels claim); NULL: every channel is public. */
+typedef int (*sl_sse_channel_filter_cb)(void *data, h2o_req_t *req, const char *channel);
 
 typedef struct sl_sse_conf {
     const char *amqp_url;
@@ -30,6 +37,8 @@ typedef struct sl_sse_conf {
     long long presence_ttl_ms;
     long long presence_grace_ms;
     long long presence_max_users;
+    sl_sse_channel_filter_cb channel_filter;
+    void *channel_filter_data;
     sl_stream_conf_t stream;
 } sl_sse_conf_t;
 

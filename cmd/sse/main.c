@@ -29,7 +29,7 @@ int main(int argc, char **argv)
     long long port, drain_s, migrate_wait;
     sl_http_opts_t http_opts;
     sl_sse_conf_t conf;
-    memset(&conf, 0, sizeof(conf));
+    memset(&conf, 0, sizeof(conf)); /* channel_filter: none, every channel is public */
     sl_opt_t opts[] = {
         {"host", "SLUICE_SSE_HOST", SL_OPT_STR, &host, "127.0.0.1", 0, 0, "address to listen on"},
         {"port", "SLUICE_SSE_PORT", SL_OPT_INT, &port, "8081", 1, 65535, "port to listen on"},
