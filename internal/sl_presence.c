@@ -223,8 +223,8 @@ struct sl_presence {
     uint64_t round, last_round_at;
     sl_buf_t *parts;
     size_t nparts, next_part;
-    h2o_timeout_t tick_timeout, soon_timeout, retry_timeout;
-    h2o_timeout_entry_t tick, soon, retry;
+    h2o_timeout_t tick_timeout, soon_timeout, retry_timeout, later_timeout;
+    h2o_timeout_entry_t tick, soon, retry, later; /* later: a change waiting for min_interval_ms */
     sl_presence_stats_t stats;
 };
 
@@ -996,6 +996,8 @@ void sl_presence_run(sl_presence_t *p, uint64_t now_ms)
     if (!p->started || p->send_now || now >= p->last_round_at + (uint64_t)p->heartbeat_ms ||
         (p->changed && now >= p->last_round_at + (uint64_t)p->min_interval_ms))
         send_round(p, now, 0);
+    else if (p->changed && p->loop != NULL && !h2o_timeout_is_linked(&p->later)) /* not the tick: sooner */
+        h2o_timeout_link(p->loop, &p->later_timeout, &p->later);
     dispatch(p);
 }
 
@@ -1025,6 +1027,11 @@ static void on_soon(h2o_timeout_entry_t *entry)
 static void on_retry(h2o_timeout_entry_t *entry)
 {
     sl_presence_run(H2O_STRUCT_FROM_MEMBER(sl_presence_t, retry, entry), 0);
+}
+
+static void on_later(h2o_timeout_entry_t *entry)
+{
+    sl_presence_run(H2O_STRUCT_FROM_MEMBER(sl_presence_t, later, entry), 0);
 }
 
 /* ---- queries ---------------------------------------------------------------------------------- */
@@ -1124,9 +1131,11 @@ sl_presence_t *sl_presence_create(h2o_loop_t *loop, const sl_presence_conf_t *co
         h2o_timeout_init(loop, &p->tick_timeout, (uint64_t)tick);
         h2o_timeout_init(loop, &p->soon_timeout, 0);
         h2o_timeout_init(loop, &p->retry_timeout, RETRY_MS);
+        h2o_timeout_init(loop, &p->later_timeout, (uint64_t)p->min_interval_ms);
         p->tick.cb = on_tick;
         p->soon.cb = on_soon;
         p->retry.cb = on_retry;
+        p->later.cb = on_later;
         h2o_timeout_link(loop, &p->tick_timeout, &p->tick);
         schedule(p); /* the first snapshot */
     }
@@ -1138,14 +1147,15 @@ void sl_presence_destroy(sl_presence_t *p)
     if (p == NULL)
         return;
     if (p->loop != NULL) {
-        h2o_timeout_entry_t *entries[] = {&p->tick, &p->soon, &p->retry};
-        for (size_t i = 0; i < 3; i++) {
+        h2o_timeout_entry_t *entries[] = {&p->tick, &p->soon, &p->retry, &p->later};
+        for (size_t i = 0; i < 4; i++) {
             if (h2o_timeout_is_linked(entries[i]))
                 h2o_timeout_unlink(entries[i]);
         }
         h2o_timeout_dispose(p->loop, &p->tick_timeout);
         h2o_timeout_dispose(p->loop, &p->soon_timeout);
         h2o_timeout_dispose(p->loop, &p->retry_timeout);
+        h2o_timeout_dispose(p->loop, &p->later_timeout);
     }
     free_parts(p);
     while (!h2o_linklist_is_empty(&p->entries)) {
