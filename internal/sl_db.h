@@ -72,7 +72,7 @@ typedef struct sl_db {
     "INSERT INTO sluice_channels (channel, last_seq, messages)"                                                        \
     " SELECT channel, max(seq), sum(live)::INT8 FROM (SELECT channel, seq,"                                            \
     " CASE WHEN deleted_at IS NULL THEN 1 ELSE 0 END AS live FROM messages"                                            \
-    " UNION ALL SELECT channel, seq, 0 AS live FROM message_events) AS f GROUP BY channel"                              \
+    " UNION ALL SELECT channel, seq, 0 AS live FROM message_events) AS f GROUP BY channel"                             \
     " ON CONFLICT (channel) DO UPDATE SET last_seq = excluded.last_seq, messages = excluded.messages"
 
 /* Connects (connect_timeout 5 s per host unless the URL says otherwise; a multi-host URL is tried

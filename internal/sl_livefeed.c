@@ -87,7 +87,8 @@ static int on_setup(void *data, amqp_connection_state_t conn, char *err, size_t 
     }
     if (f->presence_exchange != NULL &&
         (r = own_queue(conn, f->presence_exchange, "", TAG_PRESENCE, pqtable)).reply_type != AMQP_RESPONSE_NORMAL) {
-        snprintf(err, errlen, "presence queue setup on %s: %s", f->presence_exchange, sl_amqp_reply_text(r, t, sizeof(t)));
+        snprintf(err, errlen, "presence queue setup on %s: %s", f->presence_exchange,
+                 sl_amqp_reply_text(r, t, sizeof(t)));
         return -1;
     }
     return 0;

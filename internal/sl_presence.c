@@ -641,8 +641,8 @@ static void expire_insts(sl_presence_t *p, uint64_t now)
         if (in->last_seen + in->ttl_ms > now)
             continue;
         char q[300];
-        SL_INFO("event=presence_instance_expired instance=%s boot=%s silent_ms=%llu", sl_log_quote(q, sizeof(q), in->name),
-                in->n.key, (unsigned long long)(now - in->last_seen));
+        SL_INFO("event=presence_instance_expired instance=%s boot=%s silent_ms=%llu",
+                sl_log_quote(q, sizeof(q), in->name), in->n.key, (unsigned long long)(now - in->last_seen));
         p->stats.instances_expired++;
         free_inst(p, in);
     }

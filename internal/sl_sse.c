@@ -421,7 +421,8 @@ static int handle_metrics(sl_sse_t *s, h2o_req_t *req)
     sl_metrics_header(&b, "sluice_sse_queued_bytes", "gauge",
                       "Bytes queued to clients now, history included (each is cut off past out_max_bytes).");
     sl_metrics_sample(&b, "sluice_sse_queued_bytes", "", (double)st->queued_now);
-    sl_metrics_header(&b, "sluice_sse_out_max_bytes", "gauge", "Per-connection output limit (SLUICE_SSE_OUT_MAX_BYTES).");
+    sl_metrics_header(&b, "sluice_sse_out_max_bytes", "gauge",
+                      "Per-connection output limit (SLUICE_SSE_OUT_MAX_BYTES).");
     sl_metrics_sample(&b, "sluice_sse_out_max_bytes", "", (double)s->conf.stream.out_max_bytes);
     sl_metrics_header(&b, "sluice_sse_history_failures_total", "counter",
                       "History reads that failed (the stream ends; a WebSocket subscription is dropped with an error).");
@@ -446,7 +447,8 @@ static int handle_metrics(sl_sse_t *s, h2o_req_t *req)
     sl_metrics_header(&b, "sluice_sse_seam_buffered_events", "gauge",
                       "Events held now by streams reading their history (at most seam-max each).");
     sl_metrics_sample(&b, "sluice_sse_seam_buffered_events", "", (double)hs->seam_buffered);
-    sl_metrics_header(&b, "sluice_sse_seam_max_events", "gauge", "Events one stream may hold while it reads its history (SLUICE_SSE_SEAM_MAX).");
+    sl_metrics_header(&b, "sluice_sse_seam_max_events", "gauge",
+                      "Events one stream may hold while it reads its history (SLUICE_SSE_SEAM_MAX).");
     sl_metrics_sample(&b, "sluice_sse_seam_max_events", "", (double)s->conf.seam_max);
     sl_metrics_header(&b, "sluice_sse_seam_overflows_total", "counter",
                       "Streams whose wait buffer passed seam-max: what followed their history was read from the database.");
@@ -476,29 +478,41 @@ static int handle_metrics(sl_sse_t *s, h2o_req_t *req)
     sl_metrics_sample(&b, "sluice_sse_live_lag_seconds", "",
                       hs->last_created_at_us ? (double)(sl_time_now_us() - hs->last_created_at_us) / 1e6 : 0);
     const sl_presence_stats_t *ps = sl_presence_stats(s->presence);
-    sl_metrics_header(&b, "sluice_sse_occupancy", "gauge", "Subscriptions (streams, WebSocket subscriptions) reading a channel on this instance, summed over channels.");
+    sl_metrics_header(&b, "sluice_sse_occupancy", "gauge",
+                      "Subscriptions (streams, WebSocket subscriptions) reading a channel on this instance, "
+                      "summed over channels.");
     sl_metrics_sample(&b, "sluice_sse_occupancy", "", (double)ps->occupancy);
-    sl_metrics_header(&b, "sluice_sse_presence_channels", "gauge", "Channels read on this instance (or with a user in grace).");
+    sl_metrics_header(&b, "sluice_sse_presence_channels", "gauge",
+                      "Channels read on this instance (or with a user in grace).");
     sl_metrics_sample(&b, "sluice_sse_presence_channels", "", (double)ps->channels);
-    sl_metrics_header(&b, "sluice_sse_presence_users", "gauge", "Users present on this instance, summed over channels (in grace included).");
+    sl_metrics_header(&b, "sluice_sse_presence_users", "gauge",
+                      "Users present on this instance, summed over channels (in grace included).");
     sl_metrics_sample(&b, "sluice_sse_presence_users", "", (double)ps->users);
-    sl_metrics_header(&b, "sluice_sse_presence_truncated_channels", "gauge", "Channels whose presence set passed SLUICE_PRESENCE_MAX_USERS somewhere.");
+    sl_metrics_header(&b, "sluice_sse_presence_truncated_channels", "gauge",
+                      "Channels whose presence set passed SLUICE_PRESENCE_MAX_USERS somewhere.");
     sl_metrics_sample(&b, "sluice_sse_presence_truncated_channels", "", (double)ps->truncated);
-    sl_metrics_header(&b, "sluice_sse_presence_max_users", "gauge", "Users listed per channel and instance (SLUICE_PRESENCE_MAX_USERS).");
+    sl_metrics_header(&b, "sluice_sse_presence_max_users", "gauge",
+                      "Users listed per channel and instance (SLUICE_PRESENCE_MAX_USERS).");
     sl_metrics_sample(&b, "sluice_sse_presence_max_users", "", (double)sl_presence_max_users(s->presence));
-    sl_metrics_header(&b, "sluice_sse_presence_instances", "gauge", "Other sse instances whose presence snapshot is within its TTL.");
+    sl_metrics_header(&b, "sluice_sse_presence_instances", "gauge",
+                      "Other sse instances whose presence snapshot is within its TTL.");
     sl_metrics_sample(&b, "sluice_sse_presence_instances", "", (double)ps->instances);
-    sl_metrics_header(&b, "sluice_sse_presence_snapshots_total", "counter", "Presence snapshots: sent, received (complete, from other instances), failed (not sent: no connection, or no room before the next).");
+    sl_metrics_header(&b, "sluice_sse_presence_snapshots_total", "counter",
+                      "Presence snapshots: sent, received (complete, from other instances), failed (not sent: "
+                      "no connection, or no room before the next).");
     sl_metrics_sample(&b, "sluice_sse_presence_snapshots_total", "outcome=\"sent\"", (double)ps->rounds_sent);
     sl_metrics_sample(&b, "sluice_sse_presence_snapshots_total", "outcome=\"received\"", (double)ps->rounds_received);
     sl_metrics_sample(&b, "sluice_sse_presence_snapshots_total", "outcome=\"failed\"", (double)ps->rounds_failed);
-    sl_metrics_header(&b, "sluice_sse_presence_parts_dropped_total", "counter", "Snapshot parts dropped: malformed, out of order or stale.");
+    sl_metrics_header(&b, "sluice_sse_presence_parts_dropped_total", "counter",
+                      "Snapshot parts dropped: malformed, out of order or stale.");
     sl_metrics_sample(&b, "sluice_sse_presence_parts_dropped_total", "", (double)ps->parts_dropped);
     sl_metrics_header(&b, "sluice_sse_presence_sent_bytes_total", "counter", "Bytes of presence snapshots published.");
     sl_metrics_sample(&b, "sluice_sse_presence_sent_bytes_total", "", (double)ps->bytes_sent);
-    sl_metrics_header(&b, "sluice_sse_presence_instances_expired_total", "counter", "Instances dropped for a snapshot older than their TTL.");
+    sl_metrics_header(&b, "sluice_sse_presence_instances_expired_total", "counter",
+                      "Instances dropped for a snapshot older than their TTL.");
     sl_metrics_sample(&b, "sluice_sse_presence_instances_expired_total", "", (double)ps->instances_expired);
-    sl_metrics_header(&b, "sluice_sse_presence_events_total", "counter", "Changes of the presence sets (all instances together) seen here.");
+    sl_metrics_header(&b, "sluice_sse_presence_events_total", "counter",
+                      "Changes of the presence sets (all instances together) seen here.");
     sl_metrics_sample(&b, "sluice_sse_presence_events_total", "type=\"join\"", (double)ps->joins);
     sl_metrics_sample(&b, "sluice_sse_presence_events_total", "type=\"leave\"", (double)ps->leaves);
     sl_metrics_header(&b, "sluice_sse_ready", "gauge", "1 when the live feed, the database and the hub are ready.");
