@@ -273,9 +273,12 @@ static int handle_channels(sl_sse_t *s, h2o_req_t *req)
         sl_http_fail(req, 400, "invalid_limit", "limit", "'limit' must be an integer from 1 to 1000", 0);
         return 0;
     }
-    if ((r = sl_http_query(req, "after", &v)) < 0 || (r == 1 && !sl_channel_valid(v.base, v.len))) {
+    const char *after = NULL;
+    size_t after_len = 0;
+    if ((r = sl_http_query(req, "after", &v)) < 0 ||
+        (r == 1 && (after_len = sl_channel_canon(v.base, v.len, &after)) == 0)) {
         sl_http_fail(req, 400, "invalid_cursor", "after",
-                     "'after' must be a channel name ([a-z0-9_-]{1,64}), the \"next\" of the previous page", 0);
+                     "'after' must be a channel (" SL_CHANNEL_RULE "), the \"next\" of the previous page", 0);
         return 0;
     }
     struct channels_req *c = h2o_mem_alloc_shared(&req->pool, sizeof(*c), channels_dispose);
@@ -284,7 +287,7 @@ static int handle_channels(sl_sse_t *s, h2o_req_t *req)
     c->req = req;
     c->limit = limit;
     if (r == 1)
-        memcpy(c->after, v.base, v.len);
+        memcpy(c->after, after, after_len);
     sl_buf_appends(&c->out, "{\"channels\":[");
     query_channels(c);
     return 0;
@@ -599,13 +602,23 @@ int sl_sse_handle(void *data, h2o_req_t *req)
     if (strcmp(route, "channels") == 0)
         return handle_channels(s, req);
     if (strcmp(route, "presence") == 0) {
-        char name[SL_CHANNEL_MAX + 1];
-        if (!sl_channel_valid(channel.base, channel.len)) {
-            sl_http_fail(req, 400, "invalid_channel", "channel", "the channel must match [a-z0-9_-]{1,64}", 0);
+        /* as everywhere, "#general" means general; in a path the '#' comes as %23 */
+        char name[SL_CHANNEL_MAX + 4];
+        const char *canon = NULL;
+        size_t len = 0;
+        if (channel.len >= 3 && memcmp(channel.base, "%23", 3) == 0 && channel.len - 2 < sizeof(name)) {
+            name[0] = '#';
+            memcpy(name + 1, channel.base + 3, channel.len - 3);
+            len = sl_channel_canon(name, channel.len - 2, &canon);
+        } else {
+            len = sl_channel_canon(channel.base, channel.len, &canon);
+        }
+        if (len == 0) {
+            sl_http_fail(req, 400, "invalid_channel", "channel", "the channel must be " SL_CHANNEL_RULE, 0);
             return 0;
         }
-        memcpy(name, channel.base, channel.len);
-        name[channel.len] = '\0';
+        memmove(name, canon, len);
+        name[len] = '\0';
         return handle_presence(s, req, name);
     }
     return handle_metrics(s, req);

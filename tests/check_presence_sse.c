@@ -573,6 +573,19 @@ START_TEST(test_channels_pages_errors_and_private_channels)
     ck_assert_int_eq(subs, 0);
     ck_assert_str_eq(presence_of(a.port, "zz-live", NULL, &subs), "dora");
     ck_assert_int_eq(subs, 1);
+    /* "#zz-live" (%23 in a path) is zz-live, as everywhere */
+    long status;
+    json_t *j = get_json(a.port, "/v1/channels/%23zz-live/presence", &status);
+    ck_assert_int_eq(status, 200);
+    ck_assert_str_eq(json_string_value(json_object_get(j, "channel")), "zz-live");
+    ck_assert_int_eq(json_array_size(json_object_get(j, "users")), 1);
+    json_decref(j);
+    expect_error(a.port, "GET", "/v1/channels/%23%23zz/presence", 400, "invalid_channel");
+    j = get_json(a.port, "/v1/channels?after=%23c5&limit=1", &status);
+    ck_assert_int_eq(status, 200);
+    ck_assert_str_eq(json_string_value(json_object_get(json_array_get(json_object_get(j, "channels"), 0), "channel")),
+                     "c_6");
+    json_decref(j);
 
     /* private channels: left out of the list (no page's cursor names one), refused one by one */
     inst_start(&p, "sse-private", private_filter);
