@@ -226,7 +226,8 @@ static void on_channels(void *data, const PGresult *res, const char *err)
         c->have_live = 1;
         c->live.after = c->after;
         sl_presence_each_channel(s->presence, add_live, &c->live);
-        qsort(c->live.v, c->live.n, sizeof(*c->live.v), cmp_live);
+        if (c->live.n > 1)
+            qsort(c->live.v, c->live.n, sizeof(*c->live.v), cmp_live);
     }
     int rows = PQntuples(res), r = 0, full = rows >= c->limit;
     /* a full page ends at its last row: live channels past it come with the next page */
@@ -343,7 +344,8 @@ static int handle_presence(sl_sse_t *s, h2o_req_t *req, const char *channel)
         l.v[i].id = l.strings.data + l.offsets[2 * i];
         l.v[i].name = l.offsets[2 * i + 1] != SIZE_MAX ? l.strings.data + l.offsets[2 * i + 1] : NULL;
     }
-    qsort(l.v, l.n, sizeof(*l.v), cmp_user);
+    if (l.n > 1)
+        qsort(l.v, l.n, sizeof(*l.v), cmp_user);
     long long max = sl_presence_max_users(s->presence);
     if ((long long)l.n > max) { /* the union of several instances' sets may pass it */
         l.n = (size_t)max;
