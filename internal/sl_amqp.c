@@ -14,9 +14,11 @@
 
 void sl_amqp_topology_defaults(sl_amqp_topology_t *t, long long max_length, long long max_bytes)
 {
-    const char *q = getenv("SLUICE_QUEUE"), *live = getenv("SLUICE_LIVE_EXCHANGE");
+    const char *q = getenv("SLUICE_QUEUE"), *live = getenv("SLUICE_LIVE_EXCHANGE"),
+               *presence = getenv("SLUICE_PRESENCE_EXCHANGE");
     t->persist_queue = q != NULL && *q != '\0' ? q : "sluice.persist";
     t->live_exchange = live != NULL && *live != '\0' ? live : "sluice.live";
+    t->presence_exchange = presence != NULL && *presence != '\0' ? presence : "sluice.presence";
     t->dead_exchange = "sluice.dlx";
     t->max_length = max_length;
     t->max_bytes = max_bytes;
@@ -324,14 +326,31 @@ static int declare_passive(amqp_connection_state_t conn, int is_queue, const cha
     return -1;
 }
 
+/* The presence exchange (fanout, durable like the others), when t names one. */
+static int declare_presence(amqp_connection_state_t conn, const sl_amqp_topology_t *t, int passive, char *err,
+                            size_t errlen)
+{
+    if (t->presence_exchange == NULL || *t->presence_exchange == '\0')
+        return 0;
+    if (passive)
+        return declare_passive(conn, 0, t->presence_exchange, err, errlen);
+    amqp_exchange_declare(conn, SL_AMQP_CHANNEL, amqp_cstring_bytes(t->presence_exchange), amqp_cstring_bytes("fanout"),
+                          0, 1, 0, 0, amqp_empty_table);
+    return check_reply(conn, "declare presence exchange", err, errlen);
+}
+
 int sl_amqp_declare(amqp_connection_state_t conn, const sl_amqp_topology_t *t, char *err, size_t errlen)
 {
     if (t->role == SL_AMQP_ROLE_SUBSCRIBER) {
+        int rc;
         if (t->passive)
-            return declare_passive(conn, 0, t->live_exchange, err, errlen);
-        amqp_exchange_declare(conn, SL_AMQP_CHANNEL, amqp_cstring_bytes(t->live_exchange), amqp_cstring_bytes("topic"), 0,
-                              1, 0, 0, amqp_empty_table);
-        return check_reply(conn, "declare live exchange", err, errlen);
+            rc = declare_passive(conn, 0, t->live_exchange, err, errlen);
+        else {
+            amqp_exchange_declare(conn, SL_AMQP_CHANNEL, amqp_cstring_bytes(t->live_exchange),
+                                  amqp_cstring_bytes("topic"), 0, 1, 0, 0, amqp_empty_table);
+            rc = check_reply(conn, "declare live exchange", err, errlen);
+        }
+        return rc != 0 ? rc : declare_presence(conn, t, t->passive, err, errlen);
     }
     if (t->role == SL_AMQP_ROLE_PUBLISHER && t->passive)
         return declare_passive(conn, 1, t->persist_queue, err, errlen);
@@ -359,7 +378,7 @@ int sl_amqp_declare(amqp_connection_state_t conn, const sl_amqp_topology_t *t, c
                           0, 0, amqp_empty_table);
     if (check_reply(conn, "declare live exchange", err, errlen) != 0)
         return -1;
-    return 0;
+    return declare_presence(conn, t, 0, err, errlen);
 }
 
 void sl_amqp_close(amqp_connection_state_t conn)

@@ -15,7 +15,9 @@
  *     message per committed batch (routing key SL_LIVE_ROUTING_KEY, content type
  *     SL_LIVE_CONTENT_TYPE), its body the batch's new messages and events in seq order, one
  *     compact JSON object per line (no trailing newline). A consumer splits it at '\n' (JSON text
- *     never holds a raw line break) and handles each line as one event.
+ *     never holds a raw line break) and handles each line as one event;
+ *   - the presence exchange (fanout) the sse instances publish their presence snapshots to and
+ *     each read through a queue of its own (sl_presence.h, sl_livefeed.h).
  * The calls here block (connect, login, RPCs); they are bounded by the timeout given to
  * sl_amqp_open. Not thread-safe: one connection per thread (a connection may be handed from one
  * thread to another whole, with a happens-before such as a pipe write and read).
@@ -44,7 +46,7 @@
 typedef enum {
     SL_AMQP_ROLE_OWNER = 0, /* the persister (and tools): declares the whole topology, always */
     SL_AMQP_ROLE_PUBLISHER, /* api, ingest: publish to the persist queue */
-    SL_AMQP_ROLE_SUBSCRIBER /* sse: binds queues of its own to the live exchange */
+    SL_AMQP_ROLE_SUBSCRIBER /* sse: binds queues of its own to the live and presence exchanges */
 } sl_amqp_role_t;
 
 typedef struct sl_amqp_topology {
@@ -53,18 +55,19 @@ typedef struct sl_amqp_topology {
     long long max_bytes;        /* x-max-length-bytes of the persist queue: the bound in bytes of message
                                  * bodies, which is what makes "full" predictable in posts; 0: none */
     const char *live_exchange;  /* default "sluice.live" */
+    const char *presence_exchange; /* default "sluice.presence"; NULL: none (not declared) */
     const char *dead_exchange;  /* default "sluice.dlx" */
     sl_amqp_role_t role;        /* default SL_AMQP_ROLE_OWNER */
     /* SLUICE_AMQP_DECLARE=passive: a role other than the owner declares only the object it uses,
-     * passively (the persist queue for a publisher, the live exchange for a subscriber), so its
+     * passively (the persist queue for a publisher, the live and presence exchanges for a subscriber), so its
      * user needs no configure right; while the owner has not declared it yet, setup fails with
      * SL_AMQP_TOPOLOGY_MISSING and is retried. 0 (SLUICE_AMQP_DECLARE=all, the default): every
-     * role declares as the owner does, except a subscriber, which declares the live exchange only;
+     * role declares as the owner does, except a subscriber, which declares the two exchanges only;
      * any service may then come first, with a user that may configure everything (guest). */
     int passive;
 } sl_amqp_topology_t;
 
-/* Defaults for the names, from SLUICE_QUEUE / SLUICE_LIVE_EXCHANGE where set; role OWNER; passive
+/* Defaults for the names, from SLUICE_QUEUE / SLUICE_LIVE_EXCHANGE / SLUICE_PRESENCE_EXCHANGE where set; role OWNER; passive
  * from SLUICE_AMQP_DECLARE (a value other than "passive" counts as "all": check it at startup with
  * sl_amqp_declare_check). */
 void sl_amqp_topology_defaults(sl_amqp_topology_t *t, long long max_length, long long max_bytes);
@@ -122,7 +125,7 @@ amqp_connection_state_t sl_amqp_open_hooked(const char *url, const char *conn_na
  * whole topology: the dead-letter exchange, the dead-letter queue (on channel SL_AMQP_CHANNEL + 1,
  * opened and closed here, so that its failure is logged, event=amqp_dead_queue_unavailable, and
  * not fatal: after the loss of a node a classic one may be unreachable until it is back), the
- * persist queue, the live exchange. Returns 0; SL_AMQP_TOPOLOGY_MISSING with err when a passive
+ * persist queue, the live exchange, the presence exchange (when named). Returns 0; SL_AMQP_TOPOLOGY_MISSING with err when a passive
  * declare found the object missing (404: its owner has not declared it yet; the channel is closed,
  * close the connection and try again later); or -1 with err (the channel or connection may then be
  * closed by the broker: close the connection). Logs nothing but the dead-letter queue's failure:

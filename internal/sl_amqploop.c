@@ -14,7 +14,9 @@
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <linux/sockios.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -159,6 +161,15 @@ static void drop(sl_amqploop_t *l, const char *why, int polite)
     set_blocked(l, 0);
     if (l->_h->on_down != NULL)
         l->_h->on_down(l->_data, why);
+}
+
+int sl_amqploop_send_room(const sl_amqploop_t *l, size_t len)
+{
+    int fd = l->conn != NULL ? amqp_get_sockfd(l->conn) : -1, queued = 0, sndbuf = 0;
+    socklen_t sl = sizeof(sndbuf);
+    if (fd < 0 || ioctl(fd, SIOCOUTQ, &queued) != 0 || getsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, &sl) != 0)
+        return 1; /* cannot tell: as before */
+    return (long long)queued + (long long)len + 4096 + (long long)len / 16 <= (long long)sndbuf / 2;
 }
 
 void sl_amqploop_lose(sl_amqploop_t *l, const char *why)

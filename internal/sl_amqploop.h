@@ -93,6 +93,15 @@ int sl_amqploop_init(sl_amqploop_t *l, h2o_loop_t *loop, const char *urls, const
  * frames in rabbitmq-c's buffer where the socket no longer shows them. */
 void sl_amqploop_drain(sl_amqploop_t *l);
 
+/* Whether the socket's send buffer has room for len more bytes (and the frames around them), so
+ * that an amqp_basic_publish of len bytes, which writes with no deadline, cannot block the loop:
+ * a node that stops reading (stopped, or stalled) fills the buffer, and the next write would wait
+ * for it. The buffer's payload room is taken as half of SO_SNDBUF (the kernel doubles the value
+ * for its own bookkeeping), less what is queued and not yet acknowledged (SIOCOUTQ). 1 when it
+ * cannot tell. A message larger than that room never fits: owners that publish big messages
+ * raise SO_SNDBUF (sl_livefeed does). */
+int sl_amqploop_send_room(const sl_amqploop_t *l, size_t len);
+
 /* Drops the connection now (e.g. a publish failed); on_down runs; the next URL is tried. */
 void sl_amqploop_lose(sl_amqploop_t *l, const char *why);
 

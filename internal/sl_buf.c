@@ -56,6 +56,51 @@ void sl_buf_appendf(sl_buf_t *b, const char *fmt, ...)
     b->len += (size_t)n;
 }
 
+void sl_buf_append_json_string(sl_buf_t *b, const char *s)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    size_t n = strlen(s), run = 0;
+    sl_buf_reserve(b, n + 2);
+    b->data[b->len++] = '"';
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c >= 0x20 && c != '"' && c != '\\')
+            continue;
+        sl_buf_append(b, s + run, i - run);
+        run = i + 1;
+        char esc[6] = {'\\', (char)c, 0, 0, 0, 0};
+        size_t elen = 2;
+        switch (c) {
+        case '"':
+        case '\\':
+            break;
+        case '\n':
+            esc[1] = 'n';
+            break;
+        case '\r':
+            esc[1] = 'r';
+            break;
+        case '\t':
+            esc[1] = 't';
+            break;
+        case '\b':
+            esc[1] = 'b';
+            break;
+        case '\f':
+            esc[1] = 'f';
+            break;
+        default:
+            memcpy(esc + 1, "u00", 3);
+            esc[4] = hex[c >> 4];
+            esc[5] = hex[c & 15];
+            elen = 6;
+        }
+        sl_buf_append(b, esc, elen);
+    }
+    sl_buf_append(b, s + run, n - run);
+    sl_buf_append(b, "\"", 1);
+}
+
 void sl_buf_free(sl_buf_t *b)
 {
     free(b->data);

@@ -21,8 +21,8 @@ struct migration {
     int version;
     const char *name;
     const char *common[8];   /* run on both servers */
-    const char *postgres[4]; /* then these on PostgreSQL */
-    const char *cockroach[4];/* or these on CockroachDB */
+    const char *postgres[8]; /* then these on PostgreSQL */
+    const char *cockroach[8];/* or these on CockroachDB */
 };
 
 /* Every statement is idempotent (IF NOT EXISTS, ON CONFLICT), so a migration interrupted half-way,
@@ -81,6 +81,22 @@ static const struct migration migrations[] = {
      {NULL},
      {"CREATE UNIQUE INDEX IF NOT EXISTS messages_seq_plain_idx ON messages (seq)",
       "DROP INDEX IF EXISTS messages@messages_seq_idx", NULL}},
+    /* Per channel: the last seq (message or event) and the messages not deleted, kept by the
+     * persister in each batch's transaction, so that sse's GET /v1/channels reads one row per
+     * channel instead of counting messages. The backfill runs with sluice_feed locked, as a batch
+     * does: batches committed before it are counted by it, the ones after by themselves (a
+     * persister older than this migration, still running, counts nothing: run the backfill again,
+     * sl_db.h). Channel order is byte order on both servers (PostgreSQL: COLLATE "C";
+     * CockroachDB's default), which is what sse merges the live channels in by. */
+    {5,
+     "channels",
+     {NULL},
+     {"CREATE TABLE IF NOT EXISTS sluice_channels (channel VARCHAR(64) COLLATE \"C\" PRIMARY KEY,"
+      " last_seq INT8 NOT NULL, messages INT8 NOT NULL)",
+      "BEGIN", SL_DB_CHANNELS_LOCK, SL_DB_CHANNELS_BACKFILL, "COMMIT", NULL},
+     {"CREATE TABLE IF NOT EXISTS sluice_channels (channel VARCHAR(64) PRIMARY KEY, last_seq INT8 NOT NULL,"
+      " messages INT8 NOT NULL)",
+      "BEGIN", SL_DB_CHANNELS_LOCK, SL_DB_CHANNELS_BACKFILL, "COMMIT", NULL}},
     /* What readers of a Mastodon wall expect beside the text (sl_meta.h): display name, avatar,
      * content warning, media, boosts. JSONB, nullable (messages from the api have none), on both
      * servers; the client always writes it as text cast to jsonb (no JSONB[] parameter, which
@@ -229,8 +245,9 @@ static int exec(sl_db_t *db, const char *sql, int nparams, const char *const *pa
 /* Statements the persister runs for every batch, prepared once per connection: their text does not
  * depend on the batch size (arrays instead of one parameter per row), so the server parses and
  * plans them once. */
-enum { PREP_EXISTING, PREP_INSERT, PREP_INSERT_FRESH, PREP_INSERT_NEW, PREP__COUNT };
-static const char *const prep_names[PREP__COUNT] = {"sl_existing", "sl_insert", "sl_insert_fresh", "sl_insert_new"};
+enum { PREP_EXISTING, PREP_INSERT, PREP_INSERT_FRESH, PREP_INSERT_NEW, PREP_CHANNELS, PREP__COUNT };
+static const char *const prep_names[PREP__COUNT] = {"sl_existing", "sl_insert", "sl_insert_fresh", "sl_insert_new",
+                                                    "sl_channels"};
 static const char *const prep_sql[PREP__COUNT] = {
     "SELECT id FROM messages WHERE id = ANY($1::uuid[]) UNION ALL"
     " SELECT message_id FROM message_events WHERE type = 'delete' AND message_id = ANY($1::uuid[])",
@@ -263,8 +280,14 @@ static const char *const prep_sql[PREP__COUNT] = {
     " AS u(id, channel, author, body, source, created_at, url, edited_at, meta, ord)"
     " WHERE NOT EXISTS (SELECT 1 FROM message_events e WHERE e.type = 'delete' AND e.message_id = u.id)"
     " RETURNING id, seq",
+    /* The batch's changes per channel (one element per channel: its last seq, its messages added
+     * less those deleted) into sluice_channels. */
+    "INSERT INTO sluice_channels (channel, last_seq, messages)"
+    " SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[])"
+    " ON CONFLICT (channel) DO UPDATE SET last_seq = greatest(sluice_channels.last_seq, excluded.last_seq),"
+    " messages = sluice_channels.messages + excluded.messages",
 };
-static const int prep_nparams[PREP__COUNT] = {1, 10, 10, 10};
+static const int prep_nparams[PREP__COUNT] = {1, 10, 10, 10, 3};
 
 /* Runs prepared statement `which` (preparing it first on this connection); see take_result. */
 static int exec_prepared(sl_db_t *db, int which, const char *const *params, PGresult **out, char *err, size_t errlen)
@@ -634,6 +657,69 @@ Exit:
     return ret;
 }
 
+static int cmp_channel_of(const void *a, const void *b)
+{
+    const sl_message_t *const *x = a, *const *y = b;
+    return strcmp((*x)->channel, (*y)->channel);
+}
+
+/* The batch's changes per channel into sluice_channels (PREP_CHANNELS): each channel's highest new
+ * seq, and its messages stored now less those deleted now (gone[i]: msgs[i] is a delete that hid
+ * its message in this transaction). Returns as exec does; *res is the failed result. */
+static int update_channels(sl_db_t *db, sl_message_t *msgs, size_t n, const char *gone, PGresult **res, char *err,
+                           size_t errlen)
+{
+    sl_message_t **order = calloc(n + 1, sizeof(*order));
+    sl_buf_t cols[3];
+    size_t k = 0;
+    int ret = SL_DB_OK;
+    *res = NULL;
+    if (order == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return SL_DB_RETRY;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (msgs[i].seq > 0)
+            order[k++] = &msgs[i];
+    }
+    qsort(order, k, sizeof(*order), cmp_channel_of);
+    memset(cols, 0, sizeof(cols));
+    for (int c = 0; c < 3; c++)
+        sl_buf_appends(&cols[c], "{");
+    for (size_t i = 0; i < k;) {
+        long long last = 0, delta = 0;
+        size_t j = i;
+        for (; j < k && strcmp(order[j]->channel, order[i]->channel) == 0; j++) {
+            if (order[j]->seq > last)
+                last = order[j]->seq;
+            if (order[j]->type == SL_MESSAGE_NEW)
+                delta++;
+            else if (gone != NULL && gone[order[j] - msgs])
+                delta--;
+        }
+        char t[2][24];
+        snprintf(t[0], sizeof(t[0]), "%lld", last);
+        snprintf(t[1], sizeof(t[1]), "%lld", delta);
+        array_add(&cols[0], order[i]->channel);
+        array_add(&cols[1], t[0]);
+        array_add(&cols[2], t[1]);
+        i = j;
+    }
+    for (int c = 0; c < 3; c++)
+        sl_buf_appends(&cols[c], "}");
+    if (k > 0) {
+        const char *p[3] = {cols[0].data, cols[1].data, cols[2].data};
+        if ((ret = exec_prepared(db, PREP_CHANNELS, p, res, err, errlen)) == SL_DB_OK) {
+            PQclear(*res);
+            *res = NULL;
+        }
+    }
+    for (int c = 0; c < 3; c++)
+        sl_buf_free(&cols[c]);
+    free(order);
+    return ret;
+}
+
 /* One attempt of the batch transaction body, after BEGIN. careful: check every id against those
  * stored, even when the batch assumes them new. */
 static int store_attempt(sl_db_t *db, sl_message_t *msgs, size_t n, const sl_db_batch_t *prepared, int careful,
@@ -647,10 +733,12 @@ static int store_attempt(sl_db_t *db, sl_message_t *msgs, size_t n, const sl_db_
     int ret;
     long long last_seq;
     size_t k = 0, np = 0, nmsg = 0, nev = 0;
-    char *fresh = calloc(n, 1);
+    char *fresh = calloc(n, 1), *gone = calloc(n, 1);
 
     *failed = NULL;
-    if (fresh == NULL) {
+    if (fresh == NULL || gone == NULL) {
+        free(fresh);
+        free(gone);
         snprintf(err, errlen, "out of memory");
         return SL_DB_RETRY;
     }
@@ -841,6 +929,7 @@ static int store_attempt(sl_db_t *db, sl_message_t *msgs, size_t n, const sl_db_
                 continue;
             if ((ret = apply_event(db, &msgs[i], tstext[2 * i], tstext[2 * i + 1], err, errlen, &res)) != SL_DB_OK)
                 goto Exit;
+            gone[i] = msgs[i].type == SL_MESSAGE_DELETE && strcmp(PQcmdTuples(res), "0") != 0;
             PQclear(res);
             res = NULL;
         }
@@ -848,6 +937,8 @@ static int store_attempt(sl_db_t *db, sl_message_t *msgs, size_t n, const sl_db_
 
 Numbered:
     if (k > 0) {
+        if ((ret = update_channels(db, msgs, n, gone, &res, err, errlen)) != SL_DB_OK)
+            goto Exit;
         char total[24];
         snprintf(total, sizeof(total), "%lld", last_seq + (long long)k);
         const char *p1[] = {total};
@@ -876,6 +967,7 @@ Exit:
     }
     free(bodies);
     free(fresh);
+    free(gone);
     return ret;
 }
 

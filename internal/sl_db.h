@@ -9,6 +9,8 @@
  * Feed positions (seq) come from a one-row counter, sluice_feed, locked and advanced in the same
  * transaction that inserts the rows: seq is gapless and increases in commit order even with
  * several writers. A message's id is its primary key, so a redelivered message is stored once.
+ * The same transaction keeps sluice_channels (one row per channel: its last seq, message or
+ * event, and its messages not deleted) for sse's GET /v1/channels.
  *
  * Failures come in two classes. Poison: the data itself is at fault (SQLSTATE classes 22 and 23)
  * and no retry will store it. Transient: everything else (a lost or refused connection, a
@@ -60,6 +62,18 @@ typedef struct sl_db {
     "SELECT NULL::uuid, seq, channel, NULL::text, NULL::text, NULL::varchar, NULL::timestamptz, NULL::text,"          \
     " NULL::timestamptz, NULL::jsonb, body FROM message_events"
 #define SL_DB_FEED_EVENT_COLUMN 10
+
+/* Migration 5's backfill of sluice_channels (in a transaction, after SL_DB_CHANNELS_LOCK, which
+ * waits for the batches in flight and holds the next ones): recounts every channel from messages
+ * and message_events. Run by hand (BEGIN; lock; backfill; COMMIT) it repairs the counts after a
+ * persister older than migration 5 stored batches. */
+#define SL_DB_CHANNELS_LOCK "SELECT last_seq FROM sluice_feed WHERE id = 1 FOR UPDATE"
+#define SL_DB_CHANNELS_BACKFILL                                                                                        \
+    "INSERT INTO sluice_channels (channel, last_seq, messages)"                                                        \
+    " SELECT channel, max(seq), sum(live)::INT8 FROM (SELECT channel, seq,"                                            \
+    " CASE WHEN deleted_at IS NULL THEN 1 ELSE 0 END AS live FROM messages"                                            \
+    " UNION ALL SELECT channel, seq, 0 AS live FROM message_events) AS f GROUP BY channel"                             \
+    " ON CONFLICT (channel) DO UPDATE SET last_seq = excluded.last_seq, messages = excluded.messages"
 
 /* Connects (connect_timeout 5 s per host unless the URL says otherwise; a multi-host URL is tried
  * host by host, as libpq does), detects the server, sets the session time zone to UTC. Returns
@@ -122,6 +136,9 @@ void sl_db_batch_free(sl_db_batch_t *b);
  * insert looks them up rather than tripping on them. SL_DB_ERROR means the batch holds poison: store
  * its messages one at a time to find which. After SL_DB_RETRY the connection may be closed
  * already; close it in any case (sl_db_close) and reconnect.
+ *
+ * sluice_channels gets each channel's highest new seq and its count of messages stored now less
+ * those an event deleted now, in the same transaction.
  *
  * Events (type update or delete) are numbered in the same sequence, in array order among the
  * messages, once per event_id: each becomes a message_events row (body = its live JSON) and is

@@ -280,53 +280,6 @@ int sl_message_event_id(const sl_message_t *m, char out[SL_UUID_STRLEN])
     return sl_uuid_v5(SL_EVENT_NAMESPACE, name, (size_t)n, out);
 }
 
-/* Appends s as a JSON string: quotes, backslashes and control characters escaped (as jansson
- * writes them), everything else (valid UTF-8, checked on the way in) copied as is. */
-static void append_string(sl_buf_t *b, const char *s)
-{
-    static const char hex[] = "0123456789ABCDEF";
-    size_t n = strlen(s), run = 0;
-    sl_buf_reserve(b, n + 2);
-    b->data[b->len++] = '"';
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c >= 0x20 && c != '"' && c != '\\')
-            continue;
-        sl_buf_append(b, s + run, i - run);
-        run = i + 1;
-        char esc[6] = {'\\', (char)c, 0, 0, 0, 0};
-        size_t elen = 2;
-        switch (c) {
-        case '"':
-        case '\\':
-            break;
-        case '\n':
-            esc[1] = 'n';
-            break;
-        case '\r':
-            esc[1] = 'r';
-            break;
-        case '\t':
-            esc[1] = 't';
-            break;
-        case '\b':
-            esc[1] = 'b';
-            break;
-        case '\f':
-            esc[1] = 'f';
-            break;
-        default:
-            memcpy(esc + 1, "u00", 3);
-            esc[4] = hex[c >> 4];
-            esc[5] = hex[c & 15];
-            elen = 6;
-        }
-        sl_buf_append(b, esc, elen);
-    }
-    sl_buf_append(b, s + run, n - run);
-    sl_buf_append(b, "\"", 1);
-}
-
 /* "name":"value", after a comma unless it is the object's first member. */
 static void append_member(sl_buf_t *b, const char *name, const char *value)
 {
@@ -335,7 +288,7 @@ static void append_member(sl_buf_t *b, const char *name, const char *value)
     sl_buf_append(b, "\"", 1);
     sl_buf_appends(b, name);
     sl_buf_append(b, "\":", 2);
-    append_string(b, value);
+    sl_buf_append_json_string(b, value);
 }
 
 void sl_message_append_json(sl_buf_t *b, const sl_message_t *m)

@@ -8,9 +8,6 @@
  */
 #include "sl_publisher.h"
 
-#include <linux/sockios.h>
-#include <sys/ioctl.h>
-#include <sys/socket.h>
 #include <stdatomic.h>
 #include <stdio.h>
 
@@ -116,20 +113,6 @@ static struct slot *seal_gathered(sl_publisher_t *p)
     return s;
 }
 
-/* Whether the socket's send buffer has room for len more bytes (and the frames around them), so
- * that amqp_basic_publish, which writes with no deadline, cannot block the loop: a node that stops
- * reading (stopped, or stalled) fills the buffer, and the next write would wait for it. The
- * buffer's payload room is taken as half of SO_SNDBUF (the kernel doubles the value for its own
- * bookkeeping), less what is queued and not yet acknowledged (SIOCOUTQ). */
-static int send_room(sl_publisher_t *p, size_t len)
-{
-    int fd = amqp_get_sockfd(p->amqp.conn), queued = 0, sndbuf = 0;
-    socklen_t sl = sizeof(sndbuf);
-    if (fd < 0 || ioctl(fd, SIOCOUTQ, &queued) != 0 || getsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, &sl) != 0)
-        return 1; /* cannot tell: as before */
-    return (long long)queued + (long long)len + 4096 + (long long)len / 16 <= (long long)sndbuf / 2;
-}
-
 /* Publishes the gathered batch as delivery tag next_tag, once the socket has room for it (else it
  * stays gathered, new publishes are refused BUSY, and it is tried again in WAIT_ROOM_MS; the
  * watch timer drops a connection whose node never reads again). A failure is only noted: the
@@ -138,7 +121,7 @@ static void flush(sl_publisher_t *p)
 {
     if (p->ngathered == 0)
         return;
-    if (!send_room(p, p->body.len)) {
+    if (!sl_amqploop_send_room(&p->amqp, p->body.len)) {
         p->stats.send_waits++;
         if (!h2o_timeout_is_linked(&p->wait_entry))
             h2o_timeout_link(p->amqp._loop, &p->wait_timeout, &p->wait_entry);

@@ -1,5 +1,11 @@
 /*
  * sl_sse: see sl_sse.h.
+ *
+ * GET /v1/channels reads last_seq and messages from sluice_channels, which the persister keeps up
+ * to date in the transaction of each batch (sl_db.h): one primary-key range read per page, never
+ * a scan of messages. The subscriber counts come from sl_presence (this instance's own, plus the
+ * other instances' latest snapshots). A channel someone reads but nobody has posted to yet has
+ * last_seq 0 and messages 0.
  */
 #include "sl_sse.h"
 
@@ -13,6 +19,7 @@
 #include "sl_hub.h"
 #include "sl_livefeed.h"
 #include "sl_log.h"
+#include "sl_message.h"
 #include "sl_metrics.h"
 #include "sl_pgpool.h"
 #include "sl_time.h"
@@ -24,9 +31,12 @@ struct sl_sse {
     sl_pgpool_t *hub_pg; /* the hub's position and gap backfills: never behind a history */
     sl_hub_t *hub;
     sl_livefeed_t *feed;
+    sl_presence_t *presence;
     sl_streams_t *streams;
     char conn_name[96];
 };
+
+#define CHANNELS_LIMIT_MAX 1000
 
 /* A live message is a committed batch: one event per line (sl_amqp.h). */
 static void on_live_message(void *data, const char *body, size_t len)
@@ -48,7 +58,28 @@ static void on_live_state(void *data, int up)
         sl_hub_check(s->hub);
 }
 
-static const sl_livefeed_handlers_t live_handlers = {on_live_message, on_live_state};
+static void on_live_state_presence(void *data, int up)
+{
+    sl_sse_t *s = data;
+    on_live_state(data, up);
+    if (up) /* the last snapshot may have been lost with the connection */
+        sl_presence_connected(s->presence);
+}
+
+static void on_presence_message(void *data, const char *body, size_t len)
+{
+    sl_sse_t *s = data;
+    sl_presence_receive(s->presence, body, len);
+}
+
+/* sl_livefeed_publish_presence answers 0, 1 and -1 as sl_presence's send wants them. */
+static int send_presence(void *data, const char *body, size_t len, long long expiration_ms)
+{
+    sl_sse_t *s = data;
+    return s->feed != NULL ? sl_livefeed_publish_presence(s->feed, body, len, expiration_ms) : SL_PRESENCE_DOWN;
+}
+
+static const sl_livefeed_handlers_t live_handlers = {on_live_message, on_live_state_presence, on_presence_message};
 
 sl_sse_t *sl_sse_create(h2o_loop_t *loop, const sl_sse_conf_t *conf)
 {
@@ -68,16 +99,292 @@ sl_sse_t *sl_sse_create(h2o_loop_t *loop, const sl_sse_conf_t *conf)
     sl_pgpool_conf_t hub_pg = pg;
     hub_pg.nconns = 1;
     hub_pg.max_queue = 1000;
-    if ((s->pg = sl_pgpool_create(loop, &pg)) == NULL || (s->hub_pg = sl_pgpool_create(loop, &hub_pg)) == NULL ||
+    sl_presence_conf_t pc = {.instance = conf->instance,
+                             .heartbeat_ms = conf->presence_heartbeat_ms,
+                             .ttl_ms = conf->presence_ttl_ms,
+                             .grace_ms = conf->presence_grace_ms,
+                             .max_users = conf->presence_max_users,
+                             .send = send_presence,
+                             .send_data = s};
+    if ((s->presence = sl_presence_create(loop, &pc)) == NULL || (s->pg = sl_pgpool_create(loop, &pg)) == NULL ||
+        (s->hub_pg = sl_pgpool_create(loop, &hub_pg)) == NULL ||
         (s->hub = sl_hub_create(loop, s->hub_pg, (int)conf->check_ms, 200000, (size_t)conf->recent,
                                   (size_t)conf->seam_max)) == NULL ||
         (s->streams = sl_streams_create(loop, s->hub, s->pg, &conf->stream)) == NULL ||
-        (s->feed = sl_livefeed_create(loop, conf->amqp_url, conf->live_exchange, s->conn_name, conf->live_backlog,
-                                      &live_handlers, s)) == NULL) {
+        (s->feed = sl_livefeed_create(loop, conf->amqp_url, conf->live_exchange, conf->presence_exchange,
+                                      s->conn_name, conf->live_backlog, &live_handlers, s)) == NULL) {
         sl_sse_destroy(s);
         return NULL;
     }
     return s;
+}
+
+/* ---- GET /v1/channels, GET /v1/channels/{channel}/presence ------------------------------------- */
+
+/* What the client of req may see of channel: 0, or the status that refuses it. */
+static int channel_visible(sl_sse_t *s, h2o_req_t *req, const char *channel)
+{
+    return s->conf.channel_filter != NULL ? s->conf.channel_filter(s->conf.channel_filter_data, req, channel) : 0;
+}
+
+struct live_chan {
+    char name[SL_CHANNEL_MAX + 1];
+    long long subscribers;
+};
+
+struct live_list {
+    struct live_chan *v;
+    size_t n, cap;
+    const char *after;
+};
+
+static void add_live(void *data, const char *channel, long long occupancy)
+{
+    struct live_list *l = data;
+    if (strcmp(channel, l->after) <= 0)
+        return;
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? 2 * l->cap : 64;
+        struct live_chan *v = realloc(l->v, cap * sizeof(*v));
+        if (v == NULL)
+            return;
+        l->v = v;
+        l->cap = cap;
+    }
+    snprintf(l->v[l->n].name, sizeof(l->v[0].name), "%s", channel);
+    l->v[l->n++].subscribers = occupancy;
+}
+
+static int cmp_live(const void *a, const void *b)
+{
+    return strcmp(((const struct live_chan *)a)->name, ((const struct live_chan *)b)->name);
+}
+
+struct channels_req {
+    sl_sse_t *s;
+    h2o_req_t *req;      /* NULL once h2o disposed the request */
+    sl_pgquery_t *query;
+    long long limit;     /* channels in the answer */
+    size_t n;            /* in it so far */
+    char after[SL_CHANNEL_MAX + 1]; /* where the next database page starts */
+    int have_live;
+    struct live_list live; /* the channels read now, past the request's "after", in order */
+    size_t li;
+    sl_buf_t out;
+    char last[SL_CHANNEL_MAX + 1]; /* the last channel in the answer */
+};
+
+static void channels_dispose(void *data)
+{
+    struct channels_req *c = data;
+    c->req = NULL;
+    if (c->query != NULL)
+        sl_pgpool_cancel(c->query);
+    free(c->live.v);
+    sl_buf_free(&c->out);
+}
+
+static const char SQL_CHANNELS[] =
+    "SELECT channel, last_seq, messages FROM sluice_channels WHERE channel > $1 ORDER BY channel LIMIT $2";
+
+static void on_channels(void *data, const PGresult *res, const char *err);
+
+static void query_channels(struct channels_req *c)
+{
+    char lim[24];
+    snprintf(lim, sizeof(lim), "%lld", c->limit);
+    const char *params[] = {c->after, lim};
+    if ((c->query = sl_pgpool_query(c->s->pg, SQL_CHANNELS, 2, params, on_channels, c)) == NULL)
+        sl_http_fail(c->req, 503, "database_unavailable", NULL, "the database is unavailable", 1);
+}
+
+static void append_channel(struct channels_req *c, const char *name, long long subscribers, long long last_seq,
+                           long long messages)
+{
+    sl_buf_appends(&c->out, c->n > 0 ? ",{\"channel\":" : "{\"channel\":");
+    sl_buf_append_json_string(&c->out, name);
+    sl_buf_appendf(&c->out, ",\"subscribers\":%lld,\"last_seq\":%lld,\"messages\":%lld}", subscribers, last_seq,
+                   messages);
+    snprintf(c->last, sizeof(c->last), "%s", name);
+    c->n++;
+}
+
+/* One page of the database (channel order) merged with the channels read now (live ones nobody
+ * posted to included). Channels the filter hides are skipped, and the next page is read until the
+ * answer has limit channels or both sources are exhausted; "next" (the last channel of the answer)
+ * when more may follow, so a cursor never names a hidden channel. */
+static void on_channels(void *data, const PGresult *res, const char *err)
+{
+    struct channels_req *c = data;
+    sl_sse_t *s = c->s;
+    c->query = NULL;
+    if (err != NULL) {
+        sl_http_fail(c->req, 503, "database_unavailable", NULL, "the database is unavailable", 1);
+        return;
+    }
+    if (!c->have_live) {
+        c->have_live = 1;
+        c->live.after = c->after;
+        sl_presence_each_channel(s->presence, add_live, &c->live);
+        if (c->live.n > 1)
+            qsort(c->live.v, c->live.n, sizeof(*c->live.v), cmp_live);
+    }
+    int rows = PQntuples(res), r = 0, full = rows >= c->limit;
+    /* a full page ends at its last row: live channels past it come with the next page */
+    const char *bound = full && rows > 0 ? PQgetvalue(res, rows - 1, 0) : NULL;
+#define LIVE_LEFT (c->li < c->live.n && (bound == NULL || strcmp(c->live.v[c->li].name, bound) <= 0))
+    while ((long long)c->n < c->limit && (r < rows || LIVE_LEFT)) {
+        const char *db = r < rows ? PQgetvalue(res, r, 0) : NULL;
+        const struct live_chan *lc = LIVE_LEFT ? &c->live.v[c->li] : NULL;
+        int cmp = db == NULL ? 1 : lc == NULL ? -1 : strcmp(db, lc->name);
+        const char *name = cmp <= 0 ? db : lc->name;
+        long long subscribers = cmp >= 0 ? lc->subscribers : 0, last_seq = 0, messages = 0;
+        if (cmp <= 0) {
+            last_seq = strtoll(PQgetvalue(res, r, 1), NULL, 10);
+            messages = strtoll(PQgetvalue(res, r, 2), NULL, 10);
+            r++;
+        }
+        if (cmp >= 0)
+            c->li++;
+        if (channel_visible(s, c->req, name) == 0)
+            append_channel(c, name, subscribers, last_seq, messages);
+    }
+    int more = r < rows || full || LIVE_LEFT;
+#undef LIVE_LEFT
+    if ((long long)c->n < c->limit && full) { /* hidden channels made room: read on */
+        snprintf(c->after, sizeof(c->after), "%s", PQgetvalue(res, rows - 1, 0));
+        query_channels(c);
+        return;
+    }
+    sl_buf_appends(&c->out, "],\"next\":");
+    if (more && c->n > 0)
+        sl_buf_append_json_string(&c->out, c->last);
+    else
+        sl_buf_appends(&c->out, "null");
+    sl_buf_appends(&c->out, "}");
+    sl_http_send(c->req, 200, NULL, c->out.data, c->out.len);
+}
+
+static int handle_channels(sl_sse_t *s, h2o_req_t *req)
+{
+    h2o_iovec_t v;
+    long long limit = CHANNELS_LIMIT_MAX;
+    int r = sl_http_query(req, "limit", &v);
+    if (r < 0 || (r == 1 && (sl_stream_parse_count(v.base, v.len, CHANNELS_LIMIT_MAX, &limit) != 0 || limit < 1))) {
+        sl_http_fail(req, 400, "invalid_limit", "limit", "'limit' must be an integer from 1 to 1000", 0);
+        return 0;
+    }
+    const char *after = NULL;
+    size_t after_len = 0;
+    if ((r = sl_http_query(req, "after", &v)) < 0 ||
+        (r == 1 && (after_len = sl_channel_canon(v.base, v.len, &after)) == 0)) {
+        sl_http_fail(req, 400, "invalid_cursor", "after",
+                     "'after' must be a channel (" SL_CHANNEL_RULE "), the \"next\" of the previous page", 0);
+        return 0;
+    }
+    struct channels_req *c = h2o_mem_alloc_shared(&req->pool, sizeof(*c), channels_dispose);
+    memset(c, 0, sizeof(*c));
+    c->s = s;
+    c->req = req;
+    c->limit = limit;
+    if (r == 1)
+        memcpy(c->after, after, after_len);
+    sl_buf_appends(&c->out, "{\"channels\":[");
+    query_channels(c);
+    return 0;
+}
+
+struct user_list {
+    sl_presence_user_t *v;
+    size_t n, cap;
+    sl_buf_t strings; /* the users' ids and names, NUL-separated; v points into it once done */
+    size_t *offsets;  /* per user: id, name (SIZE_MAX: none) */
+};
+
+static void add_user(void *data, const sl_presence_user_t *u)
+{
+    struct user_list *l = data;
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? 2 * l->cap : 64;
+        size_t *o = realloc(l->offsets, 2 * cap * sizeof(*o));
+        if (o == NULL)
+            return;
+        l->offsets = o;
+        l->cap = cap;
+    }
+    l->offsets[2 * l->n] = l->strings.len;
+    sl_buf_append(&l->strings, u->id, strlen(u->id) + 1);
+    l->offsets[2 * l->n + 1] = SIZE_MAX;
+    if (u->name != NULL) {
+        l->offsets[2 * l->n + 1] = l->strings.len;
+        sl_buf_append(&l->strings, u->name, strlen(u->name) + 1);
+    }
+    l->n++;
+}
+
+static int cmp_user(const void *a, const void *b)
+{
+    return strcmp(((const sl_presence_user_t *)a)->id, ((const sl_presence_user_t *)b)->id);
+}
+
+static int handle_presence(sl_sse_t *s, h2o_req_t *req, const char *channel)
+{
+    int refused = channel_visible(s, req, channel);
+    if (refused != 0) {
+        sl_http_fail(req, refused, refused == 401 ? "unauthorized" : "forbidden", NULL,
+                     "this channel is private", 0);
+        return 0;
+    }
+    struct user_list l = {NULL, 0, 0, SL_BUF_INIT, NULL};
+    int truncated = 0;
+    sl_presence_each_user(s->presence, channel, add_user, &l, &truncated);
+    if (l.n > 0 && (l.v = calloc(l.n, sizeof(*l.v))) == NULL)
+        l.n = 0;
+    for (size_t i = 0; i < l.n; i++) {
+        l.v[i].id = l.strings.data + l.offsets[2 * i];
+        l.v[i].name = l.offsets[2 * i + 1] != SIZE_MAX ? l.strings.data + l.offsets[2 * i + 1] : NULL;
+    }
+    if (l.n > 1)
+        qsort(l.v, l.n, sizeof(*l.v), cmp_user);
+    long long max = sl_presence_max_users(s->presence);
+    if ((long long)l.n > max) { /* the union of several instances' sets may pass it */
+        l.n = (size_t)max;
+        truncated = 1;
+    }
+    sl_buf_t b = SL_BUF_INIT;
+    sl_buf_appends(&b, "{\"channel\":");
+    sl_buf_append_json_string(&b, channel);
+    sl_buf_appends(&b, ",\"users\":[");
+    for (size_t i = 0; i < l.n; i++) {
+        sl_buf_appends(&b, i > 0 ? ",{\"id\":" : "{\"id\":");
+        sl_buf_append_json_string(&b, l.v[i].id);
+        if (l.v[i].name != NULL) {
+            sl_buf_appends(&b, ",\"name\":");
+            sl_buf_append_json_string(&b, l.v[i].name);
+        }
+        sl_buf_appends(&b, "}");
+    }
+    sl_buf_appendf(&b, "],\"truncated\":%s,\"subscribers\":%lld}", truncated ? "true" : "false",
+                   sl_presence_occupancy(s->presence, channel));
+    sl_http_send(req, 200, NULL, b.data, b.len);
+    sl_buf_free(&b);
+    sl_buf_free(&l.strings);
+    free(l.offsets);
+    free(l.v);
+    return 0;
+}
+
+/* "/v1/channels/{channel}/presence": the channel's bytes in *channel (not NUL-terminated), else
+ * 0 for another path. */
+static int presence_path(h2o_req_t *req, h2o_iovec_t *channel)
+{
+    static const char prefix[] = "/v1/channels/", suffix[] = "/presence";
+    h2o_iovec_t p = req->path_normalized;
+    size_t pl = sizeof(prefix) - 1, sfl = sizeof(suffix) - 1;
+    if (p.len <= pl + sfl || memcmp(p.base, prefix, pl) != 0 || memcmp(p.base + p.len - sfl, suffix, sfl) != 0)
+        return 0;
+    *channel = h2o_iovec_init(p.base + pl, p.len - pl - sfl);
+    return 1;
 }
 
 static int ready(const sl_sse_t *s)
@@ -119,7 +426,8 @@ static int handle_metrics(sl_sse_t *s, h2o_req_t *req)
     sl_metrics_header(&b, "sluice_sse_queued_bytes", "gauge",
                       "Bytes queued to clients now, history included (each is cut off past out_max_bytes).");
     sl_metrics_sample(&b, "sluice_sse_queued_bytes", "", (double)st->queued_now);
-    sl_metrics_header(&b, "sluice_sse_out_max_bytes", "gauge", "Per-connection output limit (SLUICE_SSE_OUT_MAX_BYTES).");
+    sl_metrics_header(&b, "sluice_sse_out_max_bytes", "gauge",
+                      "Per-connection output limit (SLUICE_SSE_OUT_MAX_BYTES).");
     sl_metrics_sample(&b, "sluice_sse_out_max_bytes", "", (double)s->conf.stream.out_max_bytes);
     sl_metrics_header(&b, "sluice_sse_history_failures_total", "counter",
                       "History reads that failed (the stream ends; a WebSocket subscription is dropped with an error).");
@@ -144,7 +452,8 @@ static int handle_metrics(sl_sse_t *s, h2o_req_t *req)
     sl_metrics_header(&b, "sluice_sse_seam_buffered_events", "gauge",
                       "Events held now by streams reading their history (at most seam-max each).");
     sl_metrics_sample(&b, "sluice_sse_seam_buffered_events", "", (double)hs->seam_buffered);
-    sl_metrics_header(&b, "sluice_sse_seam_max_events", "gauge", "Events one stream may hold while it reads its history (SLUICE_SSE_SEAM_MAX).");
+    sl_metrics_header(&b, "sluice_sse_seam_max_events", "gauge",
+                      "Events one stream may hold while it reads its history (SLUICE_SSE_SEAM_MAX).");
     sl_metrics_sample(&b, "sluice_sse_seam_max_events", "", (double)s->conf.seam_max);
     sl_metrics_header(&b, "sluice_sse_seam_overflows_total", "counter",
                       "Streams whose wait buffer passed seam-max: what followed their history was read from the database.");
@@ -173,6 +482,44 @@ static int handle_metrics(sl_sse_t *s, h2o_req_t *req)
                       "Now minus created_at of the last delivered message (post to fan-out).");
     sl_metrics_sample(&b, "sluice_sse_live_lag_seconds", "",
                       hs->last_created_at_us ? (double)(sl_time_now_us() - hs->last_created_at_us) / 1e6 : 0);
+    const sl_presence_stats_t *ps = sl_presence_stats(s->presence);
+    sl_metrics_header(&b, "sluice_sse_occupancy", "gauge",
+                      "Subscriptions (streams, WebSocket subscriptions) reading a channel on this instance, "
+                      "summed over channels.");
+    sl_metrics_sample(&b, "sluice_sse_occupancy", "", (double)ps->occupancy);
+    sl_metrics_header(&b, "sluice_sse_presence_channels", "gauge",
+                      "Channels read on this instance (or with a user in grace).");
+    sl_metrics_sample(&b, "sluice_sse_presence_channels", "", (double)ps->channels);
+    sl_metrics_header(&b, "sluice_sse_presence_users", "gauge",
+                      "Users present on this instance, summed over channels (in grace included).");
+    sl_metrics_sample(&b, "sluice_sse_presence_users", "", (double)ps->users);
+    sl_metrics_header(&b, "sluice_sse_presence_truncated_channels", "gauge",
+                      "Channels whose presence set passed SLUICE_PRESENCE_MAX_USERS somewhere.");
+    sl_metrics_sample(&b, "sluice_sse_presence_truncated_channels", "", (double)ps->truncated);
+    sl_metrics_header(&b, "sluice_sse_presence_max_users", "gauge",
+                      "Users listed per channel and instance (SLUICE_PRESENCE_MAX_USERS).");
+    sl_metrics_sample(&b, "sluice_sse_presence_max_users", "", (double)sl_presence_max_users(s->presence));
+    sl_metrics_header(&b, "sluice_sse_presence_instances", "gauge",
+                      "Other sse instances whose presence snapshot is within its TTL.");
+    sl_metrics_sample(&b, "sluice_sse_presence_instances", "", (double)ps->instances);
+    sl_metrics_header(&b, "sluice_sse_presence_snapshots_total", "counter",
+                      "Presence snapshots: sent, received (complete, from other instances), failed (not sent: "
+                      "no connection, or no room before the next).");
+    sl_metrics_sample(&b, "sluice_sse_presence_snapshots_total", "outcome=\"sent\"", (double)ps->rounds_sent);
+    sl_metrics_sample(&b, "sluice_sse_presence_snapshots_total", "outcome=\"received\"", (double)ps->rounds_received);
+    sl_metrics_sample(&b, "sluice_sse_presence_snapshots_total", "outcome=\"failed\"", (double)ps->rounds_failed);
+    sl_metrics_header(&b, "sluice_sse_presence_parts_dropped_total", "counter",
+                      "Snapshot parts dropped: malformed, out of order or stale.");
+    sl_metrics_sample(&b, "sluice_sse_presence_parts_dropped_total", "", (double)ps->parts_dropped);
+    sl_metrics_header(&b, "sluice_sse_presence_sent_bytes_total", "counter", "Bytes of presence snapshots published.");
+    sl_metrics_sample(&b, "sluice_sse_presence_sent_bytes_total", "", (double)ps->bytes_sent);
+    sl_metrics_header(&b, "sluice_sse_presence_instances_expired_total", "counter",
+                      "Instances dropped for a snapshot older than their TTL.");
+    sl_metrics_sample(&b, "sluice_sse_presence_instances_expired_total", "", (double)ps->instances_expired);
+    sl_metrics_header(&b, "sluice_sse_presence_events_total", "counter",
+                      "Changes of the presence sets (all instances together) seen here.");
+    sl_metrics_sample(&b, "sluice_sse_presence_events_total", "type=\"join\"", (double)ps->joins);
+    sl_metrics_sample(&b, "sluice_sse_presence_events_total", "type=\"leave\"", (double)ps->leaves);
     sl_metrics_header(&b, "sluice_sse_ready", "gauge", "1 when the live feed, the database and the hub are ready.");
     sl_metrics_sample(&b, "sluice_sse_ready", "", ready(s));
     sl_http_send_metrics(req, &b);
@@ -189,6 +536,7 @@ int sl_sse_handle(void *data, h2o_req_t *req)
     }
     int get = sl_http_method_is(req, "GET") || sl_http_method_is(req, "HEAD");
     const char *route = NULL;
+    h2o_iovec_t channel = {NULL, 0};
     if (sl_http_path_is(req, "/") || sl_http_path_is(req, "/index.html"))
         route = "page";
     else if (sl_http_path_is(req, "/client.js"))
@@ -207,6 +555,10 @@ int sl_sse_handle(void *data, h2o_req_t *req)
         route = "readyz";
     else if (sl_http_path_is(req, "/metrics"))
         route = "metrics";
+    else if (sl_http_path_is(req, "/v1/channels"))
+        route = "channels";
+    else if (presence_path(req, &channel))
+        route = "presence";
     if (route == NULL) {
         sl_http_fail(req, 404, "not_found", NULL, "no such endpoint", 0);
         return 0;
@@ -252,7 +604,34 @@ int sl_sse_handle(void *data, h2o_req_t *req)
     }
     if (strcmp(route, "readyz") == 0)
         return handle_readyz(s, req);
+    if (strcmp(route, "channels") == 0)
+        return handle_channels(s, req);
+    if (strcmp(route, "presence") == 0) {
+        /* as everywhere, "#general" means general; in a path the '#' comes as %23 */
+        char name[SL_CHANNEL_MAX + 4];
+        const char *canon = NULL;
+        size_t len = 0;
+        if (channel.len >= 3 && memcmp(channel.base, "%23", 3) == 0 && channel.len - 2 < sizeof(name)) {
+            name[0] = '#';
+            memcpy(name + 1, channel.base + 3, channel.len - 3);
+            len = sl_channel_canon(name, channel.len - 2, &canon);
+        } else {
+            len = sl_channel_canon(channel.base, channel.len, &canon);
+        }
+        if (len == 0) {
+            sl_http_fail(req, 400, "invalid_channel", "channel", "the channel must be " SL_CHANNEL_RULE, 0);
+            return 0;
+        }
+        memmove(name, canon, len);
+        name[len] = '\0';
+        return handle_presence(s, req, name);
+    }
     return handle_metrics(s, req);
+}
+
+sl_presence_t *sl_sse_presence(sl_sse_t *s)
+{
+    return s->presence;
 }
 
 void sl_sse_close_streams(sl_sse_t *s)
@@ -269,10 +648,14 @@ void sl_sse_destroy(sl_sse_t *s)
 {
     if (s == NULL)
         return;
+    if (s->presence != NULL && s->feed != NULL)
+        sl_presence_flush(s->presence);
     sl_livefeed_destroy(s->feed);
+    s->feed = NULL;
     sl_streams_destroy(s->streams);
     sl_hub_destroy(s->hub);
     sl_pgpool_destroy(s->hub_pg);
     sl_pgpool_destroy(s->pg);
+    sl_presence_destroy(s->presence);
     free(s);
 }

@@ -5,15 +5,16 @@
 # and sse run with SLUICE_AMQP_DECLARE=passive and declare only what they use, passively, which
 # needs no configure right. Permissions (vhost /):
 #
-#   user              configure                                  write                               read
-#   sluice-api        ^$                                         ^amq\.default$                      ^$
-#   sluice-ingest     ^$                                         ^amq\.default$                      ^$
-#   sluice-persister  ^sluice\.(dlx|persist|persist\.dead|live)$  ^sluice\.(dlx|persist\.dead|live)$  ^sluice\.(dlx|persist)$
-#   sluice-sse        ^amq\.gen-.*$                              ^amq\.gen-.*$                       ^(sluice\.live|amq\.gen-.*)$
+#   user              configure                                           write                                read
+#   sluice-api        ^$                                                  ^amq\.default$                       ^$
+#   sluice-ingest     ^$                                                  ^amq\.default$                       ^$
+#   sluice-persister  ^sluice\.(dlx|persist|persist\.dead|live|presence)$  ^sluice\.(dlx|persist\.dead|live)$   ^sluice\.(dlx|persist)$
+#   sluice-sse        ^amq\.gen-.*$                                       ^(sluice\.presence|amq\.gen-.*)$     ^(sluice\.(live|presence)|amq\.gen-.*)$
 #
 # Only the persister may publish to sluice.live; api and ingest may publish through the default
-# exchange only; sse may publish nothing it does not own. The names are the defaults
-# (SLUICE_QUEUE, SLUICE_LIVE_EXCHANGE unset).
+# exchange only; sse may publish to sluice.presence (the instances' presence snapshots; the
+# persister declares it) and to nothing else it does not own. The names are the defaults
+# (SLUICE_QUEUE, SLUICE_LIVE_EXCHANGE, SLUICE_PRESENCE_EXCHANGE unset).
 #
 # The passwords are random, made once per state dir and kept in AMQP_USERS_FILE (mode 0600); the
 # users are (re)written from it by every `start` (rabbitmqctl import_definitions, which adds or
@@ -25,8 +26,8 @@ AMQP_USERS=(api ingest persister sse)
 amqp_user_perms() {
   case $1 in
     api | ingest) printf '%s\n' '^$ ^amq\\.default$ ^$' ;;
-    persister) printf '%s\n' '^sluice\\.(dlx|persist|persist\\.dead|live)$ ^sluice\\.(dlx|persist\\.dead|live)$ ^sluice\\.(dlx|persist)$' ;;
-    sse) printf '%s\n' '^amq\\.gen-.*$ ^amq\\.gen-.*$ ^(sluice\\.live|amq\\.gen-.*)$' ;;
+    persister) printf '%s\n' '^sluice\\.(dlx|persist|persist\\.dead|live|presence)$ ^sluice\\.(dlx|persist\\.dead|live)$ ^sluice\\.(dlx|persist)$' ;;
+    sse) printf '%s\n' '^amq\\.gen-.*$ ^(sluice\\.presence|amq\\.gen-.*)$ ^(sluice\\.(live|presence)|amq\\.gen-.*)$' ;;
     *) return 1 ;;
   esac
 }

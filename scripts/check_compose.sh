@@ -24,7 +24,8 @@
 #      nodes share one Erlang cookie, list each other for classic config peer discovery and load
 #      definitions that parse as JSON, in which each service's user exists, has the password the
 #      nodes are given, and has what its code needs; only the persister may write to the live
-#      exchange and only the api and ingest to the default exchange (the persist queue's way in).
+#      exchange, only sse to the presence exchange, and only the api and ingest to the default
+#      exchange (the persist queue's way in).
 #
 # Prints one line per check and closes with `N passed, N failed`; exits 1 on any failure.
 # Usage: scripts/check_compose.sh   (from anywhere; reads the repository it lives in)
@@ -472,6 +473,7 @@ if perms and by_svc:
     service_users = set().union(*by_svc.values())
     for resource, kind, allowed, why in (
             ("sluice.live", "write", by_svc.get("persister", set()), "the persister publishes stored messages there"),
+            ("sluice.presence", "write", by_svc.get("sse", set()), "the sse instances publish their presence snapshots there"),
             ("amq.default", "write", by_svc.get("api", set()) | by_svc.get("ingest", set()),
              "the way in to the persist queue")):
         writers = {u for u in service_users | set(perms) if may(u, kind, resource)} - admins
@@ -480,10 +482,10 @@ if perms and by_svc:
         else:
             bad("(d) definitions: %s on %s also for %s; only %s may (%s)"
                 % (kind, resource, ", ".join(sorted(writers - allowed)), ", ".join(sorted(allowed)), why))
-    for svc, needs in (("persister", [("read", "sluice.persist"), ("write", "sluice.live")]),
+    for svc, needs in (("persister", [("read", "sluice.persist"), ("write", "sluice.live"), ("configure", "sluice.presence")]),
                        ("api", [("write", "amq.default")]), ("ingest", [("write", "amq.default")]),
                        ("sse", [("configure", "amq.gen-x"), ("write", "amq.gen-x"), ("read", "amq.gen-x"),
-                                ("read", "sluice.live")])):
+                                ("read", "sluice.live"), ("write", "sluice.presence"), ("read", "sluice.presence")])):
         for u in sorted(by_svc.get(svc, set())):
             missing = ["%s %s" % (k, r) for k, r in needs if not may(u, k, r)]
             if missing:
@@ -493,10 +495,12 @@ if perms and by_svc:
 
     # Least privilege: the persister owns the topology; the others may not declare, delete, purge
     # or consume the persist queue, and none but the persister may write to the live exchange.
-    for svc, forbidden in (("api", [("configure", "sluice.persist"), ("read", "sluice.persist"), ("write", "sluice.live")]),
-                           ("ingest", [("configure", "sluice.persist"), ("read", "sluice.persist"), ("write", "sluice.live")]),
+    for svc, forbidden in (("api", [("configure", "sluice.persist"), ("read", "sluice.persist"), ("write", "sluice.live"),
+                                    ("write", "sluice.presence")]),
+                           ("ingest", [("configure", "sluice.persist"), ("read", "sluice.persist"), ("write", "sluice.live"),
+                                       ("write", "sluice.presence")]),
                            ("sse", [("configure", "sluice.persist"), ("configure", "sluice.live"), ("read", "sluice.persist"),
-                                    ("write", "sluice.live"), ("write", "amq.default")])):
+                                    ("write", "sluice.live"), ("write", "amq.default"), ("configure", "sluice.presence")])):
         for u in sorted(by_svc.get(svc, set())):
             extra = ["%s %s" % (k, r) for k, r in forbidden if may(u, k, r)]
             if extra:

@@ -57,6 +57,8 @@ ROUTES=(
   "sse GET /healthz"
   "sse GET /readyz"
   "sse GET /metrics"
+  "sse GET /v1/channels"
+  "sse GET /v1/channels/{channel}/presence"
   "ingest GET /v1/ingest"
   "ingest POST /v1/ingest"
   "ingest GET /healthz"
@@ -463,6 +465,8 @@ while read -r svc method path codes; do
       ;;
     "OPTIONS /v1/messages/{id}") url=$base/v1/messages/01a20f58-27ce-73cd-8a94-dbd9140140e4 ;;
     "GET /v1/stream") url+="?history=1"; args=(-N -m 2) ;;
+    "GET /v1/channels") url+="?limit=10" ;;
+    "GET /v1/channels/{channel}/presence") url=$base/v1/channels/general/presence ;;
     "GET /v1/ws") args=(-N -m 2 "${UPGRADE_HEADERS[@]}") ;;
     "POST /v1/ingest") args+=(-H 'Content-Type: application/json' --data '{"command":"stop"}') ;;
   esac

@@ -1,7 +1,7 @@
 /*
  * Integration tests of the services' RabbitMQ users (scripts/amqp_users.sh, made by servers.sh,
  * whose `env` test.sh exports as SLUICE_AMQP_URL_API, _INGEST, _PERSISTER, _SSE): what each may
- * and may not do to the real topology (sluice.persist, sluice.dlx, sluice.live), and the passive
+ * and may not do to the real topology (sluice.persist, sluice.dlx, sluice.live, sluice.presence), and the passive
  * declares of SLUICE_AMQP_DECLARE=passive, with which the api and sse wait for the persister, the
  * topology's owner, to declare it.
  *
@@ -23,6 +23,7 @@
 #define PERSIST "sluice.persist"
 #define LIVE "sluice.live"
 #define DLX "sluice.dlx"
+#define PRESENCE "sluice.presence"
 #define MAX_LENGTH 100000 /* SLUICE_QUEUE_MAX_LENGTH's default, as tu_stack_init below */
 
 static tu_stack_t S;
@@ -159,7 +160,8 @@ static void declare_topology_as_guest(void)
 {
     char err[512];
     sl_amqp_topology_t t = {.persist_queue = PERSIST, .max_length = MAX_LENGTH, .live_exchange = LIVE,
-                            .dead_exchange = DLX, .role = SL_AMQP_ROLE_OWNER, .passive = 0};
+                            .presence_exchange = PRESENCE, .dead_exchange = DLX, .role = SL_AMQP_ROLE_OWNER,
+                            .passive = 0};
     amqp_connection_state_t c = open_as("SLUICE_AMQP_URL");
     ck_assert_msg(sl_amqp_declare(c, &t, err, sizeof(err)) == 0, "%s", err);
     sl_amqp_close(c);
@@ -181,6 +183,7 @@ START_TEST(test_publisher_users_reach_the_persist_queue_only)
         /* a forged feed event: refused, the channel closed with 403 ACCESS_REFUSED */
         ck_assert_int_eq(publish_outcome(c, LIVE, SL_LIVE_ROUTING_KEY), AMQP_ACCESS_REFUSED);
         ck_assert_int_eq(publish_outcome(c, DLX, PERSIST), AMQP_ACCESS_REFUSED);
+        ck_assert_int_eq(publish_outcome(c, PRESENCE, ""), AMQP_ACCESS_REFUSED); /* forged presence */
         /* the topology is not theirs to make, change, delete or read */
         ck_assert_int_eq(try_op(c, DECLARE_QUEUE, PERSIST), AMQP_ACCESS_REFUSED);
         ck_assert_int_eq(try_op(c, DELETE_QUEUE, PERSIST), AMQP_ACCESS_REFUSED);
@@ -188,6 +191,8 @@ START_TEST(test_publisher_users_reach_the_persist_queue_only)
         ck_assert_int_eq(try_op(c, CONSUME, PERSIST), AMQP_ACCESS_REFUSED);
         ck_assert_int_eq(try_op(c, DECLARE_EXCHANGE, LIVE), AMQP_ACCESS_REFUSED);
         ck_assert_int_eq(try_op(c, DELETE_EXCHANGE, LIVE), AMQP_ACCESS_REFUSED);
+        ck_assert_int_eq(try_op(c, DELETE_EXCHANGE, PRESENCE), AMQP_ACCESS_REFUSED);
+        ck_assert_int_eq(try_op(c, OWN_QUEUE_BOUND, PRESENCE), AMQP_ACCESS_REFUSED);
         /* what the publisher does under SLUICE_AMQP_DECLARE=passive: allowed */
         ck_assert_int_eq(try_op(c, PASSIVE_QUEUE, PERSIST), 200);
         ck_assert_int_eq(publish_outcome(c, "", PERSIST), 200);
@@ -208,6 +213,13 @@ START_TEST(test_sse_user_only_reads)
     ck_assert_int_eq(try_op(c, CONSUME, PERSIST), AMQP_ACCESS_REFUSED);
     ck_assert_int_eq(try_op(c, PASSIVE_EXCHANGE, LIVE), 200);
     ck_assert_int_eq(try_op(c, OWN_QUEUE_BOUND, LIVE), 200);
+    /* presence: it publishes its snapshots and reads everyone's through a queue of its own, and
+     * the exchange is the persister's to make */
+    ck_assert_int_eq(try_op(c, PASSIVE_EXCHANGE, PRESENCE), 200);
+    ck_assert_int_eq(try_op(c, OWN_QUEUE_BOUND, PRESENCE), 200);
+    ck_assert_int_eq(publish_outcome(c, PRESENCE, ""), 200);
+    ck_assert_int_eq(try_op(c, DECLARE_EXCHANGE, PRESENCE), AMQP_ACCESS_REFUSED);
+    ck_assert_int_eq(try_op(c, DELETE_EXCHANGE, PRESENCE), AMQP_ACCESS_REFUSED);
     sl_amqp_close(c);
 }
 END_TEST
@@ -225,8 +237,11 @@ static void delete_topology_as_guest(void)
     ck_assert_msg(r == 200 || r == 404, "delete %s: %d", DLX, r);
     r = try_op(c, DELETE_EXCHANGE, LIVE);
     ck_assert_msg(r == 200 || r == 404, "delete %s: %d", LIVE, r);
+    r = try_op(c, DELETE_EXCHANGE, PRESENCE);
+    ck_assert_msg(r == 200 || r == 404, "delete %s: %d", PRESENCE, r);
     ck_assert_int_eq(try_op(c, PASSIVE_QUEUE, PERSIST), 404);
     ck_assert_int_eq(try_op(c, PASSIVE_EXCHANGE, LIVE), 404);
+    ck_assert_int_eq(try_op(c, PASSIVE_EXCHANGE, PRESENCE), 404);
     sl_amqp_close(c);
 }
 
@@ -234,7 +249,8 @@ START_TEST(test_persister_user_owns_the_topology)
 {
     char err[512];
     sl_amqp_topology_t t = {.persist_queue = PERSIST, .max_length = MAX_LENGTH, .live_exchange = LIVE,
-                            .dead_exchange = DLX, .role = SL_AMQP_ROLE_OWNER, .passive = 1};
+                            .presence_exchange = PRESENCE, .dead_exchange = DLX, .role = SL_AMQP_ROLE_OWNER,
+                            .passive = 1};
     delete_topology_as_guest();
     amqp_connection_state_t c = open_as("SLUICE_AMQP_URL_PERSISTER");
     /* the owner declares everything, passive or not */
@@ -243,7 +259,9 @@ START_TEST(test_persister_user_owns_the_topology)
     ck_assert_int_eq(try_op(c, PASSIVE_QUEUE, PERSIST ".dead"), 200); /* its failure is only logged: look */
     ck_assert_int_eq(try_op(c, PASSIVE_EXCHANGE, DLX), 200);
     ck_assert_int_eq(try_op(c, PASSIVE_EXCHANGE, LIVE), 200);
+    ck_assert_int_eq(try_op(c, PASSIVE_EXCHANGE, PRESENCE), 200);
     ck_assert_int_eq(publish_outcome(c, LIVE, SL_LIVE_ROUTING_KEY), 200);
+    ck_assert_int_eq(publish_outcome(c, PRESENCE, ""), AMQP_ACCESS_REFUSED); /* the sse instances' alone */
     ck_assert_int_eq(publish_outcome(c, "", PERSIST), AMQP_ACCESS_REFUSED); /* it feeds nothing back */
     ck_assert_int_eq(try_op(c, DECLARE_EXCHANGE, "sluice.other"), AMQP_ACCESS_REFUSED);
     sl_amqp_close(c);
@@ -284,12 +302,12 @@ START_TEST(test_passive_services_wait_for_the_owner)
     snprintf(sse_url, sizeof(sse_url), "SLUICE_AMQP_URL=%s", url_of("SLUICE_AMQP_URL_SSE"));
     snprintf(persister_url, sizeof(persister_url), "SLUICE_AMQP_URL=%s", url_of("SLUICE_AMQP_URL_PERSISTER"));
     const char *api_env[] = {api_url, "SLUICE_AMQP_DECLARE=passive", "SLUICE_QUEUE=" PERSIST,
-                             "SLUICE_LIVE_EXCHANGE=" LIVE, NULL};
+                             "SLUICE_LIVE_EXCHANGE=" LIVE, "SLUICE_PRESENCE_EXCHANGE=" PRESENCE, NULL};
     const char *sse_env[] = {sse_url, "SLUICE_AMQP_DECLARE=passive", "SLUICE_QUEUE=" PERSIST,
-                             "SLUICE_LIVE_EXCHANGE=" LIVE, NULL};
+                             "SLUICE_LIVE_EXCHANGE=" LIVE, "SLUICE_PRESENCE_EXCHANGE=" PRESENCE, NULL};
     /* passive does not concern the owner: it declares all the same */
     const char *persister_env[] = {persister_url, "SLUICE_AMQP_DECLARE=passive", "SLUICE_QUEUE=" PERSIST,
-                                   "SLUICE_LIVE_EXCHANGE=" LIVE, NULL};
+                                   "SLUICE_LIVE_EXCHANGE=" LIVE, "SLUICE_PRESENCE_EXCHANGE=" PRESENCE, NULL};
 
     delete_topology_as_guest();
     tu_stack_init(&S, "amqpusers", MAX_LENGTH);
@@ -332,6 +350,22 @@ START_TEST(test_passive_services_wait_for_the_owner)
     ck_assert_msg(tu_wait_status(sse_ready, 200, 20000), "sse is not ready 20 s after the persister started");
     ck_assert_int_eq(log_count("api", "event=amqp_topology_found"), 1);
     ck_assert_int_eq(log_count("sse", "event=amqp_topology_found"), 1);
+    /* sse publishes its presence snapshots as its own user (a refused publish would close the
+     * channel: the connection would be lost and made again) */
+    char metrics[128];
+    snprintf(metrics, sizeof(metrics), "http://127.0.0.1:%d/metrics", S.sse_port);
+    int sent = 0;
+    for (int waited = 0; waited < 10000 && !sent; waited += 200) {
+        ck_assert_int_eq(tu_http("GET", metrics, NULL, NULL, NULL, 0, &r), 0);
+        const char *line = strstr(r.body, "sluice_sse_presence_snapshots_total{outcome=\"sent\"} ");
+        sent = line != NULL && atof(line + strlen("sluice_sse_presence_snapshots_total{outcome=\"sent\"} ")) >= 2;
+        tu_resp_free(&r);
+        if (!sent)
+            tu_sleep_ms(200);
+    }
+    ck_assert_msg(sent, "sse published no presence snapshot as sluice-sse");
+    ck_assert_int_eq(log_count("sse", "ACCESS_REFUSED"), 0);
+    ck_assert_int_eq(log_count("sse", "event=amqp_connection_lost"), 0);
     ck_assert_int_eq(log_count("persister", "amqp_dead_queue_unavailable"), 0);
     ck_assert_int_eq(post("after the persister"), 202);
     PGconn *db = tu_db(&S);

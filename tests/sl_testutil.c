@@ -80,6 +80,7 @@ void tu_stack_init(tu_stack_t *s, const char *name, long long max_length)
     snprintf(s->db_url, sizeof(s->db_url), "%.*s/%s", (int)(slash - base), base, dbname);
     snprintf(s->queue, sizeof(s->queue), "sluice.test.%s.%d.%ld", name, (int)getpid(), (long)time(NULL));
     snprintf(s->live, sizeof(s->live), "sluice.live.test.%s.%d.%ld", name, (int)getpid(), (long)time(NULL));
+    snprintf(s->presence, sizeof(s->presence), "sluice.presence.test.%s.%d.%ld", name, (int)getpid(), (long)time(NULL));
     s->api_port = tu_free_port();
     s->persister_port = tu_free_port();
     s->sse_port = tu_free_port();
@@ -145,6 +146,7 @@ static pid_t spawn(const tu_stack_t *s, const char *bin, const char *logpath, co
         setenv("SLUICE_DB_URL", s->db_url, 1);
         setenv("SLUICE_QUEUE", s->queue, 1);
         setenv("SLUICE_LIVE_EXCHANGE", s->live, 1);
+        setenv("SLUICE_PRESENCE_EXCHANGE", s->presence, 1);
         snprintf(v, sizeof(v), "%lld", s->max_length);
         setenv("SLUICE_QUEUE_MAX_LENGTH", v, 1);
         snprintf(v, sizeof(v), "%d", s->api_port);

@@ -13,7 +13,7 @@
 typedef struct tu_stack {
     char name[64];
     char db_url[512];
-    char queue[128], live[128];
+    char queue[128], live[128], presence[128];
     int api_port, persister_port;
     long long max_length;
     pid_t api, persister;

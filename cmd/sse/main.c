@@ -29,6 +29,7 @@ int main(int argc, char **argv)
     long long port, drain_s, migrate_wait;
     sl_http_opts_t http_opts;
     sl_sse_conf_t conf;
+    memset(&conf, 0, sizeof(conf)); /* channel_filter: none, every channel is public */
     sl_opt_t opts[] = {
         {"host", "SLUICE_SSE_HOST", SL_OPT_STR, &host, "127.0.0.1", 0, 0, "address to listen on"},
         {"port", "SLUICE_SSE_PORT", SL_OPT_INT, &port, "8081", 1, 65535, "port to listen on"},
@@ -38,6 +39,16 @@ int main(int argc, char **argv)
          "PostgreSQL/CockroachDB URL"},
         {"live-exchange", "SLUICE_LIVE_EXCHANGE", SL_OPT_STR, &conf.live_exchange, "sluice.live", 0, 0,
          "topic exchange the persister publishes stored messages to"},
+        {"presence-exchange", "SLUICE_PRESENCE_EXCHANGE", SL_OPT_STR, &conf.presence_exchange, "sluice.presence", 0, 0,
+         "fanout exchange the sse instances share their presence snapshots through"},
+        {"presence-heartbeat-ms", "SLUICE_PRESENCE_HEARTBEAT_MS", SL_OPT_INT, &conf.presence_heartbeat_ms, "2000", 10,
+         600000, "how often this instance publishes its presence snapshot"},
+        {"presence-ttl-ms", "SLUICE_PRESENCE_TTL_MS", SL_OPT_INT, &conf.presence_ttl_ms, "0", 0, 3600000,
+         "an instance whose last snapshot is older than this is dropped (0: 3 x the heartbeat)"},
+        {"presence-grace-ms", "SLUICE_PRESENCE_GRACE_MS", SL_OPT_INT, &conf.presence_grace_ms, "0", 0, 3600000,
+         "a user whose last subscription ended stays present this long (0: one heartbeat)"},
+        {"presence-max-users", "SLUICE_PRESENCE_MAX_USERS", SL_OPT_INT, &conf.presence_max_users, "1000", 1, 1e6,
+         "users listed per channel and instance; past it the presence set is truncated (occupancy stays exact)"},
         {"instance", "SLUICE_SSE_INSTANCE", SL_OPT_STR, &instance, "", 0, 0,
          "name of this instance (default: host:port)"},
         {"api-url", "SLUICE_SSE_API_URL", SL_OPT_STR, &conf.api_url, "", 0, 0,
@@ -106,6 +117,11 @@ int main(int argc, char **argv)
             fprintf(stderr, "sluice-sse: %s\n", amqp_err);
             return 2;
         }
+    }
+    if (conf.presence_ttl_ms != 0 && conf.presence_ttl_ms <= conf.presence_heartbeat_ms) {
+        fprintf(stderr, "sluice-sse: SLUICE_PRESENCE_TTL_MS (%lld) must be above SLUICE_PRESENCE_HEARTBEAT_MS (%lld)\n",
+                conf.presence_ttl_ms, conf.presence_heartbeat_ms);
+        return 2;
     }
     sl_log_init("sse");
     sl_http_trap_signals(&stopping);
