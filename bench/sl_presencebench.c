@@ -187,7 +187,7 @@ static int node_main(const char *name, int events_fd)
                    .ws_max_frame = 4096, .ws_rate = 10, .ws_burst = 50, .history_concurrency = 32,
                    .history_per_client = 4},
     };
-    sl_http_opts_t opts = {0, 0, 0};
+    sl_http_opts_t opts = {.ops_loopback_only = 0, .allowed_origins = NULL};
     sl_http_init(&n.http, sl_sse_handle, NULL, 64 * 1024);
     if ((n.sse = sl_sse_create(n.http.loop, &conf)) == NULL)
         return 1;

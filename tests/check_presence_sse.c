@@ -130,7 +130,7 @@ static void inst_start(struct inst *in, const char *name, sl_sse_channel_filter_
                    .ws_max_frame = 4096, .ws_rate = 10, .ws_burst = 50, .history_concurrency = 32,
                    .history_per_client = 4},
     };
-    sl_http_opts_t opts = {0, 0, 0};
+    sl_http_opts_t opts = {.ops_loopback_only = 0, .allowed_origins = NULL};
     sl_http_init(&in->http, sl_sse_handle, NULL, 64 * 1024);
     ck_assert_ptr_nonnull(in->sse = sl_sse_create(in->http.loop, &conf));
     in->http.data = in->sse;
