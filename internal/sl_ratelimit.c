@@ -80,12 +80,18 @@ void sl_tokenbucket_init(sl_tokenbucket_t *b, double burst, int64_t now_us)
 
 int sl_tokenbucket_take(sl_tokenbucket_t *b, double rate, double burst, int64_t now_us)
 {
+    return sl_tokenbucket_take_n(b, rate, burst, 1, 0, now_us);
+}
+
+int sl_tokenbucket_take_n(sl_tokenbucket_t *b, double rate, double burst, double n, double paid, int64_t now_us)
+{
+    double need = fmin(n, burst) - paid;
     refill(b, rate, burst, now_us);
-    if (b->tokens >= 1) {
-        b->tokens -= 1;
+    if (b->tokens >= need) {
+        b->tokens -= n - paid;
         return 0;
     }
-    double wait = (1 - b->tokens) / rate;
+    double wait = (need - b->tokens) / rate;
     return wait < 1 ? 1 : (int)ceil(wait);
 }
 
@@ -109,6 +115,11 @@ static void sweep(sl_ratelimit_t *r, int64_t now_us)
 
 int sl_ratelimit_take(sl_ratelimit_t *r, const char *key, int64_t now_us)
 {
+    return sl_ratelimit_take_n(r, key, 1, 0, now_us);
+}
+
+int sl_ratelimit_take_n(sl_ratelimit_t *r, const char *key, double n, double paid, int64_t now_us)
+{
     unsigned h = hash(key);
     struct bucket *b;
     if (++r->takes % SWEEP_EVERY == 0)
@@ -118,7 +129,7 @@ int sl_ratelimit_take(sl_ratelimit_t *r, const char *key, int64_t now_us)
     if (b == NULL) {
         size_t klen = strlen(key);
         if (r->nkeys >= r->max_keys || (b = malloc(sizeof(*b) + klen + 1)) == NULL)
-            return sl_tokenbucket_take(&r->overflow[h % NOVERFLOW], r->rate, r->burst, now_us);
+            return sl_tokenbucket_take_n(&r->overflow[h % NOVERFLOW], r->rate, r->burst, n, paid, now_us);
         else {
             memcpy(b->key, key, klen + 1);
             sl_tokenbucket_init(&b->tb, r->burst, now_us);
@@ -127,7 +138,7 @@ int sl_ratelimit_take(sl_ratelimit_t *r, const char *key, int64_t now_us)
             r->nkeys++;
         }
     }
-    return sl_tokenbucket_take(&b->tb, r->rate, r->burst, now_us);
+    return sl_tokenbucket_take_n(&b->tb, r->rate, r->burst, n, paid, now_us);
 }
 
 size_t sl_ratelimit_keys(const sl_ratelimit_t *r)

@@ -24,6 +24,15 @@ void sl_tokenbucket_init(sl_tokenbucket_t *b, double burst, int64_t now_us);
  * when allowed, else the whole seconds (>= 1) after which one will be there (for Retry-After). */
 int sl_tokenbucket_take(sl_tokenbucket_t *b, double rate, double burst, int64_t now_us);
 
+/* Takes n tokens at once (n >= 1: a batch of n messages costs n), of which `paid` were taken
+ * already by an earlier call for the same request (the one every request costs at the door; 0
+ * for none). Allowed when the bucket held min(n, burst) before that earlier call, i.e. holds
+ * min(n, burst) - paid now, so that a batch larger than the burst can pass at all; it then takes
+ * the n - paid left, and the bucket goes into debt: the client waits until it has paid (the
+ * average rate holds). Returns 0 when allowed, else the whole seconds (>= 1) until enough tokens
+ * are there. */
+int sl_tokenbucket_take_n(sl_tokenbucket_t *b, double rate, double burst, double n, double paid, int64_t now_us);
+
 typedef struct sl_ratelimit sl_ratelimit_t;
 
 sl_ratelimit_t *sl_ratelimit_create(double rate, double burst, size_t max_keys);
@@ -32,6 +41,8 @@ void sl_ratelimit_destroy(sl_ratelimit_t *r);
 /* Takes one request's token from key's bucket at time now_us (monotonic). Returns 0 when
  * allowed, else the whole seconds (>= 1) after which one will be there (for Retry-After). */
 int sl_ratelimit_take(sl_ratelimit_t *r, const char *key, int64_t now_us);
+/* The same for n tokens, `paid` of them taken already (sl_tokenbucket_take_n). */
+int sl_ratelimit_take_n(sl_ratelimit_t *r, const char *key, double n, double paid, int64_t now_us);
 
 size_t sl_ratelimit_keys(const sl_ratelimit_t *r);
 

@@ -459,6 +459,30 @@ START_TEST(test_ratelimit_overflow_is_sharded)
 }
 END_TEST
 
+/* A batch costs one token per message: it passes when the bucket holds min(n, burst), then
+ * leaves it in debt, so the client's average stays at the rate whatever the batch size. */
+START_TEST(test_ratelimit_batch_costs_its_messages)
+{
+    sl_ratelimit_t *r = sl_ratelimit_create(10, 20, 100);
+    ck_assert_ptr_nonnull(r);
+    ck_assert_int_eq(sl_ratelimit_take_n(r, "c", 15, 0, 0), 0); /* 20 - 15 = 5 left */
+    ck_assert_int_eq(sl_ratelimit_take_n(r, "c", 15, 0, 0), 1); /* needs 15: 1 s at 10/s */
+    ck_assert_int_eq(sl_ratelimit_take_n(r, "c", 5, 0, 0), 0);  /* the 5 left */
+    ck_assert_int_eq(sl_ratelimit_take(r, "c", 0), 1);
+    /* a batch larger than the burst passes on a full bucket, and is paid for afterwards */
+    ck_assert_int_eq(sl_ratelimit_take_n(r, "d", 100, 0, 0), 0);
+    ck_assert_int_eq(sl_ratelimit_take(r, "d", 0), 9);                 /* -80: 8.1 s to reach 1 */
+    ck_assert_int_eq(sl_ratelimit_take(r, "d", 8000000), 1);           /* at 8 s: 0 tokens */
+    ck_assert_int_eq(sl_ratelimit_take(r, "d", 8100000), 0);           /* at 8.1 s: 1 token */
+    ck_assert_int_eq(sl_ratelimit_take_n(r, "d", 100, 0, 8100000), 2); /* needs the full burst of 20 */
+    /* the same when the request took its first token at the door: 1 + 99 on a full bucket */
+    ck_assert_int_eq(sl_ratelimit_take(r, "e", 0), 0);
+    ck_assert_int_eq(sl_ratelimit_take_n(r, "e", 100, 1, 0), 0);
+    ck_assert_int_eq(sl_ratelimit_take(r, "e", 0), 9); /* -80 again */
+    sl_ratelimit_destroy(r);
+}
+END_TEST
+
 START_TEST(test_config_env_and_flags)
 {
     long long port = 0, batch = 0;
@@ -502,6 +526,7 @@ int main(void)
     tcase_add_test(tc, test_time_parse_forms);
     tcase_add_test(tc, test_config_env_and_flags);
     tcase_add_test(tc, test_ratelimit_overflow_is_sharded);
+    tcase_add_test(tc, test_ratelimit_batch_costs_its_messages);
     suite_add_tcase(s, tc);
     return tu_run_suite(s);
 }
