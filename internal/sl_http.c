@@ -836,14 +836,18 @@ int sl_http_peer_is_loopback(h2o_req_t *req)
     return 0;
 }
 
+int sl_http_content_type_is(h2o_req_t *req, const char *type)
+{
+    size_t len = 0, tlen = strlen(type);
+    const char *ct = sl_http_header(req, "content-type", &len);
+    if (ct == NULL || len < tlen || strncasecmp(ct, type, tlen) != 0)
+        return 0;
+    return len == tlen || ct[tlen] == ';' || ct[tlen] == ' ';
+}
+
 int sl_http_content_is_json(h2o_req_t *req)
 {
-    size_t len = 0;
-    const char *ct = sl_http_header(req, "content-type", &len);
-    static const char want[] = "application/json";
-    if (ct == NULL || len < sizeof(want) - 1 || strncasecmp(ct, want, sizeof(want) - 1) != 0)
-        return 0;
-    return len == sizeof(want) - 1 || ct[sizeof(want) - 1] == ';' || ct[sizeof(want) - 1] == ' ';
+    return sl_http_content_type_is(req, "application/json");
 }
 
 int sl_http_path_is(h2o_req_t *req, const char *path)

@@ -168,6 +168,8 @@ int sl_http_method_is(h2o_req_t *req, const char *method);
 
 /* 1 if Content-Type is application/json (parameters such as charset allowed). */
 int sl_http_content_is_json(h2o_req_t *req);
+/* 1 if Content-Type is type (lower case; parameters allowed), e.g. "application/x-ndjson". */
+int sl_http_content_type_is(h2o_req_t *req, const char *type);
 
 /* 1 if the request's normalized path is exactly path. */
 int sl_http_path_is(h2o_req_t *req, const char *path);

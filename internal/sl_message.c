@@ -213,44 +213,143 @@ static int take_common(json_t *root, int channel_required, sl_message_t *msg, sl
     return 0;
 }
 
-int sl_message_from_request(const char *body, size_t len, sl_message_t *msg, sl_error_t *err)
+/* A request object's members are all among allowed (list: their names for the error). */
+static int only_fields(json_t *root, const char *const *allowed, size_t n, const char *list, sl_error_t *err)
 {
-    static const char *const allowed[] = {"channel", "author", "text", "source"};
-    json_t *root;
     const char *key;
     json_t *value;
-    int ret = -1;
-
-    memset(msg, 0, sizeof(*msg));
-    if ((root = parse_object(body, len, err)) == NULL)
-        return -1;
     json_object_foreach(root, key, value)
     {
         size_t i;
-        for (i = 0; i < sizeof(allowed) / sizeof(allowed[0]) && strcmp(key, allowed[i]) != 0; i++)
+        for (i = 0; i < n && strcmp(key, allowed[i]) != 0; i++)
             ;
-        if (i == sizeof(allowed) / sizeof(allowed[0])) {
+        if (i == n) {
             /* key is owned by root; copy what we say before releasing it */
-            sl_error_set(err, 400, "unknown_field", NULL, "unknown field '%.64s' (allowed: channel, author, text, source)",
-                         key);
-            goto Exit;
+            sl_error_set(err, 400, "unknown_field", NULL, "unknown field '%.64s' (allowed: %s)", key, list);
+            return -1;
         }
     }
-    if (take_common(root, 0, msg, err) != 0)
-        goto Exit;
+    return 0;
+}
+
+/* A new message from the object of a request (a POST body, an item of a batch). */
+static int from_request_object(json_t *root, sl_message_t *msg, sl_error_t *err)
+{
+    static const char *const allowed[] = {"channel", "author", "text", "source"};
+    memset(msg, 0, sizeof(*msg));
+    if (only_fields(root, allowed, 4, "channel, author, text, source", err) != 0 || take_common(root, 0, msg, err) != 0)
+        return -1;
     int r = take_string(root, "source", 0, 1, 8, msg->source, sizeof(msg->source), err);
     if (r < 0)
-        goto Exit;
+        return -1;
     if (r == 0)
         strcpy(msg->source, "api");
     else if (strcmp(msg->source, "api") != 0 && strcmp(msg->source, "bot") != 0) {
         sl_error_set(err, 400, "invalid_source", "source", "'source' must be \"api\" or \"bot\"");
-        goto Exit;
+        return -1;
     }
-    ret = 0;
-Exit:
+    return 0;
+}
+
+int sl_message_from_request(const char *body, size_t len, sl_message_t *msg, sl_error_t *err)
+{
+    json_t *root;
+    memset(msg, 0, sizeof(*msg));
+    if ((root = parse_object(body, len, err)) == NULL)
+        return -1;
+    int ret = from_request_object(root, msg, err);
     json_decref(root);
     return ret;
+}
+
+int sl_message_edit_from_request(const char *body, size_t len, char text[SL_TEXT_MAX_CHARS * 4 + 1], sl_error_t *err)
+{
+    static const char *const allowed[] = {"text"};
+    json_t *root = parse_object(body, len, err);
+    if (root == NULL)
+        return -1;
+    int ret = only_fields(root, allowed, 1, "text", err) != 0 ||
+                      take_string(root, "text", 1, 1, SL_TEXT_MAX_CHARS, text, SL_TEXT_MAX_CHARS * 4 + 1, err) < 0
+                  ? -1
+                  : 0;
+    json_decref(root);
+    return ret;
+}
+
+/* One item of a batch: msgs[*n] from item (an object, else a refusal of it at index). */
+static void batch_item(json_t *item, size_t index, sl_message_t *msgs, size_t *n, sl_batch_error_t *errs,
+                       size_t *nerrs)
+{
+    sl_error_t err;
+    if (!json_is_object(item))
+        sl_error_set(&err, 400, "not_an_object", NULL, "each message must be a JSON object");
+    else if (from_request_object(item, &msgs[*n], &err) == 0) {
+        (*n)++;
+        return;
+    }
+    errs[*nerrs].index = index;
+    errs[(*nerrs)++].err = err;
+}
+
+int sl_message_batch_from_request(const char *body, size_t len, int ndjson, sl_message_t *msgs, size_t *n,
+                                  sl_error_t *err, sl_batch_error_t *errs, size_t *nerrs)
+{
+    json_error_t jerr;
+    size_t count = 0;
+    *n = *nerrs = 0;
+    if (sl_utf8_count(body, len) < 0) {
+        sl_error_set(err, 400, "invalid_utf8", NULL, "the body is not valid UTF-8");
+        return -1;
+    }
+    if (!ndjson) {
+        json_t *root = json_loadb(body, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr), *item;
+        size_t i;
+        if (root == NULL) {
+            sl_error_set(err, 400, "invalid_json", NULL, "the body is not valid JSON: %s (at character %d)", jerr.text,
+                         jerr.position);
+            return -1;
+        }
+        if (!json_is_array(root) || (count = json_array_size(root)) < 1 || count > SL_BATCH_MAX) {
+            sl_error_set(err, 400, json_is_array(root) ? "invalid_batch_size" : "not_an_array", NULL,
+                         "the body must be a JSON array of 1 to %d messages%s", SL_BATCH_MAX,
+                         json_is_array(root) ? "" : " (or NDJSON, with Content-Type: application/x-ndjson)");
+            json_decref(root);
+            return -1;
+        }
+        json_array_foreach(root, i, item) batch_item(item, i, msgs, n, errs, nerrs);
+        json_decref(root);
+        return *nerrs > 0 ? -2 : 0;
+    }
+    /* NDJSON: one object per line; a last line break is optional, an empty line is an item. */
+    for (size_t off = 0; off < len; count++) {
+        const char *line = body + off, *nl = memchr(line, '\n', len - off);
+        size_t ll = nl != NULL ? (size_t)(nl - line) : len - off;
+        off += ll + 1;
+        if (ll > 0 && line[ll - 1] == '\r')
+            ll--;
+        if (count >= SL_BATCH_MAX) {
+            count++;
+            break;
+        }
+        json_t *item = ll > 0 ? json_loadb(line, ll, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr) : NULL;
+        if (item == NULL) {
+            errs[*nerrs].index = count;
+            if (ll == 0)
+                sl_error_set(&errs[(*nerrs)++].err, 400, "invalid_json", NULL, "line %zu is empty", count + 1);
+            else
+                sl_error_set(&errs[(*nerrs)++].err, 400, "invalid_json", NULL,
+                             "line %zu is not valid JSON: %s (at character %d)", count + 1, jerr.text, jerr.position);
+            continue;
+        }
+        batch_item(item, count, msgs, n, errs, nerrs);
+        json_decref(item);
+    }
+    if (count < 1 || count > SL_BATCH_MAX) {
+        sl_error_set(err, 400, "invalid_batch_size", NULL, "the body must hold 1 to %d messages, one per line",
+                     SL_BATCH_MAX);
+        return -1;
+    }
+    return *nerrs > 0 ? -2 : 0;
 }
 
 void sl_message_clear(sl_message_t *m)

@@ -93,6 +93,27 @@ size_t sl_channel_canon(const char *s, size_t len, const char **canon);
  * or -1 with err filled (status 400). */
 int sl_message_from_request(const char *body, size_t len, sl_message_t *msg, sl_error_t *err);
 
+/* Validates a PATCH /v1/messages/{id} body, {"text":…} (1 to SL_TEXT_MAX_CHARS characters,
+ * nothing else), into text. Returns 0, or -1 with err filled (status 400). */
+int sl_message_edit_from_request(const char *body, size_t len, char text[SL_TEXT_MAX_CHARS * 4 + 1], sl_error_t *err);
+
+#define SL_BATCH_MAX 100 /* messages in one POST /v1/messages/batch */
+
+/* One refused item of a batch: its index (from 0) and why. */
+typedef struct sl_batch_error {
+    size_t index;
+    sl_error_t err;
+} sl_batch_error_t;
+
+/* Validates a POST /v1/messages/batch body: a JSON array (ndjson 0) or NDJSON (ndjson 1: one
+ * object per line, the last line break optional, an empty line an item of its own) of 1 to
+ * SL_BATCH_MAX messages, each checked as sl_message_from_request checks a body. msgs and errs hold
+ * SL_BATCH_MAX entries each. Returns 0 with msgs[0..*n) filled; -1 with err filled when the body as a
+ * whole is wrong (not UTF-8, not JSON, not an array, no message, too many); -2 when items are
+ * wrong, each named in errs[0..*nerrs) in index order. */
+int sl_message_batch_from_request(const char *body, size_t len, int ndjson, sl_message_t *msgs, size_t *n,
+                                  sl_error_t *err, sl_batch_error_t *errs, size_t *nerrs);
+
 /* The message as a JSON object (seq included when non-zero; url, edited_at and meta when set). An
  * event (type update or delete) gives {"type","id","channel",["text","url","edited_at","meta",]
  * "event_id","created_at"[,"seq"]}. New reference; NULL on no memory. */

@@ -118,6 +118,90 @@ START_TEST(test_channel_hash_prefix)
 }
 END_TEST
 
+START_TEST(test_edit_body)
+{
+    char text[SL_TEXT_MAX_CHARS * 4 + 1];
+    sl_error_t err;
+    const char *good = "{\"text\":\"better \u00e9\"}";
+    ck_assert_int_eq(sl_message_edit_from_request(good, strlen(good), text, &err), 0);
+    ck_assert_str_eq(text, "better \xc3\xa9");
+    static const struct bad_case bad[] = {
+        {"", "invalid_json", NULL},
+        {"[]", "not_an_object", NULL},
+        {"{}", "missing_field", "text"},
+        {"{\"text\":\"\"}", "invalid_length", "text"},
+        {"{\"text\":3}", "invalid_type", "text"},
+        {"{\"text\":\"x\",\"author\":\"mallory\"}", "unknown_field", NULL},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        ck_assert_int_eq(sl_message_edit_from_request(bad[i].body, strlen(bad[i].body), text, &err), -1);
+        ck_assert_msg(strcmp(err.code, bad[i].code) == 0, "case %zu: %s", i, err.code);
+        ck_assert_int_eq(err.status, 400);
+        if (bad[i].field != NULL)
+            ck_assert_str_eq(err.field, bad[i].field);
+    }
+}
+END_TEST
+
+/* A batch names every bad item by its index, in order, JSON array and NDJSON alike. */
+START_TEST(test_batch_bodies)
+{
+    static sl_message_t msgs[SL_BATCH_MAX];
+    static sl_batch_error_t errs[SL_BATCH_MAX];
+    size_t n, nerrs;
+    sl_error_t err;
+    const char *arr = "[{\"author\":\"a\",\"text\":\"one\"},{\"author\":\"b\"},7,"
+                      "{\"author\":\"c\",\"text\":\"x\",\"channel\":\"#news\"},{\"author\":\"d\",\"text\":\"x\",\"k\":1}]";
+    ck_assert_int_eq(sl_message_batch_from_request(arr, strlen(arr), 0, msgs, &n, &err, errs, &nerrs), -2);
+    ck_assert_uint_eq(nerrs, 3);
+    ck_assert_uint_eq(errs[0].index, 1);
+    ck_assert_str_eq(errs[0].err.code, "missing_field");
+    ck_assert_str_eq(errs[0].err.field, "text");
+    ck_assert_uint_eq(errs[1].index, 2);
+    ck_assert_str_eq(errs[1].err.code, "not_an_object");
+    ck_assert_uint_eq(errs[2].index, 4);
+    ck_assert_str_eq(errs[2].err.code, "unknown_field");
+
+    const char *nd = "{\"author\":\"a\",\"text\":\"one\"}\r\n{\"author\":\"b\",\"text\":\"two\",\"channel\":\"#news\"}\n";
+    ck_assert_int_eq(sl_message_batch_from_request(nd, strlen(nd), 1, msgs, &n, &err, errs, &nerrs), 0);
+    ck_assert_uint_eq(n, 2);
+    ck_assert_str_eq(msgs[0].text, "one");
+    ck_assert_str_eq(msgs[1].channel, "news");
+    ck_assert_str_eq(msgs[1].source, "api");
+    const char *nd_bad = "{\"author\":\"a\",\"text\":\"one\"}\n\n{\"author\":\"b\",\"text\":\"two\"";
+    ck_assert_int_eq(sl_message_batch_from_request(nd_bad, strlen(nd_bad), 1, msgs, &n, &err, errs, &nerrs), -2);
+    ck_assert_uint_eq(nerrs, 2);
+    ck_assert_uint_eq(errs[0].index, 1); /* the empty line */
+    ck_assert_uint_eq(errs[1].index, 2);
+    ck_assert_str_eq(errs[1].err.code, "invalid_json");
+
+    /* the body as a whole */
+    static const struct bad_case whole[] = {
+        {"", "invalid_json", NULL}, {"{}", "not_an_array", NULL}, {"[]", "invalid_batch_size", NULL}};
+    for (size_t i = 0; i < sizeof(whole) / sizeof(whole[0]); i++) {
+        ck_assert_int_eq(sl_message_batch_from_request(whole[i].body, strlen(whole[i].body), 0, msgs, &n, &err, errs,
+                                                       &nerrs),
+                         -1);
+        ck_assert_str_eq(err.code, whole[i].code);
+    }
+    ck_assert_int_eq(sl_message_batch_from_request("", 0, 1, msgs, &n, &err, errs, &nerrs), -1);
+    ck_assert_str_eq(err.code, "invalid_batch_size");
+    /* 100 messages pass, 101 do not */
+    for (int count = SL_BATCH_MAX; count <= SL_BATCH_MAX + 1; count++) {
+        char *body = malloc((size_t)count * 40 + 8), *p = body;
+        for (int i = 0; i < count; i++)
+            p += sprintf(p, "{\"author\":\"a\",\"text\":\"m%d\"}\n", i);
+        int rc = sl_message_batch_from_request(body, (size_t)(p - body), 1, msgs, &n, &err, errs, &nerrs);
+        ck_assert_int_eq(rc, count == SL_BATCH_MAX ? 0 : -1);
+        if (rc == 0)
+            ck_assert_str_eq(msgs[99].text, "m99");
+        else
+            ck_assert_str_eq(err.code, "invalid_batch_size");
+        free(body);
+    }
+}
+END_TEST
+
 START_TEST(test_length_limits_count_characters)
 {
     /* 500 three-byte characters pass, 501 do not; the limit is characters, not bytes. */
@@ -525,6 +609,8 @@ int main(void)
     tcase_add_test(tc, test_uuid_v5_known_value);
     tcase_add_test(tc, test_time_parse_forms);
     tcase_add_test(tc, test_config_env_and_flags);
+    tcase_add_test(tc, test_edit_body);
+    tcase_add_test(tc, test_batch_bodies);
     tcase_add_test(tc, test_ratelimit_overflow_is_sharded);
     tcase_add_test(tc, test_ratelimit_batch_costs_its_messages);
     suite_add_tcase(s, tc);
