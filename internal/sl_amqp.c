@@ -36,6 +36,19 @@ int sl_amqp_declare_check(char *err, size_t errlen)
     return -1;
 }
 
+int sl_amqp_is_atomic(const amqp_basic_properties_t *props)
+{
+    if (!(props->_flags & AMQP_BASIC_HEADERS_FLAG))
+        return 0;
+    size_t klen = strlen(SL_AMQP_ATOMIC_HEADER);
+    for (int i = 0; i < props->headers.num_entries; i++) {
+        const amqp_table_entry_t *e = &props->headers.entries[i];
+        if (e->key.len == klen && memcmp(e->key.bytes, SL_AMQP_ATOMIC_HEADER, klen) == 0)
+            return e->value.kind == AMQP_FIELD_KIND_BOOLEAN && e->value.value.boolean;
+    }
+    return 0;
+}
+
 const char *sl_amqp_reply_text(amqp_rpc_reply_t r, char *buf, size_t len)
 {
     switch (r.reply_type) {

@@ -35,6 +35,10 @@
 #define SL_AMQP_CHANNEL 1
 #define SL_AMQP_MAX_LINES 256                /* items per message on the persist queue */
 #define SL_AMQP_MAX_BATCH_BYTES (256 * 1024) /* a batch goes out before it would pass this */
+/* A persist-queue message with this header (boolean true) holds lines that are one request's (a
+ * POST /v1/messages/batch): the persister stores them in one transaction, and refuses them (to the
+ * dead-letter queue) all together, never some of them. */
+#define SL_AMQP_ATOMIC_HEADER "x-sluice-atomic"
 #define SL_LIVE_ROUTING_KEY "feed"
 #define SL_LIVE_CONTENT_TYPE "application/x-ndjson"
 
@@ -72,6 +76,9 @@ typedef struct sl_amqp_topology {
  * sl_amqp_declare_check). */
 void sl_amqp_topology_defaults(sl_amqp_topology_t *t, long long max_length, long long max_bytes);
 #define SL_AMQP_MAX_BYTES_DEFAULT "268435456" /* 256 MiB: about a million posts of 250 bytes */
+
+/* 1 when props carry SL_AMQP_ATOMIC_HEADER set to true. */
+int sl_amqp_is_atomic(const amqp_basic_properties_t *props);
 
 /* SLUICE_AMQP_DECLARE for a service's startup check: unset, empty, "all" or "passive" give 0; any
  * other value -1 with a sentence in err. */

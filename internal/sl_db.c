@@ -106,6 +106,22 @@ static const struct migration migrations[] = {
      {"ALTER TABLE messages ADD COLUMN IF NOT EXISTS meta JSONB", NULL},
      {NULL},
      {NULL}},
+    /* Edits, deletes and batches from the api. request_keys: the Idempotency-Keys of PATCH, DELETE
+     * and batch requests (scope "message:<id>" or "author:<name>"; ids: the ids answered,
+     * space-separated). message_events_ignored: an edit or delete that reached the persister after
+     * its message's delete was recorded (a race the api cannot see): kept here, with no seq, never
+     * applied nor published, so that nothing accepted disappears without a trace. */
+    {7,
+     "edits",
+     {"CREATE TABLE IF NOT EXISTS request_keys (scope TEXT NOT NULL, key TEXT NOT NULL, request VARCHAR(16) NOT NULL,"
+      " fingerprint TEXT NOT NULL, ids TEXT NOT NULL, created_at TIMESTAMPTZ NOT NULL, accepted_at TIMESTAMPTZ,"
+      " PRIMARY KEY (scope, key))",
+      "CREATE TABLE IF NOT EXISTS message_events_ignored (event_id UUID PRIMARY KEY, message_id UUID NOT NULL,"
+      " channel VARCHAR(64) NOT NULL, type VARCHAR(16) NOT NULL, body TEXT NOT NULL, reason TEXT NOT NULL,"
+      " created_at TIMESTAMPTZ NOT NULL, ignored_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+      NULL},
+     {NULL},
+     {NULL}},
 };
 
 const char *sl_db_sqlstate(const PGresult *res)
@@ -720,10 +736,98 @@ static int update_channels(sl_db_t *db, sl_message_t *msgs, size_t n, const char
     return ret;
 }
 
+/* An edit or delete whose message's delete is already recorded (by an earlier batch) is not
+ * numbered, applied nor published: fresh[i] cleared, ignored[i] set. It lost a race the api could
+ * not see (an edit and a delete accepted at once): record_ignored keeps it. On failure *res is
+ * the failed result. */
+static int drop_events_of_deleted(sl_db_t *db, sl_message_t *msgs, size_t n, char *fresh, char *ignored,
+                                  PGresult **res, char *err, size_t errlen)
+{
+    sl_buf_t ids = SL_BUF_INIT;
+    size_t np = 0;
+    int ret = SL_DB_OK;
+    sl_buf_appends(&ids, "{");
+    for (size_t i = 0; i < n; i++) {
+        if (fresh[i] && msgs[i].type != SL_MESSAGE_NEW) {
+            array_add(&ids, msgs[i].id);
+            np++;
+        }
+    }
+    sl_buf_appends(&ids, "}");
+    if (np > 0) {
+        const char *p1[] = {ids.data};
+        ret = exec(db, "SELECT DISTINCT message_id FROM message_events WHERE type = 'delete' AND message_id = ANY($1::uuid[])",
+                   1, p1, res, err, errlen);
+        for (int r = 0; ret == SL_DB_OK && r < PQntuples(*res); r++) {
+            for (size_t i = 0; i < n; i++) {
+                if (fresh[i] && msgs[i].type != SL_MESSAGE_NEW && strcasecmp(PQgetvalue(*res, r, 0), msgs[i].id) == 0) {
+                    fresh[i] = 0;
+                    ignored[i] = 1;
+                }
+            }
+        }
+        if (ret == SL_DB_OK) {
+            PQclear(*res);
+            *res = NULL;
+        }
+    }
+    sl_buf_free(&ids);
+    return ret;
+}
+
+/* Keeps the events marked ignored in message_events_ignored (once per event_id), with their queue
+ * JSON (no seq), for an operator to see; the persister logs each one after the commit. */
+static int record_ignored(sl_db_t *db, const sl_message_t *msgs, size_t n, const char *ignored, PGresult **res,
+                          char *err, size_t errlen)
+{
+    sl_buf_t cols[6];
+    char ts[SL_TIME_RFC3339_LEN];
+    size_t count = 0;
+    int ret = SL_DB_OK;
+    memset(cols, 0, sizeof(cols));
+    for (int c = 0; c < 6; c++)
+        sl_buf_appends(&cols[c], "{");
+    for (size_t i = 0; i < n; i++) {
+        if (!ignored[i])
+            continue;
+        sl_buf_t body = SL_BUF_INIT;
+        sl_message_append_json(&body, &msgs[i]);
+        sl_time_format(msgs[i].created_at_us, ts);
+        array_add(&cols[0], msgs[i].event_id);
+        array_add(&cols[1], msgs[i].id);
+        array_add(&cols[2], msgs[i].channel);
+        array_add(&cols[3], sl_message_type_name(msgs[i].type));
+        array_add(&cols[4], body.data);
+        array_add(&cols[5], ts);
+        sl_buf_free(&body);
+        count++;
+    }
+    if (count > 0) {
+        const char *p6[6];
+        for (int c = 0; c < 6; c++) {
+            sl_buf_appends(&cols[c], "}");
+            p6[c] = cols[c].data;
+        }
+        ret = exec(db,
+                   "INSERT INTO message_events_ignored (event_id, message_id, channel, type, body, reason, created_at)"
+                   " SELECT e, m, c, t, b, 'its message was deleted first', a FROM unnest($1::uuid[], $2::uuid[],"
+                   " $3::text[], $4::text[], $5::text[], $6::timestamptz[]) AS u(e, m, c, t, b, a)"
+                   " ON CONFLICT (event_id) DO NOTHING",
+                   6, p6, res, err, errlen);
+        if (ret == SL_DB_OK) {
+            PQclear(*res);
+            *res = NULL;
+        }
+    }
+    for (int c = 0; c < 6; c++)
+        sl_buf_free(&cols[c]);
+    return ret;
+}
+
 /* One attempt of the batch transaction body, after BEGIN. careful: check every id against those
  * stored, even when the batch assumes them new. */
 static int store_attempt(sl_db_t *db, sl_message_t *msgs, size_t n, const sl_db_batch_t *prepared, int careful,
-                         size_t *stored, char *err, size_t errlen, PGresult **failed)
+                         char *ignored, size_t *stored, char *err, size_t errlen, PGresult **failed)
 {
     const char *is_new = prepared->is_new;
     PGresult *res = NULL;
@@ -798,17 +902,23 @@ static int store_attempt(sl_db_t *db, sl_message_t *msgs, size_t n, const sl_db_
         if (ret != SL_DB_OK)
             goto Exit;
     }
-    /* Events already stored. */
+    /* Events already stored (or already ignored: see drop_events_of_deleted). */
     sql.len = 0;
     np = 0;
-    sl_buf_appends(&sql, "SELECT event_id FROM message_events WHERE event_id IN (");
-    for (size_t i = 0; i < n; i++) {
-        if (!is_new[i] || msgs[i].type == SL_MESSAGE_NEW)
-            continue;
-        sl_buf_appendf(&sql, "%s$%zu", np ? "," : "", np + 1);
-        params[np++] = msgs[i].event_id;
+    {
+        sl_buf_t in = SL_BUF_INIT;
+        for (size_t i = 0; i < n; i++) {
+            if (!is_new[i] || msgs[i].type == SL_MESSAGE_NEW)
+                continue;
+            sl_buf_appendf(&in, "%s$%zu", np ? "," : "", np + 1);
+            params[np++] = msgs[i].event_id;
+        }
+        sl_buf_appendf(&sql,
+                       "SELECT event_id FROM message_events WHERE event_id IN (%s) UNION ALL"
+                       " SELECT event_id FROM message_events_ignored WHERE event_id IN (%s)",
+                       in.data, in.data);
+        sl_buf_free(&in);
     }
-    sl_buf_appends(&sql, ")");
     if (np > 0) {
         if ((ret = exec(db, sql.data, (int)np, params, &res, err, errlen)) != SL_DB_OK)
             goto Exit;
@@ -816,6 +926,9 @@ static int store_attempt(sl_db_t *db, sl_message_t *msgs, size_t n, const sl_db_
         PQclear(res);
         res = NULL;
     }
+    memset(ignored, 0, n);
+    if ((ret = drop_events_of_deleted(db, msgs, n, fresh, ignored, &res, err, errlen)) != SL_DB_OK)
+        goto Exit;
 
     /* Positions in array order, messages and events alike. */
     int any_delete = 0;
@@ -823,8 +936,10 @@ static int store_attempt(sl_db_t *db, sl_message_t *msgs, size_t n, const sl_db_
         any_delete = msgs[i].type == SL_MESSAGE_DELETE;
     for (size_t i = 0; i < n; i++) {
         msgs[i].seq = 0;
-        if (any_delete && fresh[i] && msgs[i].type == SL_MESSAGE_NEW && deleted_earlier_in_batch(msgs, i, fresh))
+        if (any_delete && fresh[i] && deleted_earlier_in_batch(msgs, i, fresh)) {
             fresh[i] = 0;
+            ignored[i] = msgs[i].type != SL_MESSAGE_NEW;
+        }
         if (!fresh[i])
             continue;
         msgs[i].seq = last_seq + (long long)(++k);
@@ -934,6 +1049,8 @@ static int store_attempt(sl_db_t *db, sl_message_t *msgs, size_t n, const sl_db_
             res = NULL;
         }
     }
+    if ((ret = record_ignored(db, msgs, n, ignored, &res, err, errlen)) != SL_DB_OK)
+        goto Exit;
 
 Numbered:
     if (k > 0) {
@@ -1055,12 +1172,18 @@ int sl_db_store_batch(sl_db_t *db, sl_message_t *msgs, size_t n, const sl_db_bat
 {
     int crdb = db->kind == SL_DB_COCKROACH, ret = SL_DB_RETRY;
     sl_db_batch_t own;
+    char *ignored = NULL;
     memset(&own, 0, sizeof(own));
     *stored = 0;
+    db->last_ignored = 0;
     if (n == 0)
         return SL_DB_OK;
     if (db->conn == NULL)
         return not_connected("store batch", NULL, err, errlen);
+    if ((ignored = calloc(n, 1)) == NULL) {
+        snprintf(err, errlen, "out of memory");
+        goto Exit;
+    }
     if (prepared == NULL) {
         if (sl_db_batch_prepare(&own, msgs, n) != 0) {
             snprintf(err, errlen, "out of memory");
@@ -1073,7 +1196,7 @@ int sl_db_store_batch(sl_db_t *db, sl_message_t *msgs, size_t n, const sl_db_bat
         goto Rollback;
     for (int attempt = 0, careful = 0;; attempt++) {
         PGresult *failed = NULL;
-        ret = store_attempt(db, msgs, n, prepared, careful, stored, err, errlen, &failed);
+        ret = store_attempt(db, msgs, n, prepared, careful, ignored, stored, err, errlen, &failed);
         if (ret == SL_DB_OK && crdb)
             ret = exec(db, "RELEASE SAVEPOINT cockroach_restart", 0, NULL, &failed, err, errlen);
         if (ret == SL_DB_OK)
@@ -1122,6 +1245,14 @@ Rollback:
     }
     *stored = 0;
 Exit:
+    for (size_t i = 0; ret == SL_DB_OK && i < n; i++) {
+        if (ignored[i]) {
+            db->last_ignored++;
+            SL_INFO("event=event_ignored type=%s id=%s event_id=%s reason=\"its message was deleted first\"",
+                    sl_message_type_name(msgs[i].type), msgs[i].id, msgs[i].event_id);
+        }
+    }
+    free(ignored);
     sl_db_batch_free(&own);
     return ret;
 }

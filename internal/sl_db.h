@@ -47,6 +47,7 @@ typedef struct sl_db {
                       * connecting, sl_db_set_timeout's + 1 s after that */
     int statement_timeout_ms; /* the server's, as sl_db_set_timeout set it (0: the server's default) */
     unsigned prepared; /* bit per statement prepared on this connection */
+    size_t last_ignored; /* events the last sl_db_store_batch kept in message_events_ignored */
 } sl_db_t;
 
 /* The columns of a message, in the order sl_db_row_to_message reads them (url and edited_at exist
@@ -147,7 +148,11 @@ void sl_db_batch_free(sl_db_batch_t *b);
  * sets deleted_at). An event for a message never
  * stored is kept all the same, with the channel it came with; for a known message, msgs[i].channel
  * becomes the message's channel. An event's created_at_us of 0 becomes the current time. A message
- * whose delete is already recorded (or comes earlier in msgs) is not stored (seq 0). */
+ * whose delete is already recorded (or comes earlier in msgs) is not stored (seq 0), and neither
+ * is an event for one (an edit or a second delete that lost a race with the delete): it gets no
+ * seq, is neither applied nor published, and is kept in message_events_ignored instead (once per
+ * event_id; a redelivery finds it there), logged (event=event_ignored) and counted in
+ * db->last_ignored. */
 /* prepared: NULL, or sl_db_batch_prepare of these msgs. */
 int sl_db_store_batch(sl_db_t *db, sl_message_t *msgs, size_t n, const sl_db_batch_t *prepared, size_t *stored,
                       char *err, size_t errlen);

@@ -23,6 +23,7 @@
 struct stats {
     uint64_t batches, rows, duplicates, redeliveries, dead_lettered, db_reconnects, amqp_reconnects, live_published;
     uint64_t events; /* updates and deletes stored (counted apart from rows) */
+    uint64_t events_ignored; /* updates and deletes of messages deleted before (message_events_ignored) */
     uint64_t db_transient; /* transient database failures (the batch was kept and tried again) */
     uint64_t db_poison;    /* batches the database refused as a whole (then stored one by one) */
     sl_histogram_t commit_latency, batch_rows;
@@ -34,6 +35,7 @@ struct stats {
 struct batch {
     sl_message_t *msgs;
     uint64_t *tags;     /* of the delivery each message came in (a delivery holds one or more) */
+    char *atomic;       /* 1: its delivery was marked SL_AMQP_ATOMIC_HEADER (stored or refused whole) */
     size_t n;           /* every delivery's messages go into one batch: n < batch_size + SL_AMQP_MAX_LINES */
     sl_db_batch_t prep; /* sl_db_batch_prepare of msgs, made by the consumer (not the writer) */
     int prepared;       /* n + 1 when prep is of these n messages, else 0 */
@@ -133,7 +135,8 @@ sl_persister_t *sl_persister_create(const sl_persister_conf_t *conf)
         size_t cap = (size_t)conf->batch_size + SL_AMQP_MAX_LINES;
         p->batches[i].msgs = calloc(cap, sizeof(*p->batches[i].msgs));
         p->batches[i].tags = calloc(cap, sizeof(*p->batches[i].tags));
-        if (p->batches[i].msgs == NULL || p->batches[i].tags == NULL) {
+        p->batches[i].atomic = calloc(cap, 1);
+        if (p->batches[i].msgs == NULL || p->batches[i].tags == NULL || p->batches[i].atomic == NULL) {
             sl_persister_destroy(p);
             return NULL;
         }
@@ -167,6 +170,7 @@ void sl_persister_destroy(sl_persister_t *p)
             batch_clear(&p->batches[i]);
         free(p->batches[i].msgs);
         free(p->batches[i].tags);
+        free(p->batches[i].atomic);
         sl_db_batch_free(&p->batches[i].prep);
     }
     for (int i = 0; i < 2; i++) {
@@ -199,20 +203,35 @@ static int connect_db(sl_persister_t *p)
     return 0;
 }
 
-/* Stores one message alone; a refusal of its data by the database (poison) marks it for the
- * dead-letter queue (seq 0 and tag kept, dead[i] set). */
-static int store_alone(sl_persister_t *p, struct batch *b, size_t i, char *dead)
+/* How many messages from i on are stored together when the batch is stored piece by piece: the
+ * lines of an atomic delivery (a POST /v1/messages/batch) all together, anything else alone. */
+static size_t group_len(const struct batch *b, size_t i)
+{
+    size_t k = 1;
+    while (b->atomic[i] && i + k < b->n && b->atomic[i + k] && b->tags[i + k] == b->tags[i])
+        k++;
+    return k;
+}
+
+/* Stores msgs[i..i+k) alone (one message, or one atomic delivery) and adds to *ignored; a refusal
+ * of their data by the database (poison) marks all k for the dead-letter queue (seq 0 and tag
+ * kept, dead[] set). */
+static int store_alone(sl_persister_t *p, struct batch *b, size_t i, size_t k, char *dead, size_t *ignored)
 {
     char err[512], q[600];
     size_t stored;
-    int r = sl_db_store_batch(&p->db, &b->msgs[i], 1, NULL, &stored, err, sizeof(err));
+    int r = sl_db_store_batch(&p->db, &b->msgs[i], k, NULL, &stored, err, sizeof(err));
     if (r == SL_DB_ERROR) {
-        SL_ERROR("event=refused_by_database delivery_tag=%llu error=%s", (unsigned long long)b->tags[i],
+        SL_ERROR("event=refused_by_database delivery_tag=%llu messages=%zu error=%s", (unsigned long long)b->tags[i], k,
                  sl_log_quote(q, sizeof(q), err));
-        b->msgs[i].seq = 0;
-        dead[i] = 1;
+        for (size_t j = i; j < i + k; j++) {
+            b->msgs[j].seq = 0;
+            dead[j] = 1;
+        }
         return SL_DB_OK;
     }
+    if (r == SL_DB_OK)
+        *ignored += p->db.last_ignored;
     return r;
 }
 
@@ -246,19 +265,23 @@ static int store(sl_persister_t *p, struct batch *b, char *dead)
             writer_backoff(p, attempt);
             continue;
         }
-        size_t stored = 0;
+        size_t stored = 0, ignored = 0;
         int64_t t0 = sl_time_mono_us();
         memset(dead, 0, b->n);
         int r = sl_db_store_batch(&p->db, b->msgs, b->n, b->prepared ? &b->prep : NULL, &stored, err, sizeof(err));
+        if (r == SL_DB_OK)
+            ignored = p->db.last_ignored;
         if (r == SL_DB_ERROR) {
             /* The data of something in the batch is refused (poison, SQLSTATE class 22 or 23): store
-             * one by one so only the culprit is dead-lettered. */
+             * one by one (an atomic delivery as one) so only the culprit is dead-lettered. */
             SL_WARN("event=batch_refused rows=%zu error=%s", b->n, sl_log_quote(q, sizeof(q), err));
             STAT(p, p->stats.db_poison++);
             stored = 0;
-            for (size_t i = 0; i < b->n && r != SL_DB_RETRY; i++) {
-                r = store_alone(p, b, i, dead);
-                stored += b->msgs[i].seq != 0;
+            for (size_t i = 0, k; i < b->n && r != SL_DB_RETRY; i += k) {
+                k = group_len(b, i);
+                r = store_alone(p, b, i, k, dead, &ignored);
+                for (size_t j = i; j < i + k; j++)
+                    stored += b->msgs[j].seq != 0;
             }
             if (r != SL_DB_RETRY)
                 r = SL_DB_OK;
@@ -271,7 +294,7 @@ static int store(sl_persister_t *p, struct batch *b, char *dead)
                 ndead += dead[i] != 0;
             }
             STAT(p, p->stats.batches++; p->stats.rows += stored - events; p->stats.events += events;
-                 p->stats.duplicates += b->n - stored - ndead;
+                 p->stats.events_ignored += ignored; p->stats.duplicates += b->n - stored - ndead - ignored;
                  sl_histogram_observe(&p->stats.commit_latency, secs);
                  sl_histogram_observe(&p->stats.batch_rows, (double)b->n));
             SL_DEBUG("event=batch_committed rows=%zu stored=%zu ms=%.1f", b->n, stored, secs * 1000);
@@ -516,10 +539,12 @@ static void handle_other_frame(sl_persister_t *p)
 }
 
 /* Adds the messages of one delivery (one per line, sl_amqp.h) to b. A line that does not decode
- * is dead-lettered (confirmed): with its whole delivery when it is the only line, else alone. A
- * delivery left with nothing to commit is acked at once; the others with their batch. */
-static void take_delivery(sl_persister_t *p, struct batch *b, uint64_t tag, const char *body, size_t len)
+ * is dead-lettered (confirmed): with its whole delivery when it is the only line or the delivery
+ * is atomic (SL_AMQP_ATOMIC_HEADER: all its lines or none), else alone. A delivery left with
+ * nothing to commit is acked at once; the others with their batch. */
+static void take_delivery(sl_persister_t *p, struct batch *b, uint64_t tag, const char *body, size_t len, int atomic)
 {
+    size_t first = b->n;
     const char *nl;
     size_t lines = 1, good = 0;
     for (const char *at = body; len > 0 && (nl = memchr(at, '\n', len - (size_t)(at - body))) != NULL; at = nl + 1)
@@ -537,10 +562,18 @@ static void take_delivery(sl_persister_t *p, struct batch *b, uint64_t tag, cons
         if (n == 0 && lines > 1)
             continue; /* a blank line between items */
         if (sl_message_from_json(line, n, &b->msgs[b->n], &err) != 0) {
+            if (atomic) { /* the lines taken so far go back too */
+                while (b->n > first)
+                    sl_message_clear(&b->msgs[--b->n]);
+                if (dead_letter(p, tag, body, len, err.message) == 0)
+                    amqp_basic_ack(p->amqp, SL_AMQP_CHANNEL, tag, 0);
+                return;
+            }
             dead_letter(p, tag, line, n, err.message);
             continue;
         }
         b->tags[b->n] = tag;
+        b->atomic[b->n] = (char)(atomic != 0);
         b->n++;
         good++;
     }
@@ -574,7 +607,8 @@ static void take_deliveries(sl_persister_t *p)
             STAT(p, p->stats.redeliveries++);
             b->redelivered = 1;
         }
-        take_delivery(p, b, env.delivery_tag, env.message.body.bytes, env.message.body.len);
+        take_delivery(p, b, env.delivery_tag, env.message.body.bytes, env.message.body.len,
+                      sl_amqp_is_atomic(&env.message.properties));
         amqp_destroy_envelope(&env);
     }
 }
@@ -823,6 +857,10 @@ void sl_persister_render_metrics(sl_persister_t *p, sl_buf_t *b)
     sl_metrics_sample(b, "sluice_persister_rows_total", "", (double)s.rows);
     sl_metrics_header(b, "sluice_persister_events_total", "counter", "Updates and deletes of messages stored.");
     sl_metrics_sample(b, "sluice_persister_events_total", "", (double)s.events);
+    sl_metrics_header(b, "sluice_persister_events_ignored_total", "counter",
+                      "Updates and deletes that came after their message's delete: kept in message_events_ignored,"
+                      " not numbered, applied nor published.");
+    sl_metrics_sample(b, "sluice_persister_events_ignored_total", "", (double)s.events_ignored);
     sl_metrics_header(b, "sluice_persister_duplicates_total", "counter", "Deliveries whose id was already stored.");
     sl_metrics_sample(b, "sluice_persister_duplicates_total", "", (double)s.duplicates);
     sl_metrics_header(b, "sluice_persister_redeliveries_total", "counter", "Deliveries flagged redelivered.");

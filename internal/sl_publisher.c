@@ -47,6 +47,7 @@ struct sl_publisher {
     sl_buf_t body;
     struct entry *gathered;
     size_t ngathered;
+    int atomic; /* the gathered lines are one group (sl_publisher_publish_group): they go alone */
     char exchange[128], routing_key[256];
     h2o_timeout_t flush_timeout; /* 0 ms: at the end of the current loop turn */
     h2o_timeout_t wait_timeout;  /* WAIT_ROOM_MS: the next try of a batch that found no room */
@@ -110,6 +111,7 @@ static struct slot *seal_gathered(sl_publisher_t *p)
     s->in_use = 1;
     p->gathered = NULL;
     p->ngathered = 0;
+    p->atomic = 0;
     return s;
 }
 
@@ -128,10 +130,16 @@ static void flush(sl_publisher_t *p)
         return;
     }
     amqp_basic_properties_t props;
+    amqp_table_entry_t atomic = {amqp_cstring_bytes(SL_AMQP_ATOMIC_HEADER),
+                                 {AMQP_FIELD_KIND_BOOLEAN, {.boolean = 1}}};
     memset(&props, 0, sizeof(props));
     props._flags = AMQP_BASIC_CONTENT_TYPE_FLAG | AMQP_BASIC_DELIVERY_MODE_FLAG;
     props.content_type = amqp_cstring_bytes(p->ngathered > 1 ? SL_LIVE_CONTENT_TYPE : "application/json");
     props.delivery_mode = AMQP_DELIVERY_PERSISTENT;
+    if (p->atomic) {
+        props._flags |= AMQP_BASIC_HEADERS_FLAG;
+        props.headers = (amqp_table_t){1, &atomic};
+    }
     amqp_bytes_t b = {p->body.len, p->body.data};
     struct slot *s = seal_gathered(p);
     p->stats.published += s->n;
@@ -340,8 +348,11 @@ sl_publisher_t *sl_publisher_create(h2o_loop_t *loop, const sl_publisher_conf_t 
     return p;
 }
 
-sl_publish_result_t sl_publisher_publish(sl_publisher_t *p, const char *exchange, const char *routing_key,
-                                         const void *body, size_t len, sl_publish_cb cb, void *data, uint64_t *tag)
+/* Adds nlines lines (body, joined by '\n') to the batch being gathered, as one publish (cb runs
+ * once) that counts nlines posts; nlines > 1 is a group, which travels alone. See
+ * sl_publisher_publish and sl_publisher_publish_group. */
+static sl_publish_result_t gather(sl_publisher_t *p, const char *exchange, const char *routing_key, const void *body,
+                                  size_t len, size_t nlines, sl_publish_cb cb, void *data, uint64_t *tag)
 {
     if (p->amqp.conn == NULL || p->broken[0] != '\0') {
         p->stats.refused_down++;
@@ -351,28 +362,34 @@ sl_publish_result_t sl_publisher_publish(sl_publisher_t *p, const char *exchange
         p->stats.refused_blocked++;
         return SL_PUBLISH_BLOCKED;
     }
-    if (memchr(body, '\n', len) != NULL || strlen(exchange) >= sizeof(p->exchange) ||
+    size_t breaks = 0;
+    for (const char *nl = body; (nl = memchr(nl, '\n', len - (size_t)(nl - (const char *)body))) != NULL; nl++)
+        breaks++;
+    if (nlines < 1 || nlines > p->conf.max_batch || breaks != nlines - 1 || strlen(exchange) >= sizeof(p->exchange) ||
         strlen(routing_key) >= sizeof(p->routing_key)) {
-        SL_ERROR("event=publish_refused reason=\"line break in the body, or names too long\"");
+        SL_ERROR("event=publish_refused reason=\"line breaks in the body not as many as its lines, or names too long\"");
         p->stats.refused_down++;
         return SL_PUBLISH_UNAVAILABLE;
     }
-    /* A batch holds one route, max_batch posts and about max_batch_bytes: else it goes now. */
+    /* A batch holds one route, max_batch posts and about max_batch_bytes, and a group nothing
+     * else: else what is gathered goes now. */
     if (p->ngathered > 0 &&
-        (p->ngathered >= p->conf.max_batch || p->body.len + len > SL_AMQP_MAX_BATCH_BYTES ||
-         strcmp(exchange, p->exchange) != 0 || strcmp(routing_key, p->routing_key) != 0))
+        (p->atomic || nlines > 1 || p->ngathered + nlines > p->conf.max_batch ||
+         p->body.len + len > SL_AMQP_MAX_BATCH_BYTES || strcmp(exchange, p->exchange) != 0 ||
+         strcmp(routing_key, p->routing_key) != 0))
         flush(p);
     if (p->broken[0] != '\0') {
         p->stats.refused_down++;
         return SL_PUBLISH_UNAVAILABLE;
     }
-    if (p->outstanding >= p->conf.max_unconfirmed || p->next_tag - p->oldest_tag >= p->mask ||
+    if (p->outstanding + nlines > p->conf.max_unconfirmed || p->next_tag - p->oldest_tag >= p->mask ||
         (p->ngathered > 0 && h2o_timeout_is_linked(&p->wait_entry))) { /* no room to send: wait */
         p->stats.refused_busy++;
         return SL_PUBLISH_BUSY;
     }
-    if (p->ngathered % 16 == 0) {
-        struct entry *e = realloc(p->gathered, (p->ngathered + 16) * sizeof(*e));
+    size_t want = (p->ngathered + nlines + 15) / 16 * 16;
+    if ((p->ngathered + 15) / 16 * 16 < want) {
+        struct entry *e = realloc(p->gathered, want * sizeof(*e));
         if (e == NULL) {
             p->stats.refused_busy++;
             return SL_PUBLISH_BUSY;
@@ -388,10 +405,26 @@ sl_publish_result_t sl_publisher_publish(sl_publisher_t *p, const char *exchange
         sl_buf_append(&p->body, "\n", 1);
     }
     sl_buf_append(&p->body, body, len);
-    p->gathered[p->ngathered++] = (struct entry){cb, data};
-    p->outstanding++;
+    /* one entry per line, so that outstanding counts posts; the first one carries the callback */
+    for (size_t i = 0; i < nlines; i++)
+        p->gathered[p->ngathered++] = (struct entry){i == 0 ? cb : NULL, data};
+    p->outstanding += nlines;
+    p->atomic = nlines > 1;
     *tag = p->next_tag;
     return SL_PUBLISH_OK;
+}
+
+sl_publish_result_t sl_publisher_publish(sl_publisher_t *p, const char *exchange, const char *routing_key,
+                                         const void *body, size_t len, sl_publish_cb cb, void *data, uint64_t *tag)
+{
+    return gather(p, exchange, routing_key, body, len, 1, cb, data, tag);
+}
+
+sl_publish_result_t sl_publisher_publish_group(sl_publisher_t *p, const char *exchange, const char *routing_key,
+                                               const void *body, size_t len, size_t nlines, sl_publish_cb cb,
+                                               void *data, uint64_t *tag)
+{
+    return gather(p, exchange, routing_key, body, len, nlines, cb, data, tag);
 }
 
 void sl_publisher_detach(sl_publisher_t *p, uint64_t tag, void *data)

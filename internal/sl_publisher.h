@@ -85,6 +85,16 @@ sl_publisher_t *sl_publisher_create(h2o_loop_t *loop, const sl_publisher_conf_t 
 sl_publish_result_t sl_publisher_publish(sl_publisher_t *p, const char *exchange, const char *routing_key,
                                          const void *body, size_t len, sl_publish_cb cb, void *data, uint64_t *tag);
 
+/* Publishes nlines lines at once (body: them joined by '\n', none within a line; 1 <= nlines <=
+ * max_batch) as one AMQP message of their own, marked SL_AMQP_ATOMIC_HEADER when nlines > 1: the
+ * broker confirms or refuses them together (a full queue refuses the whole group), and the
+ * persister stores them in one transaction. It may be larger than SL_AMQP_MAX_BATCH_BYTES (the
+ * caller bounds it). They count as nlines publishes against max_unconfirmed; cb runs once.
+ * Otherwise as sl_publisher_publish. */
+sl_publish_result_t sl_publisher_publish_group(sl_publisher_t *p, const char *exchange, const char *routing_key,
+                                               const void *body, size_t len, size_t nlines, sl_publish_cb cb,
+                                               void *data, uint64_t *tag);
+
 /* The caller no longer wants the callback of its publish (tag and data as given to publish), e.g.
  * its HTTP client went away. */
 void sl_publisher_detach(sl_publisher_t *p, uint64_t tag, void *data);
