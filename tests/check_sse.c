@@ -1712,20 +1712,6 @@ static void publish_event(sl_message_type_t type, const char *id, const char *te
     free(json);
 }
 
-/* Waits for the next event that is not a heartbeat or retry block; 1 with *ev, else 0. */
-static int next_event(tu_stream_t *st, tu_sev_t *ev, int timeout_ms)
-{
-    long long end = tu_now_ms() + timeout_ms;
-    while (tu_now_ms() < end) {
-        int rc = tu_stream_next(st, ev, (int)(end - tu_now_ms()));
-        if (rc < 0)
-            return 0;
-        if (rc == 1 && ev->kind != TU_EV_RETRY && ev->kind != TU_EV_HEARTBEAT)
-            return 1;
-    }
-    return 0;
-}
-
 START_TEST(test_edits_and_deletes_reach_streams)
 {
     const char *env[] = {"SLUICE_SSE_CHECK_MS=200", NULL};
@@ -1745,18 +1731,18 @@ START_TEST(test_edits_and_deletes_reach_streams)
     ck_assert_int_eq(r.status, 202);
     tu_json_str(r.body, "id", id, sizeof(id));
     tu_resp_free(&r);
-    ck_assert(next_event(&live, &ev, 10000));
+    ck_assert(tu_stream_next_event(&live, &ev, 10000));
     ck_assert_str_eq(ev.event, "message");
     long long s1 = ev.seq;
 
     publish_event(SL_MESSAGE_UPDATE, id, "better words");
-    ck_assert(next_event(&live, &ev, 10000));
+    ck_assert(tu_stream_next_event(&live, &ev, 10000));
     ck_assert_str_eq(ev.event, "update");
     ck_assert_int_eq(ev.seq, s1 + 1);
     ck_assert_ptr_nonnull(strstr(ev.data, "better words"));
     ck_assert_ptr_nonnull(strstr(ev.data, id));
     publish_event(SL_MESSAGE_DELETE, id, NULL);
-    ck_assert(next_event(&live, &ev, 10000));
+    ck_assert(tu_stream_next_event(&live, &ev, 10000));
     ck_assert_str_eq(ev.event, "delete");
     ck_assert_int_eq(ev.seq, s1 + 2);
     ck_assert_ptr_nonnull(strstr(ev.data, id));
@@ -1766,14 +1752,14 @@ START_TEST(test_edits_and_deletes_reach_streams)
     ck_assert_int_eq(tu_stream_open(&replay, port2, target, NULL, 10000), 0);
     const char *want[] = {"message", "update", "delete"};
     for (int i = 0; i < 3; i++) {
-        ck_assert(next_event(&replay, &ev, 10000));
+        ck_assert(tu_stream_next_event(&replay, &ev, 10000));
         ck_assert_str_eq(ev.event, want[i]);
         ck_assert_int_eq(ev.seq, s1 + i);
     }
     /* history leaves the deleted message out; the api answers 404 for it */
     ck_assert_int_eq(tu_stream_open(&hist, port2, "/v1/stream?channels=general&history=5&format=ndjson", NULL, 10000),
                      0);
-    ck_assert_int_eq(next_event(&hist, &ev, 1500), 0); /* nothing: the only message is gone */
+    ck_assert_int_eq(tu_stream_next_event(&hist, &ev, 1500), 0); /* nothing: the only message is gone */
     snprintf(url, sizeof(url), "%s/v1/messages/%s", S.base, id);
     ck_assert_int_eq(tu_http("GET", url, NULL, NULL, NULL, 0, &r), 0);
     ck_assert_int_eq(r.status, 404);

@@ -347,3 +347,16 @@ unsigned long long tu_stream_drain(tu_stream_t *s, int timeout_ms)
     }
     return total;
 }
+
+int tu_stream_next_event(tu_stream_t *s, tu_sev_t *ev, int timeout_ms)
+{
+    long long end = tu_now_ms() + timeout_ms;
+    while (tu_now_ms() < end) {
+        int rc = tu_stream_next(s, ev, (int)(end - tu_now_ms()));
+        if (rc < 0)
+            return 0;
+        if (rc == 1 && ev->kind != TU_EV_RETRY && ev->kind != TU_EV_HEARTBEAT)
+            return 1;
+    }
+    return 0;
+}

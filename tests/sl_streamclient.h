@@ -71,6 +71,10 @@ int tu_stream_next(tu_stream_t *s, tu_sev_t *ev, int timeout_ms);
 /* A response header's value (case-insensitive name) into out; returns out, or NULL if absent. */
 const char *tu_stream_header(const tu_stream_t *s, const char *name, char *out, size_t size);
 
+/* The next event that is not a heartbeat or a retry block, waiting up to timeout_ms in all.
+ * Returns 1 with *ev, else 0 (timeout, or the stream ended). */
+int tu_stream_next_event(tu_stream_t *s, tu_sev_t *ev, int timeout_ms);
+
 /* Reads and discards until the stream ends or timeout_ms passes; returns the bytes read. Sets
  * s->eof / s->err like tu_stream_next. */
 unsigned long long tu_stream_drain(tu_stream_t *s, int timeout_ms);

@@ -312,8 +312,13 @@ int tu_http(const char *method, const char *url, const char *header, const char 
     curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, tu_http_timeout_ms);
     curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
     h = curl_slist_append(h, "Expect:");
-    if (header != NULL)
-        h = curl_slist_append(h, header);
+    for (const char *p = header, *nl; p != NULL && *p != '\0'; p = nl != NULL ? nl + 1 : NULL) {
+        nl = strchr(p, '\n');
+        char *one = strndup(p, nl != NULL ? (size_t)(nl - p) : strlen(p));
+        ck_assert_ptr_nonnull(one);
+        h = curl_slist_append(h, one);
+        free(one);
+    }
     if (ctype != NULL) {
         snprintf(ct, sizeof(ct), "Content-Type: %s", ctype);
         h = curl_slist_append(h, ct);

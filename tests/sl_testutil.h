@@ -62,7 +62,8 @@ typedef struct tu_resp {
 /* Client timeout of tu_http, 20 s unless a test changes it. */
 extern long tu_http_timeout_ms;
 
-/* One request. header may be NULL or "Name: value". Returns 0, or -1 when no HTTP answer came. */
+/* One request. header may be NULL or "Name: value", or several such lines joined by '\n'.
+ * Returns 0, or -1 when no HTTP answer came. */
 int tu_http(const char *method, const char *url, const char *header, const char *ctype, const char *body, size_t len,
             tu_resp_t *r);
 void tu_resp_free(tu_resp_t *r);
