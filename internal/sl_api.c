@@ -25,9 +25,10 @@
 #include "sl_time.h"
 #include "sl_uuid.h"
 
-enum route { R_POST, R_LIST, R_GET, R_HEALTHZ, R_READYZ, R_METRICS, R_OTHER, R__COUNT };
-static const char *const route_names[R__COUNT] = {"post_message", "list_messages", "get_message", "healthz",
-                                                  "readyz",       "metrics",       "other"};
+enum route { R_POST, R_LIST, R_GET, R_HEALTHZ, R_READYZ, R_METRICS, R_OTHER, R_EDIT, R_DELETE, R_BATCH, R__COUNT };
+static const char *const route_names[R__COUNT] = {"post_message",   "list_messages", "get_message", "healthz",
+                                                  "readyz",         "metrics",       "other",       "edit_message",
+                                                  "delete_message", "post_batch"};
 
 #define MAX_STATUS_ROWS 128
 #define IDEMPOTENCY_WINDOW_US (24LL * 3600 * 1000000)
@@ -126,26 +127,32 @@ static void answer_accepted(struct post *p)
     respond(p->api, p->req, R_POST, 202, body, (size_t)n);
 }
 
-static void answer_refusal(struct post *p, sl_publish_result_t r)
+/* The answer to a publish the broker refused (or could not take): 429 or 503. */
+static void refuse_publish(sl_api_t *a, h2o_req_t *req, int route, sl_publish_result_t r)
 {
     switch (r) {
     case SL_PUBLISH_NACK:
-        respond_error(p->api, p->req, R_POST, 429, "queue_full",
-                      NULL, "the message queue is full; slow down and retry after the given delay");
+        respond_error(a, req, route, 429, "queue_full", NULL,
+                      "the message queue is full; slow down and retry after the given delay");
         break;
     case SL_PUBLISH_BLOCKED:
-        respond_error(p->api, p->req, R_POST, 503, "broker_blocked", NULL,
+        respond_error(a, req, route, 503, "broker_blocked", NULL,
                       "the message broker is refusing writes (resource alarm); retry later");
         break;
     case SL_PUBLISH_BUSY:
-        respond_error(p->api, p->req, R_POST, 503, "too_many_in_flight", NULL,
+        respond_error(a, req, route, 503, "too_many_in_flight", NULL,
                       "too many messages await the broker's confirmation; retry later");
         break;
     default:
-        respond_error(p->api, p->req, R_POST, 503, "broker_unavailable", NULL,
+        respond_error(a, req, route, 503, "broker_unavailable", NULL,
                       "the message broker is unavailable; the message was not accepted, retry later");
         break;
     }
+}
+
+static void answer_refusal(struct post *p, sl_publish_result_t r)
+{
+    refuse_publish(p->api, p->req, R_POST, r);
 }
 
 static void on_ignored(void *data, const PGresult *res, const char *err)
@@ -570,21 +577,31 @@ static int method_not_allowed(sl_api_t *a, h2o_req_t *req, int route, const char
     return 0;
 }
 
-/* Per-client token bucket, separate from the broker's back pressure: keyed by the verified
- * identity (a table token, however the header spells it; a JWT's sub), else by the client's
- * address; a made-up Authorization value gets no bucket of its own. A POST with an unknown token
- * is refused (401, by handle_post) before it costs a bucket. Answers 429 itself when over. */
+#define CLIENT_KEY_MAX 320
+
+/* The per-client limit's key of a request from who into key: the verified identity (a table
+ * token, however the header spells it; a JWT's sub), else the client's address. */
+static void client_key(h2o_req_t *req, const sl_auth_who_t *who, char key[CLIENT_KEY_MAX])
+{
+    char peer[64];
+    if (who->result == SL_AUTH_OK && who->is_jwt)
+        snprintf(key, CLIENT_KEY_MAX, "j:%s", who->claims.sub); /* sub: at most 255 bytes */
+    else if (who->result == SL_AUTH_OK && who->token != NULL && strlen(who->token) < 300)
+        snprintf(key, CLIENT_KEY_MAX, "t:%s", who->token);
+    else
+        snprintf(key, CLIENT_KEY_MAX, "a:%s", sl_http_client_key(req, peer, sizeof(peer)));
+}
+
+/* Per-client token bucket, separate from the broker's back pressure: keyed by client_key; a
+ * made-up Authorization value gets no bucket of its own. A POST with an unknown token is refused
+ * (401, by handle_post or handle_batch) before it costs a bucket. Answers 429 itself when over. */
 static int limited(sl_api_t *a, h2o_req_t *req, const sl_auth_who_t *who)
 {
-    char key[320], peer[64];
-    if (who->result == SL_AUTH_INVALID && sl_http_method_is(req, "POST") && sl_http_path_is(req, "/v1/messages"))
+    char key[CLIENT_KEY_MAX];
+    if (who->result == SL_AUTH_INVALID && sl_http_method_is(req, "POST") &&
+        (sl_http_path_is(req, "/v1/messages") || sl_http_path_is(req, "/v1/messages/batch")))
         return 0;
-    if (who->result == SL_AUTH_OK && who->is_jwt)
-        snprintf(key, sizeof(key), "j:%s", who->claims.sub); /* sub: at most 255 bytes */
-    else if (who->result == SL_AUTH_OK && who->token != NULL && strlen(who->token) < 300)
-        snprintf(key, sizeof(key), "t:%s", who->token);
-    else
-        snprintf(key, sizeof(key), "a:%s", sl_http_client_key(req, peer, sizeof(peer)));
+    client_key(req, who, key);
     int wait = sl_ratelimit_take(a->limiter, key, sl_time_mono_us());
     if (wait == 0)
         return 0;
@@ -592,6 +609,586 @@ static int limited(sl_api_t *a, h2o_req_t *req, const sl_auth_who_t *who)
     count(a, R_OTHER, 429);
     sl_http_fail(req, 429, "rate_limited", NULL, "too many requests from this client; slow down", wait);
     return 1;
+}
+
+/* ---- PATCH and DELETE /v1/messages/{id}, POST /v1/messages/batch ----------------------------
+ *
+ * Each request is one queue item of its own, published and confirmed like a post before its 202,
+ * with the same refusals (429/503 with Retry-After): an edit or a delete is an event with a new
+ * event_id (a UUIDv7) that the persister numbers, applies and announces as Mastodon's edits are;
+ * a batch is its messages as one group (sl_publisher_publish_group): one AMQP message the broker
+ * takes or refuses whole, which the persister stores in one transaction. Idempotency-Keys live in
+ * request_keys, scoped "message:<id>" (an edit or a delete of that message) or "author:<name>" (a
+ * batch, by its first message's author); the same key with the same request within 24 h answers
+ * as the first time (same ids), with another request 422. */
+
+#define PENDING_WINDOW_US (300LL * 1000000) /* a UUIDv7 this recent, not stored yet, may be queued */
+#define BATCH_BODY_MAX (1024 * 1024)        /* bytes of a batch's body (h2o's own limit too) */
+#define FINGERPRINT_NS "6f1d3c2a-8b4e-4f5a-9c7d-2e1b0a9f8c3d" /* fixed: what a request asked for */
+
+struct change {
+    sl_api_t *api;
+    h2o_req_t *req;       /* NULL once h2o disposed the request */
+    int route;            /* R_EDIT, R_DELETE or R_BATCH */
+    int waiting;          /* counted in api->inflight */
+    int deleted;          /* edit, delete: the message is deleted (409, unless a key replays) */
+    uint64_t tag;         /* delivery tag while publishing, else 0 */
+    sl_pgquery_t *query;  /* while a query runs */
+    size_t n;
+    sl_message_t *msgs;   /* the queue items: one event, or the batch's messages (request's pool) */
+    const char *ids;      /* the ids the 202 gives, space-separated (request's pool) */
+    const char *request;  /* "update", "delete" or "batch" */
+    char key[IDEMPOTENCY_KEY_MAX + 1];
+    int has_key;
+    char scope[16 + SL_AUTHOR_MAX_CHARS * 4 + 1];
+    char fingerprint[SL_UUID_STRLEN]; /* UUIDv5 of what the request asks for */
+};
+
+/* Who may edit or delete a message: the one place that decides it (docs/architecture.md, "Edits,
+ * deletes and batches"), from who the writer is (sl_auth_identify: a table token's author, a
+ * JWT's sub). author NULL: may this request change anything at all (401 before the database is
+ * asked)? Else may it change this message of author, source and channel? The admin token may
+ * change any message. A writer may change its own author's messages from the api or the bot, as
+ * sl_auth_may_post would let it post them (a JWT within its channels); not a table token for any
+ * author ("*", bots): it may post as anyone, which must not make it able to rewrite everyone's
+ * history. With writing open (no tokens, no JWT key: anyone is any author) anyone may change
+ * messages from the api or the bot. Messages from Mastodon change at their source: here only the
+ * admin token may change them (moderation). SL_AUTH_FORBIDDEN comes with *why. */
+static sl_auth_result_t may_change(sl_api_t *a, h2o_req_t *req, const sl_auth_who_t *who, const char *author,
+                                   const char *source, const char *channel, const char **why)
+{
+    if (a->conf.admin_token != NULL && *a->conf.admin_token != '\0' &&
+        sl_auth_check_token(req, a->conf.admin_token) == SL_AUTH_OK)
+        return SL_AUTH_OK;
+    if (who->result != SL_AUTH_OK || author == NULL)
+        return who->result;
+    if (strcmp(source, "api") != 0 && strcmp(source, "bot") != 0)
+        *why = "a message from Mastodon changes at its source; here only the admin token may change it";
+    else if (who->author != NULL && !who->is_jwt && strcmp(who->author, "*") == 0)
+        *why = "a token for any author (*) may post, not edit or delete: use the author's token or the admin token";
+    else if (sl_auth_may_post(who, author, channel) == SL_AUTH_FORBIDDEN)
+        *why = "this token may not change another author's message";
+    else
+        return sl_auth_may_post(who, author, channel);
+    return SL_AUTH_FORBIDDEN;
+}
+
+static void refuse_change(sl_api_t *a, h2o_req_t *req, int route, const sl_auth_who_t *who, sl_auth_result_t ar,
+                          const char *why)
+{
+    account(a, req, route, ar == SL_AUTH_FORBIDDEN || ar == SL_AUTH_CHANNEL_FORBIDDEN ? 403 : 401);
+    if (ar == SL_AUTH_FORBIDDEN)
+        sl_http_fail(req, 403, "forbidden", NULL, why, 0);
+    else
+        sl_auth_refuse_who(req, who, ar);
+}
+
+static void change_done(struct change *c)
+{
+    if (c->waiting) {
+        c->waiting = 0;
+        c->api->inflight--;
+    }
+}
+
+static void change_dispose(void *data)
+{
+    struct change *c = data;
+    c->req = NULL;
+    if (c->tag != 0)
+        sl_publisher_detach(c->api->pub, c->tag, c);
+    if (c->query != NULL)
+        sl_pgpool_cancel(c->query);
+    change_done(c);
+}
+
+static void change_fail(struct change *c, int status, const char *code, const char *message)
+{
+    respond_error(c->api, c->req, c->route, status, code, NULL, message);
+    change_done(c);
+}
+
+/* A change with room for n items, whose state h2o frees with the request. */
+static struct change *change_new(sl_api_t *a, h2o_req_t *req, int route, size_t n)
+{
+    struct change *c = h2o_mem_alloc_shared(&req->pool, sizeof(*c), change_dispose);
+    memset(c, 0, sizeof(*c));
+    c->api = a;
+    c->req = req;
+    c->route = route;
+    c->msgs = h2o_mem_alloc_pool(&req->pool, n * sizeof(*c->msgs));
+    memset(c->msgs, 0, n * sizeof(*c->msgs));
+    return c;
+}
+
+/* The request's Idempotency-Key into c. Returns 0, or -1 after answering 400. */
+static int change_key(struct change *c)
+{
+    size_t len = 0;
+    const char *key = sl_http_header(c->req, "idempotency-key", &len);
+    if (key == NULL)
+        return 0;
+    if (!key_valid(key, len)) {
+        respond_error(c->api, c->req, c->route, 400, "invalid_idempotency_key", NULL,
+                      "Idempotency-Key must be 1 to 255 visible ASCII characters");
+        return -1;
+    }
+    memcpy(c->key, key, len);
+    c->key[len] = '\0';
+    c->has_key = 1;
+    return 0;
+}
+
+/* The items as the persist queue carries them, one per line. */
+static void change_lines(const struct change *c, sl_buf_t *b)
+{
+    for (size_t i = 0; i < c->n; i++) {
+        if (i > 0)
+            sl_buf_append(b, "\n", 1);
+        sl_message_append_json(b, &c->msgs[i]);
+    }
+}
+
+/* The ids the answer gives (the event's, or the batch's messages'), space-separated, into c->ids. */
+static void change_ids(struct change *c)
+{
+    char *ids = h2o_mem_alloc_pool(&c->req->pool, c->n * SL_UUID_STRLEN);
+    for (size_t i = 0; i < c->n; i++) {
+        memcpy(ids + i * SL_UUID_STRLEN, c->route == R_BATCH ? c->msgs[i].id : c->msgs[i].event_id, SL_UUID_STRLEN);
+        ids[i * SL_UUID_STRLEN + SL_UUID_STRLEN - 1] = i + 1 < c->n ? ' ' : '\0';
+    }
+    c->ids = ids;
+}
+
+/* What the request asks for, as a UUIDv5: a key seen again must come with the same. */
+static int change_fingerprint(struct change *c)
+{
+    sl_buf_t b = SL_BUF_INIT;
+    sl_buf_append(&b, c->request, strlen(c->request) + 1);
+    for (size_t i = 0; i < c->n; i++) { /* each field with its NUL: no two requests write the same */
+        const sl_message_t *m = &c->msgs[i];
+        const char *fields[] = {m->channel, m->author, m->source, m->text};
+        for (int f = m->type == SL_MESSAGE_NEW ? 0 : 3; f < 4 && m->type != SL_MESSAGE_DELETE; f++)
+            sl_buf_append(&b, fields[f], strlen(fields[f]) + 1);
+    }
+    int r = sl_uuid_v5(FINGERPRINT_NS, b.data, b.len, c->fingerprint);
+    sl_buf_free(&b);
+    return r;
+}
+
+static void answer_change(struct change *c)
+{
+    sl_buf_t b = SL_BUF_INIT;
+    char ts[SL_TIME_RFC3339_LEN];
+    const sl_message_t *m = &c->msgs[0];
+    sl_time_format(m->created_at_us, ts);
+    if (c->route == R_BATCH) {
+        sl_buf_appends(&b, "{\"messages\":[");
+        for (size_t i = 0; i < c->n; i++)
+            sl_buf_appendf(&b, "%s{\"id\":\"%s\",\"channel\":\"%s\",\"created_at\":\"%s\"}", i > 0 ? "," : "",
+                           c->msgs[i].id, c->msgs[i].channel, ts);
+        sl_buf_appends(&b, "]}");
+    } else {
+        sl_buf_appendf(&b, "{\"type\":\"%s\",\"id\":\"%s\",\"event_id\":\"%s\",\"channel\":\"%s\",\"created_at\":\"%s\"",
+                       sl_message_type_name(m->type), m->id, m->event_id, m->channel, ts);
+        if (m->type == SL_MESSAGE_UPDATE)
+            sl_buf_appendf(&b, ",\"edited_at\":\"%s\"", ts);
+        sl_buf_appends(&b, "}");
+    }
+    respond(c->api, c->req, c->route, 202, b.data, b.len);
+    sl_buf_free(&b);
+}
+
+static const char SQL_KEY_ACCEPTED[] =
+    "UPDATE request_keys SET accepted_at = now() WHERE scope = $1 AND key = $2 AND ids = $3";
+
+static void on_change_confirm(void *data, sl_publish_result_t r)
+{
+    struct change *c = data;
+    c->tag = 0;
+    if (r == SL_PUBLISH_OK && c->has_key) {
+        const char *params[] = {c->scope, c->key, c->ids};
+        sl_pgpool_query(c->api->pg, SQL_KEY_ACCEPTED, 3, params, on_ignored, NULL);
+    }
+    if (c->req != NULL) {
+        if (r == SL_PUBLISH_OK)
+            answer_change(c);
+        else
+            refuse_publish(c->api, c->req, c->route, r);
+    }
+    change_done(c);
+}
+
+/* Publishes the items (a batch as one group), or answers why not. */
+static void change_go(struct change *c)
+{
+    if (c->deleted) {
+        change_fail(c, 409, "message_deleted", "this message is deleted: it can be neither edited nor deleted again");
+        return;
+    }
+    sl_buf_t b = SL_BUF_INIT;
+    change_lines(c, &b);
+    sl_publish_result_t r = sl_publisher_publish_group(c->api->pub, "", c->api->topology.persist_queue, b.data, b.len,
+                                                       c->n, on_change_confirm, c, &c->tag);
+    sl_buf_free(&b);
+    if (r != SL_PUBLISH_OK) {
+        c->tag = 0;
+        refuse_publish(c->api, c->req, c->route, r);
+        change_done(c);
+    }
+}
+
+/* A replayed key's ids and time (a row of SQL_KEY_LOOKUP) into the items. -1 when they do not fit. */
+static int take_replay(struct change *c, const PGresult *res)
+{
+    const char *ids = PQgetvalue(res, 0, 2), *ts = PQgetvalue(res, 0, 3);
+    int64_t at;
+    if ((size_t)PQgetlength(res, 0, 2) != c->n * SL_UUID_STRLEN - 1 || sl_time_parse(ts, strlen(ts), &at) != 0)
+        return -1;
+    for (size_t i = 0; i < c->n; i++) {
+        const char *id = ids + i * SL_UUID_STRLEN;
+        sl_message_t *m = &c->msgs[i];
+        if (!sl_uuid_valid(id, SL_UUID_STRLEN - 1))
+            return -1;
+        memcpy(m->type == SL_MESSAGE_NEW ? m->id : m->event_id, id, SL_UUID_STRLEN - 1);
+        m->created_at_us = at;
+        if (m->type == SL_MESSAGE_UPDATE)
+            m->edited_at_us = at;
+    }
+    change_ids(c);
+    return 0;
+}
+
+static const char SQL_KEY_LOOKUP[] =
+    "SELECT k.request, k.fingerprint, k.ids, k.created_at, k.accepted_at IS NOT NULL"
+    " OR EXISTS (SELECT 1 FROM messages m WHERE m.id = split_part(k.ids, ' ', 1)::uuid)"
+    " OR EXISTS (SELECT 1 FROM message_events e WHERE e.event_id = split_part(k.ids, ' ', 1)::uuid)"
+    " OR EXISTS (SELECT 1 FROM message_events_ignored i WHERE i.event_id = split_part(k.ids, ' ', 1)::uuid)"
+    " FROM request_keys k WHERE k.scope = $1 AND k.key = $2";
+
+static void on_change_lookup(void *data, const PGresult *res, const char *err)
+{
+    struct change *c = data;
+    c->query = NULL;
+    if (err != NULL || PQntuples(res) != 1) {
+        change_fail(c, 503, "database_unavailable", "could not check the Idempotency-Key; retry later");
+        return;
+    }
+    if (strcmp(PQgetvalue(res, 0, 0), c->request) != 0 || strcmp(PQgetvalue(res, 0, 1), c->fingerprint) != 0 ||
+        take_replay(c, res) != 0) {
+        change_fail(c, 422, "idempotency_key_reused",
+                    "this Idempotency-Key came with another request within 24 h; send that request, or use a new key");
+        return;
+    }
+    c->api->idempotent_replays++;
+    if (PQgetvalue(res, 0, 4)[0] == 't') { /* confirmed or stored: answer as the first time */
+        answer_change(c);
+        change_done(c);
+    } else { /* refused, or its confirm was lost: the same ids again (stored once, whatever happens) */
+        change_go(c);
+    }
+}
+
+static const char SQL_KEY_CLAIM[] =
+    "INSERT INTO request_keys (scope, key, request, fingerprint, ids, created_at) VALUES ($1, $2, $3, $4, $5, $6)"
+    " ON CONFLICT (scope, key) DO UPDATE SET request = excluded.request, fingerprint = excluded.fingerprint,"
+    " ids = excluded.ids, created_at = excluded.created_at, accepted_at = NULL WHERE request_keys.created_at < $7"
+    " RETURNING ids";
+
+static void on_change_claim(void *data, const PGresult *res, const char *err)
+{
+    struct change *c = data;
+    c->query = NULL;
+    if (err != NULL) {
+        change_fail(c, 503, "database_unavailable", "could not record the Idempotency-Key; retry later");
+        return;
+    }
+    if (PQntuples(res) == 1) { /* first use of the key (or the old one expired) */
+        change_go(c);
+        return;
+    }
+    const char *params[] = {c->scope, c->key};
+    if ((c->query = sl_pgpool_query(c->api->pg, SQL_KEY_LOOKUP, 2, params, on_change_lookup, c)) == NULL)
+        change_fail(c, 503, "database_unavailable", "the database is unavailable; retry later");
+}
+
+/* Claims the Idempotency-Key, if there is one, then goes on. */
+static void change_claim(struct change *c)
+{
+    if (!c->has_key) {
+        change_go(c);
+        return;
+    }
+    char ts[SL_TIME_RFC3339_LEN], expired[SL_TIME_RFC3339_LEN];
+    sl_time_format(c->msgs[0].created_at_us, ts);
+    sl_time_format(c->msgs[0].created_at_us - IDEMPOTENCY_WINDOW_US, expired);
+    const char *params[] = {c->scope, c->key, c->request, c->fingerprint, c->ids, ts, expired};
+    if ((c->query = sl_pgpool_query(c->api->pg, SQL_KEY_CLAIM, 7, params, on_change_claim, c)) == NULL)
+        change_fail(c, 503, "database_unavailable",
+                    "the database is unavailable, so the Idempotency-Key cannot be honoured; retry later");
+}
+
+/* An id that may be a post's still in the queue: a UUIDv7 (as the api makes them) of the last
+ * PENDING_WINDOW_US. */
+static int maybe_queued(const char *id)
+{
+    char hex[13];
+    if (sl_uuid_version(id) != 7)
+        return 0;
+    memcpy(hex, id, 8);
+    memcpy(hex + 8, id + 9, 4);
+    hex[12] = '\0';
+    long long age_ms = sl_time_now_us() / 1000 - strtoll(hex, NULL, 16);
+    return age_ms >= -60000 && age_ms <= PENDING_WINDOW_US / 1000;
+}
+
+static const char SQL_TARGET[] = "SELECT author, channel, source, deleted_at IS NOT NULL FROM messages WHERE id = $1";
+
+static void on_target(void *data, const PGresult *res, const char *err)
+{
+    struct change *c = data;
+    sl_message_t *m = &c->msgs[0];
+    const char *why = "";
+    c->query = NULL;
+    if (err != NULL) {
+        change_fail(c, 503, "database_unavailable", "the database is unavailable; retry later");
+        return;
+    }
+    if (PQntuples(res) != 1) {
+        if (maybe_queued(m->id)) {
+            /* Accepted moments ago, perhaps, and not stored yet: say so, and when to look again. */
+            account(c->api, c->req, c->route, 409);
+            sl_http_fail(c->req, 409, "not_stored_yet", NULL,
+                         "no message has this id yet; a post accepted in the last 5 minutes may still be queued:"
+                         " retry after the given delay",
+                         (int)c->api->conf.retry_after_s);
+        } else {
+            respond_error(c->api, c->req, c->route, 404, "not_found", NULL, "no message has this id");
+        }
+        change_done(c);
+        return;
+    }
+    /* The writer is identified again: the request's own (sl_api_handle's) is gone by now. */
+    sl_auth_who_t who;
+    sl_auth_identify(c->api->conf.auth, c->req, sl_time_now_us() / 1000000, &who);
+    sl_auth_result_t ar =
+        may_change(c->api, c->req, &who, PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 2), PQgetvalue(res, 0, 1), &why);
+    if (ar != SL_AUTH_OK)
+        refuse_change(c->api, c->req, c->route, &who, ar, why);
+    sl_auth_who_free(&who);
+    if (ar != SL_AUTH_OK) {
+        change_done(c);
+        return;
+    }
+    snprintf(m->channel, sizeof(m->channel), "%s", PQgetvalue(res, 0, 1));
+    c->deleted = PQgetvalue(res, 0, 3)[0] == 't';
+    change_claim(c);
+}
+
+/* Counted in flight from here to the answer. */
+static void change_begin(struct change *c)
+{
+    c->waiting = 1;
+    c->api->inflight++;
+}
+
+/* who: the request's bearer, identified by sl_api_handle. */
+static int handle_change(sl_api_t *a, h2o_req_t *req, const sl_auth_who_t *who, const char *id, size_t len)
+{
+    int route = sl_http_method_is(req, "PATCH") ? R_EDIT : R_DELETE;
+    const char *why = "";
+    sl_error_t err;
+    sl_auth_result_t ar = may_change(a, req, who, NULL, NULL, NULL, &why);
+    if (ar != SL_AUTH_OK) {
+        refuse_change(a, req, route, who, ar, why);
+        return 0;
+    }
+    if (!sl_uuid_valid(id, len)) {
+        respond_error(a, req, route, 404, "not_found", NULL, "no message has this id (ids are UUIDs)");
+        return 0;
+    }
+    struct change *c = change_new(a, req, route, 1);
+    sl_message_t *m = &c->msgs[0];
+    if (route == R_EDIT) {
+        if (!sl_http_content_is_json(req)) {
+            respond_error(a, req, route, 415, "unsupported_media_type", NULL, "Content-Type must be application/json");
+            return 0;
+        }
+        if (req->entity.len > SL_BODY_MAX) {
+            respond_error(a, req, route, 413, "body_too_large", NULL, "the body must be at most 16384 bytes");
+            return 0;
+        }
+        if (sl_message_edit_from_request(req->entity.base != NULL ? req->entity.base : "", req->entity.len, m->text,
+                                         &err) != 0) {
+            account(a, req, route, err.status);
+            sl_http_send_error(req, &err, 0);
+            return 0;
+        }
+    }
+    if (change_key(c) != 0)
+        return 0;
+    for (size_t i = 0; i < len; i++) /* one spelling: the database's and the streams' */
+        m->id[i] = (char)(id[i] >= 'A' && id[i] <= 'F' ? id[i] - 'A' + 'a' : id[i]);
+    m->type = route == R_EDIT ? SL_MESSAGE_UPDATE : SL_MESSAGE_DELETE;
+    m->created_at_us = sl_time_now_us();
+    if (route == R_EDIT)
+        m->edited_at_us = m->created_at_us;
+    c->n = 1;
+    c->request = sl_message_type_name(m->type);
+    snprintf(c->scope, sizeof(c->scope), "message:%s", m->id);
+    if (sl_uuid_v7(m->event_id) != 0 || change_fingerprint(c) != 0) {
+        respond_error(a, req, route, 503, "no_entropy", NULL, "could not make an id; retry");
+        return 0;
+    }
+    change_ids(c);
+    change_begin(c);
+    const char *params[] = {m->id};
+    if ((c->query = sl_pgpool_query(a->pg, SQL_TARGET, 1, params, on_target, c)) == NULL)
+        change_fail(c, 503, "database_unavailable", "the database is unavailable; retry later");
+    return 0;
+}
+
+/* A 400 or 403 that names each refused item of a batch:
+ * {"error":{"code","message","items":[{"index","code","message"[,"field"]},…]}}. */
+static void answer_items(sl_api_t *a, h2o_req_t *req, int status, const char *code, const char *message,
+                         const sl_batch_error_t *errs, size_t n)
+{
+    json_t *items = json_array();
+    for (size_t i = 0; i < n; i++) {
+        json_t *it = json_pack("{s:I, s:s, s:s}", "index", (json_int_t)errs[i].index, "code", errs[i].err.code,
+                               "message", errs[i].err.message);
+        if (it != NULL && errs[i].err.field != NULL)
+            json_object_set_new(it, "field", json_string(errs[i].err.field));
+        json_array_append_new(items, it);
+    }
+    json_t *root = json_pack("{s:{s:s, s:s, s:o}}", "error", "code", code, "message", message, "items", items);
+    char *text = root != NULL ? json_dumps(root, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+    json_decref(root);
+    if (text == NULL) {
+        respond_error(a, req, R_BATCH, 503, "out_of_memory", NULL, "out of memory");
+        return;
+    }
+    respond(a, req, R_BATCH, status, text, strlen(text));
+    free(text);
+}
+
+/* Validates a batch into c (its messages, authors and channels for who, and its cost), answering
+ * any refusal. Returns 0 when it may go on. */
+static int batch_validate(struct change *c, const sl_auth_who_t *who, int ndjson)
+{
+    sl_api_t *a = c->api;
+    h2o_req_t *req = c->req;
+    sl_error_t err;
+    size_t nerrs = 0;
+    char msg[128], key[CLIENT_KEY_MAX];
+    int ret = -1;
+    sl_batch_error_t *errs = malloc(SL_BATCH_MAX * sizeof(*errs));
+    if (errs == NULL) {
+        respond_error(a, req, R_BATCH, 503, "out_of_memory", NULL, "out of memory");
+        return -1;
+    }
+    int r = sl_message_batch_from_request(req->entity.base != NULL ? req->entity.base : "", req->entity.len, ndjson,
+                                          c->msgs, &c->n, &err, errs, &nerrs);
+    if (r == -1) {
+        account(a, req, R_BATCH, err.status);
+        sl_http_send_error(req, &err, 0);
+        goto Exit;
+    }
+    if (r != 0) {
+        snprintf(msg, sizeof(msg), "%zu of the batch's messages are invalid (see items); none was accepted", nerrs);
+        answer_items(a, req, 400, "invalid_batch", msg, errs, nerrs);
+        goto Exit;
+    }
+    for (size_t i = 0; i < c->n; i++) {
+        sl_auth_result_t ar = sl_auth_may_post(who, c->msgs[i].author, c->msgs[i].channel);
+        if (ar == SL_AUTH_OK)
+            continue;
+        errs[nerrs].index = i;
+        if (ar == SL_AUTH_CHANNEL_FORBIDDEN)
+            sl_error_set(&errs[nerrs++].err, 403, "channel_forbidden", "channel",
+                         "this token may not post to this channel");
+        else
+            sl_error_set(&errs[nerrs++].err, 403, "forbidden", "author", "this token may not post as this author");
+    }
+    if (nerrs > 0) {
+        snprintf(msg, sizeof(msg), "this token may not post %zu of the messages (see items); none was accepted",
+                 nerrs);
+        answer_items(a, req, 403, "forbidden", msg, errs, nerrs);
+        goto Exit;
+    }
+    /* A batch of n costs n of the client's rate: limited() took one. */
+    int wait = 0;
+    if (a->limiter != NULL && c->n > 1) {
+        client_key(req, who, key);
+        wait = sl_ratelimit_take_n(a->limiter, key, (double)c->n, 1, sl_time_mono_us());
+    }
+    if (wait > 0) {
+        a->rate_limited++;
+        account(a, req, R_BATCH, 429);
+        sl_http_fail(req, 429, "rate_limited", NULL,
+                     "this batch costs one request per message, more than this client has left; slow down", wait);
+        goto Exit;
+    }
+    ret = 0;
+Exit:
+    free(errs);
+    return ret;
+}
+
+/* who: the request's bearer, identified by sl_api_handle. */
+static int handle_batch(sl_api_t *a, h2o_req_t *req, const sl_auth_who_t *who)
+{
+    if (who->result != SL_AUTH_OK) {
+        account(a, req, R_BATCH, 401);
+        sl_auth_refuse_who(req, who, who->result);
+        return 0;
+    }
+    int ndjson = sl_http_content_type_is(req, "application/x-ndjson");
+    if (!ndjson && !sl_http_content_is_json(req)) {
+        respond_error(a, req, R_BATCH, 415, "unsupported_media_type", NULL,
+                      "Content-Type must be application/json (a JSON array) or application/x-ndjson (one message a"
+                      " line)");
+        return 0;
+    }
+    if (req->entity.len > BATCH_BODY_MAX) {
+        respond_error(a, req, R_BATCH, 413, "body_too_large", NULL, "the body must be at most 1 MiB");
+        return 0;
+    }
+    struct change *c = change_new(a, req, R_BATCH, SL_BATCH_MAX);
+    if (change_key(c) != 0 || batch_validate(c, who, ndjson) != 0)
+        return 0;
+    int64_t now = sl_time_now_us();
+    for (size_t i = 0; i < c->n; i++) {
+        if (sl_uuid_v7(c->msgs[i].id) != 0) {
+            respond_error(a, req, R_BATCH, 503, "no_entropy", NULL, "could not make an id; retry");
+            return 0;
+        }
+        c->msgs[i].created_at_us = now;
+    }
+    /* One AMQP message: it must fit what a publish may carry and the queue's bound in bytes. */
+    sl_buf_t b = SL_BUF_INIT;
+    change_lines(c, &b);
+    size_t bytes = b.len;
+    sl_buf_free(&b);
+    if (bytes > SL_AMQP_MAX_BATCH_BYTES || (a->conf.queue_max_bytes > 0 && (long long)bytes > a->conf.queue_max_bytes)) {
+        char msg[160];
+        snprintf(msg, sizeof(msg), "the batch takes %zu bytes in the queue, more than the %lld one message may take;"
+                 " send it in smaller batches", bytes,
+                 a->conf.queue_max_bytes > 0 && a->conf.queue_max_bytes < SL_AMQP_MAX_BATCH_BYTES
+                     ? a->conf.queue_max_bytes : (long long)SL_AMQP_MAX_BATCH_BYTES);
+        respond_error(a, req, R_BATCH, 413, "batch_too_large", NULL, msg);
+        return 0;
+    }
+    c->request = "batch";
+    snprintf(c->scope, sizeof(c->scope), "author:%s", c->msgs[0].author);
+    if (change_fingerprint(c) != 0) {
+        respond_error(a, req, R_BATCH, 503, "out_of_memory", NULL, "out of memory");
+        return 0;
+    }
+    change_ids(c);
+    change_begin(c);
+    change_claim(c);
+    return 0;
 }
 
 /* The routes past the OPTIONS and the rate limit. */
@@ -605,9 +1202,14 @@ static int route(sl_api_t *a, h2o_req_t *req, const sl_auth_who_t *who)
             return handle_post(a, req, who);
         return get ? handle_list(a, req) : method_not_allowed(a, req, R_LIST, "GET, POST, OPTIONS");
     }
+    if (sl_http_path_is(req, "/v1/messages/batch"))
+        return sl_http_method_is(req, "POST") ? handle_batch(a, req, who)
+                                              : method_not_allowed(a, req, R_BATCH, "POST, OPTIONS");
     if (req->path_normalized.len > plen && memcmp(req->path_normalized.base, prefix, plen) == 0) {
+        if (sl_http_method_is(req, "PATCH") || sl_http_method_is(req, "DELETE"))
+            return handle_change(a, req, who, req->path_normalized.base + plen, req->path_normalized.len - plen);
         if (!get)
-            return method_not_allowed(a, req, R_GET, "GET");
+            return method_not_allowed(a, req, R_GET, "GET, PATCH, DELETE");
         return handle_get(a, req, req->path_normalized.base + plen, req->path_normalized.len - plen);
     }
     if (sl_http_path_is(req, "/healthz")) {
@@ -628,13 +1230,15 @@ int sl_api_handle(void *data, h2o_req_t *req)
 {
     sl_api_t *a = data;
     if (sl_http_method_is(req, "OPTIONS")) { /* CORS preflight */
-        count(a, R_OTHER, sl_http_preflight(req, "GET, POST, OPTIONS"));
+        count(a, R_OTHER, sl_http_preflight(req, "GET, POST, PATCH, DELETE, OPTIONS"));
         return 0;
     }
     /* The bearer is identified once (a JWT's signature checked once), only where it counts: the
-     * rate limit of /v1/ and posts. */
+     * rate limit of /v1/, and writes (posts, batches, edits, deletes). */
     int v1 = req->path_normalized.len >= 4 && memcmp(req->path_normalized.base, "/v1/", 4) == 0;
-    int post = sl_http_method_is(req, "POST") && sl_http_path_is(req, "/v1/messages");
+    int post = (sl_http_method_is(req, "POST") &&
+                (sl_http_path_is(req, "/v1/messages") || sl_http_path_is(req, "/v1/messages/batch"))) ||
+               ((sl_http_method_is(req, "PATCH") || sl_http_method_is(req, "DELETE")) && v1);
     sl_auth_who_t who;
     memset(&who, 0, sizeof(who));
     who.result = SL_AUTH_MISSING;

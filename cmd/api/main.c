@@ -1,6 +1,7 @@
 /*
- * sluice-api: accepts posts (POST /v1/messages) into RabbitMQ with publisher confirms and serves
- * history from the database. Wiring only: the handlers live in internal/sl_api.c.
+ * sluice-api: accepts posts (POST /v1/messages, /v1/messages/batch), edits and deletes into
+ * RabbitMQ with publisher confirms and serves history from the database. Wiring only: the
+ * handlers live in internal/sl_api.c.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -60,6 +61,8 @@ int main(int argc, char **argv)
          "writer tokens, token:author,... (author * = any); none: posting is open"},
         {"tokens-file", "SLUICE_API_TOKENS_FILE", SL_OPT_STR, &tokens_file, "", 0, 0,
          "file of writer tokens, one 'token author' per line"},
+        {"admin-token", "SLUICE_ADMIN_TOKEN", SL_OPT_STR, &conf.admin_token, "", 0, 0,
+         "bearer token that may edit and delete any message (none: no admin)"},
         {"client-rate", "SLUICE_API_CLIENT_RATE", SL_OPT_DOUBLE, &conf.client_rate, "0", 0, 1e6,
          "requests/s per client (token or address) before 429; 0: no limit"},
         {"client-burst", "SLUICE_API_CLIENT_BURST", SL_OPT_DOUBLE, &conf.client_burst, "20", 1, 1e6,
