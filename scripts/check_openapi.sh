@@ -20,7 +20,8 @@
 #     with a short timeout), answers something other than 404 not_found, with a status the spec
 #     documents for it, and a JSON body that fits the documented schema (with python3 yaml);
 #     an unknown path answers 404 with the Error shape.
-#     POST /v1/messages posts one message (channel openapi-check); POST /v1/ingest sends "stop".
+#     POST /v1/messages posts one message (channel openapi-check), which PATCH edits and DELETE
+#     (last) deletes; POST /v1/messages/batch posts two; POST /v1/ingest sends "stop".
 #
 # The spec is read with awk too (it keeps a fixed layout, see its header), so the route checks
 # work without python (SLUICE_CHECK_PYTHON=none tries that); with python the awk reading is
@@ -41,7 +42,11 @@ ROUTES=(
   "api GET /v1/messages"
   "api OPTIONS /v1/messages"
   "api GET /v1/messages/{id}"
+  "api PATCH /v1/messages/{id}"
+  "api DELETE /v1/messages/{id}"
   "api OPTIONS /v1/messages/{id}"
+  "api POST /v1/messages/batch"
+  "api OPTIONS /v1/messages/batch"
   "api GET /healthz"
   "api GET /readyz"
   "api GET /metrics"
@@ -436,7 +441,7 @@ is_not_found() {
 }
 
 : >"$TMP/manifest"
-# POST first: its id serves GET /v1/messages/{id}.
+# POST first: its id serves GET, PATCH and (last) DELETE /v1/messages/{id}.
 sort -t' ' -k2,2r "$TMP/spec_routes" >"$TMP/spec_routes_ordered"
 while read -r svc method path codes; do
   base=${BASE[$svc]:-}
@@ -464,6 +469,15 @@ while read -r svc method path codes; do
       fi
       ;;
     "OPTIONS /v1/messages/{id}") url=$base/v1/messages/01a20f58-27ce-73cd-8a94-dbd9140140e4 ;;
+    "PATCH /v1/messages/{id}" | "DELETE /v1/messages/{id}")
+      url=$base/v1/messages/${posted_id:-01a20f58-27ce-73cd-8a94-dbd9140140e4}
+      [[ -n $posted_id ]] && what=" (the message just posted)" || what=" (an id that does not exist: nothing was posted)"
+      [[ $method == PATCH ]] && args+=(-H 'Content-Type: application/json' --data '{"text":"openapi check, edited"}')
+      ;;
+    "POST /v1/messages/batch")
+      args+=(-H 'Content-Type: application/json' -H "Idempotency-Key: check-openapi-batch-$$-$RANDOM"
+        --data '[{"channel":"openapi-check","author":"check_openapi","text":"batch 1"},{"channel":"openapi-check","author":"check_openapi","text":"batch 2"}]')
+      ;;
     "GET /v1/stream") url+="?history=1"; args=(-N -m 2) ;;
     "GET /v1/channels") url+="?limit=10" ;;
     "GET /v1/channels/{channel}/presence") url=$base/v1/channels/general/presence ;;
@@ -471,10 +485,11 @@ while read -r svc method path codes; do
     "POST /v1/ingest") args+=(-H 'Content-Type: application/json' --data '{"command":"stop"}') ;;
   esac
   probe "$n" "$url" "$method" "${args[@]}"
-  # A message is readable once the persister stored it: give it a few seconds.
-  if [[ "$method $path" == "GET /v1/messages/{id}" && -n $posted_id ]]; then
+  # A message is readable (and editable) once the persister stored it: give it a few seconds.
+  if [[ $path == "/v1/messages/{id}" && $method != OPTIONS && -n $posted_id ]]; then
     for _ in $(seq 1 50); do
-      [[ $(cat "$TMP/probe.$n.status") == 404 ]] || break
+      [[ $(cat "$TMP/probe.$n.status") == 404 || $(cat "$TMP/probe.$n.status") == 409 &&
+        $method == PATCH && $(cat "$TMP/probe.$n.body") == *not_stored_yet* ]] || break
       sleep 0.2
       probe "$n" "$url" "$method" "${args[@]}"
     done
