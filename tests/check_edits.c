@@ -202,7 +202,6 @@ END_TEST
 /* Publishes a message from Mastodon (as ingest would) straight to the stack's persist queue. */
 static void publish_mastodon(const char *id, const char *author)
 {
-    char err[256];
     sl_message_t m;
     memset(&m, 0, sizeof(m));
     snprintf(m.id, sizeof(m.id), "%s", id);
@@ -213,13 +212,7 @@ static void publish_mastodon(const char *id, const char *author)
     m.created_at_us = sl_time_now_us();
     size_t len;
     char *json = sl_message_to_json(&m, &len);
-    amqp_connection_state_t c = sl_amqp_open(getenv("SLUICE_AMQP_URL"), "test", 0, 5000, err, sizeof(err));
-    ck_assert_msg(c != NULL, "%s", err);
-    amqp_bytes_t body = {len, json};
-    ck_assert_int_eq(amqp_basic_publish(c, SL_AMQP_CHANNEL, amqp_cstring_bytes(""), amqp_cstring_bytes(S.queue), 0, 0,
-                                        NULL, body),
-                     AMQP_STATUS_OK);
-    sl_amqp_close(c);
+    tu_publish(&S, json, len, 0);
     free(json);
 }
 
@@ -704,22 +697,6 @@ static void body_batch50(int i, char *buf, size_t size)
     snprintf(buf + o, size - o, "]");
 }
 
-struct kill_plan {
-    int kill_at, restart_at;
-};
-
-static void kill_persister_midway(int done, void *arg)
-{
-    struct kill_plan *k = arg;
-    if (done == k->kill_at) {
-        kill(S.persister, SIGKILL);
-        waitpid(S.persister, NULL, 0);
-        S.persister = 0;
-    } else if (done == k->restart_at) {
-        tu_start(&S, "persister", NULL);
-    }
-}
-
 /* 60 batches of 50 posted 10 at a time while the persister is SIGKILLed and restarted: every
  * message of every batch is stored once, seq stays gapless, and each batch's messages are
  * consecutive in its own order (one transaction each, redelivered whole). */
@@ -728,13 +705,13 @@ START_TEST(test_persister_sigkill_during_batches_loses_nothing)
     enum { N = 60, PER = 50 };
     static long status[N];
     char url[160], sql[256];
-    struct kill_plan plan = {15, 35};
-    tu_stack_init(&S, "batchkill", 100000);
     const char *env[] = {"SLUICE_BATCH_SIZE=120", "SLUICE_BATCH_MS=5", NULL};
+    tu_kill_plan_t plan = {&S, 15, 35, env};
+    tu_stack_init(&S, "batchkill", 100000);
     tu_start(&S, "persister", env);
     tu_start(&S, "api", NULL);
     batch_url(url, sizeof(url));
-    tu_post_many(url, N, 10, body_batch50, status, NULL, kill_persister_midway, &plan);
+    tu_post_many(url, N, 10, body_batch50, status, NULL, tu_kill_persister_midway, &plan);
     for (int i = 0; i < N; i++)
         ck_assert_msg(status[i] == 202, "batch %d answered %ld", i, status[i]);
     PGconn *db = tu_db(&S);
@@ -752,6 +729,56 @@ START_TEST(test_persister_sigkill_during_batches_loses_nothing)
         ck_assert_msg(tu_scalar(db, sql) == 1, "batch %d is not consecutive", i);
     }
     ck_assert(tu_log_contains(&S, "persister", "event=amqp_connected")); /* it did restart */
+    PQfinish(db);
+    tu_stack_cleanup(&S);
+}
+END_TEST
+
+/* One queue line as the api writes a new message, with text; created_at in year 0 (valid RFC
+ * 3339, refused by the database: poison, SQLSTATE class 22) when poison. */
+static void message_line(char *buf, size_t size, const char *text, int poison)
+{
+    char id[SL_UUID_STRLEN];
+    ck_assert_int_eq(sl_uuid_v7(id), 0);
+    snprintf(buf, size,
+             "{\"id\":\"%s\",\"channel\":\"general\",\"author\":\"a\",\"text\":\"%s\",\"source\":\"api\","
+             "\"created_at\":\"%s-01-01T00:00:00.000000Z\"}",
+             id, text, poison ? "0000" : "2026");
+}
+
+/* A batch's delivery (x-sluice-atomic) that the database refuses is dead-lettered whole, all its
+ * lines, while the same lines without the header lose only the culprit; a delivery of the batch
+ * with an undecodable line is dead-lettered whole too. */
+START_TEST(test_refused_batch_is_dead_lettered_whole)
+{
+    char l[3][512], body[2048];
+    tu_stack_init(&S, "batchpoison", 100000);
+    tu_start(&S, "api", NULL); /* declares the topology */
+    message_line(l[0], sizeof(l[0]), "atomic good", 0);
+    message_line(l[1], sizeof(l[1]), "atomic poison", 1);
+    message_line(l[2], sizeof(l[2]), "atomic good too", 0);
+    snprintf(body, sizeof(body), "%s\n%s\n%s", l[0], l[1], l[2]);
+    tu_publish(&S, body, strlen(body), 1);
+    message_line(l[0], sizeof(l[0]), "plain good", 0);
+    message_line(l[1], sizeof(l[1]), "plain poison", 1);
+    message_line(l[2], sizeof(l[2]), "plain good too", 0);
+    snprintf(body, sizeof(body), "%s\n%s\n%s", l[0], l[1], l[2]);
+    tu_publish(&S, body, strlen(body), 0);
+    message_line(l[0], sizeof(l[0]), "undecodable batch", 0);
+    snprintf(body, sizeof(body), "%s\n{\"id\":\"nope\"}", l[0]);
+    tu_publish(&S, body, strlen(body), 1);
+    tu_start(&S, "persister", NULL);
+    PGconn *db = tu_db(&S);
+    ck_assert_int_eq(tu_wait_rows(db, 2, 20000), 2);
+    for (int i = 0; i < 50 && dead_letters() < 5; i++)
+        tu_sleep_ms(100);
+    ck_assert_int_eq(dead_letters(), 5); /* 3 atomic lines, the plain culprit, the undecodable delivery */
+    tu_sleep_ms(300);
+    ck_assert_int_eq(tu_scalar(db, "SELECT count(*) FROM messages WHERE body LIKE 'atomic%'"), 0);
+    ck_assert_int_eq(tu_scalar(db, "SELECT count(*) FROM messages WHERE body LIKE 'plain good%'"), 2);
+    ck_assert_int_eq(tu_scalar(db, "SELECT count(*) FROM messages WHERE body = 'undecodable batch'"), 0);
+    ck_assert(tu_log_contains(&S, "persister", "event=refused_by_database"));
+    ck_assert(tu_log_contains(&S, "persister", "messages=3"));
     PQfinish(db);
     tu_stack_cleanup(&S);
 }
@@ -804,6 +831,7 @@ int main(void)
     tcase_add_test(tc, test_batch_of_100_stored_once_and_consecutively);
     tcase_add_test(tc, test_full_queue_refuses_the_whole_batch);
     tcase_add_test(tc, test_persister_sigkill_during_batches_loses_nothing);
+    tcase_add_test(tc, test_refused_batch_is_dead_lettered_whole);
     tcase_add_test(tc, test_batch_costs_one_token_per_message);
     suite_add_tcase(s, tc);
     return tu_run_suite(s);

@@ -1686,7 +1686,6 @@ END_TEST
 /* Publishes an update or delete event of message id to the stack's persist queue, as ingest does. */
 static void publish_event(sl_message_type_t type, const char *id, const char *text)
 {
-    char err[256];
     sl_message_t m;
     memset(&m, 0, sizeof(m));
     m.type = type;
@@ -1702,13 +1701,7 @@ static void publish_event(sl_message_type_t type, const char *id, const char *te
     size_t len;
     char *json = sl_message_to_json(&m, &len);
     ck_assert_ptr_nonnull(json);
-    amqp_connection_state_t c = sl_amqp_open(getenv("SLUICE_AMQP_URL"), "test", 0, 5000, err, sizeof(err));
-    ck_assert_msg(c != NULL, "%s", err);
-    amqp_bytes_t body = {len, json};
-    ck_assert_int_eq(amqp_basic_publish(c, SL_AMQP_CHANNEL, amqp_cstring_bytes(""), amqp_cstring_bytes(S.queue), 0, 0,
-                                        NULL, body),
-                     AMQP_STATUS_OK);
-    sl_amqp_close(c);
+    tu_publish(&S, json, len, 0);
     free(json);
 }
 

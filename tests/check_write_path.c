@@ -114,34 +114,18 @@ START_TEST(test_concurrent_posts_stored_once_gapless)
 }
 END_TEST
 
-struct kill_plan {
-    int kill_at, restart_at;
-};
-
-static void kill_persister_midway(int done, void *arg)
-{
-    struct kill_plan *k = arg;
-    if (done == k->kill_at) {
-        kill(S.persister, SIGKILL);
-        waitpid(S.persister, NULL, 0);
-        S.persister = 0;
-    } else if (done == k->restart_at) {
-        tu_start(&S, "persister", NULL);
-    }
-}
-
 START_TEST(test_persister_sigkill_loses_nothing)
 {
     enum { N = 3000 };
     static long status[N];
     static char ids[N][37];
-    struct kill_plan plan = {700, 1800};
+    tu_kill_plan_t plan = {&S, 700, 1800, NULL};
     tu_stack_init(&S, "sigkill", 100000);
     /* small batches, so the kill lands between (and inside) many transactions */
     const char *env[] = {"SLUICE_BATCH_SIZE=50", "SLUICE_BATCH_MS=5", NULL};
     tu_start(&S, "persister", env);
     tu_start(&S, "api", NULL);
-    tu_post_many(post_url(), N, 50, body_plain, status, ids, kill_persister_midway, &plan);
+    tu_post_many(post_url(), N, 50, body_plain, status, ids, tu_kill_persister_midway, &plan);
     for (int i = 0; i < N; i++)
         ck_assert_msg(status[i] == 202, "POST %d answered %ld", i, status[i]);
     PGconn *db = tu_db(&S);

@@ -3,6 +3,7 @@
  */
 #include "sl_testutil.h"
 
+#include "sl_amqp.h"
 #include "sl_testnet.h"
 
 #include <check.h>
@@ -419,6 +420,39 @@ void tu_post_many(const char *url, int n, int parallel, void (*make_body)(int i,
     curl_slist_free_all(h);
     curl_multi_cleanup(m);
     free(jobs);
+}
+
+void tu_kill_persister_midway(int done, void *arg)
+{
+    tu_kill_plan_t *k = arg;
+    if (done == k->kill_at) {
+        kill(k->s->persister, SIGKILL);
+        waitpid(k->s->persister, NULL, 0);
+        k->s->persister = 0;
+    } else if (done == k->restart_at) {
+        tu_start(k->s, "persister", k->env);
+    }
+}
+
+void tu_publish(const tu_stack_t *s, const void *body, size_t len, int atomic)
+{
+    char err[256];
+    amqp_table_entry_t h = {amqp_cstring_bytes(SL_AMQP_ATOMIC_HEADER), {AMQP_FIELD_KIND_BOOLEAN, {.boolean = 1}}};
+    amqp_basic_properties_t props;
+    memset(&props, 0, sizeof(props));
+    props._flags = AMQP_BASIC_DELIVERY_MODE_FLAG;
+    props.delivery_mode = AMQP_DELIVERY_PERSISTENT;
+    if (atomic) {
+        props._flags |= AMQP_BASIC_HEADERS_FLAG;
+        props.headers = (amqp_table_t){1, &h};
+    }
+    amqp_connection_state_t c = sl_amqp_open(getenv("SLUICE_AMQP_URL"), "test", 0, 5000, err, sizeof(err));
+    ck_assert_msg(c != NULL, "%s", err);
+    amqp_bytes_t b = {len, (void *)body};
+    ck_assert_int_eq(amqp_basic_publish(c, SL_AMQP_CHANNEL, amqp_cstring_bytes(""), amqp_cstring_bytes(s->queue), 0, 0,
+                                        &props, b),
+                     AMQP_STATUS_OK);
+    sl_amqp_close(c);
 }
 
 PGconn *tu_db(const tu_stack_t *s)

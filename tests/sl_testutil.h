@@ -76,6 +76,19 @@ const char *tu_resp_header(const tu_resp_t *r, const char *name, char *out, size
 void tu_post_many(const char *url, int n, int parallel, void (*make_body)(int i, char *buf, size_t size), long *status,
                   char (*ids)[37], void (*on_progress)(int done, void *arg), void *arg);
 
+/* tu_post_many's on_progress that SIGKILLs the stack's persister after kill_at answers and
+ * starts it again (with env, may be NULL) after restart_at; arg is a tu_kill_plan_t. */
+typedef struct tu_kill_plan {
+    tu_stack_t *s;
+    int kill_at, restart_at;
+    const char *const *env;
+} tu_kill_plan_t;
+void tu_kill_persister_midway(int done, void *arg);
+
+/* Publishes body (one or more lines) as one message straight to the stack's persist queue, as a
+ * publisher of the api's or ingest's would; atomic: with SL_AMQP_ATOMIC_HEADER. */
+void tu_publish(const tu_stack_t *s, const void *body, size_t len, int atomic);
+
 PGconn *tu_db(const tu_stack_t *s);
 long long tu_scalar(PGconn *c, const char *sql);
 /* Polls until SELECT count(*) FROM messages reaches want (or timeout); returns the last count. */
