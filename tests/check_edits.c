@@ -12,10 +12,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <time.h>
 
 #include "sl_amqp.h"
 #include "sl_message.h"
 #include "sl_streamclient.h"
+#include "sl_testjwt.h"
 #include "sl_testutil.h"
 #include "sl_time.h"
 #include "sl_uuid.h"
@@ -288,6 +290,70 @@ START_TEST(test_who_may_change_and_refusals)
     expect("GET", "/v1/messages/batch", NULL, NULL, 405, "method_not_allowed");
     tu_sleep_ms(300);
     ck_assert_int_eq(tu_scalar(db, "SELECT count(*) FROM message_events"), 4); /* none of those changed anything */
+    PQfinish(db);
+    tu_stack_cleanup(&S);
+}
+END_TEST
+
+#define JWT_SECRET "a-shared-secret-for-jwt-writers-0123456789"
+
+/* "Authorization: Bearer <HS256 JWT>" for sub (with a channels claim when not NULL), an hour. */
+static char *jwt_bearer(const char *sub, const char *channels)
+{
+    char claims[256], *header;
+    snprintf(claims, sizeof(claims), "{\"sub\":\"%s\",\"exp\":%lld%s%s%s}", sub, (long long)time(NULL) + 3600,
+             channels != NULL ? ",\"channels\":[\"" : "", channels != NULL ? channels : "", channels != NULL ? "\"]" : "");
+    char *t = tu_jwt_hs256(JWT_SECRET, claims);
+    ck_assert_ptr_nonnull(t);
+    ck_assert_int_gt(asprintf(&header, "Authorization: Bearer %s", t), 0);
+    free(t);
+    return header;
+}
+
+/* A JWT writer is its sub: it edits and deletes its own messages, within its channels, not
+ * another's; a batch holds it to its channels item by item. */
+START_TEST(test_jwt_writer_edits_its_own)
+{
+    const char *env[] = {"SLUICE_API_TOKENS=star-token-1:*", "SLUICE_JWT_SECRET=" JWT_SECRET, NULL};
+    char carol_id[37], erin_news[37], erin_general[37], path[96];
+    tu_resp_t r;
+    tu_stack_init(&S, "editjwt", 100000);
+    tu_start(&S, "persister", NULL);
+    tu_start(&S, "api", env);
+    char *carol = jwt_bearer("carol", NULL), *dave = jwt_bearer("dave", NULL), *erin = jwt_bearer("erin", "news");
+    post(carol, "carol", "by carol", carol_id);
+    call("POST", "/v1/messages", erin, "{\"author\":\"erin\",\"channel\":\"news\",\"text\":\"in news\"}", &r);
+    ck_assert_int_eq(r.status, 202);
+    ck_assert_int_eq(tu_json_str(r.body, "id", erin_news, sizeof(erin_news)), 0);
+    tu_resp_free(&r);
+    post(STAR, "erin", "erin in general, by the bot", erin_general);
+    PGconn *db = tu_db(&S);
+    ck_assert_int_eq(tu_wait_rows(db, 3, 20000), 3);
+
+    ck_assert_int_eq(change(carol, carol_id, "carol, edited", NULL), 202);
+    snprintf(path, sizeof(path), "/v1/messages/%s", carol_id);
+    expect("DELETE", path, dave, NULL, 403, "forbidden");
+    ck_assert_int_eq(change(erin, erin_news, "news, edited", NULL), 202);
+    snprintf(path, sizeof(path), "/v1/messages/%s", erin_general);
+    expect("PATCH", path, erin, "{\"text\":\"x\"}", 403, "channel_forbidden");
+    expect("DELETE", path, STAR, NULL, 403, "forbidden");
+    ck_assert_int_eq(change(dave, "0190f5f0-0000-7000-8000-000000000000", NULL, NULL), 404);
+
+    const char *batch = "[{\"author\":\"erin\",\"channel\":\"news\",\"text\":\"ok\"},"
+                        "{\"author\":\"erin\",\"channel\":\"general\",\"text\":\"not here\"}]";
+    char url[160];
+    snprintf(url, sizeof(url), "%s/v1/messages/batch", S.base);
+    ck_assert_int_eq(tu_http("POST", url, erin, "application/json", batch, strlen(batch), &r), 0);
+    ck_assert_int_eq(r.status, 403);
+    ck_assert_ptr_nonnull(strstr(r.body, "\"items\":[{\"index\":1,\"code\":\"channel_forbidden\""));
+    tu_resp_free(&r);
+    ck_assert_int_eq(wait_scalar(db, "SELECT count(*) FROM message_events", 2, 20000), 2);
+    tu_sleep_ms(300);
+    ck_assert_int_eq(tu_scalar(db, "SELECT count(*) FROM messages"), 3);
+    ck_assert_int_eq(tu_scalar(db, "SELECT count(*) FROM messages WHERE body LIKE '%, edited'"), 2);
+    free(carol);
+    free(dave);
+    free(erin);
     PQfinish(db);
     tu_stack_cleanup(&S);
 }
@@ -824,6 +890,7 @@ int main(void)
     tcase_set_timeout(tc, 180);
     tcase_add_test(tc, test_edit_and_delete_reach_history_and_streams);
     tcase_add_test(tc, test_who_may_change_and_refusals);
+    tcase_add_test(tc, test_jwt_writer_edits_its_own);
     tcase_add_test(tc, test_edit_of_queued_message_says_not_stored_yet);
     tcase_add_test(tc, test_idempotent_edit_and_delete);
     tcase_add_test(tc, test_edit_after_delete_is_kept_not_applied);
