@@ -568,10 +568,11 @@ int sl_sse_handle(void *data, h2o_req_t *req)
         return 0;
     }
     if (strcmp(route, "page") == 0) {
-        /* the page renders message text with textContent only; this policy backs that up */
+        /* the page renders message text with textContent only; this policy backs that up. Images
+         * (avatars and media of Mastodon posts) come from anywhere, but only over https */
         h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("content-security-policy"), 0, NULL,
                               H2O_STRLIT("default-src 'self'; script-src 'self' 'unsafe-inline'; "
-                                         "style-src 'unsafe-inline'; connect-src *"));
+                                         "style-src 'unsafe-inline'; img-src 'self' https:; connect-src *"));
         sl_http_send(req, 200, "text/html; charset=utf-8", (const char *)sl_webpage, sl_webpage_len);
         return 0;
     }

@@ -1667,13 +1667,20 @@ START_TEST(test_page_and_client_js)
     ck_assert_int_eq(r.status, 405);
     tu_resp_free(&r);
 
-    /* the page imports it: its CSP lets scripts come from the page's own origin */
+    /* the page (web/index.html as it was built) imports it: its CSP lets scripts come from the
+     * page's own origin, images (Mastodon avatars and media) from anywhere over https only, and
+     * nothing else from elsewhere but connections (the api, the streams) */
+    free(file);
+    file = read_source("web/index.html", &flen);
     snprintf(url, sizeof(url), "http://127.0.0.1:%d/", S.sse_port);
     ck_assert_int_eq(tu_http("GET", url, NULL, NULL, NULL, 0, &r), 0);
     ck_assert_int_eq(r.status, 200);
+    ck_assert_str_eq(tu_resp_header(&r, "content-type", v, sizeof(v)), "text/html; charset=utf-8");
     ck_assert_ptr_nonnull(tu_resp_header(&r, "content-security-policy", v, sizeof(v)));
-    ck_assert_msg(strstr(v, "script-src 'self' 'unsafe-inline'") != NULL, "CSP %s", v);
-    ck_assert_msg(strstr(v, "default-src 'self'") != NULL, "CSP %s", v);
+    ck_assert_str_eq(v, "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'unsafe-inline'; "
+                        "img-src 'self' https:; connect-src *");
+    ck_assert_uint_eq(strlen(r.body), flen);
+    ck_assert_msg(memcmp(r.body, file, flen) == 0, "/ differs from web/index.html");
     ck_assert_ptr_nonnull(strstr(r.body, "from \"./client.js\""));
     tu_resp_free(&r);
     free(file);

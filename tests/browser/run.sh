@@ -7,8 +7,19 @@
 # stops it with ./stop.sh at the end, only if it started it), and runs live.test.mjs.
 # Prints "N passed, N failed"; exits non-zero on a failure. Screenshots: tests/browser/out/.
 #
+# Mastodon posts reach the page for real: the test runs a fake Mastodon instance (fake-mastodon,
+# built from tests/) and a sluice-ingest of its own that publishes into the stack's queue, and
+# changes one stored message with psql. On ./run.sh's stack it finds the RabbitMQ (ingest user)
+# and PostgreSQL URLs in .state/run; for another stack, give them.
+#
 #   SLUICE_API_URL (http://127.0.0.1:8080), SLUICE_SSE_URL (http://127.0.0.1:8081),
+#   SLUICE_AMQP_URL or SLUICE_INGEST_AMQP_URL, SLUICE_DB_URL (the stack's servers; see above),
+#   SLUICE_BIN_DIR (<repo>/build/bin: fake-mastodon and sluice-ingest, built if missing there),
+#   SLUICE_BROWSER_MASTODON=0 (skip the Mastodon checks), SLUICE_BROWSER_INGEST_PORT (free one),
 #   CHROMIUM (/usr/bin/chromium), WAIT_MS (15000: the bound of every wait in the test)
+# A stack on other ports, e.g. one started by hand with SLUICE_API_PORT / SLUICE_SSE_PORT (and
+# SLUICE_SSE_API_URL naming that api): SLUICE_API_URL=http://127.0.0.1:5520
+#   SLUICE_SSE_URL=http://127.0.0.1:5522 SLUICE_AMQP_URL=… SLUICE_DB_URL=… tests/browser/run.sh
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -69,6 +80,23 @@ else
   if ! (cd "$REPO_DIR" && SLUICE_RUN_BOT=0 ./run.sh) >"$OUT_DIR/run.log" 2>&1; then
     tail -n 30 "$OUT_DIR/run.log" >&2
     die "./run.sh failed (see $OUT_DIR/run.log)"
+  fi
+fi
+
+if [[ ${SLUICE_BROWSER_MASTODON:-1} != 0 ]]; then
+  # ./run.sh's stack (the default URLs): its servers, as ./run.sh gives them to its own ingest.
+  if [[ -z ${SLUICE_AMQP_URL:-}${SLUICE_INGEST_AMQP_URL:-} && $SLUICE_API_URL == http://127.0.0.1:8080 &&
+        $SLUICE_SSE_URL == http://127.0.0.1:8081 && -f $REPO_DIR/.state/run/ports.env ]]; then
+    # shellcheck disable=SC1091  # written by ./run.sh
+    eval "$(set -a && . "$REPO_DIR/.state/run/ports.env" && SLUICE_STATE_DIR=$REPO_DIR/.state/run "$REPO_DIR/scripts/servers.sh" env)"
+    export SLUICE_AMQP_URL SLUICE_DB_URL
+    if [[ -n ${SLUICE_AMQP_URL_INGEST:-} ]]; then export SLUICE_INGEST_AMQP_URL=$SLUICE_AMQP_URL_INGEST; fi
+  fi
+  bin=${SLUICE_BIN_DIR:-$REPO_DIR/build/bin}
+  if [[ -z ${SLUICE_BIN_DIR:-} && (! -x $bin/fake-mastodon || ! -x $bin/sluice-ingest) ]]; then
+    log "building fake-mastodon and sluice-ingest (cmake, $REPO_DIR/build)"
+    { cmake -S "$REPO_DIR" -B "$REPO_DIR/build" && cmake --build "$REPO_DIR/build" -j2 --target fake-mastodon sluice-ingest; } \
+      >"$OUT_DIR/build.log" 2>&1 || die "building fake-mastodon failed (see $OUT_DIR/build.log)"
   fi
 fi
 
