@@ -740,6 +740,17 @@ static int wait_metric(int port, const char *name, long long want, int timeout_m
     return 1;
 }
 
+static int wait_metric_ge(int port, const char *name, long long want, int timeout_ms)
+{
+    long long t0 = tu_now_ms();
+    while (metric(port, name) < want) {
+        if (tu_now_ms() - t0 > timeout_ms)
+            return 0;
+        tu_sleep_ms(20);
+    }
+    return 1;
+}
+
 static long long last_seq(PGconn *db)
 {
     return tu_scalar(db, "SELECT max(seq) FROM messages");
@@ -1024,6 +1035,7 @@ enum { CHURN_USERS = 1000, CHURN_ROUNDS = 30 };
 
 static void churn_conf(sl_sse_conf_t *c)
 {
+    history_from_db(c);
     c->stream.out_max_bytes = 64 * 1024;
     c->presence_grace_ms = 1; /* a user who leaves is gone at once: every round joins and leaves anew */
 }
@@ -1076,14 +1088,18 @@ static void *count_events(void *arg)
 }
 
 /* Joins and leaves count against SLUICE_SSE_OUT_MAX_BYTES as any event: a presence stream that does
- * not read is cut off (and leaves), one beside it that reads gets every event. */
+ * not read is cut off (and leaves), and so is one whose events wait for its history (held up by a
+ * lock) past the limit; one beside them that reads gets every event. */
 START_TEST(test_presence_events_count_against_the_output_limit)
 {
     struct inst a;
     static struct churn ch;
     static struct counter reader;
-    tu_stream_t slow;
+    tu_stream_t slow, held;
     start_stack("presenceflood");
+    post("flood", "m");
+    PGconn *db = tu_db(&S), *locker = tu_db(&S);
+    ck_assert_int_eq(tu_wait_rows(db, 1, 20000), 1);
     inst_start(&a, "sse-flood", NULL, churn_conf);
     tu_stream_opts_t o = {NULL, 4096, 1};
     ck_assert_int_eq(tu_stream_open(&slow, a.port, "/v1/stream?channels=flood&presence=1&history=0", &o, 5000), 0);
@@ -1091,9 +1107,23 @@ START_TEST(test_presence_events_count_against_the_output_limit)
     ck_assert(wait_metric(a.port, "sluice_sse_presence_listeners", 2, 5000));
     ck_assert_int_eq(pthread_create(&reader.thread, NULL, count_events, &reader), 0);
 
-    int rounds = 0;
+    /* a round of 1 000 joins and leaves (~500 KB) waits for a history that does not come */
+    db_exec(locker, "BEGIN");
+    db_exec(locker, "LOCK TABLE messages IN ACCESS EXCLUSIVE MODE");
+    stream_ok(&held, a.port, "/v1/stream?channels=flood&presence=1&since=0", NULL);
+    ck_assert(wait_metric(a.port, "sluice_sse_presence_listeners", 3, 5000));
+    on_loop(&a, do_churn_enter, &ch);
+    on_loop(&a, do_churn_leave, &ch);
+    /* (the stream that does not read may go in this round too) */
+    ck_assert(wait_metric_ge(a.port, "sluice_sse_slow_client_disconnects_total", 1, 5000));
+    tu_stream_drain(&held, 5000);
+    ck_assert_msg(held.eof || held.err, "the stream whose events waited past the limit is still open");
+    tu_stream_close(&held);
+    db_exec(locker, "COMMIT");
+
+    int rounds = 1;
     long long t0 = tu_now_ms();
-    while (rounds < CHURN_ROUNDS && metric(a.port, "sluice_sse_slow_client_disconnects_total") < 1) {
+    while (rounds < CHURN_ROUNDS && metric(a.port, "sluice_sse_slow_client_disconnects_total") < 2) {
         ch.round = rounds++;
         on_loop(&a, do_churn_enter, &ch);
         on_loop(&a, do_churn_leave, &ch);
@@ -1104,7 +1134,7 @@ START_TEST(test_presence_events_count_against_the_output_limit)
         tu_sleep_ms(20);
     printf("presence: %d rounds of %d joins and leaves (%lld events) before the slow stream was cut off; "
            "the reader got %d\n", rounds, CHURN_USERS, want, atomic_load(&reader.events));
-    ck_assert_msg(metric(a.port, "sluice_sse_slow_client_disconnects_total") == 1,
+    ck_assert_msg(metric(a.port, "sluice_sse_slow_client_disconnects_total") == 2,
                   "the stream that does not read was not cut off after %lld events", want);
     ck_assert_int_eq(atomic_load(&reader.ended), 0);
     ck_assert_int_eq(atomic_load(&reader.events), want);
@@ -1119,6 +1149,8 @@ START_TEST(test_presence_events_count_against_the_output_limit)
     tu_stream_close(&reader.st);
     ck_assert_int_ge(wait_subscribers(a.port, "flood", 0, 5000), 0);
     inst_stop(&a);
+    PQfinish(locker);
+    PQfinish(db);
     tu_stack_cleanup(&S);
 }
 END_TEST
