@@ -965,8 +965,7 @@ END_TEST
 
 static void failing_histories(sl_sse_conf_t *c)
 {
-    c->recent = 0;
-    c->db_conns = 6;
+    history_from_db(c);
     c->db_query_timeout_ms = 1000;
     c->stream.history_per_client = 2;
 }
