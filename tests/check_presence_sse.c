@@ -629,25 +629,12 @@ END_TEST
 
 /* ---- real streams: occupancy, presence events ------------------------------------------------------- */
 
-/* The next event of s other than a heartbeat or the retry: block: 1, or 0 when none came in time. */
-static int next_ev(tu_stream_t *s, tu_sev_t *ev, int timeout_ms)
-{
-    long long end = tu_now_ms() + timeout_ms;
-    for (;;) {
-        long long left = end - tu_now_ms();
-        if (left <= 0 || tu_stream_next(s, ev, (int)left) != 1)
-            return 0;
-        if (ev->kind != TU_EV_HEARTBEAT && ev->kind != TU_EV_RETRY)
-            return 1;
-    }
-}
-
 /* The next event of s is event (SSE event:, NDJSON type), with SSE id id (-1: no id: line) and,
  * unless NULL, exactly data (SSE data:, or the NDJSON line); seq (>= 0) is its data's seq. */
 static void expect_ev(tu_stream_t *s, const char *who, const char *event, long long id, long long seq, const char *data)
 {
     tu_sev_t ev;
-    ck_assert_msg(next_ev(s, &ev, 10000), "%s: no %s event (eof %d)", who, event, s->eof);
+    ck_assert_msg(tu_stream_next_event(s, &ev, 10000), "%s: no %s event (eof %d)", who, event, s->eof);
     ck_assert_msg(strcmp(ev.event, event) == 0, "%s: want %s, got %s: %s", who, event, ev.event, ev.data);
     ck_assert_msg(ev.id == id, "%s: %s with id %lld, not %lld: %s", who, event, ev.id, id, ev.data);
     if (seq >= 0)
@@ -663,7 +650,7 @@ static void expect_two(tu_stream_t *s, const char *who, const char *a, const cha
     tu_sev_t ev;
     int got_a = 0, got_b = 0;
     for (int i = 0; i < 2; i++) {
-        ck_assert_msg(next_ev(s, &ev, 10000), "%s: event %d of 2 missing", who, i + 1);
+        ck_assert_msg(tu_stream_next_event(s, &ev, 10000), "%s: event %d of 2 missing", who, i + 1);
         ck_assert_msg(ev.id == -1, "%s: a presence event with an id: %s", who, ev.data);
         got_a |= strcmp(ev.data, a) == 0;
         got_b |= strcmp(ev.data, b) == 0;
@@ -674,7 +661,7 @@ static void expect_two(tu_stream_t *s, const char *who, const char *a, const cha
 static void expect_quiet(tu_stream_t *s, const char *who, int ms)
 {
     tu_sev_t ev;
-    ck_assert_msg(!next_ev(s, &ev, ms), "%s: unexpected %s event: %s", who, ev.event, ev.data);
+    ck_assert_msg(!tu_stream_next_event(s, &ev, ms), "%s: unexpected %s event: %s", who, ev.event, ev.data);
 }
 
 /* The next text frame of w, or NULL when none came within timeout_ms. */
