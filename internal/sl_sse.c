@@ -110,7 +110,7 @@ sl_sse_t *sl_sse_create(h2o_loop_t *loop, const sl_sse_conf_t *conf)
         (s->hub_pg = sl_pgpool_create(loop, &hub_pg)) == NULL ||
         (s->hub = sl_hub_create(loop, s->hub_pg, (int)conf->check_ms, 200000, (size_t)conf->recent,
                                   (size_t)conf->seam_max)) == NULL ||
-        (s->streams = sl_streams_create(loop, s->hub, s->pg, &conf->stream)) == NULL ||
+        (s->streams = sl_streams_create(loop, s->hub, s->pg, s->presence, &conf->stream)) == NULL ||
         (s->feed = sl_livefeed_create(loop, conf->amqp_url, conf->live_exchange, conf->presence_exchange,
                                       s->conn_name, conf->live_backlog, &live_handlers, s)) == NULL) {
         sl_sse_destroy(s);
@@ -485,7 +485,7 @@ static int handle_metrics(sl_sse_t *s, h2o_req_t *req)
     const sl_presence_stats_t *ps = sl_presence_stats(s->presence);
     sl_metrics_header(&b, "sluice_sse_occupancy", "gauge",
                       "Subscriptions (streams, WebSocket subscriptions) reading a channel on this instance, "
-                      "summed over channels.");
+                      "summed over channels (streams of every channel are not in it).");
     sl_metrics_sample(&b, "sluice_sse_occupancy", "", (double)ps->occupancy);
     sl_metrics_header(&b, "sluice_sse_presence_channels", "gauge",
                       "Channels read on this instance (or with a user in grace).");
@@ -520,6 +520,15 @@ static int handle_metrics(sl_sse_t *s, h2o_req_t *req)
                       "Changes of the presence sets (all instances together) seen here.");
     sl_metrics_sample(&b, "sluice_sse_presence_events_total", "type=\"join\"", (double)ps->joins);
     sl_metrics_sample(&b, "sluice_sse_presence_events_total", "type=\"leave\"", (double)ps->leaves);
+    sl_metrics_header(&b, "sluice_sse_all_channel_streams", "gauge",
+                      "Streams of every channel on this instance (in no channel's occupancy).");
+    sl_metrics_sample(&b, "sluice_sse_all_channel_streams", "", (double)st->all_channels);
+    sl_metrics_header(&b, "sluice_sse_presence_listeners", "gauge",
+                      "Streams and WebSocket subscriptions that asked for presence events (presence=1).");
+    sl_metrics_sample(&b, "sluice_sse_presence_listeners", "", (double)st->presence_listeners);
+    sl_metrics_header(&b, "sluice_sse_presence_events_sent_total", "counter",
+                      "Joins and leaves queued to streams and WebSocket subscriptions.");
+    sl_metrics_sample(&b, "sluice_sse_presence_events_sent_total", "", (double)st->presence_events);
     sl_metrics_header(&b, "sluice_sse_ready", "gauge", "1 when the live feed, the database and the hub are ready.");
     sl_metrics_sample(&b, "sluice_sse_ready", "", ready(s));
     sl_http_send_metrics(req, &b);

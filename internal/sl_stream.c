@@ -148,6 +148,18 @@ void sl_stream_conn_set_queued(struct stream_conn *c, size_t n)
     c->queued_bytes = n;
 }
 
+void sl_stream_conn_cut(struct stream_conn *c, size_t more)
+{
+    sl_streams_t *s = c->streams;
+    if (c->aborting)
+        return;
+    c->aborting = 1;
+    s->stats.slow_disconnects++;
+    SL_INFO("event=slow_client_disconnected transport=%s queued_bytes=%zu more=%zu limit=%lld", c->tp->name,
+            c->queued_bytes, more, s->conf.out_max_bytes);
+    sl_stream_mark_dirty(c);
+}
+
 /* A client that has taken the previous write may take one answer of any size (a long history, a
  * burst within one turn of the loop): it is written whole at the next turn, and the limit applies
  * to whatever comes after it. A client cut off resumes with its last id. */
@@ -157,11 +169,7 @@ int sl_stream_conn_take(struct stream_conn *c, size_t more, int busy)
     if (c->aborting)
         return -1;
     if (busy && c->queued_bytes + more > (size_t)s->conf.out_max_bytes) {
-        c->aborting = 1;
-        s->stats.slow_disconnects++;
-        SL_INFO("event=slow_client_disconnected transport=%s queued_bytes=%zu more=%zu limit=%lld", c->tp->name,
-                c->queued_bytes, more, s->conf.out_max_bytes);
-        sl_stream_mark_dirty(c);
+        sl_stream_conn_cut(c, more);
         return -1;
     }
     sl_stream_conn_set_queued(c, c->queued_bytes + more);
@@ -279,7 +287,8 @@ static void on_heartbeat(h2o_timeout_entry_t *entry)
     h2o_timeout_link(s->loop, &s->hb_timeout, &s->hb_entry);
 }
 
-sl_streams_t *sl_streams_create(h2o_loop_t *loop, sl_hub_t *hub, sl_pgpool_t *pg, const sl_stream_conf_t *conf)
+sl_streams_t *sl_streams_create(h2o_loop_t *loop, sl_hub_t *hub, sl_pgpool_t *pg, sl_presence_t *presence,
+                                const sl_stream_conf_t *conf)
 {
     sl_streams_t *s = calloc(1, sizeof(*s));
     if (s == NULL)
@@ -287,6 +296,7 @@ sl_streams_t *sl_streams_create(h2o_loop_t *loop, sl_hub_t *hub, sl_pgpool_t *pg
     s->loop = loop;
     s->hub = hub;
     s->pg = pg;
+    s->presence = presence;
     s->conf = *conf;
     h2o_linklist_init_anchor(&s->conns);
     h2o_linklist_init_anchor(&s->dirty);

@@ -19,6 +19,13 @@
  * once; an unsubscribe is the same); its query is cancelled (sl_pgpool_cancel: one still queued in
  * the pool leaves the queue, a running one's answer is dropped) and its place freed.
  *
+ * Every stream and WebSocket subscription is counted in the occupancy of the channels it reads
+ * (sl_presence.h), from its start to its end, whatever ends it; a stream of every channel in none
+ * (stats.all_channels). One that asks (?presence=1, "presence":true) gets the joins and leaves of
+ * its channels' users, after its history: SSE "event: join" / "event: leave" without an id: (the
+ * resume position stays the last message's), NDJSON and WebSocket {"type":"join",…}. See struct
+ * presence_seat in sl_stream_int.h.
+ *
  * Transports plug in through one table of functions each (struct sl_transport, in the private
  * sl_stream_int.h), as Nchan's subscribers do: sl_stream_sse.c and sl_stream_ndjson.c over the
  * streaming HTTP response of sl_stream_http.c, and sl_stream_ws.c; the limits above are applied in
@@ -33,6 +40,7 @@
 #include "sl_hub.h"
 #include "sl_message.h"
 #include "sl_pgpool.h"
+#include "sl_presence.h"
 
 typedef struct sl_stream_conf {
     long long history_default;  /* messages of history when the request names none */
@@ -54,6 +62,9 @@ typedef struct sl_stream_stats {
     uint64_t connected[3];      /* now, by transport: sse, ndjson, websocket */
     uint64_t opened_total, events_sent, bytes_queued, slow_disconnects, resets, refused_full;
     uint64_t ws_rate_limited;   /* WebSockets closed (1008) for sending too fast */
+    uint64_t all_channels;      /* streams of every channel now (counted in no channel's occupancy) */
+    uint64_t presence_listeners; /* streams and WebSocket subscriptions that asked for presence events now */
+    uint64_t presence_events;   /* joins and leaves queued to clients */
     uint64_t history_failures;  /* history reads that failed (the stream ends, or the subscription is dropped) */
     uint64_t queued_now;        /* bytes queued to every client now, history included */
     uint64_t history_inflight;  /* subscriptions reading their history now (under the caps) */
@@ -62,7 +73,11 @@ typedef struct sl_stream_stats {
 
 typedef struct sl_streams sl_streams_t;
 
-sl_streams_t *sl_streams_create(h2o_loop_t *loop, sl_hub_t *hub, sl_pgpool_t *pg, const sl_stream_conf_t *conf);
+/* presence: the instance's registry (sl_sse_presence), which must outlive the streams; every
+ * stream and WebSocket subscription is counted in it while it reads, and those that ask get its
+ * joins and leaves. NULL: nothing is counted and presence requests get no events. */
+sl_streams_t *sl_streams_create(h2o_loop_t *loop, sl_hub_t *hub, sl_pgpool_t *pg, sl_presence_t *presence,
+                                const sl_stream_conf_t *conf);
 
 /* GET /v1/stream. Answers 400/503 itself when it must. Returns 0. */
 int sl_streams_handle_stream(sl_streams_t *s, h2o_req_t *req);
@@ -87,6 +102,10 @@ int sl_stream_parse_count(const char *s, size_t len, long long max, long long *o
 int sl_stream_parse_channels(const char *list, size_t len, long long max, char (**out)[SL_CHANNEL_MAX + 1],
                              sl_error_t *err);
 
+/* The presence= parameter (whether a stream gets its channels' joins and leaves): "1" or "true"
+ * is 1, "0" or "false" 0, anything else -1. v need not be NUL-terminated. */
+int sl_stream_parse_presence(const char *v, size_t len);
+
 typedef enum { SL_WS_PING, SL_WS_SUBSCRIBE, SL_WS_UNSUBSCRIBE } sl_ws_verb_t;
 
 /* One command a client sends on GET /v1/ws. */
@@ -94,14 +113,15 @@ typedef struct sl_ws_command {
     sl_ws_verb_t verb;
     char channel[SL_CHANNEL_MAX + 1]; /* subscribe, unsubscribe: a valid channel */
     long long history;                /* subscribe: 0..history_max, history_default when absent */
+    int presence;                     /* subscribe: "presence":true, the channel's joins and leaves */
     long long since;                  /* subscribe: the resume position, -1 when absent */
 } sl_ws_command_t;
 
 /* Parses one WebSocket text message as a command ({"command":"subscribe","channel":…,
- * "history":…,"since":…}, unsubscribe, ping; other members are ignored). Returns 0 with *cmd
- * set, or -1 with err set (status 400, field NULL, code invalid_json, missing_command,
- * unknown_command, invalid_channel, invalid_history or invalid_since, and a message for the
- * client). Whether the command makes sense for the socket (already subscribed, too many
+ * "history":…,"since":…,"presence":…}, unsubscribe, ping; other members are ignored). Returns 0
+ * with *cmd set, or -1 with err set (status 400, field NULL, code invalid_json, missing_command,
+ * unknown_command, invalid_channel, invalid_history, invalid_since or invalid_presence, and a
+ * message for the client). Whether the command makes sense for the socket (already subscribed, too many
  * channels) is the caller's to decide. text need not be NUL-terminated. */
 int sl_stream_ws_parse(const char *text, size_t len, long long history_default, long long history_max,
                        sl_ws_command_t *cmd, sl_error_t *err);

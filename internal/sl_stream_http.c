@@ -26,6 +26,7 @@ struct httpconn {
     h2o_generator_t gen;
     h2o_req_t *req;
     sl_sub_t sub;
+    struct presence_seat pres; /* its channels' occupancy, and presence events when it asked */
     char (*channels)[SL_CHANNEL_MAX + 1];
     struct chunk *q, *fly; /* queued / handed to h2o until proceed */
     size_t nq, capq, nfly, capfly;
@@ -78,6 +79,11 @@ static void http_emit(sl_sub_t *sub, sl_event_t *ev)
     h2o_iovec_t b = sl_event_encode(ev, hc->super.tp->fmt);
     if (b.base != NULL && push_chunk(hc, b, ev, NULL) == 0)
         hc->super.streams->stats.events_sent++;
+}
+
+int sl_stream_http_queue(struct stream_conn *c, char *text, size_t len)
+{
+    return push_chunk((struct httpconn *)c, h2o_iovec_init(text, len), NULL, text);
 }
 
 void sl_stream_http_flush(struct stream_conn *c)
@@ -136,6 +142,7 @@ static void http_free(struct httpconn *hc)
         sl_pgpool_cancel(hc->query); /* queued: it never runs; running: its answer is dropped */
     sl_stream_hist_release(hc->super.streams, &hc->slot);
     sl_hub_unsubscribe(&hc->sub);
+    sl_stream_presence_leave(&hc->pres);
     for (size_t i = 0; i < hc->nq; i++)
         chunk_release(&hc->q[i]);
     for (size_t i = 0; i < hc->nfly; i++)
@@ -241,8 +248,10 @@ static void http_start_history(struct httpconn *hc);
  * meanwhile, what it held is read again, as a resume. */
 static void http_join(struct httpconn *hc, int64_t covered)
 {
-    if (sl_stream_join(hc->super.streams, &hc->sub, &hc->slot, covered) == 0)
+    if (sl_stream_join(hc->super.streams, &hc->sub, &hc->slot, covered) == 0) {
+        sl_stream_presence_live(&hc->pres);
         return;
+    }
     hc->since = hc->sub.cursor;
     http_start_history(hc);
 }
@@ -373,7 +382,7 @@ int sl_streams_handle_stream(sl_streams_t *s, h2o_req_t *req)
     const struct sl_transport *tp = &sl_stream_sse;
     long long history = s->conf.history_default, since = -1;
     char (*channels)[SL_CHANNEL_MAX + 1] = NULL;
-    int nch = 0, r;
+    int nch = 0, r, presence = 0;
     size_t hlen;
     const char *hv;
 
@@ -391,6 +400,9 @@ int sl_streams_handle_stream(sl_streams_t *s, h2o_req_t *req)
         snprintf(msg, sizeof(msg), "'history' must be an integer from 0 to %lld", s->conf.history_max);
         return sl_stream_refuse(req, 400, "invalid_history", "history", msg);
     }
+    if ((r = sl_http_query(req, "presence", &v)) != 0 &&
+        (r < 0 || (presence = sl_stream_parse_presence(v.base, v.len)) < 0))
+        return sl_stream_refuse(req, 400, "invalid_presence", "presence", "'presence' must be 1 or 0 (true or false)");
     if ((r = sl_http_query(req, "since", &v)) != 0) {
         if (r < 0 || sl_stream_parse_count(v.base, v.len, INT64_MAX, &since) != 0)
             return sl_stream_refuse(req, 400, "invalid_since", "since", "'since' must be a non-negative integer (a seq)");
@@ -443,6 +455,10 @@ int sl_streams_handle_stream(sl_streams_t *s, h2o_req_t *req)
         return sl_stream_refuse(req, 503, "out_of_memory", NULL, "out of memory");
     }
     sl_stream_conn_register(s, &hc->super, tp);
+    if (sl_stream_presence_enter(&hc->pres, &hc->super, channels, (size_t)nch, presence) != 0) {
+        http_free(hc);
+        return sl_stream_refuse(req, 503, "out_of_memory", NULL, "out of memory");
+    }
 
     req->res.status = 200;
     req->res.reason = "OK";

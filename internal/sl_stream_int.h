@@ -9,7 +9,8 @@
  *   sl_stream_sse.c, sl_stream_ndjson.c  what differs between SSE and NDJSON (content type,
  *                                        framing, heartbeat bytes), over
  *   sl_stream_http.c                     their streaming HTTP response and GET /v1/stream;
- *   sl_stream_ws.c                       WebSocket subscriptions on GET /v1/ws.
+ *   sl_stream_ws.c                       WebSocket subscriptions on GET /v1/ws;
+ *   sl_stream_presence.c                 the core's part in presence: occupancy, joins and leaves.
  * A transport never applies a limit of the core's itself: it asks the core (sl_stream_conn_take
  * before it queues a byte, sl_stream_hist_acquire before it reads a history). Loop thread only.
  */
@@ -42,6 +43,10 @@ struct sl_transport {
      * have it aborted; NULL: always aborted */
     int (*shutdown)(struct stream_conn *c);
     const struct sl_http_format *http; /* SSE and NDJSON: what differs between them; else NULL */
+    /* Queues text (malloc'd, len bytes, one whole frame or event: a presence join or leave) for
+     * the client, through sl_stream_conn_take; takes it (frees it when it is not queued). Returns
+     * 0 when queued, -1 when not (the client is cut off). */
+    int (*queue)(struct stream_conn *c, char *text, size_t len);
 };
 
 /* Every connection starts with this (the transport's own struct embeds it first). */
@@ -79,6 +84,7 @@ struct sl_streams {
     h2o_loop_t *loop;
     sl_hub_t *hub;
     sl_pgpool_t *pg;
+    sl_presence_t *presence; /* the instance's registry (sl_sse's); NULL: nothing counted */
     sl_stream_conf_t conf;
     h2o_linklist_t conns, dirty;
     size_t nconns;
@@ -88,6 +94,34 @@ struct sl_streams {
     struct histpeer *peers; /* addresses with a history read in progress (at most history_concurrency) */
     size_t npeers, cappeers;
     sl_stream_stats_t stats;
+};
+
+/* A stream's or a WebSocket subscription's part in presence and occupancy (sl_stream_presence.c).
+ * It is counted in the occupancy of each channel it reads from its admission (a stream) or its
+ * subscribe (a WebSocket subscription) to its end; a stream of every channel is in none (it would
+ * be in every channel's, those nobody posts to included) and is counted apart
+ * (stats.all_channels). A reader with an identity (stream_identity) is in the channels' presence
+ * sets; an anonymous one only in the occupancy, and makes no join or leave. One that asked for
+ * presence (?presence=1, "presence":true) listens to the joins and leaves of its channels (every
+ * channel's it may read for a stream of every channel): they go out after its history, held
+ * until sl_stream_presence_live, so that they never come before a reset or the history frame.
+ * What waits is bounded by out_max_bytes (a client whose waiting events would pass it is cut off,
+ * as a slow one is); once live, they pass sl_stream_conn_take like any event. */
+struct presence_held {
+    char *text;
+    size_t len;
+};
+
+struct presence_seat {
+    struct stream_conn *conn;          /* whose output the events go to */
+    sl_presence_user_t user;           /* who reads (strings owned here); user.id NULL: anonymous */
+    sl_presence_entry_t **entries;     /* one per channel; none (NULL) for a stream of every channel */
+    size_t nentries;
+    sl_presence_listener_t **listeners; /* one per channel, or one of every channel; NULL: no events */
+    size_t nlisteners;
+    int entered, all, live;
+    struct presence_held *held;        /* events waiting for the history to be sent */
+    size_t nheld, capheld, held_bytes;
 };
 
 /* The transports' tables (sl_stream_sse.c, sl_stream_ndjson.c, sl_stream_ws.c). */
@@ -146,6 +180,22 @@ void sl_stream_for_each_row(const PGresult *res, int ascending, void (*fn)(void 
  * sub->cursor, as a resume, still holding the slot. */
 int sl_stream_join(sl_streams_t *s, sl_sub_t *sub, struct histslot *slot, int64_t covered);
 
+/* Cuts c off as a client that does not take what it is sent (slow_disconnects; a flush is due):
+ * the one way out when the output limit is passed. more: the bytes that would have passed it. */
+void sl_stream_conn_cut(struct stream_conn *c, size_t more);
+
+/* ---- presence and occupancy (sl_stream_presence.c) ----------------------------------------------- */
+
+/* ps (zeroed) of connection c enters channels (n of them; n 0: a stream of every channel) with the
+ * identity stream_identity gives, and listens to their joins and leaves when listen is set.
+ * Returns 0, or -1 when out of memory (nothing held; ps stays zeroed). */
+int sl_stream_presence_enter(struct presence_seat *ps, struct stream_conn *c, char (*channels)[SL_CHANNEL_MAX + 1],
+                             size_t n, int listen);
+/* The history is sent: the events held go out, and the next ones at once. */
+void sl_stream_presence_live(struct presence_seat *ps);
+/* Leaves every channel and stops listening; frees what ps holds (any number of calls). */
+void sl_stream_presence_leave(struct presence_seat *ps);
+
 /* ---- the streaming HTTP response of SSE and NDJSON (sl_stream_http.c) ------------------------------ */
 
 /* What differs between SSE and NDJSON; events are framed by sl_event_encode (tp->fmt). */
@@ -164,5 +214,6 @@ void sl_stream_http_flush(struct stream_conn *c);
 void sl_stream_http_abort(struct stream_conn *c);
 void sl_stream_http_heartbeat(struct stream_conn *c);
 int sl_stream_http_gone(struct stream_conn *c);
+int sl_stream_http_queue(struct stream_conn *c, char *text, size_t len);
 
 #endif

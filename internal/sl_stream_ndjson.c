@@ -24,5 +24,6 @@ const struct sl_transport sl_stream_ndjson = {
     .abort = sl_stream_http_abort,
     .heartbeat = sl_stream_http_heartbeat,
     .gone = sl_stream_http_gone,
+    .queue = sl_stream_http_queue,
     .http = &ndjson_format,
 };

@@ -28,5 +28,6 @@ const struct sl_transport sl_stream_sse = {
     .abort = sl_stream_http_abort,
     .heartbeat = sl_stream_http_heartbeat,
     .gone = sl_stream_http_gone,
+    .queue = sl_stream_http_queue,
     .http = &sse_format,
 };

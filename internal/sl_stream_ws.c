@@ -25,6 +25,7 @@ struct wsconn;
 
 struct wssub {
     sl_sub_t sub;
+    struct presence_seat pres; /* its channel's occupancy, and presence events when it asked */
     char channel[1][SL_CHANNEL_MAX + 1];
     struct wsconn *ws;
     sl_pgquery_t *query;
@@ -53,25 +54,34 @@ static int ws_busy(struct wsconn *w)
     return w->ws->sock == NULL || h2o_socket_is_writing(w->ws->sock);
 }
 
-static void ws_queue(struct wsconn *w, const char *text, size_t len)
+/* Returns 0 when queued (wslay copies it), -1 when not. */
+static int ws_queue(struct wsconn *w, const char *text, size_t len)
 {
     if (w->ws == NULL)
-        return;
+        return -1;
     /* wslay's queue shrinks as h2o writes, without telling us: start from what it holds now */
     sl_stream_conn_set_queued(&w->super, wslay_event_get_queued_msg_length(w->ws->ws_ctx));
     if (sl_stream_conn_take(&w->super, len, ws_busy(w)) != 0)
-        return;
+        return -1;
     struct wslay_event_msg msg = {WSLAY_TEXT_FRAME, (const uint8_t *)text, len};
     if (wslay_event_queue_msg(w->ws->ws_ctx, &msg) != 0) {
         sl_stream_conn_set_queued(&w->super, w->super.queued_bytes - len);
-        return;
+        return -1;
     }
     sl_stream_mark_dirty(&w->super);
+    return 0;
 }
 
 static void ws_send_text(struct wsconn *w, const char *text, size_t len)
 {
     ws_queue(w, text, len);
+}
+
+static int ws_queue_owned(struct stream_conn *c, char *text, size_t len)
+{
+    int r = ws_queue((struct wsconn *)c, text, len);
+    free(text);
+    return r;
 }
 
 /* An error frame; channel (may be NULL) names the subscription it is about. */
@@ -108,6 +118,7 @@ static void wssub_free(struct wssub *sub)
         sl_pgpool_cancel(sub->query);
     sl_stream_hist_release(sub->ws->super.streams, &sub->slot);
     sl_hub_unsubscribe(&sub->sub);
+    sl_stream_presence_leave(&sub->pres);
     free(sub);
 }
 
@@ -233,6 +244,7 @@ static void ws_join(struct wssub *sub, int64_t covered)
 {
     if (sl_stream_join(sub->ws->super.streams, &sub->sub, &sub->slot, covered) == 0) {
         sub->catching_up = 0;
+        sl_stream_presence_live(&sub->pres);
         return;
     }
     sub->since = sub->sub.cursor;
@@ -403,6 +415,12 @@ static void ws_command(struct wsconn *w, const char *text, size_t len)
         return;
     }
     w->subs[w->nsubs++] = sub;
+    if (sl_stream_presence_enter(&sub->pres, &w->super, sub->channel, 1, cmd.presence) != 0) {
+        w->subs[--w->nsubs] = NULL;
+        wssub_free(sub);
+        ws_error_on(w, "out_of_memory", channel, "out of memory");
+        return;
+    }
     int n = snprintf(reply, sizeof(reply), "{\"type\":\"subscribed\",\"channel\":\"%s\"}", channel);
     ws_send_text(w, reply, (size_t)n);
     ws_start_history(sub);
@@ -503,6 +521,7 @@ const struct sl_transport sl_stream_ws = {
     .heartbeat = ws_heartbeat,
     .sync = ws_sync,
     .shutdown = ws_shutdown,
+    .queue = ws_queue_owned,
 };
 
 /* ---- the commands ---------------------------------------------------------------------------------- */
@@ -563,6 +582,13 @@ int sl_stream_ws_parse(const char *text, size_t len, long long history_default, 
             goto Exit;
         }
         cmd->since = json_integer_value(v);
+    }
+    if (cmd->verb == SL_WS_SUBSCRIBE && (v = json_object_get(root, "presence")) != NULL) {
+        if (!json_is_boolean(v)) {
+            sl_error_set(err, 400, "invalid_presence", NULL, "'presence' must be true or false");
+            goto Exit;
+        }
+        cmd->presence = json_is_true(v);
     }
     rc = 0;
 Exit:

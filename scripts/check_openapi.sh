@@ -34,7 +34,7 @@ REPO_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # The routes the code serves: service METHOD path. HEAD (answered like GET) is left out, and so is
 # OPTIONS on paths browsers do not preflight (api and sse answer OPTIONS on any path).
 #   api:       internal/sl_api.c     sl_api_handle
-#   sse:       internal/sl_sse.c     sl_sse_handle (streams: internal/sl_stream.c)
+#   sse:       internal/sl_sse.c     sl_sse_handle (streams: internal/sl_stream*.c)
 #   ingest:    internal/sl_ingest.c  sl_ingest_handle
 #   persister: cmd/persister/main.c  on_req
 ROUTES=(
@@ -368,10 +368,10 @@ if os.path.exists(readme):
         bad("README error codes missing from the spec's Error.code: %s" % ", ".join(missing))
     else:
         ok("all %d error codes of README.md's table are in Error.code" % len(codes))
-srcs = [os.path.join(repo, p) for p in ("internal/sl_api.c", "internal/sl_sse.c", "internal/sl_stream.c",
-                                         "internal/sl_ingest.c", "internal/sl_http.c", "internal/sl_auth.c",
-                                         "cmd/persister/main.c")]
+srcs = [os.path.join(repo, p) for p in ("internal/sl_api.c", "internal/sl_sse.c", "internal/sl_ingest.c",
+                                         "internal/sl_http.c", "internal/sl_auth.c", "cmd/persister/main.c")]
 srcs = [p for p in srcs if os.path.exists(p)]
+srcs += sorted(glob.glob(os.path.join(repo, "internal", "sl_stream*.c"))) # the core and every transport
 if srcs:
     codes = set()
     for p in srcs:

@@ -16,6 +16,7 @@
 #include <jansson.h>
 #include <pthread.h>
 #include <semaphore.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,10 +27,12 @@
 #include "sl_http.h"
 #include "sl_message.h"
 #include "sl_sse.h"
+#include "sl_streamclient.h"
 #include "sl_testnet.h"
 #include "sl_testsuite.h"
 #include "sl_testutil.h"
 #include "sl_uuid.h"
+#include "sl_wsclient.h"
 
 #define HB 250   /* SLUICE_PRESENCE_HEARTBEAT_MS of the instances here */
 #define TTL 1500 /* SLUICE_PRESENCE_TTL_MS */
@@ -105,7 +108,9 @@ static void on_loop(struct inst *in, void (*fn)(struct inst *, void *), void *ar
     sem_destroy(&c.done);
 }
 
-static void inst_start(struct inst *in, const char *name, sl_sse_channel_filter_cb filter)
+/* tweak (may be NULL) changes the configuration before the instance starts. */
+static void inst_start(struct inst *in, const char *name, sl_sse_channel_filter_cb filter,
+                       void (*tweak)(sl_sse_conf_t *conf))
 {
     int fds[2];
     memset(in, 0, sizeof(*in));
@@ -130,6 +135,8 @@ static void inst_start(struct inst *in, const char *name, sl_sse_channel_filter_
                    .ws_max_frame = 4096, .ws_rate = 10, .ws_burst = 50, .history_concurrency = 32,
                    .history_per_client = 4},
     };
+    if (tweak != NULL)
+        tweak(&conf);
     sl_http_opts_t opts = {.ops_loopback_only = 0, .allowed_origins = NULL};
     sl_http_init(&in->http, sl_sse_handle, NULL, 64 * 1024);
     ck_assert_ptr_nonnull(in->sse = sl_sse_create(in->http.loop, &conf));
@@ -372,8 +379,8 @@ START_TEST(test_occupancy_and_presence_across_two_instances)
     PGconn *db = tu_db(&S);
     ck_assert_int_eq(tu_wait_rows(db, 5, 20000), 5);
 
-    inst_start(&a, "sse-a", NULL);
-    inst_start(&b, "sse-b", NULL);
+    inst_start(&a, "sse-a", NULL, NULL);
+    inst_start(&b, "sse-b", NULL, NULL);
     listen_on(&a, "alpha", &ra);
     listen_on(&b, NULL, &rb);
     sl_presence_entry_t *alice1 = enter(&a, "alpha", "alice", "Alice"), *alice2 = enter(&a, "alpha", "alice", "Alice");
@@ -558,7 +565,7 @@ START_TEST(test_channels_pages_errors_and_private_channels)
         post(names[i], "hello");
     PGconn *db = tu_db(&S);
     ck_assert_int_eq(tu_wait_rows(db, 7, 20000), 7);
-    inst_start(&a, "sse-pages", NULL);
+    inst_start(&a, "sse-pages", NULL, NULL);
     enter(&a, "c3", NULL, NULL);
     enter(&a, "zz-live", "dora", NULL); /* read, never posted to */
     enter(&a, "c-0", NULL, NULL);
@@ -602,7 +609,7 @@ START_TEST(test_channels_pages_errors_and_private_channels)
     json_decref(j);
 
     /* private channels: left out of the list (no page's cursor names one), refused one by one */
-    inst_start(&p, "sse-private", private_filter);
+    inst_start(&p, "sse-private", private_filter, NULL);
     ck_assert_int_ge(wait_subscribers(p.port, "zz-live", 1, 5000), 0);
     const char *visible = "c-0:1,c-7:0,c1:0,c3:1,c5:0,c_6:0,zz-live:1";
     for (int limit = 1; limit <= 8; limit++) {
@@ -615,6 +622,520 @@ START_TEST(test_channels_pages_errors_and_private_channels)
     ck_assert_int_eq(subs, 1);
     inst_stop(&p);
     inst_stop(&a);
+    PQfinish(db);
+    tu_stack_cleanup(&S);
+}
+END_TEST
+
+/* ---- real streams: occupancy, presence events ------------------------------------------------------- */
+
+/* The next event of s is event (SSE event:, NDJSON type), with SSE id id (-1: no id: line) and,
+ * unless NULL, exactly data (SSE data:, or the NDJSON line); seq (>= 0) is its data's seq. */
+static void expect_ev(tu_stream_t *s, const char *who, const char *event, long long id, long long seq, const char *data)
+{
+    tu_sev_t ev;
+    ck_assert_msg(tu_stream_next_event(s, &ev, 10000), "%s: no %s event (eof %d)", who, event, s->eof);
+    ck_assert_msg(strcmp(ev.event, event) == 0, "%s: want %s, got %s: %s", who, event, ev.event, ev.data);
+    ck_assert_msg(ev.id == id, "%s: %s with id %lld, not %lld: %s", who, event, ev.id, id, ev.data);
+    if (seq >= 0)
+        ck_assert_msg(ev.seq == seq, "%s: %s of seq %lld, not %lld", who, event, ev.seq, seq);
+    if (data != NULL)
+        ck_assert_msg(strcmp(ev.data, data) == 0, "%s: want %s, got %s", who, data, ev.data);
+}
+
+/* The next two events of s are a and b (data exactly), in either order (they come from two
+ * instances' timers). */
+static void expect_two(tu_stream_t *s, const char *who, const char *a, const char *b)
+{
+    tu_sev_t ev;
+    int got_a = 0, got_b = 0;
+    for (int i = 0; i < 2; i++) {
+        ck_assert_msg(tu_stream_next_event(s, &ev, 10000), "%s: event %d of 2 missing", who, i + 1);
+        ck_assert_msg(ev.id == -1, "%s: a presence event with an id: %s", who, ev.data);
+        got_a |= strcmp(ev.data, a) == 0;
+        got_b |= strcmp(ev.data, b) == 0;
+    }
+    ck_assert_msg(got_a && got_b, "%s: want %s and %s", who, a, b);
+}
+
+static void expect_quiet(tu_stream_t *s, const char *who, int ms)
+{
+    tu_sev_t ev;
+    ck_assert_msg(!tu_stream_next_event(s, &ev, ms), "%s: unexpected %s event: %s", who, ev.event, ev.data);
+}
+
+/* The next text frame of w, or NULL when none came within timeout_ms. */
+static const char *ws_text(tu_ws_t *w, int timeout_ms)
+{
+    tu_wsmsg_t m;
+    if (tu_ws_recv_data(w, &m, timeout_ms) != 1)
+        return NULL;
+    ck_assert_msg(m.opcode == TU_WS_TEXT, "frame opcode %d (close code %d)", m.opcode, m.close_code);
+    return m.data;
+}
+
+static void ws_expect_text(tu_ws_t *w, const char *who, const char *text)
+{
+    const char *t = ws_text(w, 10000);
+    ck_assert_msg(t != NULL && strcmp(t, text) == 0, "%s: want %s, got %s", who, text, t != NULL ? t : "nothing");
+}
+
+/* The next frame of w is of type (and, unless NULL, key is value); returns it (json_decref it). */
+static json_t *ws_expect(tu_ws_t *w, const char *who, const char *type, const char *key, const char *value)
+{
+    const char *t = ws_text(w, 10000);
+    ck_assert_msg(t != NULL, "%s: no %s frame", who, type);
+    json_t *o = json_loads(t, 0, NULL);
+    ck_assert_msg(o != NULL, "%s: not JSON: %s", who, t);
+    json_t *ty = json_object_get(o, "type"), *v = key != NULL ? json_object_get(o, key) : NULL;
+    ck_assert_msg(json_is_string(ty) && strcmp(json_string_value(ty), type) == 0, "%s: want %s, got %s", who, type, t);
+    ck_assert_msg(key == NULL || (json_is_string(v) && strcmp(json_string_value(v), value) == 0), "%s: want %s %s in %s",
+                  who, key, value, t);
+    return o;
+}
+
+static void ws_cmd(tu_ws_t *w, const char *command, const char *channel, const char *extra)
+{
+    char text[256];
+    snprintf(text, sizeof(text), "{\"command\":\"%s\",\"channel\":\"%s\"%s}", command, channel, extra);
+    ck_assert_int_eq(tu_ws_send_text(w, text), 0);
+}
+
+/* Subscribes w to channel (extra: more members) and takes its subscribed and history frames. */
+static void ws_sub(tu_ws_t *w, const char *who, const char *channel, const char *extra)
+{
+    ws_cmd(w, "subscribe", channel, extra);
+    json_decref(ws_expect(w, who, "subscribed", "channel", channel));
+    json_decref(ws_expect(w, who, "history", "channel", channel));
+}
+
+static void stream_ok(tu_stream_t *st, int port, const char *target, const char *headers)
+{
+    tu_stream_opts_t o = {headers, 0, 0};
+    ck_assert_int_eq(tu_stream_open(st, port, target, &o, 5000), 0);
+    ck_assert_msg(st->status == 200, "%s: %ld %s", target, st->status, st->body != NULL ? st->body : "");
+}
+
+static int wait_metric(int port, const char *name, long long want, int timeout_ms)
+{
+    long long t0 = tu_now_ms();
+    while (metric(port, name) != want) {
+        if (tu_now_ms() - t0 > timeout_ms)
+            return 0;
+        tu_sleep_ms(20);
+    }
+    return 1;
+}
+
+static int wait_metric_ge(int port, const char *name, long long want, int timeout_ms)
+{
+    long long t0 = tu_now_ms();
+    while (metric(port, name) < want) {
+        if (tu_now_ms() - t0 > timeout_ms)
+            return 0;
+        tu_sleep_ms(20);
+    }
+    return 1;
+}
+
+static long long last_seq(PGconn *db)
+{
+    return tu_scalar(db, "SELECT max(seq) FROM messages");
+}
+
+#define J_ALICE "{\"channel\":\"room\",\"user\":{\"id\":\"alice\",\"name\":\"Alice\"}}"
+#define J_BOB "{\"channel\":\"other\",\"user\":{\"id\":\"bob\"}}"
+#define T_ALICE(type) "{\"type\":\"" type "\",\"channel\":\"room\",\"user\":{\"id\":\"alice\",\"name\":\"Alice\"}}"
+#define T_BOB(type) "{\"type\":\"" type "\",\"channel\":\"other\",\"user\":{\"id\":\"bob\"}}"
+
+/* Streams and WebSocket subscriptions on two instances are counted in GET /v1/channels (summed)
+ * from their start to their end, whatever ends them; a stream of every channel is counted apart.
+ * Those that asked for presence get the joins and leaves of users (anonymous readers make none),
+ * framed for their transport; the others get none. */
+START_TEST(test_real_streams_count_and_get_presence_events)
+{
+    struct inst a, b;
+    tu_stream_t sse, nd, all, bad;
+    tu_ws_t wa, wb;
+    start_stack("presencestreams");
+    post("room", "one");
+    post("room", "two");
+    PGconn *db = tu_db(&S);
+    ck_assert_int_eq(tu_wait_rows(db, 2, 20000), 2);
+    long long seq = last_seq(db);
+    inst_start(&a, "sse-a", NULL, NULL);
+    inst_start(&b, "sse-b", NULL, NULL);
+
+    ck_assert_int_eq(tu_stream_open(&bad, a.port, "/v1/stream?channels=room&presence=yes", NULL, 5000), 0);
+    ck_assert_int_eq(bad.status, 400);
+    ck_assert_ptr_nonnull(strstr(bad.body, "\"invalid_presence\""));
+    tu_stream_close(&bad);
+
+    /* anonymous readers of room on both instances, by every transport */
+    stream_ok(&sse, a.port, "/v1/stream?channels=room&presence=1&history=1", NULL);
+    expect_ev(&sse, "sse", "message", seq, seq, NULL);
+    stream_ok(&nd, b.port, "/v1/stream?channels=room,other&presence=true&format=ndjson&history=0", NULL);
+    ck_assert_int_eq(tu_ws_open(&wa, a.port, "/v1/ws", 5000), 0);
+    ws_cmd(&wa, "subscribe", "room", ",\"presence\":\"yes\"");
+    json_decref(ws_expect(&wa, "wa", "error", "code", "invalid_presence"));
+    ws_sub(&wa, "wa", "room", ",\"presence\":true,\"history\":0");
+    ck_assert_int_eq(tu_ws_open(&wb, b.port, "/v1/ws", 5000), 0);
+    ws_sub(&wb, "wb", "room", ",\"presence\":false,\"history\":0");
+    ws_sub(&wb, "wb", "other", ",\"history\":0");
+    for (int i = 0; i < 2; i++) {
+        int port = i ? b.port : a.port;
+        ck_assert_int_ge(wait_subscribers(port, "room", 4, 5000), 0);
+        ck_assert_int_ge(wait_subscribers(port, "other", 2, 5000), 0);
+    }
+    ck_assert_int_eq(metric(a.port, "sluice_sse_occupancy"), 2);
+    ck_assert_int_eq(metric(b.port, "sluice_sse_occupancy"), 4);
+
+    /* a stream of every channel is in no channel's occupancy, counted apart */
+    stream_ok(&all, a.port, "/v1/stream?presence=1&history=0", NULL);
+    ck_assert_int_eq(metric(a.port, "sluice_sse_all_channel_streams"), 1);
+    ck_assert_int_eq(metric(a.port, "sluice_sse_presence_listeners"), 3);
+    ck_assert_int_eq(metric(b.port, "sluice_sse_presence_listeners"), 1);
+    tu_sleep_ms(2 * HB); /* a's next snapshot went out */
+    ck_assert_int_eq(subscribers(b.port, "room"), 4);
+    ck_assert_int_eq(metric(a.port, "sluice_sse_occupancy"), 2);
+
+    /* anonymous readers are in no presence set and make no join */
+    ck_assert_str_eq(presence_of(a.port, "room", NULL, NULL), "");
+    expect_quiet(&sse, "sse", 200);
+    expect_quiet(&nd, "ndjson", 200);
+    expect_quiet(&all, "all", 200);
+    ck_assert_ptr_null(ws_text(&wa, 200));
+
+    /* users (the C API, as readers with a token): alice on b, bob without a name on a */
+    sl_presence_entry_t *alice = enter(&b, "room", "alice", "Alice");
+    expect_ev(&sse, "sse", "join", -1, -1, J_ALICE); /* from the other instance */
+    expect_ev(&nd, "ndjson", "join", -1, -1, T_ALICE("join"));
+    ws_expect_text(&wa, "wa", T_ALICE("join"));
+    expect_ev(&all, "all", "join", -1, -1, J_ALICE);
+    sl_presence_entry_t *bob = enter(&a, "other", "bob", NULL);
+    expect_ev(&nd, "ndjson", "join", -1, -1, T_BOB("join"));
+    expect_ev(&all, "all", "join", -1, -1, J_BOB);
+    ck_assert_str_eq(presence_of(b.port, "room", NULL, NULL), "alice(Alice)");
+
+    /* the next message, with its id; those that asked for nothing got no presence */
+    post("room", "three");
+    ck_assert_int_eq(tu_wait_rows(db, 3, 20000), 3);
+    seq = last_seq(db);
+    expect_ev(&sse, "sse", "message", seq, seq, NULL);
+    expect_ev(&nd, "ndjson", "message", -1, seq, NULL);
+    expect_ev(&all, "all", "message", seq, seq, NULL);
+    json_decref(ws_expect(&wa, "wa", "message", NULL, NULL));
+    json_decref(ws_expect(&wb, "wb", "message", NULL, NULL));
+
+    /* their leaves, once the grace is over */
+    leave(&b, alice);
+    leave(&a, bob);
+    expect_ev(&sse, "sse", "leave", -1, -1, J_ALICE);
+    expect_two(&nd, "ndjson", T_ALICE("leave"), T_BOB("leave"));
+    ws_expect_text(&wa, "wa", T_ALICE("leave"));
+    expect_two(&all, "all", J_ALICE, J_BOB);
+    ck_assert_int_eq(metric(a.port, "sluice_sse_presence_events_sent_total"), 2 + 2 + 4);
+    ck_assert_int_eq(metric(b.port, "sluice_sse_presence_events_sent_total"), 4);
+    ck_assert_ptr_null(ws_text(&wb, 200));
+
+    /* the counts go as the readers end: an unsubscribe, a closed WebSocket, closed streams */
+    ws_cmd(&wa, "unsubscribe", "room", "");
+    json_decref(ws_expect(&wa, "wa", "unsubscribed", "channel", "room"));
+    ck_assert_int_eq(metric(a.port, "sluice_sse_presence_listeners"), 2);
+    for (int i = 0; i < 2; i++)
+        ck_assert_int_ge(wait_subscribers(i ? b.port : a.port, "room", 3, 5000), 0);
+    tu_ws_close(&wb);
+    for (int i = 0; i < 2; i++) {
+        ck_assert_int_ge(wait_subscribers(i ? b.port : a.port, "room", 2, 5000), 0);
+        ck_assert_int_ge(wait_subscribers(i ? b.port : a.port, "other", 1, 5000), 0);
+    }
+    tu_stream_close(&sse);
+    tu_stream_close(&nd);
+    tu_stream_close(&all);
+    for (int i = 0; i < 2; i++) {
+        ck_assert_int_ge(wait_subscribers(i ? b.port : a.port, "room", 0, 5000), 0);
+        ck_assert_int_ge(wait_subscribers(i ? b.port : a.port, "other", 0, 5000), 0);
+    }
+    ck_assert(wait_metric(a.port, "sluice_sse_all_channel_streams", 0, 5000));
+    ck_assert_int_eq(metric(a.port, "sluice_sse_presence_listeners"), 0);
+    ck_assert_int_eq(metric(b.port, "sluice_sse_presence_listeners"), 0);
+    ck_assert_int_eq(metric(a.port, "sluice_sse_occupancy"), 0);
+    ck_assert_int_eq(metric(b.port, "sluice_sse_occupancy"), 0);
+    tu_ws_close(&wa);
+    inst_stop(&b);
+    inst_stop(&a);
+    PQfinish(db);
+    tu_stack_cleanup(&S);
+}
+END_TEST
+
+/* Histories from the database, with connections to spare for GET /v1/channels (the same pool). */
+static void history_from_db(sl_sse_conf_t *c)
+{
+    c->recent = 0;
+    c->db_conns = 6;
+    c->db_query_timeout_ms = 30000;
+}
+
+static void db_exec(PGconn *c, const char *sql)
+{
+    PGresult *r = PQexec(c, sql);
+    ck_assert_msg(PQresultStatus(r) == PGRES_COMMAND_OK, "%s: %s", sql, PQerrorMessage(c));
+    PQclear(r);
+}
+
+/* Presence events wait for the history (held up here by a lock on messages): a stream gets its
+ * messages first, then the join, never the other way round; a WebSocket its history frame first.
+ * They carry no id, so the resume position (Last-Event-ID) stays the last message's. */
+START_TEST(test_presence_events_follow_the_history_and_leave_resume_alone)
+{
+    struct inst a;
+    tu_stream_t sse, again;
+    tu_ws_t w;
+    char hdr[64];
+    start_stack("presenceorder");
+    for (int i = 0; i < 3; i++)
+        post("room", "before");
+    PGconn *db = tu_db(&S), *locker = tu_db(&S);
+    ck_assert_int_eq(tu_wait_rows(db, 3, 20000), 3);
+    long long s3 = last_seq(db);
+    inst_start(&a, "sse-order", NULL, history_from_db);
+
+    db_exec(locker, "BEGIN");
+    db_exec(locker, "LOCK TABLE messages IN ACCESS EXCLUSIVE MODE");
+    stream_ok(&sse, a.port, "/v1/stream?channels=room&presence=1&since=0", NULL);
+    ck_assert_int_eq(tu_ws_open(&w, a.port, "/v1/ws", 5000), 0);
+    ws_cmd(&w, "subscribe", "room", ",\"presence\":true,\"history\":3");
+    json_decref(ws_expect(&w, "ws", "subscribed", "channel", "room"));
+    ck_assert_int_ge(wait_subscribers(a.port, "room", 2, 5000), 0); /* counted while they read */
+    sl_presence_entry_t *carol = enter(&a, "room", "carol", "Carol");
+    expect_quiet(&sse, "sse", 3 * HB); /* the join waits */
+    ck_assert_ptr_null(ws_text(&w, 100));
+    db_exec(locker, "COMMIT");
+
+    const char *join = "{\"channel\":\"room\",\"user\":{\"id\":\"carol\",\"name\":\"Carol\"}}";
+    for (long long q = s3 - 2; q <= s3; q++)
+        expect_ev(&sse, "sse", "message", q, q, NULL);
+    expect_ev(&sse, "sse", "join", -1, -1, join);
+    json_t *h = ws_expect(&w, "ws", "history", "channel", "room");
+    ck_assert_int_eq(json_array_size(json_object_get(h, "messages")), 3);
+    json_decref(h);
+    ws_expect_text(&w, "ws", "{\"type\":\"join\",\"channel\":\"room\",\"user\":{\"id\":\"carol\",\"name\":\"Carol\"}}");
+
+    /* a message, a leave (no id), a message: ids go on from message to message */
+    post("room", "four");
+    ck_assert_int_eq(tu_wait_rows(db, 4, 20000), 4);
+    long long s4 = last_seq(db);
+    expect_ev(&sse, "sse", "message", s4, s4, NULL);
+    leave(&a, carol);
+    expect_ev(&sse, "sse", "leave", -1, -1, join);
+    post("room", "five");
+    ck_assert_int_eq(tu_wait_rows(db, 5, 20000), 5);
+    long long s5 = last_seq(db);
+    expect_ev(&sse, "sse", "message", s5, s5, NULL);
+    tu_stream_close(&sse);
+
+    /* an EventSource that dropped after the leave resumes after s4 (the leave set no id): s5, once */
+    snprintf(hdr, sizeof(hdr), "Last-Event-ID: %lld\r\n", s4);
+    stream_ok(&again, a.port, "/v1/stream?channels=room&presence=1", hdr);
+    expect_ev(&again, "resume", "message", s5, s5, NULL);
+    expect_quiet(&again, "resume", 500);
+    tu_stream_close(&again);
+    tu_ws_close(&w);
+    ck_assert_int_ge(wait_subscribers(a.port, "room", 0, 5000), 0);
+    inst_stop(&a);
+    PQfinish(locker);
+    PQfinish(db);
+    tu_stack_cleanup(&S);
+}
+END_TEST
+
+static void failing_histories(sl_sse_conf_t *c)
+{
+    history_from_db(c);
+    c->db_query_timeout_ms = 1000;
+    c->stream.history_per_client = 2;
+}
+
+/* Subscriptions dropped by the server leave their channels: history_unavailable (the query timed
+ * out behind a lock), a stream whose history failed; one refused with history_busy never counts. */
+START_TEST(test_dropped_subscriptions_leave)
+{
+    struct inst a;
+    tu_ws_t w;
+    tu_stream_t st, busy;
+    start_stack("presencedrop");
+    post("room", "m");
+    post("busy", "m");
+    PGconn *db = tu_db(&S), *locker = tu_db(&S);
+    ck_assert_int_eq(tu_wait_rows(db, 2, 20000), 2);
+    inst_start(&a, "sse-drop", NULL, failing_histories);
+
+    db_exec(locker, "BEGIN");
+    db_exec(locker, "LOCK TABLE messages IN ACCESS EXCLUSIVE MODE");
+    ck_assert_int_eq(tu_ws_open(&w, a.port, "/v1/ws", 5000), 0);
+    ws_cmd(&w, "subscribe", "room", ",\"presence\":true,\"history\":1");
+    json_decref(ws_expect(&w, "ws", "subscribed", "channel", "room"));
+    ws_cmd(&w, "subscribe", "busy", ",\"history\":1");
+    json_decref(ws_expect(&w, "ws", "subscribed", "channel", "busy"));
+    ws_cmd(&w, "subscribe", "third", ",\"history\":1"); /* over the client's 2 histories at once */
+    json_decref(ws_expect(&w, "ws", "error", "code", "history_busy"));
+    ck_assert_int_eq(tu_stream_open(&busy, a.port, "/v1/stream?channels=third&history=1", NULL, 5000), 0);
+    ck_assert_int_eq(busy.status, 503);
+    tu_stream_close(&busy);
+    ck_assert_int_ge(wait_subscribers(a.port, "room", 1, 5000), 0);
+    ck_assert_int_ge(wait_subscribers(a.port, "busy", 1, 5000), 0);
+    ck_assert_int_eq(subscribers(a.port, "third"), 0);
+    ck_assert_int_eq(metric(a.port, "sluice_sse_presence_listeners"), 1);
+    for (int i = 0; i < 2; i++) /* the queries time out: both subscriptions are dropped */
+        json_decref(ws_expect(&w, "ws", "error", "code", "history_unavailable"));
+    ck_assert_int_ge(wait_subscribers(a.port, "room", 0, 5000), 0);
+    ck_assert_int_ge(wait_subscribers(a.port, "busy", 0, 5000), 0);
+    ck_assert_int_eq(metric(a.port, "sluice_sse_presence_listeners"), 0);
+
+    /* a stream whose history fails ends, and is no longer counted */
+    stream_ok(&st, a.port, "/v1/stream?channels=room&history=1", NULL);
+    ck_assert_int_ge(wait_subscribers(a.port, "room", 1, 5000), 0);
+    tu_stream_drain(&st, 10000);
+    ck_assert_msg(st.eof || st.err, "the stream whose history failed is still open");
+    tu_stream_close(&st);
+    ck_assert_int_ge(wait_subscribers(a.port, "room", 0, 5000), 0);
+    db_exec(locker, "COMMIT");
+
+    /* subscribing again works, and a closed socket leaves */
+    ws_sub(&w, "ws", "room", ",\"presence\":true,\"history\":1");
+    ck_assert_int_ge(wait_subscribers(a.port, "room", 1, 5000), 0);
+    tu_ws_close(&w);
+    ck_assert_int_ge(wait_subscribers(a.port, "room", 0, 5000), 0);
+    ck_assert_int_eq(metric(a.port, "sluice_sse_presence_listeners"), 0);
+    inst_stop(&a);
+    PQfinish(locker);
+    PQfinish(db);
+    tu_stack_cleanup(&S);
+}
+END_TEST
+
+/* ---- presence events and the output limit --------------------------------------------------------- */
+
+enum { CHURN_USERS = 1000, CHURN_ROUNDS = 30 };
+
+static void churn_conf(sl_sse_conf_t *c)
+{
+    history_from_db(c);
+    c->stream.out_max_bytes = 64 * 1024;
+    c->presence_grace_ms = 1; /* a user who leaves is gone at once: every round joins and leaves anew */
+}
+
+struct churn {
+    sl_presence_entry_t *e[CHURN_USERS];
+    int round;
+};
+
+static void do_churn_enter(struct inst *in, void *arg)
+{
+    struct churn *c = arg;
+    char id[32], name[256];
+    for (int i = 0; i < CHURN_USERS; i++) {
+        snprintf(id, sizeof(id), "u%d-%d", c->round, i);
+        snprintf(name, sizeof(name), "%0200d", i); /* ~270 bytes per event */
+        sl_presence_user_t u = {id, name};
+        c->e[i] = sl_presence_enter(sl_sse_presence(in->sse), "flood", &u);
+    }
+}
+
+static void do_churn_leave(struct inst *in, void *arg)
+{
+    struct churn *c = arg;
+    (void)in;
+    for (int i = 0; i < CHURN_USERS; i++)
+        sl_presence_leave(c->e[i]);
+}
+
+struct counter {
+    tu_stream_t st;
+    atomic_int events, stop, ended;
+    pthread_t thread;
+};
+
+static void *count_events(void *arg)
+{
+    struct counter *c = arg;
+    tu_sev_t ev;
+    while (!atomic_load(&c->stop)) {
+        int r = tu_stream_next(&c->st, &ev, 200);
+        if (r < 0) {
+            atomic_store(&c->ended, 1);
+            break;
+        }
+        if (r == 1 && (strcmp(ev.event, "join") == 0 || strcmp(ev.event, "leave") == 0))
+            atomic_fetch_add(&c->events, 1);
+    }
+    return NULL;
+}
+
+/* Joins and leaves count against SLUICE_SSE_OUT_MAX_BYTES as any event: a presence stream that does
+ * not read is cut off (and leaves), and so is one whose events wait for its history (held up by a
+ * lock) past the limit; one beside them that reads gets every event. */
+START_TEST(test_presence_events_count_against_the_output_limit)
+{
+    struct inst a;
+    static struct churn ch;
+    static struct counter reader;
+    tu_stream_t slow, held;
+    start_stack("presenceflood");
+    post("flood", "m");
+    PGconn *db = tu_db(&S), *locker = tu_db(&S);
+    ck_assert_int_eq(tu_wait_rows(db, 1, 20000), 1);
+    inst_start(&a, "sse-flood", NULL, churn_conf);
+    tu_stream_opts_t o = {NULL, 4096, 1};
+    ck_assert_int_eq(tu_stream_open(&slow, a.port, "/v1/stream?channels=flood&presence=1&history=0", &o, 5000), 0);
+    stream_ok(&reader.st, a.port, "/v1/stream?channels=flood&presence=1&history=0&format=ndjson", NULL);
+    ck_assert(wait_metric(a.port, "sluice_sse_presence_listeners", 2, 5000));
+    ck_assert_int_eq(pthread_create(&reader.thread, NULL, count_events, &reader), 0);
+
+    /* a round of 1 000 joins and leaves (~500 KB) waits for a history that does not come */
+    db_exec(locker, "BEGIN");
+    db_exec(locker, "LOCK TABLE messages IN ACCESS EXCLUSIVE MODE");
+    stream_ok(&held, a.port, "/v1/stream?channels=flood&presence=1&since=0", NULL);
+    ck_assert(wait_metric(a.port, "sluice_sse_presence_listeners", 3, 5000));
+    on_loop(&a, do_churn_enter, &ch);
+    on_loop(&a, do_churn_leave, &ch);
+    /* (the stream that does not read may go in this round too) */
+    ck_assert(wait_metric_ge(a.port, "sluice_sse_slow_client_disconnects_total", 1, 5000));
+    tu_stream_drain(&held, 5000);
+    ck_assert_msg(held.eof || held.err, "the stream whose events waited past the limit is still open");
+    tu_stream_close(&held);
+    db_exec(locker, "COMMIT");
+
+    int rounds = 1;
+    long long t0 = tu_now_ms();
+    while (rounds < CHURN_ROUNDS && metric(a.port, "sluice_sse_slow_client_disconnects_total") < 2) {
+        ch.round = rounds++;
+        on_loop(&a, do_churn_enter, &ch);
+        on_loop(&a, do_churn_leave, &ch);
+        tu_sleep_ms(20);
+    }
+    long long want = 2LL * CHURN_USERS * rounds;
+    while (atomic_load(&reader.events) < want && !atomic_load(&reader.ended) && tu_now_ms() - t0 < 60000)
+        tu_sleep_ms(20);
+    printf("presence: %d rounds of %d joins and leaves (%lld events) before the slow stream was cut off; "
+           "the reader got %d\n", rounds, CHURN_USERS, want, atomic_load(&reader.events));
+    ck_assert_msg(metric(a.port, "sluice_sse_slow_client_disconnects_total") == 2,
+                  "the stream that does not read was not cut off after %lld events", want);
+    ck_assert_int_eq(atomic_load(&reader.ended), 0);
+    ck_assert_int_eq(atomic_load(&reader.events), want);
+    ck_assert(wait_metric(a.port, "sluice_sse_presence_listeners", 1, 5000));
+    ck_assert_int_ge(wait_subscribers(a.port, "flood", 1, 5000), 0); /* the reader alone */
+    ck_assert_int_ge(metric(a.port, "sluice_sse_presence_events_sent_total"), want);
+    unsigned long long got = tu_stream_drain(&slow, 10000);
+    ck_assert_msg(slow.eof || slow.err, "the slow stream is still open after %llu bytes", got);
+    tu_stream_close(&slow);
+    atomic_store(&reader.stop, 1);
+    pthread_join(reader.thread, NULL);
+    tu_stream_close(&reader.st);
+    ck_assert_int_ge(wait_subscribers(a.port, "flood", 0, 5000), 0);
+    inst_stop(&a);
+    PQfinish(locker);
     PQfinish(db);
     tu_stack_cleanup(&S);
 }
@@ -734,6 +1255,7 @@ END_TEST
 
 int main(void)
 {
+    signal(SIGPIPE, SIG_IGN); /* as sluice-sse (sl_http_signals): the instances here write to sockets we cut */
     Suite *s = suite_create("presence_sse");
     TCase *tc = tcase_create("presence");
     tcase_set_timeout(tc, 120);
@@ -744,6 +1266,10 @@ int main(void)
     ADD(test_channels_table_follows_every_batch);
     ADD(test_occupancy_and_presence_across_two_instances);
     ADD(test_channels_pages_errors_and_private_channels);
+    ADD(test_real_streams_count_and_get_presence_events);
+    ADD(test_presence_events_follow_the_history_and_leave_resume_alone);
+    ADD(test_dropped_subscriptions_leave);
+    ADD(test_presence_events_count_against_the_output_limit);
     suite_add_tcase(s, tc);
     return tu_run_suite(s);
 }

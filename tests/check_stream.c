@@ -112,6 +112,12 @@ START_TEST(test_ws_parse)
     ck_assert_str_eq(c.channel, "n");
     ck_assert_int_eq(ws("{\"command\":\"subscribe\",\"channel\":\"#general\"}", &c, &err), 0);
     ck_assert_str_eq(c.channel, "general");
+    ck_assert_int_eq(c.presence, 0);
+    ck_assert_int_eq(ws("{\"command\":\"subscribe\",\"channel\":\"n\",\"presence\":true}", &c, &err), 0);
+    ck_assert_int_eq(c.presence, 1);
+    ck_assert_int_eq(ws("{\"command\":\"subscribe\",\"channel\":\"n\",\"presence\":false}", &c, &err), 0);
+    ck_assert_int_eq(c.presence, 0);
+    ck_assert_int_eq(ws("{\"command\":\"unsubscribe\",\"channel\":\"n\",\"presence\":1}", &c, &err), 0);
 
     const struct {
         const char *text, *code;
@@ -133,6 +139,9 @@ START_TEST(test_ws_parse)
         {"{\"command\":\"subscribe\",\"channel\":\"x\",\"history\":1.5}", "invalid_history"},
         {"{\"command\":\"subscribe\",\"channel\":\"x\",\"since\":\"7\"}", "invalid_since"},
         {"{\"command\":\"subscribe\",\"channel\":\"x\",\"since\":-1}", "invalid_since"},
+        {"{\"command\":\"subscribe\",\"channel\":\"x\",\"presence\":1}", "invalid_presence"},
+        {"{\"command\":\"subscribe\",\"channel\":\"x\",\"presence\":\"true\"}", "invalid_presence"},
+        {"{\"command\":\"subscribe\",\"channel\":\"x\",\"presence\":null}", "invalid_presence"},
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         ck_assert_msg(ws(bad[i].text, &c, &err) == -1, "'%s' accepted", bad[i].text);
@@ -144,6 +153,19 @@ START_TEST(test_ws_parse)
 }
 END_TEST
 
+START_TEST(test_parse_presence)
+{
+    const struct {
+        const char *v;
+        int want;
+    } cases[] = {{"1", 1}, {"true", 1}, {"0", 0}, {"false", 0}, {"", -1},     {"yes", -1},
+                 {"2", -1}, {"TRUE", -1}, {"10", -1}, {"true ", -1}, {"fals", -1}};
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+        ck_assert_msg(sl_stream_parse_presence(cases[i].v, strlen(cases[i].v)) == cases[i].want, "'%s'", cases[i].v);
+    ck_assert_int_eq(sl_stream_parse_presence("1x", 1), 1); /* reads len bytes only */
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("stream");
@@ -151,6 +173,7 @@ int main(void)
     tcase_add_test(tc, test_parse_count);
     tcase_add_test(tc, test_parse_channels);
     tcase_add_test(tc, test_ws_parse);
+    tcase_add_test(tc, test_parse_presence);
     suite_add_tcase(s, tc);
     return tu_run_suite(s);
 }

@@ -26,11 +26,11 @@ export interface MessageEvent {
   meta?: Record<string, unknown>;
 }
 
-/** A presence event, passed through as the server sends it. */
+/** A presence event: a user (a reader token's sub and name) joined or left the channel. */
 export interface PresenceEvent {
   type: "join" | "leave";
   channel: string;
-  user?: { id: string; name?: string };
+  user: { id: string; name?: string };
   [key: string]: unknown;
 }
 

@@ -907,6 +907,8 @@ class StreamConn {
       return;
     }
     if (!EVENT_TYPES.has(type) && !PRESENCE_TYPES.has(type)) return;
+    // SSE names a join or leave by its event: line only; NDJSON and WebSocket carry it as `type`.
+    if (PRESENCE_TYPES.has(type) && data.type !== type) data = { type, ...data };
     this._confirm();
     const targets = mine.filter(c => c.name === "*" || c.name === data.channel);
     feed._arrive(targets, type, data);
