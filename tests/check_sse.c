@@ -13,6 +13,7 @@
  */
 #include <check.h>
 #include <jansson.h>
+#include <limits.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -1996,49 +1997,159 @@ START_TEST(test_seam_buffer_is_bounded)
 }
 END_TEST
 
-/* Upgrades at SIGTERM from clients that pipeline requests and an upgrade and never read, then go
- * away (reset). Meant to leave some 101s unwritten behind a full socket buffer, where sse must not
- * free a WebSocket under h2o's pending upgrade callback; so far every 101 got written here (all
- * 200 upgrades handled, the kernel took every answer), so this does not yet reproduce that
- * use-after-free: it checks the shutdown of many never-reading upgraded sockets (exit 0). */
+/* What the server has written to each of fds[0..n) once it stops writing (two equal readings
+ * 200 ms apart), into w. */
+static void settled_written(const int *fds, int n, long *w)
+{
+    for (int i = 0; i < n; i++)
+        w[i] = -2;
+    for (int round = 0, changed = 1; changed && round < 25; round++) {
+        changed = 0;
+        for (int i = 0; i < n; i++) {
+            long now = tu_net_written_to(fds[i]);
+            changed |= now != w[i];
+            w[i] = now;
+        }
+        if (changed)
+            tu_sleep_ms(200);
+    }
+}
+
+/* A WebSocket whose 101 is not written yet at SIGTERM (#12): h2o's upgrade callback is still to
+ * come with its connection, so sse may not free that then (the callback read freed memory when the
+ * write later failed: ASan aborts sse). A client that does not read leaves its 101 unwritten when
+ * the answers before it just fill the server's send buffer. Each client announces a small segment
+ * size, which makes that buffer a few tens of KB (rather than ~1 MB on loopback), and pipelines k
+ * small requests (/healthz) then an upgrade, k swept around the number of answers such a client
+ * takes (measured first, then looked for in rounds). The test checks from what reached the clients
+ * that some 101s are unwritten, then sends SIGTERM, resets every client (pending writes fail) and
+ * wants sse to exit 0. */
 START_TEST(test_sigterm_with_unwritten_upgrades)
 {
-    enum { CONNS = 200 };
-    const char *env[] = {"SLUICE_SSE_CHECK_MS=200", "SLUICE_DRAIN_TIMEOUT=5", "SLUICE_MAX_CONNS_PER_CLIENT=0", NULL};
-    static int fds[CONNS];
-    static char buf[CONNS * 3 * 40 + 512];
+    enum { MSS = 536, PROBE = 4000, PLAIN = 8, PER_K = 2, ROUNDS = 4 };
+    const char *env[] = {"SLUICE_DRAIN_TIMEOUT=5", "SLUICE_MAX_CONNS_PER_CLIENT=0", NULL};
+    /* a small answer; with a body: h2o completes a 204's write (an empty last buffer) only once the
+     * socket is writable again, and a 101 after it never meets a full buffer */
+    static const char small[] = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+    static const char upgrade[] = "GET /v1/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                                  "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    const size_t slen = sizeof(small) - 1;
+    char *buf = malloc((PROBE + 1) * slen + sizeof(upgrade));
+    ck_assert_ptr_nonnull(buf);
+    for (int k = 0; k < PROBE; k++)
+        memcpy(buf + (size_t)k * slen, small, slen);
     start_stack("sseupgrade", env);
-    static const char small[] = "GET /favicon.ico HTTP/1.1\r\nHost: x\r\n\r\n"; /* a 204: a small answer */
-    for (int i = 0; i < CONNS; i++) {
-        /* 3i small requests before the upgrade: the answers of some fill the buffers just at the
-         * 101, those of longer ones before it (their upgrade never runs) */
-        size_t len = 0;
-        for (int k = 0; k < 3 * i; k++) {
-            memcpy(buf + len, small, sizeof(small) - 1);
-            len += sizeof(small) - 1;
-        }
-        len += (size_t)snprintf(buf + len, sizeof(buf) - len,
-                                "GET /v1/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n");
-        fds[i] = tu_net_connect(S.sse_port, 1024, tu_now_ms() + 5000);
-        ck_assert_int_ge(fds[i], 0);
-        ck_assert_int_eq(tu_net_send_all(fds[i], buf, len, tu_now_ms() + 5000), 0);
+
+    /* the size of one answer (a client that reads) */
+    int fd = tu_net_connect(S.sse_port, 0, tu_now_ms() + 5000);
+    ck_assert_int_ge(fd, 0);
+    ck_assert_int_eq(tu_net_send_all(fd, small, slen, tu_now_ms() + 5000), 0);
+    char *in = NULL, *end = NULL, cl[24];
+    size_t inlen = 0, incap = 0;
+    int eof = 0, err = 0;
+    while (end == NULL || (size_t)(end + 4 - in) + strtoul(cl, NULL, 10) > inlen) {
+        ck_assert_int_gt(tu_net_read_some(fd, &in, &inlen, &incap, &eof, &err, tu_now_ms() + 5000), 0);
+        in[inlen] = '\0';
+        if ((end = strstr(in, "\r\n\r\n")) != NULL)
+            ck_assert_ptr_nonnull(tu_header_in(in, "content-length", cl, sizeof(cl)));
     }
-    tu_sleep_ms(1500);
+    ck_assert_int_eq(strncmp(in, "HTTP/1.1 200", 12), 0);
+    long answer = (long)inlen;
+    free(in);
+    close(fd);
+
+    /* how many answers a client that does not read takes: PROBE requests, count what is written */
+    int probe = tu_net_connect_mss(S.sse_port, 1024, MSS, tu_now_ms() + 5000);
+    ck_assert_int_ge(probe, 0);
+    ck_assert_int_eq(tu_net_send_all(probe, buf, PROBE * slen, tu_now_ms() + 5000), 0);
+    long taken;
+    settled_written(&probe, 1, &taken);
+    taken /= answer;
+    ck_assert_msg(taken > 4 && taken * 3 / 2 < PROBE, "a client that does not read took %ld answers of %d", taken,
+                  PROBE);
+
+    /* PLAIN upgrades alone (their 101 is written); then rounds of PER_K clients for each k in a
+     * range, 3/4 to 3/2 of taken first. The clients of one run take about as many answers as each
+     * other, but not always as many as the probe (126 against 190 seen): a round that leaves no
+     * 101 unwritten says where the edge is (after the last k whose upgrade was written, before the
+     * first whose answers were not), and the next round looks there. */
+    int cap = PLAIN + 4096, conns = 0, unwritten = 0, written = 0;
+    int lo = (int)(taken * 3 / 4), hi = (int)(taken * 3 / 2);
+    int *fds = calloc((size_t)cap, sizeof(*fds)), *ks = calloc((size_t)cap, sizeof(*ks));
+    long *w = calloc((size_t)cap, sizeof(*w)), a101 = 0;
+    ck_assert(fds != NULL && ks != NULL && w != NULL);
+    for (int round = 0; round < ROUNDS && unwritten == 0; round++) {
+        int first = conns, top = round == 0 ? PLAIN : 0;
+        for (int k = lo; k <= hi + top && conns < cap; k++) {
+            for (int j = 0; j < (k > hi ? 1 : PER_K); j++) {
+                ks[conns] = k > hi ? 0 : k; /* PLAIN: k 0 */
+                size_t len = (size_t)ks[conns] * slen;
+                memcpy(buf + len, upgrade, sizeof(upgrade) - 1);
+                fds[conns] = tu_net_connect_mss(S.sse_port, 1024, MSS, tu_now_ms() + 5000);
+                ck_assert_int_ge(fds[conns], 0);
+                ck_assert_int_eq(tu_net_send_all(fds[conns], buf, len + sizeof(upgrade) - 1, tu_now_ms() + 5000), 0);
+                for (size_t o = len; o < len + sizeof(upgrade); o += slen) /* the small requests again */
+                    memcpy(buf + o, small, slen);
+                conns++;
+            }
+        }
+        settled_written(fds + first, conns - first, w + first);
+        for (int i = first; i < conns && a101 == 0; i++)
+            if (ks[i] == 0)
+                a101 = w[i];
+        ck_assert_int_gt(a101, 0);
+        int last_written = -1, first_short = INT_MAX;
+        for (int i = first; i < conns; i++) {
+            long before = ks[i] * answer;
+            if (ks[i] == 0)
+                continue;
+            unwritten += w[i] >= before && w[i] < before + a101;
+            written += w[i] == before + a101;
+            if (w[i] == before + a101 && ks[i] > last_written)
+                last_written = ks[i];
+            if (w[i] < before && ks[i] < first_short)
+                first_short = ks[i];
+        }
+        fprintf(stderr, "upgrades: round %d, %d-%d requests before the upgrade: %d written, %d unwritten so far\n",
+                round + 1, lo, hi, written, unwritten);
+        if (first_short == INT_MAX) /* every upgrade written: the edge is further */
+            lo = hi + 1, hi = hi * 2;
+        else if (last_written < 0) /* no upgrade reached: it is nearer */
+            hi = lo - 1, lo = lo / 2;
+        else if (last_written < first_short)
+            lo = last_written, hi = first_short;
+        else /* clients that disagree: all of the range between them */
+            lo = first_short, hi = last_written;
+        if (hi >= PROBE) /* buf holds PROBE requests */
+            hi = PROBE - 1;
+        ck_assert_int_ge(lo, 1);
+    }
     double ws = metric(S.sse_port, "sluice_sse_clients{transport=\"websocket\"}");
+    fprintf(stderr, "upgrades: answers of %ld bytes, 101s of %ld; the probe took %ld answers; %d clients: %d upgrades "
+            "written, %d unwritten; %.0f handled\n",
+            answer, a101, taken, conns, written, unwritten, ws);
+    ck_assert_msg(unwritten > 0, "no 101 was left unwritten: this tests nothing");
+    ck_assert_msg(ws == PLAIN + written + unwritten, "%.0f upgrades handled, %d written or unwritten", ws,
+                  PLAIN + written + unwritten);
+
     long long t0 = tu_now_ms();
     kill(S.sse, SIGTERM);
     tu_sleep_ms(500);
     /* the clients go away at once (reset): a write still pending fails */
     struct linger lg = {1, 0};
-    for (int i = 0; i < CONNS; i++) {
-        setsockopt(fds[i], SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
-        close(fds[i]);
+    for (int i = 0; i <= conns; i++) {
+        int f = i < conns ? fds[i] : probe;
+        setsockopt(f, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+        close(f);
     }
     int status = tu_stop(&S.sse, SIGTERM, 20000);
-    fprintf(stderr, "upgrades: %d connections, %.0f upgrades handled, sse exited %d after %lld ms\n", CONNS, ws, status,
-            tu_now_ms() - t0);
-    ck_assert_msg(status == 0, "sse exited %d after SIGTERM with unwritten upgrades", status);
+    fprintf(stderr, "upgrades: sse exited %d after %lld ms\n", status, tu_now_ms() - t0);
+    ck_assert_msg(status == 0, "sse exited %d after SIGTERM with %d unwritten upgrades (see %s)", status, unwritten,
+                  "test-logs/sseupgrade-sse.log");
+    free(fds);
+    free(ks);
+    free(w);
+    free(buf);
     tu_stack_cleanup(&S);
 }
 END_TEST

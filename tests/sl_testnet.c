@@ -5,11 +5,13 @@
 
 #include <errno.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -51,12 +53,21 @@ int tu_net_wait(int fd, short events, long long deadline)
 
 int tu_net_connect(int port, int rcvbuf, long long deadline)
 {
+    return tu_net_connect_mss(port, rcvbuf, 0, deadline);
+}
+
+int tu_net_connect_mss(int port, int rcvbuf, int mss, long long deadline)
+{
     struct sockaddr_in a;
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return -1;
     if (rcvbuf > 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
+    if (mss > 0 && setsockopt(fd, IPPROTO_TCP, TCP_MAXSEG, &mss, sizeof(mss)) != 0) {
+        close(fd);
+        return -1;
+    }
     memset(&a, 0, sizeof(a));
     a.sin_family = AF_INET;
     a.sin_port = htons((unsigned short)port);
@@ -71,6 +82,31 @@ int tu_net_connect(int port, int rcvbuf, long long deadline)
         }
     }
     return fd;
+}
+
+long tu_net_written_to(int fd)
+{
+    struct sockaddr_in me, peer;
+    socklen_t l1 = sizeof(me), l2 = sizeof(peer);
+    int unread = 0;
+    if (getsockname(fd, (struct sockaddr *)&me, &l1) != 0 || getpeername(fd, (struct sockaddr *)&peer, &l2) != 0 ||
+        ioctl(fd, FIONREAD, &unread) != 0)
+        return -1;
+    FILE *f = fopen("/proc/net/tcp", "r");
+    if (f == NULL)
+        return -1;
+    /* "  sl  local_address rem_address   st tx_queue:rx_queue ...": the peer's line has our ports swapped */
+    char line[512];
+    long queued = -1;
+    while (queued < 0 && fgets(line, sizeof(line), f) != NULL) {
+        unsigned lport, rport;
+        unsigned long tx;
+        if (sscanf(line, " %*u: %*x:%x %*x:%x %*x %lx:%*x", &lport, &rport, &tx) == 3 &&
+            lport == ntohs(peer.sin_port) && rport == ntohs(me.sin_port))
+            queued = (long)tx;
+    }
+    fclose(f);
+    return queued < 0 ? -1 : queued + unread;
 }
 
 int tu_net_send_all(int fd, const void *buf, size_t len, long long deadline)

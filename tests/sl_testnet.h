@@ -19,6 +19,14 @@ int tu_net_wait(int fd, short events, long long deadline);
 /* A non-blocking TCP connection to 127.0.0.1:port (SO_RCVBUF set first when rcvbuf > 0). The fd,
  * or -1 on failure or timeout. */
 int tu_net_connect(int port, int rcvbuf, long long deadline);
+/* The same with the segment size the client announces set to mss first (when mss > 0): the server's
+ * send buffer is sized from it, so a client that does not read stops the server's writes after a
+ * few tens of KB instead of a few MB. */
+int tu_net_connect_mss(int port, int rcvbuf, int mss, long long deadline);
+/* Bytes sent to fd (a loopback TCP connection) that have not left the kernel: those received and
+ * not read (FIONREAD) plus those still queued in the peer's socket (/proc/net/tcp's tx_queue); once
+ * settled, what the peer has written. -1 if unknown. */
+long tu_net_written_to(int fd);
 /* A listening socket on 127.0.0.1, on a free port (*port), with the given backlog; -1 on failure.
  * Nobody accept()s it: up to backlog connections complete their handshake (the kernel does) and are
  * never answered, as with a stopped server (a "black hole"). */
