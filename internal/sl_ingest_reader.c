@@ -156,9 +156,7 @@ struct xfer {
     long status;
     sl_buf_t body;             /* REST answers; the start of a refused stream's answer */
     char content_type[96];
-    long long rl_remaining;    /* -1 when not given */
-    int64_t rl_reset_us;       /* 0 when not given */
-    long long retry_after_s;   /* -1 when not given */
+    sl_mastodon_rate_t rl;
     int64_t last_byte_us;      /* monotonic */
     int opened;                /* streaming: a 200 event stream began */
     int idle, stopped, broken; /* why it ended early */
@@ -183,8 +181,7 @@ static size_t on_header(char *p, size_t size, size_t n, void *arg)
         const char *sp = memchr(p, ' ', len);
         x->status = sp != NULL ? strtol(sp + 1, NULL, 10) : 0;
         x->content_type[0] = '\0';
-        x->rl_remaining = x->retry_after_s = -1;
-        x->rl_reset_us = 0;
+        sl_mastodon_rate_init(&x->rl);
         return len;
     }
     const char *colon = memchr(p, ':', len);
@@ -193,21 +190,10 @@ static size_t on_header(char *p, size_t size, size_t n, void *arg)
     size_t nlen = (size_t)(colon - p), vlen = len - nlen - 1;
     const char *v = colon + 1;
     trim(&v, &vlen);
-    char tmp[64];
-#define IS(name) (nlen == sizeof(name) - 1 && strncasecmp(p, name, nlen) == 0)
-    if (IS("content-type")) {
+    if (nlen == sizeof("content-type") - 1 && strncasecmp(p, "content-type", nlen) == 0)
         snprintf(x->content_type, sizeof(x->content_type), "%.*s", (int)vlen, v);
-    } else if (IS("x-ratelimit-remaining")) {
-        snprintf(tmp, sizeof(tmp), "%.*s", (int)vlen, v);
-        x->rl_remaining = strtoll(tmp, NULL, 10);
-    } else if (IS("x-ratelimit-reset")) {
-        if (sl_time_parse(v, vlen, &x->rl_reset_us) != 0)
-            x->rl_reset_us = 0;
-    } else if (IS("retry-after")) {
-        snprintf(tmp, sizeof(tmp), "%.*s", (int)vlen, v);
-        x->retry_after_s = strtoll(tmp, NULL, 10);
-    }
-#undef IS
+    else
+        sl_mastodon_rate_header(&x->rl, p, nlen, v, vlen);
     return len;
 }
 
@@ -300,7 +286,7 @@ static CURLcode perform(sl_ingest_reader_t *r, const char *url, struct xfer *x)
         return CURLE_OUT_OF_MEMORY;
     x->r = r;
     x->status = 0;
-    x->rl_remaining = x->retry_after_s = -1;
+    sl_mastodon_rate_init(&x->rl);
     x->last_byte_us = sl_time_mono_us();
     h = curl_slist_append(h, x->streaming ? "Accept: text/event-stream" : "Accept: application/json");
     if (r->conf.token != NULL && r->conf.token[0] != '\0') {
@@ -439,43 +425,18 @@ static enum stream_outcome stream_once(sl_ingest_reader_t *r, const char *base, 
 
 /* ---- polling ----------------------------------------------------------------------------------- */
 
-static int cmp_status(const void *a, const void *b)
-{
-    json_t *const *x = a, *const *y = b;
-    const char *ix = json_string_value(json_object_get(*x, "id")), *iy = json_string_value(json_object_get(*y, "id"));
-    return sl_mastodon_id_cmp(ix != NULL ? ix : "", iy != NULL ? iy : "");
-}
-
-/* How long to wait before the next request, after an answer with these rate-limit headers. */
-static long long rate_wait_ms(const struct xfer *x)
-{
-    if (x->status == 429 && x->retry_after_s >= 0)
-        return x->retry_after_s * 1000;
-    if ((x->status == 429 || (x->rl_remaining >= 0 && x->rl_remaining <= 0)) && x->rl_reset_us > 0) {
-        long long ms = (x->rl_reset_us - sl_time_now_us()) / 1000 + 50;
-        return ms < 0 ? 0 : ms > 15 * 60 * 1000 ? 15 * 60 * 1000 : ms;
-    }
-    return x->status == 429 ? 60000 : 0;
-}
-
 /* Pushes the statuses of arr newer than since_id, oldest first, each once, advancing since_id
  * past each. Returns 0, or -2 when asked to stop. */
 static int push_page(sl_ingest_reader_t *r, json_t *arr)
 {
     char q[300];
-    size_t n = json_array_size(arr);
-    json_t **v = calloc(n + 1, sizeof(*v));
+    json_t **v = calloc(json_array_size(arr) + 1, sizeof(*v));
     int ret = 0;
     if (v == NULL)
         return 0; /* nothing pushed, since_id kept: the next poll asks again */
-    for (size_t i = 0; i < n; i++)
-        v[i] = json_array_get(arr, i);
-    qsort(v, n, sizeof(*v), cmp_status);
+    size_t n = sl_mastodon_page_after(arr, r->since_id, v);
     for (size_t i = 0; i < n; i++) {
         const char *id = json_string_value(json_object_get(v[i], "id"));
-        if (id == NULL || strlen(id) >= sizeof(r->since_id) ||
-            (r->since_id[0] != '\0' && sl_mastodon_id_cmp(id, r->since_id) <= 0))
-            continue;
         sl_message_t m;
         char why[192];
         LOCKED(r, r->st.received++);
@@ -517,7 +478,7 @@ static int poll_once(sl_ingest_reader_t *r, long long *wait_ms)
             ret = -2;
             break;
         }
-        long long rw = rate_wait_ms(&x);
+        long long rw = sl_mastodon_rate_wait_ms(&x.rl, x.status, sl_time_now_us());
         if (rc != CURLE_OK || x.status != 200) {
             if (rc == CURLE_OK && x.status == 429) {
                 LOCKED(r, r->st.rate_limited++);

@@ -6,8 +6,9 @@
  * Streaming first: the streaming server is found in the instance document (/api/v2/instance, then
  * /api/v1/instance; the instance itself when neither names one) and the stream's SSE endpoint is
  * read with the token. Without a token, or when streaming is refused (401, 403, 404), it polls the
- * REST timeline with since_id, follows Link rel="next" to fill a gap bigger than one page, and
- * waits for X-RateLimit-Reset when X-RateLimit-Remaining runs out (or after a 429).
+ * REST timeline, paging forward with min_id from the newest status taken (so a gap bigger than one
+ * page is read in order, nothing skipped), and waits as its rate-limit headers say (after a 429,
+ * or when X-RateLimit-Remaining runs out: sl_mastodon_rate_wait_ms, 15 minutes at most).
  *
  * Back pressure: when the queue is full the thread waits inside curl's write callback, so nothing
  * more is read from the socket (whose receive buffer is kept small) and TCP pushes back on the

@@ -462,25 +462,107 @@ int sl_mastodon_ids_get(const sl_mastodon_ids_t *ids, const char *local, char ou
     return 0;
 }
 
-/* A status id: 1 to 64 visible ASCII characters other than '/', '?', '#' (Mastodon's are decimal). */
-static int status_id_valid(const char *s, size_t len)
-{
-    if (len < 1 || len > SL_MASTODON_STATUS_ID_MAX)
-        return 0;
-    for (size_t i = 0; i < len; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c <= 0x20 || c >= 0x7f || c == '/' || c == '?' || c == '#' || c == '"' || c == '\\')
-            return 0;
-    }
-    return 1;
-}
-
 int sl_mastodon_id_cmp(const char *a, const char *b)
 {
     size_t la = strlen(a), lb = strlen(b);
     if (la != lb)
         return la < lb ? -1 : 1;
     return strcmp(a, b);
+}
+
+int sl_mastodon_id_valid(const char *s, size_t len)
+{
+    if (len < 1 || len > SL_MASTODON_STATUS_ID_MAX)
+        return 0;
+    for (size_t i = 0; i < len; i++) {
+        char c = s[i];
+        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '-' || c == '.' ||
+              c == '_' || c == '~'))
+            return 0;
+    }
+    return 1;
+}
+
+/* ---- timeline pages and rate limits ------------------------------------------------------------ */
+
+static const char *page_id(json_t *status)
+{
+    json_t *id = json_object_get(status, "id");
+    return json_is_string(id) && sl_mastodon_id_valid(json_string_value(id), json_string_length(id))
+               ? json_string_value(id)
+               : NULL;
+}
+
+static int cmp_page_id(const void *a, const void *b)
+{
+    return sl_mastodon_id_cmp(page_id(*(json_t *const *)a), page_id(*(json_t *const *)b));
+}
+
+size_t sl_mastodon_page_after(json_t *page, const char *since_id, json_t **out)
+{
+    size_t n = 0, kept = 0;
+    for (size_t i = 0; i < json_array_size(page); i++) {
+        json_t *st = json_array_get(page, i);
+        const char *id = page_id(st);
+        if (id != NULL && (since_id[0] == '\0' || sl_mastodon_id_cmp(id, since_id) > 0))
+            out[n++] = st;
+    }
+    qsort(out, n, sizeof(*out), cmp_page_id);
+    for (size_t i = 0; i < n; i++) { /* one of each id: the first of equals, as the sort left them */
+        if (kept == 0 || sl_mastodon_id_cmp(page_id(out[kept - 1]), page_id(out[i])) != 0)
+            out[kept++] = out[i];
+    }
+    return kept;
+}
+
+void sl_mastodon_rate_init(sl_mastodon_rate_t *rl)
+{
+    rl->remaining = rl->retry_after_s = -1;
+    rl->reset_us = 0;
+}
+
+/* Decimal digits only (at least one), their value up to 10^15 (more saturates there); else -1. */
+static long long header_count(const char *v, size_t len)
+{
+    long long n = 0;
+    if (len < 1)
+        return -1;
+    for (size_t i = 0; i < len; i++) {
+        if (v[i] < '0' || v[i] > '9')
+            return -1;
+        n = n >= 100000000000000LL ? 1000000000000000LL : n * 10 + (v[i] - '0');
+    }
+    return n;
+}
+
+int sl_mastodon_rate_header(sl_mastodon_rate_t *rl, const char *name, size_t nlen, const char *value, size_t vlen)
+{
+#define IS(h) (nlen == sizeof(h) - 1 && strncasecmp(name, h, nlen) == 0)
+    if (IS("x-ratelimit-remaining")) {
+        rl->remaining = header_count(value, vlen);
+    } else if (IS("x-ratelimit-reset")) {
+        if (sl_time_parse(value, vlen, &rl->reset_us) != 0)
+            rl->reset_us = 0;
+    } else if (IS("retry-after")) {
+        rl->retry_after_s = header_count(value, vlen);
+    } else {
+        return 0;
+    }
+    return 1;
+#undef IS
+}
+
+long long sl_mastodon_rate_wait_ms(const sl_mastodon_rate_t *rl, long status, int64_t now_us)
+{
+    long long ms;
+    if (status == 429 && rl->retry_after_s >= 0)
+        ms = rl->retry_after_s < SL_MASTODON_RATE_WAIT_MAX_MS / 1000 ? rl->retry_after_s * 1000
+                                                                      : SL_MASTODON_RATE_WAIT_MAX_MS;
+    else if ((status == 429 || rl->remaining == 0) && rl->reset_us > 0)
+        ms = (rl->reset_us - now_us) / 1000 + 50; /* both within years 1-9999: no overflow */
+    else
+        ms = status == 429 ? 60000 : 0;
+    return ms < 0 ? 0 : ms > SL_MASTODON_RATE_WAIT_MAX_MS ? SL_MASTODON_RATE_WAIT_MAX_MS : ms;
 }
 
 /* ---- statuses --------------------------------------------------------------------------------- */
@@ -642,7 +724,7 @@ static sl_mastodon_result_t map_status(json_t *st, const char *instance, const c
         snprintf(why, whylen, "the status is not a JSON object");
         return SL_MASTODON_INVALID;
     }
-    if ((id = str_field(st, "id", &len)) == NULL || !status_id_valid(id, len)) {
+    if ((id = str_field(st, "id", &len)) == NULL || !sl_mastodon_id_valid(id, len)) {
         snprintf(why, whylen, "the status has no usable id");
         return SL_MASTODON_INVALID;
     }
@@ -767,7 +849,7 @@ sl_mastodon_result_t sl_mastodon_stream_event(const char *event, const char *dat
         while (len > 0 && (data[len - 1] == ' ' || data[len - 1] == '"' || data[len - 1] == '\n'))
             len--;
         memset(m, 0, sizeof(*m));
-        if (!status_id_valid(data, len)) {
+        if (!sl_mastodon_id_valid(data, len)) {
             snprintf(why, whylen, "a delete event without a usable status id");
             return SL_MASTODON_INVALID;
         }

@@ -122,4 +122,36 @@ int sl_mastodon_streaming_base(json_t *instance, char *out, size_t size);
 /* Orders status ids (decimal snowflakes, or other alphanumeric ids): by length, then bytewise. */
 int sl_mastodon_id_cmp(const char *a, const char *b);
 
+/* 1 if s (len bytes) can be a status id: 1 to SL_MASTODON_STATUS_ID_MAX of URL's unreserved
+ * characters (letters, digits, '-', '.', '_', '~'). Mastodon's are decimal, other servers' are
+ * alphanumeric; we put them in URLs as they are (min_id=, /api/v1/statuses/<id>). */
+int sl_mastodon_id_valid(const char *s, size_t len);
+
+/* The statuses of a timeline page (a JSON array) that come after since_id ("" for all), oldest
+ * first and each id once, into out (room for json_array_size(page) entries; references borrowed
+ * from page). Items that are not objects with a valid string "id" are left out. Returns their
+ * number. */
+size_t sl_mastodon_page_after(json_t *page, const char *since_id, json_t **out);
+
+/* What a REST answer's headers say of the instance's rate limit. */
+typedef struct sl_mastodon_rate {
+    long long remaining;     /* X-RateLimit-Remaining; -1 when absent or not a count */
+    int64_t reset_us;        /* X-RateLimit-Reset (a timestamp); 0 when absent or not one */
+    long long retry_after_s; /* Retry-After in seconds; -1 when absent or not seconds (a date) */
+} sl_mastodon_rate_t;
+
+#define SL_MASTODON_RATE_WAIT_MAX_MS (15 * 60 * 1000LL)
+
+void sl_mastodon_rate_init(sl_mastodon_rate_t *rl);
+
+/* Takes one header, name (nlen bytes, any case) and its value (vlen bytes, trimmed), when it is
+ * one of the three. Returns 1 if it was. */
+int sl_mastodon_rate_header(sl_mastodon_rate_t *rl, const char *name, size_t nlen, const char *value, size_t vlen);
+
+/* How long to wait before the next request, after an answer of this status with these headers,
+ * at now_us (CLOCK_REALTIME): a 429's Retry-After; else, when the limit is reached (a 429, or 0
+ * remaining), until 50 ms past its reset; else 60 s after a 429; else 0. Always 0 to
+ * SL_MASTODON_RATE_WAIT_MAX_MS, whatever the headers say. */
+long long sl_mastodon_rate_wait_ms(const sl_mastodon_rate_t *rl, long status, int64_t now_us);
+
 #endif

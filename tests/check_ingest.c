@@ -933,6 +933,71 @@ START_TEST(test_streams_and_paths)
 }
 END_TEST
 
+/* A timeline page: what comes after since_id, oldest first, once each; an id that would change
+ * the next page's URL (min_id=<id>) is not a status id. */
+START_TEST(test_page_after)
+{
+    json_error_t e;
+    json_t *page = json_loads("[{\"id\":\"12\"},{\"id\":\"9\"},{\"id\":\"110\"},{\"id\":\"12\"},"
+                              "{\"id\":\"13&local=false\"},{\"id\":\"14 15\"},{\"id\":14},{},7,"
+                              "{\"id\":\"9zZ-_.~\"},{\"id\":\"\"}]",
+                              0, &e);
+    ck_assert_ptr_nonnull(page);
+    json_t *out[16];
+    size_t n = sl_mastodon_page_after(page, "", out);
+    const char *all[] = {"9", "12", "110", "9zZ-_.~"};
+    ck_assert_uint_eq(n, 4);
+    for (size_t i = 0; i < n; i++)
+        ck_assert_str_eq(json_string_value(json_object_get(out[i], "id")), all[i]);
+    n = sl_mastodon_page_after(page, "12", out);
+    ck_assert_uint_eq(n, 2);
+    ck_assert_str_eq(json_string_value(json_object_get(out[0], "id")), "110");
+    ck_assert_int_eq(sl_mastodon_id_valid("13&local=false", 14), 0);
+    ck_assert_int_eq(sl_mastodon_id_valid("109372843235", 12), 1);
+    json_decref(page);
+}
+END_TEST
+
+static long long wait_after(long status, const char *const *headers, int64_t now_us)
+{
+    sl_mastodon_rate_t rl;
+    sl_mastodon_rate_init(&rl);
+    for (; *headers != NULL; headers++) {
+        const char *colon = strchr(*headers, ':');
+        sl_mastodon_rate_header(&rl, *headers, (size_t)(colon - *headers), colon + 2, strlen(colon + 2));
+    }
+    return sl_mastodon_rate_wait_ms(&rl, status, now_us);
+}
+
+/* Rate-limit headers are the instance's to choose: whatever they say, a wait from 0 to 15 min. */
+START_TEST(test_rate_limit_wait)
+{
+    int64_t now;
+    ck_assert_int_eq(sl_time_parse("2026-12-04T12:00:00Z", 20, &now), 0);
+    const char *none[] = {NULL};
+    const char *retry[] = {"Retry-After: 30", NULL};
+    const char *huge[] = {"retry-after: 9999999999999999999", NULL};           /* was LLONG_MAX * 1000 */
+    const char *date[] = {"Retry-After: Fri, 04 Dec 2026 12:01:00 GMT", NULL}; /* was 0: at once */
+    const char *reset[] = {"X-RateLimit-Remaining: 0", "X-RateLimit-Reset: 2026-12-04T12:00:10.000Z", NULL};
+    const char *far[] = {"X-RateLimit-Remaining: 0", "X-RateLimit-Reset: 9999-12-31T23:59:59Z", NULL};
+    const char *past[] = {"X-RateLimit-Remaining: 0", "X-RateLimit-Reset: 0001-01-01T00:00:00Z", NULL};
+    const char *left[] = {"X-RateLimit-Remaining: 5", "X-RateLimit-Reset: 2026-12-04T12:00:10.000Z", NULL};
+    const char *junk[] = {"X-RateLimit-Remaining: none", "X-RateLimit-Reset: 2026-12-04T12:00:10.000Z", NULL};
+    ck_assert_int_eq(wait_after(200, none, now), 0);
+    ck_assert_int_eq(wait_after(429, none, now), 60000);
+    ck_assert_int_eq(wait_after(429, retry, now), 30000);
+    ck_assert_int_eq(wait_after(200, retry, now), 0);
+    ck_assert_int_eq(wait_after(429, huge, now), SL_MASTODON_RATE_WAIT_MAX_MS);
+    ck_assert_int_eq(wait_after(429, date, now), 60000);
+    ck_assert_int_eq(wait_after(200, reset, now), 10050);
+    ck_assert_int_eq(wait_after(429, reset, now), 10050);
+    ck_assert_int_eq(wait_after(200, far, now), SL_MASTODON_RATE_WAIT_MAX_MS);
+    ck_assert_int_eq(wait_after(200, past, now), 0);
+    ck_assert_int_eq(wait_after(200, left, now), 0);
+    ck_assert_int_eq(wait_after(200, junk, now), 0);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("ingest");
@@ -956,6 +1021,8 @@ int main(void)
     tcase_add_test(tc, test_event_payloads_decode_strictly);
     tcase_add_test(tc, test_streams_and_paths);
     tcase_add_test(tc, test_sources_parse);
+    tcase_add_test(tc, test_page_after);
+    tcase_add_test(tc, test_rate_limit_wait);
     suite_add_tcase(s, tc);
     return tu_run_suite(s);
 }
