@@ -418,7 +418,7 @@ static const char SQL_LIST_ALL[] = "SELECT " SL_DB_MESSAGE_COLUMNS " FROM messag
                                    " AND deleted_at IS NULL ORDER BY seq DESC LIMIT $2";
 static const char SQL_GET[] = "SELECT " SL_DB_MESSAGE_COLUMNS " FROM messages WHERE id = $1 AND deleted_at IS NULL";
 
-static int parse_int_param(h2o_req_t *req, const char *name, long long min, long long max, long long *out, int *present)
+int sl_api_int_param(h2o_req_t *req, const char *name, long long min, long long max, long long *out, int *present)
 {
     h2o_iovec_t v;
     int r = sl_http_query(req, name, &v);
@@ -460,12 +460,12 @@ static int handle_list(sl_api_t *a, h2o_req_t *req)
     h2o_iovec_t channel;
     char limtext[24], beftext[24], msg[96];
 
-    if (parse_int_param(req, "limit", 1, a->conf.history_max, &limit, &present) != 0) {
+    if (sl_api_int_param(req, "limit", 1, a->conf.history_max, &limit, &present) != 0) {
         snprintf(msg, sizeof(msg), "'limit' must be an integer from 1 to %lld", a->conf.history_max);
         respond_error(a, req, R_LIST, 400, "invalid_limit", "limit", msg);
         return 0;
     }
-    if (parse_int_param(req, "before", 1, INT64_MAX, &before, &present) != 0) {
+    if (sl_api_int_param(req, "before", 1, INT64_MAX, &before, &present) != 0) {
         respond_error(a, req, R_LIST, 400, "invalid_cursor", "before", "'before' must be a positive integer (a seq)");
         return 0;
     }

@@ -42,4 +42,10 @@ size_t sl_api_inflight(const sl_api_t *api);
 
 void sl_api_destroy(sl_api_t *api);
 
+/* An integer query parameter of GET /v1/messages (limit=, before=): exactly 1 to 19 ASCII digits
+ * (after percent-decoding) whose value is from min to max, parsed without overflow. Returns 0 with
+ * *present = 1 and *out set, or 0 with *present = 0 (*out untouched) when absent; -1 when present
+ * but not such a number (a 400). Pure: any thread. */
+int sl_api_int_param(h2o_req_t *req, const char *name, long long min, long long max, long long *out, int *present);
+
 #endif

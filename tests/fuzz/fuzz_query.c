@@ -1,7 +1,8 @@
 /*
  * fuzz_query: what GET /v1/stream reads from its request: query parameters (sl_http_query,
  * sl_http.h), the counts in history=, since= and Last-Event-ID (sl_stream_parse_count), and the
- * channels= list (sl_stream_parse_channels, sl_stream.h). sl_http_query only reads req->path,
+ * channels= list (sl_stream_parse_channels, sl_stream.h); and what GET /v1/messages reads: limit=
+ * and before= (sl_api_int_param, sl_api.h), channel=. sl_http_query only reads req->path,
  * req->query_at and req->pool, so a zeroed h2o_req_t with those three set is a faithful request
  * for it.
  *
@@ -12,11 +13,16 @@
  *   "+" as space, "%XX" decoded, a bad or cut-off "%" an error;
  * - sl_stream_parse_count accepts exactly 1-19 ASCII digits whose value is at most max, and
  *   gives it (for the configured maxima and for small ones, below a single digit's 9);
- * - sl_stream_parse_channels accepts exactly a comma-separated list of valid channels, gives
- *   them in order without duplicates, and refuses more than max distinct ones (too_many_channels);
+ * - sl_stream_parse_channels accepts exactly a comma-separated list of valid channels (each may
+ *   be written with one leading '#'), gives them in canonical form, in order without duplicates,
+ *   and refuses more than max distinct ones (too_many_channels);
+ * - sl_api_int_param takes a parameter exactly when it is present, well encoded and such a count
+ *   from min to max (limit= 1..HISTORY_MAX, before= 1..INT64_MAX: before=9999999999999999999 is
+ *   refused, not overflowed), says whether it was present, and leaves *out alone otherwise;
  * - no out-of-bounds access, no undefined arithmetic (a Last-Event-ID is anyone's text).
  */
 #include "fuzz_util.h"
+#include "sl_api.h"
 #include "sl_buf.h"
 #include "sl_http.h"
 #include "sl_stream.h"
@@ -107,20 +113,21 @@ static void check_channels(const char *s, size_t len)
         size_t e = i;
         while (e < len && s[e] != ',')
             e++;
-        if (!fuzz_channel_ok(s + i, e - i)) {
+        size_t b = i < e && s[i] == '#' ? i + 1 : i; /* "#general" is general */
+        if (!fuzz_channel_ok(s + b, e - b)) {
             want_err = "invalid_channel";
             break;
         }
         int dup = 0;
         for (int k = 0; k < distinct; k++)
-            dup |= strlen(items[k]) == e - i && memcmp(items[k], s + i, e - i) == 0;
+            dup |= strlen(items[k]) == e - b && memcmp(items[k], s + b, e - b) == 0;
         if (!dup) {
             if (distinct == MAX_CHANNELS) {
                 want_err = "too_many_channels";
                 break;
             }
-            memcpy(items[distinct], s + i, e - i);
-            items[distinct][e - i] = '\0';
+            memcpy(items[distinct], s + b, e - b);
+            items[distinct][e - b] = '\0';
             distinct++;
         }
         if (e >= len)
@@ -136,6 +143,22 @@ static void check_channels(const char *s, size_t len)
     for (int k = 0; k < n; k++)
         FUZZ_CHECK(strcmp(ch[k], items[k]) == 0);
     free(ch);
+}
+
+static void check_api_param(h2o_req_t *req, const char *q, size_t qlen, const char *name, long long min, long long max)
+{
+    sl_buf_t v = SL_BUF_INIT;
+    long long got = -7, want = -1;
+    int present = -1;
+    int r = sl_api_int_param(req, name, min, max, &got, &present), rr = query_ref(q, qlen, name, &v);
+    if (rr == 0)
+        FUZZ_CHECKF(r == 0 && present == 0 && got == -7, "%s absent: %d, present %d", name, r, present);
+    else if (rr == 1 && count_ref(v.data, v.len, max, &want) == 0 && want >= min)
+        FUZZ_CHECKF(r == 0 && present == 1 && got == want, "%s='%s': %d, %lld", name, v.data, r, got);
+    else
+        FUZZ_CHECKF(r == -1 && got == -7, "%s='%s' (%lld..%lld): %d, %lld", name, rr == 1 ? v.data : "(bad encoding)",
+                    min, max, r, got);
+    sl_buf_free(&v);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -159,7 +182,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     req.path = h2o_iovec_init(path, sizeof(prefix) - 1 + qlen);
     req.query_at = sizeof(prefix) - 2;
 
-    static const char *const names[] = {"format", "history", "since", "channels", ""};
+    static const char *const names[] = {"format", "history", "since", "channels", "channel", ""};
     sl_buf_t want = SL_BUF_INIT;
     for (size_t k = 0; k < sizeof(names) / sizeof(names[0]); k++) {
         h2o_iovec_t v = {NULL, 0};
@@ -180,6 +203,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             check_channels(v.base, v.len);
     }
     sl_buf_free(&want);
+
+    /* GET /v1/messages */
+    check_api_param(&req, path + req.query_at + 1, qlen, "limit", 1, HISTORY_MAX);
+    check_api_param(&req, path + req.query_at + 1, qlen, "before", 1, INT64_MAX);
 
     /* Last-Event-ID, as the stream reads it */
     if (leid != NULL) {
