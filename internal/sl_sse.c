@@ -432,6 +432,9 @@ static int handle_metrics(sl_sse_t *s, h2o_req_t *req)
     sl_metrics_header(&b, "sluice_sse_history_failures_total", "counter",
                       "History reads that failed (the stream ends; a WebSocket subscription is dropped with an error).");
     sl_metrics_sample(&b, "sluice_sse_history_failures_total", "", (double)st->history_failures);
+    sl_metrics_header(&b, "sluice_sse_history_db_reads_total", "counter",
+                      "History and resume reads sent to the database (streams and WebSocket subscriptions).");
+    sl_metrics_sample(&b, "sluice_sse_history_db_reads_total", "", (double)st->history_db_reads);
     sl_metrics_header(&b, "sluice_sse_history_inflight", "gauge",
                       "Subscriptions reading their history now (counted against the history caps).");
     sl_metrics_sample(&b, "sluice_sse_history_inflight", "", (double)st->history_inflight);

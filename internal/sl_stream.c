@@ -214,6 +214,8 @@ sl_pgquery_t *sl_stream_query_history(sl_streams_t *s, const sl_sub_t *sub, int6
                      : sl_pgpool_query(s->pg, SQL_LAST_IN, 2, p2, cb, data);
     }
     sl_buf_free(&arr);
+    if (q != NULL)
+        s->stats.history_db_reads++;
     return q;
 }
 
@@ -301,6 +303,7 @@ sl_streams_t *sl_streams_create(h2o_loop_t *loop, sl_hub_t *hub, sl_pgpool_t *pg
     h2o_linklist_init_anchor(&s->conns);
     h2o_linklist_init_anchor(&s->dirty);
     h2o_timeout_init(loop, &s->zero_timeout, 0);
+    h2o_timeout_init(loop, &s->defer_timeout, SL_STREAM_HISTORY_DEFER_MS);
     s->flush_entry.cb = on_flush;
     /* half the heartbeat interval, and at most 2 s so that departed clients are noticed soon */
     long long tick = conf->heartbeat_ms / 2 > 0 ? conf->heartbeat_ms / 2 : 1;
@@ -346,6 +349,9 @@ void sl_streams_destroy(sl_streams_t *s)
         h2o_timeout_unlink(&s->flush_entry);
     h2o_timeout_unlink(&s->hb_entry);
     h2o_timeout_dispose(s->loop, &s->zero_timeout);
+    while (!h2o_linklist_is_empty(&s->defer_timeout._entries)) /* streams abandoned at exit */
+        h2o_timeout_unlink(H2O_STRUCT_FROM_MEMBER(h2o_timeout_entry_t, _link, s->defer_timeout._entries.next));
+    h2o_timeout_dispose(s->loop, &s->defer_timeout);
     h2o_timeout_dispose(s->loop, &s->hb_timeout);
     free(s->peers);
     free(s);

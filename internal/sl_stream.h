@@ -15,9 +15,11 @@
  * capped: history_concurrency at once per instance, history_per_client per client (an IPv4 address
  * or an IPv6 /64: sl_http_addr_key). A stream over a cap is refused with 503 history_busy
  * (Retry-After), a WebSocket subscribe with an error frame history_busy (the subscription is
- * dropped). A client that leaves while its history is read is noticed within 2 s (a WebSocket's at
- * once; an unsubscribe is the same); its query is cancelled (sl_pgpool_cancel: one still queued in
- * the pool leaves the queue, a running one's answer is dropped) and its place freed.
+ * dropped). A stream reads the database 10 ms after its request (memory at once), so that a client
+ * that sent it and closed at once (connect-and-drop) costs no query. A client that leaves while its
+ * history is read is noticed within 2 s (a WebSocket's at once; an unsubscribe is the same); its
+ * query is cancelled (sl_pgpool_cancel: one still queued in the pool leaves the queue, a running
+ * one's answer is dropped) and its place freed.
  *
  * Every stream and WebSocket subscription is counted in the occupancy of the channels it reads
  * (sl_presence.h), from its start to its end, whatever ends it; a stream of every channel in none
@@ -66,6 +68,7 @@ typedef struct sl_stream_stats {
     uint64_t presence_listeners; /* streams and WebSocket subscriptions that asked for presence events now */
     uint64_t presence_events;   /* joins and leaves queued to clients */
     uint64_t history_failures;  /* history reads that failed (the stream ends, or the subscription is dropped) */
+    uint64_t history_db_reads;  /* history and resume queries sent to the database */
     uint64_t queued_now;        /* bytes queued to every client now, history included */
     uint64_t history_inflight;  /* subscriptions reading their history now (under the caps) */
     uint64_t history_refused[2]; /* refused with history_busy: [0] the instance's cap, [1] the client's */

@@ -33,6 +33,8 @@ struct httpconn {
     int sending;
     sl_pgquery_t *query;
     struct histslot slot;
+    h2o_timeout_entry_t defer; /* the database read waits SL_STREAM_HISTORY_DEFER_MS (http_start_history) */
+    int deferred;
     int64_t since; /* -1: no resume position */
     long long history;
 };
@@ -138,6 +140,8 @@ void sl_stream_http_flush(struct stream_conn *c)
 static void http_free(struct httpconn *hc)
 {
     hc->req = NULL;
+    if (h2o_timeout_is_linked(&hc->defer))
+        h2o_timeout_unlink(&hc->defer);
     if (hc->query != NULL)
         sl_pgpool_cancel(hc->query); /* queued: it never runs; running: its answer is dropped */
     sl_stream_hist_release(hc->super.streams, &hc->slot);
@@ -243,6 +247,7 @@ static void http_reset(struct httpconn *hc)
 }
 
 static void http_start_history(struct httpconn *hc);
+static void on_http_defer(h2o_timeout_entry_t *entry);
 
 /* Goes live after history covered up to covered; if the subscription's wait buffer overflowed
  * meanwhile, what it held is read again, as a resume. */
@@ -266,7 +271,8 @@ static void http_history_failed(struct httpconn *hc, const char *err)
     sl_stream_mark_dirty(&hc->super);
 }
 
-/* History from the hub's memory if it reaches back far enough, else from the database. */
+/* History from the hub's memory if it reaches back far enough, else from the database, after
+ * SL_STREAM_HISTORY_DEFER_MS the first time (a departed client then reads nothing: on_http_defer). */
 static void http_start_history(struct httpconn *hc)
 {
     sl_streams_t *s = hc->super.streams;
@@ -281,8 +287,26 @@ static void http_start_history(struct httpconn *hc)
         http_join(hc, sl_stream_replay_covered(s, &hc->sub));
         return;
     }
+    if (!hc->deferred) {
+        hc->deferred = 1;
+        hc->defer.cb = on_http_defer;
+        h2o_timeout_link(s->loop, &s->defer_timeout, &hc->defer);
+        return;
+    }
     if ((hc->query = sl_stream_query_history(s, &hc->sub, hc->since, hc->history, on_http_history, hc)) == NULL)
         http_history_failed(hc, "the query could not be queued");
+}
+
+static void on_http_defer(h2o_timeout_entry_t *entry)
+{
+    struct httpconn *hc = H2O_STRUCT_FROM_MEMBER(struct httpconn, defer, entry);
+    if (sl_stream_http_gone(&hc->super)) {
+        sl_stream_hist_release(hc->super.streams, &hc->slot);
+        hc->super.aborting = 1;
+        sl_stream_mark_dirty(&hc->super);
+        return;
+    }
+    http_start_history(hc);
 }
 
 static void on_http_history(void *data, const PGresult *res, const char *err)

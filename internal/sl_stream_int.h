@@ -89,6 +89,7 @@ struct sl_streams {
     h2o_linklist_t conns, dirty;
     size_t nconns;
     h2o_timeout_t zero_timeout, hb_timeout;
+    h2o_timeout_t defer_timeout; /* SL_STREAM_HISTORY_DEFER_MS, for the streams' database reads */
     h2o_timeout_entry_t flush_entry, hb_entry;
     size_t queued_total;    /* the sum of every connection's queued_bytes */
     struct histpeer *peers; /* addresses with a history read in progress (at most history_concurrency) */
@@ -123,6 +124,11 @@ struct presence_seat {
     struct presence_held *held;        /* events waiting for the history to be sent */
     size_t nheld, capheld, held_bytes;
 };
+
+/* How long a stream waits before it reads its history from the database (memory answers at once):
+ * a client that sent its request and closed at once (connect-and-drop) is gone by then, and reads
+ * nothing (0 ms, the end of the loop's turn, saw almost none gone; 10 ms all). */
+#define SL_STREAM_HISTORY_DEFER_MS 10
 
 /* The transports' tables (sl_stream_sse.c, sl_stream_ndjson.c, sl_stream_ws.c). */
 extern const struct sl_transport sl_stream_sse, sl_stream_ndjson, sl_stream_ws;

@@ -2251,6 +2251,44 @@ static int connect_and_ask(int port)
     return fd;
 }
 
+/* Connect-and-drop: 300 clients send a since=1 request and close at once, each before the next
+ * connects. The service handles many before their end arrives, so a check at the request alone
+ * let 21-53 of them query the database here (and 1 000 of 3 000 clients of bench/sse_run.sh
+ * --abuse, 0.8 core of PostgreSQL); with the reads HISTORY_DEFER_MS later, none did. A client that
+ * stays still gets its history from the database. */
+START_TEST(test_connect_and_drop_reads_no_history)
+{
+    enum { DROPS = 300, POSTS = 20 };
+    const char *env[] = {"SLUICE_SSE_RECENT=0", "SLUICE_SSE_HEARTBEAT_MS=1000", "SLUICE_SSE_HISTORY_CONCURRENCY=1000",
+                         "SLUICE_SSE_HISTORY_PER_CLIENT=1000", NULL};
+    static reader_t stays;
+    start_stack("ssehistquick", env);
+    PGconn *db = tu_db(&S);
+    post_many(POSTS, 5, 0, NULL, NULL, "general", NULL);
+    ck_assert_int_eq(tu_wait_rows(db, POSTS, 20000), POSTS);
+    wait_hub(S.sse_port, POSTS);
+    double reads0 = metric(S.sse_port, "sluice_sse_history_db_reads_total");
+    int sent = 0;
+    for (int i = 0; i < DROPS; i++) {
+        int fd = connect_and_ask(S.sse_port);
+        sent += fd >= 0;
+        if (fd >= 0)
+            close(fd);
+    }
+    ck_assert_int_eq(sent, DROPS);
+    ck_assert(wait_metric(S.sse_port, "sluice_sse_history_inflight", 0, 10000));
+    double reads = metric(S.sse_port, "sluice_sse_history_db_reads_total") - reads0;
+    fprintf(stderr, "connect-and-drop: %d requests, %.0f history reads from the database\n", DROPS, reads);
+    ck_assert_msg(reads <= DROPS / 30, "%.0f of %d connect-and-drop requests read their history", reads, DROPS);
+    reader_open_ok(&stays, S.sse_port, "/v1/stream?channels=general&since=1", NULL);
+    ck_assert_msg(reader_until(&stays, POSTS, 5000), "a stream that stays got %zu of %d", stays.n, POSTS - 1);
+    ck_assert(metric(S.sse_port, "sluice_sse_history_db_reads_total") - reads0 == reads + 1);
+    reader_free(&stays);
+    PQfinish(db);
+    tu_stack_cleanup(&S);
+}
+END_TEST
+
 /* 300 since=1 requests dropped at once while their history is held up by a lock: at most the cap
  * are read at a time, the rest are refused; the departed clients free their slots and their
  * queued queries leave the pool's FIFO while the lock still holds (only the statements already
@@ -2572,6 +2610,7 @@ int main(void)
         {"abuse_history_caps", test_history_caps_refuse_with_retry_after},
         {"abuse_history_drops", test_departed_clients_history_is_cancelled},
         {"abuse_queued_drops", test_departed_queued_histories_leave_the_queue},
+        {"abuse_history_quick_drops", test_connect_and_drop_reads_no_history},
         /* opt-in: a measurement that prints figures (SLUICE_TEST_ONLY=measure_history) */
         {"measure_history", test_measure_history_drops},
         /* last: it stops and starts the shared servers */
