@@ -14,6 +14,14 @@
  *   --pub-mode raw     POST the text itself as the body (Nchan's nchan_publisher).
  * The subscriptions are plain GETs with Accept: text/event-stream, chunked or not.
  *
+ * Two loads can run beside the publishing, for as long (bench/sse_run.sh --abuse):
+ *   --get-url    GETs at a fixed open-loop rate (--get-rate) on keep-alive connections, e.g. the
+ *                api's GET /v1/messages: GET -> answer latency;
+ *   --abuse-url  --abuse-count clients spread evenly over --abuse-seconds (the publishing time by
+ *                default) from its start, each connecting,
+ *                sending its GET and closing at once without reading (connect-and-drop), from
+ *                --abuse-addrs loopback addresses (127.0.1.1 ...: many clients, not one).
+ *
  * Ends with one "RESULT key=value ..." line that bench/sse_run.sh reads. Only talks to the
  * addresses it is given; bench/sse_run.sh gives it 127.0.0.1.
  */
@@ -538,7 +546,7 @@ static void *sub_main(void *arg)
 
 /* ---- publisher --------------------------------------------------------------------------------- */
 
-enum { P_SLUICE, P_RAW, P_AMQP };
+enum { P_SLUICE, P_RAW, P_AMQP, P_GET };
 
 typedef struct pubconf {
     int mode;
@@ -555,7 +563,7 @@ struct pubconn {
     int busy;
     int64_t sent_mono;
     size_t rlen;
-    char rbuf[8192];
+    char rbuf[65536]; /* a whole answer: a GET /v1/messages page too */
 };
 
 typedef struct pubres {
@@ -598,13 +606,19 @@ static int pub_send(const pubconf_t *pc, struct pubconn *c, pubres_t *res)
     int64_t now = sl_time_now_us();
     size_t tl = make_text(text, sizeof(text), pc->text_size, now);
     int bl, rl;
-    if (pc->mode == P_SLUICE)
-        bl = snprintf(body, sizeof(body), "{\"channel\":\"%s\",\"author\":\"b\",\"text\":\"%s\"}", pc->channel, text);
-    else
-        bl = snprintf(body, sizeof(body), "%.*s", (int)tl, text);
-    rl = snprintf(req, sizeof(req),
-                  "POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n%s", pc->url.path,
-                  pc->url.hostport, pc->mode == P_SLUICE ? "application/json" : "text/plain", bl, body);
+    if (pc->mode == P_GET) {
+        rl = snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nHost: %s\r\n\r\n", pc->url.path, pc->url.hostport);
+    } else {
+        if (pc->mode == P_SLUICE)
+            bl = snprintf(body, sizeof(body), "{\"channel\":\"%s\",\"author\":\"b\",\"text\":\"%s\"}", pc->channel,
+                          text);
+        else
+            bl = snprintf(body, sizeof(body), "%.*s", (int)tl, text);
+        rl = snprintf(req, sizeof(req),
+                      "POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n%s",
+                      pc->url.path, pc->url.hostport, pc->mode == P_SLUICE ? "application/json" : "text/plain", bl,
+                      body);
+    }
     if (write(c->fd, req, (size_t)rl) != rl)
         return -1;
     c->busy = 1;
@@ -833,13 +847,75 @@ Exit:
     sl_amqp_close(conn);
 }
 
+/* ---- the loads beside the publishing ----------------------------------------------------------- */
+
+/* GETs at a fixed rate (publish_http in P_GET mode) in a thread of their own. */
+typedef struct getload {
+    pubconf_t pc;
+    pubres_t res;
+    pthread_t th;
+    int running;
+} getload_t;
+
+static void *get_main(void *arg)
+{
+    getload_t *g = arg;
+    publish_http(&g->pc, &g->res);
+    return NULL;
+}
+
+/* Connect-and-drop clients: each connects (from the next of addrs loopback addresses), sends its
+ * request and closes without reading, the count spread evenly over duration seconds. */
+typedef struct abuse {
+    url_t url;
+    long long count, addrs;
+    double duration;
+    long long sent, failed;
+    double seconds;
+    pthread_t th;
+    int running;
+} abuse_t;
+
+static void *abuse_main(void *arg)
+{
+    abuse_t *a = arg;
+    char req[700];
+    int n = snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nHost: %s\r\nAccept: text/event-stream\r\n\r\n", a->url.path,
+                     a->url.hostport);
+    int64_t start = sl_time_mono_us();
+    for (long long i = 0; i < a->count && !interrupted && !atomic_load(&G.stop); i++) {
+        int64_t due = start + (int64_t)((double)i * a->duration * 1e6 / (double)a->count), now = sl_time_mono_us();
+        if (due > now)
+            sleep_ms((long)((due - now + 999) / 1000));
+        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), ok = fd >= 0;
+        struct timeval tv = {2, 0};
+        if (ok && a->addrs > 0) {
+            long long k = i % a->addrs;
+            struct sockaddr_in from = {.sin_family = AF_INET};
+            from.sin_addr.s_addr = htonl(0x7f000000u | (uint32_t)(1 + k / 254) << 8 | (uint32_t)(1 + k % 254));
+            ok = bind(fd, (struct sockaddr *)&from, sizeof(from)) == 0;
+        }
+        ok = ok && setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)) == 0 &&
+             connect(fd, (const struct sockaddr *)&a->url.addr, sizeof(a->url.addr)) == 0 && write(fd, req, (size_t)n) == n;
+        if (fd >= 0)
+            close(fd);
+        if (ok)
+            a->sent++;
+        else
+            a->failed++;
+    }
+    a->seconds = (double)(sl_time_mono_us() - start) / 1e6;
+    return NULL;
+}
+
 /* ---- main -------------------------------------------------------------------------------------- */
 
 int main(int argc, char **argv)
 {
-    const char *sub_url_s, *pub_url_s, *mode_s, *channel, *label, *amqp_url, *exchange;
+    const char *sub_url_s, *pub_url_s, *mode_s, *channel, *label, *amqp_url, *exchange, *get_url_s, *abuse_url_s;
     long long conns, threads, pub_conns, text_size, server_pid, batch, seq_start, settle_ms, connect_timeout;
-    double rate, duration, drain_s;
+    long long get_conns, abuse_count, abuse_addrs;
+    double rate, duration, drain_s, get_rate, abuse_s;
     sl_opt_t opts[] = {
         {"sub-url", NULL, SL_OPT_STR, &sub_url_s, "http://127.0.0.1:8081/v1/stream?channels=bench&history=0", 0, 0,
          "subscription URL (GET, Accept: text/event-stream)"},
@@ -870,6 +946,17 @@ int main(int argc, char **argv)
         {"seq-start", NULL, SL_OPT_INT, &seq_start, "1", 1, 9e18,
          "first seq published (--pub-mode amqp): the sse hub's position + 1"},
         {"label", NULL, SL_OPT_STR, &label, "run", 0, 0, "name of the run in the RESULT line"},
+        {"get-url", NULL, SL_OPT_STR, &get_url_s, "", 0, 0,
+         "GETs beside the publishing, at --get-rate (\"\": none); GET -> answer latency"},
+        {"get-rate", NULL, SL_OPT_DOUBLE, &get_rate, "20", 0.01, 1e6, "GETs per second"},
+        {"get-conns", NULL, SL_OPT_INT, &get_conns, "4", 1, 1000, "keep-alive connections of the GETs"},
+        {"abuse-url", NULL, SL_OPT_STR, &abuse_url_s, "", 0, 0,
+         "connect-and-drop clients beside the publishing (\"\": none): each sends a GET there and closes"},
+        {"abuse-count", NULL, SL_OPT_INT, &abuse_count, "3000", 1, 1e8, "connect-and-drop clients"},
+        {"abuse-seconds", NULL, SL_OPT_DOUBLE, &abuse_s, "0", 0, 3600,
+         "seconds the connect-and-drop clients are spread over, from the start (0: --duration)"},
+        {"abuse-addrs", NULL, SL_OPT_INT, &abuse_addrs, "250", 0, 65000,
+         "loopback addresses they come from (127.0.1.1, ...); 0: the default one"},
     };
     int r = sl_config_parse(opts, sizeof(opts) / sizeof(opts[0]), argc, argv, "sl_ssebench",
                             "sl_ssebench: N concurrent SSE subscriptions, publishing at a fixed rate; deliveries/s, "
@@ -886,7 +973,12 @@ int main(int argc, char **argv)
         fprintf(stderr, "sl_ssebench: --pub-mode must be sluice, raw or amqp\n");
         return 2;
     }
-    if (parse_url(sub_url_s, &sub_url) != 0 || (pc.mode != P_AMQP && parse_url(pub_url_s, &pc.url) != 0)) {
+    getload_t gl;
+    abuse_t ab;
+    memset(&gl, 0, sizeof(gl));
+    memset(&ab, 0, sizeof(ab));
+    if (parse_url(sub_url_s, &sub_url) != 0 || (pc.mode != P_AMQP && parse_url(pub_url_s, &pc.url) != 0) ||
+        (get_url_s[0] && parse_url(get_url_s, &gl.pc.url) != 0) || (abuse_url_s[0] && parse_url(abuse_url_s, &ab.url) != 0)) {
         fprintf(stderr, "sl_ssebench: a URL must be http://IPV4:PORT/PATH\n");
         return 2;
     }
@@ -900,6 +992,13 @@ int main(int argc, char **argv)
     pc.total = (long long)(rate * duration + 0.5);
     if (pc.total < 1)
         pc.total = 1;
+    gl.pc.mode = P_GET;
+    gl.pc.conns = get_conns;
+    gl.pc.rate = get_rate;
+    gl.pc.total = (long long)(get_rate * duration + 0.5) > 0 ? (long long)(get_rate * duration + 0.5) : 1;
+    ab.count = abuse_count;
+    ab.addrs = abuse_addrs;
+    ab.duration = abuse_s > 0 ? abuse_s : duration;
 
     /* Every subscription is a descriptor: take what the hard limit allows. */
     struct rlimit rl;
@@ -907,7 +1006,7 @@ int main(int argc, char **argv)
     rl.rlim_cur = rl.rlim_max;
     setrlimit(RLIMIT_NOFILE, &rl);
     getrlimit(RLIMIT_NOFILE, &rl);
-    if ((long long)rl.rlim_cur < conns + pub_conns + 32) {
+    if ((long long)rl.rlim_cur < conns + pub_conns + get_conns + 32) {
         fprintf(stderr, "sl_ssebench: %lld subscriptions need more descriptors than the limit %llu\n", conns,
                 (unsigned long long)rl.rlim_cur);
         return 2;
@@ -971,12 +1070,18 @@ int main(int argc, char **argv)
     int64_t p_start = sl_time_mono_us();
     atomic_store(&G.measure_from_us, sl_time_now_us());
     if (established > 0 && !interrupted) {
+        gl.running = get_url_s[0] && pthread_create(&gl.th, NULL, get_main, &gl) == 0;
+        ab.running = abuse_url_s[0] && pthread_create(&ab.th, NULL, abuse_main, &ab) == 0;
         if (pc.mode == P_AMQP)
             publish_amqp(&pc, &pr);
         else
             publish_http(&pc, &pr);
     }
     double pub_s = (double)(sl_time_mono_us() - p_start) / 1e6;
+    if (gl.running)
+        pthread_join(gl.th, NULL);
+    if (ab.running)
+        pthread_join(ab.th, NULL);
     if (pr.err[0])
         fprintf(stderr, "sl_ssebench %s: publisher: %s\n", label, pr.err);
 
@@ -1074,17 +1179,27 @@ int main(int argc, char **argv)
                server_pid, rss_before, rss_idle, per_conn, rss_after, per_conn_after);
     printf("  CPU while publishing and draining, %% of one core: server %.0f, this tool %.0f, whole machine %.0f of %ld\n",
            server_cpu, tool_cpu, machine_cpu, ncpu * 100);
+    if (gl.running)
+        printf("  GET %s: %lld of %lld answered 2xx (%lld refused, %lld errors), GET -> answer p50 %.2f ms, p99 "
+               "%.2f ms, max %.2f ms\n",
+               gl.pc.url.path, gl.res.ok, gl.pc.total, gl.res.refused, gl.res.errors, h_pct(&gl.res.lat, 50) / 1e3,
+               h_pct(&gl.res.lat, 99) / 1e3, (double)gl.res.lat.max / 1e3);
+    if (ab.running)
+        printf("  connect-and-drop %s: %lld sent (%lld failed) in %.1f s from %lld addresses\n", ab.url.path, ab.sent,
+               ab.failed, ab.seconds, ab.addrs > 0 ? ab.addrs : 1);
     if (other || bad || events != lat->count)
         printf("  (%llu data lines without a stamp, %llu bad stamps, %llu stamped before publishing began)\n",
                (unsigned long long)other, (unsigned long long)bad, (unsigned long long)(events - lat->count - bad));
     printf("RESULT label=%s subs=%ld failed=%ld published=%lld rate=%.1f sent_rate=%.1f deliveries=%llu "
            "expected=%llu missing=%llu deliveries_per_s=%.0f p50_ms=%.2f p99_ms=%.2f max_ms=%.2f "
            "rss_before_kb=%ld rss_idle_kb=%ld rss_after_kb=%ld bytes_per_conn=%.0f bytes_per_conn_after=%.0f "
-           "server_cpu_pct=%.0f tool_cpu_pct=%.0f machine_cpu_pct=%.0f connect_s=%.1f late_p99_ms=%.1f late_max_ms=%.1f\n",
+           "server_cpu_pct=%.0f tool_cpu_pct=%.0f machine_cpu_pct=%.0f connect_s=%.1f late_p99_ms=%.1f late_max_ms=%.1f "
+           "get_ok=%lld get_errors=%lld get_p50_ms=%.2f get_p99_ms=%.2f get_max_ms=%.2f abuse_sent=%lld abuse_failed=%lld\n",
            label, established, failed, pr.ok, rate, pub_rate, (unsigned long long)lat->count, expected, missing, dps,
            h_pct(lat, 50) / 1e3, h_pct(lat, 99) / 1e3, (double)lat->max / 1e3, rss_before, rss_idle, rss_after,
            per_conn, per_conn_after, server_cpu, tool_cpu, machine_cpu, connect_s, h_pct(&pr.late, 99) / 1e3,
-           (double)pr.late.max / 1e3);
+           (double)pr.late.max / 1e3, gl.res.ok, gl.res.errors + gl.res.refused, h_pct(&gl.res.lat, 50) / 1e3,
+           h_pct(&gl.res.lat, 99) / 1e3, (double)gl.res.lat.max / 1e3, ab.sent, ab.failed);
     free(lat);
     free(subs);
     free(ts);
