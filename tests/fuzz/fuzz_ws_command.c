@@ -13,8 +13,9 @@
  * - the parser accepts exactly what the reference accepts, and refuses the rest with the code the
  *   reference names: invalid_json, missing_command, unknown_command, invalid_channel,
  *   invalid_history, invalid_since (status 400, no field);
- * - an accepted command has the reference's verb, channel, history (the default when absent)
- *   and since (-1 when absent); the channel is valid and NUL-terminated;
+ * - an accepted command has the reference's verb, channel (canonical: "#general" is general),
+ *   history (the default when absent) and since (-1 when absent); the channel is valid and
+ *   NUL-terminated;
  * - the error frame the socket sends for a refusal ({"type":"error","code","message"}, built
  *   the way the stream builds it) is valid JSON: the message is UTF-8 and not empty;
  * - no out-of-bounds access (each frame is a buffer of exactly its bytes).
@@ -57,11 +58,13 @@ static const char *expect(const char *text, size_t len, long long history_max, s
         goto Done;
     }
     v = json_object_get(root, "channel");
-    if (!json_is_string(v) || !fuzz_channel_ok(json_string_value(v), json_string_length(v))) {
+    /* "#general" is general */
+    size_t hash = json_is_string(v) && json_string_length(v) > 0 && json_string_value(v)[0] == '#';
+    if (!json_is_string(v) || !fuzz_channel_ok(json_string_value(v) + hash, json_string_length(v) - hash)) {
         code = "invalid_channel";
         goto Done;
     }
-    strcpy(want->channel, json_string_value(v));
+    strcpy(want->channel, json_string_value(v) + hash);
     if (want->verb == SL_WS_UNSUBSCRIBE)
         goto Done;
     if ((v = json_object_get(root, "history")) != NULL) {
