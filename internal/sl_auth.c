@@ -266,10 +266,29 @@ void sl_auth_refuse_who(h2o_req_t *req, const sl_auth_who_t *who, sl_auth_result
         sl_auth_refuse(req, r);
         return;
     }
+    sl_auth_refuse_jwt(req, who->jwt);
+}
+
+void sl_auth_refuse_jwt(h2o_req_t *req, sl_jwt_result_t r)
+{
     /* RFC 6750 3.1: the scheme's error, and which check failed */
     char *v = h2o_mem_alloc_pool(&req->pool, 128);
     int n = snprintf(v, 128, "Bearer realm=\"sluice\", error=\"invalid_token\", error_description=\"%s\"",
-                     sl_jwt_code(who->jwt));
+                     sl_jwt_code(r));
     h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_WWW_AUTHENTICATE, NULL, v, (size_t)n);
-    sl_http_fail(req, 401, sl_jwt_code(who->jwt), NULL, sl_jwt_message(who->jwt), 0);
+    sl_http_fail(req, 401, sl_jwt_code(r), NULL, sl_jwt_message(r), 0);
+}
+
+void sl_auth_refuse_read(h2o_req_t *req, sl_chan_read_t r, const char *field, const char *channel)
+{
+    char msg[200];
+    int forbidden = r == SL_CHAN_READ_FORBIDDEN;
+    snprintf(msg, sizeof(msg), "%s: %s", channel, sl_chan_read_message(r));
+    if (forbidden)
+        h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_WWW_AUTHENTICATE, NULL,
+                       H2O_STRLIT("Bearer realm=\"sluice\", error=\"insufficient_scope\""));
+    else
+        h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_WWW_AUTHENTICATE, NULL,
+                       H2O_STRLIT("Bearer realm=\"sluice\""));
+    sl_http_fail(req, sl_chan_read_status(r), sl_chan_read_code(r), field, msg, 0);
 }

@@ -79,4 +79,14 @@ void sl_auth_refuse(h2o_req_t *req, sl_auth_result_t r);
  * channel the JWT does not cover 403 channel_forbidden. */
 void sl_auth_refuse_who(h2o_req_t *req, const sl_auth_who_t *who, sl_auth_result_t r);
 
+/* Answers 401 for a JWT that sl_jwt_verify refused (r != SL_JWT_OK): its code (token_expired, ...)
+ * and message as JSON, and WWW-Authenticate with error="invalid_token" and the code (RFC 6750
+ * 3.1). For writers (sl_auth_refuse_who) and readers (sl_stream) alike. */
+void sl_auth_refuse_jwt(h2o_req_t *req, sl_jwt_result_t r);
+
+/* Answers a reader refused a private channel (r != SL_CHAN_READ_OK, sl_chanpolicy_read): 401
+ * token_required (WWW-Authenticate: Bearer) or 403 channel_forbidden (error="insufficient_scope"),
+ * with field (may be NULL) and a message naming channel. */
+void sl_auth_refuse_read(h2o_req_t *req, sl_chan_read_t r, const char *field, const char *channel);
+
 #endif

@@ -109,6 +109,13 @@ int sl_chanset_covers(const sl_chanset_t *s, const char *channel, size_t len)
     return 0;
 }
 
+size_t sl_chanset_pattern(const sl_chanset_t *s, size_t i, const char **name, int *prefix)
+{
+    *name = s->pats[i].name;
+    *prefix = s->pats[i].prefix;
+    return s->pats[i].len;
+}
+
 void sl_chanset_free(sl_chanset_t *s)
 {
     free(s->pats);
@@ -143,6 +150,12 @@ void sl_chanpolicy_destroy(sl_chanpolicy_t *p)
 int sl_chanpolicy_any_private(const sl_chanpolicy_t *p)
 {
     return p != NULL && p->private_channels.n > 0;
+}
+
+const sl_chanset_t *sl_chanpolicy_private(const sl_chanpolicy_t *p)
+{
+    static const sl_chanset_t none = SL_CHANSET_INIT;
+    return p != NULL ? &p->private_channels : &none;
 }
 
 int sl_chanpolicy_is_private(const sl_chanpolicy_t *p, const char *channel, size_t len)

@@ -43,6 +43,11 @@ int sl_chanset_covers(const sl_chanset_t *s, const char *channel, size_t len);
 /* Frees the patterns; the set is empty (and reusable) afterwards. */
 void sl_chanset_free(sl_chanset_t *s);
 
+/* The i-th pattern of the set (i < s->n): *name is its channel name or prefix (NUL-terminated,
+ * without the '*'; valid while the set is), *prefix 1 for a "prefix*" pattern. Returns the
+ * length of *name. For whoever must say the set in another language (an SQL filter). */
+size_t sl_chanset_pattern(const sl_chanset_t *s, size_t i, const char **name, int *prefix);
+
 /* ---- the policy --------------------------------------------------------------------------------- */
 
 typedef struct sl_chanpolicy sl_chanpolicy_t;
@@ -55,6 +60,9 @@ void sl_chanpolicy_destroy(sl_chanpolicy_t *p);
 
 /* 1 when some channel is private: without, nothing needs filtering (a NULL policy has none). */
 int sl_chanpolicy_any_private(const sl_chanpolicy_t *p);
+
+/* The set of private channels (empty for a NULL policy); valid while the policy is. */
+const sl_chanset_t *sl_chanpolicy_private(const sl_chanpolicy_t *p);
 
 /* 1 when the channel is private. */
 int sl_chanpolicy_is_private(const sl_chanpolicy_t *p, const char *channel, size_t len);

@@ -86,6 +86,8 @@ static void remove_entry(sl_hub_t *h, struct chan_entry *e)
 
 int sl_sub_wants(const sl_sub_t *s, const char *channel)
 {
+    if (s->filter != NULL && !s->filter(s, channel))
+        return 0;
     if (s->all)
         return 1;
     for (size_t i = 0; i < s->nchannels; i++) {
@@ -108,6 +110,8 @@ static void drop_buffer(sl_sub_t *s)
 
 static void sub_receive(sl_sub_t *s, sl_event_t *ev)
 {
+    if (s->filter != NULL && !s->filter(s, ev->channel))
+        return;
     if (!s->live) {
         if (s->overflowed)
             return; /* the database answers for it (sl_sub_go_live) */

@@ -44,6 +44,10 @@ struct sl_sub {
     size_t nchannels;
     void (*emit)(sl_sub_t *sub, sl_event_t *ev); /* takes no reference; retain to keep */
     void *owner;
+    /* optional: 0 leaves the events of channel out of this subscription everywhere (live, its
+     * wait buffer, sl_hub_replay, sl_sub_wants), as if it did not name it: a stream of every
+     * channel without the private ones its reader may not read. NULL: none left out. */
+    int (*filter)(const sl_sub_t *sub, const char *channel);
     /* state */
     int64_t cursor;                  /* highest seq emitted or covered */
     int live;
@@ -101,7 +105,7 @@ void sl_hub_unsubscribe(sl_sub_t *s);
 int sl_hub_replay(sl_hub_t *h, const sl_sub_t *s, int64_t since, long long history, long long max_events,
                   int *too_many, void (*fn)(void *data, sl_event_t *ev), void *data);
 
-/* 1 if the subscription wants channel. */
+/* 1 if the subscription wants channel (its filter included). */
 int sl_sub_wants(const sl_sub_t *s, const char *channel);
 
 #endif

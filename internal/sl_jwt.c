@@ -554,6 +554,12 @@ void sl_jwt_claims_free(sl_jwt_claims_t *c)
     memset(c, 0, sizeof(*c));
 }
 
+int64_t sl_jwt_valid_until(const sl_jwt_t *j, const sl_jwt_claims_t *c)
+{
+    long long leeway = j != NULL ? j->conf.leeway_s : 0;
+    return c->exp > INT64_MAX - leeway ? INT64_MAX : c->exp + leeway;
+}
+
 /* ---- codes and metrics -------------------------------------------------------------------------- */
 
 static const struct {

@@ -101,6 +101,10 @@ sl_jwt_result_t sl_jwt_verify(sl_jwt_t *j, const char *token, size_t len, int64_
 
 void sl_jwt_claims_free(sl_jwt_claims_t *c);
 
+/* The first second (since the epoch) at which sl_jwt_verify refuses a token of these claims as
+ * expired: exp + the leeway. Whatever a token opened ends then (a reader's stream). */
+int64_t sl_jwt_valid_until(const sl_jwt_t *j, const sl_jwt_claims_t *c);
+
 /* Reads the secret file and the JWKS file again and, when both are good, uses their keys from
  * now on; otherwise keeps the keys it had. Returns 0, or -1 with err filled. */
 int sl_jwt_reload(sl_jwt_t *j, char *err, size_t errlen);

@@ -268,21 +268,6 @@ START_TEST(test_jwt_writers)
 }
 END_TEST
 
-/* Writes {"keys":[public JWK of k with kid]} to path. */
-static void write_jwks(const char *path, EVP_PKEY *k, const char *kid)
-{
-    json_t *jwk = jose_openssl_jwk_from_EVP_PKEY(NULL, k);
-    ck_assert_ptr_nonnull(jwk);
-    ck_assert(jose_jwk_pub(NULL, jwk));
-    json_object_set_new(jwk, "kid", json_string(kid));
-    json_t *root = json_pack("{s:[o]}", "keys", jwk);
-    char tmp[256];
-    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
-    ck_assert_int_eq(json_dump_file(root, tmp, JSON_COMPACT), 0);
-    ck_assert_int_eq(rename(tmp, path), 0); /* whole, never half-written */
-    json_decref(root);
-}
-
 /* RS256 writers with keys from a JWKS file, rotated with SIGHUP: the new key is taken, the old
  * one dropped, and a broken file keeps the keys in use. */
 START_TEST(test_jwt_jwks_reload_on_sighup)
@@ -293,7 +278,7 @@ START_TEST(test_jwt_jwks_reload_on_sighup)
     close(fd);
     EVP_PKEY *k1 = EVP_RSA_gen(2048), *k2 = EVP_RSA_gen(2048);
     ck_assert(k1 != NULL && k2 != NULL);
-    write_jwks(path, k1, "k1");
+    ck_assert_int_eq(tu_jwt_write_jwks(path, k1, "k1", NULL), 0);
     snprintf(env_jwks, sizeof(env_jwks), "SLUICE_JWT_JWKS_FILE=%s", path);
     const char *env[] = {env_jwks, NULL};
     tu_resp_t r;
@@ -322,7 +307,7 @@ START_TEST(test_jwt_jwks_reload_on_sighup)
     ck_assert_ptr_nonnull(strstr(r.body, "token_unsupported_alg"));
     tu_resp_free(&r);
 
-    write_jwks(path, k2, "k2");
+    ck_assert_int_eq(tu_jwt_write_jwks(path, k2, "k2", NULL), 0);
     ck_assert_int_eq(kill(S.api, SIGHUP), 0);
     long status = 0;
     for (int i = 0; i < 50 && status != 202; i++) { /* the loop takes it between two turns */

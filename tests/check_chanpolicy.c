@@ -146,6 +146,18 @@ START_TEST(test_policy)
         ck_assert_int_eq(sl_chanpolicy_may_read(p, g[rows[i].granted], ch, strlen(ch)), r == SL_CHAN_READ_OK);
         ck_assert_int_eq(sl_chanpolicy_is_private(p, ch, strlen(ch)), strcmp(ch, "staff") == 0 || strncmp(ch, "team-", 5) == 0);
     }
+    /* the private set, pattern by pattern (what an SQL filter is built from) */
+    const sl_chanset_t *priv = sl_chanpolicy_private(p);
+    ck_assert_uint_eq(priv->n, 2);
+    const char *name;
+    int prefix;
+    ck_assert_uint_eq(sl_chanset_pattern(priv, 0, &name, &prefix), 5);
+    ck_assert_str_eq(name, "staff");
+    ck_assert_int_eq(prefix, 0);
+    ck_assert_uint_eq(sl_chanset_pattern(priv, 1, &name, &prefix), 5);
+    ck_assert_str_eq(name, "team-");
+    ck_assert_int_eq(prefix, 1);
+    ck_assert_uint_eq(sl_chanpolicy_private(NULL)->n, 0);
     /* no policy, or an empty one: every channel public, whoever asks */
     sl_chanpolicy_t *open = sl_chanpolicy_create("", err, sizeof(err));
     ck_assert_ptr_nonnull(open);

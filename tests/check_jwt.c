@@ -66,27 +66,13 @@ static const char *claims(long exp_off, const char *extra)
 
 static json_t *public_jwk(EVP_PKEY *k, const char *kid)
 {
-    json_t *jwk = jose_openssl_jwk_from_EVP_PKEY(NULL, k);
+    json_t *jwk = tu_jwt_public_jwk(k, kid);
     ck_assert_ptr_nonnull(jwk);
-    ck_assert(jose_jwk_pub(NULL, jwk));
-    if (kid != NULL)
-        json_object_set_new(jwk, "kid", json_string(kid));
     return jwk;
 }
 
 /* Writes {"keys":[...]} of the NULL-terminated list of (key, kid) pairs to path. */
-static void write_jwks(const char *path, ...)
-{
-    va_list ap;
-    json_t *keys = json_array();
-    va_start(ap, path);
-    for (EVP_PKEY *k; (k = va_arg(ap, EVP_PKEY *)) != NULL;)
-        json_array_append_new(keys, public_jwk(k, va_arg(ap, const char *)));
-    va_end(ap);
-    json_t *root = json_pack("{s:o}", "keys", keys);
-    ck_assert_int_eq(json_dump_file(root, path, JSON_COMPACT), 0);
-    json_decref(root);
-}
+#define write_jwks(path, ...) ck_assert_int_eq(tu_jwt_write_jwks(path, __VA_ARGS__), 0)
 
 static void write_text(const char *path, const char *text)
 {
@@ -167,8 +153,15 @@ START_TEST(test_valid_tokens_and_claims)
     ck_assert(sl_chanset_covers(&c.channels, "general", 7));
     ck_assert(sl_chanset_covers(&c.channels, "team-blue", 9));
     ck_assert(!sl_chanset_covers(&c.channels, "random", 6));
+    /* what it opened ends when it would be refused: verified a second before, refused then */
+    int64_t until = sl_jwt_valid_until(j, &c);
+    ck_assert_int_eq(until, NOW + 600 + LEEWAY);
     sl_jwt_claims_free(&c);
     ck_assert_ptr_null(c.sub);
+    sl_jwt_claims_t c2;
+    ck_assert_int_eq(sl_jwt_verify(j, t, strlen(t), until - 1, &c2), SL_JWT_OK);
+    sl_jwt_claims_free(&c2);
+    ck_assert_int_eq(sl_jwt_verify(j, t, strlen(t), until, &c2), SL_JWT_EXPIRED);
     free(t);
 
     /* RS256 with the kid of each RSA key; ES256 */

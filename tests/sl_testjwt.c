@@ -3,9 +3,14 @@
  */
 #include "sl_testjwt.h"
 
+#include <jansson.h>
+#include <jose/jwk.h>
+#include <jose/openssl.h>
 #include <openssl/ec.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -71,4 +76,39 @@ char *tu_jwt_sign(const char *header, const char *claims, tu_jwt_how_t how, cons
 char *tu_jwt_hs256(const char *secret, const char *claims)
 {
     return tu_jwt_sign("{\"alg\":\"HS256\",\"typ\":\"JWT\"}", claims, TU_JWT_HS256, secret, strlen(secret));
+}
+
+json_t *tu_jwt_public_jwk(void *k, const char *kid)
+{
+    json_t *jwk = jose_openssl_jwk_from_EVP_PKEY(NULL, k);
+    if (jwk == NULL || !jose_jwk_pub(NULL, jwk)) {
+        json_decref(jwk);
+        return NULL;
+    }
+    if (kid != NULL)
+        json_object_set_new(jwk, "kid", json_string(kid));
+    return jwk;
+}
+
+int tu_jwt_write_jwks(const char *path, ...)
+{
+    va_list ap;
+    char tmp[512];
+    int rc = -1;
+    json_t *keys = json_array(), *jwk;
+    va_start(ap, path);
+    for (EVP_PKEY *k; keys != NULL && (k = va_arg(ap, EVP_PKEY *)) != NULL;) {
+        const char *kid = va_arg(ap, const char *);
+        if ((jwk = tu_jwt_public_jwk(k, kid)) == NULL || json_array_append_new(keys, jwk) != 0) {
+            json_decref(keys);
+            keys = NULL;
+        }
+    }
+    va_end(ap);
+    json_t *root = keys != NULL ? json_pack("{s:o}", "keys", keys) : NULL;
+    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+    if (root != NULL && json_dump_file(root, tmp, JSON_COMPACT) == 0)
+        rc = rename(tmp, path);
+    json_decref(root);
+    return rc;
 }

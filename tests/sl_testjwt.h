@@ -18,4 +18,13 @@ char *tu_jwt_sign(const char *header, const char *claims, tu_jwt_how_t how, cons
 /* An HS256 token ({"alg":"HS256","typ":"JWT"}) of claims with secret. */
 char *tu_jwt_hs256(const char *secret, const char *claims);
 
+/* The public JWK (libjose's reading of an EVP_PKEY *) of key k, with "kid" when kid is not NULL;
+ * NULL on failure. The caller owns it (json_decref). */
+struct json_t *tu_jwt_public_jwk(void *k, const char *kid);
+
+/* Writes {"keys":[...]} of the NULL-terminated list of (EVP_PKEY *key, const char *kid) pairs to
+ * path, whole or not at all (a temporary file renamed: a service reading it never sees half).
+ * 0, or -1 on failure. */
+int tu_jwt_write_jwks(const char *path, ...);
+
 #endif
