@@ -116,6 +116,7 @@ sl_sse_t *sl_sse_create(h2o_loop_t *loop, const sl_sse_conf_t *conf)
         sl_sse_destroy(s);
         return NULL;
     }
+    sl_streams_set_access(s->streams, conf->jwt, conf->policy);
     return s;
 }
 
@@ -468,6 +469,22 @@ static int handle_metrics(sl_sse_t *s, h2o_req_t *req)
     sl_metrics_header(&b, "sluice_sse_ws_rate_limited_total", "counter",
                       "WebSockets closed (1008) for sending more than ws-rate messages per second.");
     sl_metrics_sample(&b, "sluice_sse_ws_rate_limited_total", "", (double)st->ws_rate_limited);
+    sl_metrics_header(&b, "sluice_sse_token_refused_total", "counter",
+                      "Streams, WebSocket subscribes and auth commands refused for their token (by code: "
+                      "sluice_jwt_verifications_total).");
+    sl_metrics_sample(&b, "sluice_sse_token_refused_total", "", (double)st->token_refused);
+    sl_metrics_header(&b, "sluice_sse_private_refused_total", "counter",
+                      "Private channels refused to readers, by code (token_required: no token; channel_forbidden: "
+                      "not in the token's channels).");
+    sl_metrics_sample(&b, "sluice_sse_private_refused_total", "code=\"token_required\"",
+                      (double)st->read_refused[0]);
+    sl_metrics_sample(&b, "sluice_sse_private_refused_total", "code=\"channel_forbidden\"",
+                      (double)st->read_refused[1]);
+    sl_metrics_header(&b, "sluice_sse_token_expired_total", "counter",
+                      "Streams and WebSocket subscriptions ended at their token's exp.");
+    sl_metrics_sample(&b, "sluice_sse_token_expired_total", "transport=\"stream\"", (double)st->token_ended[0]);
+    sl_metrics_sample(&b, "sluice_sse_token_expired_total", "transport=\"websocket\"", (double)st->token_ended[1]);
+    sl_jwt_metrics(s->conf.jwt, &b);
     sl_metrics_header(&b, "sluice_sse_live_events_total", "counter", "Live events by outcome.");
     sl_metrics_sample(&b, "sluice_sse_live_events_total", "outcome=\"received\"", (double)hs->received);
     sl_metrics_sample(&b, "sluice_sse_live_events_total", "outcome=\"delivered\"", (double)hs->delivered);

@@ -40,6 +40,8 @@ typedef struct sl_sse_conf {
     sl_sse_channel_filter_cb channel_filter;
     void *channel_filter_data;
     sl_stream_conf_t stream;
+    sl_jwt_t *jwt;                  /* readers' tokens (may be NULL or disabled: ignored); the caller's */
+    const sl_chanpolicy_t *policy;  /* SLUICE_PRIVATE_CHANNELS (NULL: none private); the caller's */
 } sl_sse_conf_t;
 
 typedef struct sl_sse sl_sse_t;

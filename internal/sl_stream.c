@@ -11,9 +11,13 @@
  */
 #include "sl_stream_int.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/timerfd.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "sl_buf.h"
 #include "sl_db.h"
@@ -177,6 +181,176 @@ int sl_stream_conn_take(struct stream_conn *c, size_t more, int busy)
     return 0;
 }
 
+/* ---- readers' tokens and private channels -------------------------------------------------------- */
+
+void sl_streams_set_access(sl_streams_t *s, sl_jwt_t *jwt, const sl_chanpolicy_t *policy)
+{
+    s->jwt = jwt;
+    s->policy = policy;
+}
+
+sl_jwt_result_t sl_stream_reader_token(sl_streams_t *s, const char *transport, const char *t, size_t len,
+                                       struct reader *r)
+{
+    memset(r, 0, sizeof(*r));
+    if (t == NULL || !sl_jwt_enabled(s->jwt))
+        return SL_JWT_OK; /* no key: nothing to verify it with, and nothing it could open */
+    sl_jwt_result_t v = sl_jwt_verify(s->jwt, t, len, sl_time_now_us() / 1000000, &r->claims);
+    if (v != SL_JWT_OK) {
+        s->stats.token_refused++;
+        SL_INFO("event=reader_token_refused transport=%s code=%s", transport, sl_jwt_code(v));
+        return v;
+    }
+    r->has_token = 1;
+    r->until = sl_jwt_valid_until(s->jwt, &r->claims);
+    return SL_JWT_OK;
+}
+
+void sl_stream_reader_free(struct reader *r)
+{
+    sl_jwt_claims_free(&r->claims);
+    r->has_token = 0;
+}
+
+sl_chan_read_t sl_stream_reader_may_read(sl_streams_t *s, const char *transport, const struct reader *r,
+                                         const char *channel)
+{
+    const sl_chanset_t *granted = r->has_token ? &r->claims.channels : NULL;
+    sl_chan_read_t a = sl_chanpolicy_read(s->policy, granted, channel, strlen(channel));
+    if (a != SL_CHAN_READ_OK) {
+        char q[300];
+        s->stats.read_refused[a == SL_CHAN_READ_FORBIDDEN]++;
+        SL_INFO("event=private_channel_refused transport=%s channel=%s code=%s sub=%s", transport, channel,
+                sl_chan_read_code(a), r->has_token ? sl_log_quote(q, sizeof(q), r->claims.sub) : "-");
+    }
+    return a;
+}
+
+int sl_stream_filters_all(const sl_streams_t *s)
+{
+    return sl_chanpolicy_any_private(s->policy);
+}
+
+int sl_stream_readable(const sl_streams_t *s, const struct reader *r, const char *channel)
+{
+    return sl_chanpolicy_may_read(s->policy, r->has_token ? &r->claims.channels : NULL, channel, strlen(channel));
+}
+
+/* The deadlines: a binary heap by `at`, each entry knowing its place (pos) so that it leaves in
+ * O(log n) when its stream ends first. */
+static void heap_put(sl_streams_t *s, size_t i, struct expiry *e)
+{
+    s->heap[i] = e;
+    e->pos = i + 1;
+}
+
+static void heap_up(sl_streams_t *s, size_t i)
+{
+    struct expiry *e = s->heap[i];
+    while (i > 0 && s->heap[(i - 1) / 2]->at > e->at) {
+        heap_put(s, i, s->heap[(i - 1) / 2]);
+        i = (i - 1) / 2;
+    }
+    heap_put(s, i, e);
+}
+
+static void heap_down(sl_streams_t *s, size_t i)
+{
+    struct expiry *e = s->heap[i];
+    for (;;) {
+        size_t c = 2 * i + 1;
+        if (c >= s->nheap)
+            break;
+        if (c + 1 < s->nheap && s->heap[c + 1]->at < s->heap[c]->at)
+            c++;
+        if (s->heap[c]->at >= e->at)
+            break;
+        heap_put(s, i, s->heap[c]);
+        i = c;
+    }
+    heap_put(s, i, e);
+}
+
+/* Sets the timerfd to the soonest deadline if it is not set sooner already (a timer that rings
+ * for a deadline gone meanwhile finds nothing due and is set again). */
+static void expiry_timer(sl_streams_t *s)
+{
+    if (s->nheap == 0 || (s->tfd_at != 0 && s->tfd_at <= s->heap[0]->at))
+        return;
+    int64_t at = s->heap[0]->at;
+    struct itimerspec its = {{0, 0}, {(time_t)(at < 1 ? 1 : at > ((int64_t)1 << 40) ? (int64_t)1 << 40 : at), 0}};
+    if (timerfd_settime(s->tfd, TFD_TIMER_ABSTIME, &its, NULL) != 0) {
+        SL_ERROR("event=expiry_timer_failed error=\"%s\"", strerror(errno));
+        return;
+    }
+    s->tfd_at = at;
+}
+
+static void on_expiry_timer(h2o_socket_t *sock, const char *err)
+{
+    sl_streams_t *s = sock->data;
+    uint64_t n;
+    (void)err;
+    while (read(s->tfd, &n, sizeof(n)) > 0)
+        ;
+    s->tfd_at = 0;
+    int64_t now = sl_time_now_us() / 1000000;
+    while (s->nheap > 0 && s->heap[0]->at <= now) {
+        struct expiry *e = s->heap[0];
+        sl_stream_expiry_disarm(s, e);
+        e->fire(e); /* may arm or disarm others: the heap is consistent again here */
+    }
+    expiry_timer(s);
+}
+
+int sl_stream_expiry_arm(sl_streams_t *s, struct expiry *e, const struct reader *r, void (*fire)(struct expiry *))
+{
+    sl_stream_expiry_disarm(s, e);
+    if (!r->has_token)
+        return 0;
+    if (s->tfd < 0) {
+        int fd = timerfd_create(CLOCK_REALTIME, TFD_NONBLOCK | TFD_CLOEXEC);
+        if (fd < 0) {
+            SL_ERROR("event=expiry_timer_failed error=\"%s\"", strerror(errno));
+            return -1;
+        }
+        s->tfd = fd;
+        s->tsock = h2o_evloop_socket_create(s->loop, fd, H2O_SOCKET_FLAG_DONT_READ);
+        s->tsock->data = s;
+        h2o_socket_read_start(s->tsock, on_expiry_timer);
+    }
+    if (s->nheap == s->capheap) {
+        size_t cap = s->capheap ? s->capheap * 2 : 64;
+        struct expiry **h = realloc(s->heap, cap * sizeof(*h));
+        if (h == NULL)
+            return -1;
+        s->heap = h;
+        s->capheap = cap;
+    }
+    e->at = r->until;
+    e->fire = fire;
+    s->heap[s->nheap++] = e;
+    heap_up(s, s->nheap - 1);
+    expiry_timer(s);
+    return 0;
+}
+
+void sl_stream_expiry_disarm(sl_streams_t *s, struct expiry *e)
+{
+    if (e->pos == 0)
+        return;
+    size_t i = e->pos - 1;
+    e->pos = 0;
+    struct expiry *last = s->heap[--s->nheap];
+    if (i == s->nheap)
+        return;
+    heap_put(s, i, last);
+    if (i > 0 && s->heap[(i - 1) / 2]->at > last->at)
+        heap_up(s, i);
+    else
+        heap_down(s, i);
+}
+
 /* ---- history: shared by every transport ---------------------------------------------------------- */
 
 /* History: the newest messages still standing. Resume: everything after a position, events too,
@@ -189,12 +363,74 @@ static const char SQL_SINCE_ALL[] = SL_DB_FEED_MESSAGES " WHERE seq > $1 UNION A
 static const char SQL_SINCE_IN[] = SL_DB_FEED_MESSAGES " WHERE seq > $1 AND channel = ANY($2::text[]) UNION ALL "
                                    SL_DB_FEED_EVENTS " WHERE seq > $1 AND channel = ANY($2::text[]) ORDER BY seq LIMIT $3";
 
+/* A stream of every channel while some are private: only the rows of channels its reader may
+ * read, $P the private patterns and $G the reader's, each as LIKE patterns (chanset_like). */
+#define SQL_READABLE(P, G) " AND (NOT channel LIKE ANY(" P "::text[]) OR channel LIKE ANY(" G "::text[]))"
+static const char SQL_LAST_READABLE[] = SL_DB_FEED_MESSAGES " WHERE deleted_at IS NULL" SQL_READABLE("$2", "$3")
+                                        " ORDER BY seq DESC LIMIT $1";
+static const char SQL_SINCE_READABLE[] = SL_DB_FEED_MESSAGES " WHERE seq > $1" SQL_READABLE("$3", "$4")
+                                         " UNION ALL " SL_DB_FEED_EVENTS " WHERE seq > $1" SQL_READABLE("$3", "$4")
+                                         " ORDER BY seq LIMIT $2";
+
+/* A set as a text[] literal of LIKE patterns: a name matches itself, "team-*" is team-%. '_' is
+ * LIKE's one-character wildcard and a channel's character: escaped (\_), and the backslash
+ * doubled inside the quoted array element. */
+static void chanset_like(sl_buf_t *b, const sl_chanset_t *set)
+{
+    sl_buf_appends(b, "{");
+    for (size_t i = 0; set != NULL && i < set->n; i++) {
+        const char *name;
+        int prefix;
+        size_t len = sl_chanset_pattern(set, i, &name, &prefix);
+        sl_buf_appends(b, i ? ",\"" : "\"");
+        for (size_t k = 0; k < len; k++) {
+            if (name[k] == '_')
+                sl_buf_appends(b, "\\\\_");
+            else
+                sl_buf_append(b, &name[k], 1);
+        }
+        sl_buf_appends(b, prefix ? "%\"" : "\"");
+    }
+    sl_buf_appends(b, "}");
+}
+
+static sl_pgquery_t *query_readable(sl_streams_t *s, const struct reader *r, int64_t since, long long history,
+                                    sl_pg_cb cb, void *data)
+{
+    char n1[24], n2[24];
+    sl_buf_t priv = SL_BUF_INIT, granted = SL_BUF_INIT;
+    sl_pgquery_t *q;
+    chanset_like(&priv, sl_chanpolicy_private(s->policy));
+    chanset_like(&granted, r != NULL && r->has_token ? &r->claims.channels : NULL);
+    if (since >= 0) {
+        snprintf(n1, sizeof(n1), "%lld", (long long)since);
+        snprintf(n2, sizeof(n2), "%lld", s->conf.replay_max + 1);
+        const char *p[] = {n1, n2, priv.data, granted.data};
+        q = sl_pgpool_query(s->pg, SQL_SINCE_READABLE, 4, p, cb, data);
+    } else {
+        snprintf(n1, sizeof(n1), "%lld", history);
+        const char *p[] = {n1, priv.data, granted.data};
+        q = sl_pgpool_query(s->pg, SQL_LAST_READABLE, 3, p, cb, data);
+    }
+    sl_buf_free(&priv);
+    sl_buf_free(&granted);
+    return q;
+}
+
 sl_pgquery_t *sl_stream_query_history(sl_streams_t *s, const sl_sub_t *sub, int64_t since, long long history,
                                       sl_pg_cb cb, void *data)
+{
+    return sl_stream_query_history_as(s, sub, NULL, since, history, cb, data);
+}
+
+sl_pgquery_t *sl_stream_query_history_as(sl_streams_t *s, const sl_sub_t *sub, const struct reader *r,
+                                         int64_t since, long long history, sl_pg_cb cb, void *data)
 {
     char n1[24], n2[24];
     sl_buf_t arr = SL_BUF_INIT; /* a text[] literal; channel names need no quoting ([a-z0-9_-]) */
     sl_pgquery_t *q;
+    if (sub->all && sl_stream_filters_all(s))
+        return query_readable(s, r, since, history, cb, data);
     sl_buf_appends(&arr, "{");
     for (size_t i = 0; !sub->all && i < sub->nchannels; i++)
         sl_buf_appendf(&arr, "%s%s", i ? "," : "", sub->channels[i]);
@@ -300,6 +536,7 @@ sl_streams_t *sl_streams_create(h2o_loop_t *loop, sl_hub_t *hub, sl_pgpool_t *pg
     s->pg = pg;
     s->presence = presence;
     s->conf = *conf;
+    s->tfd = -1;
     h2o_linklist_init_anchor(&s->conns);
     h2o_linklist_init_anchor(&s->dirty);
     h2o_timeout_init(loop, &s->zero_timeout, 0);
@@ -353,6 +590,11 @@ void sl_streams_destroy(sl_streams_t *s)
         h2o_timeout_unlink(H2O_STRUCT_FROM_MEMBER(h2o_timeout_entry_t, _link, s->defer_timeout._entries.next));
     h2o_timeout_dispose(s->loop, &s->defer_timeout);
     h2o_timeout_dispose(s->loop, &s->hb_timeout);
+    if (s->tsock != NULL) {
+        h2o_socket_read_stop(s->tsock);
+        h2o_socket_close(s->tsock); /* closes tfd */
+    }
+    free(s->heap);
     free(s->peers);
     free(s);
 }

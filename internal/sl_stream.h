@@ -39,7 +39,9 @@
 #define H2O_USE_LIBUV 0
 #include <h2o.h>
 
+#include "sl_chanpolicy.h"
 #include "sl_hub.h"
+#include "sl_jwt.h"
 #include "sl_message.h"
 #include "sl_pgpool.h"
 #include "sl_presence.h"
@@ -72,6 +74,10 @@ typedef struct sl_stream_stats {
     uint64_t queued_now;        /* bytes queued to every client now, history included */
     uint64_t history_inflight;  /* subscriptions reading their history now (under the caps) */
     uint64_t history_refused[2]; /* refused with history_busy: [0] the instance's cap, [1] the client's */
+    uint64_t token_refused;     /* streams, subscribes, auth commands refused for their token (sl_jwt_metrics: codes) */
+    uint64_t read_refused[2];   /* a private channel refused: [0] without a token (token_required), [1] not
+                                 * in the token's channels (channel_forbidden) */
+    uint64_t token_ended[2];    /* ended at their token's exp: [0] streams (SSE, NDJSON), [1] WebSocket subscriptions */
 } sl_stream_stats_t;
 
 typedef struct sl_streams sl_streams_t;
@@ -81,6 +87,15 @@ typedef struct sl_streams sl_streams_t;
  * joins and leaves. NULL: nothing is counted and presence requests get no events. */
 sl_streams_t *sl_streams_create(h2o_loop_t *loop, sl_hub_t *hub, sl_pgpool_t *pg, sl_presence_t *presence,
                                 const sl_stream_conf_t *conf);
+
+/* Readers' tokens and private channels (before the first stream; both stay the caller's and must
+ * outlive s). jwt verifies the tokens readers present (Authorization: Bearer, ?token=, a
+ * WebSocket's auth or subscribe command); NULL or disabled: tokens are ignored. policy names the
+ * private channels (NULL: none, every channel is public, as without it). A private channel is read
+ * only with a token whose channels cover it (else 401 token_required / 403 channel_forbidden, or
+ * the same codes in a WebSocket error frame); a stream of every channel leaves out, history
+ * included, what its token may not read; whatever a token opened ends at its exp (+ leeway). */
+void sl_streams_set_access(sl_streams_t *s, sl_jwt_t *jwt, const sl_chanpolicy_t *policy);
 
 /* GET /v1/stream. Answers 400/503 itself when it must. Returns 0. */
 int sl_streams_handle_stream(sl_streams_t *s, h2o_req_t *req);
@@ -109,7 +124,7 @@ int sl_stream_parse_channels(const char *list, size_t len, long long max, char (
  * is 1, "0" or "false" 0, anything else -1. v need not be NUL-terminated. */
 int sl_stream_parse_presence(const char *v, size_t len);
 
-typedef enum { SL_WS_PING, SL_WS_SUBSCRIBE, SL_WS_UNSUBSCRIBE } sl_ws_verb_t;
+typedef enum { SL_WS_PING, SL_WS_SUBSCRIBE, SL_WS_UNSUBSCRIBE, SL_WS_AUTH } sl_ws_verb_t;
 
 /* One command a client sends on GET /v1/ws. */
 typedef struct sl_ws_command {
@@ -118,14 +133,18 @@ typedef struct sl_ws_command {
     long long history;                /* subscribe: 0..history_max, history_default when absent */
     int presence;                     /* subscribe: "presence":true, the channel's joins and leaves */
     long long since;                  /* subscribe: the resume position, -1 when absent */
+    char *token;                      /* auth (always), subscribe (when given): the "token", malloc'd; else NULL */
+    size_t token_len;
 } sl_ws_command_t;
 
 /* Parses one WebSocket text message as a command ({"command":"subscribe","channel":…,
- * "history":…,"since":…,"presence":…}, unsubscribe, ping; other members are ignored). Returns 0
- * with *cmd set, or -1 with err set (status 400, field NULL, code invalid_json, missing_command,
- * unknown_command, invalid_channel, invalid_history, invalid_since or invalid_presence, and a
- * message for the client). Whether the command makes sense for the socket (already subscribed, too many
- * channels) is the caller's to decide. text need not be NUL-terminated. */
+ * "history":…,"since":…,"presence":…,"token":…}, unsubscribe, {"command":"auth","token":…},
+ * ping; other members are ignored). Returns 0 with *cmd set (free cmd->token when not NULL), or -1
+ * with err set (status 400, field NULL, code invalid_json, missing_command, unknown_command,
+ * invalid_channel, invalid_history, invalid_since, invalid_presence or invalid_token, and a
+ * message for the client) and cmd->token NULL. Whether the command makes sense for the socket
+ * (already subscribed, too many channels) and whether the token is good are the caller's to
+ * decide. text need not be NUL-terminated. */
 int sl_stream_ws_parse(const char *text, size_t len, long long history_default, long long history_max,
                        sl_ws_command_t *cmd, sl_error_t *err);
 

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "sl_auth.h"
 #include "sl_http.h"
 #include "sl_log.h"
 #include "sl_time.h"
@@ -37,6 +38,10 @@ struct httpconn {
     int deferred;
     int64_t since; /* -1: no resume position */
     long long history;
+    struct reader rd;      /* the reader's token, if any: what of the private channels it reads */
+    struct expiry expiry;  /* the token's end: the stream ends then */
+    int ending;            /* the token ended: final goes out after what is queued, then the response ends */
+    h2o_iovec_t final;     /* in the request's pool */
 };
 
 static void chunk_release(struct chunk *ch)
@@ -48,6 +53,10 @@ static void chunk_release(struct chunk *ch)
 
 static int push_chunk(struct httpconn *hc, h2o_iovec_t buf, sl_event_t *ev, char *owned)
 {
+    if (hc->ending) { /* nothing after the notice that ends the stream */
+        free(owned);
+        return -1;
+    }
     /* Only a client that has not taken the previous write is slow: a burst that arrives within
      * one turn of the loop (a whole history among it) is written out at the next one. */
     if (sl_stream_conn_take(&hc->super, buf.len, hc->sending) != 0) {
@@ -88,11 +97,28 @@ int sl_stream_http_queue(struct stream_conn *c, char *text, size_t len)
     return push_chunk((struct httpconn *)c, h2o_iovec_init(text, len), NULL, text);
 }
 
+static void http_free(struct httpconn *hc);
+
+/* Everything before the notice is out: the notice goes with the end of the response. h2o forgets
+ * the generator on a final h2o_send (neither proceed nor stop comes), so everything is freed
+ * here; the notice lives in the request's pool. */
+static void http_finish(struct httpconn *hc)
+{
+    h2o_iovec_t last = hc->final;
+    h2o_send(hc->req, &last, 1, H2O_SEND_STATE_FINAL);
+    http_free(hc);
+}
+
 void sl_stream_http_flush(struct stream_conn *c)
 {
     struct httpconn *hc = (struct httpconn *)c;
-    if (hc->sending || hc->nq == 0 || hc->req == NULL)
+    if (hc->sending || hc->req == NULL)
         return;
+    if (hc->nq == 0) {
+        if (hc->ending)
+            http_finish(hc);
+        return;
+    }
     /* everything queued goes out in one h2o_send: one write for many events */
     struct chunk *t = hc->fly;
     size_t tcap = hc->capfly;
@@ -142,6 +168,8 @@ static void http_free(struct httpconn *hc)
     hc->req = NULL;
     if (h2o_timeout_is_linked(&hc->defer))
         h2o_timeout_unlink(&hc->defer);
+    sl_stream_expiry_disarm(hc->super.streams, &hc->expiry);
+    sl_stream_reader_free(&hc->rd);
     if (hc->query != NULL)
         sl_pgpool_cancel(hc->query); /* queued: it never runs; running: its answer is dropped */
     sl_stream_hist_release(hc->super.streams, &hc->slot);
@@ -211,7 +239,7 @@ static void http_proceed(h2o_generator_t *gen, h2o_req_t *req)
     hc->sending = 0;
     if (hc->super.aborting)
         sl_stream_http_abort(&hc->super);
-    else if (hc->nq > 0)
+    else if (hc->nq > 0 || hc->ending)
         sl_stream_mark_dirty(&hc->super);
 }
 
@@ -227,6 +255,8 @@ static void http_stop(h2o_generator_t *gen, h2o_req_t *req)
 static void http_history_row(void *data, sl_event_t *ev)
 {
     struct httpconn *hc = data;
+    if (hc->sub.filter != NULL && !hc->sub.filter(&hc->sub, ev->channel))
+        return; /* the database left it out already; a row is never trusted to */
     if (ev->seq > hc->sub.cursor) {
         hc->sub.cursor = ev->seq;
         http_emit(&hc->sub, ev);
@@ -293,7 +323,8 @@ static void http_start_history(struct httpconn *hc)
         h2o_timeout_link(s->loop, &s->defer_timeout, &hc->defer);
         return;
     }
-    if ((hc->query = sl_stream_query_history(s, &hc->sub, hc->since, hc->history, on_http_history, hc)) == NULL)
+    if ((hc->query = sl_stream_query_history_as(s, &hc->sub, &hc->rd, hc->since, hc->history, on_http_history, hc)) ==
+        NULL)
         http_history_failed(hc, "the query could not be queued");
 }
 
@@ -332,6 +363,63 @@ static void on_http_history(void *data, const PGresult *res, const char *err)
     hc->sub.cursor = hc->since > 0 ? hc->since : 0;
     sl_stream_for_each_row(res, hc->since >= 0, http_history_row, hc);
     http_join(hc, hc->sub.cursor);
+}
+
+/* ---- tokens ---------------------------------------------------------------------------------------- */
+
+/* A stream of every channel while some are private: what its reader may read, nothing else. */
+static int http_filter(const sl_sub_t *sub, const char *channel)
+{
+    const struct httpconn *hc = sub->owner;
+    return sl_stream_readable(hc->super.streams, &hc->rd, channel);
+}
+
+/* The reader's token ended: no more events nor history; the notice (event: token_expired, or its
+ * NDJSON line) follows what is queued, and the response ends. The client goes on with a new token
+ * and its last id as since. */
+static void http_token_expired(struct expiry *e)
+{
+    struct httpconn *hc = H2O_STRUCT_FROM_MEMBER(struct httpconn, expiry, e);
+    sl_streams_t *s = hc->super.streams;
+    char q[300];
+    if (hc->req == NULL || hc->super.aborting || hc->ending)
+        return;
+    s->stats.token_ended[0]++;
+    SL_INFO("event=token_expired transport=%s sub=%s exp=%lld last_seq=%lld", hc->super.tp->name,
+            sl_log_quote(q, sizeof(q), hc->rd.claims.sub), (long long)hc->rd.claims.exp, (long long)hc->sub.cursor);
+    if (h2o_timeout_is_linked(&hc->defer)) /* a history read about to start: it never will */
+        h2o_timeout_unlink(&hc->defer);
+    if (hc->query != NULL) {
+        sl_pgpool_cancel(hc->query);
+        hc->query = NULL;
+    }
+    sl_stream_hist_release(s, &hc->slot);
+    sl_hub_unsubscribe(&hc->sub);
+    sl_stream_presence_leave(&hc->pres); /* no longer a reader: out of the occupancy and presence now */
+    char *b = h2o_mem_alloc_pool(&hc->req->pool, 160);
+    hc->final = h2o_iovec_init(b, (size_t)hc->super.tp->http->expired(b, 160, (long long)hc->rd.claims.exp));
+    hc->ending = 1;
+    sl_stream_mark_dirty(&hc->super);
+}
+
+/* The reader's token: Authorization: Bearer (curl, fetch), else ?token= (EventSource sets no
+ * header). Returns 0 with *rd (no token: has_token 0), or answers 401 itself and returns -1. */
+static int http_reader(sl_streams_t *s, h2o_req_t *req, const struct sl_transport *tp, struct reader *rd)
+{
+    size_t len = 0;
+    h2o_iovec_t v;
+    const char *t = sl_http_bearer(req, &len);
+    int r;
+    if (t == NULL && (r = sl_http_query(req, "token", &v)) != 0) {
+        t = r > 0 ? v.base : ""; /* badly encoded: no JWT (token_malformed, when tokens are verified) */
+        len = r > 0 ? v.len : 0;
+    }
+    sl_jwt_result_t jr = sl_stream_reader_token(s, tp->name, t, len, rd);
+    if (jr != SL_JWT_OK) {
+        sl_auth_refuse_jwt(req, jr);
+        return -1;
+    }
+    return 0;
 }
 
 /* ---- the request ----------------------------------------------------------------------------------- */
@@ -442,24 +530,34 @@ int sl_streams_handle_stream(sl_streams_t *s, h2o_req_t *req)
             return 0;
         }
     }
-    if (sl_stream_admit(s, req) != 0) {
+    struct reader rd;
+    if (http_reader(s, req, tp, &rd) != 0) {
         free(channels);
         return 0;
     }
+    for (int i = 0; i < nch; i++) {
+        sl_chan_read_t a = sl_stream_reader_may_read(s, tp->name, &rd, channels[i]);
+        if (a != SL_CHAN_READ_OK) {
+            sl_auth_refuse_read(req, a, "channels", channels[i]);
+            goto Refused;
+        }
+    }
+    if (sl_stream_admit(s, req) != 0)
+        goto Refused;
 
     struct httpconn *hc = calloc(1, sizeof(*hc));
     if (hc == NULL) {
-        free(channels);
-        return sl_stream_refuse(req, 503, "out_of_memory", NULL, "out of memory");
+        sl_stream_refuse(req, 503, "out_of_memory", NULL, "out of memory");
+        goto Refused;
     }
     unsigned char addr[16];
     socklen_t alen = sl_stream_peer_key(req->conn, addr);
     const char *over = sl_stream_hist_acquire(s, &hc->slot, since, history, alen, addr);
     if (over != NULL) {
         SL_DEBUG("event=history_refused transport=%s cap=%s", tp->name, over);
-        free(channels);
         free(hc);
-        return sl_stream_refuse(req, 503, "history_busy", NULL, SL_STREAM_HISTORY_BUSY_MSG);
+        sl_stream_refuse(req, 503, "history_busy", NULL, SL_STREAM_HISTORY_BUSY_MSG);
+        goto Refused;
     }
     hc->req = req;
     hc->channels = channels;
@@ -470,16 +568,21 @@ int sl_streams_handle_stream(sl_streams_t *s, h2o_req_t *req)
     hc->sub.nchannels = (size_t)nch;
     hc->sub.emit = http_emit;
     hc->sub.owner = hc;
+    if (nch == 0 && sl_stream_filters_all(s))
+        hc->sub.filter = http_filter;
     hc->gen.proceed = http_proceed;
     hc->gen.stop = http_stop;
-    if (sl_hub_subscribe(s->hub, &hc->sub) != 0) {
+    hc->rd = rd;
+    if (sl_hub_subscribe(s->hub, &hc->sub) != 0 ||
+        sl_stream_expiry_arm(s, &hc->expiry, &hc->rd, http_token_expired) != 0) {
+        sl_hub_unsubscribe(&hc->sub);
         sl_stream_hist_release(s, &hc->slot);
-        free(channels);
         free(hc);
-        return sl_stream_refuse(req, 503, "out_of_memory", NULL, "out of memory");
+        sl_stream_refuse(req, 503, "out_of_memory", NULL, "out of memory");
+        goto Refused;
     }
     sl_stream_conn_register(s, &hc->super, tp);
-    if (sl_stream_presence_enter(&hc->pres, &hc->super, channels, (size_t)nch, presence) != 0) {
+    if (sl_stream_presence_enter(&hc->pres, &hc->super, channels, (size_t)nch, presence, &hc->rd) != 0) {
         http_free(hc);
         return sl_stream_refuse(req, 503, "out_of_memory", NULL, "out of memory");
     }
@@ -507,5 +610,9 @@ int sl_streams_handle_stream(sl_streams_t *s, h2o_req_t *req)
         return 0;
     }
     http_start_history(hc);
+    return 0;
+Refused:
+    free(channels);
+    sl_stream_reader_free(&rd);
     return 0;
 }

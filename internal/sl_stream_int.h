@@ -19,6 +19,8 @@
 
 #include <sys/socket.h>
 
+#include "sl_chanpolicy.h"
+#include "sl_jwt.h"
 #include "sl_stream.h"
 
 enum { T_SSE = 0, T_NDJSON = 1, T_WS = 2 }; /* the index of sl_stream_stats_t.connected */
@@ -80,6 +82,22 @@ struct histslot {
     unsigned char addr[16];
 };
 
+/* A reader's token once verified (sl_stream_reader_token): what it may read, and until when. */
+struct reader {
+    int has_token;          /* 0: none presented, or tokens are ignored (no key configured) */
+    sl_jwt_claims_t claims; /* with has_token: sub, channels (what it may read of the private ones) */
+    int64_t until;          /* with has_token: the second it stops being valid (sl_jwt_valid_until) */
+};
+
+/* A deadline on the wall clock (seconds since the epoch): a stream or a subscription that ends
+ * when its token does. All of an instance's deadlines are in one heap under one timerfd, so each
+ * fires at its second without any polling, however many there are. */
+struct expiry {
+    int64_t at;
+    size_t pos; /* 1 + its place in the heap; 0 while not armed */
+    void (*fire)(struct expiry *e);
+};
+
 struct sl_streams {
     h2o_loop_t *loop;
     sl_hub_t *hub;
@@ -95,6 +113,13 @@ struct sl_streams {
     struct histpeer *peers; /* addresses with a history read in progress (at most history_concurrency) */
     size_t npeers, cappeers;
     sl_stream_stats_t stats;
+    sl_jwt_t *jwt;                  /* readers' tokens (NULL or disabled: ignored) */
+    const sl_chanpolicy_t *policy;  /* the private channels (NULL: none) */
+    struct expiry **heap;           /* armed deadlines, soonest first */
+    size_t nheap, capheap;
+    int tfd;                        /* a timerfd set to the soonest (-1 until one is armed) */
+    h2o_socket_t *tsock;
+    int64_t tfd_at;                 /* what tfd is set to (0: nothing) */
 };
 
 /* A stream's or a WebSocket subscription's part in presence and occupancy (sl_stream_presence.c).
@@ -123,6 +148,7 @@ struct presence_seat {
     int entered, all, live;
     struct presence_held *held;        /* events waiting for the history to be sent */
     size_t nheld, capheld, held_bytes;
+    const struct reader *reader;       /* a stream of every channel: its reader, whose channels' events it gets */
 };
 
 /* How long a stream waits before it reads its history from the database (memory answers at once):
@@ -174,9 +200,14 @@ int sl_stream_replay(sl_streams_t *s, sl_sub_t *sub, int64_t since, long long hi
 /* What a replay from memory covered: the hub's position, or sub's cursor if past it. */
 int64_t sl_stream_replay_covered(const sl_streams_t *s, const sl_sub_t *sub);
 /* Queries the history of sub: the last `history` messages, or all after `since` (at most
- * replay_max + 1, so that "too many" shows). NULL when the pool refuses (cb never runs). */
+ * replay_max + 1, so that "too many" shows). NULL when the pool refuses (cb never runs). A sub of
+ * every channel reads only what a reader without a token may read when some are private. */
 sl_pgquery_t *sl_stream_query_history(sl_streams_t *s, const sl_sub_t *sub, int64_t since, long long history,
                                       sl_pg_cb cb, void *data);
+/* The same for reader r (may be NULL: no token): a sub of every channel reads only the rows of
+ * channels r may read (the database leaves the others out, so that `history` counts them right). */
+sl_pgquery_t *sl_stream_query_history_as(sl_streams_t *s, const sl_sub_t *sub, const struct reader *r,
+                                         int64_t since, long long history, sl_pg_cb cb, void *data);
 /* 1 when a resume read (since >= 0) found more than replay_max rows: answer "reset" instead. */
 int sl_stream_too_many(const sl_streams_t *s, int64_t since, const PGresult *res);
 /* Calls fn for each row as an event, in seq order (history comes newest first: ascending 0). */
@@ -192,15 +223,40 @@ void sl_stream_conn_cut(struct stream_conn *c, size_t more);
 
 /* ---- presence and occupancy (sl_stream_presence.c) ----------------------------------------------- */
 
-/* ps (zeroed) of connection c enters channels (n of them; n 0: a stream of every channel) with the
- * identity stream_identity gives, and listens to their joins and leaves when listen is set.
- * Returns 0, or -1 when out of memory (nothing held; ps stays zeroed). */
+/* ps (zeroed) of connection c enters channels (n of them; n 0: a stream of every channel) as
+ * reader rd (its token's sub and name: stream_identity; no token: anonymous), and listens to their
+ * joins and leaves when listen is set. A stream of every channel keeps rd (it must outlive ps): its
+ * events are those of the channels rd may read. Returns 0, or -1 when out of memory (nothing held;
+ * ps stays zeroed). */
 int sl_stream_presence_enter(struct presence_seat *ps, struct stream_conn *c, char (*channels)[SL_CHANNEL_MAX + 1],
-                             size_t n, int listen);
+                             size_t n, int listen, const struct reader *rd);
 /* The history is sent: the events held go out, and the next ones at once. */
 void sl_stream_presence_live(struct presence_seat *ps);
 /* Leaves every channel and stops listening; frees what ps holds (any number of calls). */
 void sl_stream_presence_leave(struct presence_seat *ps);
+
+/* ---- readers' tokens and private channels ----------------------------------------------------------- */
+
+/* Verifies the token a reader presented (t NULL: none) for transport (in logs). Returns SL_JWT_OK
+ * with *r filled, r->has_token 0 when no token came or no key is configured (tokens are ignored
+ * then: private channels stay closed to everyone); else the refusal (counted in stats and in the
+ * verifier's metrics, logged), *r owning nothing. Free *r with sl_stream_reader_free. */
+sl_jwt_result_t sl_stream_reader_token(sl_streams_t *s, const char *transport, const char *t, size_t len,
+                                       struct reader *r);
+void sl_stream_reader_free(struct reader *r);
+/* May r read channel (one a stream or a subscription names)? A refusal is counted and logged. */
+sl_chan_read_t sl_stream_reader_may_read(sl_streams_t *s, const char *transport, const struct reader *r,
+                                         const char *channel);
+/* 1 when some channel is private: a stream of every channel must then leave out what its reader
+ * may not read (sl_stream_readable, as its sl_sub_t filter). */
+int sl_stream_filters_all(const sl_streams_t *s);
+/* 1 when r may read channel (the per-event filter; nothing counted). */
+int sl_stream_readable(const sl_streams_t *s, const struct reader *r, const char *channel);
+/* The token's end for a stream or subscription r opened: fire(e) runs on the loop at r->until
+ * (at once when it is past). Nothing when r has no token. An armed e must be disarmed before it
+ * is freed (any number of calls). Returns 0, or -1 when out of memory (nothing armed). */
+int sl_stream_expiry_arm(sl_streams_t *s, struct expiry *e, const struct reader *r, void (*fire)(struct expiry *));
+void sl_stream_expiry_disarm(sl_streams_t *s, struct expiry *e);
 
 /* ---- the streaming HTTP response of SSE and NDJSON (sl_stream_http.c) ------------------------------ */
 
@@ -214,6 +270,8 @@ struct sl_http_format {
     /* The notice that a resume position is too old (then the newest history follows) into buf;
      * returns its length. */
     int (*reset)(char *buf, size_t size, long long since);
+    /* The notice that the reader's token expired (at exp), the stream's last bytes; its length. */
+    int (*expired)(char *buf, size_t size, long long exp);
 };
 
 void sl_stream_http_flush(struct stream_conn *c);

@@ -13,8 +13,13 @@ static int ndjson_reset(char *buf, size_t size, long long since)
     return snprintf(buf, size, "{\"type\":\"reset\",\"reason\":\"too_old\",\"since\":%lld}\n", since);
 }
 
+static int ndjson_expired(char *buf, size_t size, long long exp)
+{
+    return snprintf(buf, size, "{\"type\":\"token_expired\",\"reason\":\"token_expired\",\"exp\":%lld}\n", exp);
+}
+
 /* No first bytes of its own: the body starts with a heartbeat. */
-static const struct sl_http_format ndjson_format = {"application/x-ndjson", "\n", NULL, ndjson_reset};
+static const struct sl_http_format ndjson_format = {"application/x-ndjson", "\n", NULL, ndjson_reset, ndjson_expired};
 
 const struct sl_transport sl_stream_ndjson = {
     .name = "ndjson",

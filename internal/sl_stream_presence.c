@@ -20,12 +20,14 @@
  * ps->user (strings owned by ps). Returns 0 (ps->user.id NULL: anonymous), or -1 when out of
  * memory.
  *
- * Readers present no identity yet, so every reader is anonymous: counted in the occupancy, in no
- * presence set, making no join or leave. Readers' tokens (#13, the wt-readers branch) fill `who`
- * from the verified claims: {claims.sub, claims.name} (name NULL when the token has none). */
-static int stream_identity(struct presence_seat *ps)
+ * A reader with a verified token is its claims' {sub, name} (name NULL when the token has none);
+ * a reader without one (or whose token was ignored: no JWT key) is anonymous: counted in the
+ * occupancy, in no presence set, making no join or leave. */
+static int stream_identity(struct presence_seat *ps, const struct reader *rd)
 {
-    const sl_presence_user_t *who = NULL;
+    sl_presence_user_t claimed = {rd != NULL && rd->has_token ? rd->claims.sub : NULL,
+                                  rd != NULL && rd->has_token ? rd->claims.name : NULL};
+    const sl_presence_user_t *who = claimed.id != NULL ? &claimed : NULL;
     ps->user.id = ps->user.name = NULL;
     if (who == NULL)
         return 0;
@@ -40,14 +42,12 @@ static int stream_identity(struct presence_seat *ps)
     return 0;
 }
 
-/* Whether the reader of a stream of every channel may see channel's presence. Every channel is
- * public until readers' tokens and private channels come (#13): then this is the stream's own
- * filter (the channels its token may read), as for its events. */
+/* Whether the reader of a stream of every channel may see channel's presence: the stream's own
+ * filter (the channels its token may read, every public one), as for its events. */
 static int stream_may_see(const struct presence_seat *ps, const char *channel)
 {
-    (void)ps;
-    (void)channel;
-    return 1;
+    static const struct reader anonymous;
+    return sl_stream_readable(ps->conn->streams, ps->reader != NULL ? ps->reader : &anonymous, channel);
 }
 
 int sl_stream_parse_presence(const char *v, size_t len)
@@ -136,16 +136,17 @@ static void release(struct presence_seat *ps)
 }
 
 int sl_stream_presence_enter(struct presence_seat *ps, struct stream_conn *c, char (*channels)[SL_CHANNEL_MAX + 1],
-                             size_t n, int listen)
+                             size_t n, int listen, const struct reader *rd)
 {
     sl_streams_t *s = c->streams;
     sl_presence_t *p = s->presence;
     memset(ps, 0, sizeof(*ps));
     ps->conn = c;
     ps->all = n == 0;
+    ps->reader = ps->all ? rd : NULL;
     listen = listen && p != NULL;
     size_t nl = listen ? (n > 0 ? n : 1) : 0;
-    if (stream_identity(ps) != 0)
+    if (stream_identity(ps, rd) != 0)
         goto Fail;
     if (p != NULL && n > 0 && (ps->entries = calloc(n, sizeof(*ps->entries))) == NULL)
         goto Fail;

@@ -18,7 +18,15 @@ static int sse_reset(char *buf, size_t size, long long since)
     return snprintf(buf, size, "event: reset\ndata: {\"reason\":\"too_old\",\"since\":%lld}\n\n", since);
 }
 
-static const struct sl_http_format sse_format = {"text/event-stream", ": heartbeat\n\n", sse_first, sse_reset};
+/* Its own event type: an EventSource reconnects by itself when a stream ends, with the same URL
+ * (and so the same expired ?token=): a page listens for this one to reconnect with a new token. */
+static int sse_expired(char *buf, size_t size, long long exp)
+{
+    return snprintf(buf, size, "event: token_expired\ndata: {\"reason\":\"token_expired\",\"exp\":%lld}\n\n", exp);
+}
+
+static const struct sl_http_format sse_format = {"text/event-stream", ": heartbeat\n\n", sse_first, sse_reset,
+                                                 sse_expired};
 
 const struct sl_transport sl_stream_sse = {
     .name = "sse",

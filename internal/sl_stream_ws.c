@@ -33,6 +33,7 @@ struct wssub {
     long long history;
     int catching_up; /* its wait buffer overflowed: what came after its history goes out as events */
     struct histslot slot;
+    struct expiry expiry; /* the end of the token it was made with: the subscription ends then */
 };
 
 struct wsconn {
@@ -46,6 +47,7 @@ struct wsconn {
     int closing;           /* we queued a close frame: what the client still sends is ignored */
     socklen_t peer_len;    /* the client's address (sl_stream_peer_key), for the history caps */
     unsigned char peer[16];
+    struct reader auth;    /* the token of the last auth command: later subscribes without their own use it */
 };
 
 /* The client has not taken what was written before (or not even the 101 yet). */
@@ -114,6 +116,7 @@ static void ws_emit(sl_sub_t *sub, sl_event_t *ev)
 
 static void wssub_free(struct wssub *sub)
 {
+    sl_stream_expiry_disarm(sub->ws->super.streams, &sub->expiry);
     if (sub->query != NULL)
         sl_pgpool_cancel(sub->query);
     sl_stream_hist_release(sub->ws->super.streams, &sub->slot);
@@ -138,6 +141,7 @@ static void ws_close_now(struct wsconn *w)
         return;
     w->closed = 1;
     ws_drop_subs(w);
+    sl_stream_reader_free(&w->auth);
     sl_stream_conn_set_queued(&w->super, 0);
     sl_stream_conn_unregister(&w->super);
     if (w->ws != NULL)
@@ -252,6 +256,18 @@ static void ws_join(struct wssub *sub, int64_t covered)
     ws_start_history(sub);
 }
 
+/* Removes sub from the socket's list and frees it. */
+static void ws_remove_sub(struct wsconn *w, struct wssub *sub)
+{
+    for (size_t i = 0; i < w->nsubs; i++) {
+        if (w->subs[i] == sub) {
+            w->subs[i] = w->subs[--w->nsubs];
+            break;
+        }
+    }
+    wssub_free(sub);
+}
+
 /* The history could not be read: the client is told (history_unavailable, with the channel) and
  * the subscription is dropped, so that it can subscribe again. Frees sub. */
 static void ws_history_failed(struct wssub *sub, const char *err)
@@ -262,13 +278,7 @@ static void ws_history_failed(struct wssub *sub, const char *err)
             sl_log_quote(q, sizeof(q), err));
     w->super.streams->stats.history_failures++;
     snprintf(channel, sizeof(channel), "%s", sub->channel[0]);
-    for (size_t i = 0; i < w->nsubs; i++) {
-        if (w->subs[i] == sub) {
-            w->subs[i] = w->subs[--w->nsubs];
-            break;
-        }
-    }
-    wssub_free(sub);
+    ws_remove_sub(w, sub);
     ws_error_on(w, "history_unavailable", channel,
                 "the history could not be read; the subscription was dropped: subscribe again");
 }
@@ -346,6 +356,145 @@ static struct wssub *find_sub(struct wsconn *w, const char *channel, size_t *ind
     return NULL;
 }
 
+/* The token a subscription was made with ended: the client is told (token_expired, with the
+ * channel) and the subscription dropped; the socket stays open for a subscribe with a new token
+ * and since. */
+static void ws_token_expired(struct expiry *e)
+{
+    struct wssub *sub = H2O_STRUCT_FROM_MEMBER(struct wssub, expiry, e);
+    struct wsconn *w = sub->ws;
+    char channel[SL_CHANNEL_MAX + 1];
+    w->super.streams->stats.token_ended[1]++;
+    SL_INFO("event=token_expired transport=websocket channel=%s last_seq=%lld", sub->channel[0],
+            (long long)sub->sub.cursor);
+    snprintf(channel, sizeof(channel), "%s", sub->channel[0]);
+    ws_remove_sub(w, sub);
+    ws_error_on(w, "token_expired", channel,
+                "the token this subscription was made with has expired: subscribe again with a new token and since");
+}
+
+/* {"command":"auth","token":…}: the token later subscribes without their own use (those made
+ * before keep theirs). A refused token leaves the socket without one. */
+static void ws_auth(struct wsconn *w, const sl_ws_command_t *cmd)
+{
+    sl_streams_t *s = w->super.streams;
+    char q[300];
+    sl_stream_reader_free(&w->auth);
+    if (!sl_jwt_enabled(s->jwt)) {
+        ws_error(w, "tokens_disabled",
+                 "this server verifies no tokens (no JWT key is configured): tokens are ignored, private channels "
+                 "closed");
+        return;
+    }
+    sl_jwt_result_t r = sl_stream_reader_token(s, "websocket", cmd->token, cmd->token_len, &w->auth);
+    if (r != SL_JWT_OK) {
+        ws_error(w, sl_jwt_code(r), sl_jwt_message(r));
+        return;
+    }
+    json_t *o = json_pack("{s:s, s:s, s:I}", "type", "authenticated", "sub", w->auth.claims.sub, "exp",
+                          (json_int_t)w->auth.claims.exp);
+    char *text = o != NULL ? json_dumps(o, JSON_COMPACT) : NULL;
+    if (text != NULL)
+        ws_send_text(w, text, strlen(text));
+    free(text);
+    json_decref(o);
+    SL_INFO("event=ws_authenticated sub=%s exp=%lld", sl_log_quote(q, sizeof(q), w->auth.claims.sub),
+            (long long)w->auth.claims.exp);
+}
+
+/* Who subscribes: the command's own token (verified into *own), else the socket's (auth), else
+ * nobody. Returns the reader, or NULL after an error frame naming the channel. */
+static const struct reader *ws_reader(struct wsconn *w, const sl_ws_command_t *cmd, struct reader *own)
+{
+    sl_streams_t *s = w->super.streams;
+    memset(own, 0, sizeof(*own));
+    if (cmd->token != NULL) {
+        sl_jwt_result_t r = sl_stream_reader_token(s, "websocket", cmd->token, cmd->token_len, own);
+        if (r != SL_JWT_OK) {
+            ws_error_on(w, sl_jwt_code(r), cmd->channel, sl_jwt_message(r));
+            return NULL;
+        }
+        return own;
+    }
+    if (w->auth.has_token && sl_time_now_us() / 1000000 >= w->auth.until) { /* ended since the auth */
+        sl_stream_reader_free(&w->auth);
+        s->stats.token_refused++;
+        ws_error_on(w, "token_expired", cmd->channel, "the token of this socket's auth has expired: send a new one");
+        return NULL;
+    }
+    return w->auth.has_token ? &w->auth : own;
+}
+
+static void ws_subscribe(struct wsconn *w, const sl_ws_command_t *cmd)
+{
+    sl_streams_t *s = w->super.streams;
+    const char *channel = cmd->channel;
+    char reply[160];
+    struct reader own;
+    const struct reader *rd;
+    if (find_sub(w, channel, NULL) != NULL) {
+        ws_error(w, "already_subscribed", "this socket is already subscribed to that channel");
+        return;
+    }
+    if ((long long)w->nsubs >= s->conf.max_channels) {
+        snprintf(reply, sizeof(reply), "at most %lld channels per socket", s->conf.max_channels);
+        ws_error(w, "too_many_channels", reply);
+        return;
+    }
+    if ((rd = ws_reader(w, cmd, &own)) == NULL)
+        return;
+    sl_chan_read_t a = sl_stream_reader_may_read(s, "websocket", rd, channel);
+    if (a != SL_CHAN_READ_OK) {
+        snprintf(reply, sizeof(reply), "%s: %s", channel, sl_chan_read_message(a));
+        ws_error_on(w, sl_chan_read_code(a), channel, reply);
+        goto Exit;
+    }
+    struct wssub *sub = calloc(1, sizeof(*sub));
+    struct wssub **subs = realloc(w->subs, (w->nsubs + 1) * sizeof(*subs));
+    if (subs != NULL)
+        w->subs = subs;
+    if (sub == NULL || subs == NULL) {
+        free(sub);
+        ws_error(w, "out_of_memory", "out of memory");
+        goto Exit;
+    }
+    const char *over = sl_stream_hist_acquire(s, &sub->slot, cmd->since, cmd->history, w->peer_len, w->peer);
+    if (over != NULL) {
+        SL_DEBUG("event=history_refused transport=websocket cap=%s", over);
+        free(sub);
+        ws_error_on(w, "history_busy", channel, SL_STREAM_HISTORY_BUSY_MSG);
+        goto Exit;
+    }
+    snprintf(sub->channel[0], sizeof(sub->channel[0]), "%s", channel);
+    sub->ws = w;
+    sub->since = cmd->since;
+    sub->history = cmd->history;
+    sub->sub.channels = sub->channel;
+    sub->sub.nchannels = 1;
+    sub->sub.emit = ws_emit;
+    sub->sub.owner = sub;
+    if (sl_hub_subscribe(s->hub, &sub->sub) != 0 ||
+        sl_stream_expiry_arm(s, &sub->expiry, rd, ws_token_expired) != 0) {
+        sl_hub_unsubscribe(&sub->sub);
+        sl_stream_hist_release(s, &sub->slot);
+        free(sub);
+        ws_error(w, "out_of_memory", "out of memory");
+        goto Exit;
+    }
+    w->subs[w->nsubs++] = sub;
+    if (sl_stream_presence_enter(&sub->pres, &w->super, sub->channel, 1, cmd->presence, rd) != 0) {
+        w->subs[--w->nsubs] = NULL;
+        wssub_free(sub);
+        ws_error_on(w, "out_of_memory", channel, "out of memory");
+        goto Exit;
+    }
+    int n = snprintf(reply, sizeof(reply), "{\"type\":\"subscribed\",\"channel\":\"%s\"}", channel);
+    ws_send_text(w, reply, (size_t)n);
+    ws_start_history(sub);
+Exit:
+    sl_stream_reader_free(&own);
+}
+
 static void ws_command(struct wsconn *w, const char *text, size_t len)
 {
     sl_streams_t *s = w->super.streams;
@@ -357,73 +506,25 @@ static void ws_command(struct wsconn *w, const char *text, size_t len)
         ws_error(w, err.code, err.message);
         return;
     }
-    const char *channel = cmd.channel;
     if (cmd.verb == SL_WS_PING) {
         ws_send_text(w, H2O_STRLIT("{\"type\":\"pong\"}"));
-        return;
-    }
-    if (cmd.verb == SL_WS_UNSUBSCRIBE) {
+    } else if (cmd.verb == SL_WS_AUTH) {
+        ws_auth(w, &cmd);
+    } else if (cmd.verb == SL_WS_SUBSCRIBE) {
+        ws_subscribe(w, &cmd);
+    } else {
         size_t i;
-        struct wssub *sub = find_sub(w, channel, &i);
+        struct wssub *sub = find_sub(w, cmd.channel, &i);
         if (sub == NULL) {
             ws_error(w, "not_subscribed", "this socket is not subscribed to that channel");
-            return;
+        } else {
+            w->subs[i] = w->subs[--w->nsubs];
+            wssub_free(sub);
+            int n = snprintf(reply, sizeof(reply), "{\"type\":\"unsubscribed\",\"channel\":\"%s\"}", cmd.channel);
+            ws_send_text(w, reply, (size_t)n);
         }
-        w->subs[i] = w->subs[--w->nsubs];
-        wssub_free(sub);
-        int n = snprintf(reply, sizeof(reply), "{\"type\":\"unsubscribed\",\"channel\":\"%s\"}", channel);
-        ws_send_text(w, reply, (size_t)n);
-        return;
     }
-    if (find_sub(w, channel, NULL) != NULL) {
-        ws_error(w, "already_subscribed", "this socket is already subscribed to that channel");
-        return;
-    }
-    if ((long long)w->nsubs >= s->conf.max_channels) {
-        snprintf(reply, sizeof(reply), "at most %lld channels per socket", s->conf.max_channels);
-        ws_error(w, "too_many_channels", reply);
-        return;
-    }
-    struct wssub *sub = calloc(1, sizeof(*sub));
-    struct wssub **subs = realloc(w->subs, (w->nsubs + 1) * sizeof(*subs));
-    if (subs != NULL)
-        w->subs = subs;
-    if (sub == NULL || subs == NULL) {
-        free(sub);
-        ws_error(w, "out_of_memory", "out of memory");
-        return;
-    }
-    const char *over = sl_stream_hist_acquire(s, &sub->slot, cmd.since, cmd.history, w->peer_len, w->peer);
-    if (over != NULL) {
-        SL_DEBUG("event=history_refused transport=websocket cap=%s", over);
-        free(sub);
-        ws_error_on(w, "history_busy", channel, SL_STREAM_HISTORY_BUSY_MSG);
-        return;
-    }
-    snprintf(sub->channel[0], sizeof(sub->channel[0]), "%s", channel);
-    sub->ws = w;
-    sub->since = cmd.since;
-    sub->history = cmd.history;
-    sub->sub.channels = sub->channel;
-    sub->sub.nchannels = 1;
-    sub->sub.emit = ws_emit;
-    sub->sub.owner = sub;
-    if (sl_hub_subscribe(s->hub, &sub->sub) != 0) {
-        sl_stream_hist_release(s, &sub->slot);
-        free(sub);
-        ws_error(w, "out_of_memory", "out of memory");
-        return;
-    }
-    w->subs[w->nsubs++] = sub;
-    if (sl_stream_presence_enter(&sub->pres, &w->super, sub->channel, 1, cmd.presence) != 0) {
-        w->subs[--w->nsubs] = NULL;
-        wssub_free(sub);
-        ws_error_on(w, "out_of_memory", channel, "out of memory");
-        return;
-    }
-    int n = snprintf(reply, sizeof(reply), "{\"type\":\"subscribed\",\"channel\":\"%s\"}", channel);
-    ws_send_text(w, reply, (size_t)n);
-    ws_start_history(sub);
+    free(cmd.token);
 }
 
 /* Queues a close frame (the client answers it, then the socket closes) and ignores the rest. */
@@ -532,7 +633,7 @@ int sl_stream_ws_parse(const char *text, size_t len, long long history_default, 
     json_t *root = json_loadb(text, len, 0, NULL), *v;
     const char *verb;
     int rc = -1;
-    static const char verbs[] = "'command' must be \"subscribe\", \"unsubscribe\" or \"ping\"";
+    static const char verbs[] = "'command' must be \"subscribe\", \"unsubscribe\", \"auth\" or \"ping\"";
 
     memset(cmd, 0, sizeof(*cmd));
     if (!json_is_object(root)) {
@@ -547,6 +648,26 @@ int sl_stream_ws_parse(const char *text, size_t len, long long history_default, 
     verb = json_string_value(v);
     if (strcmp(verb, "ping") == 0) {
         cmd->verb = SL_WS_PING;
+        rc = 0;
+        goto Exit;
+    }
+    if (strcmp(verb, "auth") == 0 || strcmp(verb, "subscribe") == 0) {
+        /* a token, verified by the caller; a subscribe's may be null (none) */
+        v = json_object_get(root, "token");
+        if ((v != NULL && !json_is_null(v)) || strcmp(verb, "auth") == 0) {
+            if (!json_is_string(v) || json_string_length(v) == 0) {
+                sl_error_set(err, 400, "invalid_token", NULL, "'token' must be a non-empty string (a JWT)");
+                goto Exit;
+            }
+            if ((cmd->token = strndup(json_string_value(v), json_string_length(v))) == NULL) {
+                sl_error_set(err, 503, "out_of_memory", NULL, "out of memory");
+                goto Exit;
+            }
+            cmd->token_len = json_string_length(v);
+        }
+    }
+    if (strcmp(verb, "auth") == 0) {
+        cmd->verb = SL_WS_AUTH;
         rc = 0;
         goto Exit;
     }
@@ -593,5 +714,10 @@ int sl_stream_ws_parse(const char *text, size_t len, long long history_default, 
     rc = 0;
 Exit:
     json_decref(root);
+    if (rc != 0) {
+        free(cmd->token);
+        cmd->token = NULL;
+        cmd->token_len = 0;
+    }
     return rc;
 }

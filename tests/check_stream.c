@@ -118,6 +118,26 @@ START_TEST(test_ws_parse)
     ck_assert_int_eq(ws("{\"command\":\"subscribe\",\"channel\":\"n\",\"presence\":false}", &c, &err), 0);
     ck_assert_int_eq(c.presence, 0);
     ck_assert_int_eq(ws("{\"command\":\"unsubscribe\",\"channel\":\"n\",\"presence\":1}", &c, &err), 0);
+    ck_assert_ptr_null(c.token);
+    /* tokens: auth's always, a subscribe's when given (null: none); the caller frees them */
+    ck_assert_int_eq(ws("{\"command\":\"auth\",\"token\":\"a.b.c\"}", &c, &err), 0);
+    ck_assert_int_eq(c.verb, SL_WS_AUTH);
+    ck_assert_str_eq(c.token, "a.b.c");
+    ck_assert_int_eq(c.token_len, 5);
+    free(c.token);
+    ck_assert_int_eq(ws("{\"command\":\"subscribe\",\"channel\":\"team-a\",\"token\":\"x.y.z\",\"since\":3}", &c, &err),
+                     0);
+    ck_assert_int_eq(c.verb, SL_WS_SUBSCRIBE);
+    ck_assert_str_eq(c.token, "x.y.z");
+    ck_assert_int_eq(c.since, 3);
+    free(c.token);
+    ck_assert_int_eq(ws("{\"command\":\"subscribe\",\"channel\":\"team-a\",\"token\":null}", &c, &err), 0);
+    ck_assert_ptr_null(c.token);
+    ck_assert_int_eq(ws("{\"command\":\"unsubscribe\",\"channel\":\"team-a\",\"token\":7}", &c, &err), 0);
+    ck_assert_ptr_null(c.token);
+    /* a token then a bad channel: refused, and nothing is left to free */
+    ck_assert_int_eq(ws("{\"command\":\"subscribe\",\"channel\":\"No!\",\"token\":\"x.y.z\"}", &c, &err), -1);
+    ck_assert_ptr_null(c.token);
 
     const struct {
         const char *text, *code;
@@ -142,6 +162,10 @@ START_TEST(test_ws_parse)
         {"{\"command\":\"subscribe\",\"channel\":\"x\",\"presence\":1}", "invalid_presence"},
         {"{\"command\":\"subscribe\",\"channel\":\"x\",\"presence\":\"true\"}", "invalid_presence"},
         {"{\"command\":\"subscribe\",\"channel\":\"x\",\"presence\":null}", "invalid_presence"},
+        {"{\"command\":\"auth\"}", "invalid_token"},
+        {"{\"command\":\"auth\",\"token\":null}", "invalid_token"},
+        {"{\"command\":\"auth\",\"token\":\"\"}", "invalid_token"},
+        {"{\"command\":\"subscribe\",\"channel\":\"x\",\"token\":42}", "invalid_token"},
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         ck_assert_msg(ws(bad[i].text, &c, &err) == -1, "'%s' accepted", bad[i].text);

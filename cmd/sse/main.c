@@ -8,9 +8,11 @@
 #include <unistd.h>
 
 #include "sl_amqp.h"
+#include "sl_chanpolicy.h"
 #include "sl_config.h"
 #include "sl_db.h"
 #include "sl_http.h"
+#include "sl_jwt.h"
 #include "sl_log.h"
 #include "sl_migrator.h"
 #include "sl_sse.h"
@@ -25,9 +27,10 @@ static size_t streams(void *sse)
 
 int main(int argc, char **argv)
 {
-    const char *host, *instance;
+    const char *host, *instance, *private_channels;
     long long port, drain_s, migrate_wait;
     sl_http_opts_t http_opts;
+    sl_jwt_conf_t jwt_conf;
     sl_sse_conf_t conf;
     memset(&conf, 0, sizeof(conf)); /* channel_filter: none, every channel is public */
     sl_opt_t opts[] = {
@@ -95,6 +98,10 @@ int main(int argc, char **argv)
          1e6, "histories one client address may read at once; more: 503 history_busy"},
         {"migrate-wait", "SLUICE_MIGRATE_WAIT", SL_OPT_INT, &migrate_wait, "10", 0, 3600,
          "seconds to wait for the database at start"},
+        {"private-channels", "SLUICE_PRIVATE_CHANNELS", SL_OPT_STR, &private_channels, "", 0, 0,
+         "channels (names and prefix* patterns, comma-separated) only readers with a token covering them may read; "
+         "empty: none"},
+        SL_JWT_OPTIONS(&jwt_conf),
         SL_HTTP_OPTIONS(&http_opts),
         {"drain-timeout", "SLUICE_DRAIN_TIMEOUT", SL_OPT_INT, &drain_s, "5", 0, 3600,
          "seconds to close streams on SIGTERM"},
@@ -124,6 +131,22 @@ int main(int argc, char **argv)
         return 2;
     }
     sl_log_init("sse");
+    char err[512];
+    sl_jwt_t *jwt = sl_jwt_create(&jwt_conf, err, sizeof(err));
+    sl_chanpolicy_t *policy = jwt != NULL ? sl_chanpolicy_create(private_channels, err, sizeof(err)) : NULL;
+    if (jwt == NULL || policy == NULL) {
+        fprintf(stderr, "sluice-sse: %s\n", err);
+        sl_jwt_destroy(jwt);
+        return 2;
+    }
+    conf.jwt = jwt;
+    conf.policy = policy;
+    if (sl_chanpolicy_any_private(policy) && !sl_jwt_enabled(jwt))
+        SL_WARN("event=private_channels_closed reason=\"SLUICE_PRIVATE_CHANNELS without a JWT key: nobody can read "
+                "the private channels\"");
+    else
+        SL_INFO("event=reader_access jwt=%d private_channels=%d", sl_jwt_enabled(jwt),
+                sl_chanpolicy_any_private(policy));
     sl_http_trap_signals(&stopping);
     char name[128];
     if (*instance == '\0') {
@@ -155,6 +178,8 @@ int main(int argc, char **argv)
         SL_ERROR("event=start_failed error=\"out of memory\"");
         return 1;
     }
+    if (sl_jwt_enabled(jwt))
+        sl_http_on_sighup(&server, sl_jwt_on_sighup, jwt);
     if (sl_http_listen(&server, host, (int)port) != 0)
         return 1;
     SL_INFO("event=listening host=%s port=%lld instance=\"%s\"", host, port, instance);
@@ -166,6 +191,8 @@ int main(int argc, char **argv)
     SL_INFO("event=stopped streams=%zu connections=%zu", sl_sse_streams(sse), sl_http_connections(&server));
     sl_sse_destroy(sse);
     sl_http_dispose(&server);
+    sl_chanpolicy_destroy(policy);
+    sl_jwt_destroy(jwt);
     sl_migrator_finish(migrator);
     return 0;
 }
