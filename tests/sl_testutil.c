@@ -233,6 +233,20 @@ pid_t tu_start_at(tu_stack_t *s, const char *service, int *port, const char *con
     }
 }
 
+int tu_exit_status(const char *service, const char *env)
+{
+    char cmd[1024], upper[32];
+    const char *bindir = getenv("SLUICE_BIN_DIR") ? getenv("SLUICE_BIN_DIR") : SLUICE_DEFAULT_BIN_DIR;
+    size_t i = 0;
+    for (; service[i] != '\0' && i + 1 < sizeof(upper); i++)
+        upper[i] = (char)(service[i] >= 'a' && service[i] <= 'z' ? service[i] - 'a' + 'A' : service[i]);
+    upper[i] = '\0';
+    snprintf(cmd, sizeof(cmd), "env %s SLUICE_%s_PORT=1 timeout 10 %s/sluice-%s >/dev/null 2>&1", env, upper, bindir,
+             service);
+    int st = system(cmd);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
 int tu_stop(pid_t *pid, int sig, int timeout_ms)
 {
     int status = 0;

@@ -45,6 +45,10 @@ pid_t tu_start_at(tu_stack_t *s, const char *service, int *port, const char *con
 extern int tu_wait_amqp_ms;
 /* 1 when the log of the stack's service (started by tu_start) holds text, else 0. */
 int tu_log_contains(const tu_stack_t *s, const char *service, const char *text);
+/* Runs service (api, sse, ...) from SLUICE_BIN_DIR with env, a space-separated list of "NAME=value"
+ * added to the environment, on port 1, for 10 s at most, output dropped: for a configuration the
+ * service must refuse at start. Returns its exit status (-1 when it did not exit). */
+int tu_exit_status(const char *service, const char *env);
 /* A port nobody listens on now. */
 int tu_free_port(void);
 /* Sends sig, waits up to timeout_ms (then SIGKILL); returns the exit status (or 128+signal). */
