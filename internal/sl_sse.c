@@ -117,6 +117,10 @@ sl_sse_t *sl_sse_create(h2o_loop_t *loop, const sl_sse_conf_t *conf)
         return NULL;
     }
     sl_streams_set_access(s->streams, conf->jwt, conf->policy);
+    if (s->conf.channel_filter == NULL) { /* private channels: seen only by tokens that may read them */
+        s->conf.channel_filter = sl_streams_channel_visible;
+        s->conf.channel_filter_data = s->streams;
+    }
     return s;
 }
 

@@ -189,6 +189,18 @@ void sl_streams_set_access(sl_streams_t *s, sl_jwt_t *jwt, const sl_chanpolicy_t
     s->policy = policy;
 }
 
+const char *sl_stream_request_token(h2o_req_t *req, size_t *len)
+{
+    h2o_iovec_t v;
+    const char *t = sl_http_bearer(req, len);
+    int r;
+    if (t == NULL && (r = sl_http_query(req, "token", &v)) != 0) {
+        t = r > 0 ? v.base : "";
+        *len = r > 0 ? v.len : 0;
+    }
+    return t;
+}
+
 sl_jwt_result_t sl_stream_reader_token(sl_streams_t *s, const char *transport, const char *t, size_t len,
                                        struct reader *r)
 {
@@ -224,6 +236,50 @@ sl_chan_read_t sl_stream_reader_may_read(sl_streams_t *s, const char *transport,
                 sl_chan_read_code(a), r->has_token ? sl_log_quote(q, sizeof(q), r->claims.sub) : "-");
     }
     return a;
+}
+
+/* A request's verified token, kept while the request lives (its pool holds it), so that a list of
+ * channels verifies it once. */
+struct reqreader {
+    h2o_linklist_t link; /* in streams->reqreaders; unlinked when the streams go first */
+    h2o_req_t *req;
+    sl_jwt_result_t verified;
+    struct reader rd;
+};
+
+static void reqreader_dispose(void *data)
+{
+    struct reqreader *m = data;
+    if (h2o_linklist_is_linked(&m->link))
+        h2o_linklist_unlink(&m->link);
+    sl_stream_reader_free(&m->rd);
+}
+
+int sl_streams_channel_visible(void *data, h2o_req_t *req, const char *channel)
+{
+    sl_streams_t *s = data;
+    struct reqreader *m = NULL;
+    if (!sl_chanpolicy_is_private(s->policy, channel, strlen(channel)))
+        return 0;
+    for (h2o_linklist_t *n = s->reqreaders.next; n != &s->reqreaders && m == NULL; n = n->next) {
+        struct reqreader *e = H2O_STRUCT_FROM_MEMBER(struct reqreader, link, n);
+        if (e->req == req)
+            m = e;
+    }
+    if (m == NULL) {
+        size_t len = 0;
+        const char *t = sl_stream_request_token(req, &len);
+        m = h2o_mem_alloc_shared(&req->pool, sizeof(*m), reqreader_dispose);
+        memset(m, 0, sizeof(*m));
+        m->req = req;
+        m->verified = sl_stream_reader_token(s, "channels", t, len, &m->rd);
+        h2o_linklist_insert(&s->reqreaders, &m->link);
+    }
+    if (m->verified != SL_JWT_OK)
+        return 401;
+    const sl_chanset_t *granted = m->rd.has_token ? &m->rd.claims.channels : NULL;
+    sl_chan_read_t a = sl_chanpolicy_read(s->policy, granted, channel, strlen(channel));
+    return a == SL_CHAN_READ_OK ? 0 : sl_chan_read_status(a);
 }
 
 int sl_stream_filters_all(const sl_streams_t *s)
@@ -538,6 +594,7 @@ sl_streams_t *sl_streams_create(h2o_loop_t *loop, sl_hub_t *hub, sl_pgpool_t *pg
     s->conf = *conf;
     s->tfd = -1;
     h2o_linklist_init_anchor(&s->conns);
+    h2o_linklist_init_anchor(&s->reqreaders);
     h2o_linklist_init_anchor(&s->dirty);
     h2o_timeout_init(loop, &s->zero_timeout, 0);
     h2o_timeout_init(loop, &s->defer_timeout, SL_STREAM_HISTORY_DEFER_MS);
@@ -590,6 +647,8 @@ void sl_streams_destroy(sl_streams_t *s)
         h2o_timeout_unlink(H2O_STRUCT_FROM_MEMBER(h2o_timeout_entry_t, _link, s->defer_timeout._entries.next));
     h2o_timeout_dispose(s->loop, &s->defer_timeout);
     h2o_timeout_dispose(s->loop, &s->hb_timeout);
+    while (!h2o_linklist_is_empty(&s->reqreaders)) /* requests still pending: their pools free them */
+        h2o_linklist_unlink(s->reqreaders.next);
     if (s->tsock != NULL) {
         h2o_socket_read_stop(s->tsock);
         h2o_socket_close(s->tsock); /* closes tfd */

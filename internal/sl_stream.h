@@ -97,6 +97,13 @@ sl_streams_t *sl_streams_create(h2o_loop_t *loop, sl_hub_t *hub, sl_pgpool_t *pg
  * included, what its token may not read; whatever a token opened ends at its exp (+ leeway). */
 void sl_streams_set_access(sl_streams_t *s, sl_jwt_t *jwt, const sl_chanpolicy_t *policy);
 
+/* Whether the client of req may see channel (GET /v1/channels, a channel's presence: an
+ * sl_sse_channel_filter_cb, data the sl_streams_t): 0 when it may (a public channel, or one its
+ * token covers), 401 without a token or with one refused, 403 when its token does not cover it.
+ * The request's token (Authorization: Bearer, else ?token=) is verified once per request however
+ * many channels are asked about. Loop thread. */
+int sl_streams_channel_visible(void *data, h2o_req_t *req, const char *channel);
+
 /* GET /v1/stream. Answers 400/503 itself when it must. Returns 0. */
 int sl_streams_handle_stream(sl_streams_t *s, h2o_req_t *req);
 /* GET /v1/ws (the upgrade request). Returns 0. */

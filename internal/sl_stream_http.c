@@ -402,18 +402,12 @@ static void http_token_expired(struct expiry *e)
     sl_stream_mark_dirty(&hc->super);
 }
 
-/* The reader's token: Authorization: Bearer (curl, fetch), else ?token= (EventSource sets no
- * header). Returns 0 with *rd (no token: has_token 0), or answers 401 itself and returns -1. */
+/* The reader's token (sl_stream_request_token). Returns 0 with *rd (no token: has_token 0), or
+ * answers 401 itself and returns -1. */
 static int http_reader(sl_streams_t *s, h2o_req_t *req, const struct sl_transport *tp, struct reader *rd)
 {
     size_t len = 0;
-    h2o_iovec_t v;
-    const char *t = sl_http_bearer(req, &len);
-    int r;
-    if (t == NULL && (r = sl_http_query(req, "token", &v)) != 0) {
-        t = r > 0 ? v.base : ""; /* badly encoded: no JWT (token_malformed, when tokens are verified) */
-        len = r > 0 ? v.len : 0;
-    }
+    const char *t = sl_stream_request_token(req, &len);
     sl_jwt_result_t jr = sl_stream_reader_token(s, tp->name, t, len, rd);
     if (jr != SL_JWT_OK) {
         sl_auth_refuse_jwt(req, jr);

@@ -120,6 +120,7 @@ struct sl_streams {
     int tfd;                        /* a timerfd set to the soonest (-1 until one is armed) */
     h2o_socket_t *tsock;
     int64_t tfd_at;                 /* what tfd is set to (0: nothing) */
+    h2o_linklist_t reqreaders;      /* requests' verified tokens (sl_streams_channel_visible) */
 };
 
 /* A stream's or a WebSocket subscription's part in presence and occupancy (sl_stream_presence.c).
@@ -237,6 +238,9 @@ void sl_stream_presence_leave(struct presence_seat *ps);
 
 /* ---- readers' tokens and private channels ----------------------------------------------------------- */
 
+/* The token a request presents: Authorization: Bearer (curl, fetch), else ?token= (EventSource
+ * sets no header); "" for a ?token= badly encoded (no JWT: token_malformed). NULL when none. */
+const char *sl_stream_request_token(h2o_req_t *req, size_t *len);
 /* Verifies the token a reader presented (t NULL: none) for transport (in logs). Returns SL_JWT_OK
  * with *r filled, r->has_token 0 when no token came or no key is configured (tokens are ignored
  * then: private channels stay closed to everyone); else the refusal (counted in stats and in the

@@ -424,12 +424,40 @@ START_TEST(test_private_channels_on_streams)
         stream_close(&g);
         stream_close(&q);
     }
+    /* GET /v1/channels shows a private channel only to a token that may read it; its presence
+     * is refused the same way (the token verified once for the whole list) */
+    struct {
+        const char *path, *tok;
+        long status;
+        const char *has, *lacks;
+    } ch[] = {
+        {"/v1/channels", NULL, 200, "\"channel\":\"general\"", "\"channel\":\"staff\""},
+        {"/v1/channels", NULL, 200, "\"channel\":\"general\"", "\"channel\":\"team-red\""},
+        {"/v1/channels", staff, 200, "\"channel\":\"staff\"", "\"channel\":\"team-red\""},
+        {"/v1/channels", teams, 200, "\"channel\":\"team-red\"", "\"channel\":\"staff\""},
+        {"/v1/channels/staff/presence", NULL, 401, NULL, NULL},
+        {"/v1/channels/staff/presence", expired, 401, NULL, NULL},
+        {"/v1/channels/staff/presence", teams, 403, NULL, NULL},
+        {"/v1/channels/staff/presence", staff, 200, "\"channel\":\"staff\"", NULL},
+        {"/v1/channels/general/presence", NULL, 200, "\"channel\":\"general\"", NULL},
+    };
+    for (size_t i = 0; i < sizeof(ch) / sizeof(ch[0]); i++) {
+        char url[8192], auth[8192];
+        tu_resp_t r;
+        snprintf(url, sizeof(url), "http://127.0.0.1:%d%s", S.sse_port, ch[i].path);
+        snprintf(auth, sizeof(auth), "Authorization: Bearer %s", ch[i].tok != NULL ? ch[i].tok : "");
+        ck_assert_int_eq(tu_http("GET", url, ch[i].tok != NULL ? auth : NULL, NULL, NULL, 0, &r), 0);
+        ck_assert_msg(r.status == ch[i].status, "%s (%zu): %ld %s", ch[i].path, i, r.status, r.body);
+        ck_assert_msg(ch[i].has == NULL || strstr(r.body, ch[i].has) != NULL, "%s (%zu): %s", ch[i].path, i, r.body);
+        ck_assert_msg(ch[i].lacks == NULL || strstr(r.body, ch[i].lacks) == NULL, "%s (%zu): %s", ch[i].path, i, r.body);
+        tu_resp_free(&r);
+    }
     /* counted */
     ck_assert(metrics_have(S.sse_port, "sluice_sse_private_refused_total{code=\"token_required\"} 4\n"));
     ck_assert(metrics_have(S.sse_port, "sluice_sse_private_refused_total{code=\"channel_forbidden\"} 4\n"));
-    ck_assert(metrics_have(S.sse_port, "sluice_jwt_verifications_total{result=\"token_expired\"} 2\n"));
+    ck_assert(metrics_have(S.sse_port, "sluice_jwt_verifications_total{result=\"token_expired\"} 3\n"));
     ck_assert(metrics_have(S.sse_port, "sluice_jwt_verifications_total{result=\"token_bad_signature\"} 2\n"));
-    ck_assert(metrics_have(S.sse_port, "sluice_sse_token_refused_total 6\n"));
+    ck_assert(metrics_have(S.sse_port, "sluice_sse_token_refused_total 7\n"));
     ck_assert(
         tu_log_contains(&S, "sse", "event=private_channel_refused transport=ndjson channel=staff code=token_required"));
     ck_assert(tu_log_contains(&S, "sse", "event=reader_token_refused transport=sse code=token_expired"));
