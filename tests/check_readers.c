@@ -90,21 +90,10 @@ static long long count(const char *list)
 
 /* ---- the stack ------------------------------------------------------------------------------------ */
 
-static void wait_ready(int port)
-{
-    char url[128];
-    snprintf(url, sizeof(url), "http://127.0.0.1:%d/readyz", port);
-    ck_assert_msg(tu_wait_status(url, 200, 20000), "sse on port %d never became ready", port);
-}
-
 /* api + persister + sse (with sse_env) on a fresh database. */
 static void start_stack(const char *name, const char *const *sse_env)
 {
-    tu_stack_init(&S, name, 100000);
-    tu_start(&S, "persister", NULL);
-    tu_start(&S, "api", NULL);
-    tu_start(&S, "sse", sse_env);
-    wait_ready(S.sse_port);
+    tu_stack_start(&S, name, sse_env);
     DB = tu_db(&S);
     POSTED = 0;
 }
@@ -505,7 +494,7 @@ START_TEST(test_all_channels_leave_out_private_ones)
     start_stack("rdall", env);
     int nomem = 0;
     pid_t extra = tu_start_at(&S, "sse", &nomem, nomem_env); /* histories from the database only */
-    wait_ready(nomem);
+    tu_wait_sse_ready(nomem);
     const char *channels[] = {"general", "staff", "team-red", "opsax", "ops_x", "team-", "teams", "news", "staffing"};
     for (int i = 0; i < 18; i++)
         post(channels[i % 9]);
@@ -1036,24 +1025,12 @@ END_TEST
 
 int main(void)
 {
-    const struct {
-        const char *name;
-        const TTest *test;
-    } tests[] = {
+    const tu_named_test_t tests[] = {
         {"streams", test_private_channels_on_streams},     {"all", test_all_channels_leave_out_private_ones},
         {"websocket", test_private_channels_on_websocket}, {"expiry", test_token_expiry_ends_and_resumes},
         {"jwks", test_jwks_readers_and_rotation},          {"nokeys", test_without_keys_tokens_are_ignored},
         /* opt-in: a measurement that prints figures (SLUICE_TEST_ONLY=measure_tokens) */
         {"measure_tokens", test_measure_token_cost},
     };
-    const char *only = getenv("SLUICE_TEST_ONLY");
-    Suite *s = suite_create("readers");
-    TCase *tc = tcase_create("integration");
-    tcase_set_timeout(tc, 120);
-    for (size_t i = 0; i < sizeof(tests) / sizeof(tests[0]); i++) {
-        if (only == NULL ? strncmp(tests[i].name, "measure_", 8) != 0 : strstr(tests[i].name, only) != NULL)
-            tcase_add_test(tc, tests[i].test);
-    }
-    suite_add_tcase(s, tc);
-    return tu_run_suite(s);
+    return tu_run_named("readers", tests, sizeof(tests) / sizeof(tests[0]), 120);
 }

@@ -98,22 +98,11 @@ static void post_one(const char *channel, const char *text)
 
 /* ---- the stack ---------------------------------------------------------------------------------- */
 
-static void wait_ready(int port)
-{
-    char url[128];
-    snprintf(url, sizeof(url), "http://127.0.0.1:%d/readyz", port);
-    ck_assert_msg(tu_wait_status(url, 200, 20000), "sse on port %d never became ready", port);
-}
-
 /* api + persister + one sse (with extra env) on a fresh database. */
 static void start_stack(const char *name, const char *const *sse_env)
 {
-    tu_stack_init(&S, name, 100000);
     G.base = 0;
-    tu_start(&S, "persister", NULL);
-    tu_start(&S, "api", NULL);
-    tu_start(&S, "sse", sse_env);
-    wait_ready(S.sse_port);
+    tu_stack_start(&S, name, sse_env);
 }
 
 /* A second sse instance of the stack (the tests' extra one; tu_stack_cleanup does not know it). */
@@ -123,7 +112,7 @@ static int start_extra(const char *const *env)
 {
     int port = 0;
     EXTRA = tu_start_at(&S, "sse", &port, env);
-    wait_ready(port);
+    tu_wait_sse_ready(port);
     return port;
 }
 
@@ -2586,10 +2575,7 @@ END_TEST
 /* SLUICE_TEST_ONLY=<substring> runs the matching tests only (for working on one). */
 int main(void)
 {
-    const struct {
-        const char *name;
-        const TTest *test;
-    } tests[] = {
+    const tu_named_test_t tests[] = {
         {"formats", test_formats_limits_and_errors},
         {"page", test_page_and_client_js},
         {"websocket", test_websocket_subscriptions},
@@ -2616,14 +2602,5 @@ int main(void)
         /* last: it stops and starts the shared servers */
         {"recovery", test_streams_survive_broker_and_database_restarts},
     };
-    const char *only = getenv("SLUICE_TEST_ONLY");
-    Suite *s = suite_create("sse");
-    TCase *tc = tcase_create("integration");
-    tcase_set_timeout(tc, 180);
-    for (size_t i = 0; i < sizeof(tests) / sizeof(tests[0]); i++) {
-        if (only == NULL ? strncmp(tests[i].name, "measure_", 8) != 0 : strstr(tests[i].name, only) != NULL)
-            tcase_add_test(tc, tests[i].test);
-    }
-    suite_add_tcase(s, tc);
-    return tu_run_suite(s);
+    return tu_run_named("sse", tests, sizeof(tests) / sizeof(tests[0]), 180);
 }

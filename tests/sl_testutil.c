@@ -233,6 +233,22 @@ pid_t tu_start_at(tu_stack_t *s, const char *service, int *port, const char *con
     }
 }
 
+void tu_wait_sse_ready(int port)
+{
+    char url[128];
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/readyz", port);
+    ck_assert_msg(tu_wait_status(url, 200, 20000), "sse on port %d never became ready", port);
+}
+
+void tu_stack_start(tu_stack_t *s, const char *name, const char *const *sse_env)
+{
+    tu_stack_init(s, name, 100000);
+    tu_start(s, "persister", NULL);
+    tu_start(s, "api", NULL);
+    tu_start(s, "sse", sse_env);
+    tu_wait_sse_ready(s->sse_port);
+}
+
 int tu_exit_status(const char *service, const char *env)
 {
     char cmd[1024], upper[32];

@@ -43,6 +43,12 @@ pid_t tu_start_at(tu_stack_t *s, const char *service, int *port, const char *con
  * sse's or ingest's /readyz to say "amqp":"up": they connect to RabbitMQ in the background, and
  * most tests post at once. Not reaching it is not a failure. */
 extern int tu_wait_amqp_ms;
+/* Waits (20 s at most, else the test fails) until the sse on port answers /readyz 200: connected
+ * to the database and the live feed, its hub's position known. */
+void tu_wait_sse_ready(int port);
+/* The usual stack for sse's tests: tu_stack_init, then the persister, the api and one sse (with
+ * sse_env, may be NULL) on the stack's ports, ready. */
+void tu_stack_start(tu_stack_t *s, const char *name, const char *const *sse_env);
 /* 1 when the log of the stack's service (started by tu_start) holds text, else 0. */
 int tu_log_contains(const tu_stack_t *s, const char *service, const char *text);
 /* Runs service (api, sse, ...) from SLUICE_BIN_DIR with env, a space-separated list of "NAME=value"
