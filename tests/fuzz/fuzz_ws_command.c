@@ -11,11 +11,13 @@
  *
  * Invariants, for each frame and for two history limits (the default 1000, and 0):
  * - the parser accepts exactly what the reference accepts, and refuses the rest with the code the
- *   reference names: invalid_json, missing_command, unknown_command, invalid_channel,
- *   invalid_history, invalid_since (status 400, no field);
+ *   reference names: invalid_json, missing_command, unknown_command, invalid_token,
+ *   invalid_channel, invalid_history, invalid_since (status 400, no field);
  * - an accepted command has the reference's verb, channel (canonical: "#general" is general),
- *   history (the default when absent) and since (-1 when absent); the channel is valid and
- *   NUL-terminated;
+ *   history (the default when absent), since (-1 when absent) and token (auth: always;
+ *   subscribe: when given and not null; the exact string, its length, NUL-terminated); the
+ *   channel is valid and NUL-terminated; a refused command holds no token (nothing to free, which
+ *   LeakSanitizer checks);
  * - the error frame the socket sends for a refusal ({"type":"error","code","message"}, built
  *   the way the stream builds it) is valid JSON: the message is UTF-8 and not empty;
  * - no out-of-bounds access (each frame is a buffer of exactly its bytes).
@@ -29,11 +31,13 @@
 #define HISTORY_DEFAULT 20
 
 /* The reference: 0 and the expected command, or the expected error code. */
-static const char *expect(const char *text, size_t len, long long history_max, sl_ws_command_t *want)
+static const char *expect(const char *text, size_t len, long long history_max, sl_ws_command_t *want,
+                          char *token, size_t token_size)
 {
     json_t *root = json_loadb(text, len, 0, NULL), *v;
     const char *cmd, *code = NULL;
     memset(want, 0, sizeof(*want));
+    token[0] = '\0';
     want->history = HISTORY_DEFAULT;
     want->since = -1;
     if (!json_is_object(root)) {
@@ -47,6 +51,23 @@ static const char *expect(const char *text, size_t len, long long history_max, s
     cmd = json_string_value(v);
     if (strcmp(cmd, "ping") == 0) {
         want->verb = SL_WS_PING;
+        goto Done;
+    }
+    if (strcmp(cmd, "auth") == 0 || strcmp(cmd, "subscribe") == 0) {
+        /* the token comes first: auth's is required, a subscribe's optional (null: none) */
+        v = json_object_get(root, "token");
+        if (strcmp(cmd, "auth") == 0 || (v != NULL && !json_is_null(v))) {
+            if (!json_is_string(v) || json_string_length(v) == 0) {
+                code = "invalid_token";
+                goto Done;
+            }
+            want->token = token;
+            want->token_len = json_string_length(v);
+            snprintf(token, token_size, "%s", json_string_value(v));
+        }
+    }
+    if (strcmp(cmd, "auth") == 0) {
+        want->verb = SL_WS_AUTH;
         goto Done;
     }
     if (strcmp(cmd, "subscribe") == 0) {
@@ -90,8 +111,21 @@ static void check_frame(const char *frame, size_t len, long long history_max)
 {
     sl_ws_command_t got, want;
     sl_error_t err;
-    const char *code = expect(frame, len, history_max, &want);
+    char *token = malloc(len + 1); /* a token is at most as long as its frame */
+    FUZZ_CHECK(token != NULL);
+    const char *code = expect(frame, len, history_max, &want, token, len + 1);
     int r = sl_stream_ws_parse(frame, len, HISTORY_DEFAULT, history_max, &got, &err);
+    if (r == 0 && (got.token != NULL || want.token != NULL)) {
+        FUZZ_CHECKF(got.token != NULL && want.token != NULL && got.token_len == want.token_len &&
+                        memcmp(got.token, want.token, got.token_len) == 0 && got.token[got.token_len] == '\0',
+                    "frame '%.*s': token '%s', expected '%s'", (int)len, frame, got.token ? got.token : "(none)",
+                    want.token ? want.token : "(none)");
+    }
+    if (r == 0)
+        free(got.token);
+    else
+        FUZZ_CHECK(got.token == NULL);
+    free(token);
     if (code != NULL) {
         FUZZ_CHECKF(r == -1 && strcmp(err.code, code) == 0, "frame '%.*s' (history max %lld): %d %s, expected %s",
                     (int)len, frame, history_max, r, r == 0 ? "" : err.code, code);
@@ -104,7 +138,7 @@ static void check_frame(const char *frame, size_t len, long long history_max)
     }
     FUZZ_CHECKF(r == 0, "frame '%.*s' (history max %lld): refused with %s", (int)len, frame, history_max, err.code);
     FUZZ_CHECK(got.verb == want.verb);
-    if (got.verb == SL_WS_PING)
+    if (got.verb == SL_WS_PING || got.verb == SL_WS_AUTH)
         return;
     FUZZ_CHECK(memchr(got.channel, '\0', sizeof(got.channel)) != NULL);
     FUZZ_CHECKF(strcmp(got.channel, want.channel) == 0, "channel '%s', expected '%s'", got.channel, want.channel);
