@@ -438,7 +438,8 @@ START_TEST(test_private_channels_on_streams)
         ck_assert_int_eq(tu_http("GET", url, ch[i].tok != NULL ? auth : NULL, NULL, NULL, 0, &r), 0);
         ck_assert_msg(r.status == ch[i].status, "%s (%zu): %ld %s", ch[i].path, i, r.status, r.body);
         ck_assert_msg(ch[i].has == NULL || strstr(r.body, ch[i].has) != NULL, "%s (%zu): %s", ch[i].path, i, r.body);
-        ck_assert_msg(ch[i].lacks == NULL || strstr(r.body, ch[i].lacks) == NULL, "%s (%zu): %s", ch[i].path, i, r.body);
+        ck_assert_msg(ch[i].lacks == NULL || strstr(r.body, ch[i].lacks) == NULL, "%s (%zu): %s", ch[i].path, i,
+                      r.body);
         tu_resp_free(&r);
     }
     /* counted */
@@ -899,7 +900,87 @@ START_TEST(test_without_keys_tokens_are_ignored)
 }
 END_TEST
 
-/* ---- 7. measure: what a token check costs per connection --------------------------------------- */
+/* ---- 7. presence: who a token says ------------------------------------------------------------ */
+
+/* The joins and leaves a presence stream got within ms, as "join:channel:user" items (after what
+ * is in out already). Messages may come between them; anything else fails. */
+static void presence_events(tu_stream_t *st, char *out, size_t size, int ms)
+{
+    long long end = tu_now_ms() + ms;
+    tu_sev_t ev;
+    for (long long left; (left = end - tu_now_ms()) > 0;) {
+        if (tu_stream_next_event(st, &ev, (int)left) != 1)
+            continue;
+        if (strcmp(ev.event, "message") == 0)
+            continue;
+        ck_assert_msg(strcmp(ev.event, "join") == 0 || strcmp(ev.event, "leave") == 0, "unexpected %s: %s", ev.event,
+                      ev.data);
+        json_t *o = json_loads(ev.data, 0, NULL);
+        ck_assert_ptr_nonnull(o);
+        size_t l = strlen(out);
+        snprintf(out + l, size - l, "%s:%s:%s;", ev.event, jstr(o, "channel"), jstr(json_object_get(o, "user"), "id"));
+        json_decref(o);
+    }
+}
+
+/* A reader with a token is a user of presence (its sub and name): in a channel's presence set, in
+ * the joins and leaves others get; a stream of every channel gets those of the channels its token
+ * may read only; a token's end takes its reader out. */
+START_TEST(test_presence_users_are_token_subs)
+{
+    const char *env[] = {"SLUICE_JWT_SECRET=" SECRET, "SLUICE_JWT_LEEWAY_S=0", PRIVATE, "SLUICE_PRESENCE_GRACE_MS=1",
+                         NULL};
+    char target[8192], events[2][1024] = {"", ""}, url[128];
+    start_stack("rdpresence", env);
+    post("general");
+    post("staff");
+    wait_hub(S.sse_port, POSTED);
+    char *alice = token_at("alice", (long long)time(NULL) + 600, NULL);
+    char *staff = token("sam", 600, "[\"staff\"]");
+    long long exp = (long long)time(NULL) + 4;
+    char *brief = token_at("sam", exp, "[\"staff\"]");
+    /* two presence streams of every channel: anonymous, and with a token that reads staff */
+    got_t anon, sam_all;
+    stream_open(&anon, S.sse_port, "/v1/stream?format=ndjson&history=0&presence=1", NULL, 200);
+    snprintf(target, sizeof(target), "/v1/stream?format=ndjson&history=0&presence=1&token=%s", staff);
+    stream_open(&sam_all, S.sse_port, target, NULL, 200);
+    /* readers: alice on general, sam (a token that ends in a few seconds) on staff */
+    got_t a, b;
+    snprintf(target, sizeof(target), "/v1/stream?channels=general&history=0&token=%s", alice);
+    stream_open(&a, S.sse_port, target, NULL, 200);
+    snprintf(target, sizeof(target), "/v1/stream?channels=staff&history=0&token=%s", brief);
+    stream_open(&b, S.sse_port, target, NULL, 200);
+    presence_events(&anon.st, events[0], sizeof(events[0]), 1000);
+    presence_events(&sam_all.st, events[1], sizeof(events[1]), 200);
+    ck_assert_str_eq(events[0], "join:general:alice;"); /* staff is private: not for it */
+    ck_assert_msg(strstr(events[1], "join:general:alice;") && strstr(events[1], "join:staff:sam;"), "%s", events[1]);
+    /* the presence set names the sub */
+    tu_resp_t r;
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/v1/channels/general/presence", S.sse_port);
+    ck_assert_int_eq(tu_http("GET", url, NULL, NULL, NULL, 0, &r), 0);
+    ck_assert_msg(r.status == 200 && strstr(r.body, "\"users\":[{\"id\":\"alice\"}]"), "%ld %s", r.status, r.body);
+    tu_resp_free(&r);
+    /* sam's token ends: its stream ends and sam leaves staff */
+    ck_assert_int_eq(stream_take(&b, -1, 15000), 1);
+    ck_assert(b.expired);
+    events[1][0] = '\0';
+    presence_events(&sam_all.st, events[1], sizeof(events[1]), 1500);
+    ck_assert_str_eq(events[1], "leave:staff:sam;");
+    events[0][0] = '\0';
+    presence_events(&anon.st, events[0], sizeof(events[0]), 300);
+    ck_assert_str_eq(events[0], "");
+    stream_close(&anon);
+    stream_close(&sam_all);
+    stream_close(&a);
+    stream_close(&b);
+    free(alice);
+    free(staff);
+    free(brief);
+    stop_stack();
+}
+END_TEST
+
+/* ---- 8. measure: what a token check costs per connection --------------------------------------- */
 
 /* Clients that connect, send GET target (with headers), read the answer's head and the first
  * bytes, and reset the connection (SO_LINGER 0: no TIME_WAIT), again and again until until_ms. */
@@ -963,9 +1044,14 @@ START_TEST(test_measure_token_cost)
     snprintf(env_jwks, sizeof(env_jwks), "SLUICE_JWT_JWKS_FILE=%s", path);
     /* every client is 127.0.0.1; a client that left is noticed at the heartbeat tick (h2o does not
      * read a streaming HTTP/1 connection), every 50 ms here, so that the departed do not pile up */
-    const char *env[] = {"SLUICE_JWT_SECRET=" SECRET,      env_jwks, "SLUICE_PRIVATE_CHANNELS=bench-private",
-                         "SLUICE_LOG_LEVEL=warn",          "SLUICE_MAX_CONNS_PER_CLIENT=0",
-                         "SLUICE_SSE_HEARTBEAT_MS=100",    "SLUICE_SSE_MAX_CONNS=15000", NULL};
+    const char *env[] = {"SLUICE_JWT_SECRET=" SECRET,
+                         env_jwks,
+                         "SLUICE_PRIVATE_CHANNELS=bench-private",
+                         "SLUICE_LOG_LEVEL=warn",
+                         "SLUICE_MAX_CONNS_PER_CLIENT=0",
+                         "SLUICE_SSE_HEARTBEAT_MS=100",
+                         "SLUICE_SSE_MAX_CONNS=15000",
+                         NULL};
     start_stack("rdmeasure", env);
     char claims[256];
     snprintf(claims, sizeof(claims), "{\"sub\":\"bench\",\"exp\":%lld,\"channels\":[\"bench-private\"]}",
@@ -1026,9 +1112,13 @@ END_TEST
 int main(void)
 {
     const tu_named_test_t tests[] = {
-        {"streams", test_private_channels_on_streams},     {"all", test_all_channels_leave_out_private_ones},
-        {"websocket", test_private_channels_on_websocket}, {"expiry", test_token_expiry_ends_and_resumes},
-        {"jwks", test_jwks_readers_and_rotation},          {"nokeys", test_without_keys_tokens_are_ignored},
+        {"streams", test_private_channels_on_streams},
+        {"all", test_all_channels_leave_out_private_ones},
+        {"websocket", test_private_channels_on_websocket},
+        {"expiry", test_token_expiry_ends_and_resumes},
+        {"jwks", test_jwks_readers_and_rotation},
+        {"nokeys", test_without_keys_tokens_are_ignored},
+        {"presence", test_presence_users_are_token_subs},
         /* opt-in: a measurement that prints figures (SLUICE_TEST_ONLY=measure_tokens) */
         {"measure_tokens", test_measure_token_cost},
     };
