@@ -12,9 +12,10 @@
  * Invariants, for each frame and for two history limits (the default 1000, and 0):
  * - the parser accepts exactly what the reference accepts, and refuses the rest with the code the
  *   reference names: invalid_json, missing_command, unknown_command, invalid_token,
- *   invalid_channel, invalid_history, invalid_since (status 400, no field);
+ *   invalid_channel, invalid_history, invalid_since, invalid_presence (status 400, no field);
  * - an accepted command has the reference's verb, channel (canonical: "#general" is general),
- *   history (the default when absent), since (-1 when absent) and token (auth: always;
+ *   history (the default when absent), since (-1 when absent), presence (a boolean, false when
+ *   absent) and token (auth: always;
  *   subscribe: when given and not null; the exact string, its length, NUL-terminated); the
  *   channel is valid and NUL-terminated; a refused command holds no token (nothing to free, which
  *   LeakSanitizer checks);
@@ -102,6 +103,13 @@ static const char *expect(const char *text, size_t len, long long history_max, s
         }
         want->since = json_integer_value(v);
     }
+    if ((v = json_object_get(root, "presence")) != NULL) {
+        if (!json_is_boolean(v)) {
+            code = "invalid_presence";
+            goto Done;
+        }
+        want->presence = json_is_true(v);
+    }
 Done:
     json_decref(root);
     return code;
@@ -146,6 +154,7 @@ static void check_frame(const char *frame, size_t len, long long history_max)
     if (got.verb == SL_WS_SUBSCRIBE) {
         FUZZ_CHECKF(got.history == want.history && got.since == want.since, "history %lld since %lld, expected %lld %lld",
                     got.history, got.since, want.history, want.since);
+        FUZZ_CHECK(got.presence == want.presence);
         FUZZ_CHECK(got.history >= 0 && got.history <= (history_max > HISTORY_DEFAULT ? history_max : HISTORY_DEFAULT));
         FUZZ_CHECK(got.since >= -1);
     }
