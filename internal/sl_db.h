@@ -78,7 +78,8 @@ typedef struct sl_db {
 
 /* Connects (connect_timeout 5 s per host unless the URL says otherwise; a multi-host URL is tried
  * host by host, as libpq does), detects the server, sets the session time zone to UTC. Returns
- * SL_DB_OK or SL_DB_RETRY with err. */
+ * SL_DB_OK or SL_DB_RETRY with err. Blocks (PQconnectdbParams): worker threads only (the persister's
+ * writer, sl_migrator), never an event loop; loops connect through sl_pgpool. */
 int sl_db_connect(sl_db_t *db, const char *url, char *err, size_t errlen);
 /* Sets the server's statement_timeout to timeout_ms (0: none) and the client's deadline of every
  * later statement to 1 s more (the server cancels first, with 57014; the client's deadline is for a
