@@ -20,6 +20,7 @@
 #include "sl_metrics.h"
 #include "sl_pgpool.h"
 #include "sl_publisher.h"
+#include "sl_pull.h"
 #include "sl_ratelimit.h"
 #include "sl_stream.h"
 #include "sl_time.h"
@@ -344,6 +345,7 @@ struct read {
     h2o_req_t *req;
     int route;
     long long limit;
+    int64_t after; /* a pull's position */
     sl_pgquery_t *query;
     int waiting;
 };
@@ -453,12 +455,68 @@ static void run_read(struct read *r, const char *sql, int n, const char *const *
     }
 }
 
+/* GET /v1/messages?after=: a pull (sl_pull.h), oldest first, from the database; long-polls (wait)
+ * are the sse service's, which waits without holding a database connection. */
+static void on_pull(void *data, const PGresult *res, const char *err)
+{
+    struct read *r = data;
+    const char *reset;
+    sl_pull_page_t page;
+    read_finish(r);
+    if (err != NULL) {
+        respond_error(r->api, r->req, r->route, 503, "database_unavailable", NULL, "the database is unavailable");
+        return;
+    }
+    sl_pull_page_init(&page);
+    int64_t next = sl_pull_page_from_result(&page, res, r->after, r->limit, &reset);
+    sl_pull_page_end(&page, next, reset, r->after);
+    respond(r->api, r->req, r->route, 200, page.buf.data, page.buf.len);
+    sl_buf_free(&page.buf);
+}
+
+static int handle_pull(sl_api_t *a, h2o_req_t *req)
+{
+    sl_pull_params_t p;
+    sl_error_t err;
+    int bad = sl_pull_parse(req, a->conf.history_max, &p, &err) != 0;
+    if (!bad && p.wait_s > 0) {
+        sl_error_set(&err, 400, "invalid_wait", "wait",
+                     "long-polls (wait) are served by the sse service: GET /v1/messages?after=&wait= on its port"
+                     " (8081 by default); here wait must be 0");
+        bad = 1;
+    }
+    if (bad) {
+        account(a, req, R_LIST, err.status);
+        sl_http_send_error(req, &err, 0);
+        return 0;
+    }
+    if (sl_http_query(req, "before", &(h2o_iovec_t){0}) != 0) {
+        respond_error(a, req, R_LIST, 400, "invalid_cursor", "before",
+                      "give 'after' (oldest first) or 'before' (newest first), not both");
+        return 0;
+    }
+    struct read *r = start_read(a, req, R_LIST);
+    r->limit = p.limit;
+    r->after = p.after;
+    r->waiting = 1;
+    a->inflight++;
+    if ((r->query = sl_pull_query(a->pg, p.all, (const char(*)[SL_CHANNEL_MAX + 1])p.channel, 1, p.after, p.limit,
+                                  on_pull, r)) == NULL) {
+        read_finish(r);
+        respond_error(a, req, R_LIST, 503, "database_unavailable", NULL, "the database is unavailable");
+    }
+    return 0;
+}
+
 static int handle_list(sl_api_t *a, h2o_req_t *req)
 {
     long long limit = 50, before = INT64_MAX;
     int present;
     h2o_iovec_t channel;
     char limtext[24], beftext[24], msg[96];
+
+    if (sl_http_query(req, "after", &channel) != 0)
+        return handle_pull(a, req);
 
     if (sl_api_int_param(req, "limit", 1, a->conf.history_max, &limit, &present) != 0) {
         snprintf(msg, sizeof(msg), "'limit' must be an integer from 1 to %lld", a->conf.history_max);

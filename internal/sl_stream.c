@@ -47,6 +47,16 @@ int sl_stream_admit(sl_streams_t *s, h2o_req_t *req)
     return 0;
 }
 
+int sl_stream_req_gone(h2o_req_t *req)
+{
+    char b;
+    h2o_socket_t *sock = req->conn->callbacks->get_socket(req->conn);
+    if (sock == NULL)
+        return 0;
+    ssize_t r = recv(h2o_socket_get_fd(sock), &b, 1, MSG_PEEK | MSG_DONTWAIT);
+    return r == 0 || (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+}
+
 /* ---- the history caps ---------------------------------------------------------------------------- */
 
 socklen_t sl_stream_peer_key(h2o_conn_t *conn, unsigned char addr[16])
@@ -56,12 +66,54 @@ socklen_t sl_stream_peer_key(h2o_conn_t *conn, unsigned char addr[16])
     return l == 0 ? 0 : sl_http_addr_key(&ss, addr);
 }
 
-static struct histpeer *hist_peer(sl_streams_t *s, socklen_t len, const unsigned char *addr)
+static struct histpeer *peer_find(const struct sl_peercount *t, socklen_t len, const unsigned char *addr)
 {
-    for (size_t i = 0; i < s->npeers; i++)
-        if (s->peers[i].len == len && memcmp(s->peers[i].addr, addr, len) == 0)
-            return &s->peers[i];
+    for (size_t i = 0; i < t->npeers; i++)
+        if (t->peers[i].len == len && memcmp(t->peers[i].addr, addr, len) == 0)
+            return &t->peers[i];
     return NULL;
+}
+
+const char *sl_peercount_take(struct sl_peercount *t, socklen_t len, const unsigned char *addr, long long max_total,
+                              long long max_per_client)
+{
+    struct histpeer *p = len ? peer_find(t, len, addr) : NULL;
+    if ((long long)t->total >= max_total)
+        return "instance";
+    if (p != NULL && (long long)p->n >= max_per_client)
+        return "client";
+    if (len && p == NULL) {
+        if (t->npeers == t->cappeers) {
+            size_t cap = t->cappeers ? t->cappeers * 2 : 16;
+            struct histpeer *np = realloc(t->peers, cap * sizeof(*np));
+            if (np == NULL)
+                return "instance"; /* no memory: as busy as it gets */
+            t->peers = np;
+            t->cappeers = cap;
+        }
+        p = &t->peers[t->npeers++];
+        p->len = len;
+        memcpy(p->addr, addr, len);
+        p->n = 0;
+    }
+    if (p != NULL)
+        p->n++;
+    t->total++;
+    return NULL;
+}
+
+void sl_peercount_give(struct sl_peercount *t, socklen_t len, const unsigned char *addr)
+{
+    struct histpeer *p = len ? peer_find(t, len, addr) : NULL;
+    t->total--;
+    if (p != NULL && --p->n == 0)
+        *p = t->peers[--t->npeers];
+}
+
+void sl_peercount_free(struct sl_peercount *t)
+{
+    free(t->peers);
+    memset(t, 0, sizeof(*t));
 }
 
 const char *sl_stream_hist_acquire(sl_streams_t *s, struct histslot *slot, int64_t since, long long history,
@@ -69,35 +121,13 @@ const char *sl_stream_hist_acquire(sl_streams_t *s, struct histslot *slot, int64
 {
     if (since < 0 && history == 0)
         return NULL; /* reads nothing */
-    struct histpeer *p = len ? hist_peer(s, len, addr) : NULL;
-    const char *over = NULL;
-    if ((long long)s->stats.history_inflight >= s->conf.history_concurrency)
-        over = "instance";
-    else if (len && p != NULL && (long long)p->n >= s->conf.history_per_client)
-        over = "client";
-    if (over == NULL && len && p == NULL) {
-        if (s->npeers == s->cappeers) {
-            size_t cap = s->cappeers ? s->cappeers * 2 : 16;
-            struct histpeer *np = realloc(s->peers, cap * sizeof(*np));
-            if (np == NULL)
-                over = "instance"; /* no memory: as busy as it gets */
-            else
-                s->peers = np, s->cappeers = cap;
-        }
-        if (over == NULL) {
-            p = &s->peers[s->npeers++];
-            p->len = len;
-            memcpy(p->addr, addr, len);
-            p->n = 0;
-        }
-    }
+    const char *over =
+        sl_peercount_take(&s->hist, len, addr, s->conf.history_concurrency, s->conf.history_per_client);
     if (over != NULL) {
         s->stats.history_refused[*over == 'c' ? 1 : 0]++;
         return over;
     }
-    if (p != NULL)
-        p->n++;
-    s->stats.history_inflight++;
+    s->stats.history_inflight = s->hist.total;
     slot->held = 1;
     slot->len = len;
     memcpy(slot->addr, addr, len);
@@ -109,10 +139,8 @@ void sl_stream_hist_release(sl_streams_t *s, struct histslot *slot)
     if (!slot->held)
         return;
     slot->held = 0;
-    s->stats.history_inflight--;
-    struct histpeer *p = slot->len ? hist_peer(s, slot->len, slot->addr) : NULL;
-    if (p != NULL && --p->n == 0)
-        *p = s->peers[--s->npeers];
+    sl_peercount_give(&s->hist, slot->len, slot->addr);
+    s->stats.history_inflight = s->hist.total;
 }
 
 /* ---- the registry and the output accounting ------------------------------------------------------ */
@@ -654,6 +682,6 @@ void sl_streams_destroy(sl_streams_t *s)
         h2o_socket_close(s->tsock); /* closes tfd */
     }
     free(s->heap);
-    free(s->peers);
+    sl_peercount_free(&s->hist);
     free(s);
 }

@@ -62,13 +62,30 @@ struct stream_conn {
     int aborting;
 };
 
-/* One client's history reads in progress; the client is its sl_http_addr_key (an IPv4 address,
- * an IPv6 /64). */
+/* What one client holds of something capped per client; the client is its sl_http_addr_key (an
+ * IPv4 address, an IPv6 /64). */
 struct histpeer {
     socklen_t len;
     unsigned char addr[16];
     size_t n;
 };
+
+/* Something capped per instance and per client: the history reads (below), the pull waiters
+ * (sl_pull.c). A small table of the clients holding any. */
+struct sl_peercount {
+    struct histpeer *peers;
+    size_t npeers, cappeers;
+    size_t total; /* held by every client, those without a key included */
+};
+
+/* Takes one for the client at addr (len 0: unknown, counted in the total only). Returns NULL when
+ * taken; else what it is over, "instance" (total at max_total, or no memory) or "client" (the
+ * client at max_per_client), with nothing taken. */
+const char *sl_peercount_take(struct sl_peercount *t, socklen_t len, const unsigned char *addr, long long max_total,
+                              long long max_per_client);
+/* Gives back one that sl_peercount_take gave the same client. */
+void sl_peercount_give(struct sl_peercount *t, socklen_t len, const unsigned char *addr);
+void sl_peercount_free(struct sl_peercount *t);
 
 /* A history read's place under the caps (history_concurrency, history_per_client): taken before
  * the history starts, given back when the subscription goes live, fails, or its client leaves
@@ -110,8 +127,7 @@ struct sl_streams {
     h2o_timeout_t defer_timeout; /* SL_STREAM_HISTORY_DEFER_MS, for the streams' database reads */
     h2o_timeout_entry_t flush_entry, hb_entry;
     size_t queued_total;    /* the sum of every connection's queued_bytes */
-    struct histpeer *peers; /* addresses with a history read in progress (at most history_concurrency) */
-    size_t npeers, cappeers;
+    struct sl_peercount hist; /* history reads in progress (history_concurrency, history_per_client) */
     sl_stream_stats_t stats;
     sl_jwt_t *jwt;                  /* readers' tokens (NULL or disabled: ignored) */
     const sl_chanpolicy_t *policy;  /* the private channels (NULL: none) */
@@ -168,6 +184,11 @@ int sl_stream_refuse(h2o_req_t *req, int status, const char *code, const char *f
 /* Whether a new connection may open: under max_conns and with the hub and the database ready.
  * Returns 0, or answers 503 (too_many_connections, not_ready) itself and returns -1. */
 int sl_stream_admit(sl_streams_t *s, h2o_req_t *req);
+
+/* 1 when the client of req is seen to have left: h2o does not read an HTTP/1 connection while it
+ * answers (or streams) a request, so a client that left is otherwise noticed only when a write
+ * fails; this peeks at the socket for its end. */
+int sl_stream_req_gone(h2o_req_t *req);
 
 void sl_stream_conn_register(sl_streams_t *s, struct stream_conn *c, const struct sl_transport *tp);
 void sl_stream_conn_unregister(struct stream_conn *c);

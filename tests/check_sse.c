@@ -124,21 +124,7 @@ static void stop_extra(void)
 /* A series' value in the sse's /metrics ("name" or "name{labels}"), -1 when absent. */
 static double metric(int port, const char *series)
 {
-    char url[128];
-    tu_resp_t r;
-    double v = -1;
-    size_t len = strlen(series);
-    snprintf(url, sizeof(url), "http://127.0.0.1:%d/metrics", port);
-    if (tu_http("GET", url, NULL, NULL, NULL, 0, &r) == 0 && r.status == 200) {
-        for (char *line = r.body; line != NULL && *line; line = strchr(line, '\n') ? strchr(line, '\n') + 1 : NULL) {
-            if (strncmp(line, series, len) == 0 && line[len] == ' ') {
-                v = strtod(line + len + 1, NULL);
-                break;
-            }
-        }
-    }
-    tu_resp_free(&r);
-    return v;
+    return tu_metric(port, series);
 }
 
 /* metric() for a series that must be there: retried for 3 s while /metrics cannot answer (e.g. the

@@ -537,6 +537,34 @@ int tu_wait_status(const char *url, long want, int timeout_ms)
     return 0;
 }
 
+double tu_metric(int port, const char *series)
+{
+    char url[128];
+    tu_resp_t r;
+    double v = -1;
+    size_t len = strlen(series);
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/metrics", port);
+    if (tu_http("GET", url, NULL, NULL, NULL, 0, &r) == 0 && r.status == 200) {
+        for (char *line = r.body; line != NULL && *line; line = strchr(line, '\n') ? strchr(line, '\n') + 1 : NULL) {
+            if (strncmp(line, series, len) == 0 && line[len] == ' ') {
+                v = strtod(line + len + 1, NULL);
+                break;
+            }
+        }
+    }
+    tu_resp_free(&r);
+    return v;
+}
+
+int tu_wait_metric(int port, const char *series, double want, int timeout_ms)
+{
+    for (long long end = tu_now_ms() + timeout_ms; tu_now_ms() < end; tu_sleep_ms(50)) {
+        if (tu_metric(port, series) == want)
+            return 1;
+    }
+    return tu_metric(port, series) == want;
+}
+
 int tu_json_str(const char *json, const char *field, char *out, size_t size)
 {
     json_error_t e;

@@ -110,6 +110,12 @@ int tu_servers(const char *args);
 /* Wait until url answers want_status or timeout; returns 1 if it did. */
 int tu_wait_status(const char *url, long want_status, int timeout_ms);
 
+/* A series' value in the /metrics of the service on port ("name" or "name{labels}"), -1 when absent
+ * or when /metrics does not answer. */
+double tu_metric(int port, const char *series);
+/* Polls tu_metric every 50 ms until it equals want or timeout_ms passed; 1 if it did. */
+int tu_wait_metric(int port, const char *series, double want, int timeout_ms);
+
 /* String field of a JSON object text into out; 0 on success. */
 int tu_json_str(const char *json, const char *field, char *out, size_t size);
 
