@@ -19,6 +19,7 @@
 #include "sl_db.h"
 #include "sl_http.h"
 #include "sl_log.h"
+#include "sl_retention.h"
 #include "sl_stream_int.h"
 
 /* ---- parameters ------------------------------------------------------------------------------- */
@@ -68,26 +69,41 @@ int sl_pull_parse(h2o_req_t *req, long long limit_max, sl_pull_params_t *p, sl_e
 
 /* ---- the database read -------------------------------------------------------------------------- */
 
-/* The feed's bounds and, joined to them, the page: one row with NULL feed columns when the page is
- * empty, so that the bounds always come back, and of the same snapshot as the rows. */
+/* The feed's bounds (its last seq, and the retention's low-water mark of the channels) and, joined
+ * to them, the page: one row with NULL feed columns when the page is empty, so that the bounds
+ * always come back, and of the same snapshot as the rows: a message the retention job deleted
+ * before this snapshot has its mark raised in it (sl_retention.h), so a page never misses one
+ * silently. */
 #define COL_LAST (SL_DB_FEED_EVENT_COLUMN + 1)
-#define BOUNDS "(SELECT last_seq AS last FROM sluice_feed WHERE id = 1) AS b"
-static const char SQL_AFTER_ALL[] = "SELECT f.*, b.last FROM " BOUNDS " LEFT JOIN (" SL_DB_FEED_MESSAGES
-                                    " WHERE seq > $1 UNION ALL " SL_DB_FEED_EVENTS
+#define COL_LOW (SL_DB_FEED_EVENT_COLUMN + 2)
+#define BOUNDS(low) "(SELECT last_seq AS last, " low " AS low FROM sluice_feed WHERE id = 1) AS b"
+static const char SQL_AFTER_ALL[] = "SELECT f.*, b.last, b.low FROM " BOUNDS(SL_RETENTION_LOW_ALL) " LEFT JOIN ("
+                                    SL_DB_FEED_MESSAGES " WHERE seq > $1 UNION ALL " SL_DB_FEED_EVENTS
                                     " WHERE seq > $1 ORDER BY seq LIMIT $2) AS f ON true ORDER BY f.seq";
-static const char SQL_AFTER_IN[] = "SELECT f.*, b.last FROM " BOUNDS " LEFT JOIN (" SL_DB_FEED_MESSAGES
-                                   " WHERE seq > $1 AND channel = ANY($2::text[]) UNION ALL " SL_DB_FEED_EVENTS
-                                   " WHERE seq > $1 AND channel = ANY($2::text[]) ORDER BY seq LIMIT $3) AS f ON true"
-                                   " ORDER BY f.seq";
+static const char SQL_AFTER_IN[] = "SELECT f.*, b.last, b.low FROM " BOUNDS(SL_RETENTION_LOW_IN("$2")) " LEFT JOIN ("
+                                   SL_DB_FEED_MESSAGES " WHERE seq > $1 AND channel = ANY($2::text[]) UNION ALL "
+                                   SL_DB_FEED_EVENTS " WHERE seq > $1 AND channel = ANY($2::text[]) ORDER BY seq"
+                                   " LIMIT $3) AS f ON true ORDER BY f.seq";
+
+static const char SQL_AFTER_READABLE[] = "SELECT f.*, b.last, b.low FROM " BOUNDS(SL_RETENTION_LOW_ALL) " LEFT JOIN ("
+                                         SL_DB_FEED_MESSAGES " WHERE seq > $1" SL_PULL_SQL_READABLE("$3", "$4")
+                                         " UNION ALL " SL_DB_FEED_EVENTS " WHERE seq > $1"
+                                         SL_PULL_SQL_READABLE("$3", "$4") " ORDER BY seq LIMIT $2) AS f ON true"
+                                         " ORDER BY f.seq";
 
 sl_pgquery_t *sl_pull_query(sl_pgpool_t *pg, int all, const char (*channels)[SL_CHANNEL_MAX + 1], size_t n,
-                            int64_t after, long long limit, sl_pg_cb cb, void *data)
+                            const sl_pull_readable_t *readable, int64_t after, long long limit, sl_pg_cb cb,
+                            void *data)
 {
     char a[24], l[24];
     sl_buf_t arr = SL_BUF_INIT; /* a text[] literal; channel names need no quoting ([a-z0-9_-]) */
     sl_pgquery_t *q;
     snprintf(a, sizeof(a), "%lld", (long long)after);
     snprintf(l, sizeof(l), "%lld", limit);
+    if (readable != NULL) {
+        const char *p4[] = {a, l, readable->priv, readable->granted};
+        return sl_pgpool_query(pg, SQL_AFTER_READABLE, 4, p4, cb, data);
+    }
     if (all) {
         const char *p2[] = {a, l};
         return sl_pgpool_query(pg, SQL_AFTER_ALL, 2, p2, cb, data);
@@ -108,11 +124,21 @@ int sl_pull_rows(const PGresult *res)
     return n == 1 && PQgetisnull(res, 0, 1) ? 0 : n;
 }
 
+static int64_t bound(const PGresult *res, int col)
+{
+    if (PQntuples(res) < 1 || PQnfields(res) <= col || PQgetisnull(res, 0, col))
+        return 0;
+    return strtoll(PQgetvalue(res, 0, col), NULL, 10);
+}
+
 int64_t sl_pull_last(const PGresult *res)
 {
-    if (PQntuples(res) < 1 || PQnfields(res) <= COL_LAST || PQgetisnull(res, 0, COL_LAST))
-        return 0;
-    return strtoll(PQgetvalue(res, 0, COL_LAST), NULL, 10);
+    return bound(res, COL_LAST);
+}
+
+int64_t sl_pull_low(const PGresult *res)
+{
+    return bound(res, COL_LOW);
 }
 
 /* ---- the answer ----------------------------------------------------------------------------------- */
@@ -142,9 +168,13 @@ void sl_pull_page_end(sl_pull_page_t *pg, int64_t next, const char *reset, int64
 int64_t sl_pull_page_from_result(sl_pull_page_t *pg, const PGresult *res, int64_t after, long long limit,
                                  const char **reset)
 {
-    int64_t last = sl_pull_last(res), top = 0;
+    int64_t last = sl_pull_last(res), low = sl_pull_low(res), top = 0;
     int rows = sl_pull_rows(res);
     *reset = NULL;
+    if (after < low) { /* the retention job deleted messages after it: go on from what is kept */
+        *reset = "too_old";
+        return low;
+    }
     if (after > last) { /* a position this feed never had: another database's */
         *reset = "ahead";
         return last;
@@ -344,7 +374,12 @@ static void pull_read(struct pullreq *r, int64_t after)
 {
     sl_pull_t *p = r->pull;
     sl_streams_t *s = p->streams;
-    int64_t upto;
+    int64_t upto, low = sl_retention_view_low(s->retention, r->params.all,
+                                              (const char(*)[SL_CHANNEL_MAX + 1])r->params.channel, 1);
+    if (after < low) { /* (memory may still hold them: answer as the database would) */
+        settle(r, low, "too_old");
+        return;
+    }
     if (after <= sl_hub_position(s->hub) &&
         sl_hub_page(s->hub, &r->sub, after, r->params.limit, &upto, page_add, r)) {
         settle(r, upto, NULL);
@@ -360,8 +395,7 @@ static void pull_read(struct pullreq *r, int64_t after)
         refuse(r, 503, "history_busy", SL_STREAM_HISTORY_BUSY_MSG);
         return;
     }
-    r->query = sl_pull_query(s->pg, r->params.all, (const char(*)[SL_CHANNEL_MAX + 1])r->params.channel, 1, after,
-                             r->params.limit, on_db, r);
+    r->query = sl_stream_query_after(s, &r->sub, NULL, after, r->params.limit, on_db, r);
     if (r->query == NULL) {
         p->stats.failures++;
         refuse(r, 503, "database_unavailable", "the database is unavailable; retry shortly");

@@ -15,10 +15,12 @@
  *     empty page). Waiters are capped per instance and per client; a client that leaves while it
  *     waits is noticed within a second and its waiter freed.
  *
- * A position the feed cannot answer for is an explicit reset, never a silent gap: `after` past the
- * feed's last seq (a position of another database) answers {"reset":{"reason":"ahead",…}} with the
- * `next` to continue from. A pull has no replay bound of its own: each page is one read of at most
- * `limit` rows, so a client far behind pages forward.
+ * A position the feed cannot answer for is an explicit reset, never a silent gap: `after` below
+ * the retained range (the retention job deleted messages of its channels after it, sl_retention.h)
+ * answers {"reset":{"reason":"too_old",…}}, and `after` past the feed's last seq (a position of
+ * another database) {"reset":{"reason":"ahead",…}}, each with no messages and the `next` to
+ * continue from. A pull has no replay bound of its own: each page is one read of at most `limit`
+ * rows, so a client far behind pages forward.
  */
 #ifndef SL_PULL_H
 #define SL_PULL_H
@@ -52,15 +54,29 @@ typedef struct sl_pull_params {
  * field names the parameter). */
 int sl_pull_parse(h2o_req_t *req, long long limit_max, sl_pull_params_t *p, sl_error_t *err);
 
+/* A read of every channel by a reader while some channels are private (sl_chanpolicy): the private
+ * channels' patterns and the reader's, each a text[] literal of LIKE patterns; the rows of a
+ * channel that is private and not the reader's are left out. SL_PULL_SQL_READABLE is that
+ * condition on the channel column, its parameters named P and G. */
+typedef struct sl_pull_readable {
+    const char *priv, *granted;
+} sl_pull_readable_t;
+#define SL_PULL_SQL_READABLE(P, G) " AND (NOT channel LIKE ANY(" P "::text[]) OR channel LIKE ANY(" G "::text[]))"
+
 /* The feed after `after` in the database: messages and events of the channels (all, or
- * channels[0..n)), oldest first, at most limit rows, and the feed's last seq of the same
- * snapshot. NULL when the pool refuses (cb never runs). The streams' resume reads with it too. */
+ * channels[0..n); with readable, every channel the reader may read), oldest first, at most limit
+ * rows, and the feed's last seq and the retention's low-water mark of the channels (every
+ * channel's with readable) of the same snapshot. NULL when the pool refuses (cb never runs). The
+ * streams' resume reads with it too (sl_stream_query_after). */
 sl_pgquery_t *sl_pull_query(sl_pgpool_t *pg, int all, const char (*channels)[SL_CHANNEL_MAX + 1], size_t n,
-                            int64_t after, long long limit, sl_pg_cb cb, void *data);
+                            const sl_pull_readable_t *readable, int64_t after, long long limit, sl_pg_cb cb,
+                            void *data);
 /* Of a sl_pull_query answer: its feed rows (not counting the row that carries only the feed's
- * bounds when there is none), and the feed's last seq then. */
+ * bounds when there is none), the feed's last seq then, and the retention's low-water mark of the
+ * channels then (0: none of their messages was deleted; sl_retention.h). */
 int sl_pull_rows(const PGresult *res);
 int64_t sl_pull_last(const PGresult *res);
+int64_t sl_pull_low(const PGresult *res);
 
 /* An answer being built: {"messages":[…],"next":"<seq>"} and, for a reset, "reset":{…}. */
 typedef struct sl_pull_page {
@@ -77,8 +93,9 @@ void sl_pull_page_add(sl_pull_page_t *pg, const sl_event_t *ev);
 void sl_pull_page_end(sl_pull_page_t *pg, int64_t next, const char *reset, int64_t since);
 /* Reads a sl_pull_query answer of a pull after `after` into pg. Returns the position the page
  * answers for (the `next`: the last row's seq when the page is full, else the feed's last seq
- * then, never below after) and sets *reset to NULL, or to the reason ("ahead") of a reset, with
- * nothing added and the next to continue from. */
+ * then, never below after) and sets *reset to NULL, or to the reason of a reset ("too_old": after
+ * is below the low-water mark, the next is the mark; "ahead": after is past the last seq, the next
+ * is the last seq), with nothing added. */
 int64_t sl_pull_page_from_result(sl_pull_page_t *pg, const PGresult *res, int64_t after, long long limit,
                                  const char **reset);
 

@@ -23,18 +23,20 @@
 #include "sl_metrics.h"
 #include "sl_pgpool.h"
 #include "sl_pull.h"
+#include "sl_retention.h"
 #include "sl_time.h"
 #include "sl_webpage.h"
 
 struct sl_sse {
     sl_sse_conf_t conf;
     sl_pgpool_t *pg;     /* streams' histories */
-    sl_pgpool_t *hub_pg; /* the hub's position and gap backfills: never behind a history */
+    sl_pgpool_t *hub_pg; /* the hub's position and gap backfills, the retention's marks: never behind a history */
     sl_hub_t *hub;
     sl_livefeed_t *feed;
     sl_presence_t *presence;
     sl_streams_t *streams;
     sl_pull_t *pull; /* GET /v1/messages?after= (long-polls) */
+    sl_retention_view_t *retention; /* the low-water marks, for resumes and pulls from memory */
     char conn_name[96];
 };
 
@@ -113,6 +115,7 @@ sl_sse_t *sl_sse_create(h2o_loop_t *loop, const sl_sse_conf_t *conf)
         (s->hub = sl_hub_create(loop, s->hub_pg, (int)conf->check_ms, 200000, (size_t)conf->recent,
                                   (size_t)conf->seam_max)) == NULL ||
         (s->streams = sl_streams_create(loop, s->hub, s->pg, s->presence, &conf->stream)) == NULL ||
+        (s->retention = sl_retention_view_create(loop, s->hub_pg, (int)conf->check_ms)) == NULL ||
         (s->pull = sl_pull_create(loop, s->streams, &conf->pull)) == NULL ||
         (s->feed = sl_livefeed_create(loop, conf->amqp_url, conf->live_exchange, conf->presence_exchange,
                                       s->conn_name, conf->live_backlog, &live_handlers, s)) == NULL) {
@@ -124,6 +127,7 @@ sl_sse_t *sl_sse_create(h2o_loop_t *loop, const sl_sse_conf_t *conf)
         s->conf.channel_filter = sl_streams_channel_visible;
         s->conf.channel_filter_data = s->streams;
     }
+    sl_streams_set_retention(s->streams, s->retention);
     return s;
 }
 
@@ -437,6 +441,10 @@ static void render_pull_metrics(sl_sse_t *s, sl_buf_t *b)
     sl_metrics_sample(b, "sluice_sse_pull_departed_total", "", (double)ps->departed);
     sl_metrics_header(b, "sluice_sse_pull_failures_total", "counter", "Pulls whose database read failed (503).");
     sl_metrics_sample(b, "sluice_sse_pull_failures_total", "", (double)ps->failures);
+    sl_metrics_header(b, "sluice_sse_retention_low_seq", "gauge",
+                      "The highest retention low-water mark this instance read (0: nothing deleted); resumes and"
+                      " pulls below a channel's mark answer reset.");
+    sl_metrics_sample(b, "sluice_sse_retention_low_seq", "", (double)sl_retention_view_low(s->retention, 1, NULL, 0));
 }
 
 static int handle_metrics(sl_sse_t *s, h2o_req_t *req)
@@ -486,7 +494,7 @@ static int handle_metrics(sl_sse_t *s, h2o_req_t *req)
     sl_metrics_sample(&b, "sluice_sse_history_refused_total", "reason=\"instance\"", (double)st->history_refused[0]);
     sl_metrics_sample(&b, "sluice_sse_history_refused_total", "reason=\"client\"", (double)st->history_refused[1]);
     sl_metrics_header(&b, "sluice_sse_db_pending_queries", "gauge",
-                      "Database queries queued or running, by pool (streams: histories; hub: position and backfill).");
+                      "Database queries queued or running, by pool (streams: histories, pulls; hub: position, backfill, retention marks).");
     sl_metrics_sample(&b, "sluice_sse_db_pending_queries", "pool=\"streams\"", (double)sl_pgpool_pending(s->pg));
     sl_metrics_sample(&b, "sluice_sse_db_pending_queries", "pool=\"hub\"", (double)sl_pgpool_pending(s->hub_pg));
     sl_metrics_header(&b, "sluice_sse_seam_buffered_events", "gauge",
@@ -726,6 +734,7 @@ void sl_sse_destroy(sl_sse_t *s)
     s->feed = NULL;
     sl_pull_destroy(s->pull);
     sl_streams_destroy(s->streams);
+    sl_retention_view_destroy(s->retention);
     sl_hub_destroy(s->hub);
     sl_pgpool_destroy(s->hub_pg);
     sl_pgpool_destroy(s->pg);

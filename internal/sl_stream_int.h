@@ -128,6 +128,7 @@ struct sl_streams {
     h2o_timeout_entry_t flush_entry, hb_entry;
     size_t queued_total;    /* the sum of every connection's queued_bytes */
     struct sl_peercount hist; /* history reads in progress (history_concurrency, history_per_client) */
+    const struct sl_retention_view *retention; /* the low-water marks, for resumes from memory; may be NULL */
     sl_stream_stats_t stats;
     sl_jwt_t *jwt;                  /* readers' tokens (NULL or disabled: ignored) */
     const sl_chanpolicy_t *policy;  /* the private channels (NULL: none) */
@@ -215,8 +216,9 @@ void sl_stream_hist_release(sl_streams_t *s, struct histslot *slot);
 extern const char SL_STREAM_HISTORY_BUSY_MSG[];
 
 /* History from the hub's memory: as sl_hub_replay with replay_max. Returns 1 when memory reached
- * back far enough (rows emitted, or *too_many: more than replay_max to resume, nothing emitted),
- * else 0 (read the database). */
+ * back far enough (rows emitted, or *too_many: more than replay_max to resume, or since below the
+ * retention's low-water mark as the view last read it; nothing emitted), else 0 (read the
+ * database). */
 int sl_stream_replay(sl_streams_t *s, sl_sub_t *sub, int64_t since, long long history, int *too_many,
                      void (*row)(void *, sl_event_t *), void *data);
 /* What a replay from memory covered: the hub's position, or sub's cursor if past it. */
@@ -230,7 +232,13 @@ sl_pgquery_t *sl_stream_query_history(sl_streams_t *s, const sl_sub_t *sub, int6
  * channels r may read (the database leaves the others out, so that `history` counts them right). */
 sl_pgquery_t *sl_stream_query_history_as(sl_streams_t *s, const sl_sub_t *sub, const struct reader *r,
                                          int64_t since, long long history, sl_pg_cb cb, void *data);
-/* 1 when a resume read (since >= 0) found more than replay_max rows: answer "reset" instead. */
+/* The feed after `after` as sl_pull_query reads it (with its bounds: last seq, low-water mark) for
+ * sub (of every channel while some are private: only what r may read; r may be NULL: no token),
+ * at most limit rows. The resume reads of sl_stream_query_history_as and sse's pulls. */
+sl_pgquery_t *sl_stream_query_after(sl_streams_t *s, const sl_sub_t *sub, const struct reader *r, int64_t after,
+                                    long long limit, sl_pg_cb cb, void *data);
+/* 1 when a resume read (since >= 0) found more than replay_max rows, or since is below the
+ * retention's low-water mark of its channels in the same read: answer "reset" instead. */
 int sl_stream_too_many(const sl_streams_t *s, int64_t since, const PGresult *res);
 /* Calls fn for each row as an event, in seq order (history comes newest first: ascending 0). */
 void sl_stream_for_each_row(const PGresult *res, int ascending, void (*fn)(void *, sl_event_t *), void *data);

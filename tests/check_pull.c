@@ -21,6 +21,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "sl_pullclient.h"
 #include "sl_testnet.h"
 #include "sl_testsuite.h"
 #include "sl_testutil.h"
@@ -29,99 +30,20 @@ static tu_stack_t S;
 
 /* ---- one pull ------------------------------------------------------------------------------------ */
 
-typedef struct page {
-    long status;
-    long long next;         /* -1 when absent */
-    char reset[16];         /* the reset's reason, "" when none */
-    long long reset_since;
-    size_t n;               /* items */
-    long long *seqs;
-    char (*ids)[37];        /* each message's id ("" for an update or delete event) */
-    char (*texts)[64];      /* and the start of its text */
-    char code[48], field[32]; /* of an error */
-    char retry_after[16];
-    double seconds;
-} page_t;
-
-static void page_free(page_t *pg)
+static void pull_ok(const char *base, const char *query, tu_page_t *pg)
 {
-    free(pg->seqs);
-    free(pg->ids);
-    free(pg->texts);
-    memset(pg, 0, sizeof(*pg));
-}
-
-/* GET base/v1/messages?query into *pg. Returns 0 when an HTTP answer came whose body parses (a
- * page or an error), else -1. Thread-safe; asserts nothing. */
-static int pull(const char *base, const char *query, page_t *pg)
-{
-    char url[512];
-    tu_resp_t r;
-    json_error_t e;
-    memset(pg, 0, sizeof(*pg));
-    pg->next = -1;
-    snprintf(url, sizeof(url), "%s/v1/messages?%s", base, query);
-    if (tu_http("GET", url, NULL, NULL, NULL, 0, &r) != 0) {
-        tu_resp_free(&r);
-        return -1;
-    }
-    pg->status = r.status;
-    pg->seconds = r.seconds;
-    snprintf(pg->retry_after, sizeof(pg->retry_after), "%s", r.retry_after);
-    json_t *root = json_loads(r.body, 0, &e), *v;
-    tu_resp_free(&r);
-    if (!json_is_object(root)) {
-        json_decref(root);
-        return -1;
-    }
-    if ((v = json_object_get(root, "error")) != NULL) {
-        snprintf(pg->code, sizeof(pg->code), "%s", json_string_value(json_object_get(v, "code")));
-        const char *f = json_string_value(json_object_get(v, "field"));
-        snprintf(pg->field, sizeof(pg->field), "%s", f != NULL ? f : "");
-        json_decref(root);
-        return 0;
-    }
-    json_t *msgs = json_object_get(root, "messages");
-    const char *next = json_string_value(json_object_get(root, "next"));
-    if (!json_is_array(msgs) || next == NULL) {
-        json_decref(root);
-        return -1;
-    }
-    pg->next = strtoll(next, NULL, 10);
-    if ((v = json_object_get(root, "reset")) != NULL) {
-        snprintf(pg->reset, sizeof(pg->reset), "%s", json_string_value(json_object_get(v, "reason")));
-        pg->reset_since = json_integer_value(json_object_get(v, "since"));
-    }
-    pg->n = json_array_size(msgs);
-    pg->seqs = calloc(pg->n + 1, sizeof(*pg->seqs));
-    pg->ids = calloc(pg->n + 1, sizeof(*pg->ids));
-    pg->texts = calloc(pg->n + 1, sizeof(*pg->texts));
-    for (size_t i = 0; i < pg->n && pg->seqs != NULL && pg->ids != NULL && pg->texts != NULL; i++) {
-        json_t *m = json_array_get(msgs, i);
-        const char *id = json_string_value(json_object_get(m, "id")), *text = json_string_value(json_object_get(m, "text"));
-        pg->seqs[i] = json_integer_value(json_object_get(m, "seq"));
-        if (json_object_get(m, "type") == NULL && id != NULL)
-            snprintf(pg->ids[i], sizeof(pg->ids[i]), "%s", id);
-        snprintf(pg->texts[i], sizeof(pg->texts[i]), "%s", text != NULL ? text : "");
-    }
-    json_decref(root);
-    return pg->seqs != NULL && pg->ids != NULL && pg->texts != NULL ? 0 : -1;
-}
-
-static void pull_ok(const char *base, const char *query, page_t *pg)
-{
-    ck_assert_msg(pull(base, query, pg) == 0, "GET %s/v1/messages?%s: no answer", base, query);
+    ck_assert_msg(tu_pull(base, query, pg) == 0, "GET %s/v1/messages?%s: no answer", base, query);
     ck_assert_msg(pg->status == 200, "GET %s/v1/messages?%s answered %ld %s", base, query, pg->status, pg->code);
 }
 
 static void expect_error(const char *base, const char *query, long status, const char *code, const char *field)
 {
-    page_t pg;
-    ck_assert_msg(pull(base, query, &pg) == 0, "GET ?%s: no JSON answer", query);
+    tu_page_t pg;
+    ck_assert_msg(tu_pull(base, query, &pg) == 0, "GET ?%s: no JSON answer", query);
     ck_assert_msg(pg.status == status && strcmp(pg.code, code) == 0 && strcmp(pg.field, field) == 0,
                   "GET %s ?%s: want %ld %s (field %s), got %ld %s (field %s)", base, query, status, code, field,
                   pg.status, pg.code, pg.field);
-    page_free(&pg);
+    tu_page_free(&pg);
 }
 
 /* "http://127.0.0.1:port" followed by path ("" for the base), in a buffer of the calling thread. */
@@ -215,16 +137,16 @@ static void *puller_main(void *arg)
             snprintf(p->bad, sizeof(p->bad), "still at after=%lld when time was up (stop at %lld)", after, stop);
             break;
         }
-        page_t pg;
+        tu_page_t pg;
         snprintf(query, sizeof(query), "after=%lld%s", after, p->extra);
-        if (pull(p->base, query, &pg) != 0 || (pg.status != 200 && pg.status != 503)) {
+        if (tu_pull(p->base, query, &pg) != 0 || (pg.status != 200 && pg.status != 503)) {
             snprintf(p->bad, sizeof(p->bad), "?%s answered %ld %s", query, pg.status, pg.code);
-            page_free(&pg);
+            tu_page_free(&pg);
             break;
         }
         if (pg.status == 503) { /* a cap: come back (counted) */
             p->busy++;
-            page_free(&pg);
+            tu_page_free(&pg);
             tu_sleep_ms(50);
             continue;
         }
@@ -232,7 +154,7 @@ static void *puller_main(void *arg)
         p->max_seconds = pg.seconds > p->max_seconds ? pg.seconds : p->max_seconds;
         if (pg.reset[0] != '\0') {
             snprintf(p->bad, sizeof(p->bad), "?%s answered a reset (%s)", query, pg.reset);
-            page_free(&pg);
+            tu_page_free(&pg);
             break;
         }
         long long prev = p->n > 0 ? p->seqs[p->n - 1] : after;
@@ -256,7 +178,7 @@ static void *puller_main(void *arg)
         p->empty += pg.n == 0;
         if (pg.n == 0 && p->pause_empty_ms > 0)
             tu_sleep_ms(p->pause_empty_ms);
-        page_free(&pg);
+        tu_page_free(&pg);
         if (p->bad[0] != '\0')
             break;
     }
@@ -402,7 +324,7 @@ END_TEST
 
 struct waiter {
     char query[160];
-    page_t pg;
+    tu_page_t pg;
     long long answered_ms;
     int rc;
     pthread_t th;
@@ -411,7 +333,7 @@ struct waiter {
 static void *waiter_main(void *arg)
 {
     struct waiter *w = arg;
-    w->rc = pull(sse_url(S.sse_port, ""), w->query, &w->pg);
+    w->rc = tu_pull(sse_url(S.sse_port, ""), w->query, &w->pg);
     w->answered_ms = tu_now_ms();
     return NULL;
 }
@@ -430,11 +352,11 @@ START_TEST(test_pull_wait_wakes_and_times_out)
 {
     start_stack("pull_wait", NULL);
     PGconn *db = tu_db(&S);
-    page_t pg;
+    tu_page_t pg;
     char q[160];
     pull_ok(sse_url(S.sse_port, ""), "after=0", &pg);
     long long next = pg.next;
-    page_free(&pg);
+    tu_page_free(&pg);
 
     enum { ROUNDS = 20 };
     long long lat[ROUNDS], total[ROUNDS];
@@ -459,7 +381,7 @@ START_TEST(test_pull_wait_wakes_and_times_out)
         lat[i] = w.answered_ms - t202;
         total[i] = w.answered_ms - t0;
         next = w.pg.next;
-        page_free(&w.pg);
+        tu_page_free(&w.pg);
     }
     qsort(lat, ROUNDS, sizeof(lat[0]), cmp_ll);
     qsort(total, ROUNDS, sizeof(total[0]), cmp_ll);
@@ -475,7 +397,7 @@ START_TEST(test_pull_wait_wakes_and_times_out)
     ck_assert_int_eq(pg.next, next);
     ck_assert_str_eq(pg.reset, "");
     ck_assert_double_ge(pg.seconds, 0.9);
-    page_free(&pg);
+    tu_page_free(&pg);
 
     /* only other channels move: still empty, and next moves past them */
     struct waiter w;
@@ -492,14 +414,14 @@ START_TEST(test_pull_wait_wakes_and_times_out)
     ck_assert_double_ge(w.pg.seconds, 1.9);
     ck_assert_int_eq(w.pg.next, last_seq(db));
     ck_assert_int_gt(w.pg.next, next);
-    page_free(&w.pg);
+    tu_page_free(&w.pg);
 
     /* a page there already: at once, wait or not */
     snprintf(q, sizeof(q), "after=%lld&wait=10", next);
     pull_ok(sse_url(S.sse_port, ""), q, &pg);
     ck_assert_int_eq(pg.n, 2);
     ck_assert_double_lt(pg.seconds, 5);
-    page_free(&pg);
+    tu_page_free(&pg);
     ck_assert_double_ge(tu_metric(S.sse_port, "sluice_sse_pull_answers_total{how=\"timed_out\"}"), 2);
     PQfinish(db);
     tu_stack_cleanup(&S);
@@ -540,17 +462,17 @@ START_TEST(test_pull_bad_params_and_ahead)
     long long last = last_seq(db);
     ck_assert(tu_wait_metric(S.sse_port, "sluice_sse_position", (double)last, 10000));
     for (int b = 0; b < 2; b++) {
-        page_t pg;
+        tu_page_t pg;
         pull_ok(bases[b], "after=0&wait=0", &pg);
         ck_assert_int_eq(pg.n, 2);
         ck_assert_int_eq(pg.next, last);
-        page_free(&pg);
+        tu_page_free(&pg);
         pull_ok(bases[b], "after=1000000&channel=general", &pg);
         ck_assert_str_eq(pg.reset, "ahead");
         ck_assert_int_eq(pg.reset_since, 1000000);
         ck_assert_int_eq(pg.n, 0);
         ck_assert_int_eq(pg.next, last);
-        page_free(&pg);
+        tu_page_free(&pg);
     }
     PQfinish(db);
     tu_stack_cleanup(&S);
@@ -615,14 +537,14 @@ START_TEST(test_pull_waiters_are_freed_and_capped)
     close(b);
     int c = raw_request("127.0.0.2", port, "/v1/messages?after=0&wait=30"); /* another client */
     ck_assert(tu_wait_metric(port, "sluice_sse_pull_waiters", 2, 5000));
-    page_t pg;
-    pull(sse_url(port, ""), "after=0&wait=30", &pg); /* the instance is full */
+    tu_page_t pg;
+    tu_pull(sse_url(port, ""), "after=0&wait=30", &pg); /* the instance is full */
     ck_assert_int_eq(pg.status, 503);
     ck_assert_str_eq(pg.code, "too_many_waiters");
     ck_assert_str_ne(pg.retry_after, "");
-    page_free(&pg);
+    tu_page_free(&pg);
     pull_ok(sse_url(port, ""), "after=0", &pg); /* a pull without wait needs no place */
-    page_free(&pg);
+    tu_page_free(&pg);
     ck_assert_double_eq(tu_metric(port, "sluice_sse_pull_refused_total{reason=\"client\"}"), 1);
     ck_assert_double_eq(tu_metric(port, "sluice_sse_pull_refused_total{reason=\"instance\"}"), 1);
 

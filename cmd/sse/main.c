@@ -62,7 +62,7 @@ int main(int argc, char **argv)
         {"db-query-timeout-ms", "SLUICE_DB_QUERY_TIMEOUT_MS", SL_OPT_INT, &conf.db_query_timeout_ms, "10000", 100,
          3600000, "deadline of a query, from asking to answer (the session's statement_timeout is 90% of it)"},
         {"check-ms", "SLUICE_SSE_CHECK_MS", SL_OPT_INT, &conf.check_ms, "1000", 10, 600000,
-         "how often to compare the live position with the database"},
+         "how often to compare the live position with the database (and to read the retention's low-water marks)"},
         {"live-backlog", "SLUICE_SSE_LIVE_BACKLOG", SL_OPT_INT, &conf.live_backlog, "100000", 1, 1e9,
          "cap of this instance's live queue in messages, one per committed batch (oldest dropped, then "
          "backfilled; 64 MiB at most)"},
