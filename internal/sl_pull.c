@@ -225,6 +225,9 @@ struct pullreq {
     sl_pgquery_t *query;
     sl_pull_page_t page;
     h2o_timeout_entry_t wait_entry, due_entry;
+    h2o_timeout_entry_t defer_entry; /* the database read waits SL_STREAM_HISTORY_DEFER_MS, as a stream's */
+    int deferred;
+    int64_t defer_after;
 };
 
 /* Lets go of everything the request holds but its page; it is no longer in progress. */
@@ -249,6 +252,8 @@ static void detach(struct pullreq *r)
         h2o_timeout_unlink(&r->wait_entry);
     if (h2o_timeout_is_linked(&r->due_entry))
         h2o_timeout_unlink(&r->due_entry);
+    if (h2o_timeout_is_linked(&r->defer_entry))
+        h2o_timeout_unlink(&r->defer_entry);
     h2o_linklist_unlink(&r->link);
     r->pull = NULL;
 }
@@ -324,6 +329,17 @@ static void page_add(void *data, sl_event_t *ev)
 
 static void pull_read(struct pullreq *r, int64_t after);
 
+static void on_defer(h2o_timeout_entry_t *entry)
+{
+    struct pullreq *r = H2O_STRUCT_FROM_MEMBER(struct pullreq, defer_entry, entry);
+    if (sl_stream_req_gone(r->req)) {
+        r->pull->stats.departed++;
+        answer(r, r->covered, NULL); /* into the void: h2o closes the connection */
+        return;
+    }
+    pull_read(r, r->defer_after);
+}
+
 /* The read is done, its page answers up to next: answer now, or (a long-poll that found nothing)
  * go live after next and wait. */
 static void settle(struct pullreq *r, int64_t next, const char *reset)
@@ -389,6 +405,12 @@ static void pull_read(struct pullreq *r, int64_t after)
         answer(r, after, NULL);
         return;
     }
+    if (!r->deferred) { /* a client that sent its request and left (connect-and-drop) reads nothing */
+        r->deferred = 1;
+        r->defer_after = after;
+        h2o_timeout_link(p->loop, &s->defer_timeout, &r->defer_entry);
+        return;
+    }
     const char *over = sl_stream_hist_acquire(s, &r->slot, after, 0, r->peer_len, r->peer);
     if (over != NULL) {
         SL_DEBUG("event=history_refused transport=pull cap=%s", over);
@@ -426,6 +448,7 @@ int sl_pull_handle(sl_pull_t *p, h2o_req_t *req)
     r->sub.owner = r;
     r->wait_entry.cb = on_wait_over;
     r->due_entry.cb = on_due;
+    r->defer_entry.cb = on_defer;
     r->peer_len = sl_stream_peer_key(req->conn, r->peer);
     sl_pull_page_init(&r->page);
     h2o_linklist_insert(&p->reqs, &r->link);

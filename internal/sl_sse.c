@@ -437,7 +437,8 @@ static void render_pull_metrics(sl_sse_t *s, sl_buf_t *b)
     sl_metrics_header(b, "sluice_sse_pull_refused_total", "counter", "Long-polls refused with too_many_waiters, by the cap they met.");
     sl_metrics_sample(b, "sluice_sse_pull_refused_total", "reason=\"instance\"", (double)ps->refused[0]);
     sl_metrics_sample(b, "sluice_sse_pull_refused_total", "reason=\"client\"", (double)ps->refused[1]);
-    sl_metrics_header(b, "sluice_sse_pull_departed_total", "counter", "Long-polls whose client left while they waited (waiter freed).");
+    sl_metrics_header(b, "sluice_sse_pull_departed_total", "counter",
+                      "Pulls whose client left while they waited, or before their database read (freed; nothing read).");
     sl_metrics_sample(b, "sluice_sse_pull_departed_total", "", (double)ps->departed);
     sl_metrics_header(b, "sluice_sse_pull_failures_total", "counter", "Pulls whose database read failed (503).");
     sl_metrics_sample(b, "sluice_sse_pull_failures_total", "", (double)ps->failures);

@@ -566,6 +566,35 @@ START_TEST(test_pull_waiters_are_freed_and_capped)
 }
 END_TEST
 
+/* Connect-and-drop: pulls whose client is gone before their database read (10 ms later, as a
+ * stream's history) read nothing; one that stays gets its page. */
+START_TEST(test_pull_connect_and_drop_reads_nothing)
+{
+    enum { DROPS = 100 };
+    const char *const env[] = {"SLUICE_SSE_RECENT=0", NULL};
+    start_stack("pull_drops", env);
+    post_one("general", "one");
+    PGconn *db = tu_db(&S);
+    ck_assert_int_eq(tu_wait_rows(db, 1, 10000), 1);
+    ck_assert(tu_wait_metric(S.sse_port, "sluice_sse_position", 1, 10000));
+    double reads0 = tu_metric(S.sse_port, "sluice_sse_pull_pages_total{source=\"database\"}");
+    for (int i = 0; i < DROPS; i++)
+        close(raw_request("127.0.0.1", S.sse_port, "/v1/messages?after=0"));
+    tu_sleep_ms(500);
+    double reads = tu_metric(S.sse_port, "sluice_sse_pull_pages_total{source=\"database\"}") - reads0;
+    double departed = tu_metric(S.sse_port, "sluice_sse_pull_departed_total");
+    printf("pull: %d connect-and-drop pulls: %.0f database reads, %.0f seen gone\n", DROPS, reads, departed);
+    ck_assert_msg(reads <= DROPS / 30, "%.0f of %d connect-and-drop pulls read the database", reads, DROPS);
+    tu_page_t pg;
+    pull_ok(sse_url(S.sse_port, ""), "after=0", &pg);
+    ck_assert_int_eq(pg.n, 1);
+    tu_page_free(&pg);
+    ck_assert_double_eq(tu_metric(S.sse_port, "sluice_sse_pull_pages_total{source=\"database\"}") - reads0, reads + 1);
+    PQfinish(db);
+    tu_stack_cleanup(&S);
+}
+END_TEST
+
 int main(void)
 {
     const tu_named_test_t tests[] = {
@@ -573,6 +602,7 @@ int main(void)
         {"wait", test_pull_wait_wakes_and_times_out},
         {"waiters", test_pull_waiters_are_freed_and_capped},
         {"load", test_pull_under_load_is_exact},
+        {"drops", test_pull_connect_and_drop_reads_nothing},
     };
     return tu_run_named("pull", tests, sizeof(tests) / sizeof(tests[0]), 240);
 }
