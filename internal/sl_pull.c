@@ -16,11 +16,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "sl_auth.h"
 #include "sl_db.h"
 #include "sl_http.h"
 #include "sl_log.h"
 #include "sl_retention.h"
 #include "sl_stream_int.h"
+#include "sl_time.h"
 
 /* ---- parameters ------------------------------------------------------------------------------- */
 
@@ -228,6 +230,8 @@ struct pullreq {
     h2o_timeout_entry_t defer_entry; /* the database read waits SL_STREAM_HISTORY_DEFER_MS, as a stream's */
     int deferred;
     int64_t defer_after;
+    struct reader rd;        /* its token (sl_stream_reader_token): what it may read of private channels */
+    int has_rd;
 };
 
 /* Lets go of everything the request holds but its page; it is no longer in progress. */
@@ -258,10 +262,18 @@ static void detach(struct pullreq *r)
     r->pull = NULL;
 }
 
+static void reader_free(struct pullreq *r)
+{
+    if (r->has_rd)
+        sl_stream_reader_free(&r->rd);
+    r->has_rd = 0;
+}
+
 static void dispose(void *data)
 {
     struct pullreq *r = data;
     detach(r);
+    reader_free(r);
     sl_buf_free(&r->page.buf);
 }
 
@@ -417,11 +429,52 @@ static void pull_read(struct pullreq *r, int64_t after)
         refuse(r, 503, "history_busy", SL_STREAM_HISTORY_BUSY_MSG);
         return;
     }
-    r->query = sl_stream_query_after(s, &r->sub, NULL, after, r->params.limit, on_db, r);
+    r->query = sl_stream_query_after(s, &r->sub, &r->rd, after, r->params.limit, on_db, r);
     if (r->query == NULL) {
         p->stats.failures++;
         refuse(r, 503, "database_unavailable", "the database is unavailable; retry shortly");
     }
+}
+
+/* A pull of every channel while some are private: what its reader may read, nothing else. */
+static int pull_filter(const sl_sub_t *sub, const char *channel)
+{
+    const struct pullreq *r = sub->owner;
+    return sl_stream_readable(r->pull->streams, &r->rd, channel);
+}
+
+/* Its token (Authorization: Bearer, else ?token=), as a stream's: a bad one is 401, a private
+ * channel it does not cover 401 token_required / 403 channel_forbidden. Returns 0, or -1 with the
+ * request answered. */
+static int pull_reader(struct pullreq *r)
+{
+    sl_streams_t *s = r->pull->streams;
+    size_t len = 0;
+    const char *t = sl_stream_request_token(r->req, &len);
+    sl_jwt_result_t jr = sl_stream_reader_token(s, "pull", t, len, &r->rd);
+    if (jr != SL_JWT_OK) {
+        detach(r);
+        sl_auth_refuse_jwt(r->req, jr);
+        return -1;
+    }
+    r->has_rd = 1;
+    if (!r->params.all) {
+        sl_chan_read_t a = sl_stream_reader_may_read(s, "pull", &r->rd, r->params.channel[0]);
+        if (a != SL_CHAN_READ_OK) {
+            detach(r);
+            sl_auth_refuse_read(r->req, a, "channel", r->params.channel[0]);
+            return -1;
+        }
+    } else if (sl_stream_filters_all(s)) {
+        r->sub.filter = pull_filter;
+    }
+    /* a long-poll ends with its token: it waits no longer than the token is valid */
+    if (r->rd.has_token && r->params.wait_s > 0) {
+        int64_t left = r->rd.until - sl_time_now_us() / 1000000;
+        if (left < r->params.wait_s)
+            r->params.wait_s = left > 1 ? left : 1;
+    }
+    return 0;
 }
 
 int sl_pull_handle(sl_pull_t *p, h2o_req_t *req)
@@ -452,7 +505,9 @@ int sl_pull_handle(sl_pull_t *p, h2o_req_t *req)
     r->peer_len = sl_stream_peer_key(req->conn, r->peer);
     sl_pull_page_init(&r->page);
     h2o_linklist_insert(&p->reqs, &r->link);
-    if (prm.wait_s > 0) {
+    if (pull_reader(r) != 0)
+        return 0;
+    if (r->params.wait_s > 0) {
         const char *over =
             sl_peercount_take(&p->waiters, r->peer_len, r->peer, p->conf.max_waiters, p->conf.waiters_per_client);
         if (over != NULL) {

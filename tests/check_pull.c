@@ -19,9 +19,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "sl_pullclient.h"
+#include "sl_testjwt.h"
 #include "sl_testnet.h"
 #include "sl_testsuite.h"
 #include "sl_testutil.h"
@@ -595,6 +597,95 @@ START_TEST(test_pull_connect_and_drop_reads_nothing)
 }
 END_TEST
 
+#define SECRET "a-shared-secret-for-jwt-readers-0123456789"
+
+/* ?token= of an HS256 token for sub with channels (a JSON array's text), valid an hour. */
+static void token_query(char *buf, size_t size, const char *channels)
+{
+    char claims[256];
+    snprintf(claims, sizeof(claims), "{\"sub\":\"puller\",\"exp\":%lld,\"channels\":%s}", (long long)time(NULL) + 3600,
+             channels);
+    char *t = tu_jwt_hs256(SECRET, claims);
+    ck_assert_ptr_nonnull(t);
+    snprintf(buf, size, "&token=%s", t);
+    free(t);
+}
+
+/* The seqs of page pg that are in channel ch are those the database has of ch after `after`:
+ * counts them (by their text's prefix, "s" for staff, "g" for general). */
+static size_t count_prefix(const tu_page_t *pg, char prefix)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < pg->n; i++)
+        n += pg->texts[i][0] == prefix;
+    return n;
+}
+
+/* Private channels (SLUICE_PRIVATE_CHANNELS), as for streams: one needs a token covering it; a
+ * pull of every channel carries only what its token may read, from memory and from the database;
+ * a long-poll of every channel without a token is not woken by a private channel's message. */
+START_TEST(test_pull_private_channels)
+{
+    const char *const env[] = {"SLUICE_JWT_SECRET=" SECRET, "SLUICE_PRIVATE_CHANNELS=staff", NULL};
+    const char *const no_memory[] = {"SLUICE_JWT_SECRET=" SECRET, "SLUICE_PRIVATE_CHANNELS=staff", "SLUICE_SSE_RECENT=0",
+                                     NULL};
+    start_stack("pull_private", env);
+    int port2 = 0;
+    pid_t sse2 = tu_start_at(&S, "sse", &port2, no_memory);
+    wait_ready(port2);
+    post_one("general", "g1");
+    post_one("staff", "s1");
+    post_one("general", "g2");
+    PGconn *db = tu_db(&S);
+    ck_assert_int_eq(tu_wait_rows(db, 3, 10000), 3);
+    char staff_tok[600], other_tok[600], q[800];
+    token_query(staff_tok, sizeof(staff_tok), "[\"staff\"]");
+    token_query(other_tok, sizeof(other_tok), "[\"other\"]");
+    int ports[2] = {S.sse_port, port2};
+    for (int i = 0; i < 2; i++) {
+        char base[128];
+        tu_page_t pg;
+        snprintf(base, sizeof(base), "%s", sse_url(ports[i], ""));
+        ck_assert(tu_wait_metric(ports[i], "sluice_sse_position", 3, 10000));
+        expect_error(base, "after=0&channel=staff", 401, "token_required", "channel");
+        snprintf(q, sizeof(q), "after=0&channel=staff%s", other_tok);
+        expect_error(base, q, 403, "channel_forbidden", "channel");
+        ck_assert_int_eq(tu_pull(base, "after=0&token=not.a.jwt", &pg), 0);
+        ck_assert_int_eq(pg.status, 401);
+        tu_page_free(&pg);
+        snprintf(q, sizeof(q), "after=0&channel=staff%s", staff_tok);
+        pull_ok(base, q, &pg);
+        ck_assert_msg(pg.n == 1 && count_prefix(&pg, 's') == 1, "port %d: staff with its token: %zu", ports[i], pg.n);
+        tu_page_free(&pg);
+        pull_ok(base, "after=0", &pg); /* every channel, no token: not staff */
+        ck_assert_msg(pg.n == 2 && count_prefix(&pg, 'g') == 2, "port %d: every channel without a token: %zu items",
+                      ports[i], pg.n);
+        ck_assert_int_eq(pg.next, 3);
+        tu_page_free(&pg);
+        snprintf(q, sizeof(q), "after=0%s", staff_tok);
+        pull_ok(base, q, &pg); /* with the token: all three */
+        ck_assert_msg(pg.n == 3 && count_prefix(&pg, 's') == 1, "port %d: every channel with the token: %zu", ports[i],
+                      pg.n);
+        tu_page_free(&pg);
+    }
+    /* a long-poll of every channel without a token sleeps through staff's message */
+    struct waiter w;
+    memset(&w, 0, sizeof(w));
+    snprintf(w.query, sizeof(w.query), "after=3&wait=2");
+    ck_assert_int_eq(pthread_create(&w.th, NULL, waiter_main, &w), 0);
+    ck_assert(tu_wait_metric(S.sse_port, "sluice_sse_pull_waiters", 1, 5000));
+    post_one("staff", "s2");
+    pthread_join(w.th, NULL);
+    ck_assert_int_eq(w.rc, 0);
+    ck_assert_msg(w.pg.status == 200 && w.pg.n == 0 && w.pg.seconds >= 1.9, "woken by a private message: %zu items",
+                  w.pg.n);
+    tu_page_free(&w.pg);
+    PQfinish(db);
+    ck_assert_int_eq(tu_stop(&sse2, SIGTERM, 15000), 0);
+    tu_stack_cleanup(&S);
+}
+END_TEST
+
 int main(void)
 {
     const tu_named_test_t tests[] = {
@@ -603,6 +694,7 @@ int main(void)
         {"waiters", test_pull_waiters_are_freed_and_capped},
         {"load", test_pull_under_load_is_exact},
         {"drops", test_pull_connect_and_drop_reads_nothing},
+        {"private", test_pull_private_channels},
     };
     return tu_run_named("pull", tests, sizeof(tests) / sizeof(tests[0]), 240);
 }
