@@ -268,15 +268,7 @@ if ((CLUSTER)); then
     die "could not create database $BENCH_DB"
 else
   log "== servers ($SLUICE_STATE_DIR, amqp $SLUICE_AMQP_PORT, postgres $SLUICE_PG_PORT)"
-  if ! "$SERVERS" status >/dev/null 2>&1; then
-    servers_started=1
-    "$SERVERS" start | tee -a "$OUT/servers.log"
-  fi
-  eval "$("$SERVERS" env)"
-  export SLUICE_DB_URL=postgresql://postgres@127.0.0.1:$SLUICE_PG_PORT/$BENCH_DB
-  "$SERVERS" psql -d postgres -q -v ON_ERROR_STOP=1 \
-    -c "DROP DATABASE IF EXISTS $BENCH_DB WITH (FORCE)" -c "CREATE DATABASE $BENCH_DB" >>"$OUT/servers.log" 2>&1 ||
-    die "could not create database $BENCH_DB"
+  servers_with_db "$SERVERS" "$BENCH_DB" "$OUT/servers.log"
 fi
 "$BIN/sl_bench" reset >>"$OUT/servers.log" 2>&1 || true # a first run has nothing to delete
 

@@ -202,15 +202,7 @@ cmake --build "$BUILD_DIR" -j2 --target sluice-api sluice-persister sluice-sse s
   { tail -30 "$OUT/build.log"; die "build failed"; }
 
 log "== servers ($SLUICE_STATE_DIR, amqp $SLUICE_AMQP_PORT, postgres $SLUICE_PG_PORT)"
-if ! "$SERVERS" status >/dev/null 2>&1; then
-  servers_started=1
-  "$SERVERS" start | tee -a "$OUT/servers.log"
-fi
-eval "$("$SERVERS" env)"
-export SLUICE_DB_URL=postgresql://postgres@127.0.0.1:$SLUICE_PG_PORT/$DB
-"$SERVERS" psql -d postgres -q -v ON_ERROR_STOP=1 \
-  -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB" >>"$OUT/servers.log" 2>&1 ||
-  die "could not create database $DB"
+servers_with_db "$SERVERS" "$DB" "$OUT/servers.log"
 
 wait_ready() { # wait_ready PORT PID NAME
   local deadline=$((SECONDS + 30))

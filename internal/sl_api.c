@@ -20,7 +20,9 @@
 #include "sl_metrics.h"
 #include "sl_pgpool.h"
 #include "sl_publisher.h"
+#include "sl_pull.h"
 #include "sl_ratelimit.h"
+#include "sl_retention.h"
 #include "sl_stream.h"
 #include "sl_time.h"
 #include "sl_uuid.h"
@@ -344,14 +346,21 @@ struct read {
     h2o_req_t *req;
     int route;
     long long limit;
+    int64_t after; /* a pull's position */
     sl_pgquery_t *query;
     int waiting;
+    /* a history page that reached its end, while the retention's mark is read */
+    json_t *page;
+    int64_t before, oldest; /* the before asked for (INT64_MAX: none), the page's oldest seq (0: empty) */
+    char channel[1][SL_CHANNEL_MAX + 1]; /* "" for every channel */
 };
 
 static void read_dispose(void *data)
 {
     struct read *r = data;
     r->req = NULL;
+    json_decref(r->page);
+    r->page = NULL;
     if (r->query != NULL)
         sl_pgpool_cancel(r->query);
     if (r->waiting) {
@@ -368,6 +377,50 @@ static void read_finish(struct read *r)
         r->api->inflight--;
     }
 }
+
+/* Sends root (a reference taken). */
+static void respond_json(struct read *r, json_t *root)
+{
+    char *text = json_dumps(root, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_decref(root);
+    if (text == NULL) {
+        respond_error(r->api, r->req, r->route, 503, "out_of_memory", NULL, "out of memory");
+        return;
+    }
+    respond(r->api, r->req, r->route, 200, text, strlen(text));
+    free(text);
+}
+
+/* The end of a history page that reached the oldest message kept: with the retention's mark of
+ * its channels read after the page (the mark only grows, so it covers what the page missed), the
+ * history ends with an explicit reset rather than pretending to be the feed's start: a page with
+ * messages gets a next (the next page is the reset), an empty one the reset. */
+static void on_history_mark(void *data, const PGresult *res, const char *err)
+{
+    struct read *r = data;
+    json_t *page = r->page, *next = json_null(), *root;
+    r->page = NULL;
+    read_finish(r);
+    if (err != NULL || PQntuples(res) != 1) {
+        json_decref(page);
+        respond_error(r->api, r->req, r->route, 503, "database_unavailable", NULL, "the database is unavailable");
+        return;
+    }
+    int64_t low = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+    char cursor[24];
+    snprintf(cursor, sizeof(cursor), "%lld", (long long)r->oldest);
+    if (low > 0 && r->oldest > 0)
+        next = json_string(cursor);
+    root = json_pack("{s:o, s:o}", "messages", page, "next", next);
+    if (low > 0 && r->oldest == 0)
+        json_object_set_new(root, "reset",
+                            json_pack("{s:s, s:o}", "reason", "too_old", "since",
+                                      r->before == INT64_MAX ? json_null() : json_integer(r->before)));
+    respond_json(r, root);
+}
+
+static const char SQL_MARK_ALL[] = "SELECT " SL_RETENTION_LOW_ALL;
+static const char SQL_MARK_IN[] = "SELECT " SL_RETENTION_LOW_IN("$1");
 
 static void on_list(void *data, const PGresult *res, const char *err)
 {
@@ -398,17 +451,26 @@ static void on_list(void *data, const PGresult *res, const char *err)
         char cursor[24];
         snprintf(cursor, sizeof(cursor), "%lld", (long long)last);
         int more = PQntuples(res) == r->limit && last > 1;
-        root = json_pack("{s:o, s:o}", "messages", json_incref(arr), "next", more ? json_string(cursor) : json_null());
+        if (!more) { /* the end of the history: the feed's start, or the retention's? */
+            char arrlit[SL_CHANNEL_MAX + 3];
+            snprintf(arrlit, sizeof(arrlit), "{%s}", r->channel[0]);
+            const char *p1[] = {arrlit};
+            r->page = arr;
+            r->oldest = last;
+            r->waiting = 1;
+            r->api->inflight++;
+            r->query = r->channel[0][0] != '\0' ? sl_pgpool_query(r->api->pg, SQL_MARK_IN, 1, p1, on_history_mark, r)
+                                                 : sl_pgpool_query(r->api->pg, SQL_MARK_ALL, 0, NULL, on_history_mark, r);
+            if (r->query == NULL) {
+                read_finish(r);
+                respond_error(r->api, r->req, r->route, 503, "database_unavailable", NULL, "the database is unavailable");
+            }
+            return;
+        }
+        root = json_pack("{s:o, s:o}", "messages", json_incref(arr), "next", json_string(cursor));
     }
     json_decref(arr);
-    char *text = json_dumps(root, JSON_COMPACT | JSON_PRESERVE_ORDER);
-    json_decref(root);
-    if (text == NULL) {
-        respond_error(r->api, r->req, r->route, 503, "out_of_memory", NULL, "out of memory");
-        return;
-    }
-    respond(r->api, r->req, r->route, 200, text, strlen(text));
-    free(text);
+    respond_json(r, root);
 }
 
 /* Deleted messages (a Mastodon post deleted at its source) are no longer shown. */
@@ -453,12 +515,68 @@ static void run_read(struct read *r, const char *sql, int n, const char *const *
     }
 }
 
+/* GET /v1/messages?after=: a pull (sl_pull.h), oldest first, from the database; long-polls (wait)
+ * are the sse service's, which waits without holding a database connection. */
+static void on_pull(void *data, const PGresult *res, const char *err)
+{
+    struct read *r = data;
+    const char *reset;
+    sl_pull_page_t page;
+    read_finish(r);
+    if (err != NULL) {
+        respond_error(r->api, r->req, r->route, 503, "database_unavailable", NULL, "the database is unavailable");
+        return;
+    }
+    sl_pull_page_init(&page);
+    int64_t next = sl_pull_page_from_result(&page, res, r->after, r->limit, &reset);
+    sl_pull_page_end(&page, next, reset, r->after);
+    respond(r->api, r->req, r->route, 200, page.buf.data, page.buf.len);
+    sl_buf_free(&page.buf);
+}
+
+static int handle_pull(sl_api_t *a, h2o_req_t *req)
+{
+    sl_pull_params_t p;
+    sl_error_t err;
+    int bad = sl_pull_parse(req, a->conf.history_max, &p, &err) != 0;
+    if (!bad && p.wait_s > 0) {
+        sl_error_set(&err, 400, "invalid_wait", "wait",
+                     "long-polls (wait) are served by the sse service: GET /v1/messages?after=&wait= on its port"
+                     " (8081 by default); here wait must be 0");
+        bad = 1;
+    }
+    if (bad) {
+        account(a, req, R_LIST, err.status);
+        sl_http_send_error(req, &err, 0);
+        return 0;
+    }
+    if (sl_http_query(req, "before", &(h2o_iovec_t){0}) != 0) {
+        respond_error(a, req, R_LIST, 400, "invalid_cursor", "before",
+                      "give 'after' (oldest first) or 'before' (newest first), not both");
+        return 0;
+    }
+    struct read *r = start_read(a, req, R_LIST);
+    r->limit = p.limit;
+    r->after = p.after;
+    r->waiting = 1;
+    a->inflight++;
+    if ((r->query = sl_pull_query(a->pg, p.all, (const char(*)[SL_CHANNEL_MAX + 1])p.channel, 1, NULL, p.after,
+                                  p.limit, on_pull, r)) == NULL) {
+        read_finish(r);
+        respond_error(a, req, R_LIST, 503, "database_unavailable", NULL, "the database is unavailable");
+    }
+    return 0;
+}
+
 static int handle_list(sl_api_t *a, h2o_req_t *req)
 {
     long long limit = 50, before = INT64_MAX;
     int present;
     h2o_iovec_t channel;
     char limtext[24], beftext[24], msg[96];
+
+    if (sl_http_query(req, "after", &channel) != 0)
+        return handle_pull(a, req);
 
     if (sl_api_int_param(req, "limit", 1, a->conf.history_max, &limit, &present) != 0) {
         snprintf(msg, sizeof(msg), "'limit' must be an integer from 1 to %lld", a->conf.history_max);
@@ -479,6 +597,9 @@ static int handle_list(sl_api_t *a, h2o_req_t *req)
     }
     struct read *r = start_read(a, req, R_LIST);
     r->limit = limit;
+    r->before = before;
+    if (has_channel == 1)
+        snprintf(r->channel[0], sizeof(r->channel[0]), "%.*s", (int)channel.len, channel.base);
     snprintf(limtext, sizeof(limtext), "%lld", limit);
     snprintf(beftext, sizeof(beftext), "%lld", before);
     if (has_channel == 1) {

@@ -122,6 +122,15 @@ static const struct migration migrations[] = {
       NULL},
      {NULL},
      {NULL}},
+    /* Retention (sl_retention.h): per channel, the highest seq its job deleted (messages and their
+     * events), written in the transaction that deletes, read by every resume and pull. */
+    {8,
+     "retention",
+     {"CREATE TABLE IF NOT EXISTS sluice_retention (channel VARCHAR(64) PRIMARY KEY, low_seq INT8 NOT NULL,"
+      " updated_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+      NULL},
+     {NULL},
+     {NULL}},
 };
 
 const char *sl_db_sqlstate(const PGresult *res)
@@ -256,6 +265,12 @@ static int exec(sl_db_t *db, const char *sql, int nparams, const char *const *pa
     if (db->conn == NULL)
         return not_connected(sql, out, err, errlen);
     return finish(db, PQsendQueryParams(db->conn, sql, nparams, NULL, params, NULL, NULL, 0), sql, out, err, errlen);
+}
+
+int sl_db_exec(sl_db_t *db, const char *sql, int nparams, const char *const *params, PGresult **out, char *err,
+               size_t errlen)
+{
+    return exec(db, sql, nparams, params, out, err, errlen);
 }
 
 /* Statements the persister runs for every batch, prepared once per connection: their text does not

@@ -158,6 +158,13 @@ void sl_db_batch_free(sl_db_batch_t *b);
 int sl_db_store_batch(sl_db_t *db, sl_message_t *msgs, size_t n, const sl_db_batch_t *prepared, size_t *stored,
                       char *err, size_t errlen);
 
+/* Runs one statement with text parameters within the connection's deadline (sl_db_set_timeout).
+ * Returns SL_DB_OK (*out, when out is not NULL, is its result: the caller PQclears it),
+ * SL_DB_ERROR (poison) or SL_DB_RETRY (transient; the connection may have been closed), with err
+ * and, when out is not NULL, the failed result in *out (for its SQLSTATE; may be NULL). */
+int sl_db_exec(sl_db_t *db, const char *sql, int nparams, const char *const *params, PGresult **out, char *err,
+               size_t errlen);
+
 /* Fills m from row of a result whose columns are SL_DB_MESSAGE_COLUMNS (or its first 7, as before
  * schema version 2, or its first 9, before version 6). m->meta (canonical, sl_meta.h) is the
  * caller's to free with sl_message_clear; a stored meta that is not a JSON object is left out.

@@ -185,6 +185,20 @@ static sl_event_t *ring_at(const sl_hub_t *h, size_t i)
     return h->ring[(h->ring_head + i) % h->ring_cap];
 }
 
+/* Index of the first remembered event after since (ring_len when none). */
+static size_t ring_after(const sl_hub_t *h, int64_t since)
+{
+    size_t lo = 0, hi = h->ring_len;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (ring_at(h, mid)->seq <= since)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
 int sl_hub_replay(sl_hub_t *h, const sl_sub_t *s, int64_t since, long long history, long long max_events,
                   int *too_many, void (*fn)(void *data, sl_event_t *ev), void *data)
 {
@@ -198,16 +212,7 @@ int sl_hub_replay(sl_hub_t *h, const sl_sub_t *s, int64_t since, long long histo
         }
         if (h->ring_len == 0 || ring_at(h, 0)->seq > since + 1)
             return 0;
-        /* binary search for the first event after since */
-        size_t lo = 0, hi = h->ring_len, first;
-        while (lo < hi) {
-            size_t mid = (lo + hi) / 2;
-            if (ring_at(h, mid)->seq <= since)
-                lo = mid + 1;
-            else
-                hi = mid;
-        }
-        first = lo;
+        size_t first = ring_after(h, since);
         long long n = 0;
         for (size_t i = first; i < h->ring_len; i++)
             n += sl_sub_wants(s, ring_at(h, i)->channel);
@@ -235,6 +240,31 @@ int sl_hub_replay(sl_hub_t *h, const sl_sub_t *s, int64_t since, long long histo
     for (; i < h->ring_len; i++) {
         if (sl_sub_wants(s, ring_at(h, i)->channel))
             fn(data, ring_at(h, i));
+    }
+    h->stats.replays_from_memory++;
+    return 1;
+}
+
+int sl_hub_page(sl_hub_t *h, const sl_sub_t *s, int64_t since, long long limit, int64_t *upto,
+                void (*fn)(void *data, sl_event_t *ev), void *data)
+{
+    if (!h->ready)
+        return 0;
+    *upto = h->position;
+    if (since >= h->position) {
+        h->stats.replays_from_memory++;
+        return 1; /* nothing after it yet */
+    }
+    if (h->ring_len == 0 || ring_at(h, 0)->seq > since + 1)
+        return 0;
+    long long n = 0;
+    for (size_t i = ring_after(h, since); i < h->ring_len && n < limit; i++) {
+        sl_event_t *ev = ring_at(h, i);
+        if (!sl_sub_wants(s, ev->channel))
+            continue;
+        fn(data, ev);
+        if (++n == limit)
+            *upto = ev->seq;
     }
     h->stats.replays_from_memory++;
     return 1;

@@ -105,6 +105,16 @@ void sl_hub_unsubscribe(sl_sub_t *s);
 int sl_hub_replay(sl_hub_t *h, const sl_sub_t *s, int64_t since, long long history, long long max_events,
                   int *too_many, void (*fn)(void *data, sl_event_t *ev), void *data);
 
+/* A page of the events of s's channels after `since` (>= 0), oldest first, at most `limit` (>= 1),
+ * from the hub's memory, for a pull (sl_pull.h). Returns 1 when memory reaches back to since: fn
+ * ran for each event given (none when nothing of s's channels followed), and *upto is the position
+ * the page answers for: the last event given when the page is full, else the hub's position (up to
+ * which nothing more of s's channels exists). Returns 0 when memory does not reach back that far
+ * (the database must answer); fn never ran then. s needs only its channels (all, channels,
+ * nchannels) set; it need not be subscribed. */
+int sl_hub_page(sl_hub_t *h, const sl_sub_t *s, int64_t since, long long limit, int64_t *upto,
+                void (*fn)(void *data, sl_event_t *ev), void *data);
+
 /* 1 if the subscription wants channel (its filter included). */
 int sl_sub_wants(const sl_sub_t *s, const char *channel);
 

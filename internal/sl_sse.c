@@ -22,17 +22,21 @@
 #include "sl_message.h"
 #include "sl_metrics.h"
 #include "sl_pgpool.h"
+#include "sl_pull.h"
+#include "sl_retention.h"
 #include "sl_time.h"
 #include "sl_webpage.h"
 
 struct sl_sse {
     sl_sse_conf_t conf;
     sl_pgpool_t *pg;     /* streams' histories */
-    sl_pgpool_t *hub_pg; /* the hub's position and gap backfills: never behind a history */
+    sl_pgpool_t *hub_pg; /* the hub's position and gap backfills, the retention's marks: never behind a history */
     sl_hub_t *hub;
     sl_livefeed_t *feed;
     sl_presence_t *presence;
     sl_streams_t *streams;
+    sl_pull_t *pull; /* GET /v1/messages?after= (long-polls) */
+    sl_retention_view_t *retention; /* the low-water marks, for resumes and pulls from memory */
     char conn_name[96];
 };
 
@@ -111,6 +115,8 @@ sl_sse_t *sl_sse_create(h2o_loop_t *loop, const sl_sse_conf_t *conf)
         (s->hub = sl_hub_create(loop, s->hub_pg, (int)conf->check_ms, 200000, (size_t)conf->recent,
                                   (size_t)conf->seam_max)) == NULL ||
         (s->streams = sl_streams_create(loop, s->hub, s->pg, s->presence, &conf->stream)) == NULL ||
+        (s->retention = sl_retention_view_create(loop, s->hub_pg, (int)conf->check_ms)) == NULL ||
+        (s->pull = sl_pull_create(loop, s->streams, &conf->pull)) == NULL ||
         (s->feed = sl_livefeed_create(loop, conf->amqp_url, conf->live_exchange, conf->presence_exchange,
                                       s->conn_name, conf->live_backlog, &live_handlers, s)) == NULL) {
         sl_sse_destroy(s);
@@ -121,6 +127,7 @@ sl_sse_t *sl_sse_create(h2o_loop_t *loop, const sl_sse_conf_t *conf)
         s->conf.channel_filter = sl_streams_channel_visible;
         s->conf.channel_filter_data = s->streams;
     }
+    sl_streams_set_retention(s->streams, s->retention);
     return s;
 }
 
@@ -407,6 +414,40 @@ static int handle_readyz(sl_sse_t *s, h2o_req_t *req)
     return 0;
 }
 
+static void render_pull_metrics(sl_sse_t *s, sl_buf_t *b)
+{
+    const sl_pull_stats_t *ps = sl_pull_stats(s->pull);
+    sl_metrics_header(b, "sluice_sse_pull_pages_total", "counter",
+                      "GET /v1/messages?after= pages answered, by where they were read (memory: no database).");
+    sl_metrics_sample(b, "sluice_sse_pull_pages_total", "source=\"memory\"", (double)ps->answered[0]);
+    sl_metrics_sample(b, "sluice_sse_pull_pages_total", "source=\"database\"", (double)ps->answered[1]);
+    sl_metrics_header(b, "sluice_sse_pull_answers_total", "counter",
+                      "Pull answers by how they came: at once, woken by a new event, wait over (empty page), reset.");
+    sl_metrics_sample(b, "sluice_sse_pull_answers_total", "how=\"at_once\"", (double)ps->at_once);
+    sl_metrics_sample(b, "sluice_sse_pull_answers_total", "how=\"woken\"", (double)ps->woken);
+    sl_metrics_sample(b, "sluice_sse_pull_answers_total", "how=\"timed_out\"", (double)ps->timed_out);
+    sl_metrics_sample(b, "sluice_sse_pull_answers_total", "how=\"reset\"", (double)ps->resets);
+    sl_metrics_header(b, "sluice_sse_pull_waiters", "gauge", "Long-polls waiting now (no database connection held).");
+    sl_metrics_sample(b, "sluice_sse_pull_waiters", "", (double)ps->waiters);
+    sl_metrics_header(b, "sluice_sse_pull_max_waiters", "gauge", "Long-polls this instance holds at once (SLUICE_SSE_PULL_MAX_WAITERS).");
+    sl_metrics_sample(b, "sluice_sse_pull_max_waiters", "", (double)s->conf.pull.max_waiters);
+    sl_metrics_header(b, "sluice_sse_pull_waiters_per_client", "gauge",
+                      "Long-polls one client address may hold at once (SLUICE_SSE_PULL_WAITERS_PER_CLIENT).");
+    sl_metrics_sample(b, "sluice_sse_pull_waiters_per_client", "", (double)s->conf.pull.waiters_per_client);
+    sl_metrics_header(b, "sluice_sse_pull_refused_total", "counter", "Long-polls refused with too_many_waiters, by the cap they met.");
+    sl_metrics_sample(b, "sluice_sse_pull_refused_total", "reason=\"instance\"", (double)ps->refused[0]);
+    sl_metrics_sample(b, "sluice_sse_pull_refused_total", "reason=\"client\"", (double)ps->refused[1]);
+    sl_metrics_header(b, "sluice_sse_pull_departed_total", "counter",
+                      "Pulls whose client left while they waited, or before their database read (freed; nothing read).");
+    sl_metrics_sample(b, "sluice_sse_pull_departed_total", "", (double)ps->departed);
+    sl_metrics_header(b, "sluice_sse_pull_failures_total", "counter", "Pulls whose database read failed (503).");
+    sl_metrics_sample(b, "sluice_sse_pull_failures_total", "", (double)ps->failures);
+    sl_metrics_header(b, "sluice_sse_retention_low_seq", "gauge",
+                      "The highest retention low-water mark this instance read (0: nothing deleted); resumes and"
+                      " pulls below a channel's mark answer reset.");
+    sl_metrics_sample(b, "sluice_sse_retention_low_seq", "", (double)sl_retention_view_low(s->retention, 1, NULL, 0));
+}
+
 static int handle_metrics(sl_sse_t *s, h2o_req_t *req)
 {
     sl_buf_t b = SL_BUF_INIT;
@@ -454,7 +495,7 @@ static int handle_metrics(sl_sse_t *s, h2o_req_t *req)
     sl_metrics_sample(&b, "sluice_sse_history_refused_total", "reason=\"instance\"", (double)st->history_refused[0]);
     sl_metrics_sample(&b, "sluice_sse_history_refused_total", "reason=\"client\"", (double)st->history_refused[1]);
     sl_metrics_header(&b, "sluice_sse_db_pending_queries", "gauge",
-                      "Database queries queued or running, by pool (streams: histories; hub: position and backfill).");
+                      "Database queries queued or running, by pool (streams: histories, pulls; hub: position, backfill, retention marks).");
     sl_metrics_sample(&b, "sluice_sse_db_pending_queries", "pool=\"streams\"", (double)sl_pgpool_pending(s->pg));
     sl_metrics_sample(&b, "sluice_sse_db_pending_queries", "pool=\"hub\"", (double)sl_pgpool_pending(s->hub_pg));
     sl_metrics_header(&b, "sluice_sse_seam_buffered_events", "gauge",
@@ -489,6 +530,7 @@ static int handle_metrics(sl_sse_t *s, h2o_req_t *req)
     sl_metrics_sample(&b, "sluice_sse_token_expired_total", "transport=\"stream\"", (double)st->token_ended[0]);
     sl_metrics_sample(&b, "sluice_sse_token_expired_total", "transport=\"websocket\"", (double)st->token_ended[1]);
     sl_jwt_metrics(s->conf.jwt, &b);
+    render_pull_metrics(s, &b);
     sl_metrics_header(&b, "sluice_sse_live_events_total", "counter", "Live events by outcome.");
     sl_metrics_sample(&b, "sluice_sse_live_events_total", "outcome=\"received\"", (double)hs->received);
     sl_metrics_sample(&b, "sluice_sse_live_events_total", "outcome=\"delivered\"", (double)hs->delivered);
@@ -582,6 +624,8 @@ int sl_sse_handle(void *data, h2o_req_t *req)
         route = "stream";
     else if (sl_http_path_is(req, "/v1/ws"))
         route = "ws";
+    else if (sl_http_path_is(req, "/v1/messages"))
+        route = "pull";
     else if (sl_http_path_is(req, "/healthz"))
         route = "healthz";
     else if (sl_http_path_is(req, "/readyz"))
@@ -632,6 +676,8 @@ int sl_sse_handle(void *data, h2o_req_t *req)
         return sl_streams_handle_stream(s->streams, req);
     if (strcmp(route, "ws") == 0)
         return sl_streams_handle_ws(s->streams, req);
+    if (strcmp(route, "pull") == 0)
+        return sl_pull_handle(s->pull, req);
     if (strcmp(route, "healthz") == 0) {
         sl_http_send(req, 200, NULL, H2O_STRLIT("{\"status\":\"ok\"}"));
         return 0;
@@ -671,6 +717,7 @@ sl_presence_t *sl_sse_presence(sl_sse_t *s)
 void sl_sse_close_streams(sl_sse_t *s)
 {
     sl_streams_close_all(s->streams);
+    sl_pull_close_all(s->pull);
 }
 
 size_t sl_sse_streams(const sl_sse_t *s)
@@ -686,7 +733,9 @@ void sl_sse_destroy(sl_sse_t *s)
         sl_presence_flush(s->presence);
     sl_livefeed_destroy(s->feed);
     s->feed = NULL;
+    sl_pull_destroy(s->pull);
     sl_streams_destroy(s->streams);
+    sl_retention_view_destroy(s->retention);
     sl_hub_destroy(s->hub);
     sl_pgpool_destroy(s->hub_pg);
     sl_pgpool_destroy(s->pg);

@@ -1,8 +1,9 @@
 /*
  * sl_sse: the streaming service: the live feed (RabbitMQ) into the hub, the hub into SSE, NDJSON
  * and WebSocket streams, presence and occupancy shared with the other instances (sl_presence, over
- * the same RabbitMQ connection), GET /v1/channels and /v1/channels/{channel}/presence, plus
- * /healthz, /readyz and /metrics. One h2o event loop.
+ * the same RabbitMQ connection), GET /v1/channels and /v1/channels/{channel}/presence, pulls and
+ * long-polls (GET /v1/messages?after=, sl_pull.h), plus /healthz, /readyz and /metrics. One h2o
+ * event loop.
  */
 #ifndef SL_SSE_H
 #define SL_SSE_H
@@ -11,6 +12,7 @@
 #include <h2o.h>
 
 #include "sl_presence.h"
+#include "sl_pull.h"
 #include "sl_stream.h"
 
 /* Whether the client of req may see channel in GET /v1/channels and read its presence: 0 when it
@@ -42,6 +44,7 @@ typedef struct sl_sse_conf {
     sl_stream_conf_t stream;
     sl_jwt_t *jwt;                  /* readers' tokens (may be NULL or disabled: ignored); the caller's */
     const sl_chanpolicy_t *policy;  /* SLUICE_PRIVATE_CHANNELS (NULL: none private); the caller's */
+    sl_pull_conf_t pull;         /* GET /v1/messages?after= (limit_max: stream.history_max) */
 } sl_sse_conf_t;
 
 typedef struct sl_sse sl_sse_t;

@@ -23,6 +23,8 @@
 #include "sl_db.h"
 #include "sl_http.h"
 #include "sl_log.h"
+#include "sl_pull.h"
+#include "sl_retention.h"
 #include "sl_time.h"
 
 const char SL_STREAM_HISTORY_BUSY_MSG[] = "this server reads as many histories as it takes now; retry shortly";
@@ -47,6 +49,16 @@ int sl_stream_admit(sl_streams_t *s, h2o_req_t *req)
     return 0;
 }
 
+int sl_stream_req_gone(h2o_req_t *req)
+{
+    char b;
+    h2o_socket_t *sock = req->conn->callbacks->get_socket(req->conn);
+    if (sock == NULL)
+        return 0;
+    ssize_t r = recv(h2o_socket_get_fd(sock), &b, 1, MSG_PEEK | MSG_DONTWAIT);
+    return r == 0 || (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+}
+
 /* ---- the history caps ---------------------------------------------------------------------------- */
 
 socklen_t sl_stream_peer_key(h2o_conn_t *conn, unsigned char addr[16])
@@ -56,12 +68,54 @@ socklen_t sl_stream_peer_key(h2o_conn_t *conn, unsigned char addr[16])
     return l == 0 ? 0 : sl_http_addr_key(&ss, addr);
 }
 
-static struct histpeer *hist_peer(sl_streams_t *s, socklen_t len, const unsigned char *addr)
+static struct histpeer *peer_find(const struct sl_peercount *t, socklen_t len, const unsigned char *addr)
 {
-    for (size_t i = 0; i < s->npeers; i++)
-        if (s->peers[i].len == len && memcmp(s->peers[i].addr, addr, len) == 0)
-            return &s->peers[i];
+    for (size_t i = 0; i < t->npeers; i++)
+        if (t->peers[i].len == len && memcmp(t->peers[i].addr, addr, len) == 0)
+            return &t->peers[i];
     return NULL;
+}
+
+const char *sl_peercount_take(struct sl_peercount *t, socklen_t len, const unsigned char *addr, long long max_total,
+                              long long max_per_client)
+{
+    struct histpeer *p = len ? peer_find(t, len, addr) : NULL;
+    if ((long long)t->total >= max_total)
+        return "instance";
+    if (p != NULL && (long long)p->n >= max_per_client)
+        return "client";
+    if (len && p == NULL) {
+        if (t->npeers == t->cappeers) {
+            size_t cap = t->cappeers ? t->cappeers * 2 : 16;
+            struct histpeer *np = realloc(t->peers, cap * sizeof(*np));
+            if (np == NULL)
+                return "instance"; /* no memory: as busy as it gets */
+            t->peers = np;
+            t->cappeers = cap;
+        }
+        p = &t->peers[t->npeers++];
+        p->len = len;
+        memcpy(p->addr, addr, len);
+        p->n = 0;
+    }
+    if (p != NULL)
+        p->n++;
+    t->total++;
+    return NULL;
+}
+
+void sl_peercount_give(struct sl_peercount *t, socklen_t len, const unsigned char *addr)
+{
+    struct histpeer *p = len ? peer_find(t, len, addr) : NULL;
+    t->total--;
+    if (p != NULL && --p->n == 0)
+        *p = t->peers[--t->npeers];
+}
+
+void sl_peercount_free(struct sl_peercount *t)
+{
+    free(t->peers);
+    memset(t, 0, sizeof(*t));
 }
 
 const char *sl_stream_hist_acquire(sl_streams_t *s, struct histslot *slot, int64_t since, long long history,
@@ -69,35 +123,13 @@ const char *sl_stream_hist_acquire(sl_streams_t *s, struct histslot *slot, int64
 {
     if (since < 0 && history == 0)
         return NULL; /* reads nothing */
-    struct histpeer *p = len ? hist_peer(s, len, addr) : NULL;
-    const char *over = NULL;
-    if ((long long)s->stats.history_inflight >= s->conf.history_concurrency)
-        over = "instance";
-    else if (len && p != NULL && (long long)p->n >= s->conf.history_per_client)
-        over = "client";
-    if (over == NULL && len && p == NULL) {
-        if (s->npeers == s->cappeers) {
-            size_t cap = s->cappeers ? s->cappeers * 2 : 16;
-            struct histpeer *np = realloc(s->peers, cap * sizeof(*np));
-            if (np == NULL)
-                over = "instance"; /* no memory: as busy as it gets */
-            else
-                s->peers = np, s->cappeers = cap;
-        }
-        if (over == NULL) {
-            p = &s->peers[s->npeers++];
-            p->len = len;
-            memcpy(p->addr, addr, len);
-            p->n = 0;
-        }
-    }
+    const char *over =
+        sl_peercount_take(&s->hist, len, addr, s->conf.history_concurrency, s->conf.history_per_client);
     if (over != NULL) {
         s->stats.history_refused[*over == 'c' ? 1 : 0]++;
         return over;
     }
-    if (p != NULL)
-        p->n++;
-    s->stats.history_inflight++;
+    s->stats.history_inflight = s->hist.total;
     slot->held = 1;
     slot->len = len;
     memcpy(slot->addr, addr, len);
@@ -109,10 +141,8 @@ void sl_stream_hist_release(sl_streams_t *s, struct histslot *slot)
     if (!slot->held)
         return;
     slot->held = 0;
-    s->stats.history_inflight--;
-    struct histpeer *p = slot->len ? hist_peer(s, slot->len, slot->addr) : NULL;
-    if (p != NULL && --p->n == 0)
-        *p = s->peers[--s->npeers];
+    sl_peercount_give(&s->hist, slot->len, slot->addr);
+    s->stats.history_inflight = s->hist.total;
 }
 
 /* ---- the registry and the output accounting ------------------------------------------------------ */
@@ -410,23 +440,16 @@ void sl_stream_expiry_disarm(sl_streams_t *s, struct expiry *e)
 /* ---- history: shared by every transport ---------------------------------------------------------- */
 
 /* History: the newest messages still standing. Resume: everything after a position, events too,
- * so that a client that missed an edit or a delete learns of it. */
+ * so that a client that missed an edit or a delete learns of it: a pull's read (sl_pull_query),
+ * which carries the retention's low-water mark of the same snapshot. */
 static const char SQL_LAST_ALL[] = SL_DB_FEED_MESSAGES " WHERE deleted_at IS NULL ORDER BY seq DESC LIMIT $1";
 static const char SQL_LAST_IN[] = SL_DB_FEED_MESSAGES " WHERE channel = ANY($1::text[]) AND deleted_at IS NULL"
                                   " ORDER BY seq DESC LIMIT $2";
-static const char SQL_SINCE_ALL[] = SL_DB_FEED_MESSAGES " WHERE seq > $1 UNION ALL " SL_DB_FEED_EVENTS
-                                    " WHERE seq > $1 ORDER BY seq LIMIT $2";
-static const char SQL_SINCE_IN[] = SL_DB_FEED_MESSAGES " WHERE seq > $1 AND channel = ANY($2::text[]) UNION ALL "
-                                   SL_DB_FEED_EVENTS " WHERE seq > $1 AND channel = ANY($2::text[]) ORDER BY seq LIMIT $3";
 
 /* A stream of every channel while some are private: only the rows of channels its reader may
- * read, $P the private patterns and $G the reader's, each as LIKE patterns (chanset_like). */
-#define SQL_READABLE(P, G) " AND (NOT channel LIKE ANY(" P "::text[]) OR channel LIKE ANY(" G "::text[]))"
-static const char SQL_LAST_READABLE[] = SL_DB_FEED_MESSAGES " WHERE deleted_at IS NULL" SQL_READABLE("$2", "$3")
+ * read, $2 the private patterns and $3 the reader's, each as LIKE patterns (chanset_like). */
+static const char SQL_LAST_READABLE[] = SL_DB_FEED_MESSAGES " WHERE deleted_at IS NULL" SL_PULL_SQL_READABLE("$2", "$3")
                                         " ORDER BY seq DESC LIMIT $1";
-static const char SQL_SINCE_READABLE[] = SL_DB_FEED_MESSAGES " WHERE seq > $1" SQL_READABLE("$3", "$4")
-                                         " UNION ALL " SL_DB_FEED_EVENTS " WHERE seq > $1" SQL_READABLE("$3", "$4")
-                                         " ORDER BY seq LIMIT $2";
 
 /* A set as a text[] literal of LIKE patterns: a name matches itself, "team-*" is team-%. '_' is
  * LIKE's one-character wildcard and a channel's character: escaped (\_), and the backslash
@@ -450,24 +473,23 @@ static void chanset_like(sl_buf_t *b, const sl_chanset_t *set)
     sl_buf_appends(b, "}");
 }
 
-static sl_pgquery_t *query_readable(sl_streams_t *s, const struct reader *r, int64_t since, long long history,
-                                    sl_pg_cb cb, void *data)
+/* The private channels' patterns and those r may read (NULL: no token), as chanset_like has them. */
+static void readable_like(const sl_streams_t *s, const struct reader *r, sl_buf_t *priv, sl_buf_t *granted)
 {
-    char n1[24], n2[24];
+    chanset_like(priv, sl_chanpolicy_private(s->policy));
+    chanset_like(granted, r != NULL && r->has_token ? &r->claims.channels : NULL);
+}
+
+sl_pgquery_t *sl_stream_query_after(sl_streams_t *s, const sl_sub_t *sub, const struct reader *r, int64_t after,
+                                    long long limit, sl_pg_cb cb, void *data)
+{
     sl_buf_t priv = SL_BUF_INIT, granted = SL_BUF_INIT;
-    sl_pgquery_t *q;
-    chanset_like(&priv, sl_chanpolicy_private(s->policy));
-    chanset_like(&granted, r != NULL && r->has_token ? &r->claims.channels : NULL);
-    if (since >= 0) {
-        snprintf(n1, sizeof(n1), "%lld", (long long)since);
-        snprintf(n2, sizeof(n2), "%lld", s->conf.replay_max + 1);
-        const char *p[] = {n1, n2, priv.data, granted.data};
-        q = sl_pgpool_query(s->pg, SQL_SINCE_READABLE, 4, p, cb, data);
-    } else {
-        snprintf(n1, sizeof(n1), "%lld", history);
-        const char *p[] = {n1, priv.data, granted.data};
-        q = sl_pgpool_query(s->pg, SQL_LAST_READABLE, 3, p, cb, data);
-    }
+    if (!(sub->all && sl_stream_filters_all(s)))
+        return sl_pull_query(s->pg, sub->all, (const char(*)[SL_CHANNEL_MAX + 1])sub->channels, sub->nchannels, NULL,
+                             after, limit, cb, data);
+    readable_like(s, r, &priv, &granted);
+    sl_pull_readable_t rd = {priv.data, granted.data};
+    sl_pgquery_t *q = sl_pull_query(s->pg, 1, NULL, 0, &rd, after, limit, cb, data);
     sl_buf_free(&priv);
     sl_buf_free(&granted);
     return q;
@@ -482,30 +504,29 @@ sl_pgquery_t *sl_stream_query_history(sl_streams_t *s, const sl_sub_t *sub, int6
 sl_pgquery_t *sl_stream_query_history_as(sl_streams_t *s, const sl_sub_t *sub, const struct reader *r,
                                          int64_t since, long long history, sl_pg_cb cb, void *data)
 {
-    char n1[24], n2[24];
-    sl_buf_t arr = SL_BUF_INIT; /* a text[] literal; channel names need no quoting ([a-z0-9_-]) */
+    char n1[24];
+    sl_buf_t arr = SL_BUF_INIT, priv = SL_BUF_INIT, granted = SL_BUF_INIT;
     sl_pgquery_t *q;
-    if (sub->all && sl_stream_filters_all(s))
-        return query_readable(s, r, since, history, cb, data);
-    sl_buf_appends(&arr, "{");
-    for (size_t i = 0; !sub->all && i < sub->nchannels; i++)
-        sl_buf_appendf(&arr, "%s%s", i ? "," : "", sub->channels[i]);
-    sl_buf_appends(&arr, "}");
+    snprintf(n1, sizeof(n1), "%lld", history);
     if (since >= 0) {
-        snprintf(n1, sizeof(n1), "%lld", (long long)since);
-        snprintf(n2, sizeof(n2), "%lld", s->conf.replay_max + 1);
-        const char *p3[] = {n1, arr.data, n2};
-        const char *p2[] = {n1, n2};
-        q = sub->all ? sl_pgpool_query(s->pg, SQL_SINCE_ALL, 2, p2, cb, data)
-                     : sl_pgpool_query(s->pg, SQL_SINCE_IN, 3, p3, cb, data);
+        q = sl_stream_query_after(s, sub, r, since, s->conf.replay_max + 1, cb, data);
+    } else if (sub->all && sl_stream_filters_all(s)) {
+        readable_like(s, r, &priv, &granted);
+        const char *p[] = {n1, priv.data, granted.data};
+        q = sl_pgpool_query(s->pg, SQL_LAST_READABLE, 3, p, cb, data);
     } else {
-        snprintf(n1, sizeof(n1), "%lld", history);
+        sl_buf_appends(&arr, "{");
+        for (size_t i = 0; !sub->all && i < sub->nchannels; i++)
+            sl_buf_appendf(&arr, "%s%s", i ? "," : "", sub->channels[i]);
+        sl_buf_appends(&arr, "}");
         const char *p1[] = {n1};
         const char *p2[] = {arr.data, n1};
         q = sub->all ? sl_pgpool_query(s->pg, SQL_LAST_ALL, 1, p1, cb, data)
                      : sl_pgpool_query(s->pg, SQL_LAST_IN, 2, p2, cb, data);
     }
     sl_buf_free(&arr);
+    sl_buf_free(&priv);
+    sl_buf_free(&granted);
     if (q != NULL)
         s->stats.history_db_reads++;
     return q;
@@ -513,14 +534,17 @@ sl_pgquery_t *sl_stream_query_history_as(sl_streams_t *s, const sl_sub_t *sub, c
 
 int sl_stream_too_many(const sl_streams_t *s, int64_t since, const PGresult *res)
 {
-    return since >= 0 && PQntuples(res) > s->conf.replay_max;
+    return since >= 0 && (sl_pull_rows(res) > s->conf.replay_max || since < sl_pull_low(res));
 }
 
 void sl_stream_for_each_row(const PGresult *res, int ascending, void (*fn)(void *, sl_event_t *), void *data)
 {
     int n = PQntuples(res);
     for (int k = 0; k < n; k++) {
-        sl_event_t *ev = sl_event_from_row(res, ascending ? k : n - 1 - k);
+        int row = ascending ? k : n - 1 - k;
+        if (PQgetisnull(res, row, 1))
+            continue; /* a resume's row of bounds only (sl_pull_query): no feed row */
+        sl_event_t *ev = sl_event_from_row(res, row);
         if (ev == NULL)
             continue;
         fn(data, ev);
@@ -528,10 +552,39 @@ void sl_stream_for_each_row(const PGresult *res, int ascending, void (*fn)(void 
     }
 }
 
+struct retained {
+    const sl_retention_view_t *view;
+    void (*row)(void *, sl_event_t *);
+    void *data;
+};
+
+/* Passes on only what the retention job has not deleted. */
+static void retained_row(void *data, sl_event_t *ev)
+{
+    struct retained *f = data;
+    if (ev->seq > sl_retention_view_low(f->view, 0, (const char(*)[SL_CHANNEL_MAX + 1])ev->channel, 1))
+        f->row(f->data, ev);
+}
+
 int sl_stream_replay(sl_streams_t *s, sl_sub_t *sub, int64_t since, long long history, int *too_many,
                      void (*row)(void *, sl_event_t *), void *data)
 {
-    return sl_hub_replay(s->hub, sub, since, history, s->conf.replay_max, too_many, row, data);
+    /* Memory may still hold what the retention job deleted: answer as the database would. */
+    int64_t low = sl_retention_view_low(s->retention, sub->all, (const char(*)[SL_CHANNEL_MAX + 1])sub->channels,
+                                        sub->nchannels);
+    if (since >= 0 && since < low) {
+        *too_many = 1;
+        return 1;
+    }
+    if (low == 0)
+        return sl_hub_replay(s->hub, sub, since, history, s->conf.replay_max, too_many, row, data);
+    struct retained f = {s->retention, row, data};
+    return sl_hub_replay(s->hub, sub, since, history, s->conf.replay_max, too_many, retained_row, &f);
+}
+
+void sl_streams_set_retention(sl_streams_t *s, const sl_retention_view_t *view)
+{
+    s->retention = view;
 }
 
 int64_t sl_stream_replay_covered(const sl_streams_t *s, const sl_sub_t *sub)
@@ -654,6 +707,6 @@ void sl_streams_destroy(sl_streams_t *s)
         h2o_socket_close(s->tsock); /* closes tfd */
     }
     free(s->heap);
-    free(s->peers);
+    sl_peercount_free(&s->hist);
     free(s);
 }

@@ -11,6 +11,10 @@
  * off (it can resume with Last-Event-ID / since), so a slow client never stalls the rest or grows
  * memory. A client that keeps up may take one answer bigger than the limit (a long history).
  *
+ * A resume from a position too old to replay (more than replay_max messages after it, or below
+ * the retention's low-water mark of its channels, sl_retention.h) starts with a reset and the newest
+ * history instead: never a silent gap.
+ *
  * History is the expensive part (up to replay_max + 1 rows from the database), so reads are
  * capped: history_concurrency at once per instance, history_per_client per client (an IPv4 address
  * or an IPv6 /64: sl_http_addr_key). A stream over a cap is refused with 503 history_busy
@@ -103,6 +107,11 @@ void sl_streams_set_access(sl_streams_t *s, sl_jwt_t *jwt, const sl_chanpolicy_t
  * The request's token (Authorization: Bearer, else ?token=) is verified once per request however
  * many channels are asked about. Loop thread. */
 int sl_streams_channel_visible(void *data, h2o_req_t *req, const char *channel);
+
+/* The retention's low-water marks (sl_retention.h), which resumes served from the hub's memory
+ * check (a resume read from the database carries its own). NULL (the default): none. */
+struct sl_retention_view;
+void sl_streams_set_retention(sl_streams_t *s, const struct sl_retention_view *view);
 
 /* GET /v1/stream. Answers 400/503 itself when it must. Returns 0. */
 int sl_streams_handle_stream(sl_streams_t *s, h2o_req_t *req);

@@ -6,7 +6,6 @@
  */
 #include "sl_stream_int.h"
 
-#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -210,19 +209,10 @@ void sl_stream_http_heartbeat(struct stream_conn *c)
     push_text((struct httpconn *)c, c->tp->http->heartbeat);
 }
 
-/* h2o does not read an HTTP/1 connection while it streams the response, so a client that left
- * is otherwise noticed only when a write fails: peek at the socket for its end instead. */
 int sl_stream_http_gone(struct stream_conn *c)
 {
     struct httpconn *hc = (struct httpconn *)c;
-    char b;
-    if (hc->req == NULL)
-        return 0;
-    h2o_socket_t *sock = hc->req->conn->callbacks->get_socket(hc->req->conn);
-    if (sock == NULL)
-        return 0;
-    ssize_t r = recv(h2o_socket_get_fd(sock), &b, 1, MSG_PEEK | MSG_DONTWAIT);
-    return r == 0 || (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+    return hc->req != NULL && sl_stream_req_gone(hc->req);
 }
 
 static void http_proceed(h2o_generator_t *gen, h2o_req_t *req)

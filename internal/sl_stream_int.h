@@ -62,13 +62,30 @@ struct stream_conn {
     int aborting;
 };
 
-/* One client's history reads in progress; the client is its sl_http_addr_key (an IPv4 address,
- * an IPv6 /64). */
+/* What one client holds of something capped per client; the client is its sl_http_addr_key (an
+ * IPv4 address, an IPv6 /64). */
 struct histpeer {
     socklen_t len;
     unsigned char addr[16];
     size_t n;
 };
+
+/* Something capped per instance and per client: the history reads (below), the pull waiters
+ * (sl_pull.c). A small table of the clients holding any. */
+struct sl_peercount {
+    struct histpeer *peers;
+    size_t npeers, cappeers;
+    size_t total; /* held by every client, those without a key included */
+};
+
+/* Takes one for the client at addr (len 0: unknown, counted in the total only). Returns NULL when
+ * taken; else what it is over, "instance" (total at max_total, or no memory) or "client" (the
+ * client at max_per_client), with nothing taken. */
+const char *sl_peercount_take(struct sl_peercount *t, socklen_t len, const unsigned char *addr, long long max_total,
+                              long long max_per_client);
+/* Gives back one that sl_peercount_take gave the same client. */
+void sl_peercount_give(struct sl_peercount *t, socklen_t len, const unsigned char *addr);
+void sl_peercount_free(struct sl_peercount *t);
 
 /* A history read's place under the caps (history_concurrency, history_per_client): taken before
  * the history starts, given back when the subscription goes live, fails, or its client leaves
@@ -110,8 +127,8 @@ struct sl_streams {
     h2o_timeout_t defer_timeout; /* SL_STREAM_HISTORY_DEFER_MS, for the streams' database reads */
     h2o_timeout_entry_t flush_entry, hb_entry;
     size_t queued_total;    /* the sum of every connection's queued_bytes */
-    struct histpeer *peers; /* addresses with a history read in progress (at most history_concurrency) */
-    size_t npeers, cappeers;
+    struct sl_peercount hist; /* history reads in progress (history_concurrency, history_per_client) */
+    const struct sl_retention_view *retention; /* the low-water marks, for resumes from memory; may be NULL */
     sl_stream_stats_t stats;
     sl_jwt_t *jwt;                  /* readers' tokens (NULL or disabled: ignored) */
     const sl_chanpolicy_t *policy;  /* the private channels (NULL: none) */
@@ -169,6 +186,11 @@ int sl_stream_refuse(h2o_req_t *req, int status, const char *code, const char *f
  * Returns 0, or answers 503 (too_many_connections, not_ready) itself and returns -1. */
 int sl_stream_admit(sl_streams_t *s, h2o_req_t *req);
 
+/* 1 when the client of req is seen to have left: h2o does not read an HTTP/1 connection while it
+ * answers (or streams) a request, so a client that left is otherwise noticed only when a write
+ * fails; this peeks at the socket for its end. */
+int sl_stream_req_gone(h2o_req_t *req);
+
 void sl_stream_conn_register(sl_streams_t *s, struct stream_conn *c, const struct sl_transport *tp);
 void sl_stream_conn_unregister(struct stream_conn *c);
 /* A flush (or the abort, once c->aborting) is due at the next turn of the loop. */
@@ -194,8 +216,9 @@ void sl_stream_hist_release(sl_streams_t *s, struct histslot *slot);
 extern const char SL_STREAM_HISTORY_BUSY_MSG[];
 
 /* History from the hub's memory: as sl_hub_replay with replay_max. Returns 1 when memory reached
- * back far enough (rows emitted, or *too_many: more than replay_max to resume, nothing emitted),
- * else 0 (read the database). */
+ * back far enough (rows emitted, or *too_many: more than replay_max to resume, or since below the
+ * retention's low-water mark as the view last read it; nothing emitted), else 0 (read the
+ * database). */
 int sl_stream_replay(sl_streams_t *s, sl_sub_t *sub, int64_t since, long long history, int *too_many,
                      void (*row)(void *, sl_event_t *), void *data);
 /* What a replay from memory covered: the hub's position, or sub's cursor if past it. */
@@ -209,7 +232,13 @@ sl_pgquery_t *sl_stream_query_history(sl_streams_t *s, const sl_sub_t *sub, int6
  * channels r may read (the database leaves the others out, so that `history` counts them right). */
 sl_pgquery_t *sl_stream_query_history_as(sl_streams_t *s, const sl_sub_t *sub, const struct reader *r,
                                          int64_t since, long long history, sl_pg_cb cb, void *data);
-/* 1 when a resume read (since >= 0) found more than replay_max rows: answer "reset" instead. */
+/* The feed after `after` as sl_pull_query reads it (with its bounds: last seq, low-water mark) for
+ * sub (of every channel while some are private: only what r may read; r may be NULL: no token),
+ * at most limit rows. The resume reads of sl_stream_query_history_as and sse's pulls. */
+sl_pgquery_t *sl_stream_query_after(sl_streams_t *s, const sl_sub_t *sub, const struct reader *r, int64_t after,
+                                    long long limit, sl_pg_cb cb, void *data);
+/* 1 when a resume read (since >= 0) found more than replay_max rows, or since is below the
+ * retention's low-water mark of its channels in the same read: answer "reset" instead. */
 int sl_stream_too_many(const sl_streams_t *s, int64_t since, const PGresult *res);
 /* Calls fn for each row as an event, in seq order (history comes newest first: ascending 0). */
 void sl_stream_for_each_row(const PGresult *res, int ascending, void (*fn)(void *, sl_event_t *), void *data);

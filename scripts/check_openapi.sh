@@ -34,13 +34,15 @@ REPO_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # The routes the code serves: service METHOD path. HEAD (answered like GET) is left out, and so is
 # OPTIONS on paths browsers do not preflight (api and sse answer OPTIONS on any path).
 #   api:       internal/sl_api.c     sl_api_handle
-#   sse:       internal/sl_sse.c     sl_sse_handle (streams: internal/sl_stream*.c)
+#   sse:       internal/sl_sse.c     sl_sse_handle (streams: internal/sl_stream*.c; pulls: internal/sl_pull.c)
 #   ingest:    internal/sl_ingest.c  sl_ingest_handle
 #   persister: cmd/persister/main.c  on_req
 ROUTES=(
   "api POST /v1/messages"
   "api GET /v1/messages"
   "api OPTIONS /v1/messages"
+  "sse GET /v1/messages"
+  "sse OPTIONS /v1/messages"
   "api GET /v1/messages/{id}"
   "api PATCH /v1/messages/{id}"
   "api DELETE /v1/messages/{id}"
@@ -168,20 +170,23 @@ fi
 awk_routes() {
   awk '
     function flush() {
-      if (method != "") for (i = 1; i <= nsv; i++) printf "%s %s %s %s\n", sv[i], method, path, codes
-      method = ""; codes = ""; inresp = 0
+      if (method != "" && nosv > 0) for (i = 1; i <= nosv; i++) printf "%s %s %s %s\n", osv[i], method, path, codes
+      else if (method != "") for (i = 1; i <= nsv; i++) printf "%s %s %s %s\n", sv[i], method, path, codes
+      method = ""; codes = ""; inresp = 0; nosv = 0
+    }
+    function aliases(line, out,    s, names, n, i) {
+      s = line; sub(/^[^[]*\[/, "", s); sub(/\].*$/, "", s); gsub(/[ *]/, "", s)
+      n = split(s, names, ",")
+      for (i = 1; i <= n; i++) out[i] = (names[i] in service) ? service[names[i]] : "?" names[i]
+      return n
     }
     /^[^ #]/ { flush(); section = $1; path = ""; next }
     section == "servers:" && /^  - &/ { anchor = substr($2, 2); next }
     section == "servers:" && /^    x-service:/ { service[anchor] = $2; next }
     section != "paths:" { next }
     /^  [^ #]/ { flush(); path = $1; sub(/:$/, "", path); nsv = 0; next }
-    /^    servers: *\[/ {
-      s = $0; sub(/^[^[]*\[/, "", s); sub(/\].*$/, "", s); gsub(/[ *]/, "", s)
-      nsv = split(s, names, ",")
-      for (i = 1; i <= nsv; i++) sv[i] = (names[i] in service) ? service[names[i]] : "?" names[i]
-      next
-    }
+    /^    servers: *\[/ { nsv = aliases($0, sv); next }
+    method != "" && /^      servers: *\[/ { nosv = aliases($0, osv); next }
     /^    [^ #]/ {
       flush()
       m = $1; sub(/:$/, "", m)
@@ -276,11 +281,11 @@ def deref(o):
 yaml_routes = set()
 problems = []
 for path, item in (spec.get("paths") or {}).items():
-    servers = item.get("servers") or spec.get("servers") or []
     for method in METHODS:
         op = item.get(method)
         if op is None:
             continue
+        servers = op.get("servers") or item.get("servers") or spec.get("servers") or []
         codes = ",".join(str(c) for c in (op.get("responses") or {}))
         if not op.get("responses"):
             problems.append("%s %s has no responses" % (method.upper(), path))
@@ -368,7 +373,8 @@ if os.path.exists(readme):
         bad("README error codes missing from the spec's Error.code: %s" % ", ".join(missing))
     else:
         ok("all %d error codes of README.md's table are in Error.code" % len(codes))
-srcs = [os.path.join(repo, p) for p in ("internal/sl_api.c", "internal/sl_sse.c", "internal/sl_ingest.c",
+srcs = [os.path.join(repo, p) for p in ("internal/sl_api.c", "internal/sl_sse.c", "internal/sl_pull.c",
+                                         "internal/sl_ingest.c",
                                          "internal/sl_http.c", "internal/sl_auth.c", "cmd/persister/main.c")]
 srcs = [p for p in srcs if os.path.exists(p)]
 srcs += sorted(glob.glob(os.path.join(repo, "internal", "sl_stream*.c"))) # the core and every transport
@@ -458,7 +464,8 @@ while read -r svc method path codes; do
       args+=(-H 'Content-Type: application/json' -H "Idempotency-Key: check-openapi-$$-$RANDOM"
         --data "{\"channel\":\"openapi-check\",\"author\":\"check_openapi\",\"text\":\"openapi check $(date +%s)\"}")
       ;;
-    "GET /v1/messages") url+="?limit=1" ;;
+    "GET /v1/messages")
+      if [[ $svc == sse ]]; then url+="?after=0&limit=1"; else url+="?limit=1"; fi ;;
     "GET /v1/messages/{id}")
       if [[ -n $posted_id ]]; then
         url=$base/v1/messages/$posted_id

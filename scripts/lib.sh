@@ -136,3 +136,20 @@ stop_pid_files() {
     fi
   done
 }
+
+# servers_with_db SERVERS DB LOGFILE: the benchmarks' private servers (scripts/servers.sh,
+# started unless they run, then servers_started=1), their environment exported, and
+# SLUICE_DB_URL a fresh database DB on them (dropped and made again).
+servers_with_db() {
+  local servers=$1 db=$2 logf=$3
+  if ! "$servers" status >/dev/null 2>&1; then
+    # shellcheck disable=SC2034  # the sourcing script's, for its cleanup
+    servers_started=1
+    "$servers" start | tee -a "$logf"
+  fi
+  eval "$("$servers" env)"
+  export SLUICE_DB_URL=postgresql://postgres@127.0.0.1:$SLUICE_PG_PORT/$db
+  "$servers" psql -d postgres -q -v ON_ERROR_STOP=1 \
+    -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db" >>"$logf" 2>&1 ||
+    die "could not create database $db"
+}

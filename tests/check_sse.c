@@ -124,21 +124,7 @@ static void stop_extra(void)
 /* A series' value in the sse's /metrics ("name" or "name{labels}"), -1 when absent. */
 static double metric(int port, const char *series)
 {
-    char url[128];
-    tu_resp_t r;
-    double v = -1;
-    size_t len = strlen(series);
-    snprintf(url, sizeof(url), "http://127.0.0.1:%d/metrics", port);
-    if (tu_http("GET", url, NULL, NULL, NULL, 0, &r) == 0 && r.status == 200) {
-        for (char *line = r.body; line != NULL && *line; line = strchr(line, '\n') ? strchr(line, '\n') + 1 : NULL) {
-            if (strncmp(line, series, len) == 0 && line[len] == ' ') {
-                v = strtod(line + len + 1, NULL);
-                break;
-            }
-        }
-    }
-    tu_resp_free(&r);
-    return v;
+    return tu_metric(port, series);
 }
 
 /* metric() for a series that must be there: retried for 3 s while /metrics cannot answer (e.g. the
@@ -1683,23 +1669,7 @@ END_TEST
 /* Publishes an update or delete event of message id to the stack's persist queue, as ingest does. */
 static void publish_event(sl_message_type_t type, const char *id, const char *text)
 {
-    sl_message_t m;
-    memset(&m, 0, sizeof(m));
-    m.type = type;
-    snprintf(m.id, sizeof(m.id), "%s", id);
-    snprintf(m.channel, sizeof(m.channel), "general");
-    snprintf(m.source, sizeof(m.source), "mastodon");
-    m.created_at_us = sl_time_now_us();
-    if (type == SL_MESSAGE_UPDATE) {
-        snprintf(m.text, sizeof(m.text), "%s", text);
-        m.edited_at_us = m.created_at_us;
-    }
-    ck_assert_int_eq(sl_message_event_id(&m, m.event_id), 0);
-    size_t len;
-    char *json = sl_message_to_json(&m, &len);
-    ck_assert_ptr_nonnull(json);
-    tu_publish(&S, json, len, 0);
-    free(json);
+    tu_publish_event(&S, type, id, "general", text);
 }
 
 START_TEST(test_edits_and_deletes_reach_streams)

@@ -3,9 +3,6 @@
  */
 #include "sl_testutil.h"
 
-#include "sl_amqp.h"
-#include "sl_testnet.h"
-
 #include <check.h>
 #include <curl/curl.h>
 #include <errno.h>
@@ -22,6 +19,11 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "sl_amqp.h"
+#include "sl_message.h"
+#include "sl_testnet.h"
+#include "sl_time.h"
 
 long tu_http_timeout_ms = 20000;
 int tu_wait_amqp_ms = 10000;
@@ -485,6 +487,27 @@ void tu_publish(const tu_stack_t *s, const void *body, size_t len, int atomic)
     sl_amqp_close(c);
 }
 
+void tu_publish_event(const tu_stack_t *s, int type, const char *id, const char *channel, const char *text)
+{
+    sl_message_t m;
+    memset(&m, 0, sizeof(m));
+    m.type = (sl_message_type_t)type;
+    snprintf(m.id, sizeof(m.id), "%s", id);
+    snprintf(m.channel, sizeof(m.channel), "%s", channel);
+    snprintf(m.source, sizeof(m.source), "mastodon");
+    m.created_at_us = sl_time_now_us();
+    if (type == SL_MESSAGE_UPDATE) {
+        snprintf(m.text, sizeof(m.text), "%s", text);
+        m.edited_at_us = m.created_at_us;
+    }
+    ck_assert_int_eq(sl_message_event_id(&m, m.event_id), 0);
+    size_t len;
+    char *json = sl_message_to_json(&m, &len);
+    ck_assert_ptr_nonnull(json);
+    tu_publish(s, json, len, 0);
+    free(json);
+}
+
 PGconn *tu_db(const tu_stack_t *s)
 {
     PGconn *c = PQconnectdb(s->db_url);
@@ -535,6 +558,34 @@ int tu_wait_status(const char *url, long want, int timeout_ms)
         tu_sleep_ms(100);
     }
     return 0;
+}
+
+double tu_metric(int port, const char *series)
+{
+    char url[128];
+    tu_resp_t r;
+    double v = -1;
+    size_t len = strlen(series);
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/metrics", port);
+    if (tu_http("GET", url, NULL, NULL, NULL, 0, &r) == 0 && r.status == 200) {
+        for (char *line = r.body; line != NULL && *line; line = strchr(line, '\n') ? strchr(line, '\n') + 1 : NULL) {
+            if (strncmp(line, series, len) == 0 && line[len] == ' ') {
+                v = strtod(line + len + 1, NULL);
+                break;
+            }
+        }
+    }
+    tu_resp_free(&r);
+    return v;
+}
+
+int tu_wait_metric(int port, const char *series, double want, int timeout_ms)
+{
+    for (long long end = tu_now_ms() + timeout_ms; tu_now_ms() < end; tu_sleep_ms(50)) {
+        if (tu_metric(port, series) == want)
+            return 1;
+    }
+    return tu_metric(port, series) == want;
 }
 
 int tu_json_str(const char *json, const char *field, char *out, size_t size)

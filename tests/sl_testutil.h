@@ -98,6 +98,9 @@ void tu_kill_persister_midway(int done, void *arg);
 /* Publishes body (one or more lines) as one message straight to the stack's persist queue, as a
  * publisher of the api's or ingest's would; atomic: with SL_AMQP_ATOMIC_HEADER. */
 void tu_publish(const tu_stack_t *s, const void *body, size_t len, int atomic);
+/* Publishes an update (with text) or a delete (text NULL) of message id, in channel, to the stack's
+ * persist queue, as ingest does (type is an sl_message_type_t: SL_MESSAGE_UPDATE or _DELETE). */
+void tu_publish_event(const tu_stack_t *s, int type, const char *id, const char *channel, const char *text);
 
 PGconn *tu_db(const tu_stack_t *s);
 long long tu_scalar(PGconn *c, const char *sql);
@@ -109,6 +112,12 @@ int tu_servers(const char *args);
 
 /* Wait until url answers want_status or timeout; returns 1 if it did. */
 int tu_wait_status(const char *url, long want_status, int timeout_ms);
+
+/* A series' value in the /metrics of the service on port ("name" or "name{labels}"), -1 when absent
+ * or when /metrics does not answer. */
+double tu_metric(int port, const char *series);
+/* Polls tu_metric every 50 ms until it equals want or timeout_ms passed; 1 if it did. */
+int tu_wait_metric(int port, const char *series, double want, int timeout_ms);
 
 /* String field of a JSON object text into out; 0 on success. */
 int tu_json_str(const char *json, const char *field, char *out, size_t size);

@@ -12,12 +12,19 @@
 #include "sl_http.h"
 #include "sl_log.h"
 #include "sl_persister.h"
+#include "sl_retention.h"
 
 static volatile sig_atomic_t stopping;
 
+struct service {
+    sl_persister_t *p;
+    sl_retention_t *retention; /* NULL: no retention rule deletes anything */
+};
+
 static int on_req(void *data, h2o_req_t *req)
 {
-    sl_persister_t *p = data;
+    struct service *svc = data;
+    sl_persister_t *p = svc->p;
     int get = sl_http_method_is(req, "GET") || sl_http_method_is(req, "HEAD");
     int health = sl_http_path_is(req, "/healthz"), ready = sl_http_path_is(req, "/readyz"), metrics = sl_http_path_is(req, "/metrics");
     if (!health && !ready && !metrics) {
@@ -33,6 +40,7 @@ static int on_req(void *data, h2o_req_t *req)
     } else {
         sl_buf_t b = SL_BUF_INIT;
         sl_persister_render_metrics(p, &b);
+        sl_retention_render_metrics(svc->retention, &b);
         sl_http_send_metrics(req, &b);
         sl_buf_free(&b);
     }
@@ -58,6 +66,8 @@ int main(int argc, char **argv)
     long long port;
     sl_http_opts_t http_opts;
     sl_persister_conf_t conf;
+    sl_retention_conf_t rconf;
+    const char *retention;
     sl_opt_t opts[] = {
         {"host", "SLUICE_PERSISTER_HOST", SL_OPT_STR, &host, "127.0.0.1", 0, 0, "address of the metrics endpoint"},
         {"port", "SLUICE_PERSISTER_PORT", SL_OPT_INT, &port, "8083", 0, 65535,
@@ -77,6 +87,15 @@ int main(int argc, char **argv)
         {"prefetch", "SLUICE_PREFETCH", SL_OPT_INT, &conf.prefetch, "2000", 1, 65535, "unacked deliveries in flight"},
         {"db-query-timeout-ms", "SLUICE_DB_QUERY_TIMEOUT_MS", SL_OPT_INT, &conf.db_timeout_ms, "10000", 100, 3600000,
          "statement_timeout of the database session; the client gives up 1 s later (a transient failure)"},
+        {"retention", "SLUICE_RETENTION", SL_OPT_STR, &retention, "", 0, 0,
+         "how long channels keep messages: pattern=limit,... (first match; '*' and '?' in patterns; limit <N>s|m|h|d|w,"
+         " <N> messages kept, or forever), e.g. mastodon=7d,chat=10000,*=90d; empty: everything forever"},
+        {"retention-interval-ms", "SLUICE_RETENTION_INTERVAL_MS", SL_OPT_INT, &rconf.interval_ms, "60000", 10, 86400000,
+         "pause between two passes of the retention job"},
+        {"retention-batch", "SLUICE_RETENTION_BATCH", SL_OPT_INT, &rconf.batch, "1000", 1, 100000,
+         "messages the retention job deletes per transaction"},
+        {"retention-pause-ms", "SLUICE_RETENTION_PAUSE_MS", SL_OPT_INT, &rconf.pause_ms, "10", 0, 60000,
+         "pause of the retention job between two batches"},
     };
     int r = sl_config_parse(opts, sizeof(opts) / sizeof(opts[0]), argc, argv, "sluice-persister",
                             "sluice persister: persist queue -> database (exactly once) -> live exchange.");
@@ -103,9 +122,24 @@ int main(int argc, char **argv)
         SL_ERROR("event=bad_config error=\"prefetch must be at least batch-size\"");
         return 2;
     }
+    {
+        char err[512];
+        if (sl_retention_parse(retention, &rconf.policy, err, sizeof(err)) != 0) {
+            fprintf(stderr, "sluice-persister: SLUICE_RETENTION (--retention): %s\n", err);
+            return 2;
+        }
+    }
     sl_persister_t *p = sl_persister_create(&conf);
     if (p == NULL)
         return 1;
+    /* The retention job: a thread and a database connection of its own, never in the writer's way. */
+    rconf.db_url = conf.db_url;
+    rconf.db_timeout_ms = conf.db_timeout_ms;
+    struct service svc = {p, sl_retention_start(&rconf)};
+    if (svc.retention == NULL && sl_retention_deletes(&rconf.policy)) {
+        SL_ERROR("event=start_failed error=\"the retention job could not start\"");
+        return 1;
+    }
 
     /* The persister works in a thread of its own; the main thread serves the endpoints (h2o keeps
      * thread-local memory pools, which are only freed for a thread that lives to the end). */
@@ -117,7 +151,7 @@ int main(int argc, char **argv)
     }
     if (port > 0) {
         sl_http_server_t server;
-        sl_http_init(&server, on_req, p, 4096);
+        sl_http_init(&server, on_req, &svc, 4096);
         if (sl_http_configure(&server, &http_opts) != 0) {
             SL_ERROR("event=start_failed error=\"out of memory\"");
             return 1;
@@ -132,6 +166,7 @@ int main(int argc, char **argv)
         sl_http_dispose(&server);
     }
     pthread_join(thread, NULL);
+    sl_retention_stop(svc.retention);
     sl_persister_destroy(p);
     r = w.status;
     return r;

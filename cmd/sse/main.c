@@ -62,7 +62,7 @@ int main(int argc, char **argv)
         {"db-query-timeout-ms", "SLUICE_DB_QUERY_TIMEOUT_MS", SL_OPT_INT, &conf.db_query_timeout_ms, "10000", 100,
          3600000, "deadline of a query, from asking to answer (the session's statement_timeout is 90% of it)"},
         {"check-ms", "SLUICE_SSE_CHECK_MS", SL_OPT_INT, &conf.check_ms, "1000", 10, 600000,
-         "how often to compare the live position with the database"},
+         "how often to compare the live position with the database (and to read the retention's low-water marks)"},
         {"live-backlog", "SLUICE_SSE_LIVE_BACKLOG", SL_OPT_INT, &conf.live_backlog, "100000", 1, 1e9,
          "cap of this instance's live queue in messages, one per committed batch (oldest dropped, then "
          "backfilled; 64 MiB at most)"},
@@ -96,6 +96,10 @@ int main(int argc, char **argv)
          1, 1e6, "histories (history and resume reads) this instance reads at once; more: 503 history_busy"},
         {"history-per-client", "SLUICE_SSE_HISTORY_PER_CLIENT", SL_OPT_INT, &conf.stream.history_per_client, "4", 1,
          1e6, "histories one client address may read at once; more: 503 history_busy"},
+        {"pull-max-waiters", "SLUICE_SSE_PULL_MAX_WAITERS", SL_OPT_INT, &conf.pull.max_waiters, "10000", 1, 1e7,
+         "long-polls (GET /v1/messages?after=&wait=) this instance holds at once; more: 503 too_many_waiters"},
+        {"pull-waiters-per-client", "SLUICE_SSE_PULL_WAITERS_PER_CLIENT", SL_OPT_INT, &conf.pull.waiters_per_client,
+         "64", 1, 1e7, "long-polls one client address may hold at once; more: 503 too_many_waiters"},
         {"migrate-wait", "SLUICE_MIGRATE_WAIT", SL_OPT_INT, &migrate_wait, "10", 0, 3600,
          "seconds to wait for the database at start"},
         {"private-channels", "SLUICE_PRIVATE_CHANNELS", SL_OPT_STR, &private_channels, "", 0, 0,
@@ -154,6 +158,7 @@ int main(int argc, char **argv)
         instance = name;
     }
     conf.instance = instance;
+    conf.pull.limit_max = conf.stream.history_max > 0 ? conf.stream.history_max : 1;
     /* On a thread of its own: a database that hangs must not keep the service from listening. */
     sl_migrator_t *migrator = sl_migrator_start(conf.db_url, (int)migrate_wait, &stopping);
     if (migrator == NULL)
