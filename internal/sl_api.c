@@ -14,6 +14,7 @@
 
 #include "sl_auth.h"
 #include "sl_buf.h"
+#include "sl_chanpolicy.h"
 #include "sl_http.h"
 #include "sl_log.h"
 #include "sl_message.h"
@@ -50,6 +51,7 @@ struct sl_api {
     struct status_count counts[MAX_STATUS_ROWS];
     size_t ncounts, inflight;
     uint64_t idempotent_replays, rate_limited;
+    uint64_t read_refused[2]; /* private channels refused to readers: [0] token_required, [1] channel_forbidden */
     sl_ratelimit_t *limiter; /* NULL: no per-client limit */
     sl_histogram_t post_latency; /* seconds from a POST's request head to its answer */
 };
@@ -353,12 +355,17 @@ struct read {
     json_t *page;
     int64_t before, oldest; /* the before asked for (INT64_MAX: none), the page's oldest seq (0: empty) */
     char channel[1][SL_CHANNEL_MAX + 1]; /* "" for every channel */
+    /* GET /v1/messages/{id} while some channels are private: the reader's token's channels (moved
+     * from its sl_auth_who_t), checked once the message's channel is known */
+    int check_private, has_token;
+    sl_chanset_t granted;
 };
 
 static void read_dispose(void *data)
 {
     struct read *r = data;
     r->req = NULL;
+    sl_chanset_free(&r->granted);
     json_decref(r->page);
     r->page = NULL;
     if (r->query != NULL)
@@ -389,6 +396,50 @@ static void respond_json(struct read *r, json_t *root)
     }
     respond(r->api, r->req, r->route, 200, text, strlen(text));
     free(text);
+}
+
+/* Readers of private channels (SLUICE_PRIVATE_CHANNELS): the api's history, pulls and single
+ * messages follow the policy sse's streams follow (sl_chanpolicy.h). While some channel is private
+ * a reading request's token (Authorization: Bearer, else ?token=: sl_auth_identify_reader) is
+ * identified in sl_api_handle: a valid JWT may read what its "channels" claim covers besides the
+ * public channels; no token, or a writer's table token, the public channels only; a token that is
+ * no valid one is refused (401, with its JWT code), as sse refuses it. With no private channel no
+ * reader's token is looked at, as before tokens existed. */
+static int reads_private(const sl_api_t *a)
+{
+    return sl_chanpolicy_any_private(a->conf.policy);
+}
+
+/* The channels who's token grants (NULL: none, or nothing is private). Returns 0, or -1 with the
+ * request refused (401) for a bearer that is no valid token. */
+static int reader_grants(sl_api_t *a, h2o_req_t *req, int route, const sl_auth_who_t *who, const sl_chanset_t **granted)
+{
+    *granted = NULL;
+    if (!reads_private(a))
+        return 0;
+    if (who->result == SL_AUTH_INVALID) {
+        account(a, req, route, 401);
+        sl_auth_refuse_who(req, who, who->result);
+        return -1;
+    }
+    if (who->result == SL_AUTH_OK && who->is_jwt)
+        *granted = &who->claims.channels;
+    return 0;
+}
+
+/* Refuses (401 token_required or 403 channel_forbidden, naming channel) a reader with granted
+ * (NULL: no token) that may not read channel. Returns 1 when it refused, else 0. */
+static int refuse_private(sl_api_t *a, h2o_req_t *req, int route, const sl_chanset_t *granted, const char *field,
+                          const char *channel)
+{
+    sl_chan_read_t r = sl_chanpolicy_read(a->conf.policy, granted, channel, strlen(channel));
+    if (r == SL_CHAN_READ_OK)
+        return 0;
+    a->read_refused[r == SL_CHAN_READ_FORBIDDEN]++;
+    SL_INFO("event=private_channel_refused transport=api channel=%s code=%s", channel, sl_chan_read_code(r));
+    account(a, req, route, sl_chan_read_status(r));
+    sl_auth_refuse_read(req, r, field, channel);
+    return 1;
 }
 
 /* The end of a history page that reached the oldest message kept: with the retention's mark of
@@ -436,6 +487,12 @@ static void on_list(void *data, const PGresult *res, const char *err)
         sl_message_t m;
         if (sl_db_row_to_message(res, i, &m) != 0)
             continue;
+        if (r->check_private &&
+            refuse_private(r->api, r->req, r->route, r->has_token ? &r->granted : NULL, NULL, m.channel)) {
+            sl_message_clear(&m);
+            json_decref(arr);
+            return;
+        }
         json_array_append_new(arr, sl_message_to_jansson(&m));
         last = m.seq;
         sl_message_clear(&m);
@@ -478,6 +535,10 @@ static const char SQL_LIST_CHANNEL[] = "SELECT " SL_DB_MESSAGE_COLUMNS " FROM me
                                        " AND deleted_at IS NULL ORDER BY seq DESC LIMIT $3";
 static const char SQL_LIST_ALL[] = "SELECT " SL_DB_MESSAGE_COLUMNS " FROM messages WHERE seq < $1"
                                    " AND deleted_at IS NULL ORDER BY seq DESC LIMIT $2";
+/* Every channel while some are private: the channels the reader may read (sl_pull_readable_t as $3, $4). */
+static const char SQL_LIST_READABLE[] = "SELECT " SL_DB_MESSAGE_COLUMNS " FROM messages WHERE seq < $1"
+                                        " AND deleted_at IS NULL" SL_PULL_SQL_READABLE("$3", "$4")
+                                        " ORDER BY seq DESC LIMIT $2";
 static const char SQL_GET[] = "SELECT " SL_DB_MESSAGE_COLUMNS " FROM messages WHERE id = $1 AND deleted_at IS NULL";
 
 int sl_api_int_param(h2o_req_t *req, const char *name, long long min, long long max, long long *out, int *present)
@@ -534,9 +595,10 @@ static void on_pull(void *data, const PGresult *res, const char *err)
     sl_buf_free(&page.buf);
 }
 
-static int handle_pull(sl_api_t *a, h2o_req_t *req)
+static int handle_pull(sl_api_t *a, h2o_req_t *req, const sl_chanset_t *granted)
 {
     sl_pull_params_t p;
+    sl_pull_readable_t rd;
     sl_error_t err;
     int bad = sl_pull_parse(req, a->conf.history_max, &p, &err) != 0;
     if (!bad && p.wait_s > 0) {
@@ -555,28 +617,36 @@ static int handle_pull(sl_api_t *a, h2o_req_t *req)
                       "give 'after' (oldest first) or 'before' (newest first), not both");
         return 0;
     }
+    if (!p.all && refuse_private(a, req, R_LIST, granted, "channel", p.channel[0]))
+        return 0;
     struct read *r = start_read(a, req, R_LIST);
     r->limit = p.limit;
     r->after = p.after;
     r->waiting = 1;
     a->inflight++;
-    if ((r->query = sl_pull_query(a->pg, p.all, (const char(*)[SL_CHANNEL_MAX + 1])p.channel, 1, NULL, p.after,
-                                  p.limit, on_pull, r)) == NULL) {
+    sl_pull_readable_init(&rd, a->conf.policy, granted);
+    r->query = sl_pull_query(a->pg, p.all, (const char(*)[SL_CHANNEL_MAX + 1])p.channel, 1,
+                             p.all && reads_private(a) ? &rd : NULL, p.after, p.limit, on_pull, r);
+    sl_pull_readable_free(&rd);
+    if (r->query == NULL) {
         read_finish(r);
         respond_error(a, req, R_LIST, 503, "database_unavailable", NULL, "the database is unavailable");
     }
     return 0;
 }
 
-static int handle_list(sl_api_t *a, h2o_req_t *req)
+static int handle_list(sl_api_t *a, h2o_req_t *req, const sl_auth_who_t *who)
 {
+    const sl_chanset_t *granted;
     long long limit = 50, before = INT64_MAX;
     int present;
     h2o_iovec_t channel;
     char limtext[24], beftext[24], msg[96];
 
+    if (reader_grants(a, req, R_LIST, who, &granted) != 0)
+        return 0;
     if (sl_http_query(req, "after", &channel) != 0)
-        return handle_pull(a, req);
+        return handle_pull(a, req, granted);
 
     if (sl_api_int_param(req, "limit", 1, a->conf.history_max, &limit, &present) != 0) {
         snprintf(msg, sizeof(msg), "'limit' must be an integer from 1 to %lld", a->conf.history_max);
@@ -600,11 +670,19 @@ static int handle_list(sl_api_t *a, h2o_req_t *req)
     r->before = before;
     if (has_channel == 1)
         snprintf(r->channel[0], sizeof(r->channel[0]), "%.*s", (int)channel.len, channel.base);
+    if (has_channel == 1 && refuse_private(a, req, R_LIST, granted, "channel", r->channel[0]))
+        return 0;
     snprintf(limtext, sizeof(limtext), "%lld", limit);
     snprintf(beftext, sizeof(beftext), "%lld", before);
     if (has_channel == 1) {
         const char *params[] = {channel.base, beftext, limtext};
         run_read(r, SQL_LIST_CHANNEL, 3, params);
+    } else if (reads_private(a)) {
+        sl_pull_readable_t rd;
+        sl_pull_readable_init(&rd, a->conf.policy, granted);
+        const char *params[] = {beftext, limtext, rd.priv, rd.granted};
+        run_read(r, SQL_LIST_READABLE, 4, params);
+        sl_pull_readable_free(&rd);
     } else {
         const char *params[] = {beftext, limtext};
         run_read(r, SQL_LIST_ALL, 2, params);
@@ -612,9 +690,13 @@ static int handle_list(sl_api_t *a, h2o_req_t *req)
     return 0;
 }
 
-static int handle_get(sl_api_t *a, h2o_req_t *req, const char *id, size_t len)
+/* who: its token's channels move to the read, which checks them once the message's channel is known. */
+static int handle_get(sl_api_t *a, h2o_req_t *req, sl_auth_who_t *who, const char *id, size_t len)
 {
     char idbuf[SL_UUID_STRLEN];
+    const sl_chanset_t *granted;
+    if (reader_grants(a, req, R_GET, who, &granted) != 0)
+        return 0;
     if (!sl_uuid_valid(id, len)) {
         respond_error(a, req, R_GET, 404, "not_found", NULL, "no message has this id (ids are UUIDs)");
         return 0;
@@ -622,7 +704,14 @@ static int handle_get(sl_api_t *a, h2o_req_t *req, const char *id, size_t len)
     memcpy(idbuf, id, len);
     idbuf[len] = '\0';
     const char *params[] = {idbuf};
-    run_read(start_read(a, req, R_GET), SQL_GET, 1, params);
+    struct read *r = start_read(a, req, R_GET);
+    r->check_private = reads_private(a);
+    if (granted != NULL) {
+        r->has_token = 1;
+        r->granted = who->claims.channels;
+        who->claims.channels = (sl_chanset_t)SL_CHANSET_INIT;
+    }
+    run_read(r, SQL_GET, 1, params);
     return 0;
 }
 
@@ -683,6 +772,12 @@ static int handle_metrics(sl_api_t *a, h2o_req_t *req)
     sl_metrics_sample(&b, "sluice_api_idempotent_replays_total", "", (double)a->idempotent_replays);
     sl_metrics_header(&b, "sluice_api_rate_limited_total", "counter", "Requests refused by the per-client limit.");
     sl_metrics_sample(&b, "sluice_api_rate_limited_total", "", (double)a->rate_limited);
+    sl_metrics_header(&b, "sluice_api_private_refused_total", "counter",
+                      "Reads of private channels refused, by code (token_required: no token; channel_forbidden: "
+                      "not in the token's channels).");
+    sl_metrics_sample(&b, "sluice_api_private_refused_total", "code=\"token_required\"", (double)a->read_refused[0]);
+    sl_metrics_sample(&b, "sluice_api_private_refused_total", "code=\"channel_forbidden\"",
+                      (double)a->read_refused[1]);
     sl_metrics_header(&b, "sluice_api_ready", "gauge", "1 when broker and database are reachable.");
     sl_metrics_sample(&b, "sluice_api_ready", "", sl_publisher_ready(a->pub) && sl_pgpool_ready(a->pg));
     sl_jwt_metrics(sl_auth_jwt(a->conf.auth), &b);
@@ -1313,7 +1408,7 @@ static int handle_batch(sl_api_t *a, h2o_req_t *req, const sl_auth_who_t *who)
 }
 
 /* The routes past the OPTIONS and the rate limit. */
-static int route(sl_api_t *a, h2o_req_t *req, const sl_auth_who_t *who)
+static int route(sl_api_t *a, h2o_req_t *req, sl_auth_who_t *who)
 {
     const char *prefix = "/v1/messages/";
     size_t plen = strlen(prefix);
@@ -1321,7 +1416,7 @@ static int route(sl_api_t *a, h2o_req_t *req, const sl_auth_who_t *who)
     if (sl_http_path_is(req, "/v1/messages")) {
         if (sl_http_method_is(req, "POST"))
             return handle_post(a, req, who);
-        return get ? handle_list(a, req) : method_not_allowed(a, req, R_LIST, "GET, POST, OPTIONS");
+        return get ? handle_list(a, req, who) : method_not_allowed(a, req, R_LIST, "GET, POST, OPTIONS");
     }
     if (sl_http_path_is(req, "/v1/messages/batch"))
         return sl_http_method_is(req, "POST") ? handle_batch(a, req, who)
@@ -1331,7 +1426,7 @@ static int route(sl_api_t *a, h2o_req_t *req, const sl_auth_who_t *who)
             return handle_change(a, req, who, req->path_normalized.base + plen, req->path_normalized.len - plen);
         if (!get)
             return method_not_allowed(a, req, R_GET, "GET, PATCH, DELETE");
-        return handle_get(a, req, req->path_normalized.base + plen, req->path_normalized.len - plen);
+        return handle_get(a, req, who, req->path_normalized.base + plen, req->path_normalized.len - plen);
     }
     if (sl_http_path_is(req, "/healthz")) {
         if (!get)
@@ -1355,7 +1450,8 @@ int sl_api_handle(void *data, h2o_req_t *req)
         return 0;
     }
     /* The bearer is identified once (a JWT's signature checked once), only where it counts: the
-     * rate limit of /v1/, and writes (posts, batches, edits, deletes). */
+     * rate limit of /v1/, writes (posts, batches, edits, deletes), and reads while some channel is
+     * private (what the reader may read). */
     int v1 = req->path_normalized.len >= 4 && memcmp(req->path_normalized.base, "/v1/", 4) == 0;
     int post = (sl_http_method_is(req, "POST") &&
                 (sl_http_path_is(req, "/v1/messages") || sl_http_path_is(req, "/v1/messages/batch"))) ||
@@ -1363,7 +1459,10 @@ int sl_api_handle(void *data, h2o_req_t *req)
     sl_auth_who_t who;
     memset(&who, 0, sizeof(who));
     who.result = SL_AUTH_MISSING;
-    if (post || (a->limiter != NULL && v1))
+    int read = v1 && (sl_http_method_is(req, "GET") || sl_http_method_is(req, "HEAD")) && reads_private(a);
+    if (read)
+        sl_auth_identify_reader(a->conf.auth, req, sl_time_now_us() / 1000000, &who);
+    else if (post || (a->limiter != NULL && v1))
         sl_auth_identify(a->conf.auth, req, sl_time_now_us() / 1000000, &who);
     int r = a->limiter != NULL && v1 && limited(a, req, &who) ? 0 : route(a, req, &who);
     sl_auth_who_free(&who);
@@ -1417,5 +1516,6 @@ void sl_api_destroy(sl_api_t *a)
     sl_pgpool_destroy(a->pg);
     sl_ratelimit_destroy(a->limiter);
     sl_auth_destroy(a->conf.auth);
+    sl_chanpolicy_destroy(a->conf.policy);
     free(a);
 }

@@ -2,8 +2,9 @@
  * sl_api: the api service's HTTP handlers: POST /v1/messages (validate, publish with confirms,
  * answer when the broker confirmed), PATCH and DELETE /v1/messages/{id} and POST
  * /v1/messages/batch (the same way, as queue items of their own), history reads from the
- * database, health, readiness and metrics. Everything runs on one h2o event loop; nothing
- * blocks on the broker or the database per request.
+ * database (private channels only to readers whose token covers them, sl_chanpolicy.h), health,
+ * readiness and metrics. Everything runs on one h2o event loop; nothing blocks on the broker or
+ * the database per request.
  */
 #ifndef SL_API_H
 #define SL_API_H
@@ -23,6 +24,9 @@ typedef struct sl_api_conf {
     long long retry_after_s;      /* Retry-After on 429/503 */
     long long history_max;        /* largest page of GET /v1/messages */
     struct sl_auth *auth;         /* writer tokens (owned by the api from sl_api_create on); NULL: open */
+    struct sl_chanpolicy *policy; /* SLUICE_PRIVATE_CHANNELS: private channels' history needs a reader's
+                                     JWT covering them, as on sse (owned by the api from sl_api_create
+                                     on); NULL: every channel public */
     const char *admin_token;      /* SLUICE_ADMIN_TOKEN: may edit and delete any message (NULL, "": no admin) */
     double client_rate;           /* requests/s per client (token or address); 0: no limit */
     double client_burst;          /* bucket size of that limit */

@@ -211,6 +211,26 @@ sl_auth_result_t sl_auth_identify(const sl_auth_t *a, h2o_req_t *req, int64_t no
     return who->result = SL_AUTH_OK;
 }
 
+sl_auth_result_t sl_auth_identify_reader(const sl_auth_t *a, h2o_req_t *req, int64_t now, sl_auth_who_t *who)
+{
+    h2o_iovec_t v;
+    int q;
+    if (sl_auth_identify(a, req, now, who) != SL_AUTH_MISSING || !sl_jwt_enabled(a->jwt) ||
+        (q = sl_http_query(req, "token", &v)) == 0)
+        return who->result;
+    if (q < 0)
+        who->jwt = SL_JWT_MALFORMED;
+    else
+        who->jwt = sl_jwt_verify(a->jwt, v.base, v.len, now, &who->claims);
+    if (who->jwt != SL_JWT_OK) {
+        SL_DEBUG("event=jwt_refused code=%s", sl_jwt_code(who->jwt));
+        return who->result = SL_AUTH_INVALID;
+    }
+    who->is_jwt = 1;
+    who->author = who->claims.sub;
+    return who->result = SL_AUTH_OK;
+}
+
 sl_auth_result_t sl_auth_may_post(const sl_auth_who_t *who, const char *author, const char *channel)
 {
     if (who->result != SL_AUTH_OK)

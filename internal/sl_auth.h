@@ -61,6 +61,11 @@ sl_jwt_t *sl_auth_jwt(const sl_auth_t *a);
  * SL_AUTH_MISSING or SL_AUTH_INVALID. Always call sl_auth_who_free afterwards. Loop thread. */
 sl_auth_result_t sl_auth_identify(const sl_auth_t *a, h2o_req_t *req, int64_t now, sl_auth_who_t *who);
 
+/* The same for a reader (a GET of history): without an Authorization header, a JWT in ?token= (as
+ * sse takes it: EventSource sets no header) when a JWT key is configured (else it is ignored, and
+ * the result is SL_AUTH_MISSING); a badly encoded one is SL_AUTH_INVALID (token_malformed). */
+sl_auth_result_t sl_auth_identify_reader(const sl_auth_t *a, h2o_req_t *req, int64_t now, sl_auth_who_t *who);
+
 /* May an identified bearer (who->result SL_AUTH_OK) post as author to channel? SL_AUTH_OK,
  * SL_AUTH_FORBIDDEN (another author than its own) or SL_AUTH_CHANNEL_FORBIDDEN. */
 sl_auth_result_t sl_auth_may_post(const sl_auth_who_t *who, const char *author, const char *channel);

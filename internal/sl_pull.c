@@ -93,6 +93,44 @@ static const char SQL_AFTER_READABLE[] = "SELECT f.*, b.last, b.low FROM " BOUND
                                          SL_PULL_SQL_READABLE("$3", "$4") " ORDER BY seq LIMIT $2) AS f ON true"
                                          " ORDER BY f.seq";
 
+/* A set as a text[] literal of LIKE patterns: a name matches itself, "team-*" is team-%. '_' is
+ * LIKE's one-character wildcard and a channel's character: escaped (\_), and the backslash
+ * doubled inside the quoted array element. */
+static void chanset_like(sl_buf_t *b, const sl_chanset_t *set)
+{
+    sl_buf_appends(b, "{");
+    for (size_t i = 0; set != NULL && i < set->n; i++) {
+        const char *name;
+        int prefix;
+        size_t len = sl_chanset_pattern(set, i, &name, &prefix);
+        sl_buf_appends(b, i ? ",\"" : "\"");
+        for (size_t k = 0; k < len; k++) {
+            if (name[k] == '_')
+                sl_buf_appends(b, "\\\\_");
+            else
+                sl_buf_append(b, &name[k], 1);
+        }
+        sl_buf_appends(b, prefix ? "%\"" : "\"");
+    }
+    sl_buf_appends(b, "}");
+}
+
+void sl_pull_readable_init(sl_pull_readable_t *rd, const sl_chanpolicy_t *policy, const sl_chanset_t *granted)
+{
+    memset(rd, 0, sizeof(*rd));
+    chanset_like(&rd->bufs[0], sl_chanpolicy_private(policy));
+    chanset_like(&rd->bufs[1], granted);
+    rd->priv = rd->bufs[0].data;
+    rd->granted = rd->bufs[1].data;
+}
+
+void sl_pull_readable_free(sl_pull_readable_t *rd)
+{
+    sl_buf_free(&rd->bufs[0]);
+    sl_buf_free(&rd->bufs[1]);
+    rd->priv = rd->granted = NULL;
+}
+
 sl_pgquery_t *sl_pull_query(sl_pgpool_t *pg, int all, const char (*channels)[SL_CHANNEL_MAX + 1], size_t n,
                             const sl_pull_readable_t *readable, int64_t after, long long limit, sl_pg_cb cb,
                             void *data)

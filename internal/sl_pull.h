@@ -30,6 +30,7 @@
 #include <stdint.h>
 
 #include "sl_buf.h"
+#include "sl_chanpolicy.h"
 #include "sl_event.h"
 #include "sl_message.h"
 #include "sl_pgpool.h"
@@ -59,9 +60,17 @@ int sl_pull_parse(h2o_req_t *req, long long limit_max, sl_pull_params_t *p, sl_e
  * channel that is private and not the reader's are left out. SL_PULL_SQL_READABLE is that
  * condition on the channel column, its parameters named P and G. */
 typedef struct sl_pull_readable {
-    const char *priv, *granted;
+    const char *priv, *granted; /* the two literals (in bufs) */
+    sl_buf_t bufs[2];
 } sl_pull_readable_t;
 #define SL_PULL_SQL_READABLE(P, G) " AND (NOT channel LIKE ANY(" P "::text[]) OR channel LIKE ANY(" G "::text[]))"
+
+/* The readable form of a reader under policy: granted is its token's channels (NULL: no token, or
+ * tokens ignored), policy's private channels the other set. The sse streams' and pulls' reads and
+ * the api's history use it, so that one condition decides what a reader may read from the
+ * database. Free with sl_pull_readable_free. */
+void sl_pull_readable_init(sl_pull_readable_t *rd, const sl_chanpolicy_t *policy, const sl_chanset_t *granted);
+void sl_pull_readable_free(sl_pull_readable_t *rd);
 
 /* The feed after `after` in the database: messages and events of the channels (all, or
  * channels[0..n); with readable, every channel the reader may read), oldest first, at most limit

@@ -451,47 +451,22 @@ static const char SQL_LAST_IN[] = SL_DB_FEED_MESSAGES " WHERE channel = ANY($1::
 static const char SQL_LAST_READABLE[] = SL_DB_FEED_MESSAGES " WHERE deleted_at IS NULL" SL_PULL_SQL_READABLE("$2", "$3")
                                         " ORDER BY seq DESC LIMIT $1";
 
-/* A set as a text[] literal of LIKE patterns: a name matches itself, "team-*" is team-%. '_' is
- * LIKE's one-character wildcard and a channel's character: escaped (\_), and the backslash
- * doubled inside the quoted array element. */
-static void chanset_like(sl_buf_t *b, const sl_chanset_t *set)
+/* The readable form of r (NULL: no token) under the instance's policy (sl_pull_readable_init). */
+static void readable_like(const sl_streams_t *s, const struct reader *r, sl_pull_readable_t *rd)
 {
-    sl_buf_appends(b, "{");
-    for (size_t i = 0; set != NULL && i < set->n; i++) {
-        const char *name;
-        int prefix;
-        size_t len = sl_chanset_pattern(set, i, &name, &prefix);
-        sl_buf_appends(b, i ? ",\"" : "\"");
-        for (size_t k = 0; k < len; k++) {
-            if (name[k] == '_')
-                sl_buf_appends(b, "\\\\_");
-            else
-                sl_buf_append(b, &name[k], 1);
-        }
-        sl_buf_appends(b, prefix ? "%\"" : "\"");
-    }
-    sl_buf_appends(b, "}");
-}
-
-/* The private channels' patterns and those r may read (NULL: no token), as chanset_like has them. */
-static void readable_like(const sl_streams_t *s, const struct reader *r, sl_buf_t *priv, sl_buf_t *granted)
-{
-    chanset_like(priv, sl_chanpolicy_private(s->policy));
-    chanset_like(granted, r != NULL && r->has_token ? &r->claims.channels : NULL);
+    sl_pull_readable_init(rd, s->policy, r != NULL && r->has_token ? &r->claims.channels : NULL);
 }
 
 sl_pgquery_t *sl_stream_query_after(sl_streams_t *s, const sl_sub_t *sub, const struct reader *r, int64_t after,
                                     long long limit, sl_pg_cb cb, void *data)
 {
-    sl_buf_t priv = SL_BUF_INIT, granted = SL_BUF_INIT;
+    sl_pull_readable_t rd;
     if (!(sub->all && sl_stream_filters_all(s)))
         return sl_pull_query(s->pg, sub->all, (const char(*)[SL_CHANNEL_MAX + 1])sub->channels, sub->nchannels, NULL,
                              after, limit, cb, data);
-    readable_like(s, r, &priv, &granted);
-    sl_pull_readable_t rd = {priv.data, granted.data};
+    readable_like(s, r, &rd);
     sl_pgquery_t *q = sl_pull_query(s->pg, 1, NULL, 0, &rd, after, limit, cb, data);
-    sl_buf_free(&priv);
-    sl_buf_free(&granted);
+    sl_pull_readable_free(&rd);
     return q;
 }
 
@@ -505,14 +480,15 @@ sl_pgquery_t *sl_stream_query_history_as(sl_streams_t *s, const sl_sub_t *sub, c
                                          int64_t since, long long history, sl_pg_cb cb, void *data)
 {
     char n1[24];
-    sl_buf_t arr = SL_BUF_INIT, priv = SL_BUF_INIT, granted = SL_BUF_INIT;
+    sl_buf_t arr = SL_BUF_INIT;
+    sl_pull_readable_t rd = {0};
     sl_pgquery_t *q;
     snprintf(n1, sizeof(n1), "%lld", history);
     if (since >= 0) {
         q = sl_stream_query_after(s, sub, r, since, s->conf.replay_max + 1, cb, data);
     } else if (sub->all && sl_stream_filters_all(s)) {
-        readable_like(s, r, &priv, &granted);
-        const char *p[] = {n1, priv.data, granted.data};
+        readable_like(s, r, &rd);
+        const char *p[] = {n1, rd.priv, rd.granted};
         q = sl_pgpool_query(s->pg, SQL_LAST_READABLE, 3, p, cb, data);
     } else {
         sl_buf_appends(&arr, "{");
@@ -525,8 +501,7 @@ sl_pgquery_t *sl_stream_query_history_as(sl_streams_t *s, const sl_sub_t *sub, c
                      : sl_pgpool_query(s->pg, SQL_LAST_IN, 2, p2, cb, data);
     }
     sl_buf_free(&arr);
-    sl_buf_free(&priv);
-    sl_buf_free(&granted);
+    sl_pull_readable_free(&rd);
     if (q != NULL)
         s->stats.history_db_reads++;
     return q;

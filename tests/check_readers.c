@@ -1,8 +1,8 @@
 /*
- * Integration tests of readers' tokens and private channels on the sse service (issue #13),
- * black-box on the real stack: SLUICE_PRIVATE_CHANNELS names the private channels; a reader
- * presents a JWT (HS256 from SLUICE_JWT_SECRET, RS256/ES256 from a JWKS rotated with SIGHUP) as
- * Authorization: Bearer, ?token=, or in a WebSocket's subscribe or auth command.
+ * Integration tests of readers' tokens and private channels on the sse service (issue #13) and the
+ * api's history, black-box on the real stack: SLUICE_PRIVATE_CHANNELS names the private channels;
+ * a reader presents a JWT (HS256 from SLUICE_JWT_SECRET, RS256/ES256 from a JWKS rotated with
+ * SIGHUP) as Authorization: Bearer, ?token=, or in a WebSocket's subscribe or auth command.
  *
  * What must hold: public channels read as before, without a token; a private one is refused 401
  * without a token and 403 with one that does not cover it (WebSocket: error frames naming the
@@ -1109,6 +1109,140 @@ START_TEST(test_measure_token_cost)
 }
 END_TEST
 
+/* ---- 8. the api's history follows the same policy ------------------------------------------------ */
+
+/* GET target on the api at port with the Authorization header auth (a token, may be NULL): the
+ * answer must be want, with code in its body when code is not NULL. Returns the body's JSON (the
+ * caller frees it). */
+static json_t *api_get(int port, const char *target, const char *t, long want, const char *code)
+{
+    char url[512], h[8192], wantc[96];
+    tu_resp_t r;
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d%s", port, target);
+    if (t != NULL)
+        snprintf(h, sizeof(h), "Authorization: Bearer %s", t);
+    ck_assert_int_eq(tu_http("GET", url, t != NULL ? h : NULL, NULL, NULL, 0, &r), 0);
+    ck_assert_msg(r.status == want, "GET %s answered %ld, want %ld: %s", target, r.status, want, r.body);
+    if (code != NULL) {
+        snprintf(wantc, sizeof(wantc), "\"code\":\"%s\"", code);
+        ck_assert_msg(strstr(r.body, wantc) != NULL, "GET %s: %s, want %s", target, r.body, code);
+    }
+    json_t *o = json_loads(r.body, 0, NULL);
+    ck_assert_msg(json_is_object(o), "GET %s: not a JSON object: %s", target, r.body);
+    tu_resp_free(&r);
+    return o;
+}
+
+/* GET target on the api at port with token t (may be NULL) answers 200 with a page whose messages
+ * are want's seqs, in want's order (a list, "3,5,8"). */
+static void expect_page(int port, const char *target, const char *t, const char *want)
+{
+    char seqs[4096];
+    size_t i, n = 0;
+    json_t *o = api_get(port, target, t, 200, NULL), *msgs = json_object_get(o, "messages"), *m;
+    ck_assert_msg(json_is_array(msgs), "GET %s: no messages array", target);
+    seqs[0] = '\0';
+    json_array_foreach(msgs, i, m) {
+        n += (size_t)snprintf(seqs + n, sizeof(seqs) - n, "%s%lld", i ? "," : "",
+                              (long long)json_integer_value(json_object_get(m, "seq")));
+    }
+    ck_assert_msg(strcmp(seqs, want) == 0, "GET %s: messages %s, want %s", target, seqs, want);
+    json_decref(o);
+}
+
+/* The api's history (newest first, before=), pulls (oldest first, after=) and single messages obey
+ * SLUICE_PRIVATE_CHANNELS as sse's streams do: a private channel is refused 401 without a token and
+ * 403 with one that does not cover it; a read of every channel leaves out what the token may not
+ * read; a message of a private channel is refused by its id too; a bad token is refused. */
+START_TEST(test_private_channels_on_api)
+{
+    const char *env[] = {"SLUICE_JWT_SECRET=" SECRET, PRIVATE, NULL};
+    char target[256], id_staff[64], id_general[64];
+    json_t *o;
+    start_stack("rdapi", env);
+    int port = 0;
+    pid_t api = tu_start_at(&S, "api", &port, env);
+    const char *chans[] = {"general", "staff", "team-a", "ops_x", "opsax", "general", "team-b", "staff"};
+    for (size_t i = 0; i < sizeof(chans) / sizeof(chans[0]); i++)
+        post(chans[i]);
+    PGresult *q = PQexec(DB, "SELECT (SELECT id FROM messages WHERE channel = 'staff' ORDER BY seq LIMIT 1),"
+                             " (SELECT id FROM messages WHERE channel = 'general' ORDER BY seq LIMIT 1)");
+    ck_assert(PQresultStatus(q) == PGRES_TUPLES_OK);
+    snprintf(id_staff, sizeof(id_staff), "%s", PQgetvalue(q, 0, 0));
+    snprintf(id_general, sizeof(id_general), "%s", PQgetvalue(q, 0, 1));
+    PQclear(q);
+    char *pub = db_list("SELECT seq FROM messages WHERE channel IN ('general', 'opsax') ORDER BY seq");
+    char *pub_desc = db_list("SELECT seq FROM messages WHERE channel IN ('general', 'opsax') ORDER BY seq DESC");
+    char *teams = db_list("SELECT seq FROM messages WHERE channel NOT IN ('staff', 'ops_x') ORDER BY seq");
+    char *teams_desc = db_list("SELECT seq FROM messages WHERE channel NOT IN ('staff', 'ops_x') ORDER BY seq DESC");
+    char *teams2 = db_list("SELECT seq FROM messages WHERE channel NOT IN ('staff', 'ops_x') ORDER BY seq LIMIT 2");
+    char *staff = db_list("SELECT seq FROM messages WHERE channel = 'staff' ORDER BY seq");
+    char *staff_desc = db_list("SELECT seq FROM messages WHERE channel = 'staff' ORDER BY seq DESC");
+    char *team = token("tess", 600, "[\"team-*\"]"), *sam = token("sam", 600, "[\"staff\"]");
+    char *nochan = token("nina", 600, NULL), *expired = token("sam", -600, "[\"staff\"]");
+
+    /* public channels as before, without a token; a private one by the token covering it only */
+    const char *priv[] = {"staff", "%23staff", "ops_x"};
+    for (int pull = 0; pull < 2; pull++) {
+        const char *extra = pull ? "&after=0" : "";
+        snprintf(target, sizeof(target), "/v1/messages?channel=general%s", extra);
+        json_decref(api_get(port, target, NULL, 200, NULL));
+        for (size_t i = 0; i < sizeof(priv) / sizeof(priv[0]); i++) {
+            snprintf(target, sizeof(target), "/v1/messages?channel=%s%s", priv[i], extra);
+            json_decref(api_get(port, target, NULL, 401, "token_required"));
+            json_decref(api_get(port, target, team, 403, "channel_forbidden"));
+            json_decref(api_get(port, target, nochan, 403, "channel_forbidden"));
+            json_decref(api_get(port, target, expired, 401, "token_expired"));
+            json_decref(api_get(port, target, "not-a-token", 401, NULL));
+        }
+        snprintf(target, sizeof(target), "/v1/messages?channel=staff%s", extra);
+        expect_page(port, target, sam, pull ? staff : staff_desc);
+    }
+
+    /* every channel: what the token may read, nothing else ('_' of ops_x matches no other channel) */
+    expect_page(port, "/v1/messages", NULL, pub_desc);
+    expect_page(port, "/v1/messages", team, teams_desc);
+    expect_page(port, "/v1/messages?after=0", NULL, pub);
+    expect_page(port, "/v1/messages?after=0", team, teams);
+    expect_page(port, "/v1/messages?after=0&limit=2", team, teams2);
+    json_decref(api_get(port, "/v1/messages?after=0", "not-a-token", 401, NULL));
+    snprintf(target, sizeof(target), "/v1/messages?channel=staff&token=%s", sam); /* as sse takes it */
+    json_decref(api_get(port, target, NULL, 200, NULL));
+    snprintf(target, sizeof(target), "/v1/messages?channel=staff&token=%s", team);
+    json_decref(api_get(port, target, NULL, 403, "channel_forbidden"));
+    json_decref(api_get(port, "/v1/messages?channel=general&token=%zz", NULL, 401, "token_malformed"));
+
+    /* one message by its id */
+    snprintf(target, sizeof(target), "/v1/messages/%s", id_general);
+    json_decref(api_get(port, target, NULL, 200, NULL));
+    snprintf(target, sizeof(target), "/v1/messages/%s", id_staff);
+    json_decref(api_get(port, target, NULL, 401, "token_required"));
+    json_decref(api_get(port, target, team, 403, "channel_forbidden"));
+    o = api_get(port, target, sam, 200, NULL);
+    ck_assert_str_eq(jstr(o, "channel"), "staff");
+    json_decref(o);
+
+    /* counted */
+    char url[128];
+    tu_resp_t r;
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/metrics", port);
+    ck_assert_int_eq(tu_http("GET", url, NULL, NULL, NULL, 0, &r), 0);
+    ck_assert_msg(strstr(r.body, "sluice_api_private_refused_total{code=\"token_required\"} 7\n") != NULL &&
+                      strstr(r.body, "sluice_api_private_refused_total{code=\"channel_forbidden\"} 14\n") != NULL,
+                  "%s", r.body);
+    tu_resp_free(&r);
+
+    ck_assert_int_eq(tu_stop(&api, SIGTERM, 10000), 0);
+    free(pub), free(pub_desc), free(teams), free(teams_desc), free(teams2), free(staff), free(staff_desc);
+    free(team), free(sam), free(nochan), free(expired);
+    stop_stack();
+
+    /* a configuration the api refuses to start with: exit status 2 */
+    int st = tu_exit_status("api", "SLUICE_PRIVATE_CHANNELS=te*am");
+    ck_assert_msg(st == 2, "exit status %d", st);
+}
+END_TEST
+
 int main(void)
 {
     const tu_named_test_t tests[] = {
@@ -1119,6 +1253,7 @@ int main(void)
         {"jwks", test_jwks_readers_and_rotation},
         {"nokeys", test_without_keys_tokens_are_ignored},
         {"presence", test_presence_users_are_token_subs},
+        {"api", test_private_channels_on_api},
         /* opt-in: a measurement that prints figures (SLUICE_TEST_ONLY=measure_tokens) */
         {"measure_tokens", test_measure_token_cost},
     };

@@ -10,6 +10,7 @@
 
 #include "sl_api.h"
 #include "sl_auth.h"
+#include "sl_chanpolicy.h"
 #include "sl_amqp.h"
 #include "sl_config.h"
 #include "sl_db.h"
@@ -28,7 +29,7 @@ static size_t inflight(void *api)
 
 int main(int argc, char **argv)
 {
-    const char *host, *amqp_url, *db_url, *tokens, *tokens_file;
+    const char *host, *amqp_url, *db_url, *tokens, *tokens_file, *private_channels;
     long long port, migrate_wait, drain_s;
     sl_http_opts_t http_opts;
     sl_jwt_conf_t jwt_conf;
@@ -67,6 +68,9 @@ int main(int argc, char **argv)
          "requests/s per client (token or address) before 429; 0: no limit"},
         {"client-burst", "SLUICE_API_CLIENT_BURST", SL_OPT_DOUBLE, &conf.client_burst, "20", 1, 1e6,
          "burst allowed by the per-client limit"},
+        {"private-channels", "SLUICE_PRIVATE_CHANNELS", SL_OPT_STR, &private_channels, "", 0, 0,
+         "channels (names and prefix* patterns, comma-separated) whose history only readers with a token covering "
+         "them may read (as on sse); empty: none"},
         SL_JWT_OPTIONS(&jwt_conf),
         SL_HTTP_OPTIONS(&http_opts),
         {"drain-timeout", "SLUICE_DRAIN_TIMEOUT", SL_OPT_INT, &drain_s, "10", 0, 3600,
@@ -96,8 +100,11 @@ int main(int argc, char **argv)
     sl_log_init("api");
     char err[512];
     sl_jwt_t *jwt = sl_jwt_create(&jwt_conf, err, sizeof(err));
-    if (jwt == NULL || (conf.auth = sl_auth_create(tokens, tokens_file, jwt, err, sizeof(err))) == NULL) {
+    conf.policy = NULL;
+    if (jwt == NULL || (conf.policy = sl_chanpolicy_create(private_channels, err, sizeof(err))) == NULL ||
+        (conf.auth = sl_auth_create(tokens, tokens_file, jwt, err, sizeof(err))) == NULL) {
         fprintf(stderr, "sluice-api: %s\n", err);
+        sl_chanpolicy_destroy(conf.policy);
         sl_jwt_destroy(jwt);
         return 2;
     }
@@ -106,6 +113,9 @@ int main(int argc, char **argv)
                 "anyone\"");
     else
         SL_INFO("event=writer_tokens count=%zu jwt=%d", sl_auth_count(conf.auth), sl_jwt_enabled(jwt));
+    if (sl_chanpolicy_any_private(conf.policy) && !sl_jwt_enabled(jwt))
+        SL_WARN("event=private_channels_closed reason=\"SLUICE_PRIVATE_CHANNELS without a JWT key: nobody can read "
+                "the private channels' history\"");
     sl_http_trap_signals(&stopping);
     /* Best effort: posts work without the database; history needs the schema. The migration runs
      * on a thread of its own so that a database that hangs does not keep the api from listening
