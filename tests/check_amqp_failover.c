@@ -269,7 +269,9 @@ START_TEST(test_black_hole_first_node_keeps_the_loop_free)
             up_at * 1000, probes, max_health * 1000);
     ck_assert_msg(up_at > 0, "never connected to the broker behind the black hole");
     ck_assert_msg(up_at >= 1.5 && up_at < 5.0, "connected after %.3f s", up_at);
-    ck_assert_msg(max_health < 0.1, "a /healthz took %.3f s", max_health);
+    /* a loop blocked in the handshake would stall up to its 2 s deadline: 1 s tells the two apart
+     * on a busy machine too */
+    ck_assert_msg(max_health < 1.0, "a /healthz took %.3f s", max_health);
     /* given up at the deadline (by the loop's cut or rabbitmq-c's own handshake timeout, whichever
      * comes first: both are 2 000 ms) */
     char gave_up[200];

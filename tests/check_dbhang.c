@@ -32,7 +32,10 @@ static double ms_since(int64_t t0)
     return (double)(sl_time_mono_us() - t0) / 1000.0;
 }
 
-/* /healthz every 100 ms for ~5 s: each answer within 100 ms. Returns the slowest, in ms. */
+/* /healthz every 100 ms for ~5 s: each answer within 1 s. A loop blocked on the hung database
+ * would stall for its whole deadline (2 to 5 s); the bound is that far above a loop that is free
+ * and a shared, busy machine's scheduling (figures are printed to compare runs). Returns the
+ * slowest, in ms. */
 static double healthz_while(int port)
 {
     char url[128];
@@ -46,7 +49,7 @@ static double healthz_while(int port)
         tu_resp_free(&r);
         tu_sleep_ms(100);
     }
-    ck_assert_msg(worst < 100, "slowest /healthz %.1f ms", worst);
+    ck_assert_msg(worst < 1000, "slowest /healthz %.1f ms", worst);
     return worst;
 }
 
@@ -82,15 +85,16 @@ START_TEST(test_services_on_hung_database)
     ck_assert_int_eq(tu_http("POST", post, NULL, "application/json", body, strlen(body), &r), 0);
     ck_assert_msg(r.status == 202, "POST answered %ld: %s", r.status, r.body);
     double post_ms = r.seconds * 1000;
-    ck_assert_msg(post_ms < 500, "POST answered after %.0f ms", post_ms);
+    ck_assert_msg(post_ms < 1500, "POST answered after %.0f ms", post_ms); /* not the 2 s query deadline */
     ck_assert_int_eq(tu_json_str(r.body, "id", id, sizeof(id)), 0);
     tu_resp_free(&r);
 
-    /* the first attempt has failed by now (5 s): reads are refused at once */
+    /* the first attempt has failed by now (5 s): reads are refused at once, not after the 2 s
+     * query deadline */
     ck_assert_int_eq(tu_http("GET", list, NULL, NULL, NULL, 0, &r), 0);
     ck_assert_int_eq(r.status, 503);
     double later_get_ms = r.seconds * 1000;
-    ck_assert_msg(later_get_ms < 100, "history answered after %.0f ms", later_get_ms);
+    ck_assert_msg(later_get_ms < 1000, "history answered after %.0f ms", later_get_ms);
     tu_resp_free(&r);
     ck_assert_int_eq(tu_http("GET", ready, NULL, NULL, NULL, 0, &r), 0);
     ck_assert_int_eq(r.status, 503);
