@@ -133,6 +133,14 @@ sl_sse_t *sl_sse_create(h2o_loop_t *loop, const sl_sse_conf_t *conf)
 
 /* ---- GET /v1/channels, GET /v1/channels/{channel}/presence ------------------------------------- */
 
+/* A handler's refusal: a JSON error without Retry-After; returns 0, as a handler does once it
+ * answered. */
+static int refuse(h2o_req_t *req, int status, const char *code, const char *field, const char *message)
+{
+    sl_http_fail(req, status, code, field, message, 0);
+    return 0;
+}
+
 /* What the client of req may see of channel: 0, or the status that refuses it. */
 static int channel_visible(sl_sse_t *s, h2o_req_t *req, const char *channel)
 {
@@ -282,18 +290,14 @@ static int handle_channels(sl_sse_t *s, h2o_req_t *req)
     h2o_iovec_t v;
     long long limit = CHANNELS_LIMIT_MAX;
     int r = sl_http_query(req, "limit", &v);
-    if (r < 0 || (r == 1 && (sl_stream_parse_count(v.base, v.len, CHANNELS_LIMIT_MAX, &limit) != 0 || limit < 1))) {
-        sl_http_fail(req, 400, "invalid_limit", "limit", "'limit' must be an integer from 1 to 1000", 0);
-        return 0;
-    }
+    if (r < 0 || (r == 1 && (sl_stream_parse_count(v.base, v.len, CHANNELS_LIMIT_MAX, &limit) != 0 || limit < 1)))
+        return refuse(req, 400, "invalid_limit", "limit", "'limit' must be an integer from 1 to 1000");
     const char *after = NULL;
     size_t after_len = 0;
     if ((r = sl_http_query(req, "after", &v)) < 0 ||
-        (r == 1 && (after_len = sl_channel_canon(v.base, v.len, &after)) == 0)) {
-        sl_http_fail(req, 400, "invalid_cursor", "after",
-                     "'after' must be a channel (" SL_CHANNEL_RULE "), the \"next\" of the previous page", 0);
-        return 0;
-    }
+        (r == 1 && (after_len = sl_channel_canon(v.base, v.len, &after)) == 0))
+        return refuse(req, 400, "invalid_cursor", "after",
+                      "'after' must be a channel (" SL_CHANNEL_RULE "), the \"next\" of the previous page");
     struct channels_req *c = h2o_mem_alloc_shared(&req->pool, sizeof(*c), channels_dispose);
     memset(c, 0, sizeof(*c));
     c->s = s;
@@ -339,14 +343,11 @@ static int cmp_user(const void *a, const void *b)
     return strcmp(((const sl_presence_user_t *)a)->id, ((const sl_presence_user_t *)b)->id);
 }
 
-static int handle_presence(sl_sse_t *s, h2o_req_t *req, const char *channel)
+static int answer_presence(sl_sse_t *s, h2o_req_t *req, const char *channel)
 {
     int refused = channel_visible(s, req, channel);
-    if (refused != 0) {
-        sl_http_fail(req, refused, refused == 401 ? "unauthorized" : "forbidden", NULL,
-                     "this channel is private", 0);
-        return 0;
-    }
+    if (refused != 0)
+        return refuse(req, refused, refused == 401 ? "unauthorized" : "forbidden", NULL, "this channel is private");
     struct user_list l = {NULL, 0, 0, SL_BUF_INIT, NULL};
     int truncated = 0;
     sl_presence_each_user(s->presence, channel, add_user, &l, &truncated);
@@ -602,6 +603,111 @@ static int handle_metrics(sl_sse_t *s, h2o_req_t *req)
     return 0;
 }
 
+/* ---- routing ----------------------------------------------------------------------------------- */
+
+static int handle_page(sl_sse_t *s, h2o_req_t *req)
+{
+    (void)s;
+    /* the page renders message text with textContent only; this policy backs that up. Images
+     * (avatars and media of Mastodon posts) come from anywhere, but only over https */
+    h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("content-security-policy"), 0, NULL,
+                          H2O_STRLIT("default-src 'self'; script-src 'self' 'unsafe-inline'; "
+                                     "style-src 'unsafe-inline'; img-src 'self' https:; connect-src *"));
+    sl_http_send(req, 200, "text/html; charset=utf-8", (const char *)sl_webpage, sl_webpage_len);
+    return 0;
+}
+
+static int handle_client(sl_sse_t *s, h2o_req_t *req) /* the page's own client, and anyone's (clients/js) */
+{
+    (void)s;
+    sl_http_send_static(req, "text/javascript; charset=utf-8", sl_clientjs_etag, (const char *)sl_clientjs,
+                        sl_clientjs_len);
+    return 0;
+}
+
+static int handle_favicon(sl_sse_t *s, h2o_req_t *req) /* none: say so without an error in the browser's console */
+{
+    (void)s;
+    sl_http_send(req, 204, "image/x-icon", "", 0);
+    return 0;
+}
+
+static int handle_config(sl_sse_t *s, h2o_req_t *req)
+{
+    json_t *o = json_pack("{s:s}", "api", s->conf.api_url);
+    char *text = o != NULL ? json_dumps(o, JSON_COMPACT) : NULL;
+    json_decref(o);
+    if (text == NULL)
+        return sl_http_fail(req, 503, "out_of_memory", NULL, "out of memory", 1), 0;
+    sl_http_send(req, 200, NULL, text, strlen(text));
+    free(text);
+    return 0;
+}
+
+static int handle_stream(sl_sse_t *s, h2o_req_t *req)
+{
+    return sl_streams_handle_stream(s->streams, req);
+}
+
+static int handle_ws(sl_sse_t *s, h2o_req_t *req)
+{
+    return sl_streams_handle_ws(s->streams, req);
+}
+
+static int handle_pull(sl_sse_t *s, h2o_req_t *req)
+{
+    return sl_pull_handle(s->pull, req);
+}
+
+static int handle_healthz(sl_sse_t *s, h2o_req_t *req)
+{
+    (void)s;
+    sl_http_send(req, 200, NULL, H2O_STRLIT("{\"status\":\"ok\"}"));
+    return 0;
+}
+
+static int handle_presence(sl_sse_t *s, h2o_req_t *req)
+{
+    h2o_iovec_t channel;
+    presence_path(req, &channel);
+    /* as everywhere, "#general" means general; in a path the '#' comes as %23 */
+    char name[SL_CHANNEL_MAX + 4];
+    const char *canon = NULL;
+    size_t len = 0;
+    if (channel.len >= 3 && memcmp(channel.base, "%23", 3) == 0 && channel.len - 2 < sizeof(name)) {
+        name[0] = '#';
+        memcpy(name + 1, channel.base + 3, channel.len - 3);
+        len = sl_channel_canon(name, channel.len - 2, &canon);
+    } else {
+        len = sl_channel_canon(channel.base, channel.len, &canon);
+    }
+    if (len == 0)
+        return refuse(req, 400, "invalid_channel", "channel", "the channel must be " SL_CHANNEL_RULE);
+    memmove(name, canon, len);
+    name[len] = '\0';
+    return answer_presence(s, req, name);
+}
+
+/* The endpoints by their whole (normalized) path; "/v1/channels/{channel}/presence" is matched
+ * apart, after them (presence_path). */
+static const struct route {
+    const char *path;
+    int (*handle)(sl_sse_t *s, h2o_req_t *req);
+} routes[] = {
+    {"/", handle_page},
+    {"/index.html", handle_page},
+    {"/client.js", handle_client},
+    {"/config.json", handle_config},
+    {"/favicon.ico", handle_favicon},
+    {"/v1/stream", handle_stream},
+    {"/v1/ws", handle_ws},
+    {"/v1/messages", handle_pull},
+    {"/healthz", handle_healthz},
+    {"/readyz", handle_readyz},
+    {"/metrics", handle_metrics},
+    {"/v1/channels", handle_channels},
+};
+
 int sl_sse_handle(void *data, h2o_req_t *req)
 {
     sl_sse_t *s = data;
@@ -609,104 +715,20 @@ int sl_sse_handle(void *data, h2o_req_t *req)
         sl_http_preflight(req, "GET, OPTIONS");
         return 0;
     }
-    int get = sl_http_method_is(req, "GET") || sl_http_method_is(req, "HEAD");
-    const char *route = NULL;
-    h2o_iovec_t channel = {NULL, 0};
-    if (sl_http_path_is(req, "/") || sl_http_path_is(req, "/index.html"))
-        route = "page";
-    else if (sl_http_path_is(req, "/client.js"))
-        route = "client";
-    else if (sl_http_path_is(req, "/config.json"))
-        route = "config";
-    else if (sl_http_path_is(req, "/favicon.ico"))
-        route = "favicon";
-    else if (sl_http_path_is(req, "/v1/stream"))
-        route = "stream";
-    else if (sl_http_path_is(req, "/v1/ws"))
-        route = "ws";
-    else if (sl_http_path_is(req, "/v1/messages"))
-        route = "pull";
-    else if (sl_http_path_is(req, "/healthz"))
-        route = "healthz";
-    else if (sl_http_path_is(req, "/readyz"))
-        route = "readyz";
-    else if (sl_http_path_is(req, "/metrics"))
-        route = "metrics";
-    else if (sl_http_path_is(req, "/v1/channels"))
-        route = "channels";
-    else if (presence_path(req, &channel))
-        route = "presence";
-    if (route == NULL) {
-        sl_http_fail(req, 404, "not_found", NULL, "no such endpoint", 0);
-        return 0;
-    }
-    if (!get) {
+    int (*handle)(sl_sse_t *, h2o_req_t *) = NULL;
+    for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]) && handle == NULL; i++)
+        if (sl_http_path_is(req, routes[i].path))
+            handle = routes[i].handle;
+    h2o_iovec_t channel;
+    if (handle == NULL && presence_path(req, &channel))
+        handle = handle_presence;
+    if (handle == NULL)
+        return refuse(req, 404, "not_found", NULL, "no such endpoint");
+    if (!sl_http_method_is(req, "GET") && !sl_http_method_is(req, "HEAD")) {
         sl_http_method_not_allowed(req, "GET");
         return 0;
     }
-    if (strcmp(route, "page") == 0) {
-        /* the page renders message text with textContent only; this policy backs that up. Images
-         * (avatars and media of Mastodon posts) come from anywhere, but only over https */
-        h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("content-security-policy"), 0, NULL,
-                              H2O_STRLIT("default-src 'self'; script-src 'self' 'unsafe-inline'; "
-                                         "style-src 'unsafe-inline'; img-src 'self' https:; connect-src *"));
-        sl_http_send(req, 200, "text/html; charset=utf-8", (const char *)sl_webpage, sl_webpage_len);
-        return 0;
-    }
-    if (strcmp(route, "client") == 0) { /* the page's own client, and anyone's (clients/js) */
-        sl_http_send_static(req, "text/javascript; charset=utf-8", sl_clientjs_etag, (const char *)sl_clientjs,
-                            sl_clientjs_len);
-        return 0;
-    }
-    if (strcmp(route, "favicon") == 0) { /* none: say so without an error in the browser's console */
-        sl_http_send(req, 204, "image/x-icon", "", 0);
-        return 0;
-    }
-    if (strcmp(route, "config") == 0) {
-        json_t *o = json_pack("{s:s}", "api", s->conf.api_url);
-        char *text = o != NULL ? json_dumps(o, JSON_COMPACT) : NULL;
-        json_decref(o);
-        if (text == NULL)
-            return sl_http_fail(req, 503, "out_of_memory", NULL, "out of memory", 1), 0;
-        sl_http_send(req, 200, NULL, text, strlen(text));
-        free(text);
-        return 0;
-    }
-    if (strcmp(route, "stream") == 0)
-        return sl_streams_handle_stream(s->streams, req);
-    if (strcmp(route, "ws") == 0)
-        return sl_streams_handle_ws(s->streams, req);
-    if (strcmp(route, "pull") == 0)
-        return sl_pull_handle(s->pull, req);
-    if (strcmp(route, "healthz") == 0) {
-        sl_http_send(req, 200, NULL, H2O_STRLIT("{\"status\":\"ok\"}"));
-        return 0;
-    }
-    if (strcmp(route, "readyz") == 0)
-        return handle_readyz(s, req);
-    if (strcmp(route, "channels") == 0)
-        return handle_channels(s, req);
-    if (strcmp(route, "presence") == 0) {
-        /* as everywhere, "#general" means general; in a path the '#' comes as %23 */
-        char name[SL_CHANNEL_MAX + 4];
-        const char *canon = NULL;
-        size_t len = 0;
-        if (channel.len >= 3 && memcmp(channel.base, "%23", 3) == 0 && channel.len - 2 < sizeof(name)) {
-            name[0] = '#';
-            memcpy(name + 1, channel.base + 3, channel.len - 3);
-            len = sl_channel_canon(name, channel.len - 2, &canon);
-        } else {
-            len = sl_channel_canon(channel.base, channel.len, &canon);
-        }
-        if (len == 0) {
-            sl_http_fail(req, 400, "invalid_channel", "channel", "the channel must be " SL_CHANNEL_RULE, 0);
-            return 0;
-        }
-        memmove(name, canon, len);
-        name[len] = '\0';
-        return handle_presence(s, req, name);
-    }
-    return handle_metrics(s, req);
+    return handle(s, req);
 }
 
 sl_presence_t *sl_sse_presence(sl_sse_t *s)
