@@ -337,32 +337,16 @@ static void reader_open_ok(reader_t *r, int port, const char *target, const char
     ck_assert_msg(st == 200, "GET %s answered %ld: %s", target, st, r->st.body ? r->st.body : "");
 }
 
-/* Reads until a message with seq >= want arrived; 1 if it did within timeout_ms. */
-static int reader_until(reader_t *r, long long want, int timeout_ms)
+/* Reads until the last seq reached want_seq and want_n messages arrived in total, or for
+ * timeout_ms: 1 if they did, 0 at the timeout, -1 when the stream ended. */
+static int reader_read(reader_t *r, long long want_seq, size_t want_n, int timeout_ms)
 {
     long long end = tu_now_ms() + timeout_ms;
     tu_sev_t ev;
-    while (reader_last(r) < want) {
+    while (reader_last(r) < want_seq || r->n < want_n) {
         long long left = end - tu_now_ms();
         if (left <= 0)
             return 0;
-        int rc = tu_stream_next(&r->st, &ev, (int)left);
-        if (rc < 0) {
-            r->ended = 1;
-            return 0;
-        }
-        if (rc == 1)
-            reader_take(r, &ev);
-    }
-    return 1;
-}
-
-/* Reads whatever comes for ms; 0 if the stream is still open after it. */
-static int reader_for(reader_t *r, int ms)
-{
-    long long end = tu_now_ms() + ms;
-    tu_sev_t ev;
-    for (long long left; (left = end - tu_now_ms()) > 0;) {
         int rc = tu_stream_next(&r->st, &ev, (int)left);
         if (rc < 0) {
             r->ended = 1;
@@ -371,27 +355,25 @@ static int reader_for(reader_t *r, int ms)
         if (rc == 1)
             reader_take(r, &ev);
     }
-    return 0;
+    return 1;
+}
+
+/* Reads until a message with seq >= want arrived; 1 if it did within timeout_ms. */
+static int reader_until(reader_t *r, long long want, int timeout_ms)
+{
+    return reader_read(r, want, 0, timeout_ms) == 1;
+}
+
+/* Reads whatever comes for ms; 0 if the stream is still open after it. */
+static int reader_for(reader_t *r, int ms)
+{
+    return reader_read(r, LLONG_MAX, 0, ms);
 }
 
 /* Reads until n messages arrived in total; 1 if they did. */
 static int reader_count(reader_t *r, size_t n, int timeout_ms)
 {
-    long long end = tu_now_ms() + timeout_ms;
-    tu_sev_t ev;
-    while (r->n < n) {
-        long long left = end - tu_now_ms();
-        if (left <= 0)
-            return 0;
-        int rc = tu_stream_next(&r->st, &ev, (int)left);
-        if (rc < 0) {
-            r->ended = 1;
-            return 0;
-        }
-        if (rc == 1)
-            reader_take(r, &ev);
-    }
-    return 1;
+    return reader_read(r, LLONG_MIN, n, timeout_ms) == 1;
 }
 
 static void reader_free(reader_t *r)
