@@ -812,38 +812,48 @@ static int header_in(const char *resp, const char *name, char *value, size_t siz
 
 #define ACAO "access-control-allow-origin"
 
+/* A fresh stack name with its persister, api and sse, each started with env (may be NULL). */
+static void start_all(const char *name, const char *const *env)
+{
+    tu_stack_init(&S, name, 100000);
+    tu_start(&S, "persister", env);
+    tu_start(&S, "api", env);
+    tu_start(&S, "sse", env);
+}
+
+/* The answer to method path (with headers) on port, once it is asserted to be status with one
+ * Access-Control-Allow-Origin, acao. The caller frees it. */
+static char *cors_raw(int port, const char *method, const char *path, const char *headers, int status,
+                      const char *acao)
+{
+    char v[256];
+    char *r = http_raw(port, method, path, headers);
+    ck_assert_int_eq(status_of(r), status);
+    ck_assert_int_eq(header_in(r, ACAO, v, sizeof(v)), 1);
+    ck_assert_str_eq(v, acao);
+    return r;
+}
+
 /* SLUICE_ALLOWED_ORIGINS unset: every answer says * (as before), streams and WebSocket included. */
 START_TEST(test_cors_default_any_origin)
 {
     char v[256];
-    tu_stack_init(&S, "corsany", 100000);
-    tu_start(&S, "persister", NULL);
-    tu_start(&S, "api", NULL);
-    tu_start(&S, "sse", NULL);
+    start_all("corsany", NULL);
     int ports[] = {S.api_port, S.sse_port, S.persister_port};
     for (int i = 0; i < 3; i++) {
-        char *r = http_raw(ports[i], "GET", "/healthz", "Origin: https://anywhere.example\r\n");
-        ck_assert_int_eq(status_of(r), 200);
-        ck_assert_int_eq(header_in(r, ACAO, v, sizeof(v)), 1);
-        ck_assert_str_eq(v, "*");
+        char *r = cors_raw(ports[i], "GET", "/healthz", "Origin: https://anywhere.example\r\n", 200, "*");
         ck_assert_int_eq(header_in(r, "vary", v, sizeof(v)), 0);
         free(r);
     }
     /* a stream: one Access-Control-Allow-Origin, not the stream's and the server's both */
-    char *r = http_raw(S.sse_port, "GET", "/v1/stream?history=0", "Origin: https://anywhere.example\r\n");
-    ck_assert_int_eq(status_of(r), 200);
-    ck_assert_int_eq(header_in(r, ACAO, v, sizeof(v)), 1);
-    ck_assert_str_eq(v, "*");
-    free(r);
+    free(cors_raw(S.sse_port, "GET", "/v1/stream?history=0", "Origin: https://anywhere.example\r\n", 200, "*"));
     /* preflights: every header sluice reads may be sent */
     int pf[] = {S.api_port, S.sse_port};
     for (int i = 0; i < 2; i++) {
-        r = http_raw(pf[i], "OPTIONS", i == 0 ? "/v1/messages" : "/v1/stream",
-                     "Origin: https://anywhere.example\r\nAccess-Control-Request-Method: GET\r\n"
-                     "Access-Control-Request-Headers: authorization, last-event-id\r\n");
-        ck_assert_int_eq(status_of(r), 204);
-        ck_assert_int_eq(header_in(r, ACAO, v, sizeof(v)), 1);
-        ck_assert_str_eq(v, "*");
+        char *r = cors_raw(pf[i], "OPTIONS", i == 0 ? "/v1/messages" : "/v1/stream",
+                           "Origin: https://anywhere.example\r\nAccess-Control-Request-Method: GET\r\n"
+                           "Access-Control-Request-Headers: authorization, last-event-id\r\n",
+                           204, "*");
         ck_assert_int_eq(header_in(r, "access-control-allow-headers", v, sizeof(v)), 1);
         ck_assert_msg(strstr(v, "Authorization") && strstr(v, "Idempotency-Key") && strstr(v, "Last-Event-ID") &&
                           strstr(v, "Content-Type"),
@@ -864,16 +874,10 @@ START_TEST(test_cors_allow_list)
 {
     const char *env[] = {"SLUICE_ALLOWED_ORIGINS=https://app.example, http://localhost:3000", NULL};
     char v[256];
-    tu_stack_init(&S, "corslist", 100000);
-    tu_start(&S, "persister", env);
-    tu_start(&S, "api", env);
-    tu_start(&S, "sse", env);
+    start_all("corslist", env);
     int ports[] = {S.api_port, S.sse_port, S.persister_port};
     for (int i = 0; i < 3; i++) {
-        char *r = http_raw(ports[i], "GET", "/healthz", "Origin: https://app.example\r\n");
-        ck_assert_int_eq(status_of(r), 200);
-        ck_assert_int_eq(header_in(r, ACAO, v, sizeof(v)), 1);
-        ck_assert_str_eq(v, "https://app.example");
+        char *r = cors_raw(ports[i], "GET", "/healthz", "Origin: https://app.example\r\n", 200, "https://app.example");
         ck_assert_int_eq(header_in(r, "vary", v, sizeof(v)), 1);
         ck_assert_ptr_nonnull(strstr(v, "Origin"));
         free(r);
@@ -901,11 +905,8 @@ START_TEST(test_cors_allow_list)
     ck_assert_str_eq(v, "Retry-After");
     free(r);
     /* streams: the server's answer replaces the stream's "*" */
-    r = http_raw(S.sse_port, "GET", "/v1/stream?history=0", "Origin: https://app.example\r\n");
-    ck_assert_int_eq(status_of(r), 200);
-    ck_assert_int_eq(header_in(r, ACAO, v, sizeof(v)), 1);
-    ck_assert_str_eq(v, "https://app.example");
-    free(r);
+    free(cors_raw(S.sse_port, "GET", "/v1/stream?history=0", "Origin: https://app.example\r\n", 200,
+                  "https://app.example"));
     r = http_raw(S.sse_port, "GET", "/v1/stream?history=0", "Origin: https://evil.example\r\n");
     ck_assert_int_eq(status_of(r), 200);
     ck_assert_int_eq(header_in(r, ACAO, v, sizeof(v)), 0);
@@ -913,12 +914,10 @@ START_TEST(test_cors_allow_list)
     /* preflights */
     int pf[] = {S.api_port, S.sse_port};
     for (int i = 0; i < 2; i++) {
-        r = http_raw(pf[i], "OPTIONS", "/v1/messages",
+        r = cors_raw(pf[i], "OPTIONS", "/v1/messages",
                      "Origin: https://app.example\r\nAccess-Control-Request-Method: POST\r\n"
-                     "Access-Control-Request-Headers: authorization, idempotency-key, content-type\r\n");
-        ck_assert_int_eq(status_of(r), 204);
-        ck_assert_int_eq(header_in(r, ACAO, v, sizeof(v)), 1);
-        ck_assert_str_eq(v, "https://app.example");
+                     "Access-Control-Request-Headers: authorization, idempotency-key, content-type\r\n",
+                     204, "https://app.example");
         ck_assert_int_eq(header_in(r, "vary", v, sizeof(v)), 1);
         ck_assert_int_eq(header_in(r, "access-control-allow-headers", v, sizeof(v)), 1);
         ck_assert_msg(strstr(v, "Authorization") && strstr(v, "Idempotency-Key") && strstr(v, "Last-Event-ID"), "%s", v);
