@@ -75,13 +75,9 @@ START_TEST(test_writer_tokens)
     /* a bad body with a good token is still a 400, a good body without a token still a 401 */
     char url[128];
     snprintf(url, sizeof(url), "%s/v1/messages", S.base);
-    ck_assert_int_eq(tu_http("POST", url, "Authorization: Bearer alice-token-0001", "application/json", "{", 1, &r), 0);
-    ck_assert_int_eq(r.status, 400);
-    tu_resp_free(&r);
+    tu_http_expect("POST", url, "Authorization: Bearer alice-token-0001", "application/json", "{", 1, 400);
     /* reads stay open */
-    ck_assert_int_eq(tu_http("GET", url, NULL, NULL, NULL, 0, &r), 0);
-    ck_assert_int_eq(r.status, 200);
-    tu_resp_free(&r);
+    tu_http_expect("GET", url, NULL, NULL, NULL, 0, 200);
 
     PGconn *db = tu_db(&S);
     ck_assert_int_eq(tu_wait_rows(db, 2, 20000), 2);
@@ -369,9 +365,7 @@ START_TEST(test_jwt_rate_limit_by_sub)
         ck_assert_msg(r.status == want[i], "request %d: %ld", i, r.status);
         tu_resp_free(&r);
     }
-    ck_assert_int_eq(tu_http("GET", url, b, NULL, NULL, 0, &r), 0);
-    ck_assert_int_eq(r.status, 200);
-    tu_resp_free(&r);
+    tu_http_expect("GET", url, b, NULL, NULL, 0, 200);
     ck_assert_int_eq(tu_http("GET", url, NULL, NULL, NULL, 0, &r), 0); /* the address's own bucket */
     ck_assert_int_eq(r.status, 200);
     tu_resp_free(&r);
@@ -407,21 +401,15 @@ START_TEST(test_per_client_rate_limit)
     ck_assert_msg(ok >= 5 && ok <= 9, "%d allowed", ok);
     ck_assert_int_eq(ok + limited, 20);
     /* another client (a verified token) has its own bucket, however the header spells it */
-    ck_assert_int_eq(tu_http("GET", url, "Authorization: Bearer token-of-alice", NULL, NULL, 0, &r), 0);
-    ck_assert_int_eq(r.status, 200);
-    tu_resp_free(&r);
+    tu_http_expect("GET", url, "Authorization: Bearer token-of-alice", NULL, NULL, 0, 200);
     /* a made-up token is no other client: it is the address's bucket, still empty */
-    ck_assert_int_eq(tu_http("GET", url, "Authorization: Bearer someone-else-1", NULL, NULL, 0, &r), 0);
-    ck_assert_int_eq(r.status, 429);
-    tu_resp_free(&r);
+    tu_http_expect("GET", url, "Authorization: Bearer someone-else-1", NULL, NULL, 0, 429);
     limited++;
     /* and a POST with it is refused for what it is, without taking from any bucket */
     char purl[128];
     const char *body = "{\"author\":\"alice\",\"text\":\"hi\"}";
     snprintf(purl, sizeof(purl), "%s/v1/messages", S.base);
-    ck_assert_int_eq(tu_http("POST", purl, "Authorization: Bearer someone-else-2", "application/json", body, strlen(body), &r), 0);
-    ck_assert_int_eq(r.status, 401);
-    tu_resp_free(&r);
+    tu_http_expect("POST", purl, "Authorization: Bearer someone-else-2", "application/json", body, strlen(body), 401);
     /* the verified token's bucket is one, whatever the spelling of the scheme: 5 in all */
     int tok_ok = 1; /* the GET above */
     for (int i = 0; i < 8; i++) {
@@ -442,9 +430,7 @@ START_TEST(test_per_client_rate_limit)
     tu_resp_free(&r);
     /* the bucket refills */
     tu_sleep_ms(1100);
-    ck_assert_int_eq(tu_http("GET", url, NULL, NULL, NULL, 0, &r), 0);
-    ck_assert_int_eq(r.status, 200);
-    tu_resp_free(&r);
+    tu_http_expect("GET", url, NULL, NULL, NULL, 0, 200);
     tu_stack_cleanup(&S);
 }
 END_TEST
@@ -459,18 +445,14 @@ START_TEST(test_ingest_control_needs_admin_token)
     tu_stack_init(&S, "admin", 100000);
     pid_t pid = tu_start_at(&S, "ingest", &port, env);
     snprintf(url, sizeof(url), "http://127.0.0.1:%d/v1/ingest", port);
-    ck_assert_int_eq(tu_http("GET", url, NULL, NULL, NULL, 0, &r), 0);
-    ck_assert_int_eq(r.status, 401);
-    tu_resp_free(&r);
+    tu_http_expect("GET", url, NULL, NULL, NULL, 0, 401);
     ck_assert_int_eq(tu_http("POST", url, "Authorization: Bearer wrong-token-xyz", "application/json",
                              "{\"command\":\"stop\"}", 18, &r),
                      0);
     ck_assert_int_eq(r.status, 401);
     ck_assert_ptr_nonnull(strstr(r.body, "invalid_token"));
     tu_resp_free(&r);
-    ck_assert_int_eq(tu_http("GET", url, "Authorization: Bearer admin-secret-token", NULL, NULL, 0, &r), 0);
-    ck_assert_int_eq(r.status, 200);
-    tu_resp_free(&r);
+    tu_http_expect("GET", url, "Authorization: Bearer admin-secret-token", NULL, NULL, 0, 200);
     ck_assert_int_eq(tu_http("POST", url, "Authorization: Bearer admin-secret-token", "application/json",
                              "{\"command\":\"stop\"}", 18, &r),
                      0);
@@ -478,9 +460,7 @@ START_TEST(test_ingest_control_needs_admin_token)
     tu_resp_free(&r);
     /* operators' endpoints, from loopback, still answer with SLUICE_OPS_LOOPBACK_ONLY=1 */
     snprintf(url, sizeof(url), "http://127.0.0.1:%d/metrics", port);
-    ck_assert_int_eq(tu_http("GET", url, NULL, NULL, NULL, 0, &r), 0);
-    ck_assert_int_eq(r.status, 200);
-    tu_resp_free(&r);
+    tu_http_expect("GET", url, NULL, NULL, NULL, 0, 200);
     ck_assert_int_eq(tu_stop(&pid, SIGTERM, 15000), 0);
 }
 END_TEST
@@ -687,12 +667,8 @@ START_TEST(test_oversized_request_head)
     ck_assert_ptr_nonnull(strstr(r.body, "\"code\":\"headers_too_large\""));
     tu_resp_free(&r);
     snprintf(url, sizeof(url), "http://127.0.0.1:%d/healthz", S.api_port);
-    ck_assert_int_eq(tu_http("GET", url, big, NULL, NULL, 0, &r), 0);
-    ck_assert_int_eq(r.status, 431);
-    tu_resp_free(&r);
-    ck_assert_int_eq(tu_http("GET", url, fits, NULL, NULL, 0, &r), 0);
-    ck_assert_int_eq(r.status, 200);
-    tu_resp_free(&r);
+    tu_http_expect("GET", url, big, NULL, NULL, 0, 431);
+    tu_http_expect("GET", url, fits, NULL, NULL, 0, 200);
     snprintf(url, sizeof(url), "http://127.0.0.1:%d/metrics", S.api_port);
     ck_assert_int_eq(tu_http("GET", url, NULL, NULL, NULL, 0, &r), 0);
     ck_assert_ptr_nonnull(strstr(r.body, "sluice_http_requests_refused_total{reason=\"header_bytes\"} 2"));

@@ -1344,12 +1344,9 @@ START_TEST(test_websocket_subscriptions)
     ck_assert(wait_metric(S.sse_port, "sluice_sse_clients{transport=\"websocket\"}", 0, 5000));
 
     /* a plain GET is no handshake */
-    tu_resp_t r;
     char url[128];
     snprintf(url, sizeof(url), "http://127.0.0.1:%d/v1/ws", S.sse_port);
-    ck_assert_int_eq(tu_http("GET", url, NULL, NULL, NULL, 0, &r), 0);
-    ck_assert_int_eq(r.status, 400);
-    tu_resp_free(&r);
+    tu_http_expect("GET", url, NULL, NULL, NULL, 0, 400);
     PQfinish(db);
     tu_stack_cleanup(&S);
 }
@@ -1621,9 +1618,7 @@ START_TEST(test_page_and_client_js)
     ck_assert_int_eq(r.status, 200);
     ck_assert_uint_eq(strlen(r.body), flen);
     tu_resp_free(&r);
-    ck_assert_int_eq(tu_http("POST", url, NULL, "application/json", "{}", 2, &r), 0);
-    ck_assert_int_eq(r.status, 405);
-    tu_resp_free(&r);
+    tu_http_expect("POST", url, NULL, "application/json", "{}", 2, 405);
 
     /* the page (web/index.html as it was built) imports it: its CSP lets scripts come from the
      * page's own origin, images (Mastodon avatars and media) from anywhere over https only, and
@@ -1703,9 +1698,7 @@ START_TEST(test_edits_and_deletes_reach_streams)
                      0);
     ck_assert_int_eq(tu_stream_next_event(&hist, &ev, 1500), 0); /* nothing: the only message is gone */
     snprintf(url, sizeof(url), "%s/v1/messages/%s", S.base, id);
-    ck_assert_int_eq(tu_http("GET", url, NULL, NULL, NULL, 0, &r), 0);
-    ck_assert_int_eq(r.status, 404);
-    tu_resp_free(&r);
+    tu_http_expect("GET", url, NULL, NULL, NULL, 0, 404);
     tu_stream_close(&live);
     tu_stream_close(&replay);
     tu_stream_close(&hist);

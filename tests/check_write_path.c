@@ -171,12 +171,9 @@ START_TEST(test_full_queue_answers_429_and_keeps_accepted)
     PGconn *db = tu_db(&S);
     assert_exactly_accepted(db, status, ids, N);
     /* room again: the api accepts */
-    tu_resp_t r;
     char body[256];
     body_plain(0, body, sizeof(body));
-    ck_assert_int_eq(tu_http("POST", post_url(), NULL, "application/json", body, strlen(body), &r), 0);
-    ck_assert_int_eq(r.status, 202);
-    tu_resp_free(&r);
+    tu_http_expect("POST", post_url(), NULL, "application/json", body, strlen(body), 202);
     PQfinish(db);
     tu_stack_cleanup(&S);
 }
@@ -241,9 +238,7 @@ START_TEST(test_broker_down_answers_503_and_recovers)
 
     ck_assert_int_eq(tu_servers("start-rabbitmq"), 0);
     ck_assert_msg(tu_wait_status(url, 200, 30000), "api did not become ready after the broker came back");
-    ck_assert_int_eq(tu_http("POST", post_url(), NULL, "application/json", body, strlen(body), &r), 0);
-    ck_assert_int_eq(r.status, 202);
-    tu_resp_free(&r);
+    tu_http_expect("POST", post_url(), NULL, "application/json", body, strlen(body), 202);
     PGconn *db = tu_db(&S);
     ck_assert_int_eq(tu_wait_rows(db, 1, 30000), 1); /* the persister reconnected too */
     PQfinish(db);
@@ -319,9 +314,7 @@ START_TEST(test_bad_inputs_get_documented_errors)
     tu_resp_free(&r);
     /* "#ops" is the channel ops, in a body and (percent-encoded) in a query; answers name it ops. */
     const char *hashed = "{\"author\":\"a\",\"text\":\"hash\",\"channel\":\"#ops\"}";
-    ck_assert_int_eq(tu_http("POST", post_url(), NULL, "application/json", hashed, strlen(hashed), &r), 0);
-    ck_assert_int_eq(r.status, 202);
-    tu_resp_free(&r);
+    tu_http_expect("POST", post_url(), NULL, "application/json", hashed, strlen(hashed), 202);
     PGconn *db = tu_db(&S);
     ck_assert_int_eq(tu_wait_rows(db, 2, 20000), 2);
     tu_sleep_ms(200);
@@ -376,9 +369,7 @@ START_TEST(test_idempotency_key_gives_one_message)
     ck_assert_str_ne(id3, id1);
     tu_resp_free(&r);
     const char *bad = "Idempotency-Key: has space";
-    ck_assert_int_eq(tu_http("POST", post_url(), bad, "application/json", b1, strlen(b1), &r), 0);
-    ck_assert_int_eq(r.status, 400);
-    tu_resp_free(&r);
+    tu_http_expect("POST", post_url(), bad, "application/json", b1, strlen(b1), 400);
 
     PGconn *db = tu_db(&S);
     ck_assert_int_eq(tu_wait_rows(db, 2, 20000), 2);
@@ -467,10 +458,7 @@ START_TEST(test_undecodable_message_is_dead_lettered)
                                         NULL, amqp_cstring_bytes(batch)),
                      AMQP_STATUS_OK);
     const char *good = "{\"author\":\"a\",\"text\":\"after the poison\"}";
-    tu_resp_t r;
-    ck_assert_int_eq(tu_http("POST", post_url(), NULL, "application/json", good, strlen(good), &r), 0);
-    ck_assert_int_eq(r.status, 202);
-    tu_resp_free(&r);
+    tu_http_expect("POST", post_url(), NULL, "application/json", good, strlen(good), 202);
     tu_start(&S, "persister", NULL);
     PGconn *db = tu_db(&S);
     ck_assert_int_eq(tu_wait_rows(db, 2, 20000), 2);
@@ -686,9 +674,7 @@ START_TEST(test_blocked_broker_answers_503)
     tu_start(&S, "persister", NULL);
     tu_start(&S, "api", NULL);
     body_plain(0, body, sizeof(body));
-    ck_assert_int_eq(tu_http("POST", post_url(), NULL, "application/json", body, strlen(body), &r), 0);
-    ck_assert_int_eq(r.status, 202);
-    tu_resp_free(&r);
+    tu_http_expect("POST", post_url(), NULL, "application/json", body, strlen(body), 202);
     /* A memory alarm: RabbitMQ blocks publishing connections and tells them (connection.blocked). */
     ck_assert_int_eq(tu_servers("rabbitmqctl set_vm_memory_high_watermark 0.000001 >/dev/null"), 0);
     snprintf(url, sizeof(url), "%s/readyz", S.base);
@@ -713,9 +699,7 @@ START_TEST(test_blocked_broker_answers_503)
     tu_resp_free(&r);
     ck_assert_int_eq(tu_servers("rabbitmqctl set_vm_memory_high_watermark 0.4 >/dev/null"), 0);
     ck_assert(tu_wait_status(url, 200, 15000));
-    ck_assert_int_eq(tu_http("POST", post_url(), NULL, "application/json", body, strlen(body), &r), 0);
-    ck_assert_int_eq(r.status, 202);
-    tu_resp_free(&r);
+    tu_http_expect("POST", post_url(), NULL, "application/json", body, strlen(body), 202);
     tu_stack_cleanup(&S);
 }
 END_TEST

@@ -380,6 +380,15 @@ void tu_resp_free(tu_resp_t *r)
     r->head_len = 0;
 }
 
+void tu_http_expect(const char *method, const char *url, const char *header, const char *ctype, const char *body,
+                    size_t len, long want)
+{
+    tu_resp_t r;
+    ck_assert_msg(tu_http(method, url, header, ctype, body, len, &r) == 0, "%s %s: no answer", method, url);
+    ck_assert_msg(r.status == want, "%s %s answered %ld, want %ld: %s", method, url, r.status, want, r.body);
+    tu_resp_free(&r);
+}
+
 const char *tu_resp_header(const tu_resp_t *r, const char *name, char *out, size_t size)
 {
     return r->head != NULL ? tu_header_in(r->head, name, out, size) : NULL;

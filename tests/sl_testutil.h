@@ -77,6 +77,9 @@ extern long tu_http_timeout_ms;
 int tu_http(const char *method, const char *url, const char *header, const char *ctype, const char *body, size_t len,
             tu_resp_t *r);
 void tu_resp_free(tu_resp_t *r);
+/* tu_http, asserting that an answer came and its status is want (the test fails otherwise). */
+void tu_http_expect(const char *method, const char *url, const char *header, const char *ctype, const char *body,
+                    size_t len, long want);
 /* A response header's value (case-insensitive name) into out; returns out, or NULL if absent. */
 const char *tu_resp_header(const tu_resp_t *r, const char *name, char *out, size_t size);
 
