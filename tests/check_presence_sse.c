@@ -346,14 +346,6 @@ static long long metric(int port, const char *name)
     return v;
 }
 
-static void post(const char *channel, const char *text)
-{
-    char url[128], body[256];
-    snprintf(url, sizeof(url), "%s/v1/messages", S.base);
-    snprintf(body, sizeof(body), "{\"channel\":\"%s\",\"author\":\"tester\",\"text\":\"%s\"}", channel, text);
-    tu_http_expect("POST", url, NULL, "application/json", body, strlen(body), 202);
-}
-
 static void start_stack(const char *name)
 {
     tu_stack_init(&S, name, 100000);
@@ -370,9 +362,9 @@ START_TEST(test_occupancy_and_presence_across_two_instances)
     struct rec ra = {PTHREAD_MUTEX_INITIALIZER, "", 0, 0}, rb = {PTHREAD_MUTEX_INITIALIZER, "", 0, 0};
     start_stack("presence2");
     for (int i = 0; i < 3; i++)
-        post("alpha", "a message");
+        tu_post(&S, "alpha", "a message");
     for (int i = 0; i < 2; i++)
-        post("beta", "b message");
+        tu_post(&S, "beta", "b message");
     PGconn *db = tu_db(&S);
     ck_assert_int_eq(tu_wait_rows(db, 5, 20000), 5);
 
@@ -559,7 +551,7 @@ START_TEST(test_channels_pages_errors_and_private_channels)
     start_stack("presencepages");
     const char *names[] = {"c1", "c2", "c3", "c4", "c5", "c_6", "c-7"};
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
-        post(names[i], "hello");
+        tu_post(&S, names[i], "hello");
     PGconn *db = tu_db(&S);
     ck_assert_int_eq(tu_wait_rows(db, 7, 20000), 7);
     inst_start(&a, "sse-pages", NULL, NULL);
@@ -755,8 +747,8 @@ START_TEST(test_real_streams_count_and_get_presence_events)
     tu_stream_t sse, nd, all, bad;
     tu_ws_t wa, wb;
     start_stack("presencestreams");
-    post("room", "one");
-    post("room", "two");
+    tu_post(&S, "room", "one");
+    tu_post(&S, "room", "two");
     PGconn *db = tu_db(&S);
     ck_assert_int_eq(tu_wait_rows(db, 2, 20000), 2);
     long long seq = last_seq(db);
@@ -815,7 +807,7 @@ START_TEST(test_real_streams_count_and_get_presence_events)
     ck_assert_str_eq(presence_of(b.port, "room", NULL, NULL), "alice(Alice)");
 
     /* the next message, with its id; those that asked for nothing got no presence */
-    post("room", "three");
+    tu_post(&S, "room", "three");
     ck_assert_int_eq(tu_wait_rows(db, 3, 20000), 3);
     seq = last_seq(db);
     expect_ev(&sse, "sse", "message", seq, seq, NULL);
@@ -892,7 +884,7 @@ START_TEST(test_presence_events_follow_the_history_and_leave_resume_alone)
     char hdr[64];
     start_stack("presenceorder");
     for (int i = 0; i < 3; i++)
-        post("room", "before");
+        tu_post(&S, "room", "before");
     PGconn *db = tu_db(&S), *locker = tu_db(&S);
     ck_assert_int_eq(tu_wait_rows(db, 3, 20000), 3);
     long long s3 = last_seq(db);
@@ -920,13 +912,13 @@ START_TEST(test_presence_events_follow_the_history_and_leave_resume_alone)
     ws_expect_text(&w, "ws", "{\"type\":\"join\",\"channel\":\"room\",\"user\":{\"id\":\"carol\",\"name\":\"Carol\"}}");
 
     /* a message, a leave (no id), a message: ids go on from message to message */
-    post("room", "four");
+    tu_post(&S, "room", "four");
     ck_assert_int_eq(tu_wait_rows(db, 4, 20000), 4);
     long long s4 = last_seq(db);
     expect_ev(&sse, "sse", "message", s4, s4, NULL);
     leave(&a, carol);
     expect_ev(&sse, "sse", "leave", -1, -1, join);
-    post("room", "five");
+    tu_post(&S, "room", "five");
     ck_assert_int_eq(tu_wait_rows(db, 5, 20000), 5);
     long long s5 = last_seq(db);
     expect_ev(&sse, "sse", "message", s5, s5, NULL);
@@ -962,8 +954,8 @@ START_TEST(test_dropped_subscriptions_leave)
     tu_ws_t w;
     tu_stream_t st, busy;
     start_stack("presencedrop");
-    post("room", "m");
-    post("busy", "m");
+    tu_post(&S, "room", "m");
+    tu_post(&S, "busy", "m");
     PGconn *db = tu_db(&S), *locker = tu_db(&S);
     ck_assert_int_eq(tu_wait_rows(db, 2, 20000), 2);
     inst_start(&a, "sse-drop", NULL, failing_histories);
@@ -1080,7 +1072,7 @@ START_TEST(test_presence_events_count_against_the_output_limit)
     static struct counter reader;
     tu_stream_t slow, held;
     start_stack("presenceflood");
-    post("flood", "m");
+    tu_post(&S, "flood", "m");
     PGconn *db = tu_db(&S), *locker = tu_db(&S);
     ck_assert_int_eq(tu_wait_rows(db, 1, 20000), 1);
     inst_start(&a, "sse-flood", NULL, churn_conf);

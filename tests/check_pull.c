@@ -73,17 +73,6 @@ static void start_stack(const char *name, const char *const *sse_env)
 }
 
 
-static void post_one(const char *channel, const char *text)
-{
-    char body[512], url[128];
-    tu_resp_t r;
-    int len = snprintf(body, sizeof(body), "{\"channel\":\"%s\",\"author\":\"tester\",\"text\":\"%s\"}", channel, text);
-    snprintf(url, sizeof(url), "%s/v1/messages", S.base);
-    ck_assert_int_eq(tu_http("POST", url, NULL, "application/json", body, (size_t)len, &r), 0);
-    ck_assert_msg(r.status == 202, "POST answered %ld: %s", r.status, r.body);
-    tu_resp_free(&r);
-}
-
 static long long last_seq(PGconn *db)
 {
     return tu_scalar(db, "SELECT last_seq FROM sluice_feed WHERE id = 1");
@@ -371,7 +360,7 @@ START_TEST(test_pull_wait_wakes_and_times_out)
         ck_assert_msg(tu_wait_metric(S.sse_port, "sluice_sse_pull_waiters", 1, 5000), "the long-poll never waited");
         snprintf(text, sizeof(text), "wake %d", i);
         long long t0 = tu_now_ms();
-        post_one("lat", text);
+        tu_post(&S, "lat", text);
         long long t202 = tu_now_ms();
         pthread_join(w.th, NULL);
         ck_assert_int_eq(w.rc, 0);
@@ -407,8 +396,8 @@ START_TEST(test_pull_wait_wakes_and_times_out)
     snprintf(w.query, sizeof(w.query), "after=%lld&channel=quiet&wait=2", next);
     ck_assert_int_eq(pthread_create(&w.th, NULL, waiter_main, &w), 0);
     ck_assert(tu_wait_metric(S.sse_port, "sluice_sse_pull_waiters", 1, 5000));
-    post_one("busy", "elsewhere 1");
-    post_one("busy", "elsewhere 2");
+    tu_post(&S, "busy", "elsewhere 1");
+    tu_post(&S, "busy", "elsewhere 2");
     pthread_join(w.th, NULL);
     ck_assert_int_eq(w.rc, 0);
     ck_assert_int_eq(w.pg.status, 200);
@@ -457,8 +446,8 @@ START_TEST(test_pull_bad_params_and_ahead)
     expect_error(S.base, "after=0&wait=1", 400, "invalid_wait", "wait"); /* long-polls are sse's */
     expect_error(S.base, "after=0&before=5", 400, "invalid_cursor", "before");
 
-    post_one("general", "one");
-    post_one("general", "two");
+    tu_post(&S, "general", "one");
+    tu_post(&S, "general", "two");
     PGconn *db = tu_db(&S);
     ck_assert_int_eq(tu_wait_rows(db, 2, 10000), 2);
     long long last = last_seq(db);
@@ -551,7 +540,7 @@ START_TEST(test_pull_waiters_are_freed_and_capped)
     ck_assert_double_eq(tu_metric(port, "sluice_sse_pull_refused_total{reason=\"instance\"}"), 1);
 
     /* a post wakes both; their places are free again */
-    post_one("general", "wake up");
+    tu_post(&S, "general", "wake up");
     ck_assert_int_eq(raw_status(a, 10000), 200);
     ck_assert_int_eq(raw_status(c, 10000), 200);
     close(a);
@@ -575,7 +564,7 @@ START_TEST(test_pull_connect_and_drop_reads_nothing)
     enum { DROPS = 100 };
     const char *const env[] = {"SLUICE_SSE_RECENT=0", NULL};
     start_stack("pull_drops", env);
-    post_one("general", "one");
+    tu_post(&S, "general", "one");
     PGconn *db = tu_db(&S);
     ck_assert_int_eq(tu_wait_rows(db, 1, 10000), 1);
     ck_assert(tu_wait_metric(S.sse_port, "sluice_sse_position", 1, 10000));
@@ -633,9 +622,9 @@ START_TEST(test_pull_private_channels)
     int port2 = 0;
     pid_t sse2 = tu_start_at(&S, "sse", &port2, no_memory);
     wait_ready(port2);
-    post_one("general", "g1");
-    post_one("staff", "s1");
-    post_one("general", "g2");
+    tu_post(&S, "general", "g1");
+    tu_post(&S, "staff", "s1");
+    tu_post(&S, "general", "g2");
     PGconn *db = tu_db(&S);
     ck_assert_int_eq(tu_wait_rows(db, 3, 10000), 3);
     char staff_tok[600], other_tok[600], q[800];
@@ -674,7 +663,7 @@ START_TEST(test_pull_private_channels)
     snprintf(w.query, sizeof(w.query), "after=3&wait=2");
     ck_assert_int_eq(pthread_create(&w.th, NULL, waiter_main, &w), 0);
     ck_assert(tu_wait_metric(S.sse_port, "sluice_sse_pull_waiters", 1, 5000));
-    post_one("staff", "s2");
+    tu_post(&S, "staff", "s2");
     pthread_join(w.th, NULL);
     ck_assert_int_eq(w.rc, 0);
     ck_assert_msg(w.pg.status == 200 && w.pg.n == 0 && w.pg.seconds >= 1.9, "woken by a private message: %zu items",

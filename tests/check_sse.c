@@ -84,18 +84,6 @@ static void post_many(int n, int parallel, int pad, void (*on_progress)(int, voi
     free(status);
 }
 
-static void post_one(const char *channel, const char *text)
-{
-    char body[1024];
-    tu_resp_t r;
-    int len = snprintf(body, sizeof(body), "{\"channel\":\"%s\",\"author\":\"tester\",\"text\":\"%s\"}",
-                       channel, text);
-    ck_assert(len > 0 && (size_t)len < sizeof(body));
-    ck_assert_int_eq(tu_http("POST", post_url(), NULL, "application/json", body, (size_t)len, &r), 0);
-    ck_assert_msg(r.status == 202, "POST answered %ld: %s", r.status, r.body);
-    tu_resp_free(&r);
-}
-
 /* ---- the stack ---------------------------------------------------------------------------------- */
 
 /* api + persister + one sse (with extra env) on a fresh database. */
@@ -697,7 +685,7 @@ START_TEST(test_resume_replays_missed_once)
         ck_assert(reader_count(&d[i], 5, 10000));
         ck_assert(reader_count(&e[i], 5, 10000));
     }
-    post_one("general", "after the reset");
+    tu_post(&S, "general", "after the reset");
     ck_assert_int_eq(tu_wait_rows(db, 361, 30000), 361);
     want = db_seqs(db, "SELECT seq FROM (SELECT seq FROM messages WHERE channel = 'general' ORDER BY seq DESC"
                        " LIMIT 6) h ORDER BY seq",
@@ -767,7 +755,7 @@ START_TEST(test_missing_live_events_are_backfilled)
 
     /* A gap in the middle: seq 6 only in the database, seq 7 posted. */
     ck_assert_int_eq(insert_direct(db, "general", "stored behind the feed's back"), 6);
-    post_one("general", "after the hole");
+    tu_post(&S, "general", "after the hole");
     ck_assert_msg(reader_until(r1, 7, 10000), "instance 1 got up to %lld", reader_last(r1));
     ck_assert_msg(reader_until(r2, 7, 10000), "instance 2 got up to %lld", reader_last(r2));
     const long long want1[] = {1, 2, 3, 4, 5, 6, 7};
@@ -784,7 +772,7 @@ START_TEST(test_missing_live_events_are_backfilled)
     fprintf(stderr, "backfill: tail gap filled after %lld ms\n", tu_now_ms() - t0);
     ck_assert_ptr_nonnull(strstr(r2->data[7], "the last word"));
     /* instance 1 gets it as soon as the next live event shows the gap */
-    post_one("general", "one more");
+    tu_post(&S, "general", "one more");
     ck_assert(reader_until(r1, 9, 10000));
     ck_assert(reader_until(r2, 9, 10000));
     const long long want2[] = {1, 2, 3, 4, 5, 6, 7, 8, 9};
@@ -957,7 +945,7 @@ START_TEST(test_long_history_passes_a_small_output_limit)
     ck_assert_int_eq(json_array_size(json_object_get(h, "messages")), N);
     json_decref(h);
     /* and live after it */
-    post_one("general", "after the long history");
+    tu_post(&S, "general", "after the long history");
     ck_assert(reader_until(&a, N + 1, 10000));
     ck_assert(reader_until(&b, N + 1, 10000));
     char ch[72];
@@ -1039,7 +1027,7 @@ START_TEST(test_history_covers_every_channel_of_a_long_list)
         memset(names[i] + 3, 'x', 61);
         names[i][64] = '\0';
         o += (size_t)snprintf(list + o, sizeof(list) - o, "%s%s", i ? "," : "", names[i]);
-        post_one(names[i], "one per channel");
+        tu_post(&S, names[i], "one per channel");
         ck_assert_int_eq(tu_wait_rows(db, i + 1, 10000), i + 1); /* seq i + 1 is channel i */
     }
     for (int i = 0; i < 2; i++) {
@@ -1311,9 +1299,9 @@ START_TEST(test_websocket_subscriptions)
     /* unsubscribe stops one channel: a news message, then a general one; only the latter comes */
     ck_assert_int_eq(tu_ws_send_text(&w, "{\"command\":\"unsubscribe\",\"channel\":\"news\"}"), 0);
     ws_expect_type(&w, "unsubscribed", "channel", "news");
-    post_one("news", "nobody listens");
+    tu_post(&S, "news", "nobody listens");
     ck_assert_int_eq(tu_wait_rows(db, 27, 20000), 27);
-    post_one("general", "still listening");
+    tu_post(&S, "general", "still listening");
     ck_assert_int_eq(ws_expect_message(&w, ch, sizeof(ch)), 28);
     ck_assert_str_eq(ch, "general");
 
@@ -1807,7 +1795,7 @@ START_TEST(test_ws_history_failure_drops_the_subscription)
     ws_expect_type(&w, "subscribed", "channel", "general");
     const long long want[] = {2, 3};
     ws_expect_history(&w, "general", want, 2);
-    post_one("general", "after the failure");
+    tu_post(&S, "general", "after the failure");
     ck_assert_int_eq(ws_expect_message(&w, ch, sizeof(ch)), 4);
     ck_assert(metric(S.sse_port, "sluice_sse_history_failures_total") == 1);
     tu_ws_close(&w);
@@ -1915,7 +1903,7 @@ START_TEST(test_seam_buffer_is_bounded)
     ws_expect_history(&w, "general", want, 1);
     free(want);
     /* and live, once */
-    post_one("general", "live after the seam");
+    tu_post(&S, "general", "live after the seam");
     ck_assert(reader_until(&a, 6 + MORE, 10000));
     ck_assert(reader_until(&b, 6 + MORE, 10000));
     assert_run(&a, "resume, then live", 3, 3, 6 + MORE, NULL);
@@ -2156,7 +2144,7 @@ START_TEST(test_history_caps_refuse_with_retry_after)
     ws_expect_type(&w, "subscribed", "channel", "general");
     const long long want[] = {2, 3};
     ws_expect_history(&w, "general", want, 2);
-    post_one("general", "after the lock");
+    tu_post(&S, "general", "after the lock");
     ck_assert(reader_until(&a, 4, 10000));
     ck_assert(reader_until(&d, 4, 10000));
     tu_ws_close(&w);
@@ -2269,7 +2257,7 @@ START_TEST(test_departed_clients_history_is_cancelled)
     ck_assert(wait_metric(S.sse_port, "sluice_sse_db_pending_queries{pool=\"streams\"}", 0, 5000));
     ck_assert(wait_metric(S.sse_port, "sluice_sse_db_pending_queries{pool=\"hub\"}", 0, 5000));
     long long t1 = tu_now_ms();
-    post_one("general", "after the drops");
+    tu_post(&S, "general", "after the drops");
     ck_assert(reader_until(&live, 6, 5000));
     long long live_ms = tu_now_ms() - t1;
     fprintf(stderr,
@@ -2439,7 +2427,7 @@ static int sample_once(reader_t *live, long long *seq, double *post_live_ms, dou
     char url[160];
     tu_resp_t r;
     int64_t t = sl_time_mono_us();
-    post_one("live", "measure");
+    tu_post(&S, "live", "measure");
     (*seq)++;
     if (!reader_until(live, *seq, 5000))
         return -1;

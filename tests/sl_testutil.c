@@ -389,6 +389,16 @@ void tu_http_expect(const char *method, const char *url, const char *header, con
     tu_resp_free(&r);
 }
 
+void tu_post(const tu_stack_t *s, const char *channel, const char *text)
+{
+    char url[128], body[1024];
+    int len = snprintf(body, sizeof(body), "{\"channel\":\"%s\",\"author\":\"tester\",\"text\":\"%s\"}", channel,
+                       text);
+    ck_assert(len > 0 && (size_t)len < sizeof(body));
+    snprintf(url, sizeof(url), "%s/v1/messages", s->base);
+    tu_http_expect("POST", url, NULL, "application/json", body, (size_t)len, 202);
+}
+
 const char *tu_resp_header(const tu_resp_t *r, const char *name, char *out, size_t size)
 {
     return r->head != NULL ? tu_header_in(r->head, name, out, size) : NULL;

@@ -80,6 +80,9 @@ void tu_resp_free(tu_resp_t *r);
 /* tu_http, asserting that an answer came and its status is want (the test fails otherwise). */
 void tu_http_expect(const char *method, const char *url, const char *header, const char *ctype, const char *body,
                     size_t len, long want);
+/* POSTs {"channel":channel,"author":"tester","text":text} (both as they are in JSON) to the stack's
+ * api, asserting 202. */
+void tu_post(const tu_stack_t *s, const char *channel, const char *text);
 /* A response header's value (case-insensitive name) into out; returns out, or NULL if absent. */
 const char *tu_resp_header(const tu_resp_t *r, const char *name, char *out, size_t size);
 
