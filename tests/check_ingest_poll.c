@@ -48,9 +48,7 @@ START_TEST(test_polling_without_token)
     it_ingest_t g;
     const char *env[] = {"SLUICE_INGEST_POLL_LIMIT=10", NULL};
     add_statuses(f, 1001, 1005, 0);
-    tu_stack_init(&S, "ingest_poll", 100000);
-    tu_start(&S, "persister", NULL);
-    tu_start(&S, "api", NULL);
+    it_start_stack(&S, "ingest_poll");
     it_start_ingest(&g, &S, fm_url(f), env);
     PGconn *db = tu_db(&S);
     ck_assert_int_eq(tu_wait_rows(db, 5, 20000), 5);
@@ -87,10 +85,7 @@ START_TEST(test_polling_without_token)
     ck_assert_int_eq(tu_scalar(db, "SELECT count(*) FROM messages"), 31);
     ck_assert_int_eq(tu_scalar(db, "SELECT max(seq) FROM messages"), 31);
 
-    ck_assert_int_eq(it_stop_ingest(&g), 0);
-    PQfinish(db);
-    tu_stack_cleanup(&S);
-    fm_stop(f);
+    it_finish(&S, &g, db, f);
 }
 END_TEST
 
@@ -105,9 +100,7 @@ START_TEST(test_polling_page_limit_skips_nothing)
     const char *env[] = {"SLUICE_INGEST_POLL_LIMIT=40", "SLUICE_INGEST_POLL_MAX_PAGES=2",
                          "SLUICE_INGEST_POLL_INTERVAL_MS=200", NULL};
     add_statuses(f, 5000, 5000, 0);
-    tu_stack_init(&S, "ingest_pages", 100000);
-    tu_start(&S, "persister", NULL);
-    tu_start(&S, "api", NULL);
+    it_start_stack(&S, "ingest_pages");
     it_start_ingest(&g, &S, fm_url(f), env);
     PGconn *db = tu_db(&S);
     ck_assert_int_eq(tu_wait_rows(db, 1, 20000), 1);
@@ -118,10 +111,7 @@ START_TEST(test_polling_page_limit_skips_nothing)
     ck_assert_int_eq(tu_scalar(db, "SELECT count(DISTINCT id) FROM messages"), 301);
     for (int i = 5001; i <= 5300; i++) /* every one, oldest first */
         ck_assert_msg(seq_of(db, i) > seq_of(db, i - 1), "status %d stored before %d", i, i - 1);
-    ck_assert_int_eq(it_stop_ingest(&g), 0);
-    PQfinish(db);
-    tu_stack_cleanup(&S);
-    fm_stop(f);
+    it_finish(&S, &g, db, f);
 }
 END_TEST
 
@@ -132,9 +122,7 @@ START_TEST(test_refused_streaming_falls_back_to_polling)
     it_ingest_t g;
     const char *env[] = {"SLUICE_MASTODON_TOKEN=a-wrong-token", "SLUICE_MASTODON_STREAM=hashtag:cats", NULL};
     add_statuses(f, 2001, 2003, 0);
-    tu_stack_init(&S, "ingest_401", 100000);
-    tu_start(&S, "persister", NULL);
-    tu_start(&S, "api", NULL);
+    it_start_stack(&S, "ingest_401");
     it_start_ingest(&g, &S, fm_url(f), env);
     PGconn *db = tu_db(&S);
     ck_assert_int_eq(tu_wait_rows(db, 3, 20000), 3);
@@ -151,10 +139,7 @@ START_TEST(test_refused_streaming_falls_back_to_polling)
     add_statuses(f, 2004, 2004, 1); /* streamed to nobody, found by the next poll */
     ck_assert_int_eq(tu_wait_rows(db, 4, 20000), 4);
 
-    ck_assert_int_eq(it_stop_ingest(&g), 0);
-    PQfinish(db);
-    tu_stack_cleanup(&S);
-    fm_stop(f);
+    it_finish(&S, &g, db, f);
 }
 END_TEST
 
@@ -188,10 +173,7 @@ START_TEST(test_rate_limit_is_honoured)
     ck_assert_ptr_null(strstr(r.body, "sluice_ingest_rate_limited_total 0\n"));
     tu_resp_free(&r);
 
-    ck_assert_int_eq(it_stop_ingest(&g), 0);
-    PQfinish(db);
-    tu_stack_cleanup(&S);
-    fm_stop(f);
+    it_finish(&S, &g, db, f);
 }
 END_TEST
 
@@ -253,10 +235,7 @@ START_TEST(test_back_pressure_reaches_mastodon_and_loses_nothing)
     ck_assert_int_eq(tu_scalar(db, "SELECT count(DISTINCT id) FROM messages"), N);
     ck_assert_int_eq(tu_scalar(db, "SELECT count(*) FROM messages WHERE char_length(body) = 500"), N);
 
-    ck_assert_int_eq(it_stop_ingest(&g), 0);
-    PQfinish(db);
-    tu_stack_cleanup(&S);
-    fm_stop(f);
+    it_finish(&S, &g, db, f);
 }
 END_TEST
 

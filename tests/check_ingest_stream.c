@@ -61,9 +61,7 @@ START_TEST(test_stream_statuses_are_stored)
     ck_assert_ptr_nonnull(f);
     fm_set_split(f, 1); /* every event arrives cut mid-line, mid-character, between CR and LF */
     fm_set_crlf(f, 1);
-    tu_stack_init(&S, "ingest_map", 100000);
-    tu_start(&S, "persister", NULL);
-    tu_start(&S, "api", NULL);
+    it_start_stack(&S, "ingest_map");
     it_start_ingest(&g, &S, fm_url(f), stream_env);
     ck_assert_msg(fm_wait_streams(f, 1, 10000), "ingest did not open the stream; see %s", g.log);
     ck_assert(it_wait_field(&g, "mode", "streaming", 5000));
@@ -127,10 +125,7 @@ START_TEST(test_stream_statuses_are_stored)
     ck_assert_str_eq(json_string_value(json_object_get(json_object_get(state, "source"), "stream")), "public");
     json_decref(state);
 
-    ck_assert_int_eq(it_stop_ingest(&g), 0);
-    PQfinish(db);
-    tu_stack_cleanup(&S);
-    fm_stop(f);
+    it_finish(&S, &g, db, f);
 }
 END_TEST
 
@@ -141,9 +136,7 @@ START_TEST(test_reconnect_stores_no_duplicates)
     it_ingest_t g;
     char id[16];
     fm_set_replay(f, 4); /* a new stream first gets the last 4 events again */
-    tu_stack_init(&S, "ingest_reconnect", 100000);
-    tu_start(&S, "persister", NULL);
-    tu_start(&S, "api", NULL);
+    it_start_stack(&S, "ingest_reconnect");
     it_start_ingest(&g, &S, fm_url(f), stream_env);
     ck_assert(fm_wait_streams(f, 1, 10000));
     for (int i = 0; i < 6; i++) {
@@ -191,10 +184,7 @@ START_TEST(test_reconnect_stores_no_duplicates)
     ck_assert(json_is_string(json_object_get(state, "last_error")));
     json_decref(state);
 
-    ck_assert_int_eq(it_stop_ingest(&g), 0);
-    PQfinish(db);
-    tu_stack_cleanup(&S);
-    fm_stop(f);
+    it_finish(&S, &g, db, f);
 }
 END_TEST
 
@@ -204,9 +194,7 @@ START_TEST(test_edits_and_deletes_propagate)
     fm_t *f = fm_start(&fc);
     it_ingest_t g;
     char id1[37], id2[37], ghost[37], url[256];
-    tu_stack_init(&S, "ingest_events", 100000);
-    tu_start(&S, "persister", NULL);
-    tu_start(&S, "api", NULL);
+    it_start_stack(&S, "ingest_events");
     amqp_connection_state_t live = it_live_open(&S);
     it_start_ingest(&g, &S, fm_url(f), stream_env);
     ck_assert(fm_wait_streams(f, 1, 10000));
@@ -291,10 +279,7 @@ START_TEST(test_edits_and_deletes_propagate)
     snprintf(sql, sizeof(sql), "SELECT count(*) FROM message_events WHERE body LIKE '%%\"seq\":3%%' AND type = 'update'");
     ck_assert_int_eq(tu_scalar(db, sql), 1);
 
-    ck_assert_int_eq(it_stop_ingest(&g), 0);
-    PQfinish(db);
-    tu_stack_cleanup(&S);
-    fm_stop(f);
+    it_finish(&S, &g, db, f);
 }
 END_TEST
 
@@ -308,9 +293,7 @@ START_TEST(test_same_post_from_two_instances_is_one_message)
     it_ingest_t ga, gb;
     char id[37], sql[256];
     ck_assert(fa != NULL && fb != NULL);
-    tu_stack_init(&S, "ingest_dedupe", 100000);
-    tu_start(&S, "persister", NULL);
-    tu_start(&S, "api", NULL);
+    it_start_stack(&S, "ingest_dedupe");
     it_start_ingest(&ga, &S, fm_url(fa), stream_env);
     it_start_ingest(&gb, &S, fm_url(fb), stream_env);
     ck_assert_msg(fm_wait_streams(fa, 1, 10000) && fm_wait_streams(fb, 1, 10000), "see %s and %s", ga.log, gb.log);
@@ -389,9 +372,7 @@ START_TEST(test_one_ingest_reads_several_sources)
     char *only_b2 = fm_with_id(only_b, "99702");
     fm_add_to_timeline(fb, copy);
     fm_add_to_timeline(fb, only_b2);
-    tu_stack_init(&S, "ingest_sources", 100000);
-    tu_start(&S, "persister", NULL);
-    tu_start(&S, "api", NULL);
+    it_start_stack(&S, "ingest_sources");
     it_start_ingest(&g, &S, "unused", env);
     ck_assert_msg(fm_wait_streams(fa, 1, 10000), "see %s", g.log);
     fm_post(fa, post);
@@ -541,9 +522,7 @@ START_TEST(test_meta_end_to_end)
     it_ingest_t g;
     char id[37], boost_id[37], url[256], sql[512];
     tu_resp_t r;
-    tu_stack_init(&S, "ingest_meta", 100000);
-    tu_start(&S, "persister", NULL);
-    tu_start(&S, "api", NULL);
+    it_start_stack(&S, "ingest_meta");
     tu_start(&S, "sse", NULL);
     snprintf(url, sizeof(url), "http://127.0.0.1:%d/readyz", S.sse_port);
     ck_assert(tu_wait_status(url, 200, 20000));
@@ -676,10 +655,7 @@ START_TEST(test_meta_end_to_end)
     tu_stream_close(&sse);
     tu_ws_close(&ws);
     sl_amqp_close(live);
-    ck_assert_int_eq(it_stop_ingest(&g), 0);
-    PQfinish(db);
-    tu_stack_cleanup(&S);
-    fm_stop(f);
+    it_finish(&S, &g, db, f);
 }
 END_TEST
 
@@ -696,9 +672,7 @@ START_TEST(test_control_endpoint_starts_and_stops)
     it_ingest_t g;
     tu_resp_t r;
     const char *env[] = {"SLUICE_MASTODON_TOKEN=" TOKEN, "SLUICE_INGEST_AUTOSTART=0", NULL};
-    tu_stack_init(&S, "ingest_control", 100000);
-    tu_start(&S, "persister", NULL);
-    tu_start(&S, "api", NULL);
+    it_start_stack(&S, "ingest_control");
     it_start_ingest(&g, &S, fm_url(f), env);
     ck_assert(it_wait_field(&g, "state", "stopped", 1000));
     tu_sleep_ms(500);
@@ -770,10 +744,7 @@ START_TEST(test_control_endpoint_starts_and_stops)
     ck_assert_ptr_nonnull(strstr(r.body, "sluice_ingest_running 1"));
     tu_resp_free(&r);
 
-    ck_assert_int_eq(it_stop_ingest(&g), 0);
-    PQfinish(db);
-    tu_stack_cleanup(&S);
-    fm_stop(f);
+    it_finish(&S, &g, db, f);
 }
 END_TEST
 

@@ -10,6 +10,7 @@
 #include <libpq-fe.h>
 #include <sys/types.h>
 
+#include "fake_mastodon.h"
 #include "sl_testutil.h"
 
 typedef struct it_ingest {
@@ -24,6 +25,12 @@ typedef struct it_ingest {
 void it_start_ingest(it_ingest_t *g, tu_stack_t *s, const char *mastodon_url, const char *const *extra_env);
 /* SIGTERM; returns the exit status. */
 int it_stop_ingest(it_ingest_t *g);
+
+/* A fresh stack name (tu_stack_init, max_length 100000) with its persister and api running. */
+void it_start_stack(tu_stack_t *s, const char *name);
+/* A test's end: asserts that g exits 0 on SIGTERM, closes db, stops the stack (tu_stack_cleanup)
+ * and then f. */
+void it_finish(tu_stack_t *s, it_ingest_t *g, PGconn *db, fm_t *f);
 
 /* GET /v1/ingest, parsed (the caller decrefs). */
 json_t *it_state(it_ingest_t *g);
