@@ -339,6 +339,27 @@ static summary_t wait_summary(const char *logpath, int (*cond)(const summary_t *
     return s;
 }
 
+/* Sends sig (0: none) to the bot and waits up to timeout_ms; asserts it exited 0 with a final
+ * summary that gives reason for its end, and returns that summary. */
+static summary_t bot_end(pid_t *bot, int sig, int timeout_ms, const char *logpath, const char *reason)
+{
+    ck_assert_msg(tu_stop(bot, sig, timeout_ms) == 0, "sluice-bot did not exit 0 (signal %d); see %s", sig, logpath);
+    summary_t s = last_summary(logpath, 1);
+    ck_assert_msg(s.found, "no final summary in %s", logpath);
+    ck_assert_str_eq(s.reason, reason);
+    return s;
+}
+
+/* Waits for the n messages the bot posted and asserts each is stored once, with n different bodies. */
+static void assert_stored_once(PGconn *db, long long n)
+{
+    ck_assert_int_eq(tu_wait_rows(db, n, 20000), n);
+    tu_sleep_ms(300);
+    ck_assert_int_eq(tu_scalar(db, "SELECT count(*) FROM messages"), n);
+    ck_assert_int_eq(tu_scalar(db, "SELECT count(DISTINCT id) FROM messages"), n);
+    ck_assert_int_eq(tu_scalar(db, "SELECT count(DISTINCT body) FROM messages"), n);
+}
+
 static int some_accepted(const summary_t *s)
 {
     return s->accepted >= 20;
@@ -359,10 +380,7 @@ START_TEST(test_bot_rate_accuracy)
     const char *args[] = {"--api-url", S.base, "--rate", "20", "--duration", "5", "--seed", "7",
                           "--summary-interval", "1", "--concurrency", "8", NULL};
     pid_t bot = spawn_bot(logpath, args);
-    ck_assert_msg(tu_stop(&bot, 0, 30000) == 0, "sluice-bot did not exit 0; see %s", logpath);
-    summary_t s = last_summary(logpath, 1);
-    ck_assert_msg(s.found, "no final summary in %s", logpath);
-    ck_assert_str_eq(s.reason, "duration");
+    summary_t s = bot_end(&bot, 0, 30000, logpath, "duration");
     ck_assert_msg(s.accepted >= 95 && s.accepted <= 105, "accepted %.0f in 5 s at 20/s", s.accepted);
     ck_assert(s.sent == s.accepted);
     ck_assert(s.failed == 0 && s.refused == 0 && s.retried == 0 && s.skipped == 0);
@@ -414,10 +432,7 @@ START_TEST(test_bot_backs_off_on_429_and_stores_each_once)
     ck_assert(mid.sent == s.sent); /* no new messages while refused */
 
     tu_start(&S, "persister", NULL); /* the queue drains, the retries get in */
-    ck_assert_msg(tu_stop(&bot, 0, 60000) == 0, "sluice-bot did not exit 0; see %s", logpath);
-    s = last_summary(logpath, 1);
-    ck_assert_msg(s.found, "no final summary in %s", logpath);
-    ck_assert_str_eq(s.reason, "count");
+    s = bot_end(&bot, 0, 60000, logpath, "count");
     ck_assert(s.sent == N);
     ck_assert(s.accepted == N);
     ck_assert(s.failed == 0);
@@ -426,11 +441,7 @@ START_TEST(test_bot_backs_off_on_429_and_stores_each_once)
     ck_assert_msg(s.refused <= 4 + 2 * s.elapsed_s, "%.0f refusals in %.1f s", s.refused, s.elapsed_s);
 
     PGconn *db = tu_db(&S);
-    ck_assert_int_eq(tu_wait_rows(db, N, 20000), N);
-    tu_sleep_ms(300);
-    ck_assert_int_eq(tu_scalar(db, "SELECT count(*) FROM messages"), N);
-    ck_assert_int_eq(tu_scalar(db, "SELECT count(DISTINCT id) FROM messages"), N);
-    ck_assert_int_eq(tu_scalar(db, "SELECT count(DISTINCT body) FROM messages"), N);
+    assert_stored_once(db, N);
     ck_assert_int_eq(tu_scalar(db, "SELECT count(*) FROM messages WHERE source = 'bot'"), N);
     /* each accepted message took one key; a retry reused it */
     ck_assert_int_eq(tu_scalar(db, "SELECT count(*) FROM idempotency_keys WHERE key LIKE 'bot-%'"), N);
@@ -461,10 +472,7 @@ START_TEST(test_bot_retries_through_api_restart)
     s = last_summary(logpath, 0);
     ck_assert_msg(s.refused <= 4 + 2 * 2.5, "%.0f refusals while the api was down", s.refused);
     tu_start(&S, "api", NULL);
-    ck_assert_msg(tu_stop(&bot, 0, 60000) == 0, "sluice-bot did not exit 0; see %s", logpath);
-    s = last_summary(logpath, 1);
-    ck_assert_msg(s.found, "no final summary in %s", logpath);
-    ck_assert_str_eq(s.reason, "count");
+    s = bot_end(&bot, 0, 60000, logpath, "count");
     ck_assert(s.sent == N && s.accepted == N && s.failed == 0);
     ck_assert(s.retried > 0 && s.refused >= s.retried);
     char *log = slurp(logpath);
@@ -473,11 +481,7 @@ START_TEST(test_bot_retries_through_api_restart)
     free(log);
 
     PGconn *db = tu_db(&S);
-    ck_assert_int_eq(tu_wait_rows(db, N, 20000), N);
-    tu_sleep_ms(300);
-    ck_assert_int_eq(tu_scalar(db, "SELECT count(*) FROM messages"), N);
-    ck_assert_int_eq(tu_scalar(db, "SELECT count(DISTINCT id) FROM messages"), N);
-    ck_assert_int_eq(tu_scalar(db, "SELECT count(DISTINCT body) FROM messages"), N);
+    assert_stored_once(db, N);
     PQfinish(db);
     tu_stack_cleanup(&S);
 }
@@ -495,10 +499,7 @@ START_TEST(test_bot_sigterm_prints_summary_and_exits_0)
     pid_t bot = spawn_bot(logpath, args);
     tu_sleep_ms(1500);
     double lived = (double)(sl_time_mono_us() - t_spawn) / 1e6;
-    ck_assert_msg(tu_stop(&bot, SIGTERM, 10000) == 0, "sluice-bot did not exit 0 on SIGTERM; see %s", logpath);
-    summary_t s = last_summary(logpath, 1);
-    ck_assert_msg(s.found, "no final summary in %s", logpath);
-    ck_assert_str_eq(s.reason, "signal");
+    summary_t s = bot_end(&bot, SIGTERM, 10000, logpath, "signal");
     /* 10/s from 0.5 s on: about 10 by 1.5 s (15 without the delay) */
     ck_assert_msg(s.elapsed_s < lived - 0.5 + 0.3, "sent for %.3f s of %.3f s", s.elapsed_s, lived);
     ck_assert_msg(s.accepted >= s.elapsed_s * 10 - 1 && s.accepted <= (lived - 0.5) * 10 + 2,
