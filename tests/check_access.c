@@ -52,9 +52,7 @@ START_TEST(test_writer_tokens)
 {
     const char *env[] = {"SLUICE_API_TOKENS=alice-token-0001:alice,bot-token-00001:*", NULL};
     tu_resp_t r;
-    tu_stack_init(&S, "tokens", 100000);
-    tu_start(&S, "persister", NULL);
-    tu_start(&S, "api", env);
+    tu_stack_start_api(&S, "tokens", env);
 
     ck_assert_int_eq(post_as(NULL, "alice", &r), 401);
     ck_assert_ptr_nonnull(strstr(r.body, "\"code\":\"unauthorized\""));
@@ -168,9 +166,7 @@ START_TEST(test_jwt_writers)
     const char *env[] = {"SLUICE_API_TOKENS=alice-token-0001:alice", "SLUICE_JWT_SECRET=" JWT_SECRET,
                          "SLUICE_JWT_AUDIENCE=sluice-api", "SLUICE_JWT_ISSUER=https://id.example", NULL};
     tu_resp_t r;
-    tu_stack_init(&S, "jwtwriters", 100000);
-    tu_start(&S, "persister", NULL);
-    tu_start(&S, "api", env);
+    tu_stack_start_api(&S, "jwtwriters", env);
     const char *std = "{\"sub\":\"%s\",\"exp\":%%lld,\"aud\":\"sluice-api\",\"iss\":\"https://id.example\"%s}";
     char fmt[256];
     snprintf(fmt, sizeof(fmt), std, "carol", "");

@@ -374,9 +374,7 @@ START_TEST(test_bot_rate_accuracy)
 {
     char logpath[600];
     log_path("botrate", logpath, sizeof(logpath));
-    tu_stack_init(&S, "botrate", 100000);
-    tu_start(&S, "persister", NULL);
-    tu_start(&S, "api", NULL);
+    tu_stack_start_api(&S, "botrate", NULL);
     const char *args[] = {"--api-url", S.base, "--rate", "20", "--duration", "5", "--seed", "7",
                           "--summary-interval", "1", "--concurrency", "8", NULL};
     pid_t bot = spawn_bot(logpath, args);
@@ -456,9 +454,7 @@ START_TEST(test_bot_retries_through_api_restart)
     char logpath[600], n[16];
     log_path("botrestart", logpath, sizeof(logpath));
     snprintf(n, sizeof(n), "%d", N);
-    tu_stack_init(&S, "botrestart", 100000);
-    tu_start(&S, "persister", NULL);
-    tu_start(&S, "api", NULL);
+    tu_stack_start_api(&S, "botrestart", NULL);
     const char *args[] = {"--api-url", S.base, "--rate", "40", "--count", n, "--seed", "3", "--concurrency", "4",
                           "--summary-interval", "0.2", NULL};
     pid_t bot = spawn_bot(logpath, args);

@@ -312,9 +312,7 @@ START_TEST(test_jwt_writer_edits_its_own)
     const char *env[] = {"SLUICE_API_TOKENS=star-token-1:*", "SLUICE_JWT_SECRET=" JWT_SECRET, NULL};
     char carol_id[37], erin_news[37], erin_general[37], path[96];
     tu_resp_t r;
-    tu_stack_init(&S, "editjwt", 100000);
-    tu_start(&S, "persister", NULL);
-    tu_start(&S, "api", env);
+    tu_stack_start_api(&S, "editjwt", env);
     char *carol = jwt_bearer("carol", NULL), *dave = jwt_bearer("dave", NULL), *erin = jwt_bearer("erin", "news");
     post(carol, "carol", "by carol", carol_id);
     call("POST", "/v1/messages", erin, "{\"author\":\"erin\",\"channel\":\"news\",\"text\":\"in news\"}", &r);
@@ -640,9 +638,7 @@ START_TEST(test_batch_of_100_stored_once_and_consecutively)
     tu_sev_t ev;
     tu_resp_t r;
     pthread_t t;
-    tu_stack_init(&S, "batch100", 100000); /* no tokens: the single posts need none */
-    tu_start(&S, "persister", NULL);
-    tu_start(&S, "api", NULL);
+    tu_stack_start_api(&S, "batch100", NULL); /* no tokens: the single posts need none */
     tu_start(&S, "sse", NULL);
     ck_assert_int_eq(tu_stream_open(&st, S.sse_port, "/v1/stream?history=0&format=ndjson", NULL, 10000), 0);
     snprintf(url, sizeof(url), "%s/v1/messages", S.base);

@@ -48,7 +48,7 @@ START_TEST(test_polling_without_token)
     it_ingest_t g;
     const char *env[] = {"SLUICE_INGEST_POLL_LIMIT=10", NULL};
     add_statuses(f, 1001, 1005, 0);
-    it_start_stack(&S, "ingest_poll");
+    tu_stack_start_api(&S, "ingest_poll", NULL);
     it_start_ingest(&g, &S, fm_url(f), env);
     PGconn *db = tu_db(&S);
     ck_assert_int_eq(tu_wait_rows(db, 5, 20000), 5);
@@ -100,7 +100,7 @@ START_TEST(test_polling_page_limit_skips_nothing)
     const char *env[] = {"SLUICE_INGEST_POLL_LIMIT=40", "SLUICE_INGEST_POLL_MAX_PAGES=2",
                          "SLUICE_INGEST_POLL_INTERVAL_MS=200", NULL};
     add_statuses(f, 5000, 5000, 0);
-    it_start_stack(&S, "ingest_pages");
+    tu_stack_start_api(&S, "ingest_pages", NULL);
     it_start_ingest(&g, &S, fm_url(f), env);
     PGconn *db = tu_db(&S);
     ck_assert_int_eq(tu_wait_rows(db, 1, 20000), 1);
@@ -122,7 +122,7 @@ START_TEST(test_refused_streaming_falls_back_to_polling)
     it_ingest_t g;
     const char *env[] = {"SLUICE_MASTODON_TOKEN=a-wrong-token", "SLUICE_MASTODON_STREAM=hashtag:cats", NULL};
     add_statuses(f, 2001, 2003, 0);
-    it_start_stack(&S, "ingest_401");
+    tu_stack_start_api(&S, "ingest_401", NULL);
     it_start_ingest(&g, &S, fm_url(f), env);
     PGconn *db = tu_db(&S);
     ck_assert_int_eq(tu_wait_rows(db, 3, 20000), 3);

@@ -61,7 +61,7 @@ START_TEST(test_stream_statuses_are_stored)
     ck_assert_ptr_nonnull(f);
     fm_set_split(f, 1); /* every event arrives cut mid-line, mid-character, between CR and LF */
     fm_set_crlf(f, 1);
-    it_start_stack(&S, "ingest_map");
+    tu_stack_start_api(&S, "ingest_map", NULL);
     it_start_ingest(&g, &S, fm_url(f), stream_env);
     ck_assert_msg(fm_wait_streams(f, 1, 10000), "ingest did not open the stream; see %s", g.log);
     ck_assert(it_wait_field(&g, "mode", "streaming", 5000));
@@ -136,7 +136,7 @@ START_TEST(test_reconnect_stores_no_duplicates)
     it_ingest_t g;
     char id[16];
     fm_set_replay(f, 4); /* a new stream first gets the last 4 events again */
-    it_start_stack(&S, "ingest_reconnect");
+    tu_stack_start_api(&S, "ingest_reconnect", NULL);
     it_start_ingest(&g, &S, fm_url(f), stream_env);
     ck_assert(fm_wait_streams(f, 1, 10000));
     for (int i = 0; i < 6; i++) {
@@ -194,7 +194,7 @@ START_TEST(test_edits_and_deletes_propagate)
     fm_t *f = fm_start(&fc);
     it_ingest_t g;
     char id1[37], id2[37], ghost[37], url[256];
-    it_start_stack(&S, "ingest_events");
+    tu_stack_start_api(&S, "ingest_events", NULL);
     amqp_connection_state_t live = it_live_open(&S);
     it_start_ingest(&g, &S, fm_url(f), stream_env);
     ck_assert(fm_wait_streams(f, 1, 10000));
@@ -293,7 +293,7 @@ START_TEST(test_same_post_from_two_instances_is_one_message)
     it_ingest_t ga, gb;
     char id[37], sql[256];
     ck_assert(fa != NULL && fb != NULL);
-    it_start_stack(&S, "ingest_dedupe");
+    tu_stack_start_api(&S, "ingest_dedupe", NULL);
     it_start_ingest(&ga, &S, fm_url(fa), stream_env);
     it_start_ingest(&gb, &S, fm_url(fb), stream_env);
     ck_assert_msg(fm_wait_streams(fa, 1, 10000) && fm_wait_streams(fb, 1, 10000), "see %s and %s", ga.log, gb.log);
@@ -372,7 +372,7 @@ START_TEST(test_one_ingest_reads_several_sources)
     char *only_b2 = fm_with_id(only_b, "99702");
     fm_add_to_timeline(fb, copy);
     fm_add_to_timeline(fb, only_b2);
-    it_start_stack(&S, "ingest_sources");
+    tu_stack_start_api(&S, "ingest_sources", NULL);
     it_start_ingest(&g, &S, "unused", env);
     ck_assert_msg(fm_wait_streams(fa, 1, 10000), "see %s", g.log);
     fm_post(fa, post);
@@ -522,10 +522,7 @@ START_TEST(test_meta_end_to_end)
     it_ingest_t g;
     char id[37], boost_id[37], url[256], sql[512];
     tu_resp_t r;
-    it_start_stack(&S, "ingest_meta");
-    tu_start(&S, "sse", NULL);
-    snprintf(url, sizeof(url), "http://127.0.0.1:%d/readyz", S.sse_port);
-    ck_assert(tu_wait_status(url, 200, 20000));
+    tu_stack_start(&S, "ingest_meta", NULL);
     amqp_connection_state_t live = it_live_open(&S);
     tu_stream_t sse;
     tu_ws_t ws;
@@ -672,7 +669,7 @@ START_TEST(test_control_endpoint_starts_and_stops)
     it_ingest_t g;
     tu_resp_t r;
     const char *env[] = {"SLUICE_MASTODON_TOKEN=" TOKEN, "SLUICE_INGEST_AUTOSTART=0", NULL};
-    it_start_stack(&S, "ingest_control");
+    tu_stack_start_api(&S, "ingest_control", NULL);
     it_start_ingest(&g, &S, fm_url(f), env);
     ck_assert(it_wait_field(&g, "state", "stopped", 1000));
     tu_sleep_ms(500);

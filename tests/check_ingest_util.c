@@ -74,13 +74,6 @@ int it_stop_ingest(it_ingest_t *g)
     return tu_stop(&g->pid, SIGTERM, 15000);
 }
 
-void it_start_stack(tu_stack_t *s, const char *name)
-{
-    tu_stack_init(s, name, 100000);
-    tu_start(s, "persister", NULL);
-    tu_start(s, "api", NULL);
-}
-
 void it_finish(tu_stack_t *s, it_ingest_t *g, PGconn *db, fm_t *f)
 {
     ck_assert_int_eq(it_stop_ingest(g), 0);

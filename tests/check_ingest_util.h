@@ -25,9 +25,6 @@ typedef struct it_ingest {
 void it_start_ingest(it_ingest_t *g, tu_stack_t *s, const char *mastodon_url, const char *const *extra_env);
 /* SIGTERM; returns the exit status. */
 int it_stop_ingest(it_ingest_t *g);
-
-/* A fresh stack name (tu_stack_init, max_length 100000) with its persister and api running. */
-void it_start_stack(tu_stack_t *s, const char *name);
 /* A test's end: asserts that g exits 0 on SIGTERM, closes db, stops the stack (tu_stack_cleanup)
  * and then f. */
 void it_finish(tu_stack_t *s, it_ingest_t *g, PGconn *db, fm_t *f);

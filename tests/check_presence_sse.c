@@ -348,9 +348,7 @@ static long long metric(int port, const char *name)
 
 static void start_stack(const char *name)
 {
-    tu_stack_init(&S, name, 100000);
-    tu_start(&S, "persister", NULL);
-    tu_start(&S, "api", NULL); /* it migrates the database at start */
+    tu_stack_start_api(&S, name, NULL); /* it migrates the database at start */
     ck_assert_int_eq(sl_db_migrate_url(S.db_url, 20, NULL), SL_DB_OK);
 }
 

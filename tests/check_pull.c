@@ -58,20 +58,6 @@ static const char *sse_url(int port, const char *path)
 
 /* ---- the stack ------------------------------------------------------------------------------------ */
 
-static void wait_ready(int port)
-{
-    ck_assert_msg(tu_wait_status(sse_url(port, "/readyz"), 200, 20000), "sse on port %d never became ready", port);
-}
-
-static void start_stack(const char *name, const char *const *sse_env)
-{
-    tu_stack_init(&S, name, 100000);
-    tu_start(&S, "persister", NULL);
-    tu_start(&S, "api", NULL);
-    tu_start(&S, "sse", sse_env);
-    wait_ready(S.sse_port);
-}
-
 
 static long long last_seq(PGconn *db)
 {
@@ -248,10 +234,10 @@ static void *poster_main(void *arg)
 START_TEST(test_pull_under_load_is_exact)
 {
     const char *const no_memory[] = {"SLUICE_SSE_RECENT=0", NULL};
-    start_stack("pull_load", NULL);
+    tu_stack_start(&S, "pull_load", NULL);
     int port2 = 0;
     pid_t sse2 = tu_start_at(&S, "sse", &port2, no_memory);
-    wait_ready(port2);
+    tu_wait_sse_ready(port2);
     char base1[128], base2[128];
     snprintf(base1, sizeof(base1), "%s", sse_url(S.sse_port, ""));
     snprintf(base2, sizeof(base2), "%s", sse_url(port2, ""));
@@ -341,7 +327,7 @@ static int cmp_ll(const void *a, const void *b)
  * same next; one while only other channels move is empty, its next moved on. */
 START_TEST(test_pull_wait_wakes_and_times_out)
 {
-    start_stack("pull_wait", NULL);
+    tu_stack_start(&S, "pull_wait", NULL);
     PGconn *db = tu_db(&S);
     tu_page_t pg;
     char q[160];
@@ -423,7 +409,7 @@ END_TEST
  * explicit reset ("ahead") with the next to continue from, on sse and on the api. */
 START_TEST(test_pull_bad_params_and_ahead)
 {
-    start_stack("pull_params", NULL);
+    tu_stack_start(&S, "pull_params", NULL);
     const char *bases[2] = {S.base, NULL};
     char sse[128];
     snprintf(sse, sizeof(sse), "%s", sse_url(S.sse_port, ""));
@@ -510,7 +496,7 @@ static long raw_status(int fd, int timeout_ms)
 START_TEST(test_pull_waiters_are_freed_and_capped)
 {
     const char *const env[] = {"SLUICE_SSE_PULL_WAITERS_PER_CLIENT=1", "SLUICE_SSE_PULL_MAX_WAITERS=2", NULL};
-    start_stack("pull_waiters", env);
+    tu_stack_start(&S, "pull_waiters", env);
     int port = S.sse_port;
 
     int fd = raw_request("127.0.0.1", port, "/v1/messages?after=0&wait=30");
@@ -563,7 +549,7 @@ START_TEST(test_pull_connect_and_drop_reads_nothing)
 {
     enum { DROPS = 100 };
     const char *const env[] = {"SLUICE_SSE_RECENT=0", NULL};
-    start_stack("pull_drops", env);
+    tu_stack_start(&S, "pull_drops", env);
     tu_post(&S, "general", "one");
     PGconn *db = tu_db(&S);
     ck_assert_int_eq(tu_wait_rows(db, 1, 10000), 1);
@@ -618,10 +604,10 @@ START_TEST(test_pull_private_channels)
     const char *const env[] = {"SLUICE_JWT_SECRET=" SECRET, "SLUICE_PRIVATE_CHANNELS=staff", NULL};
     const char *const no_memory[] = {"SLUICE_JWT_SECRET=" SECRET, "SLUICE_PRIVATE_CHANNELS=staff", "SLUICE_SSE_RECENT=0",
                                      NULL};
-    start_stack("pull_private", env);
+    tu_stack_start(&S, "pull_private", env);
     int port2 = 0;
     pid_t sse2 = tu_start_at(&S, "sse", &port2, no_memory);
-    wait_ready(port2);
+    tu_wait_sse_ready(port2);
     tu_post(&S, "general", "g1");
     tu_post(&S, "staff", "s1");
     tu_post(&S, "general", "g2");

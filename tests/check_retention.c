@@ -72,13 +72,6 @@ END_TEST
 
 /* ---- the stack ------------------------------------------------------------------------------------- */
 
-static void wait_ready(int port)
-{
-    char url[128];
-    snprintf(url, sizeof(url), "http://127.0.0.1:%d/readyz", port);
-    ck_assert_msg(tu_wait_status(url, 200, 20000), "sse on port %d never became ready", port);
-}
-
 static const char *sse_base(int port, char *buf, size_t size)
 {
     snprintf(buf, size, "http://127.0.0.1:%d", port);
@@ -265,10 +258,10 @@ START_TEST(test_age_retention_deletes_in_batches_and_resets)
     tu_start(&S, "persister", persister_env);
     tu_start(&S, "api", NULL);
     tu_start(&S, "sse", sse_env);
-    wait_ready(S.sse_port);
+    tu_wait_sse_ready(S.sse_port);
     int port2 = 0;
     pid_t sse2 = tu_start_at(&S, "sse", &port2, no_memory);
-    wait_ready(port2);
+    tu_wait_sse_ready(port2);
     PGconn *db = tu_db(&S);
 
     long long t0 = tu_now_ms();
@@ -434,7 +427,7 @@ START_TEST(test_count_retention_keeps_the_newest)
     tu_start(&S, "persister", persister_env);
     tu_start(&S, "api", NULL);
     tu_start(&S, "sse", NULL);
-    wait_ready(S.sse_port);
+    tu_wait_sse_ready(S.sse_port);
     PGconn *db = tu_db(&S);
     post_many(80, chat_body); /* 70 in chat-1, 10 in other */
     long long stored = 0; /* (seq is gapless: all 80 are stored at 80, whatever the job took already) */

@@ -60,9 +60,7 @@ START_TEST(test_concurrent_posts_stored_once_gapless)
     enum { N = 1000 };
     static long status[N];
     static char ids[N][37];
-    tu_stack_init(&S, "concurrent", 100000);
-    tu_start(&S, "persister", NULL);
-    tu_start(&S, "api", NULL);
+    tu_stack_start_api(&S, "concurrent", NULL);
     tu_post_many(post_url(), N, 200, body_plain, status, ids, NULL, NULL);
     for (int i = 0; i < N; i++)
         ck_assert_msg(status[i] == 202, "POST %d answered %ld", i, status[i]);
@@ -221,9 +219,7 @@ START_TEST(test_broker_down_answers_503_and_recovers)
 {
     char url[160], body[256];
     tu_resp_t r;
-    tu_stack_init(&S, "brokerdown", 100000);
-    tu_start(&S, "persister", NULL);
-    tu_start(&S, "api", NULL);
+    tu_stack_start_api(&S, "brokerdown", NULL);
     snprintf(url, sizeof(url), "%s/readyz", S.base);
     ck_assert(tu_wait_status(url, 200, 10000));
 
@@ -290,9 +286,7 @@ START_TEST(test_bad_inputs_get_documented_errors)
         {"POST", "/v1/messages", "application/json", "{\"author\":\"a\",\"text\":\"x\",\"channel\":\"#\"}", 400,
          "invalid_channel"},
     };
-    tu_stack_init(&S, "badinput", 100000);
-    tu_start(&S, "persister", NULL);
-    tu_start(&S, "api", NULL);
+    tu_stack_start_api(&S, "badinput", NULL);
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         const struct bad_request *c = &cases[i];
         char url[256], want[96];
@@ -339,9 +333,7 @@ START_TEST(test_idempotency_key_gives_one_message)
     const char *b2 = "{\"author\":\"dave\",\"text\":\"same key, other author\"}";
     char id1[37], id2[37], id3[37], at1[40], at2[40];
     tu_resp_t r;
-    tu_stack_init(&S, "idem", 100000);
-    tu_start(&S, "persister", NULL);
-    tu_start(&S, "api", NULL);
+    tu_stack_start_api(&S, "idem", NULL);
     ck_assert_int_eq(tu_http("POST", post_url(), "Idempotency-Key: abc-123", "application/json", b1, strlen(b1), &r), 0);
     ck_assert_int_eq(r.status, 202);
     tu_json_str(r.body, "id", id1, sizeof(id1));
@@ -399,9 +391,7 @@ START_TEST(test_sigterm_finishes_in_flight)
     static long status[N];
     static char ids[N][37];
     struct term_plan plan = {100, -1};
-    tu_stack_init(&S, "sigterm", 100000);
-    tu_start(&S, "persister", NULL);
-    tu_start(&S, "api", NULL);
+    tu_stack_start_api(&S, "sigterm", NULL);
     tu_post_many(post_url(), N, 100, body_plain, status, ids, term_api_midway, &plan);
     int accepted = 0;
     for (int i = 0; i < N; i++) {
@@ -588,9 +578,7 @@ START_TEST(test_read_only_database_loses_nothing)
     static long status[N];
     static char ids[N][37];
     char url[160], err[256];
-    tu_stack_init(&S, "readonly", 100000);
-    tu_start(&S, "persister", NULL);
-    tu_start(&S, "api", NULL);
+    tu_stack_start_api(&S, "readonly", NULL);
     PGconn *db = tu_db(&S);
     PQclear(PQexec(db, "SET default_transaction_read_only = off")); /* this session stays writable */
     snprintf(url, sizeof(url), "http://127.0.0.1:%d/readyz", S.persister_port);
@@ -645,9 +633,7 @@ START_TEST(test_database_restart_loses_nothing)
     static long status[N];
     static char ids[N][37];
     char url[160];
-    tu_stack_init(&S, "dbrestart", 100000);
-    tu_start(&S, "persister", NULL);
-    tu_start(&S, "api", NULL);
+    tu_stack_start_api(&S, "dbrestart", NULL);
     tu_post_many(post_url(), N / 3, 20, body_plain, status, ids, NULL, NULL);
     ck_assert_int_eq(tu_servers("stop-postgres"), 0);
     /* Posting needs only the broker: it goes on, the persister holds its batch and retries. */
@@ -670,9 +656,7 @@ START_TEST(test_blocked_broker_answers_503)
 {
     char url[160], body[256];
     tu_resp_t r;
-    tu_stack_init(&S, "blocked", 100000);
-    tu_start(&S, "persister", NULL);
-    tu_start(&S, "api", NULL);
+    tu_stack_start_api(&S, "blocked", NULL);
     body_plain(0, body, sizeof(body));
     tu_http_expect("POST", post_url(), NULL, "application/json", body, strlen(body), 202);
     /* A memory alarm: RabbitMQ blocks publishing connections and tells them (connection.blocked). */

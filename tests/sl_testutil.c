@@ -242,11 +242,16 @@ void tu_wait_sse_ready(int port)
     ck_assert_msg(tu_wait_status(url, 200, 20000), "sse on port %d never became ready", port);
 }
 
-void tu_stack_start(tu_stack_t *s, const char *name, const char *const *sse_env)
+void tu_stack_start_api(tu_stack_t *s, const char *name, const char *const *api_env)
 {
     tu_stack_init(s, name, 100000);
     tu_start(s, "persister", NULL);
-    tu_start(s, "api", NULL);
+    tu_start(s, "api", api_env);
+}
+
+void tu_stack_start(tu_stack_t *s, const char *name, const char *const *sse_env)
+{
+    tu_stack_start_api(s, name, NULL);
     tu_start(s, "sse", sse_env);
     tu_wait_sse_ready(s->sse_port);
 }

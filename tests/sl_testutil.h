@@ -46,8 +46,11 @@ extern int tu_wait_amqp_ms;
 /* Waits (20 s at most, else the test fails) until the sse on port answers /readyz 200: connected
  * to the database and the live feed, its hub's position known. */
 void tu_wait_sse_ready(int port);
-/* The usual stack for sse's tests: tu_stack_init, then the persister, the api and one sse (with
- * sse_env, may be NULL) on the stack's ports, ready. */
+/* The usual stack for the api's tests: tu_stack_init (max_length 100000), then the persister and
+ * the api (with api_env, may be NULL) on the stack's ports. */
+void tu_stack_start_api(tu_stack_t *s, const char *name, const char *const *api_env);
+/* The usual stack for sse's tests: tu_stack_start_api, then one sse (with sse_env, may be NULL) on
+ * the stack's port, ready. */
 void tu_stack_start(tu_stack_t *s, const char *name, const char *const *sse_env);
 /* 1 when the log of the stack's service (started by tu_start) holds text, else 0. */
 int tu_log_contains(const tu_stack_t *s, const char *service, const char *text);
