@@ -43,6 +43,7 @@
 #include <libpq-fe.h>
 
 #include "sl_amqp.h"
+#include "sl_benchutil.h"
 #include "sl_buf.h"
 #include "sl_config.h"
 #include "sl_db.h"
@@ -611,16 +612,7 @@ static double stop_child(pid_t pid)
     kill(pid, SIGKILL);
     wait4(pid, &status, 0, &ru);
 Done:
-    return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 + (double)ru.ru_stime.tv_sec +
-           (double)ru.ru_stime.tv_usec / 1e6;
-}
-
-static double self_cpu(void)
-{
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 + (double)ru.ru_stime.tv_sec +
-           (double)ru.ru_stime.tv_usec / 1e6;
+    return bu_cpu_s(&ru);
 }
 
 static int cmd_persister(int argc, char **argv)
@@ -1403,7 +1395,7 @@ static int cmd_post(int argc, char **argv)
     }
 
     /* The run. */
-    double cpu0 = self_cpu();
+    double cpu0 = bu_self_cpu_s();
     L.t0 = sl_time_mono_us();
     L.t0_real = sl_time_now_us();
     deadline = L.t0 + timeout_s * 1000000;
@@ -1451,7 +1443,7 @@ static int cmd_post(int argc, char **argv)
             t_last = sl_time_mono_us();
     }
     int64_t run_us = t_last - L.t0;
-    double cpu = self_cpu() - cpu0;
+    double cpu = bu_self_cpu_s() - cpu0;
 
     /* Wait until every accepted id was announced on the live exchange (or the time is up). */
     struct stamp *copy = NULL;

@@ -37,6 +37,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "sl_benchutil.h"
 #include "sl_config.h"
 #include "sl_db.h"
 #include "sl_http.h"
@@ -298,19 +299,8 @@ static void start_child(int i)
 
 static double cpu_ms(pid_t pid)
 {
-    char path[64], buf[1024];
-    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
-    FILE *f = fopen(path, "r");
-    if (f == NULL)
-        return -1;
-    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
-    fclose(f);
-    buf[n] = '\0';
-    const char *p = strrchr(buf, ')');
-    unsigned long long ut = 0, st = 0;
-    if (p == NULL || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
-        return -1;
-    return (double)(ut + st) * 1000.0 / (double)sysconf(_SC_CLK_TCK);
+    long long ticks = bu_proc_cpu_ticks((long)pid);
+    return ticks < 0 ? -1 : (double)ticks * 1000.0 / (double)sysconf(_SC_CLK_TCK);
 }
 
 /* A blocking GET on 127.0.0.1:port; the body (malloc'd) or NULL. */

@@ -48,6 +48,7 @@
 #include <amqp.h>
 
 #include "sl_amqp.h"
+#include "sl_benchutil.h"
 #include "sl_config.h"
 #include "sl_time.h"
 #include "sl_uuid.h"
@@ -174,26 +175,6 @@ static long rss_kb(long pid)
     return kb;
 }
 
-static long long cpu_ticks(long pid) /* utime + stime */
-{
-    char path[64], buf[1024];
-    if (pid <= 0)
-        return -1;
-    snprintf(path, sizeof(path), "/proc/%ld/stat", pid);
-    FILE *f = fopen(path, "r");
-    if (f == NULL)
-        return -1;
-    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
-    fclose(f);
-    buf[n] = '\0';
-    char *p = strrchr(buf, ')');
-    unsigned long long ut, st;
-    /* after ") ": state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime */
-    if (p == NULL || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
-        return -1;
-    return (long long)(ut + st);
-}
-
 /* Busy and total jiffies of the whole machine (every core), for how contended a run was. */
 static void machine_ticks(long long *busy, long long *total)
 {
@@ -209,14 +190,6 @@ static void machine_ticks(long long *busy, long long *total)
         *busy = *total - (long long)v[3] - (long long)v[4]; /* minus idle and iowait */
     }
     fclose(f);
-}
-
-static double tool_cpu_s(void)
-{
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    return (double)ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + (double)ru.ru_stime.tv_sec +
-           ru.ru_stime.tv_usec / 1e6;
 }
 
 static void sleep_ms(long ms)
@@ -1064,9 +1037,9 @@ int main(int argc, char **argv)
     pubres_t pr;
     memset(&pr, 0, sizeof(pr));
     unsigned long long events_before = atomic_load(&G.events);
-    long long cpu0 = cpu_ticks(server_pid), mbusy0, mtotal0, mbusy1, mtotal1;
+    long long cpu0 = bu_proc_cpu_ticks(server_pid), mbusy0, mtotal0, mbusy1, mtotal1;
     machine_ticks(&mbusy0, &mtotal0);
-    double tool0 = tool_cpu_s();
+    double tool0 = bu_self_cpu_s();
     int64_t p_start = sl_time_mono_us();
     atomic_store(&G.measure_from_us, sl_time_now_us());
     if (established > 0 && !interrupted) {
@@ -1102,9 +1075,9 @@ int main(int argc, char **argv)
         }
         sleep_ms(10);
     }
-    long long cpu1 = cpu_ticks(server_pid);
+    long long cpu1 = bu_proc_cpu_ticks(server_pid);
     machine_ticks(&mbusy1, &mtotal1);
-    double tool1 = tool_cpu_s();
+    double tool1 = bu_self_cpu_s();
     double window_s = (double)(sl_time_mono_us() - p_start) / 1e6;
     long rss_after = rss_kb(server_pid);
     atomic_store(&G.stop, 1);
