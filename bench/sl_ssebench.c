@@ -39,7 +39,6 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/epoll.h>
-#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/timerfd.h>
 #include <time.h>
@@ -50,6 +49,7 @@
 #include "sl_amqp.h"
 #include "sl_benchutil.h"
 #include "sl_config.h"
+#include "sl_http.h"
 #include "sl_time.h"
 #include "sl_uuid.h"
 
@@ -974,14 +974,9 @@ int main(int argc, char **argv)
     ab.duration = abuse_s > 0 ? abuse_s : duration;
 
     /* Every subscription is a descriptor: take what the hard limit allows. */
-    struct rlimit rl;
-    getrlimit(RLIMIT_NOFILE, &rl);
-    rl.rlim_cur = rl.rlim_max;
-    setrlimit(RLIMIT_NOFILE, &rl);
-    getrlimit(RLIMIT_NOFILE, &rl);
-    if ((long long)rl.rlim_cur < conns + pub_conns + get_conns + 32) {
-        fprintf(stderr, "sl_ssebench: %lld subscriptions need more descriptors than the limit %llu\n", conns,
-                (unsigned long long)rl.rlim_cur);
+    long nofile = sl_http_raise_nofile();
+    if (nofile < conns + pub_conns + get_conns + 32) {
+        fprintf(stderr, "sl_ssebench: %lld subscriptions need more descriptors than the limit %ld\n", conns, nofile);
         return 2;
     }
     signal(SIGPIPE, SIG_IGN);
