@@ -16,6 +16,7 @@
 #include "sl_ingest.h"
 #include "sl_log.h"
 #include "sl_mastodon.h"
+#include "sl_service.h"
 #include "sl_time.h"
 
 static volatile sig_atomic_t stopping;
@@ -90,21 +91,8 @@ int main(int argc, char **argv)
                             "sluice ingest: Mastodon public posts -> RabbitMQ (publisher confirms).");
     if (r != 0)
         return r > 0 ? 0 : 2;
-    {
-        char amqp_err[512];
-        if (sl_amqp_urls_check(conf.amqp_url, amqp_err, sizeof(amqp_err)) != 0) {
-            fprintf(stderr, "sluice-ingest: SLUICE_AMQP_URL (--amqp-url): %s\n", amqp_err);
-            return 2;
-        }
-        if (sl_amqp_declare_check(amqp_err, sizeof(amqp_err)) != 0) {
-            fprintf(stderr, "sluice-ingest: %s\n", amqp_err);
-            return 2;
-        }
-        if (sl_http_opts_check(&http_opts, amqp_err, sizeof(amqp_err)) != 0) {
-            fprintf(stderr, "sluice-ingest: %s\n", amqp_err);
-            return 2;
-        }
-    }
+    if (sl_service_check("sluice-ingest", conf.amqp_url, &http_opts) != 0)
+        return 2;
     {
         char err[512];
         if (url == NULL || sl_ingest_sources_parse(url, stream, token, sources, &nsources, err, sizeof(err)) != 0) {

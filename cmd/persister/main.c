@@ -13,6 +13,7 @@
 #include "sl_log.h"
 #include "sl_persister.h"
 #include "sl_retention.h"
+#include "sl_service.h"
 
 static volatile sig_atomic_t stopping;
 
@@ -101,21 +102,8 @@ int main(int argc, char **argv)
                             "sluice persister: persist queue -> database (exactly once) -> live exchange.");
     if (r != 0)
         return r > 0 ? 0 : 2;
-    {
-        char amqp_err[512];
-        if (sl_amqp_urls_check(conf.amqp_url, amqp_err, sizeof(amqp_err)) != 0) {
-            fprintf(stderr, "sluice-persister: SLUICE_AMQP_URL (--amqp-url): %s\n", amqp_err);
-            return 2;
-        }
-        if (sl_amqp_declare_check(amqp_err, sizeof(amqp_err)) != 0) {
-            fprintf(stderr, "sluice-persister: %s\n", amqp_err);
-            return 2;
-        }
-        if (sl_http_opts_check(&http_opts, amqp_err, sizeof(amqp_err)) != 0) {
-            fprintf(stderr, "sluice-persister: %s\n", amqp_err);
-            return 2;
-        }
-    }
+    if (sl_service_check("sluice-persister", conf.amqp_url, &http_opts) != 0)
+        return 2;
     sl_log_init("persister");
     sl_http_trap_signals(&stopping);
     if (conf.prefetch < conf.batch_size) {

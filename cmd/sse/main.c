@@ -15,6 +15,7 @@
 #include "sl_jwt.h"
 #include "sl_log.h"
 #include "sl_migrator.h"
+#include "sl_service.h"
 #include "sl_sse.h"
 #include "sl_time.h"
 
@@ -114,21 +115,8 @@ int main(int argc, char **argv)
                             "sluice sse: live streams of the feed (SSE, NDJSON, WebSocket) with history and resume.");
     if (r != 0)
         return r > 0 ? 0 : 2;
-    {
-        char amqp_err[512];
-        if (sl_amqp_urls_check(conf.amqp_url, amqp_err, sizeof(amqp_err)) != 0) {
-            fprintf(stderr, "sluice-sse: SLUICE_AMQP_URL (--amqp-url): %s\n", amqp_err);
-            return 2;
-        }
-        if (sl_amqp_declare_check(amqp_err, sizeof(amqp_err)) != 0) {
-            fprintf(stderr, "sluice-sse: %s\n", amqp_err);
-            return 2;
-        }
-        if (sl_http_opts_check(&http_opts, amqp_err, sizeof(amqp_err)) != 0) {
-            fprintf(stderr, "sluice-sse: %s\n", amqp_err);
-            return 2;
-        }
-    }
+    if (sl_service_check("sluice-sse", conf.amqp_url, &http_opts) != 0)
+        return 2;
     if (conf.presence_ttl_ms != 0 && conf.presence_ttl_ms <= conf.presence_heartbeat_ms) {
         fprintf(stderr, "sluice-sse: SLUICE_PRESENCE_TTL_MS (%lld) must be above SLUICE_PRESENCE_HEARTBEAT_MS (%lld)\n",
                 conf.presence_ttl_ms, conf.presence_heartbeat_ms);
