@@ -516,6 +516,13 @@ int sl_http_configure(sl_http_server_t *s, const sl_http_opts_t *opts)
     return 0;
 }
 
+int sl_http_setup(sl_http_server_t *s, sl_http_handler_cb handler, void *data, size_t max_body,
+                  const sl_http_opts_t *opts)
+{
+    sl_http_init(s, handler, data, max_body);
+    return sl_http_configure(s, opts);
+}
+
 int sl_http_listen(sl_http_server_t *s, const char *host, int port)
 {
     struct sockaddr_in addr;

@@ -82,6 +82,11 @@ int sl_http_opts_check(const sl_http_opts_t *opts, char *err, size_t errlen);
  * sl_http_opts_check first, the options are bad (a log line says which). */
 int sl_http_configure(sl_http_server_t *s, const sl_http_opts_t *opts);
 
+/* A service's server: sl_http_init, then sl_http_configure. Returns 0, or -1 as
+ * sl_http_configure (s is initialized either way). */
+int sl_http_setup(sl_http_server_t *s, sl_http_handler_cb handler, void *data, size_t max_body,
+                  const sl_http_opts_t *opts);
+
 /* Listens on host:port (SO_REUSEADDR). Returns 0, or -1 with errno set (and a log line). */
 int sl_http_listen(sl_http_server_t *s, const char *host, int port);
 

@@ -125,16 +125,12 @@ int main(int argc, char **argv)
 
     sl_http_server_t server;
     sl_ingest_t *g;
-    sl_http_init(&server, sl_ingest_handle, NULL, 64 * 1024);
-    if ((g = sl_ingest_create(server.loop, &conf)) == NULL) {
+    if (sl_http_setup(&server, sl_ingest_handle, NULL, 64 * 1024, &http_opts) != 0 ||
+        (g = sl_ingest_create(server.loop, &conf)) == NULL) {
         SL_ERROR("event=start_failed error=\"out of memory\"");
         return 1;
     }
     server.data = g;
-    if (sl_http_configure(&server, &http_opts) != 0) {
-        SL_ERROR("event=start_failed error=\"out of memory\"");
-        return 1;
-    }
     if (sl_http_listen(&server, host, (int)port) != 0) {
         sl_ingest_destroy(g);
         sl_http_dispose(&server);

@@ -139,8 +139,7 @@ int main(int argc, char **argv)
     }
     if (port > 0) {
         sl_http_server_t server;
-        sl_http_init(&server, on_req, &svc, 4096);
-        if (sl_http_configure(&server, &http_opts) != 0) {
+        if (sl_http_setup(&server, on_req, &svc, 4096, &http_opts) != 0) {
             SL_ERROR("event=start_failed error=\"out of memory\"");
             return 1;
         }

@@ -161,16 +161,12 @@ int main(int argc, char **argv)
 
     sl_http_server_t server;
     sl_sse_t *sse;
-    sl_http_init(&server, sl_sse_handle, NULL, 64 * 1024);
-    if ((sse = sl_sse_create(server.loop, &conf)) == NULL) {
+    if (sl_http_setup(&server, sl_sse_handle, NULL, 64 * 1024, &http_opts) != 0 ||
+        (sse = sl_sse_create(server.loop, &conf)) == NULL) {
         SL_ERROR("event=start_failed error=\"out of memory\"");
         return 1;
     }
     server.data = sse;
-    if (sl_http_configure(&server, &http_opts) != 0) {
-        SL_ERROR("event=start_failed error=\"out of memory\"");
-        return 1;
-    }
     if (sl_jwt_enabled(jwt))
         sl_http_on_sighup(&server, sl_jwt_on_sighup, jwt);
     if (sl_http_listen(&server, host, (int)port) != 0)
