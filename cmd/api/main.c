@@ -18,6 +18,7 @@
 #include "sl_jwt.h"
 #include "sl_log.h"
 #include "sl_migrator.h"
+#include "sl_service.h"
 #include "sl_time.h"
 
 static volatile sig_atomic_t stopping;
@@ -80,21 +81,8 @@ int main(int argc, char **argv)
                             "sluice api: POST /v1/messages into RabbitMQ, history from the database.");
     if (r != 0)
         return r > 0 ? 0 : 2;
-    {
-        char amqp_err[512];
-        if (sl_amqp_urls_check(amqp_url, amqp_err, sizeof(amqp_err)) != 0) {
-            fprintf(stderr, "sluice-api: SLUICE_AMQP_URL (--amqp-url): %s\n", amqp_err);
-            return 2;
-        }
-        if (sl_amqp_declare_check(amqp_err, sizeof(amqp_err)) != 0) {
-            fprintf(stderr, "sluice-api: %s\n", amqp_err);
-            return 2;
-        }
-        if (sl_http_opts_check(&http_opts, amqp_err, sizeof(amqp_err)) != 0) {
-            fprintf(stderr, "sluice-api: %s\n", amqp_err);
-            return 2;
-        }
-    }
+    if (sl_service_check("sluice-api", amqp_url, &http_opts) != 0)
+        return 2;
     conf.amqp_url = amqp_url;
     conf.db_url = db_url;
     sl_log_init("api");
@@ -127,16 +115,12 @@ int main(int argc, char **argv)
     sl_http_raise_nofile(); /* one descriptor per client connection */
     sl_http_server_t server;
     sl_api_t *api;
-    sl_http_init(&server, sl_api_handle, NULL, 1024 * 1024);
-    if ((api = sl_api_create(server.loop, &conf)) == NULL) {
+    if (sl_http_setup(&server, sl_api_handle, NULL, 1024 * 1024, &http_opts) != 0 ||
+        (api = sl_api_create(server.loop, &conf)) == NULL) {
         SL_ERROR("event=start_failed error=\"out of memory\"");
         return 1;
     }
     server.data = api;
-    if (sl_http_configure(&server, &http_opts) != 0) {
-        SL_ERROR("event=start_failed error=\"out of memory\"");
-        return 1;
-    }
     if (sl_jwt_enabled(jwt))
         sl_http_on_sighup(&server, sl_jwt_on_sighup, jwt);
     if (sl_http_listen(&server, host, (int)port) != 0)
