@@ -755,31 +755,30 @@ static int handle_metrics(sl_api_t *a, h2o_req_t *req)
     sl_metrics_sample(&b, "sluice_api_publishes_total", "outcome=\"refused_busy\"", (double)s->refused_busy);
     sl_metrics_sample(&b, "sluice_api_publishes_total", "outcome=\"refused_down\"", (double)s->refused_down);
     sl_metrics_sample(&b, "sluice_api_publishes_total", "outcome=\"refused_blocked\"", (double)s->refused_blocked);
-    sl_metrics_header(&b, "sluice_api_publish_batches_total", "counter",
-                      "AMQP messages the published posts went out in (posts of one loop turn share one).");
-    sl_metrics_sample(&b, "sluice_api_publish_batches_total", "", (double)s->batches);
-    sl_metrics_header(&b, "sluice_api_publish_send_waits_total", "counter",
-                      "Batches held back because the broker connection's send buffer had no room (a node that"
-                      " reads slowly or not at all); posts meanwhile get 503 too_many_in_flight.");
-    sl_metrics_sample(&b, "sluice_api_publish_send_waits_total", "", (double)s->send_waits);
-    sl_metrics_header(&b, "sluice_api_broker_blocked_seconds_total", "counter", "Time the broker kept us blocked.");
-    sl_metrics_sample(&b, "sluice_api_broker_blocked_seconds_total", "", (double)s->blocked_us_total / 1e6);
-    sl_metrics_header(&b, "sluice_api_broker_connects_total", "counter", "Successful broker connections.");
-    sl_metrics_sample(&b, "sluice_api_broker_connects_total", "", (double)s->reconnects);
-    sl_metrics_header(&b, "sluice_api_publishes_unconfirmed", "gauge", "Publishes awaiting confirmation.");
-    sl_metrics_sample(&b, "sluice_api_publishes_unconfirmed", "", (double)sl_publisher_outstanding(a->pub));
-    sl_metrics_header(&b, "sluice_api_idempotent_replays_total", "counter", "POSTs answered from an Idempotency-Key.");
-    sl_metrics_sample(&b, "sluice_api_idempotent_replays_total", "", (double)a->idempotent_replays);
-    sl_metrics_header(&b, "sluice_api_rate_limited_total", "counter", "Requests refused by the per-client limit.");
-    sl_metrics_sample(&b, "sluice_api_rate_limited_total", "", (double)a->rate_limited);
+    sl_metrics_one(&b, "sluice_api_publish_batches_total", "counter",
+                   "AMQP messages the published posts went out in (posts of one loop turn share one).",
+                   (double)s->batches);
+    sl_metrics_one(&b, "sluice_api_publish_send_waits_total", "counter",
+                   "Batches held back because the broker connection's send buffer had no room (a node that reads "
+                   "slowly or not at all); posts meanwhile get 503 too_many_in_flight.", (double)s->send_waits);
+    sl_metrics_one(&b, "sluice_api_broker_blocked_seconds_total", "counter",
+                   "Time the broker kept us blocked.", (double)s->blocked_us_total / 1e6);
+    sl_metrics_one(&b, "sluice_api_broker_connects_total", "counter",
+                   "Successful broker connections.", (double)s->reconnects);
+    sl_metrics_one(&b, "sluice_api_publishes_unconfirmed", "gauge",
+                   "Publishes awaiting confirmation.", (double)sl_publisher_outstanding(a->pub));
+    sl_metrics_one(&b, "sluice_api_idempotent_replays_total", "counter",
+                   "POSTs answered from an Idempotency-Key.", (double)a->idempotent_replays);
+    sl_metrics_one(&b, "sluice_api_rate_limited_total", "counter",
+                   "Requests refused by the per-client limit.", (double)a->rate_limited);
     sl_metrics_header(&b, "sluice_api_private_refused_total", "counter",
                       "Reads of private channels refused, by code (token_required: no token; channel_forbidden: "
                       "not in the token's channels).");
     sl_metrics_sample(&b, "sluice_api_private_refused_total", "code=\"token_required\"", (double)a->read_refused[0]);
     sl_metrics_sample(&b, "sluice_api_private_refused_total", "code=\"channel_forbidden\"",
                       (double)a->read_refused[1]);
-    sl_metrics_header(&b, "sluice_api_ready", "gauge", "1 when broker and database are reachable.");
-    sl_metrics_sample(&b, "sluice_api_ready", "", sl_publisher_ready(a->pub) && sl_pgpool_ready(a->pg));
+    sl_metrics_one(&b, "sluice_api_ready", "gauge",
+                   "1 when broker and database are reachable.", sl_publisher_ready(a->pub) && sl_pgpool_ready(a->pg));
     sl_jwt_metrics(sl_auth_jwt(a->conf.auth), &b);
     sl_http_send_metrics(req, &b);
     sl_buf_free(&b);

@@ -728,8 +728,8 @@ void sl_http_send_error(h2o_req_t *req, const sl_error_t *err, int retry_after_s
 void sl_http_send_metrics(h2o_req_t *req, sl_buf_t *b)
 {
     const sl_http_server_t *s = server_of(req);
-    sl_metrics_header(b, "sluice_http_connections", "gauge", "Open client connections (HTTP and WebSocket).");
-    sl_metrics_sample(b, "sluice_http_connections", "", (double)s->nconns);
+    sl_metrics_one(b, "sluice_http_connections", "gauge",
+                   "Open client connections (HTTP and WebSocket).", (double)s->nconns);
     sl_metrics_header(b, "sluice_http_connections_refused_total", "counter",
                       "Connections closed at accept: their client had max-conns-per-client open.");
     sl_metrics_sample(b, "sluice_http_connections_refused_total", "reason=\"per_client\"", (double)s->refused_per_client);

@@ -651,8 +651,8 @@ static void send_metrics(sl_ingest_t *g, h2o_req_t *req)
     sl_metrics_sample(&b, "sluice_ingest_events_total", "outcome=\"skipped\"", (double)st.skipped);
     sl_metrics_sample(&b, "sluice_ingest_events_total", "outcome=\"invalid\"", (double)st.invalid);
     sl_metrics_sample(&b, "sluice_ingest_events_total", "outcome=\"enqueued\"", (double)g->enqueued);
-    sl_metrics_header(&b, "sluice_ingest_pending", "gauge", "Items read but not yet confirmed by the broker.");
-    sl_metrics_sample(&b, "sluice_ingest_pending", "", (double)sl_ingest_pending(g));
+    sl_metrics_one(&b, "sluice_ingest_pending", "gauge",
+                   "Items read but not yet confirmed by the broker.", (double)sl_ingest_pending(g));
     sl_metrics_header(&b, "sluice_ingest_publish_refusals_total", "counter", "Publishes refused (kept and retried).");
     for (int r = 1; r < 5; r++) {
         char labels[48];
@@ -661,31 +661,27 @@ static void send_metrics(sl_ingest_t *g, h2o_req_t *req)
     }
     sl_metrics_histogram(&b, "sluice_ingest_publish_confirm_seconds", "Time from publish to the broker's confirm.",
                          &ps->confirm_latency);
-    sl_metrics_header(&b, "sluice_ingest_stream_connects_total", "counter", "Streaming connections opened.");
-    sl_metrics_sample(&b, "sluice_ingest_stream_connects_total", "", (double)st.connects);
-    sl_metrics_header(&b, "sluice_ingest_heartbeats_total", "counter", "Stream heartbeats (comments) received.");
-    sl_metrics_sample(&b, "sluice_ingest_heartbeats_total", "", (double)st.heartbeats);
-    sl_metrics_header(&b, "sluice_ingest_polls_total", "counter", "Timeline requests.");
-    sl_metrics_sample(&b, "sluice_ingest_polls_total", "", (double)st.polls);
-    sl_metrics_header(&b, "sluice_ingest_rate_limited_total", "counter", "Waits for the instance's rate limit.");
-    sl_metrics_sample(&b, "sluice_ingest_rate_limited_total", "", (double)st.rate_limited);
-    sl_metrics_header(&b, "sluice_ingest_connected", "gauge",
-                      "1 while every source's stream is open (or its polls succeed).");
-    sl_metrics_sample(&b, "sluice_ingest_connected", "", st.connected);
+    sl_metrics_one(&b, "sluice_ingest_stream_connects_total", "counter",
+                   "Streaming connections opened.", (double)st.connects);
+    sl_metrics_one(&b, "sluice_ingest_heartbeats_total", "counter",
+                   "Stream heartbeats (comments) received.", (double)st.heartbeats);
+    sl_metrics_one(&b, "sluice_ingest_polls_total", "counter", "Timeline requests.", (double)st.polls);
+    sl_metrics_one(&b, "sluice_ingest_rate_limited_total", "counter",
+                   "Waits for the instance's rate limit.", (double)st.rate_limited);
+    sl_metrics_one(&b, "sluice_ingest_connected", "gauge",
+                   "1 while every source's stream is open (or its polls succeed).", st.connected);
     size_t up = 0;
     for (size_t i = 0; i < g->nsources; i++) {
         sl_ingest_reader_status_t one;
         sl_ingest_reader_status(g->readers[i], &one);
         up += one.connected != 0;
     }
-    sl_metrics_header(&b, "sluice_ingest_sources", "gauge", "Sources read (instance and stream).");
-    sl_metrics_sample(&b, "sluice_ingest_sources", "", (double)g->nsources);
-    sl_metrics_header(&b, "sluice_ingest_sources_connected", "gauge", "Sources whose stream is open (or polls succeed).");
-    sl_metrics_sample(&b, "sluice_ingest_sources_connected", "", (double)up);
-    sl_metrics_header(&b, "sluice_ingest_running", "gauge", "1 while reading is started.");
-    sl_metrics_sample(&b, "sluice_ingest_running", "", st.running);
-    sl_metrics_header(&b, "sluice_ingest_ready", "gauge", "1 when the broker is reachable and not blocking.");
-    sl_metrics_sample(&b, "sluice_ingest_ready", "", sl_publisher_ready(g->pub));
+    sl_metrics_one(&b, "sluice_ingest_sources", "gauge", "Sources read (instance and stream).", (double)g->nsources);
+    sl_metrics_one(&b, "sluice_ingest_sources_connected", "gauge",
+                   "Sources whose stream is open (or polls succeed).", (double)up);
+    sl_metrics_one(&b, "sluice_ingest_running", "gauge", "1 while reading is started.", st.running);
+    sl_metrics_one(&b, "sluice_ingest_ready", "gauge",
+                   "1 when the broker is reachable and not blocking.", sl_publisher_ready(g->pub));
     sl_http_send_metrics(req, &b);
     sl_buf_free(&b);
 }

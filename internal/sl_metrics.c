@@ -54,6 +54,12 @@ void sl_metrics_sample(sl_buf_t *out, const char *name, const char *labels, doub
         sl_buf_appendf(out, "%s %.17g\n", name, value);
 }
 
+void sl_metrics_one(sl_buf_t *out, const char *name, const char *type, const char *help, double value)
+{
+    sl_metrics_header(out, name, type, help);
+    sl_metrics_sample(out, name, "", value);
+}
+
 void sl_metrics_histogram(sl_buf_t *out, const char *name, const char *help, const sl_histogram_t *h)
 {
     uint64_t cum = 0;

@@ -35,6 +35,8 @@ double sl_histogram_quantile(const sl_histogram_t *h, double q);
 void sl_metrics_header(sl_buf_t *out, const char *name, const char *type, const char *help);
 /* One sample line; labels is "" or like "route=\"post\",status=\"202\"". */
 void sl_metrics_sample(sl_buf_t *out, const char *name, const char *labels, double value);
+/* A metric of one sample without labels: its header, then the sample. */
+void sl_metrics_one(sl_buf_t *out, const char *name, const char *type, const char *help, double value);
 /* All _bucket, _sum and _count lines of a histogram (header included). */
 void sl_metrics_histogram(sl_buf_t *out, const char *name, const char *help, const sl_histogram_t *h);
 

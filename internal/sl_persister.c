@@ -851,24 +851,21 @@ void sl_persister_render_metrics(sl_persister_t *p, sl_buf_t *b)
 {
     struct stats s;
     STAT(p, s = p->stats);
-    sl_metrics_header(b, "sluice_persister_batches_total", "counter", "Committed batches.");
-    sl_metrics_sample(b, "sluice_persister_batches_total", "", (double)s.batches);
-    sl_metrics_header(b, "sluice_persister_rows_total", "counter", "Messages stored.");
-    sl_metrics_sample(b, "sluice_persister_rows_total", "", (double)s.rows);
-    sl_metrics_header(b, "sluice_persister_events_total", "counter", "Updates and deletes of messages stored.");
-    sl_metrics_sample(b, "sluice_persister_events_total", "", (double)s.events);
-    sl_metrics_header(b, "sluice_persister_events_ignored_total", "counter",
-                      "Updates and deletes that came after their message's delete: kept in message_events_ignored,"
-                      " not numbered, applied nor published.");
-    sl_metrics_sample(b, "sluice_persister_events_ignored_total", "", (double)s.events_ignored);
-    sl_metrics_header(b, "sluice_persister_duplicates_total", "counter", "Deliveries whose id was already stored.");
-    sl_metrics_sample(b, "sluice_persister_duplicates_total", "", (double)s.duplicates);
-    sl_metrics_header(b, "sluice_persister_redeliveries_total", "counter", "Deliveries flagged redelivered.");
-    sl_metrics_sample(b, "sluice_persister_redeliveries_total", "", (double)s.redeliveries);
-    sl_metrics_header(b, "sluice_persister_dead_lettered_total", "counter", "Messages sent to the dead-letter queue.");
-    sl_metrics_sample(b, "sluice_persister_dead_lettered_total", "", (double)s.dead_lettered);
-    sl_metrics_header(b, "sluice_persister_live_published_total", "counter", "Stored messages sent to the live exchange.");
-    sl_metrics_sample(b, "sluice_persister_live_published_total", "", (double)s.live_published);
+    sl_metrics_one(b, "sluice_persister_batches_total", "counter", "Committed batches.", (double)s.batches);
+    sl_metrics_one(b, "sluice_persister_rows_total", "counter", "Messages stored.", (double)s.rows);
+    sl_metrics_one(b, "sluice_persister_events_total", "counter",
+                   "Updates and deletes of messages stored.", (double)s.events);
+    sl_metrics_one(b, "sluice_persister_events_ignored_total", "counter",
+                   "Updates and deletes that came after their message's delete: kept in message_events_ignored, not "
+                   "numbered, applied nor published.", (double)s.events_ignored);
+    sl_metrics_one(b, "sluice_persister_duplicates_total", "counter",
+                   "Deliveries whose id was already stored.", (double)s.duplicates);
+    sl_metrics_one(b, "sluice_persister_redeliveries_total", "counter",
+                   "Deliveries flagged redelivered.", (double)s.redeliveries);
+    sl_metrics_one(b, "sluice_persister_dead_lettered_total", "counter",
+                   "Messages sent to the dead-letter queue.", (double)s.dead_lettered);
+    sl_metrics_one(b, "sluice_persister_live_published_total", "counter",
+                   "Stored messages sent to the live exchange.", (double)s.live_published);
     sl_metrics_header(b, "sluice_persister_connects_total", "counter", "Successful connections by peer.");
     sl_metrics_sample(b, "sluice_persister_connects_total", "peer=\"amqp\"", (double)s.amqp_reconnects);
     sl_metrics_sample(b, "sluice_persister_connects_total", "peer=\"db\"", (double)s.db_reconnects);
@@ -883,7 +880,7 @@ void sl_persister_render_metrics(sl_persister_t *p, sl_buf_t *b)
                       "How long the batch in hand has waited for the database (0: none waits).");
     sl_metrics_sample(b, "sluice_persister_retrying_seconds", "",
                       s.retrying_since ? (double)(sl_time_mono_us() - s.retrying_since) / 1e6 : 0.0);
-    sl_metrics_header(b, "sluice_persister_ready", "gauge",
-                      "1 when broker and database are connected and no batch waits for the database.");
-    sl_metrics_sample(b, "sluice_persister_ready", "", s.amqp_up && s.db_up && s.retrying_since == 0);
+    sl_metrics_one(b, "sluice_persister_ready", "gauge",
+                   "1 when broker and database are connected and no batch waits for the database.",
+                   s.amqp_up && s.db_up && s.retrying_since == 0);
 }

@@ -471,18 +471,17 @@ void sl_retention_render_metrics(sl_retention_t *r, sl_buf_t *b)
                       "Rows the retention job deleted: messages, and the update/delete events of those messages.");
     sl_metrics_sample(b, "sluice_persister_retention_deleted_total", "table=\"messages\"", (double)s.messages);
     sl_metrics_sample(b, "sluice_persister_retention_deleted_total", "table=\"events\"", (double)s.events);
-    sl_metrics_header(b, "sluice_persister_retention_batches_total", "counter",
-                      "Retention transactions that deleted something (at most SLUICE_RETENTION_BATCH messages each).");
-    sl_metrics_sample(b, "sluice_persister_retention_batches_total", "", (double)s.batches);
+    sl_metrics_one(b, "sluice_persister_retention_batches_total", "counter",
+                   "Retention transactions that deleted something (at most SLUICE_RETENTION_BATCH messages each).",
+                   (double)s.batches);
     sl_metrics_histogram(b, "sluice_persister_retention_batch_seconds", "Time of one retention transaction.",
                          &s.batch_seconds);
-    sl_metrics_header(b, "sluice_persister_retention_passes_total", "counter", "Passes of the retention job over the channels.");
-    sl_metrics_sample(b, "sluice_persister_retention_passes_total", "", (double)s.passes);
-    sl_metrics_header(b, "sluice_persister_retention_last_pass_seconds", "gauge", "How long the last complete pass took.");
-    sl_metrics_sample(b, "sluice_persister_retention_last_pass_seconds", "", s.last_pass_s);
-    sl_metrics_header(b, "sluice_persister_retention_failures_total", "counter",
-                      "Retention passes or connections that failed (tried again at the next pass).");
-    sl_metrics_sample(b, "sluice_persister_retention_failures_total", "", (double)s.failures);
+    sl_metrics_one(b, "sluice_persister_retention_passes_total", "counter",
+                   "Passes of the retention job over the channels.", (double)s.passes);
+    sl_metrics_one(b, "sluice_persister_retention_last_pass_seconds", "gauge",
+                   "How long the last complete pass took.", s.last_pass_s);
+    sl_metrics_one(b, "sluice_persister_retention_failures_total", "counter",
+                   "Retention passes or connections that failed (tried again at the next pass).", (double)s.failures);
 }
 
 /* ---- the readers' view --------------------------------------------------------------------------------- */

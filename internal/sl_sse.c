@@ -428,25 +428,25 @@ static void render_pull_metrics(sl_sse_t *s, sl_buf_t *b)
     sl_metrics_sample(b, "sluice_sse_pull_answers_total", "how=\"woken\"", (double)ps->woken);
     sl_metrics_sample(b, "sluice_sse_pull_answers_total", "how=\"timed_out\"", (double)ps->timed_out);
     sl_metrics_sample(b, "sluice_sse_pull_answers_total", "how=\"reset\"", (double)ps->resets);
-    sl_metrics_header(b, "sluice_sse_pull_waiters", "gauge", "Long-polls waiting now (no database connection held).");
-    sl_metrics_sample(b, "sluice_sse_pull_waiters", "", (double)ps->waiters);
-    sl_metrics_header(b, "sluice_sse_pull_max_waiters", "gauge", "Long-polls this instance holds at once (SLUICE_SSE_PULL_MAX_WAITERS).");
-    sl_metrics_sample(b, "sluice_sse_pull_max_waiters", "", (double)s->conf.pull.max_waiters);
-    sl_metrics_header(b, "sluice_sse_pull_waiters_per_client", "gauge",
-                      "Long-polls one client address may hold at once (SLUICE_SSE_PULL_WAITERS_PER_CLIENT).");
-    sl_metrics_sample(b, "sluice_sse_pull_waiters_per_client", "", (double)s->conf.pull.waiters_per_client);
+    sl_metrics_one(b, "sluice_sse_pull_waiters", "gauge",
+                   "Long-polls waiting now (no database connection held).", (double)ps->waiters);
+    sl_metrics_one(b, "sluice_sse_pull_max_waiters", "gauge",
+                   "Long-polls this instance holds at once (SLUICE_SSE_PULL_MAX_WAITERS).",
+                   (double)s->conf.pull.max_waiters);
+    sl_metrics_one(b, "sluice_sse_pull_waiters_per_client", "gauge",
+                   "Long-polls one client address may hold at once (SLUICE_SSE_PULL_WAITERS_PER_CLIENT).",
+                   (double)s->conf.pull.waiters_per_client);
     sl_metrics_header(b, "sluice_sse_pull_refused_total", "counter", "Long-polls refused with too_many_waiters, by the cap they met.");
     sl_metrics_sample(b, "sluice_sse_pull_refused_total", "reason=\"instance\"", (double)ps->refused[0]);
     sl_metrics_sample(b, "sluice_sse_pull_refused_total", "reason=\"client\"", (double)ps->refused[1]);
-    sl_metrics_header(b, "sluice_sse_pull_departed_total", "counter",
-                      "Pulls whose client left while they waited, or before their database read (freed; nothing read).");
-    sl_metrics_sample(b, "sluice_sse_pull_departed_total", "", (double)ps->departed);
-    sl_metrics_header(b, "sluice_sse_pull_failures_total", "counter", "Pulls whose database read failed (503).");
-    sl_metrics_sample(b, "sluice_sse_pull_failures_total", "", (double)ps->failures);
-    sl_metrics_header(b, "sluice_sse_retention_low_seq", "gauge",
-                      "The highest retention low-water mark this instance read (0: nothing deleted); resumes and"
-                      " pulls below a channel's mark answer reset.");
-    sl_metrics_sample(b, "sluice_sse_retention_low_seq", "", (double)sl_retention_view_low(s->retention, 1, NULL, 0));
+    sl_metrics_one(b, "sluice_sse_pull_departed_total", "counter",
+                   "Pulls whose client left while they waited, or before their database read (freed; nothing read).",
+                   (double)ps->departed);
+    sl_metrics_one(b, "sluice_sse_pull_failures_total", "counter",
+                   "Pulls whose database read failed (503).", (double)ps->failures);
+    sl_metrics_one(b, "sluice_sse_retention_low_seq", "gauge",
+                   "The highest retention low-water mark this instance read (0: nothing deleted); resumes and pulls "
+                   "below a channel's mark answer reset.", (double)sl_retention_view_low(s->retention, 1, NULL, 0));
 }
 
 static int handle_metrics(sl_sse_t *s, h2o_req_t *req)
@@ -462,35 +462,33 @@ static int handle_metrics(sl_sse_t *s, h2o_req_t *req)
         snprintf(labels, sizeof(labels), "transport=\"%s\"", names[i]);
         sl_metrics_sample(&b, "sluice_sse_clients", labels, (double)st->connected[i]);
     }
-    sl_metrics_header(&b, "sluice_sse_connections_total", "counter", "Stream connections opened.");
-    sl_metrics_sample(&b, "sluice_sse_connections_total", "", (double)st->opened_total);
-    sl_metrics_header(&b, "sluice_sse_events_sent_total", "counter", "Events queued to clients.");
-    sl_metrics_sample(&b, "sluice_sse_events_sent_total", "", (double)st->events_sent);
-    sl_metrics_header(&b, "sluice_sse_bytes_queued_total", "counter", "Bytes queued to clients.");
-    sl_metrics_sample(&b, "sluice_sse_bytes_queued_total", "", (double)st->bytes_queued);
-    sl_metrics_header(&b, "sluice_sse_slow_client_disconnects_total", "counter", "Clients cut off for not reading.");
-    sl_metrics_sample(&b, "sluice_sse_slow_client_disconnects_total", "", (double)st->slow_disconnects);
-    sl_metrics_header(&b, "sluice_sse_queued_bytes", "gauge",
-                      "Bytes queued to clients now, history included (each is cut off past out_max_bytes).");
-    sl_metrics_sample(&b, "sluice_sse_queued_bytes", "", (double)st->queued_now);
-    sl_metrics_header(&b, "sluice_sse_out_max_bytes", "gauge",
-                      "Per-connection output limit (SLUICE_SSE_OUT_MAX_BYTES).");
-    sl_metrics_sample(&b, "sluice_sse_out_max_bytes", "", (double)s->conf.stream.out_max_bytes);
-    sl_metrics_header(&b, "sluice_sse_history_failures_total", "counter",
-                      "History reads that failed (the stream ends; a WebSocket subscription is dropped with an error).");
-    sl_metrics_sample(&b, "sluice_sse_history_failures_total", "", (double)st->history_failures);
-    sl_metrics_header(&b, "sluice_sse_history_db_reads_total", "counter",
-                      "History and resume reads sent to the database (streams and WebSocket subscriptions).");
-    sl_metrics_sample(&b, "sluice_sse_history_db_reads_total", "", (double)st->history_db_reads);
-    sl_metrics_header(&b, "sluice_sse_history_inflight", "gauge",
-                      "Subscriptions reading their history now (counted against the history caps).");
-    sl_metrics_sample(&b, "sluice_sse_history_inflight", "", (double)st->history_inflight);
-    sl_metrics_header(&b, "sluice_sse_history_concurrency", "gauge",
-                      "Histories this instance reads at once (SLUICE_SSE_HISTORY_CONCURRENCY).");
-    sl_metrics_sample(&b, "sluice_sse_history_concurrency", "", (double)s->conf.stream.history_concurrency);
-    sl_metrics_header(&b, "sluice_sse_history_per_client", "gauge",
-                      "Histories one client address may read at once (SLUICE_SSE_HISTORY_PER_CLIENT).");
-    sl_metrics_sample(&b, "sluice_sse_history_per_client", "", (double)s->conf.stream.history_per_client);
+    sl_metrics_one(&b, "sluice_sse_connections_total", "counter",
+                   "Stream connections opened.", (double)st->opened_total);
+    sl_metrics_one(&b, "sluice_sse_events_sent_total", "counter", "Events queued to clients.", (double)st->events_sent);
+    sl_metrics_one(&b, "sluice_sse_bytes_queued_total", "counter",
+                   "Bytes queued to clients.", (double)st->bytes_queued);
+    sl_metrics_one(&b, "sluice_sse_slow_client_disconnects_total", "counter",
+                   "Clients cut off for not reading.", (double)st->slow_disconnects);
+    sl_metrics_one(&b, "sluice_sse_queued_bytes", "gauge",
+                   "Bytes queued to clients now, history included (each is cut off past out_max_bytes).",
+                   (double)st->queued_now);
+    sl_metrics_one(&b, "sluice_sse_out_max_bytes", "gauge",
+                   "Per-connection output limit (SLUICE_SSE_OUT_MAX_BYTES).", (double)s->conf.stream.out_max_bytes);
+    sl_metrics_one(&b, "sluice_sse_history_failures_total", "counter",
+                   "History reads that failed (the stream ends; a WebSocket subscription is dropped with an error).",
+                   (double)st->history_failures);
+    sl_metrics_one(&b, "sluice_sse_history_db_reads_total", "counter",
+                   "History and resume reads sent to the database (streams and WebSocket subscriptions).",
+                   (double)st->history_db_reads);
+    sl_metrics_one(&b, "sluice_sse_history_inflight", "gauge",
+                   "Subscriptions reading their history now (counted against the history caps).",
+                   (double)st->history_inflight);
+    sl_metrics_one(&b, "sluice_sse_history_concurrency", "gauge",
+                   "Histories this instance reads at once (SLUICE_SSE_HISTORY_CONCURRENCY).",
+                   (double)s->conf.stream.history_concurrency);
+    sl_metrics_one(&b, "sluice_sse_history_per_client", "gauge",
+                   "Histories one client address may read at once (SLUICE_SSE_HISTORY_PER_CLIENT).",
+                   (double)s->conf.stream.history_per_client);
     sl_metrics_header(&b, "sluice_sse_history_refused_total", "counter",
                       "Streams and subscriptions refused with history_busy, by the cap they met.");
     sl_metrics_sample(&b, "sluice_sse_history_refused_total", "reason=\"instance\"", (double)st->history_refused[0]);
@@ -499,26 +497,24 @@ static int handle_metrics(sl_sse_t *s, h2o_req_t *req)
                       "Database queries queued or running, by pool (streams: histories, pulls; hub: position, backfill, retention marks).");
     sl_metrics_sample(&b, "sluice_sse_db_pending_queries", "pool=\"streams\"", (double)sl_pgpool_pending(s->pg));
     sl_metrics_sample(&b, "sluice_sse_db_pending_queries", "pool=\"hub\"", (double)sl_pgpool_pending(s->hub_pg));
-    sl_metrics_header(&b, "sluice_sse_seam_buffered_events", "gauge",
-                      "Events held now by streams reading their history (at most seam-max each).");
-    sl_metrics_sample(&b, "sluice_sse_seam_buffered_events", "", (double)hs->seam_buffered);
-    sl_metrics_header(&b, "sluice_sse_seam_max_events", "gauge",
-                      "Events one stream may hold while it reads its history (SLUICE_SSE_SEAM_MAX).");
-    sl_metrics_sample(&b, "sluice_sse_seam_max_events", "", (double)s->conf.seam_max);
-    sl_metrics_header(&b, "sluice_sse_seam_overflows_total", "counter",
-                      "Streams whose wait buffer passed seam-max: what followed their history was read from the database.");
-    sl_metrics_sample(&b, "sluice_sse_seam_overflows_total", "", (double)hs->seam_overflows);
-    sl_metrics_header(&b, "sluice_sse_resets_total", "counter", "Resumes too old to replay.");
-    sl_metrics_sample(&b, "sluice_sse_resets_total", "", (double)st->resets);
-    sl_metrics_header(&b, "sluice_sse_refused_total", "counter", "Connections refused at the limit.");
-    sl_metrics_sample(&b, "sluice_sse_refused_total", "", (double)st->refused_full);
-    sl_metrics_header(&b, "sluice_sse_ws_rate_limited_total", "counter",
-                      "WebSockets closed (1008) for sending more than ws-rate messages per second.");
-    sl_metrics_sample(&b, "sluice_sse_ws_rate_limited_total", "", (double)st->ws_rate_limited);
-    sl_metrics_header(&b, "sluice_sse_token_refused_total", "counter",
-                      "Streams, WebSocket subscribes and auth commands refused for their token (by code: "
-                      "sluice_jwt_verifications_total).");
-    sl_metrics_sample(&b, "sluice_sse_token_refused_total", "", (double)st->token_refused);
+    sl_metrics_one(&b, "sluice_sse_seam_buffered_events", "gauge",
+                   "Events held now by streams reading their history (at most seam-max each).",
+                   (double)hs->seam_buffered);
+    sl_metrics_one(&b, "sluice_sse_seam_max_events", "gauge",
+                   "Events one stream may hold while it reads its history (SLUICE_SSE_SEAM_MAX).",
+                   (double)s->conf.seam_max);
+    sl_metrics_one(&b, "sluice_sse_seam_overflows_total", "counter",
+                   "Streams whose wait buffer passed seam-max: what followed their history was read from the database.",
+                   (double)hs->seam_overflows);
+    sl_metrics_one(&b, "sluice_sse_resets_total", "counter", "Resumes too old to replay.", (double)st->resets);
+    sl_metrics_one(&b, "sluice_sse_refused_total", "counter",
+                   "Connections refused at the limit.", (double)st->refused_full);
+    sl_metrics_one(&b, "sluice_sse_ws_rate_limited_total", "counter",
+                   "WebSockets closed (1008) for sending more than ws-rate messages per second.",
+                   (double)st->ws_rate_limited);
+    sl_metrics_one(&b, "sluice_sse_token_refused_total", "counter",
+                   "Streams, WebSocket subscribes and auth commands refused for their token (by code: "
+                   "sluice_jwt_verifications_total).", (double)st->token_refused);
     sl_metrics_header(&b, "sluice_sse_private_refused_total", "counter",
                       "Private channels refused to readers, by code (token_required: no token; channel_forbidden: "
                       "not in the token's channels).");
@@ -539,65 +535,56 @@ static int handle_metrics(sl_sse_t *s, h2o_req_t *req)
     sl_metrics_sample(&b, "sluice_sse_live_events_total", "outcome=\"malformed\"", (double)hs->malformed);
     sl_metrics_sample(&b, "sluice_sse_live_events_total", "outcome=\"backfilled\"", (double)hs->backfilled);
     sl_metrics_sample(&b, "sluice_sse_live_events_total", "outcome=\"skipped_hole\"", (double)hs->skipped);
-    sl_metrics_header(&b, "sluice_sse_history_from_memory_total", "counter", "Histories served without the database.");
-    sl_metrics_sample(&b, "sluice_sse_history_from_memory_total", "", (double)hs->replays_from_memory);
-    sl_metrics_header(&b, "sluice_sse_backfills_total", "counter", "Gap backfills read from the database.");
-    sl_metrics_sample(&b, "sluice_sse_backfills_total", "", (double)hs->backfills);
-    sl_metrics_header(&b, "sluice_sse_position", "gauge", "Last seq delivered by the hub.");
-    sl_metrics_sample(&b, "sluice_sse_position", "", (double)sl_hub_position(s->hub));
+    sl_metrics_one(&b, "sluice_sse_history_from_memory_total", "counter",
+                   "Histories served without the database.", (double)hs->replays_from_memory);
+    sl_metrics_one(&b, "sluice_sse_backfills_total", "counter",
+                   "Gap backfills read from the database.", (double)hs->backfills);
+    sl_metrics_one(&b, "sluice_sse_position", "gauge",
+                   "Last seq delivered by the hub.", (double)sl_hub_position(s->hub));
     sl_metrics_header(&b, "sluice_sse_live_lag_seconds", "gauge",
                       "Now minus created_at of the last delivered message (post to fan-out).");
     sl_metrics_sample(&b, "sluice_sse_live_lag_seconds", "",
                       hs->last_created_at_us ? (double)(sl_time_now_us() - hs->last_created_at_us) / 1e6 : 0);
     const sl_presence_stats_t *ps = sl_presence_stats(s->presence);
-    sl_metrics_header(&b, "sluice_sse_occupancy", "gauge",
-                      "Subscriptions (streams, WebSocket subscriptions) reading a channel on this instance, "
-                      "summed over channels (streams of every channel are not in it).");
-    sl_metrics_sample(&b, "sluice_sse_occupancy", "", (double)ps->occupancy);
-    sl_metrics_header(&b, "sluice_sse_presence_channels", "gauge",
-                      "Channels read on this instance (or with a user in grace).");
-    sl_metrics_sample(&b, "sluice_sse_presence_channels", "", (double)ps->channels);
-    sl_metrics_header(&b, "sluice_sse_presence_users", "gauge",
-                      "Users present on this instance, summed over channels (in grace included).");
-    sl_metrics_sample(&b, "sluice_sse_presence_users", "", (double)ps->users);
-    sl_metrics_header(&b, "sluice_sse_presence_truncated_channels", "gauge",
-                      "Channels whose presence set passed SLUICE_PRESENCE_MAX_USERS somewhere.");
-    sl_metrics_sample(&b, "sluice_sse_presence_truncated_channels", "", (double)ps->truncated);
-    sl_metrics_header(&b, "sluice_sse_presence_max_users", "gauge",
-                      "Users listed per channel and instance (SLUICE_PRESENCE_MAX_USERS).");
-    sl_metrics_sample(&b, "sluice_sse_presence_max_users", "", (double)sl_presence_max_users(s->presence));
-    sl_metrics_header(&b, "sluice_sse_presence_instances", "gauge",
-                      "Other sse instances whose presence snapshot is within its TTL.");
-    sl_metrics_sample(&b, "sluice_sse_presence_instances", "", (double)ps->instances);
+    sl_metrics_one(&b, "sluice_sse_occupancy", "gauge",
+                   "Subscriptions (streams, WebSocket subscriptions) reading a channel on this instance, summed over "
+                   "channels (streams of every channel are not in it).", (double)ps->occupancy);
+    sl_metrics_one(&b, "sluice_sse_presence_channels", "gauge",
+                   "Channels read on this instance (or with a user in grace).", (double)ps->channels);
+    sl_metrics_one(&b, "sluice_sse_presence_users", "gauge",
+                   "Users present on this instance, summed over channels (in grace included).", (double)ps->users);
+    sl_metrics_one(&b, "sluice_sse_presence_truncated_channels", "gauge",
+                   "Channels whose presence set passed SLUICE_PRESENCE_MAX_USERS somewhere.", (double)ps->truncated);
+    sl_metrics_one(&b, "sluice_sse_presence_max_users", "gauge",
+                   "Users listed per channel and instance (SLUICE_PRESENCE_MAX_USERS).",
+                   (double)sl_presence_max_users(s->presence));
+    sl_metrics_one(&b, "sluice_sse_presence_instances", "gauge",
+                   "Other sse instances whose presence snapshot is within its TTL.", (double)ps->instances);
     sl_metrics_header(&b, "sluice_sse_presence_snapshots_total", "counter",
                       "Presence snapshots: sent, received (complete, from other instances), failed (not sent: "
                       "no connection, or no room before the next).");
     sl_metrics_sample(&b, "sluice_sse_presence_snapshots_total", "outcome=\"sent\"", (double)ps->rounds_sent);
     sl_metrics_sample(&b, "sluice_sse_presence_snapshots_total", "outcome=\"received\"", (double)ps->rounds_received);
     sl_metrics_sample(&b, "sluice_sse_presence_snapshots_total", "outcome=\"failed\"", (double)ps->rounds_failed);
-    sl_metrics_header(&b, "sluice_sse_presence_parts_dropped_total", "counter",
-                      "Snapshot parts dropped: malformed, out of order or stale.");
-    sl_metrics_sample(&b, "sluice_sse_presence_parts_dropped_total", "", (double)ps->parts_dropped);
-    sl_metrics_header(&b, "sluice_sse_presence_sent_bytes_total", "counter", "Bytes of presence snapshots published.");
-    sl_metrics_sample(&b, "sluice_sse_presence_sent_bytes_total", "", (double)ps->bytes_sent);
-    sl_metrics_header(&b, "sluice_sse_presence_instances_expired_total", "counter",
-                      "Instances dropped for a snapshot older than their TTL.");
-    sl_metrics_sample(&b, "sluice_sse_presence_instances_expired_total", "", (double)ps->instances_expired);
+    sl_metrics_one(&b, "sluice_sse_presence_parts_dropped_total", "counter",
+                   "Snapshot parts dropped: malformed, out of order or stale.", (double)ps->parts_dropped);
+    sl_metrics_one(&b, "sluice_sse_presence_sent_bytes_total", "counter",
+                   "Bytes of presence snapshots published.", (double)ps->bytes_sent);
+    sl_metrics_one(&b, "sluice_sse_presence_instances_expired_total", "counter",
+                   "Instances dropped for a snapshot older than their TTL.", (double)ps->instances_expired);
     sl_metrics_header(&b, "sluice_sse_presence_events_total", "counter",
                       "Changes of the presence sets (all instances together) seen here.");
     sl_metrics_sample(&b, "sluice_sse_presence_events_total", "type=\"join\"", (double)ps->joins);
     sl_metrics_sample(&b, "sluice_sse_presence_events_total", "type=\"leave\"", (double)ps->leaves);
-    sl_metrics_header(&b, "sluice_sse_all_channel_streams", "gauge",
-                      "Streams of every channel on this instance (in no channel's occupancy).");
-    sl_metrics_sample(&b, "sluice_sse_all_channel_streams", "", (double)st->all_channels);
-    sl_metrics_header(&b, "sluice_sse_presence_listeners", "gauge",
-                      "Streams and WebSocket subscriptions that asked for presence events (presence=1).");
-    sl_metrics_sample(&b, "sluice_sse_presence_listeners", "", (double)st->presence_listeners);
-    sl_metrics_header(&b, "sluice_sse_presence_events_sent_total", "counter",
-                      "Joins and leaves queued to streams and WebSocket subscriptions.");
-    sl_metrics_sample(&b, "sluice_sse_presence_events_sent_total", "", (double)st->presence_events);
-    sl_metrics_header(&b, "sluice_sse_ready", "gauge", "1 when the live feed, the database and the hub are ready.");
-    sl_metrics_sample(&b, "sluice_sse_ready", "", ready(s));
+    sl_metrics_one(&b, "sluice_sse_all_channel_streams", "gauge",
+                   "Streams of every channel on this instance (in no channel's occupancy).", (double)st->all_channels);
+    sl_metrics_one(&b, "sluice_sse_presence_listeners", "gauge",
+                   "Streams and WebSocket subscriptions that asked for presence events (presence=1).",
+                   (double)st->presence_listeners);
+    sl_metrics_one(&b, "sluice_sse_presence_events_sent_total", "counter",
+                   "Joins and leaves queued to streams and WebSocket subscriptions.", (double)st->presence_events);
+    sl_metrics_one(&b, "sluice_sse_ready", "gauge",
+                   "1 when the live feed, the database and the hub are ready.", ready(s));
     sl_http_send_metrics(req, &b);
     sl_buf_free(&b);
     return 0;
