@@ -52,8 +52,10 @@ struct sl_api {
     size_t ncounts, inflight;
     uint64_t idempotent_replays, rate_limited;
     uint64_t read_refused[2]; /* private channels refused to readers: [0] token_required, [1] channel_forbidden */
+    uint64_t reader_token_refused; /* readers' tokens refused (401) while some channel is private */
     sl_ratelimit_t *limiter; /* NULL: no per-client limit */
     sl_histogram_t post_latency; /* seconds from a POST's request head to its answer */
+    const char *reader_audience; /* the "aud" of readers' JWTs (NULL: the verifier's own) */
 };
 
 struct post {
@@ -410,27 +412,46 @@ static int reads_private(const sl_api_t *a)
     return sl_chanpolicy_any_private(a->conf.policy);
 }
 
-/* The channels who's token grants (NULL: none, or nothing is private). Returns 0, or -1 with the
- * request refused (401) for a bearer that is no valid token. */
-static int reader_grants(sl_api_t *a, h2o_req_t *req, int route, const sl_auth_who_t *who, const sl_chanset_t **granted)
+/* Refuses (401, with its code) a reader whose token is no valid one while some channel is private.
+ * Returns 1 when it refused, else 0. */
+static int refuse_reader(sl_api_t *a, h2o_req_t *req, int route, const sl_auth_who_t *who)
 {
-    *granted = NULL;
-    if (!reads_private(a))
+    if (!reads_private(a) || who->result != SL_AUTH_INVALID)
         return 0;
-    if (who->result == SL_AUTH_INVALID) {
-        account(a, req, route, 401);
-        sl_auth_refuse_who(req, who, who->result);
-        return -1;
-    }
-    if (who->result == SL_AUTH_OK && who->is_jwt)
-        *granted = &who->claims.channels;
-    return 0;
+    a->reader_token_refused++;
+    account(a, req, route, 401);
+    sl_auth_refuse_who(req, who, who->result);
+    return 1;
 }
 
-/* Refuses (401 token_required or 403 channel_forbidden, naming channel) a reader with granted
- * (NULL: no token) that may not read channel. Returns 1 when it refused, else 0. */
+/* The channels who's token grants (NULL: none, or nothing is private). */
+static const sl_chanset_t *granted_by(const sl_api_t *a, const sl_auth_who_t *who)
+{
+    return reads_private(a) && who->result == SL_AUTH_OK && who->is_jwt ? &who->claims.channels : NULL;
+}
+
+/* The read keeps what who's token grants (moved out of who) to check its rows against. */
+static void read_keep_reader(struct read *r, sl_auth_who_t *who)
+{
+    r->check_private = reads_private(r->api);
+    if (granted_by(r->api, who) != NULL) {
+        r->has_token = 1;
+        r->granted = who->claims.channels;
+        who->claims.channels = (sl_chanset_t)SL_CHANSET_INIT;
+    }
+}
+
+static const sl_chanset_t *read_granted(const struct read *r)
+{
+    return r->has_token ? &r->granted : NULL;
+}
+
+/* Refuses (401 token_required or 403 channel_forbidden) a reader with granted (NULL: no token)
+ * that may not read channel; the answer's message names shown (the channel, or for a message
+ * asked for by its id its id: an id does not tell its private channel's name). Returns 1 when it
+ * refused, else 0. */
 static int refuse_private(sl_api_t *a, h2o_req_t *req, int route, const sl_chanset_t *granted, const char *field,
-                          const char *channel)
+                          const char *channel, const char *shown)
 {
     sl_chan_read_t r = sl_chanpolicy_read(a->conf.policy, granted, channel, strlen(channel));
     if (r == SL_CHAN_READ_OK)
@@ -438,7 +459,7 @@ static int refuse_private(sl_api_t *a, h2o_req_t *req, int route, const sl_chans
     a->read_refused[r == SL_CHAN_READ_FORBIDDEN]++;
     SL_INFO("event=private_channel_refused transport=api channel=%s code=%s", channel, sl_chan_read_code(r));
     account(a, req, route, sl_chan_read_status(r));
-    sl_auth_refuse_read(req, r, field, channel);
+    sl_auth_refuse_read(req, r, field, shown);
     return 1;
 }
 
@@ -487,11 +508,18 @@ static void on_list(void *data, const PGresult *res, const char *err)
         sl_message_t m;
         if (sl_db_row_to_message(res, i, &m) != 0)
             continue;
-        if (r->check_private &&
-            refuse_private(r->api, r->req, r->route, r->has_token ? &r->granted : NULL, NULL, m.channel)) {
+        if (r->check_private && r->route == R_GET &&
+            refuse_private(r->api, r->req, r->route, read_granted(r), NULL, m.channel, m.id)) {
             sl_message_clear(&m);
             json_decref(arr);
             return;
+        }
+        /* every channel: the query left out what the reader may not read; each row is checked too */
+        if (r->check_private && r->route == R_LIST &&
+            !sl_chanpolicy_may_read(r->api->conf.policy, read_granted(r), m.channel, strlen(m.channel))) {
+            last = m.seq;
+            sl_message_clear(&m);
+            continue;
         }
         json_array_append_new(arr, sl_message_to_jansson(&m));
         last = m.seq;
@@ -617,7 +645,7 @@ static int handle_pull(sl_api_t *a, h2o_req_t *req, const sl_chanset_t *granted)
                       "give 'after' (oldest first) or 'before' (newest first), not both");
         return 0;
     }
-    if (!p.all && refuse_private(a, req, R_LIST, granted, "channel", p.channel[0]))
+    if (!p.all && refuse_private(a, req, R_LIST, granted, "channel", p.channel[0], p.channel[0]))
         return 0;
     struct read *r = start_read(a, req, R_LIST);
     r->limit = p.limit;
@@ -635,18 +663,17 @@ static int handle_pull(sl_api_t *a, h2o_req_t *req, const sl_chanset_t *granted)
     return 0;
 }
 
-static int handle_list(sl_api_t *a, h2o_req_t *req, const sl_auth_who_t *who)
+static int handle_list(sl_api_t *a, h2o_req_t *req, sl_auth_who_t *who)
 {
-    const sl_chanset_t *granted;
     long long limit = 50, before = INT64_MAX;
     int present;
     h2o_iovec_t channel;
     char limtext[24], beftext[24], msg[96];
 
-    if (reader_grants(a, req, R_LIST, who, &granted) != 0)
+    if (refuse_reader(a, req, R_LIST, who))
         return 0;
     if (sl_http_query(req, "after", &channel) != 0)
-        return handle_pull(a, req, granted);
+        return handle_pull(a, req, granted_by(a, who));
 
     if (sl_api_int_param(req, "limit", 1, a->conf.history_max, &limit, &present) != 0) {
         snprintf(msg, sizeof(msg), "'limit' must be an integer from 1 to %lld", a->conf.history_max);
@@ -670,7 +697,8 @@ static int handle_list(sl_api_t *a, h2o_req_t *req, const sl_auth_who_t *who)
     r->before = before;
     if (has_channel == 1)
         snprintf(r->channel[0], sizeof(r->channel[0]), "%.*s", (int)channel.len, channel.base);
-    if (has_channel == 1 && refuse_private(a, req, R_LIST, granted, "channel", r->channel[0]))
+    read_keep_reader(r, who);
+    if (has_channel == 1 && refuse_private(a, req, R_LIST, read_granted(r), "channel", r->channel[0], r->channel[0]))
         return 0;
     snprintf(limtext, sizeof(limtext), "%lld", limit);
     snprintf(beftext, sizeof(beftext), "%lld", before);
@@ -679,7 +707,7 @@ static int handle_list(sl_api_t *a, h2o_req_t *req, const sl_auth_who_t *who)
         run_read(r, SQL_LIST_CHANNEL, 3, params);
     } else if (reads_private(a)) {
         sl_pull_readable_t rd;
-        sl_pull_readable_init(&rd, a->conf.policy, granted);
+        sl_pull_readable_init(&rd, a->conf.policy, read_granted(r));
         const char *params[] = {beftext, limtext, rd.priv, rd.granted};
         run_read(r, SQL_LIST_READABLE, 4, params);
         sl_pull_readable_free(&rd);
@@ -694,8 +722,7 @@ static int handle_list(sl_api_t *a, h2o_req_t *req, const sl_auth_who_t *who)
 static int handle_get(sl_api_t *a, h2o_req_t *req, sl_auth_who_t *who, const char *id, size_t len)
 {
     char idbuf[SL_UUID_STRLEN];
-    const sl_chanset_t *granted;
-    if (reader_grants(a, req, R_GET, who, &granted) != 0)
+    if (refuse_reader(a, req, R_GET, who))
         return 0;
     if (!sl_uuid_valid(id, len)) {
         respond_error(a, req, R_GET, 404, "not_found", NULL, "no message has this id (ids are UUIDs)");
@@ -705,12 +732,7 @@ static int handle_get(sl_api_t *a, h2o_req_t *req, sl_auth_who_t *who, const cha
     idbuf[len] = '\0';
     const char *params[] = {idbuf};
     struct read *r = start_read(a, req, R_GET);
-    r->check_private = reads_private(a);
-    if (granted != NULL) {
-        r->has_token = 1;
-        r->granted = who->claims.channels;
-        who->claims.channels = (sl_chanset_t)SL_CHANSET_INIT;
-    }
+    read_keep_reader(r, who);
     run_read(r, SQL_GET, 1, params);
     return 0;
 }
@@ -777,6 +799,9 @@ static int handle_metrics(sl_api_t *a, h2o_req_t *req)
     sl_metrics_sample(&b, "sluice_api_private_refused_total", "code=\"token_required\"", (double)a->read_refused[0]);
     sl_metrics_sample(&b, "sluice_api_private_refused_total", "code=\"channel_forbidden\"",
                       (double)a->read_refused[1]);
+    sl_metrics_one(&b, "sluice_api_reader_token_refused_total", "counter",
+                   "Readers' tokens refused (401, by their code in sluice_jwt_verifications_total) while some channel "
+                   "is private.", (double)a->reader_token_refused);
     sl_metrics_one(&b, "sluice_api_ready", "gauge",
                    "1 when broker and database are reachable.", sl_publisher_ready(a->pub) && sl_pgpool_ready(a->pg));
     sl_jwt_metrics(sl_auth_jwt(a->conf.auth), &b);
@@ -1460,7 +1485,7 @@ int sl_api_handle(void *data, h2o_req_t *req)
     who.result = SL_AUTH_MISSING;
     int read = v1 && (sl_http_method_is(req, "GET") || sl_http_method_is(req, "HEAD")) && reads_private(a);
     if (read)
-        sl_auth_identify_reader(a->conf.auth, req, sl_time_now_us() / 1000000, &who);
+        sl_auth_identify_reader(a->conf.auth, req, sl_time_now_us() / 1000000, a->reader_audience, &who);
     else if (post || (a->limiter != NULL && v1))
         sl_auth_identify(a->conf.auth, req, sl_time_now_us() / 1000000, &who);
     int r = a->limiter != NULL && v1 && limited(a, req, &who) ? 0 : route(a, req, &who);
@@ -1475,6 +1500,7 @@ sl_api_t *sl_api_create(h2o_loop_t *loop, const sl_api_conf_t *conf)
         return NULL;
     a->conf = *conf;
     a->loop = loop;
+    a->reader_audience = conf->reader_audience != NULL && *conf->reader_audience != '\0' ? conf->reader_audience : NULL;
     sl_histogram_init(&a->post_latency, sl_latency_bounds, sl_latency_nbounds);
     sl_amqp_topology_defaults(&a->topology, conf->queue_max_length, conf->queue_max_bytes);
     a->topology.role = SL_AMQP_ROLE_PUBLISHER;

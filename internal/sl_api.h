@@ -27,6 +27,8 @@ typedef struct sl_api_conf {
     struct sl_chanpolicy *policy; /* SLUICE_PRIVATE_CHANNELS: private channels' history needs a reader's
                                      JWT covering them, as on sse (owned by the api from sl_api_create
                                      on); NULL: every channel public */
+    const char *reader_audience;  /* SLUICE_JWT_READER_AUDIENCE: the "aud" readers' JWTs need here (NULL, "":
+                                     SLUICE_JWT_AUDIENCE, the writers') */
     const char *admin_token;      /* SLUICE_ADMIN_TOKEN: may edit and delete any message (NULL, "": no admin) */
     double client_rate;           /* requests/s per client (token or address); 0: no limit */
     double client_burst;          /* bucket size of that limit */

@@ -179,6 +179,44 @@ static int looks_like_jwt(const char *t, size_t len)
     return d != NULL && memchr(d + 1, '.', len - (size_t)(d + 1 - t)) != NULL;
 }
 
+/* The table's entry of token t, compared in constant time (NULL: none). */
+static const struct entry *find(const sl_auth_t *a, const char *t, size_t len)
+{
+    unsigned char d[SHA256_DIGEST_LENGTH];
+    const struct entry *found = NULL;
+    SHA256((const unsigned char *)t, len, d);
+    for (size_t i = 0; i < a->n; i++) { /* no early exit: the time says nothing of the tokens */
+        if (same(a->e[i].digest, d) && found == NULL)
+            found = &a->e[i];
+    }
+    return found;
+}
+
+/* who is t, a table token? Fills who and returns 1 when it is. */
+static int table_token(const sl_auth_t *a, const char *t, size_t len, sl_auth_who_t *who)
+{
+    const struct entry *found = find(a, t, len);
+    if (found == NULL)
+        return 0;
+    who->token = found->token;
+    who->author = found->author;
+    who->result = SL_AUTH_OK;
+    return 1;
+}
+
+/* who is the JWT t, verified for audience (NULL: the configured one)? */
+static sl_auth_result_t jwt_token(const sl_auth_t *a, const char *t, size_t len, int64_t now, const char *audience,
+                                  sl_auth_who_t *who)
+{
+    if ((who->jwt = sl_jwt_verify_as(a->jwt, t, len, now, audience, &who->claims)) != SL_JWT_OK) {
+        SL_DEBUG("event=jwt_refused code=%s", sl_jwt_code(who->jwt));
+        return who->result = SL_AUTH_INVALID;
+    }
+    who->is_jwt = 1;
+    who->author = who->claims.sub;
+    return who->result = SL_AUTH_OK;
+}
+
 sl_auth_result_t sl_auth_identify(const sl_auth_t *a, h2o_req_t *req, int64_t now, sl_auth_who_t *who)
 {
     size_t len = 0;
@@ -188,47 +226,33 @@ sl_auth_result_t sl_auth_identify(const sl_auth_t *a, h2o_req_t *req, int64_t no
         return who->result = SL_AUTH_OK;
     if ((t = sl_http_bearer(req, &len)) == NULL)
         return who->result = SL_AUTH_MISSING;
-    unsigned char d[SHA256_DIGEST_LENGTH];
-    const struct entry *found = NULL;
-    SHA256((const unsigned char *)t, len, d);
-    for (size_t i = 0; i < a->n; i++) { /* no early exit: the time says nothing of the tokens */
-        if (same(a->e[i].digest, d) && found == NULL)
-            found = &a->e[i];
-    }
-    if (found != NULL) {
-        who->token = found->token;
-        who->author = found->author;
-        return who->result = SL_AUTH_OK;
-    }
+    if (table_token(a, t, len, who))
+        return SL_AUTH_OK;
     if (!sl_jwt_enabled(a->jwt) || !looks_like_jwt(t, len))
         return who->result = SL_AUTH_INVALID;
-    if ((who->jwt = sl_jwt_verify(a->jwt, t, len, now, &who->claims)) != SL_JWT_OK) {
-        SL_DEBUG("event=jwt_refused code=%s", sl_jwt_code(who->jwt));
-        return who->result = SL_AUTH_INVALID;
-    }
-    who->is_jwt = 1;
-    who->author = who->claims.sub;
-    return who->result = SL_AUTH_OK;
+    return jwt_token(a, t, len, now, NULL, who);
 }
 
-sl_auth_result_t sl_auth_identify_reader(const sl_auth_t *a, h2o_req_t *req, int64_t now, sl_auth_who_t *who)
+sl_auth_result_t sl_auth_identify_reader(const sl_auth_t *a, h2o_req_t *req, int64_t now, const char *audience,
+                                         sl_auth_who_t *who)
 {
+    size_t len = 0;
     h2o_iovec_t v;
+    const char *t;
     int q;
-    if (sl_auth_identify(a, req, now, who) != SL_AUTH_MISSING || !sl_jwt_enabled(a->jwt) ||
-        (q = sl_http_query(req, "token", &v)) == 0)
-        return who->result;
-    if (q < 0)
-        who->jwt = SL_JWT_MALFORMED;
-    else
-        who->jwt = sl_jwt_verify(a->jwt, v.base, v.len, now, &who->claims);
-    if (who->jwt != SL_JWT_OK) {
-        SL_DEBUG("event=jwt_refused code=%s", sl_jwt_code(who->jwt));
-        return who->result = SL_AUTH_INVALID;
+    memset(who, 0, sizeof(*who));
+    who->result = SL_AUTH_MISSING;
+    if (sl_auth_open(a))
+        return who->result = SL_AUTH_OK;
+    if ((t = sl_http_bearer(req, &len)) != NULL && table_token(a, t, len, who))
+        return SL_AUTH_OK;
+    if (!sl_jwt_enabled(a->jwt)) /* nothing to verify a reader's token with: ignored */
+        return SL_AUTH_MISSING;
+    if (t == NULL && (q = sl_http_query(req, "token", &v)) != 0) {
+        t = q > 0 ? v.base : "";
+        len = q > 0 ? v.len : 0;
     }
-    who->is_jwt = 1;
-    who->author = who->claims.sub;
-    return who->result = SL_AUTH_OK;
+    return t != NULL ? jwt_token(a, t, len, now, audience, who) : SL_AUTH_MISSING;
 }
 
 sl_auth_result_t sl_auth_may_post(const sl_auth_who_t *who, const char *author, const char *channel)

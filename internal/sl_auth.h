@@ -61,10 +61,14 @@ sl_jwt_t *sl_auth_jwt(const sl_auth_t *a);
  * SL_AUTH_MISSING or SL_AUTH_INVALID. Always call sl_auth_who_free afterwards. Loop thread. */
 sl_auth_result_t sl_auth_identify(const sl_auth_t *a, h2o_req_t *req, int64_t now, sl_auth_who_t *who);
 
-/* The same for a reader (a GET of history): without an Authorization header, a JWT in ?token= (as
- * sse takes it: EventSource sets no header) when a JWT key is configured (else it is ignored, and
- * the result is SL_AUTH_MISSING); a badly encoded one is SL_AUTH_INVALID (token_malformed). */
-sl_auth_result_t sl_auth_identify_reader(const sl_auth_t *a, h2o_req_t *req, int64_t now, sl_auth_who_t *who);
+/* Who a reader (a GET of history) is: a table token (it reads what no token is needed for), else,
+ * with a JWT key, a JWT verified for audience (NULL: the configured one) from Authorization:
+ * Bearer, else from ?token= (as sse takes it: EventSource sets no header); whatever it presents is
+ * verified as a JWT, so a refusal says why as sse says it (token_malformed, token_expired, ...).
+ * Without a JWT key a reader's token is ignored (SL_AUTH_MISSING), as sse ignores it. Fills *who
+ * and returns who->result; always call sl_auth_who_free afterwards. Loop thread. */
+sl_auth_result_t sl_auth_identify_reader(const sl_auth_t *a, h2o_req_t *req, int64_t now, const char *audience,
+                                         sl_auth_who_t *who);
 
 /* May an identified bearer (who->result SL_AUTH_OK) post as author to channel? SL_AUTH_OK,
  * SL_AUTH_FORBIDDEN (another author than its own) or SL_AUTH_CHANNEL_FORBIDDEN. */

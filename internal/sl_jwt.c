@@ -452,7 +452,8 @@ static int audience_has(const json_t *aud, const char *want)
     return 0;
 }
 
-static sl_jwt_result_t check_claims(const sl_jwt_t *j, const json_t *claims, int64_t now, sl_jwt_claims_t *out)
+static sl_jwt_result_t check_claims(const sl_jwt_t *j, const json_t *claims, int64_t now, const char *audience,
+                                    sl_jwt_claims_t *out)
 {
     double exp = 0, nbf = 0, iat = 0, leeway = (double)j->conf.leeway_s, t = (double)now;
     int r;
@@ -473,7 +474,7 @@ static sl_jwt_result_t check_claims(const sl_jwt_t *j, const json_t *claims, int
         if (!json_is_string(iss) || strcmp(json_string_value(iss), j->conf.issuer) != 0)
             return SL_JWT_WRONG_ISSUER;
     }
-    if (set(j->conf.audience) && !audience_has(json_object_get(claims, "aud"), j->conf.audience))
+    if (set(audience) && !audience_has(json_object_get(claims, "aud"), audience))
         return SL_JWT_WRONG_AUDIENCE;
     if (text_claim(claims, "sub", SL_JWT_SUB_MAX, &out->sub) != 1 ||
         text_claim(claims, "name", SL_JWT_NAME_MAX, &out->name) < 0)
@@ -496,7 +497,8 @@ static sl_jwt_result_t check_claims(const sl_jwt_t *j, const json_t *claims, int
     return SL_JWT_OK;
 }
 
-static sl_jwt_result_t verify(sl_jwt_t *j, const char *token, size_t len, int64_t now, sl_jwt_claims_t *out)
+static sl_jwt_result_t verify(sl_jwt_t *j, const char *token, size_t len, int64_t now, const char *audience,
+                              sl_jwt_claims_t *out)
 {
     char buf[SL_JWT_MAX_BYTES + 1];
     const char *dot1, *dot2;
@@ -527,7 +529,7 @@ static sl_jwt_result_t verify(sl_jwt_t *j, const char *token, size_t len, int64_
     r = SL_JWT_MALFORMED;
     if ((claims = decode_object(pseg, plen)) == NULL)
         goto Exit;
-    r = check_claims(j, claims, now, out);
+    r = check_claims(j, claims, now, audience != NULL ? audience : j->conf.audience, out);
 Exit:
     json_decref(hdr);
     json_decref(jws);
@@ -539,8 +541,14 @@ Exit:
 
 sl_jwt_result_t sl_jwt_verify(sl_jwt_t *j, const char *token, size_t len, int64_t now, sl_jwt_claims_t *out)
 {
+    return sl_jwt_verify_as(j, token, len, now, NULL, out);
+}
+
+sl_jwt_result_t sl_jwt_verify_as(sl_jwt_t *j, const char *token, size_t len, int64_t now, const char *audience,
+                                 sl_jwt_claims_t *out)
+{
     memset(out, 0, sizeof(*out));
-    sl_jwt_result_t r = verify(j, token, len, now, out);
+    sl_jwt_result_t r = verify(j, token, len, now, audience, out);
     if (j != NULL)
         j->results[r]++;
     return r;

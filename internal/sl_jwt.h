@@ -98,6 +98,11 @@ int sl_jwt_enabled(const sl_jwt_t *j);
  * SL_JWT_OK *out holds the claims (free them with sl_jwt_claims_free); on any other result *out is
  * zeroed and owns nothing. Counts the result for sl_jwt_metrics. */
 sl_jwt_result_t sl_jwt_verify(sl_jwt_t *j, const char *token, size_t len, int64_t now, sl_jwt_claims_t *out);
+/* The same with another required "aud": audience (NULL: the configured one; "": not checked). For
+ * a service that takes two kinds of token with the same keys (the api: writers' tokens of its
+ * audience, readers' of theirs). */
+sl_jwt_result_t sl_jwt_verify_as(sl_jwt_t *j, const char *token, size_t len, int64_t now, const char *audience,
+                                 sl_jwt_claims_t *out);
 
 void sl_jwt_claims_free(sl_jwt_claims_t *c);
 

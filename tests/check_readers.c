@@ -1193,7 +1193,7 @@ START_TEST(test_private_channels_on_api)
             json_decref(api_get(port, target, team, 403, "channel_forbidden"));
             json_decref(api_get(port, target, nochan, 403, "channel_forbidden"));
             json_decref(api_get(port, target, expired, 401, "token_expired"));
-            json_decref(api_get(port, target, "not-a-token", 401, NULL));
+            json_decref(api_get(port, target, "not-a-token", 401, "token_malformed")); /* as sse says it */
         }
         snprintf(target, sizeof(target), "/v1/messages?channel=staff%s", extra);
         expect_page(port, target, sam, pull ? staff : staff_desc);
@@ -1205,7 +1205,7 @@ START_TEST(test_private_channels_on_api)
     expect_page(port, "/v1/messages?after=0", NULL, pub);
     expect_page(port, "/v1/messages?after=0", team, teams);
     expect_page(port, "/v1/messages?after=0&limit=2", team, teams2);
-    json_decref(api_get(port, "/v1/messages?after=0", "not-a-token", 401, NULL));
+    json_decref(api_get(port, "/v1/messages?after=0", "not-a-token", 401, "token_malformed"));
     snprintf(target, sizeof(target), "/v1/messages?channel=staff&token=%s", sam); /* as sse takes it */
     json_decref(api_get(port, target, NULL, 200, NULL));
     snprintf(target, sizeof(target), "/v1/messages?channel=staff&token=%s", team);
@@ -1216,7 +1216,11 @@ START_TEST(test_private_channels_on_api)
     snprintf(target, sizeof(target), "/v1/messages/%s", id_general);
     json_decref(api_get(port, target, NULL, 200, NULL));
     snprintf(target, sizeof(target), "/v1/messages/%s", id_staff);
-    json_decref(api_get(port, target, NULL, 401, "token_required"));
+    o = api_get(port, target, NULL, 401, "token_required");
+    char *text = json_dumps(o, 0);
+    ck_assert_msg(strstr(text, "staff") == NULL, "an id told its private channel: %s", text);
+    free(text);
+    json_decref(o);
     json_decref(api_get(port, target, team, 403, "channel_forbidden"));
     o = api_get(port, target, sam, 200, NULL);
     ck_assert_str_eq(jstr(o, "channel"), "staff");
@@ -1228,11 +1232,52 @@ START_TEST(test_private_channels_on_api)
     snprintf(url, sizeof(url), "http://127.0.0.1:%d/metrics", port);
     ck_assert_int_eq(tu_http("GET", url, NULL, NULL, NULL, 0, &r), 0);
     ck_assert_msg(strstr(r.body, "sluice_api_private_refused_total{code=\"token_required\"} 7\n") != NULL &&
-                      strstr(r.body, "sluice_api_private_refused_total{code=\"channel_forbidden\"} 14\n") != NULL,
+                      strstr(r.body, "sluice_api_private_refused_total{code=\"channel_forbidden\"} 14\n") != NULL &&
+                      strstr(r.body, "sluice_api_reader_token_refused_total 14\n") != NULL,
                   "%s", r.body);
     tu_resp_free(&r);
 
     ck_assert_int_eq(tu_stop(&api, SIGTERM, 10000), 0);
+
+    /* Readers' tokens of their own audience: one token reads sse and the api's history, and cannot
+     * post; a writer's token posts, and does not read private channels. */
+    const char *aud_env[] = {"SLUICE_JWT_SECRET=" SECRET, PRIVATE, "SLUICE_JWT_AUDIENCE=writers",
+                             "SLUICE_JWT_READER_AUDIENCE=readers", NULL};
+    char claims[256], body[128], h[8192];
+    long long exp = (long long)time(NULL) + 600;
+    snprintf(claims, sizeof(claims), "{\"sub\":\"rita\",\"exp\":%lld,\"aud\":\"readers\",\"channels\":[\"staff\"]}", exp);
+    char *reader = tu_jwt_hs256(SECRET, claims);
+    snprintf(claims, sizeof(claims), "{\"sub\":\"rita\",\"exp\":%lld,\"aud\":\"writers\",\"channels\":[\"staff\"]}", exp);
+    char *writer = tu_jwt_hs256(SECRET, claims);
+    port = 0;
+    api = tu_start_at(&S, "api", &port, aud_env);
+    expect_page(port, "/v1/messages?channel=staff", reader, staff_desc);
+    json_decref(api_get(port, "/v1/messages?channel=staff", writer, 401, "token_wrong_audience"));
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/v1/messages", port);
+    int blen = snprintf(body, sizeof(body), "{\"channel\":\"staff\",\"author\":\"rita\",\"text\":\"hi\"}");
+    snprintf(h, sizeof(h), "Authorization: Bearer %s", reader);
+    ck_assert_int_eq(tu_http("POST", url, h, "application/json", body, (size_t)blen, &r), 0);
+    ck_assert_msg(r.status == 401 && strstr(r.body, "token_wrong_audience") != NULL, "%ld %s", r.status, r.body);
+    tu_resp_free(&r);
+    snprintf(h, sizeof(h), "Authorization: Bearer %s", writer);
+    ck_assert_int_eq(tu_http("POST", url, h, "application/json", body, (size_t)blen, &r), 0);
+    ck_assert_msg(r.status == 202, "%ld %s", r.status, r.body);
+    tu_resp_free(&r);
+    ck_assert_int_eq(tu_stop(&api, SIGTERM, 10000), 0);
+    free(reader), free(writer);
+
+    /* Without a JWT key a reader's token is ignored, as sse ignores it (a proxy's own Authorization
+     * breaks nothing); private channels stay closed. */
+    const char *nokey_env[] = {PRIVATE, "SLUICE_API_TOKENS=writer-token-1:poster", NULL};
+    port = 0;
+    api = tu_start_at(&S, "api", &port, nokey_env);
+    json_decref(api_get(port, "/v1/messages?channel=general", "a-proxy-s-own", 200, NULL));
+    json_decref(api_get(port, "/v1/messages?channel=general", "writer-token-1", 200, NULL));
+    json_decref(api_get(port, "/v1/messages?channel=staff", "writer-token-1", 401, "token_required"));
+    json_decref(api_get(port, "/v1/messages?channel=staff", sam, 401, "token_required"));
+    expect_page(port, "/v1/messages?after=0", "a-proxy-s-own", pub);
+    ck_assert_int_eq(tu_stop(&api, SIGTERM, 10000), 0);
+
     free(pub), free(pub_desc), free(teams), free(teams_desc), free(teams2), free(staff), free(staff_desc);
     free(team), free(sam), free(nochan), free(expired);
     stop_stack();

@@ -72,6 +72,9 @@ int main(int argc, char **argv)
         {"private-channels", "SLUICE_PRIVATE_CHANNELS", SL_OPT_STR, &private_channels, "", 0, 0,
          "channels (names and prefix* patterns, comma-separated) whose history only readers with a token covering "
          "them may read (as on sse); empty: none"},
+        {"jwt-reader-audience", "SLUICE_JWT_READER_AUDIENCE", SL_OPT_STR, &conf.reader_audience, "", 0, 0,
+         "required aud of readers' JWTs on the history of private channels (empty: SLUICE_JWT_AUDIENCE); sse's "
+         "audience lets one reader token read both, and not write"},
         SL_JWT_OPTIONS(&jwt_conf),
         SL_HTTP_OPTIONS(&http_opts),
         {"drain-timeout", "SLUICE_DRAIN_TIMEOUT", SL_OPT_INT, &drain_s, "10", 0, 3600,
