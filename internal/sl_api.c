@@ -493,6 +493,7 @@ static void on_history_mark(void *data, const PGresult *res, const char *err)
 
 static const char SQL_MARK_ALL[] = "SELECT " SL_RETENTION_LOW_ALL;
 static const char SQL_MARK_IN[] = "SELECT " SL_RETENTION_LOW_IN("$1");
+static const char SQL_MARK_READABLE[] = "SELECT " SL_PULL_SQL_LOW_READABLE("$1", "$2");
 
 static void on_list(void *data, const PGresult *res, const char *err)
 {
@@ -544,8 +545,17 @@ static void on_list(void *data, const PGresult *res, const char *err)
             r->oldest = last;
             r->waiting = 1;
             r->api->inflight++;
-            r->query = r->channel[0][0] != '\0' ? sl_pgpool_query(r->api->pg, SQL_MARK_IN, 1, p1, on_history_mark, r)
-                                                 : sl_pgpool_query(r->api->pg, SQL_MARK_ALL, 0, NULL, on_history_mark, r);
+            if (r->channel[0][0] != '\0') {
+                r->query = sl_pgpool_query(r->api->pg, SQL_MARK_IN, 1, p1, on_history_mark, r);
+            } else if (r->check_private) { /* a private channel it may not read never resets it */
+                sl_pull_readable_t rd;
+                sl_pull_readable_init(&rd, r->api->conf.policy, read_granted(r));
+                const char *p2[] = {rd.priv, rd.granted};
+                r->query = sl_pgpool_query(r->api->pg, SQL_MARK_READABLE, 2, p2, on_history_mark, r);
+                sl_pull_readable_free(&rd);
+            } else {
+                r->query = sl_pgpool_query(r->api->pg, SQL_MARK_ALL, 0, NULL, on_history_mark, r);
+            }
             if (r->query == NULL) {
                 read_finish(r);
                 respond_error(r->api, r->req, r->route, 503, "database_unavailable", NULL, "the database is unavailable");

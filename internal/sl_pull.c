@@ -87,7 +87,8 @@ static const char SQL_AFTER_IN[] = "SELECT f.*, b.last, b.low FROM " BOUNDS(SL_R
                                    SL_DB_FEED_EVENTS " WHERE seq > $1 AND channel = ANY($2::text[]) ORDER BY seq"
                                    " LIMIT $3) AS f ON true ORDER BY f.seq";
 
-static const char SQL_AFTER_READABLE[] = "SELECT f.*, b.last, b.low FROM " BOUNDS(SL_RETENTION_LOW_ALL) " LEFT JOIN ("
+static const char SQL_AFTER_READABLE[] = "SELECT f.*, b.last, b.low FROM " BOUNDS(SL_PULL_SQL_LOW_READABLE("$3", "$4"))
+                                         " LEFT JOIN ("
                                          SL_DB_FEED_MESSAGES " WHERE seq > $1" SL_PULL_SQL_READABLE("$3", "$4")
                                          " UNION ALL " SL_DB_FEED_EVENTS " WHERE seq > $1"
                                          SL_PULL_SQL_READABLE("$3", "$4") " ORDER BY seq LIMIT $2) AS f ON true"
@@ -440,8 +441,7 @@ static void pull_read(struct pullreq *r, int64_t after)
 {
     sl_pull_t *p = r->pull;
     sl_streams_t *s = p->streams;
-    int64_t upto, low = sl_retention_view_low(s->retention, r->params.all,
-                                              (const char(*)[SL_CHANNEL_MAX + 1])r->params.channel, 1);
+    int64_t upto, low = sl_stream_retention_low(s, &r->sub);
     if (after < low) { /* (memory may still hold them: answer as the database would) */
         settle(r, low, "too_old");
         return;

@@ -64,6 +64,10 @@ typedef struct sl_pull_readable {
     sl_buf_t bufs[2];
 } sl_pull_readable_t;
 #define SL_PULL_SQL_READABLE(P, G) " AND (NOT channel LIKE ANY(" P "::text[]) OR channel LIKE ANY(" G "::text[]))"
+/* The retention's low-water mark of the channels a reader may read (sl_retention.h): what it may not
+ * read never resets it. */
+#define SL_PULL_SQL_LOW_READABLE(P, G)                                                                    \
+    "(SELECT coalesce(max(low_seq), 0) FROM sluice_retention WHERE true" SL_PULL_SQL_READABLE(P, G) ")"
 
 /* The readable form of a reader under policy: granted is its token's channels (NULL: no token, or
  * tokens ignored), policy's private channels the other set. The sse streams' and pulls' reads and

@@ -575,6 +575,17 @@ int64_t sl_retention_view_low(const sl_retention_view_t *v, int all, const char 
     return low;
 }
 
+int64_t sl_retention_view_low_where(const sl_retention_view_t *v, int (*reads)(const void *ctx, const char *channel),
+                                    const void *ctx)
+{
+    int64_t low = 0;
+    for (size_t i = 0; v != NULL && i < v->n; i++) {
+        if (v->marks[i].low > low && reads(ctx, v->marks[i].channel))
+            low = v->marks[i].low;
+    }
+    return low;
+}
+
 void sl_retention_view_destroy(sl_retention_view_t *v)
 {
     if (v == NULL)

@@ -103,6 +103,10 @@ sl_retention_view_t *sl_retention_view_create(h2o_loop_t *loop, sl_pgpool_t *pg,
  * below it may be gone. 0 when none lost any (or nothing was read yet). NULL view: 0. */
 int64_t sl_retention_view_low(const sl_retention_view_t *v, int all, const char (*channels)[SL_CHANNEL_MAX + 1],
                               size_t n);
+/* The mark of every channel a reader reads (reads(ctx, channel) 1), for a reader of every channel
+ * kept from some (private channels): a channel it may not read never resets it. NULL view: 0. */
+int64_t sl_retention_view_low_where(const sl_retention_view_t *v, int (*reads)(const void *ctx, const char *channel),
+                                    const void *ctx);
 void sl_retention_view_destroy(sl_retention_view_t *v);
 
 #endif

@@ -541,12 +541,25 @@ static void retained_row(void *data, sl_event_t *ev)
         f->row(f->data, ev);
 }
 
+static int sub_reads(const void *ctx, const char *channel)
+{
+    const sl_sub_t *sub = ctx;
+    return sub->filter(sub, channel);
+}
+
+int64_t sl_stream_retention_low(const sl_streams_t *s, const sl_sub_t *sub)
+{
+    if (sub->all && sub->filter != NULL)
+        return sl_retention_view_low_where(s->retention, sub_reads, sub);
+    return sl_retention_view_low(s->retention, sub->all, (const char(*)[SL_CHANNEL_MAX + 1])sub->channels,
+                                 sub->nchannels);
+}
+
 int sl_stream_replay(sl_streams_t *s, sl_sub_t *sub, int64_t since, long long history, int *too_many,
                      void (*row)(void *, sl_event_t *), void *data)
 {
     /* Memory may still hold what the retention job deleted: answer as the database would. */
-    int64_t low = sl_retention_view_low(s->retention, sub->all, (const char(*)[SL_CHANNEL_MAX + 1])sub->channels,
-                                        sub->nchannels);
+    int64_t low = sl_stream_retention_low(s, sub);
     if (since >= 0 && since < low) {
         *too_many = 1;
         return 1;

@@ -283,6 +283,9 @@ sl_chan_read_t sl_stream_reader_may_read(sl_streams_t *s, const char *transport,
 /* 1 when some channel is private: a stream of every channel must then leave out what its reader
  * may not read (sl_stream_readable, as its sl_sub_t filter). */
 int sl_stream_filters_all(const sl_streams_t *s);
+/* The retention's mark of what sub reads (sl_retention_view_low; for a sub of every channel with a
+ * filter, only of the channels it passes: a private channel a reader may not read never resets it). */
+int64_t sl_stream_retention_low(const sl_streams_t *s, const sl_sub_t *sub);
 /* 1 when r may read channel (the per-event filter; nothing counted). */
 int sl_stream_readable(const sl_streams_t *s, const struct reader *r, const char *channel);
 /* The token's end for a stream or subscription r opened: fire(e) runs on the loop at r->until

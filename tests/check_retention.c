@@ -19,6 +19,7 @@
 #include "sl_retention.h"
 #include "sl_streamclient.h"
 #include "sl_testnet.h"
+#include "sl_testjwt.h"
 #include "sl_testsuite.h"
 #include "sl_testutil.h"
 #include "sl_wsclient.h"
@@ -464,12 +465,107 @@ START_TEST(test_count_retention_keeps_the_newest)
 }
 END_TEST
 
+static void staff_body(int i, char *buf, size_t size)
+{
+    /* 3 of every 4 in the private staff, the rest in general */
+    snprintf(buf, size, "{\"channel\":\"%s\",\"author\":\"a\",\"text\":\"s%d\"}", i % 4 == 3 ? "general" : "staff", i);
+}
+
+/* base's page of query (history or pull): no reset, and exactly want's seqs (n of them) in order. */
+static void expect_page_seqs(const char *base, const char *query, const long long *want, size_t n)
+{
+    tu_page_t pg;
+    ck_assert_int_eq(tu_pull(base, query, &pg), 0);
+    ck_assert_msg(pg.status == 200 && pg.reset[0] == '\0', "%s ?%s: %ld, reset '%s'", base, query, pg.status,
+                  pg.reset);
+    ck_assert_msg(pg.n == n, "%s ?%s: %zu messages, want %zu", base, query, pg.n, n);
+    for (size_t i = 0; i < n; i++)
+        ck_assert_int_eq(pg.seqs[i], want[i]);
+    tu_page_free(&pg);
+}
+
+/* A private channel's retention resets its readers only: a reader of every channel that may not
+ * read it (no token) reads the public channels from their start, with no reset, on sse from memory
+ * and from the database, and on the api (pull and history); a token that covers it is reset. */
+START_TEST(test_private_retention_resets_only_its_readers)
+{
+#define SECRET "a-shared-secret-for-jwt-readers-0123456789"
+    const char *const persister_env[] = {"SLUICE_RETENTION=staff=2,*=forever", "SLUICE_RETENTION_INTERVAL_MS=200",
+                                         NULL};
+    const char *const env[] = {"SLUICE_JWT_SECRET=" SECRET, "SLUICE_PRIVATE_CHANNELS=staff", NULL};
+    const char *const nomem_env[] = {"SLUICE_JWT_SECRET=" SECRET, "SLUICE_PRIVATE_CHANNELS=staff",
+                                     "SLUICE_SSE_RECENT=0", NULL};
+    char claims[160], q[1024], bases[3][64];
+    tu_stack_init(&S, "retention_private", 100000);
+    tu_start(&S, "persister", persister_env);
+    tu_start(&S, "api", NULL); /* writing open, for post_many; the readers' api is another one */
+    int api_port = 0;
+    pid_t api = tu_start_at(&S, "api", &api_port, env);
+    tu_start(&S, "sse", env);
+    int nomem_port = 0;
+    pid_t nomem = tu_start_at(&S, "sse", &nomem_port, nomem_env);
+    tu_wait_sse_ready(S.sse_port);
+    tu_wait_sse_ready(nomem_port);
+    PGconn *db = tu_db(&S);
+    post_many(40, staff_body); /* 30 in staff, 10 in general */
+    long long n = -1;
+    for (long long end = tu_now_ms() + 20000; n != 2 && tu_now_ms() < end; tu_sleep_ms(50))
+        n = channel_rows(db, "staff");
+    ck_assert_int_eq(n, 2);
+    ck_assert_int_eq(channel_rows(db, "general"), 10);
+    long long mark = scalar1(db, "SELECT low_seq FROM sluice_retention WHERE channel = $1", "staff");
+    long long asc[10], desc[10];
+    PGresult *res = PQexec(db, "SELECT seq FROM messages WHERE channel = 'general' ORDER BY seq");
+    ck_assert_int_eq(PQntuples(res), 10);
+    for (int i = 0; i < 10; i++)
+        desc[9 - i] = asc[i] = atoll(PQgetvalue(res, i, 0));
+    PQclear(res);
+    ck_assert_int_lt(asc[0], mark); /* the public channel has messages below the private one's mark */
+
+    snprintf(claims, sizeof(claims), "{\"sub\":\"sam\",\"exp\":%lld,\"channels\":[\"staff\"]}",
+             (long long)time(NULL) + 600);
+    char *t = tu_jwt_hs256(SECRET, claims);
+    snprintf(bases[0], sizeof(bases[0]), "http://127.0.0.1:%d", S.sse_port);
+    snprintf(bases[1], sizeof(bases[1]), "http://127.0.0.1:%d", nomem_port);
+    snprintf(bases[2], sizeof(bases[2]), "http://127.0.0.1:%d", api_port);
+    for (int b = 0; b < 3; b++) {
+        /* the staff reader is reset (once the instance has read the mark: sse reads it every check) */
+        tu_page_t pg;
+        snprintf(q, sizeof(q), "after=0&limit=100&token=%s", t);
+        for (long long end = tu_now_ms() + 10000;; tu_sleep_ms(100)) {
+            ck_assert_int_eq(tu_pull(bases[b], q, &pg), 0);
+            if (strcmp(pg.reset, "too_old") == 0 || tu_now_ms() > end)
+                break;
+            tu_page_free(&pg);
+        }
+        ck_assert_msg(strcmp(pg.reset, "too_old") == 0 && pg.next == mark, "%s: reset '%s', next %lld (mark %lld)",
+                      bases[b], pg.reset, pg.next, mark);
+        tu_page_free(&pg);
+        /* the others read every public message */
+        expect_page_seqs(bases[b], "after=0&limit=100", asc, 10);
+    }
+    /* the api's history: to its start, no reset, and no page after it */
+    expect_page_seqs(bases[2], "limit=100", desc, 10);
+    tu_page_t last;
+    ck_assert_int_eq(tu_pull(bases[2], "limit=100", &last), 0);
+    ck_assert_msg(last.next == -1, "history: next %lld after its start", last.next);
+    tu_page_free(&last);
+    free(t);
+    ck_assert_int_eq(tu_stop(&nomem, SIGTERM, 10000), 0);
+    ck_assert_int_eq(tu_stop(&api, SIGTERM, 10000), 0);
+    PQfinish(db);
+    tu_stack_cleanup(&S);
+#undef SECRET
+}
+END_TEST
+
 int main(void)
 {
     const tu_named_test_t tests[] = {
         {"policy", test_policy_parse_and_match},
         {"age", test_age_retention_deletes_in_batches_and_resets},
         {"count", test_count_retention_keeps_the_newest},
+        {"private", test_private_retention_resets_only_its_readers},
     };
     return tu_run_named("retention", tests, sizeof(tests) / sizeof(tests[0]), 240);
 }
