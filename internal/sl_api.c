@@ -446,6 +446,13 @@ static const sl_chanset_t *read_granted(const struct read *r)
     return r->has_token ? &r->granted : NULL;
 }
 
+/* May the reader of r read channel (a row's check after the query)? */
+static int read_may(const void *ctx, const char *channel)
+{
+    const struct read *r = ctx;
+    return sl_chanpolicy_may_read(r->api->conf.policy, read_granted(r), channel, strlen(channel));
+}
+
 /* Refuses (401 token_required or 403 channel_forbidden) a reader with granted (NULL: no token)
  * that may not read channel; the answer's message names shown (the channel, or for a message
  * asked for by its id its id: an id does not tell its private channel's name). Returns 1 when it
@@ -516,8 +523,7 @@ static void on_list(void *data, const PGresult *res, const char *err)
             return;
         }
         /* every channel: the query left out what the reader may not read; each row is checked too */
-        if (r->check_private && r->route == R_LIST &&
-            !sl_chanpolicy_may_read(r->api->conf.policy, read_granted(r), m.channel, strlen(m.channel))) {
+        if (r->check_private && r->route == R_LIST && !read_may(r, m.channel)) {
             last = m.seq;
             sl_message_clear(&m);
             continue;
@@ -627,13 +633,14 @@ static void on_pull(void *data, const PGresult *res, const char *err)
         return;
     }
     sl_pull_page_init(&page);
-    int64_t next = sl_pull_page_from_result(&page, res, r->after, r->limit, &reset);
+    int64_t next = sl_pull_page_from_result(&page, res, r->after, r->limit,
+                                            r->check_private && r->channel[0][0] == '\0' ? read_may : NULL, r, &reset);
     sl_pull_page_end(&page, next, reset, r->after);
     respond(r->api, r->req, r->route, 200, page.buf.data, page.buf.len);
     sl_buf_free(&page.buf);
 }
 
-static int handle_pull(sl_api_t *a, h2o_req_t *req, const sl_chanset_t *granted)
+static int handle_pull(sl_api_t *a, h2o_req_t *req, sl_auth_who_t *who)
 {
     sl_pull_params_t p;
     sl_pull_readable_t rd;
@@ -655,14 +662,17 @@ static int handle_pull(sl_api_t *a, h2o_req_t *req, const sl_chanset_t *granted)
                       "give 'after' (oldest first) or 'before' (newest first), not both");
         return 0;
     }
-    if (!p.all && refuse_private(a, req, R_LIST, granted, "channel", p.channel[0], p.channel[0]))
+    if (!p.all && refuse_private(a, req, R_LIST, granted_by(a, who), "channel", p.channel[0], p.channel[0]))
         return 0;
     struct read *r = start_read(a, req, R_LIST);
     r->limit = p.limit;
     r->after = p.after;
+    if (!p.all)
+        memcpy(r->channel[0], p.channel[0], sizeof(r->channel[0]));
+    read_keep_reader(r, who);
     r->waiting = 1;
     a->inflight++;
-    sl_pull_readable_init(&rd, a->conf.policy, granted);
+    sl_pull_readable_init(&rd, a->conf.policy, read_granted(r));
     r->query = sl_pull_query(a->pg, p.all, (const char(*)[SL_CHANNEL_MAX + 1])p.channel, 1,
                              p.all && reads_private(a) ? &rd : NULL, p.after, p.limit, on_pull, r);
     sl_pull_readable_free(&rd);
@@ -683,7 +693,7 @@ static int handle_list(sl_api_t *a, h2o_req_t *req, sl_auth_who_t *who)
     if (refuse_reader(a, req, R_LIST, who))
         return 0;
     if (sl_http_query(req, "after", &channel) != 0)
-        return handle_pull(a, req, granted_by(a, who));
+        return handle_pull(a, req, who);
 
     if (sl_api_int_param(req, "limit", 1, a->conf.history_max, &limit, &present) != 0) {
         snprintf(msg, sizeof(msg), "'limit' must be an integer from 1 to %lld", a->conf.history_max);

@@ -207,6 +207,7 @@ void sl_pull_page_end(sl_pull_page_t *pg, int64_t next, const char *reset, int64
 }
 
 int64_t sl_pull_page_from_result(sl_pull_page_t *pg, const PGresult *res, int64_t after, long long limit,
+                                 int (*reads)(const void *ctx, const char *channel), const void *ctx,
                                  const char **reset)
 {
     int64_t last = sl_pull_last(res), low = sl_pull_low(res), top = 0;
@@ -223,7 +224,7 @@ int64_t sl_pull_page_from_result(sl_pull_page_t *pg, const PGresult *res, int64_
     for (int k = 0; k < rows; k++) {
         int64_t seq = strtoll(PQgetvalue(res, k, 1), NULL, 10);
         sl_event_t *ev = sl_event_from_row(res, k);
-        if (ev != NULL && ev->seq > after)
+        if (ev != NULL && ev->seq > after && (reads == NULL || reads(ctx, ev->channel)))
             sl_pull_page_add(pg, ev);
         sl_event_release(ev);
         top = seq > top ? seq : top;
@@ -414,6 +415,20 @@ static void settle(struct pullreq *r, int64_t next, const char *reset)
     h2o_timeout_link(p->loop, &p->waits[r->params.wait_s - 1], &r->wait_entry);
 }
 
+/* A pull of every channel while some are private: what its reader may read, nothing else (its
+ * subscription's filter, and its database rows' check). */
+static int pull_filter(const sl_sub_t *sub, const char *channel)
+{
+    const struct pullreq *r = sub->owner;
+    return sl_stream_readable(r->pull->streams, &r->rd, channel);
+}
+
+static int pull_reads(const void *ctx, const char *channel)
+{
+    const struct pullreq *r = ctx;
+    return pull_filter(&r->sub, channel);
+}
+
 static void on_db(void *data, const PGresult *res, const char *err)
 {
     struct pullreq *r = data;
@@ -430,7 +445,8 @@ static void on_db(void *data, const PGresult *res, const char *err)
     }
     r->read_db = 1;
     r->source = 1;
-    int64_t next = sl_pull_page_from_result(&r->page, res, r->params.after, r->params.limit, &reset);
+    int64_t next = sl_pull_page_from_result(&r->page, res, r->params.after, r->params.limit,
+                                            r->sub.filter != NULL ? pull_reads : NULL, r, &reset);
     settle(r, next, reset);
 }
 
@@ -474,12 +490,7 @@ static void pull_read(struct pullreq *r, int64_t after)
     }
 }
 
-/* A pull of every channel while some are private: what its reader may read, nothing else. */
-static int pull_filter(const sl_sub_t *sub, const char *channel)
-{
-    const struct pullreq *r = sub->owner;
-    return sl_stream_readable(r->pull->streams, &r->rd, channel);
-}
+
 
 /* Its token (Authorization: Bearer, else ?token=), as a stream's: a bad one is 401, a private
  * channel it does not cover 401 token_required / 403 channel_forbidden. Returns 0, or -1 with the

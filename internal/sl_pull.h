@@ -108,8 +108,11 @@ void sl_pull_page_end(sl_pull_page_t *pg, int64_t next, const char *reset, int64
  * answers for (the `next`: the last row's seq when the page is full, else the feed's last seq
  * then, never below after) and sets *reset to NULL, or to the reason of a reset ("too_old": after
  * is below the low-water mark, the next is the mark; "ahead": after is past the last seq, the next
- * is the last seq), with nothing added. */
+ * is the last seq), with nothing added. reads (may be NULL) checks each row's channel again: a
+ * read of every channel whose query left out what its reader may not read adds no row reads(ctx,
+ * channel) refuses, and moves past it all the same. */
 int64_t sl_pull_page_from_result(sl_pull_page_t *pg, const PGresult *res, int64_t after, long long limit,
+                                 int (*reads)(const void *ctx, const char *channel), const void *ctx,
                                  const char **reset);
 
 /* ---- the sse side: memory, database, long-poll (loop thread only) -------------------------------- */
