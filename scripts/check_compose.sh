@@ -196,8 +196,10 @@ def served_paths(svc):
     if src is None or not os.path.exists(os.path.join(repo, src)):
         return None
     text = read(src)
+    # path_is calls, and route tables' {"/path", handle_...} entries (sl_sse.c)
     return set(re.findall(r'path_is\(req, "(/[^"]*)"\)', text)) | \
-        set(re.findall(r'path_normalized\.len, H2O_STRLIT\("(/[^"]*)"\)', text))
+        set(re.findall(r'path_normalized\.len, H2O_STRLIT\("(/[^"]*)"\)', text)) | \
+        set(re.findall(r'\{"(/[^"]*)", handle_', text))
 
 dockerfile = read("Dockerfile")
 final_stage = dockerfile.split("FROM ")[-1]

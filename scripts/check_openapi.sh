@@ -414,7 +414,8 @@ for svc in "${SERVICES[@]}"; do
     note "no $src: the route list of $svc is not compared with its source"
     continue
   fi
-  found=$(grep -oE 'path_is\(req, "/[^"]*"\)|path_normalized\.len, H2O_STRLIT\("/[^"]*"\)|prefix = "/[^"]*"' "$src" |
+  # (path_is calls, prefix literals, and route tables' {"/path", handle_...} entries)
+  found=$({ grep -oE 'path_is\(req, "/[^"]*"\)|path_normalized\.len, H2O_STRLIT\("/[^"]*"\)|prefix = "/[^"]*"|\{"/[^"]*", handle_' "$src" || true; } |
     sed -E 's/.*"(\/[^"]*)".*/\1/; s#^(/.*)/$#\1/{id}#' | sort -u)
   missing=()
   for p in $found; do
