@@ -73,6 +73,17 @@ END_TEST
 
 /* ---- the stack ------------------------------------------------------------------------------------- */
 
+/* A stack whose persister runs with persister_env (its retention), an api open to writing, and an
+ * sse with sse_env (may be NULL), ready. */
+static void start_stack(const char *name, const char *const *persister_env, const char *const *sse_env)
+{
+    tu_stack_init(&S, name, 100000);
+    tu_start(&S, "persister", persister_env);
+    tu_start(&S, "api", NULL);
+    tu_start(&S, "sse", sse_env);
+    tu_wait_sse_ready(S.sse_port);
+}
+
 static const char *sse_base(int port, char *buf, size_t size)
 {
     snprintf(buf, size, "http://127.0.0.1:%d", port);
@@ -255,11 +266,7 @@ START_TEST(test_age_retention_deletes_in_batches_and_resets)
     const char *const sse_env[] = {"SLUICE_SSE_HISTORY_PER_CLIENT=1000", "SLUICE_SSE_HISTORY_CONCURRENCY=1000", NULL};
     const char *const no_memory[] = {"SLUICE_SSE_RECENT=0", "SLUICE_SSE_HISTORY_PER_CLIENT=1000",
                                      "SLUICE_SSE_HISTORY_CONCURRENCY=1000", NULL};
-    tu_stack_init(&S, "retention_age", 100000);
-    tu_start(&S, "persister", persister_env);
-    tu_start(&S, "api", NULL);
-    tu_start(&S, "sse", sse_env);
-    tu_wait_sse_ready(S.sse_port);
+    start_stack("retention_age", persister_env, sse_env);
     int port2 = 0;
     pid_t sse2 = tu_start_at(&S, "sse", &port2, no_memory);
     tu_wait_sse_ready(port2);
@@ -424,11 +431,7 @@ START_TEST(test_count_retention_keeps_the_newest)
 {
     const char *const persister_env[] = {"SLUICE_RETENTION=chat-*=10,*=forever", "SLUICE_RETENTION_INTERVAL_MS=200",
                                          "SLUICE_RETENTION_BATCH=7", NULL};
-    tu_stack_init(&S, "retention_count", 100000);
-    tu_start(&S, "persister", persister_env);
-    tu_start(&S, "api", NULL);
-    tu_start(&S, "sse", NULL);
-    tu_wait_sse_ready(S.sse_port);
+    start_stack("retention_count", persister_env, NULL);
     PGconn *db = tu_db(&S);
     post_many(80, chat_body); /* 70 in chat-1, 10 in other */
     long long stored = 0; /* (seq is gapless: all 80 are stored at 80, whatever the job took already) */
@@ -496,15 +499,10 @@ START_TEST(test_private_retention_resets_only_its_readers)
     const char *const nomem_env[] = {"SLUICE_JWT_SECRET=" SECRET, "SLUICE_PRIVATE_CHANNELS=staff",
                                      "SLUICE_SSE_RECENT=0", NULL};
     char claims[160], q[1024], bases[3][64];
-    tu_stack_init(&S, "retention_private", 100000);
-    tu_start(&S, "persister", persister_env);
-    tu_start(&S, "api", NULL); /* writing open, for post_many; the readers' api is another one */
-    int api_port = 0;
-    pid_t api = tu_start_at(&S, "api", &api_port, env);
-    tu_start(&S, "sse", env);
-    int nomem_port = 0;
+    start_stack("retention_private", persister_env, env); /* its api is open to writing, for post_many */
+    int api_port = 0, nomem_port = 0;
+    pid_t api = tu_start_at(&S, "api", &api_port, env); /* the readers' api */
     pid_t nomem = tu_start_at(&S, "sse", &nomem_port, nomem_env);
-    tu_wait_sse_ready(S.sse_port);
     tu_wait_sse_ready(nomem_port);
     PGconn *db = tu_db(&S);
     post_many(40, staff_body); /* 30 in staff, 10 in general */
